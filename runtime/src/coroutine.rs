@@ -1,0 +1,481 @@
+//! The coroutine API: spawn, join, kill, sleep, timeout.
+//!
+//! Semantics of cancellation are in [`crate::cancel`]; the life cycle of a
+//! coroutine in [`crate::task`].
+
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, Location, catch_unwind, resume_unwind};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::cancel::{Cancel, Cancelled};
+use crate::hub::Hub;
+use crate::stack_pool::{DEFAULT_STACK_SIZE, normalize_size};
+use crate::task::{CoroutineId, Header, JoinError, JoinSlot, State, TaskCell, Wakeup};
+use crate::timer::Action;
+
+/// Spawns a coroutine on the calling thread's hub and returns its handle.
+///
+/// The closure need not be `Send`: coroutines never leave their thread. It
+/// starts the next time the hub runs (when the caller blocks on a moss call).
+/// Dropping the handle detaches the coroutine.
+///
+/// ```
+/// let h = moss::spawn(|| 6 * 7);
+/// assert_eq!(h.join().unwrap(), 42);
+/// ```
+#[track_caller]
+pub fn spawn<F, T>(f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    spawn_inner(None, DEFAULT_STACK_SIZE, None, Location::caller(), f)
+}
+
+/// Spawns a coroutine that starts after `delay`.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// let t = Instant::now();
+/// let h = moss::spawn_later(Duration::from_millis(20), move || t.elapsed());
+/// assert!(h.join().unwrap() >= Duration::from_millis(20));
+/// ```
+#[track_caller]
+pub fn spawn_later<F, T>(delay: Duration, f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    let start = Instant::now().checked_add(delay);
+    let site = Location::caller();
+    match start {
+        Some(at) => spawn_inner(None, DEFAULT_STACK_SIZE, Some(at), site, f),
+        // A delay past the end of time: the coroutine never starts on its own.
+        None => spawn_inner(None, DEFAULT_STACK_SIZE, Some(far_future()), site, f),
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+fn spawn_inner<F, T>(
+    name: Option<Rc<str>>,
+    stack_size: usize,
+    start: Option<Instant>,
+    site: &'static Location<'static>,
+    f: F,
+) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    let hub = Hub::current();
+    let header = Header::new(hub.new_id(), name, stack_size, site);
+    let cell = Rc::new(TaskCell::new(header, f));
+    hub.spawn(cell.clone(), start);
+    JoinHandle { task: cell, _not_send: PhantomData }
+}
+
+/// Configures a coroutine before spawning it, like `std::thread::Builder`.
+///
+/// ```
+/// let h = moss::Builder::new()
+///     .name("worker")
+///     .stack_size(64 * 1024)
+///     .spawn(|| moss::current().name().map(str::to_owned))
+///     .unwrap();
+/// assert_eq!(h.name(), Some("worker"));
+/// assert_eq!(h.join().unwrap().as_deref(), Some("worker"));
+/// ```
+#[derive(Debug, Default)]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+}
+
+impl Builder {
+    /// A builder with the default name (none) and stack size.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Names the coroutine (shown by `dump`, join errors and overflow reports).
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Usable stack size in bytes (rounded up to pages). Between
+    /// [`MIN_STACK_SIZE`](crate::MIN_STACK_SIZE) and
+    /// [`MAX_STACK_SIZE`](crate::MAX_STACK_SIZE); default
+    /// [`DEFAULT_STACK_SIZE`](crate::DEFAULT_STACK_SIZE).
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Spawns the coroutine. Fails with `InvalidInput` for a stack size out of
+    /// bounds. The stack is bound when the coroutine first runs; if it cannot
+    /// be mapped then, `join` reports it.
+    #[track_caller]
+    pub fn spawn<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        let size = match self.stack_size {
+            Some(s) => normalize_size(s)?,
+            None => DEFAULT_STACK_SIZE,
+        };
+        Ok(spawn_inner(self.name.map(Rc::from), size, None, Location::caller(), f))
+    }
+}
+
+/// An owned permission to join a coroutine. `!Send`: it belongs to the thread
+/// whose hub runs the coroutine.
+///
+/// ```compile_fail
+/// let h = moss::spawn(|| 1);
+/// std::thread::spawn(move || h.join()); // JoinHandle is !Send
+/// ```
+pub struct JoinHandle<T> {
+    task: Rc<dyn JoinSlot<T>>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T> JoinHandle<T> {
+    fn header(&self) -> &Header {
+        self.task.header()
+    }
+
+    /// Waits for the coroutine to finish and returns its value, or why it
+    /// has none (panic, kill). From a coroutine this yields to the hub; from
+    /// the root it runs the hub. Killing the *caller* while it waits unwinds
+    /// the caller.
+    ///
+    /// # Panics
+    /// On the root, if the coroutine can never finish because nothing can run
+    /// ("this operation would block forever").
+    pub fn join(self) -> Result<T, JoinError> {
+        match self.wait(None) {
+            Ok(r) => r,
+            Err(_) => unreachable!("a join without deadline cannot time out"),
+        }
+    }
+
+    /// Like [`join`](Self::join) but gives up after `d`, returning the handle
+    /// so the caller can try again. `Duration::ZERO` polls.
+    pub fn join_timeout(self, d: Duration) -> Result<Result<T, JoinError>, JoinHandle<T>> {
+        // A deadline past the end of time means no deadline.
+        self.wait(Instant::now().checked_add(d))
+    }
+
+    fn wait(self, deadline: Option<Instant>) -> Result<Result<T, JoinError>, JoinHandle<T>> {
+        let hub = Hub::current();
+        loop {
+            if let Some(r) = self.task.take() {
+                return Ok(r);
+            }
+            let me = hub.current_header();
+            if me.id == self.header().id {
+                panic!("moss: coroutine {} cannot join itself", me.label());
+            }
+            self.header().joiners.borrow_mut().push(me.token());
+            match hub.park(deadline, "join") {
+                Wakeup::Notified => {}
+                Wakeup::TimedOut => return Err(self),
+                Wakeup::Cancelled => hub.deliver_cancel(),
+            }
+        }
+    }
+
+    /// Kills the coroutine: it unwinds from its current or next blocking
+    /// point (destructors run). Returns once it has died. A coroutine that has
+    /// not started never runs; a finished one is left alone; killing the
+    /// calling coroutine itself unwinds the caller at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let h = moss::spawn(|| moss::sleep(Duration::from_secs(3600)));
+    /// moss::yield_now(); // let it start sleeping
+    /// h.kill();
+    /// assert!(h.join().unwrap_err().is_killed());
+    /// ```
+    pub fn kill(&self) {
+        let hub = Hub::current();
+        let h = self.header();
+        let Some(t) = hub.task(h.key.get(), h.id.0) else { return }; // done
+        if h.state.get() == State::New {
+            h.killed.set(true);
+            if let Some(k) = h.timer.take() {
+                hub.timers.borrow_mut().cancel(k);
+            }
+            t.finish_unstarted(None);
+            hub.finish(&t);
+            return;
+        }
+        hub.request_cancel(&t, Cancel::Kill);
+        if hub.current_header().id == h.id {
+            hub.deliver_cancel();
+        }
+        while h.state.get() != State::Done {
+            h.joiners.borrow_mut().push(hub.current_header().token());
+            if hub.park(None, "kill") == Wakeup::Cancelled {
+                hub.deliver_cancel();
+            }
+        }
+    }
+
+    /// Whether the coroutine has finished (returned, panicked or was killed).
+    pub fn is_finished(&self) -> bool {
+        self.header().state.get() == State::Done
+    }
+
+    /// The coroutine's id.
+    pub fn id(&self) -> CoroutineId {
+        self.header().id
+    }
+
+    /// The coroutine's name, if it was given one.
+    pub fn name(&self) -> Option<&str> {
+        self.header().name.as_deref()
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+/// Joins every handle, returning the results in input order.
+///
+/// ```
+/// let hs: Vec<_> = (0..10).map(|i| moss::spawn(move || i * i)).collect();
+/// let squares: Vec<u32> = moss::join_all(hs).into_iter().map(Result::unwrap).collect();
+/// assert_eq!(squares[9], 81);
+/// ```
+pub fn join_all<T>(hs: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<Result<T, JoinError>> {
+    hs.into_iter().map(JoinHandle::join).collect()
+}
+
+/// Suspends the caller for `d`, letting other coroutines run.
+/// `Duration::ZERO` is [`yield_now`]; `Duration::MAX` sleeps until killed.
+pub fn sleep(d: Duration) {
+    if d.is_zero() {
+        return yield_now();
+    }
+    let hub = Hub::current();
+    let deadline = Instant::now().checked_add(d);
+    loop {
+        match hub.park(deadline, "sleep") {
+            Wakeup::TimedOut => return,
+            Wakeup::Cancelled => hub.deliver_cancel(),
+            // Nothing else wakes a sleep, but stay robust to stray wake-ups.
+            Wakeup::Notified => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Lets every other ready coroutine run once (gevent's `sleep(0)`); the
+/// caller goes to the back of the run queue.
+pub fn yield_now() {
+    Hub::current().yield_now();
+}
+
+/// The identity of the running coroutine (or of the thread's root).
+#[derive(Clone, Debug)]
+pub struct Current {
+    id: CoroutineId,
+    name: Option<Rc<str>>,
+}
+
+impl Current {
+    /// The running coroutine's id.
+    pub fn id(&self) -> CoroutineId {
+        self.id
+    }
+
+    /// Its name: `Some("main")` for a thread's root, `None` for an unnamed
+    /// coroutine.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
+
+/// Who is running now.
+///
+/// ```
+/// assert_eq!(moss::current().name(), Some("main"));
+/// ```
+pub fn current() -> Current {
+    let h = Hub::current().current_header();
+    Current { id: h.id, name: h.name.clone() }
+}
+
+/// The error of a [`timeout`] that fired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elapsed {
+    after: Duration,
+}
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "operation timed out after {:?}", self.after)
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl From<Elapsed> for io::Error {
+    fn from(e: Elapsed) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, e)
+    }
+}
+
+/// Runs `f`, cancelling it at its next blocking point once `d` has passed.
+///
+/// `Duration::MAX` never fires; `Duration::ZERO` fires at the first blocking
+/// point. Timeouts nest in any order; a `kill` passes through.
+///
+/// ```
+/// use std::time::Duration;
+/// let r = moss::timeout(Duration::from_millis(10), || moss::sleep(Duration::from_secs(5)));
+/// assert!(r.is_err());
+/// assert_eq!(moss::timeout(Duration::from_secs(5), || 7), Ok(7));
+/// ```
+pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
+    let hub = Hub::current();
+    let Some(deadline) = Instant::now().checked_add(d) else { return Ok(f()) };
+    let h = hub.current_header();
+    let scope = hub.new_scope();
+    let timer = if d.is_zero() {
+        if h.cancel.get().is_none() {
+            h.cancel.set(Some(Cancel::Timeout(scope)));
+        }
+        None
+    } else {
+        Some(hub.timers.borrow_mut().insert(deadline, Action::Timeout(h.token(), scope)))
+    };
+    let r = catch_unwind(AssertUnwindSafe(f));
+    if let Some(k) = timer {
+        hub.timers.borrow_mut().cancel(k);
+    }
+    if h.cancel.get() == Some(Cancel::Timeout(scope)) {
+        // Fired, but `f` returned before reaching a blocking point.
+        h.cancel.set(None);
+    }
+    match r {
+        Ok(v) => Ok(v),
+        Err(p) => match p.downcast_ref::<Cancelled>() {
+            Some(Cancelled(Cancel::Timeout(s))) if *s == scope => Err(Elapsed { after: d }),
+            _ => resume_unwind(p),
+        },
+    }
+}
+
+/// Runs `f` on this thread, then runs the hub until every coroutine of this
+/// thread has finished (or nothing can make progress any more).
+///
+/// ```
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+/// let n = Rc::new(Cell::new(0));
+/// moss::run(|| for _ in 0..3 { let n = n.clone(); moss::spawn(move || n.set(n.get() + 1)); });
+/// assert_eq!(n.get(), 3);
+/// ```
+pub fn run<T>(f: impl FnOnce() -> T) -> T {
+    let v = f();
+    wait();
+    v
+}
+
+/// Runs the hub until no other coroutine of this thread is pending. Returns
+/// early when the remaining ones can never be woken (they wait on something
+/// nobody holds), as gevent's `wait` does.
+pub fn wait() {
+    let hub = Hub::current();
+    if !hub.in_coroutine() {
+        hub.run_until(&|| hub.live_tasks() == 0, false);
+        return;
+    }
+    // In a coroutine: wait for every *other* coroutine.
+    while hub.live_tasks() > 1 {
+        let me = hub.current_header();
+        hub.idle_waiters.borrow_mut().push(me.token());
+        if hub.park(None, "wait") == Wakeup::Cancelled {
+            hub.deliver_cancel();
+        }
+    }
+}
+
+/// Runs `f(index)` on `threads` OS threads, each with its own hub, and
+/// returns when every thread and all its coroutines have finished.
+///
+/// # Panics
+/// If `f` panics on any thread (after all threads have finished), with the
+/// index of the first thread that panicked.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// let n = Arc::new(AtomicUsize::new(0));
+/// let m = n.clone();
+/// moss::run_per_core(2, move |_| { m.fetch_add(1, Ordering::SeqCst); });
+/// assert_eq!(n.load(Ordering::SeqCst), 2);
+/// ```
+pub fn run_per_core<F>(threads: usize, f: F)
+where
+    F: Fn(usize) + Send + Sync + 'static,
+{
+    let f = std::sync::Arc::new(f);
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|i| {
+            let f = f.clone();
+            std::thread::Builder::new()
+                .name(format!("moss-hub-{i}"))
+                .spawn(move || run(|| f(i)))
+                .expect("moss: cannot spawn a hub thread")
+        })
+        .collect();
+    let mut first_panic = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        if let Err(p) = h.join() {
+            first_panic.get_or_insert((i, p));
+        }
+    }
+    if let Some((i, p)) = first_panic {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        panic!("moss::run_per_core: thread {i} panicked: {msg}");
+    }
+}
+
+/// Every live coroutine of this thread: id, name, state (what it waits on
+/// and for how long) and where it was spawned, one per line. gevent's
+/// `print_run_info`.
+///
+/// ```
+/// let _h = moss::Builder::new().name("idle").spawn(|| ()).unwrap();
+/// let d = moss::dump();
+/// assert!(d.contains("idle") && d.contains("not started"));
+/// ```
+pub fn dump() -> String {
+    Hub::current().dump()
+}
+

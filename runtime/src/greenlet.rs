@@ -1,0 +1,395 @@
+//! Greenlets: raw symmetric coroutines, no hub involved, as in the Python
+//! `greenlet` package.
+//!
+//! Any greenlet can `switch` to any other of its thread, passing a value; the
+//! switch returns the value passed when somebody switches back. A greenlet
+//! whose function returns passes its return value to its *parent* (the
+//! greenlet that created it), as if the parent had been switched to.
+//!
+//! corosensei coroutines are asymmetric (resume/suspend), so switching is a
+//! trampoline: the thread's root greenlet drives, and a non-root greenlet
+//! that switches suspends to the driver with the target, which then resumes
+//! the target. A switch therefore costs two stack switches.
+//!
+//! Values of different types live in separate families: `Greenlet<u32>` and
+//! `Greenlet<String>` of one thread never meet, each family has its own root.
+//!
+//! ```
+//! use moss::greenlet::{self, Greenlet};
+//! let ping = Greenlet::new(|mut n: u32| {
+//!     let root = greenlet::current::<u32>().parent().unwrap();
+//!     while n < 5 { n = root.switch(n + 1); }
+//!     n * 100
+//! });
+//! let mut v = 0;
+//! let mut trace = vec![];
+//! while !ping.is_dead() { v = ping.switch(v + 1); trace.push(v); }
+//! assert_eq!(trace, [2, 4, 6, 600]);
+//! ```
+//!
+//! Handles are `!Send`:
+//! ```compile_fail
+//! let g = moss::greenlet::Greenlet::new(|v: u32| v);
+//! std::thread::spawn(move || g.switch(1));
+//! ```
+
+use std::any::{Any, TypeId};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::rc::Rc;
+
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+
+use crate::hub::Hub;
+use crate::stack_pool::DEFAULT_STACK_SIZE;
+use crate::sys::stack::Stack;
+use crate::task::Header;
+
+/// What flows into a greenlet when it is resumed.
+enum In<T: 'static> {
+    Value(T),
+    /// Unwind with `GreenletExit`.
+    Throw,
+    /// The greenlet this one threw has died: `throw` returns.
+    ThrowDone,
+}
+
+/// What a non-root greenlet hands the driver when it suspends.
+enum Out<T: 'static> {
+    Switch(Greenlet<T>, T),
+    Throw(Greenlet<T>),
+}
+
+/// How a greenlet body ended.
+enum End<T: 'static> {
+    Value(T),
+    Thrown,
+    Panic(Box<dyn Any + Send>),
+}
+
+type GCoro<T> = Coroutine<In<T>, Out<T>, End<T>, Stack>;
+
+/// Unwinding payload of `throw`.
+struct GreenletExit;
+
+struct Inner<T: 'static> {
+    coro: RefCell<Option<GCoro<T>>>,
+    f: RefCell<Option<Box<dyn FnOnce(T) -> T>>>,
+    parent: Option<Greenlet<T>>,
+    yielder: Cell<*const Yielder<In<T>, Out<T>>>,
+    dead: Cell<bool>,
+    root: bool,
+}
+
+/// A handle to a greenlet (cheap to clone, `!Send`).
+pub struct Greenlet<T: 'static> {
+    inner: Rc<Inner<T>>,
+}
+
+impl<T> Clone for Greenlet<T> {
+    fn clone(&self) -> Self {
+        Greenlet { inner: self.inner.clone() }
+    }
+}
+
+impl<T> fmt::Debug for Greenlet<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Greenlet")
+            .field("root", &self.inner.root)
+            .field("dead", &self.inner.dead.get())
+            .finish()
+    }
+}
+
+/// Per-thread, per-family state: the root greenlet and the running one.
+struct Family<T: 'static> {
+    root: Greenlet<T>,
+    current: RefCell<Greenlet<T>>,
+}
+
+thread_local! {
+    static FAMILIES: RefCell<HashMap<TypeId, Rc<dyn Any>>> = RefCell::new(HashMap::new());
+    /// The hub context (coroutine header) that is driving non-root greenlets
+    /// right now, or null: moss blocking calls must not suspend that
+    /// coroutine from a greenlet's stack.
+    static DRIVER_OWNER: Cell<*const Header> = const { Cell::new(std::ptr::null()) };
+}
+
+fn family<T: 'static>() -> Rc<Family<T>> {
+    FAMILIES.with(|m| {
+        let mut m = m.borrow_mut();
+        let any = m.entry(TypeId::of::<T>()).or_insert_with(|| {
+            let root: Greenlet<T> = Greenlet {
+                inner: Rc::new(Inner::<T> {
+                    coro: RefCell::new(None),
+                    f: RefCell::new(None),
+                    parent: None,
+                    yielder: Cell::new(std::ptr::null()),
+                    dead: Cell::new(false),
+                    root: true,
+                }),
+            };
+            Rc::new(Family { current: RefCell::new(root.clone()), root }) as Rc<dyn Any>
+        });
+        any.clone().downcast::<Family<T>>().expect("family keyed by its type")
+    })
+}
+
+/// Called by the hub before suspending a coroutine: blocking inside a
+/// greenlet that a coroutine drives would suspend the coroutine from the
+/// wrong stack.
+pub(crate) fn assert_not_in_greenlet() {
+    let owner = DRIVER_OWNER.with(|o| o.get());
+    if !owner.is_null() {
+        let hub = Hub::current();
+        if std::ptr::eq(owner, hub.current_header()) {
+            panic!(
+                "moss: a greenlet started from a coroutine cannot block on moss calls; \
+                 block in the coroutine itself, or use greenlets from the thread's root"
+            );
+        }
+    }
+}
+
+/// The running greenlet of family `T` (the thread's root greenlet outside
+/// any).
+pub fn current<T: 'static>() -> Greenlet<T> {
+    family::<T>().current.borrow().clone()
+}
+
+impl<T: 'static> Greenlet<T> {
+    /// A new greenlet that will run `f` on the first switch to it. Its parent
+    /// is the greenlet running now.
+    pub fn new(f: impl FnOnce(T) -> T + 'static) -> Greenlet<T> {
+        Greenlet {
+            inner: Rc::new(Inner {
+                coro: RefCell::new(None),
+                f: RefCell::new(Some(Box::new(f))),
+                parent: Some(current::<T>()),
+                yielder: Cell::new(std::ptr::null()),
+                dead: Cell::new(false),
+                root: false,
+            }),
+        }
+    }
+
+    /// The parent (the creator); `None` for a root greenlet.
+    pub fn parent(&self) -> Option<Greenlet<T>> {
+        self.inner.parent.clone()
+    }
+
+    /// Whether the greenlet has finished (returned, panicked or was thrown).
+    pub fn is_dead(&self) -> bool {
+        self.inner.dead.get()
+    }
+
+    fn ptr_eq(&self, other: &Greenlet<T>) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Transfers control to this greenlet with `v`. The first switch starts
+    /// its function with `v`; later ones return `v` from the `switch` it is
+    /// suspended in. Returns the value that the next switch back to the
+    /// caller carries (or the return value of a child that finished).
+    ///
+    /// # Panics
+    /// If the target is dead. A panic inside any greenlet of the family
+    /// surfaces from the root greenlet's `switch` (the greenlet dies).
+    pub fn switch(&self, v: T) -> T {
+        let fam = family::<T>();
+        let me = fam.current.borrow().clone();
+        if self.ptr_eq(&me) {
+            return v;
+        }
+        assert!(!self.is_dead(), "moss::greenlet: switch to a dead greenlet");
+        if me.inner.root {
+            drive(&fam, Out::Switch(self.clone(), v))
+        } else {
+            me.suspend_to_driver(Out::Switch(self.clone(), v))
+        }
+    }
+
+    /// Kills the greenlet by unwinding it from where it is suspended
+    /// (destructors run); a greenlet that never started just dies. Returns
+    /// to the caller afterwards. Throwing the running greenlet unwinds it now.
+    pub fn throw(&self) {
+        if self.is_dead() || self.inner.root {
+            return;
+        }
+        let fam = family::<T>();
+        let me = fam.current.borrow().clone();
+        assert!(
+            !self.ptr_eq(&me),
+            "moss::greenlet: a greenlet cannot throw itself; return from its function instead"
+        );
+        if self.inner.coro.borrow().is_none() {
+            self.inner.f.borrow_mut().take();
+            self.inner.dead.set(true);
+            return;
+        }
+        if me.inner.root {
+            drive_throw(&fam, self.clone());
+        } else {
+            match me.suspend_to_driver_raw(Out::Throw(self.clone())) {
+                In::ThrowDone | In::Value(_) => {}
+                In::Throw => resume_unwind(Box::new(GreenletExit)),
+            }
+        }
+    }
+
+    /// From a running non-root greenlet: hand `out` to the driver and wait to
+    /// be resumed.
+    fn suspend_to_driver(&self, out: Out<T>) -> T {
+        match self.suspend_to_driver_raw(out) {
+            In::Value(v) => v,
+            In::Throw => resume_unwind(Box::new(GreenletExit)),
+            In::ThrowDone => unreachable!("only a thrower is resumed with ThrowDone"),
+        }
+    }
+
+    fn suspend_to_driver_raw(&self, out: Out<T>) -> In<T> {
+        let y = self.inner.yielder.get();
+        // SAFETY: `self` is the running greenlet (checked by the callers via
+        // the family's `current`), so we execute on its coroutine stack and
+        // the yielder corosensei gave its body is alive.
+        unsafe { (*y).suspend(out) }
+    }
+
+    /// Resumes this greenlet's coroutine with `input`, starting it if needed.
+    fn resume(&self, input: In<T>) -> CoroutineResult<Out<T>, End<T>> {
+        let mut slot = self.inner.coro.borrow_mut();
+        if slot.is_none() {
+            let stack = Hub::current()
+                .stacks
+                .borrow_mut()
+                .take(DEFAULT_STACK_SIZE)
+                .unwrap_or_else(|e| panic!("moss::greenlet: cannot allocate a stack: {e}"));
+            let f = self.inner.f.borrow_mut().take().expect("unstarted greenlet has its function");
+            let me = self.inner.clone();
+            *slot = Some(Coroutine::with_stack(stack, move |y: &Yielder<In<T>, Out<T>>, input| {
+                me.yielder.set(y);
+                let In::Value(v) = input else { return End::Thrown };
+                match catch_unwind(AssertUnwindSafe(|| f(v))) {
+                    Ok(v) => End::Value(v),
+                    Err(p) if p.is::<GreenletExit>() => End::Thrown,
+                    Err(p) => End::Panic(p),
+                }
+            }));
+        }
+        let coro: *mut GCoro<T> = slot.as_mut().expect("bound above");
+        drop(slot);
+        // SAFETY: the coroutine lives in `self.inner.coro`, which nobody else
+        // touches while it runs: only the driver resumes greenlets, and it
+        // holds `self` alive for the call. The RefCell borrow is released so
+        // that the greenlet itself may inspect its handle.
+        let r = unsafe { (*coro).resume(input) };
+        if let CoroutineResult::Return(_) = &r {
+            self.inner.dead.set(true);
+            let c = self.inner.coro.borrow_mut().take().expect("finished coroutine");
+            Hub::current().stacks.borrow_mut().give(c.into_stack());
+        }
+        r
+    }
+}
+
+/// The trampoline, run by the root greenlet: performs `first`, then follows
+/// switches between non-root greenlets until control comes back to the root.
+fn drive<T: 'static>(fam: &Family<T>, first: Out<T>) -> T {
+    let hub_ctx = Hub::try_current().map_or(std::ptr::null(), |h| h.current_header() as *const _);
+    let prev_owner = DRIVER_OWNER.with(|o| o.replace(hub_ctx));
+    let _restore = Restore(prev_owner);
+    let (mut target, mut input) = match first {
+        Out::Switch(g, v) => (g, In::Value(v)),
+        Out::Throw(_) => unreachable!("root throws go through drive_throw"),
+    };
+    loop {
+        if target.inner.root {
+            *fam.current.borrow_mut() = fam.root.clone();
+            match input {
+                In::Value(v) => return v,
+                _ => unreachable!("the root is never thrown"),
+            }
+        }
+        *fam.current.borrow_mut() = target.clone();
+        match target.resume(input) {
+            CoroutineResult::Yield(Out::Switch(g, v)) => {
+                target = g;
+                input = In::Value(v);
+            }
+            CoroutineResult::Yield(Out::Throw(victim)) => {
+                let thrower = target.clone();
+                *fam.current.borrow_mut() = victim.clone();
+                finish_throw(&victim);
+                target = thrower;
+                input = In::ThrowDone;
+            }
+            CoroutineResult::Return(end) => {
+                let parent = target.parent().expect("non-root greenlets have a parent");
+                let parent = first_live(parent);
+                match end {
+                    End::Value(v) => {
+                        target = parent;
+                        input = In::Value(v);
+                    }
+                    End::Thrown => unreachable!("greenlets are thrown only by finish_throw"),
+                    End::Panic(p) => {
+                        // The panic surfaces in the root's `switch`.
+                        *fam.current.borrow_mut() = fam.root.clone();
+                        resume_unwind(p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The parent chain skipping dead greenlets (greenlet's rule).
+fn first_live<T>(mut g: Greenlet<T>) -> Greenlet<T> {
+    while g.is_dead() {
+        match g.parent() {
+            Some(p) => g = p,
+            None => break,
+        }
+    }
+    g
+}
+
+fn finish_throw<T: 'static>(victim: &Greenlet<T>) {
+    if victim.is_dead() {
+        return;
+    }
+    if victim.inner.coro.borrow().is_none() {
+        victim.inner.f.borrow_mut().take();
+        victim.inner.dead.set(true);
+        return;
+    }
+    match victim.resume(In::Throw) {
+        CoroutineResult::Return(End::Panic(p)) => resume_unwind(p),
+        CoroutineResult::Return(_) => {}
+        CoroutineResult::Yield(_) => {
+            panic!("moss::greenlet: a thrown greenlet switched instead of exiting")
+        }
+    }
+}
+
+fn drive_throw<T: 'static>(fam: &Family<T>, victim: Greenlet<T>) {
+    let hub_ctx = Hub::try_current().map_or(std::ptr::null(), |h| h.current_header() as *const _);
+    let prev_owner = DRIVER_OWNER.with(|o| o.replace(hub_ctx));
+    let _restore = Restore(prev_owner);
+    *fam.current.borrow_mut() = victim.clone();
+    let r = catch_unwind(AssertUnwindSafe(|| finish_throw(&victim)));
+    *fam.current.borrow_mut() = fam.root.clone();
+    if let Err(p) = r {
+        resume_unwind(p);
+    }
+}
+
+struct Restore(*const Header);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        DRIVER_OWNER.with(|o| o.set(self.0));
+    }
+}

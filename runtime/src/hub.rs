@@ -1,0 +1,673 @@
+//! The hub: one scheduler per OS thread.
+//!
+//! ```text
+//!             ┌──────────────────────── run_until(done) on the root stack ──┐
+//!             │                                                             │
+//!   ┌────────▶│ pop the run queue, resume the task (stack switch); it runs  │
+//!   │         │ until it parks, yields or returns; stop if done()           │
+//!   │         │ ... at most BATCH tasks, then:                              │
+//!   │         │ poll: epoll_wait (0 if tasks are ready, else until the next │
+//!   │         │       timer; skipped when nothing can produce an event)     │
+//!   │         │       → wake I/O waiters, drain the cross-thread queue,     │
+//!   │         │       → fire due timers (wakes, timeouts, delayed starts)   │
+//!   └─────────┤ nothing ready, no timer, no I/O waiter, no cross-thread     │
+//!             │ waker: "would block forever"                                │
+//!             └─────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! The loop runs on the root (the thread's own stack) whenever the root blocks
+//! on a moss call; coroutines always suspend back into it. There is no
+//! separate hub stack: a coroutine-to-coroutine switch is suspend + resume.
+//!
+//! Cross-thread wake-ups go through [`Remote`]: a mutex-protected token list
+//! plus a mio `Waker` (an eventfd) that is written only when the hub is (about
+//! to be) asleep in `epoll_wait`, so a busy hub costs a waker no syscall.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::panic::Location;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corosensei::CoroutineResult;
+use slab::Slab;
+
+use crate::cancel::{Cancel, Cancelled};
+use crate::io_slot::IoSlot;
+use crate::stack_pool::StackPool;
+use crate::task::{CoroutineId, Header, ROOT_KEY, RootTask, State, Task, Token, Wakeup};
+use crate::timer::{Action, Timers};
+
+/// Tasks resumed between two polls of I/O and timers when tasks keep yielding.
+const BATCH: u32 = 64;
+const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
+
+/// Ids are handed out to hubs in blocks so spawning touches no shared counter.
+static NEXT_ID_BLOCK: AtomicU64 = AtomicU64::new(1);
+const ID_BLOCK: u64 = 4096;
+static NEXT_HUB_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The part of a hub other threads may touch.
+pub(crate) struct Remote {
+    pub(crate) hub_id: u64,
+    queue: Mutex<Vec<Token>>,
+    has_items: AtomicBool,
+    /// The hub is in (or about to enter) a blocking `epoll_wait`.
+    sleeping: AtomicBool,
+    waker: mio::Waker,
+    /// Live [`Unparker`](crate::park::Unparker)s: a waiter another thread
+    /// could wake, so blocking is not "forever".
+    pub(crate) unparkers: AtomicUsize,
+}
+
+impl Remote {
+    pub(crate) fn push(&self, token: Token) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(token);
+        self.has_items.store(true, Ordering::SeqCst);
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            // A failed wake leaves the hub to its timeout; nothing to report.
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+pub(crate) struct Hub {
+    pub(crate) tasks: RefCell<Slab<Rc<dyn Task>>>,
+    run_queue: RefCell<VecDeque<Rc<dyn Task>>>,
+    pub(crate) timers: RefCell<Timers>,
+    poll: RefCell<mio::Poll>,
+    events: RefCell<mio::Events>,
+    pub(crate) io: RefCell<Slab<IoSlot>>,
+    /// Tasks parked on I/O readiness.
+    pub(crate) io_waiters: Cell<usize>,
+    pub(crate) remote: Arc<Remote>,
+    pub(crate) stacks: RefCell<StackPool>,
+    pub(crate) root: Rc<RootTask>,
+    /// The running task's header, or the root's.
+    current: Cell<*const Header>,
+    next_id: Cell<u64>,
+    id_end: Cell<u64>,
+    /// Tasks resumed (or fast yields) since the last poll.
+    since_poll: Cell<u32>,
+    /// Waiters of `wait()` called from coroutines.
+    pub(crate) idle_waiters: RefCell<Vec<Token>>,
+    next_scope: Cell<u64>,
+    /// An alternate signal stack this hub installed (freed on drop).
+    altstack: Cell<Option<(usize, usize)>>,
+}
+
+thread_local! {
+    static HUB: Cell<*const Hub> = const { Cell::new(std::ptr::null()) };
+    static OWNER: HubOwner = const { HubOwner(Cell::new(std::ptr::null_mut())) };
+}
+
+/// Owns the thread's hub; dropping it at thread exit frees the hub.
+struct HubOwner(Cell<*mut Hub>);
+
+impl Drop for HubOwner {
+    fn drop(&mut self) {
+        let p = self.0.replace(std::ptr::null_mut());
+        if !p.is_null() {
+            HUB.with(|h| h.set(std::ptr::null()));
+            // SAFETY: `p` came from `Box::into_raw` in `Hub::current` and is
+            // freed only here, once; `HUB` no longer points at it.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+impl Hub {
+    fn new() -> io::Result<Hub> {
+        let poll = mio::Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
+        let hub_id = NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed);
+        let remote = Arc::new(Remote {
+            hub_id,
+            queue: Mutex::new(Vec::new()),
+            has_items: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            waker,
+            unparkers: AtomicUsize::new(0),
+        });
+        let first = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
+        let root = Rc::new(RootTask(Header::new(
+            CoroutineId(first),
+            Some(Rc::from("main")),
+            0,
+            Location::caller(),
+        )));
+        root.0.state.set(State::Running);
+        Ok(Hub {
+            tasks: RefCell::new(Slab::new()),
+            run_queue: RefCell::new(VecDeque::new()),
+            timers: RefCell::new(Timers::default()),
+            poll: RefCell::new(poll),
+            events: RefCell::new(mio::Events::with_capacity(1024)),
+            io: RefCell::new(Slab::new()),
+            io_waiters: Cell::new(0),
+            remote,
+            stacks: RefCell::new(StackPool::default()),
+            root,
+            current: Cell::new(std::ptr::null()),
+            next_id: Cell::new(first + 1),
+            id_end: Cell::new(first + ID_BLOCK),
+            since_poll: Cell::new(0),
+            idle_waiters: RefCell::new(Vec::new()),
+            next_scope: Cell::new(1),
+            altstack: Cell::new(None),
+        })
+    }
+
+    /// The calling thread's hub, created on first use.
+    ///
+    /// # Panics
+    /// If the hub cannot be created (no file descriptors left for its epoll
+    /// instance and eventfd).
+    #[inline]
+    pub(crate) fn current() -> &'static Hub {
+        let p = HUB.with(|h| h.get());
+        if !p.is_null() {
+            // SAFETY: `HUB` points at the live boxed hub of this thread; it is
+            // cleared before the hub is freed at thread exit, and the hub is
+            // never moved (boxed). Callers use the reference only on this
+            // thread, during the thread's life.
+            return unsafe { &*p };
+        }
+        Self::create()
+    }
+
+    #[cold]
+    fn create() -> &'static Hub {
+        let hub = match Hub::new() {
+            Ok(h) => h,
+            Err(e) => panic!("moss: cannot create the hub of this thread: {e}"),
+        };
+        let p = Box::into_raw(Box::new(hub));
+        OWNER.with(|o| o.0.set(p));
+        HUB.with(|h| h.set(p));
+        // SAFETY: just allocated and published; see `current`.
+        let hub = unsafe { &*p };
+        hub.current.set(&hub.root.0);
+        crate::sys::signal::install(hub);
+        hub
+    }
+
+    /// The hub of this thread if it exists (never creates one).
+    #[inline]
+    pub(crate) fn try_current() -> Option<&'static Hub> {
+        let p = HUB.with(|h| h.get());
+        // SAFETY: as in `current`.
+        if p.is_null() { None } else { Some(unsafe { &*p }) }
+    }
+
+    pub(crate) fn set_altstack(&self, range: (usize, usize)) {
+        self.altstack.set(Some(range));
+    }
+
+    /// The header of whatever runs now: a coroutine or the root.
+    #[inline]
+    pub(crate) fn current_header(&self) -> &Header {
+        // SAFETY: `current` points at the root's header (owned by the hub) or
+        // at the header of the running task, which the task slab keeps alive
+        // until it is done; it is reset before a finished task is released.
+        unsafe { &*self.current.get() }
+    }
+
+    pub(crate) fn in_coroutine(&self) -> bool {
+        !self.current_header().is_root()
+    }
+
+    pub(crate) fn new_id(&self) -> CoroutineId {
+        let id = self.next_id.get();
+        if id == self.id_end.get() {
+            let first = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            self.next_id.set(first + 1);
+            self.id_end.set(first + ID_BLOCK);
+            return CoroutineId(first);
+        }
+        self.next_id.set(id + 1);
+        CoroutineId(id)
+    }
+
+    pub(crate) fn new_scope(&self) -> u64 {
+        let s = self.next_scope.get();
+        self.next_scope.set(s + 1);
+        s
+    }
+
+    /// Adds a new task; it starts at `start` or as soon as possible.
+    pub(crate) fn spawn(&self, task: Rc<dyn Task>, start: Option<Instant>) {
+        let key = self.tasks.borrow_mut().insert(task.clone());
+        let h = task.header();
+        h.key.set(key as u32);
+        match start {
+            Some(at) => {
+                let k = self.timers.borrow_mut().insert(at, Action::Start(h.token()));
+                h.timer.set(Some(k));
+                h.deadline.set(Some(at));
+            }
+            None => self.run_queue.borrow_mut().push_back(task),
+        }
+    }
+
+    pub(crate) fn task(&self, key: u32, id: u64) -> Option<Rc<dyn Task>> {
+        if key == ROOT_KEY {
+            return (self.root.0.id.0 == id).then(|| self.root.clone() as Rc<dyn Task>);
+        }
+        let tasks = self.tasks.borrow();
+        let t = tasks.get(key as usize)?;
+        (t.header().id.0 == id).then(|| t.clone())
+    }
+
+    pub(crate) fn live_tasks(&self) -> usize {
+        self.tasks.borrow().len()
+    }
+
+    /// Ends the wait `token` with `why`; false if that wait is already over.
+    pub(crate) fn wake(&self, token: Token, why: Wakeup) -> bool {
+        let Some(t) = self.task(token.key, token.id) else { return false };
+        let h = t.header();
+        if h.park_seq.get() != token.seq || h.state.get() != State::Parked {
+            return false;
+        }
+        self.make_ready(t, why);
+        true
+    }
+
+    fn make_ready(&self, t: Rc<dyn Task>, why: Wakeup) {
+        let h = t.header();
+        h.wakeup.set(why);
+        h.state.set(State::Ready);
+        if !h.is_root() {
+            self.run_queue.borrow_mut().push_back(t);
+        }
+    }
+
+    /// Requests cancellation of the task `t` (see `cancel.rs`).
+    pub(crate) fn request_cancel(&self, t: &Rc<dyn Task>, c: Cancel) {
+        let h = t.header();
+        match (h.cancel.get(), c) {
+            (Some(Cancel::Kill), _) => return,
+            (Some(Cancel::Timeout(_)), Cancel::Timeout(_)) => return,
+            _ => {}
+        }
+        if c == Cancel::Kill {
+            if h.killed.get() {
+                return;
+            }
+            h.killed.set(true);
+        }
+        h.cancel.set(Some(c));
+        if h.state.get() == State::Parked {
+            self.make_ready(t.clone(), Wakeup::Cancelled);
+        }
+    }
+
+    /// Unwinds the current context with its pending cancellation.
+    pub(crate) fn deliver_cancel(&self) -> ! {
+        let h = self.current_header();
+        let c = h.cancel.take().expect("deliver_cancel without a pending cancellation");
+        std::panic::resume_unwind(Box::new(Cancelled(c)))
+    }
+
+    /// Suspends the current context until woken, the deadline passes, or a
+    /// cancellation is requested. Never unwinds.
+    pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str) -> Wakeup {
+        let h = self.current_header();
+        if h.cancel.get().is_some() {
+            return Wakeup::Cancelled;
+        }
+        if let Some(d) = deadline {
+            if d <= Instant::now() {
+                return Wakeup::TimedOut;
+            }
+            let k = self.timers.borrow_mut().insert(d, Action::Wake(h.token()));
+            h.timer.set(Some(k));
+        }
+        h.deadline.set(deadline);
+        h.waiting_on.set(what);
+        h.state.set(State::Parked);
+        if h.is_root() {
+            self.run_until(&|| h.state.get() != State::Parked, true);
+        } else {
+            self.suspend(h);
+        }
+        h.state.set(State::Running);
+        h.park_seq.set(h.park_seq.get() + 1);
+        h.deadline.set(None);
+        if let Some(k) = h.timer.take() {
+            self.timers.borrow_mut().cancel(k);
+        }
+        h.wakeup.get()
+    }
+
+    /// Switches from the running coroutine back to the hub loop.
+    fn suspend(&self, h: &Header) {
+        let y = h.yielder.get();
+        debug_assert!(!y.is_null(), "suspend outside a coroutine");
+        crate::greenlet::assert_not_in_greenlet();
+        // SAFETY: `yielder` was set by the coroutine's body from the
+        // `&Yielder` corosensei passed it, which lives on this coroutine's
+        // stack for as long as the body runs; we are running on that stack
+        // (current is this task), so it is alive and ours to suspend.
+        unsafe { (*y).suspend(()) };
+    }
+
+    /// `yield_now` for the current context.
+    pub(crate) fn yield_now(&self) {
+        let h = self.current_header();
+        if h.cancel.get().is_some() {
+            self.deliver_cancel();
+        }
+        if h.is_root() {
+            // Let every task that is ready now run once, then poll.
+            h.state.set(State::Parked);
+            self.run_queue.borrow_mut().push_back(self.root.clone());
+            self.run_until(&|| h.state.get() != State::Parked, true);
+            h.state.set(State::Running);
+            self.poll_once(Some(Duration::ZERO));
+        } else {
+            let n = self.since_poll.get() + 1;
+            self.since_poll.set(n);
+            if n < BATCH && self.run_queue.borrow().is_empty() {
+                return;
+            }
+            let t = self.task(h.key.get(), h.id.0).expect("running task is in the slab");
+            h.state.set(State::Ready);
+            h.waiting_on.set("yield");
+            self.run_queue.borrow_mut().push_back(t);
+            self.suspend(h);
+            h.state.set(State::Running);
+        }
+        if h.cancel.get().is_some() {
+            self.deliver_cancel();
+        }
+    }
+
+    /// Runs the loop on the root stack until `done()` holds. When nothing can
+    /// ever make progress: panics if `strict`, else returns false.
+    pub(crate) fn run_until(&self, done: &dyn Fn() -> bool, strict: bool) -> bool {
+        debug_assert!(!self.in_coroutine(), "the hub loop runs on the root only");
+        loop {
+            if done() {
+                return true;
+            }
+            let mut n = 0;
+            loop {
+                let next = self.run_queue.borrow_mut().pop_front();
+                let Some(t) = next else { break };
+                self.resume(t);
+                if done() {
+                    return true;
+                }
+                n += 1;
+                if n == BATCH {
+                    break;
+                }
+            }
+            let timeout = if !self.run_queue.borrow().is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                match self.timers.borrow().next_deadline() {
+                    Some(d) => Some(d.saturating_duration_since(Instant::now())),
+                    None if self.can_be_woken() => None,
+                    None if strict => self.block_forever(),
+                    None => return false,
+                }
+            };
+            self.poll_once(timeout);
+        }
+    }
+
+    #[cold]
+    fn block_forever(&self) -> ! {
+        panic!(
+            "moss: this operation would block forever: the {} is waiting on '{}', and no \
+             coroutine is runnable, no timer is pending, no I/O is awaited and nothing on \
+             another thread can wake this hub ({} coroutines blocked)",
+            if self.in_coroutine() { "coroutine" } else { "root" },
+            self.current_header().waiting_on.get(),
+            self.live_tasks(),
+        )
+    }
+
+    fn can_be_woken(&self) -> bool {
+        self.io_waiters.get() > 0
+            || self.remote.unparkers.load(Ordering::SeqCst) > 0
+            || self.remote.has_items.load(Ordering::SeqCst)
+    }
+
+    /// Runs one task until it parks, yields or returns.
+    fn resume(&self, t: Rc<dyn Task>) {
+        self.since_poll.set(self.since_poll.get() + 1);
+        let h = t.header();
+        match h.state.get() {
+            State::Ready | State::New => {}
+            State::Done => return, // killed while queued
+            s if h.is_root() => {
+                // The root queued itself in `yield_now`.
+                debug_assert_eq!(s, State::Parked);
+                h.state.set(State::Ready);
+                return;
+            }
+            s => unreachable!("resume of a task in state {s:?}"),
+        }
+        // SAFETY: the coroutine cell is only touched here and in `finish`,
+        // on the hub loop (root stack), never by the task's own code; no other
+        // reference to it is alive during this call.
+        let coro = unsafe { &mut *h.coroutine.get() };
+        if coro.is_none() {
+            let stack = self.stacks.borrow_mut().take(h.stack_size);
+            let stack = match stack {
+                Ok(s) => s,
+                Err(e) => {
+                    t.finish_unstarted(Some(e));
+                    self.finish(&t);
+                    return;
+                }
+            };
+            h.guard.set(stack.guard_range());
+            let body = t.clone();
+            *coro = Some(corosensei::Coroutine::with_stack(stack, move |y, ()| {
+                body.header().yielder.set(y);
+                body.run();
+            }));
+        }
+        h.state.set(State::Running);
+        let prev = self.current.replace(h);
+        let r = coro.as_mut().expect("bound above").resume(());
+        self.current.set(prev);
+        if let CoroutineResult::Return(()) = r {
+            let stack = coro.take().expect("coroutine present").into_stack();
+            self.stacks.borrow_mut().give(stack);
+            self.finish(&t);
+        }
+    }
+
+    /// Marks `t` done, releases its slab entry and wakes its joiners.
+    pub(crate) fn finish(&self, t: &Rc<dyn Task>) {
+        let h = t.header();
+        h.state.set(State::Done);
+        if let Some(k) = h.timer.take() {
+            self.timers.borrow_mut().cancel(k);
+        }
+        self.tasks.borrow_mut().try_remove(h.key.get() as usize);
+        let joiners = std::mem::take(&mut *h.joiners.borrow_mut());
+        for j in joiners {
+            self.wake(j, Wakeup::Notified);
+        }
+        if !self.idle_waiters.borrow().is_empty() {
+            let waiters = std::mem::take(&mut *self.idle_waiters.borrow_mut());
+            for w in waiters {
+                self.wake(w, Wakeup::Notified);
+            }
+        }
+    }
+
+    /// Polls I/O and the cross-thread queue, waiting at most `timeout`
+    /// (`None`: until an event), then fires due timers.
+    pub(crate) fn poll_once(&self, timeout: Option<Duration>) {
+        self.since_poll.set(0);
+        let must_poll = timeout != Some(Duration::ZERO) || self.io.borrow().len() > 0;
+        if must_poll {
+            let mut timeout = timeout;
+            let sleeping = timeout != Some(Duration::ZERO);
+            if sleeping {
+                self.remote.sleeping.store(true, Ordering::SeqCst);
+                if self.remote.has_items.load(Ordering::SeqCst) {
+                    timeout = Some(Duration::ZERO);
+                }
+            }
+            let mut events = self.events.borrow_mut();
+            let r = self.poll.borrow_mut().poll(&mut events, timeout);
+            if sleeping {
+                self.remote.sleeping.store(false, Ordering::SeqCst);
+            }
+            if let Err(e) = r
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                panic!("moss: epoll_wait failed: {e}");
+            }
+            for ev in events.iter() {
+                if ev.token() != WAKER_TOKEN {
+                    self.dispatch_io(ev);
+                }
+            }
+        }
+        if self.remote.has_items.load(Ordering::SeqCst) {
+            self.remote.has_items.store(false, Ordering::SeqCst);
+            let tokens = std::mem::take(&mut *self.remote.queue.lock().unwrap_or_else(|e| e.into_inner()));
+            for t in tokens {
+                self.wake(t, Wakeup::Notified);
+            }
+        }
+        self.fire_timers();
+    }
+
+    fn fire_timers(&self) {
+        let mut now = None;
+        loop {
+            if self.timers.borrow().len() == 0 {
+                return;
+            }
+            let now = *now.get_or_insert_with(Instant::now);
+            let action = self.timers.borrow_mut().pop_due(now);
+            let Some(action) = action else { return };
+            match action {
+                Action::Wake(tok) => {
+                    if let Some(t) = self.task(tok.key, tok.id) {
+                        let h = t.header();
+                        if h.park_seq.get() == tok.seq && h.state.get() == State::Parked {
+                            h.timer.set(None);
+                            self.make_ready(t, Wakeup::TimedOut);
+                        }
+                    }
+                }
+                Action::Timeout(tok, scope) => {
+                    if let Some(t) = self.task(tok.key, tok.id) {
+                        self.request_cancel(&t, Cancel::Timeout(scope));
+                    }
+                }
+                Action::Start(tok) => {
+                    if let Some(t) = self.task(tok.key, tok.id) {
+                        let h = t.header();
+                        h.timer.set(None);
+                        h.deadline.set(None);
+                        if h.state.get() == State::New {
+                            self.run_queue.borrow_mut().push_back(t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn registry_register(
+        &self,
+        fd: std::os::fd::RawFd,
+        key: usize,
+    ) -> io::Result<()> {
+        self.poll.borrow().registry().register(
+            &mut mio::unix::SourceFd(&fd),
+            mio::Token(key),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )
+    }
+
+    pub(crate) fn registry_deregister(&self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        self.poll.borrow().registry().deregister(&mut mio::unix::SourceFd(&fd))
+    }
+
+    fn dispatch_io(&self, ev: &mio::event::Event) {
+        let (readers, writers) = {
+            let mut io = self.io.borrow_mut();
+            let Some(slot) = io.get_mut(ev.token().0) else { return };
+            let err = ev.is_error();
+            let r = ev.is_readable() || ev.is_read_closed() || err;
+            let w = ev.is_writable() || ev.is_write_closed() || err;
+            (slot.on_event(r, true), slot.on_event(w, false))
+        };
+        for t in readers.into_iter().chain(writers) {
+            self.wake(t, Wakeup::Notified);
+        }
+    }
+
+    /// Diagnostic listing of this hub's coroutines.
+    pub(crate) fn dump(&self) -> String {
+        use std::fmt::Write;
+        let now = Instant::now();
+        let mut out = String::new();
+        let describe = |h: &Header, out: &mut String| {
+            let state = match h.state.get() {
+                State::New if h.deadline.get().is_some() => "not started (spawn_later)".to_owned(),
+                State::New => "not started".to_owned(),
+                State::Ready => "ready".to_owned(),
+                State::Running => "running".to_owned(),
+                State::Done => "done".to_owned(),
+                State::Parked => match h.deadline.get() {
+                    Some(d) => format!(
+                        "waiting on {} ({:.3}s left)",
+                        h.waiting_on.get(),
+                        d.saturating_duration_since(now).as_secs_f64()
+                    ),
+                    None => format!("waiting on {}", h.waiting_on.get()),
+                },
+            };
+            let _ = writeln!(
+                out,
+                "#{} {:<12} {:<40} spawned at {}",
+                h.id,
+                h.name.as_deref().unwrap_or("-"),
+                state,
+                h.spawn_site
+            );
+        };
+        let _ = writeln!(out, "hub {}: {} coroutines", self.remote.hub_id, self.live_tasks());
+        describe(&self.root.0, &mut out);
+        for (_, t) in self.tasks.borrow().iter() {
+            describe(t.header(), &mut out);
+        }
+        out
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // Unfinished coroutines are leaked, not unwound: their destructors
+        // would run during thread-local destruction, when moss itself is
+        // gone. Their stacks stay mapped (and unused) for the process's life.
+        for t in self.tasks.get_mut().drain() {
+            // SAFETY: the hub loop is not running (we are in its destructor),
+            // so nothing else references the coroutine cell.
+            if let Some(c) = unsafe { &mut *t.header().coroutine.get() }.take() {
+                std::mem::forget(c);
+            }
+        }
+        if let Some(range) = self.altstack.take() {
+            crate::sys::signal::remove_altstack(range);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Per-fd readiness state of the hub, and the registration API for I/O types.
+//!
+//! Every fd is registered with the hub's epoll once, edge-triggered, for both
+//! directions (Go's netpoller is the model). Each direction has a `ready` bit
+//! and a list of parked waiters:
+//!
+//! * an edge with waiters wakes them all (each retries its syscall);
+//! * an edge with no waiter sets `ready`, so the next `wait` returns at once;
+//! * `wait` consumes `ready` (clears it) or parks.
+//!
+//! Callers follow "try the syscall first; on `EAGAIN`, wait, then retry". A
+//! stale `ready` bit costs one extra `EAGAIN`, never a missed wake-up: any
+//! edge after the failed syscall is delivered to the waiter list or the bit.
+//! Deadlines and cancellation remove the waiter again, so the slot stays
+//! consistent; dropping the registration wakes waiters, which then see
+//! [`WaitError::Closed`].
+
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use crate::hub::Hub;
+use crate::task::{Token, Wakeup};
+
+pub(crate) struct IoSlot {
+    fd: RawFd,
+    generation: u64,
+    readers: Vec<Token>,
+    writers: Vec<Token>,
+    read_ready: bool,
+    write_ready: bool,
+}
+
+impl IoSlot {
+    /// Records an edge in one direction; returns the waiters to wake.
+    pub(crate) fn on_event(&mut self, ready: bool, read: bool) -> Vec<Token> {
+        if !ready {
+            return Vec::new();
+        }
+        let (waiters, flag) = if read {
+            (&mut self.readers, &mut self.read_ready)
+        } else {
+            (&mut self.writers, &mut self.write_ready)
+        };
+        if waiters.is_empty() {
+            *flag = true;
+            Vec::new()
+        } else {
+            std::mem::take(waiters)
+        }
+    }
+}
+
+/// Which readiness to wait for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// Data (or EOF, or an error) can be read; a listener can accept.
+    Readable,
+    /// Data can be written (or the peer is gone).
+    Writable,
+}
+
+/// Why [`Registration::wait_raw`] returned without readiness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitError {
+    /// The deadline passed.
+    TimedOut,
+    /// A `kill` or `timeout` is pending for the waiting coroutine; it is
+    /// delivered at the next moss blocking point (see [`crate::park`]).
+    Cancelled,
+    /// The registration was dropped (the fd is being closed).
+    Closed,
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WaitError::TimedOut => "timed out waiting for readiness",
+            WaitError::Cancelled => "the waiting coroutine was cancelled",
+            WaitError::Closed => "the file descriptor was closed while waiting",
+        })
+    }
+}
+
+impl std::error::Error for WaitError {}
+
+static NEXT_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// An fd registered with the current thread's hub (edge-triggered, both
+/// directions). Dropping it deregisters the fd and wakes its waiters; it does
+/// not close the fd. Tied to the thread that created it.
+///
+/// ```
+/// use std::io::Read;
+/// use std::os::fd::AsRawFd;
+/// use moss_runtime::reactor::{Interest, Registration};
+///
+/// let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+/// a.set_nonblocking(true).unwrap();
+/// let reg = Registration::new(a.as_raw_fd()).unwrap();
+/// let writer = moss_runtime::spawn(move || {
+///     moss_runtime::sleep(std::time::Duration::from_millis(10));
+///     std::io::Write::write_all(&mut &b, b"hi").unwrap();
+///     b
+/// });
+/// let mut buf = [0u8; 2];
+/// loop {
+///     match a.read(&mut buf) {
+///         Ok(n) => { assert_eq!(&buf[..n], b"hi"); break }
+///         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+///             reg.wait(Interest::Readable, None).unwrap()
+///         }
+///         Err(e) => panic!("{e}"),
+///     }
+/// }
+/// writer.join().unwrap();
+/// ```
+pub struct Registration {
+    key: usize,
+    generation: u64,
+    fd: RawFd,
+    hub_id: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Registration {
+    /// Registers `fd` (which the caller has made non-blocking) with this
+    /// thread's hub.
+    pub fn new(fd: RawFd) -> io::Result<Registration> {
+        let hub = Hub::current();
+        let generation = NEXT_GEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = hub.io.borrow_mut().insert(IoSlot {
+            fd,
+            generation,
+            readers: Vec::new(),
+            writers: Vec::new(),
+            read_ready: false,
+            write_ready: false,
+        });
+        if let Err(e) = hub.registry_register(fd, key) {
+            hub.io.borrow_mut().remove(key);
+            return Err(e);
+        }
+        Ok(Registration { key, generation, fd, hub_id: hub.remote.hub_id, _not_send: PhantomData })
+    }
+
+    /// The registered fd.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The id of the hub this registration belongs to (see [`crate::reactor::hub_id`]).
+    pub fn hub_id(&self) -> u64 {
+        self.hub_id
+    }
+
+    /// Waits until the fd is ready for `interest`, or `deadline` passes
+    /// (`ErrorKind::TimedOut`). A pending `kill`/`timeout` of the calling
+    /// coroutine unwinds it from here.
+    pub fn wait(&self, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
+        match self.wait_raw(interest, deadline) {
+            Ok(()) => Ok(()),
+            Err(WaitError::TimedOut) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+            Err(WaitError::Closed) => {
+                Err(io::Error::new(io::ErrorKind::NotConnected, WaitError::Closed))
+            }
+            Err(WaitError::Cancelled) => Hub::current().deliver_cancel(),
+        }
+    }
+
+    /// Like [`wait`](Self::wait) but never unwinds: for code that cannot
+    /// unwind (C ABI hooks). On `Cancelled` the cancellation stays pending.
+    pub fn wait_raw(&self, interest: Interest, deadline: Option<Instant>) -> Result<(), WaitError> {
+        let hub = Hub::current();
+        debug_assert_eq!(hub.remote.hub_id, self.hub_id, "fd used on another thread's hub");
+        let h = hub.current_header();
+        {
+            let mut io = hub.io.borrow_mut();
+            let slot = match io.get_mut(self.key) {
+                Some(s) if s.generation == self.generation => s,
+                _ => return Err(WaitError::Closed),
+            };
+            let (waiters, flag) = match interest {
+                Interest::Readable => (&mut slot.readers, &mut slot.read_ready),
+                Interest::Writable => (&mut slot.writers, &mut slot.write_ready),
+            };
+            if std::mem::take(flag) {
+                return Ok(());
+            }
+            if h.cancel.get().is_some() {
+                return Err(WaitError::Cancelled);
+            }
+            waiters.push(h.token());
+        }
+        let token = h.token();
+        hub.io_waiters.set(hub.io_waiters.get() + 1);
+        let w = hub.park(deadline, "I/O readiness");
+        hub.io_waiters.set(hub.io_waiters.get() - 1);
+        let mut io = hub.io.borrow_mut();
+        let slot = match io.get_mut(self.key) {
+            Some(s) if s.generation == self.generation => s,
+            _ => return Err(WaitError::Closed),
+        };
+        let waiters = match interest {
+            Interest::Readable => &mut slot.readers,
+            Interest::Writable => &mut slot.writers,
+        };
+        waiters.retain(|t| *t != token);
+        match w {
+            Wakeup::Notified => Ok(()),
+            Wakeup::TimedOut => Err(WaitError::TimedOut),
+            Wakeup::Cancelled => Err(WaitError::Cancelled),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let Some(hub) = Hub::try_current() else { return };
+        if hub.remote.hub_id != self.hub_id {
+            return;
+        }
+        let slot = {
+            let mut io = hub.io.borrow_mut();
+            match io.get(self.key) {
+                Some(s) if s.generation == self.generation => Some(io.remove(self.key)),
+                _ => None,
+            }
+        };
+        if let Some(slot) = slot {
+            let _ = hub.registry_deregister(slot.fd);
+            for t in slot.readers.into_iter().chain(slot.writers) {
+                hub.wake(t, Wakeup::Notified);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration").field("fd", &self.fd).field("hub", &self.hub_id).finish()
+    }
+}

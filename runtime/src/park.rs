@@ -1,0 +1,148 @@
+//! Parking: the primitive every blocking moss call is built on.
+//!
+//! A context (a coroutine, or a thread's root) parks; something else wakes it
+//! through an [`Unparker`], a deadline passes, or a cancellation arrives.
+//! Unparkers are `Send + Sync`: waking a coroutine of the same thread pushes it
+//! on the run queue (no syscall, no atomic beyond the unparker's own count);
+//! waking one of another thread goes through that hub's cross-thread queue and
+//! writes its eventfd only if it sleeps.
+//!
+//! Protocol for a blocking primitive:
+//!
+//! ```text
+//! loop {
+//!     if condition holds { take it; return }
+//!     let u = park::unparker();      // identifies *this* wait of the caller
+//!     store u with the primitive     // whoever makes the condition true calls u.unpark()
+//!     match park::park(deadline, "what") { ... }   // re-check: wake-ups may be spurious
+//! }
+//! ```
+//!
+//! An unparker ends only the wait it was created for: once the context has
+//! returned from that park, `unpark` is a no-op, so stale unparkers left in
+//! wait lists are harmless. Because a root that parks runs the hub, all of
+//! this also works on a plain thread with no coroutines: the park blocks the
+//! thread in `epoll_wait` until the unparker's eventfd write.
+//!
+//! [`park`] never unwinds and reports [`Wakeup::Cancelled`] when a `kill` or
+//! `timeout` is pending; call [`deliver_cancel`] (after cleaning up) to unwind,
+//! or [`park_cancellable`], which does both.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::hub::{Hub, Remote};
+use crate::task::Token;
+pub use crate::task::Wakeup;
+
+/// Wakes one particular wait of one context, from any thread.
+pub struct Unparker {
+    remote: Arc<Remote>,
+    token: Token,
+}
+
+impl Unparker {
+    /// Ends the wait this unparker was created for, if it is still going on.
+    pub fn unpark(&self) {
+        if let Some(hub) = Hub::try_current()
+            && Arc::ptr_eq(&hub.remote, &self.remote)
+        {
+            hub.wake(self.token, Wakeup::Notified);
+            return;
+        }
+        self.remote.push(self.token);
+    }
+
+    /// Whether this unparker wakes a context of the calling thread.
+    pub fn is_local(&self) -> bool {
+        Hub::try_current().is_some_and(|h| Arc::ptr_eq(&h.remote, &self.remote))
+    }
+
+    /// Whether two unparkers end the same wait.
+    pub fn same_wait(&self, other: &Unparker) -> bool {
+        Arc::ptr_eq(&self.remote, &other.remote) && self.token == other.token
+    }
+}
+
+impl Clone for Unparker {
+    fn clone(&self) -> Unparker {
+        self.remote.unparkers.fetch_add(1, Ordering::Relaxed);
+        Unparker { remote: self.remote.clone(), token: self.token }
+    }
+}
+
+impl Drop for Unparker {
+    fn drop(&mut self) {
+        self.remote.unparkers.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for Unparker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unparker")
+            .field("hub", &self.remote.hub_id)
+            .field("coroutine", &self.token.id)
+            .field("wait", &self.token.seq)
+            .finish()
+    }
+}
+
+/// An unparker for the calling context's next (or current) wait.
+///
+/// While it exists, the hub of this thread counts as wakeable from outside,
+/// so a root blocked on it does not report "would block forever".
+pub fn unparker() -> Unparker {
+    let hub = Hub::current();
+    hub.remote.unparkers.fetch_add(1, Ordering::Relaxed);
+    Unparker { remote: hub.remote.clone(), token: hub.current_header().token() }
+}
+
+/// Parks the calling context until an unparker of this wait fires
+/// (`Notified`), `deadline` passes (`TimedOut`), or a cancellation is pending
+/// (`Cancelled`, returned at once if one is already pending). Never unwinds.
+/// `what` names the wait in [`dump`](crate::dump).
+pub fn park(deadline: Option<Instant>, what: &'static str) -> Wakeup {
+    Hub::current().park(deadline, what)
+}
+
+/// [`park`], unwinding the caller on cancellation. Returns `Notified` or
+/// `TimedOut`.
+pub fn park_cancellable(deadline: Option<Instant>, what: &'static str) -> Wakeup {
+    let hub = Hub::current();
+    match hub.park(deadline, what) {
+        Wakeup::Cancelled => hub.deliver_cancel(),
+        w => w,
+    }
+}
+
+/// Unwinds the calling coroutine with its pending cancellation.
+///
+/// # Panics
+/// If no cancellation is pending.
+pub fn deliver_cancel() -> ! {
+    Hub::current().deliver_cancel()
+}
+
+/// Whether a cancellation is pending for the calling context.
+pub fn cancel_pending() -> bool {
+    Hub::try_current().is_some_and(|h| h.current_header().cancel.get().is_some())
+}
+
+/// Unwinds now if a cancellation is pending: a cancellation point.
+pub fn check_cancel() {
+    if cancel_pending() {
+        deliver_cancel();
+    }
+}
+
+/// Whether this thread has a hub (without creating one).
+pub fn hub_exists() -> bool {
+    Hub::try_current().is_some()
+}
+
+/// Whether the caller runs in a coroutine (not on a thread's root).
+pub fn in_coroutine() -> bool {
+    Hub::try_current().is_some_and(|h| h.in_coroutine())
+}

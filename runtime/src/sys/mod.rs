@@ -1,0 +1,15 @@
+//! Platform mechanisms, one file each, behind small contracts.
+//!
+//! The portable scheduler never issues a raw syscall itself; it calls into
+//! these modules:
+//!
+//! * [`stack`] — reserve stack memory with `mmap`, install guard pages
+//!   (`MADV_GUARD_INSTALL`, falling back to `mprotect`), release pages with
+//!   `MADV_DONTNEED`. Contract: a [`stack::Stack`] is a 16-byte aligned range
+//!   `[limit, base)` whose lowest `guard` bytes fault on access.
+//! * [`signal`] — the SIGSEGV/SIGBUS handler that turns a fault in the running
+//!   coroutine's guard page into a one-line report and an abort, chaining every
+//!   other fault to the handler that was installed before.
+
+pub(crate) mod signal;
+pub(crate) mod stack;

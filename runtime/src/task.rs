@@ -1,0 +1,387 @@
+//! A coroutine's control block and its life cycle.
+//!
+//! ```text
+//!            spawn                 first resume binds a stack
+//!   ─────────────────▶ New ────────────────────────────────┐
+//!                       │  kill before start                ▼
+//!                       └──────────────▶ Done ◀──────── Running ◀───┐
+//!                                         ▲   body returned │ │      │ resume
+//!                                         │   or unwound    │ │ park │
+//!                                         └─────────────────┘ ▼      │
+//!                                                           Parked ──┤
+//!                                              wake / timer / cancel │
+//!                                                           Ready ───┘
+//!                                          (yield_now: Running → Ready)
+//! ```
+//!
+//! * `New`: spawned, closure and control block only, no stack. It sits in the
+//!   run queue (or waits for its `spawn_later` timer).
+//! * `Ready`: in the run queue, suspended.
+//! * `Running`: the hub resumed it; exactly one task (or the root) per hub.
+//! * `Parked`: suspended at a blocking point; `park_seq` identifies this wait,
+//!   so a wake meant for an earlier wait is ignored.
+//! * `Done`: the result is in the task's slot; the stack went back to the pool.
+//!
+//! The root (the thread's own stack) has a control block too; it is never
+//! `New` or `Done`, and "resuming" it means returning from the hub loop that
+//! runs on its stack.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::fmt;
+use std::io;
+use std::panic::{AssertUnwindSafe, Location, catch_unwind};
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use corosensei::{Coroutine, Yielder};
+
+use crate::cancel::{Cancel, Cancelled};
+use crate::sys::stack::Stack;
+use crate::timer::TimerKey;
+
+/// The corosensei coroutine type every task runs on.
+pub(crate) type Coro = Coroutine<(), (), (), Stack>;
+
+/// The slab key reserved for the root's control block.
+pub(crate) const ROOT_KEY: u32 = u32::MAX;
+
+/// A coroutine's identity, unique within the process.
+///
+/// ```
+/// let h = moss::spawn(|| moss::current().id());
+/// let id = h.id();
+/// assert_eq!(h.join().unwrap(), id);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct CoroutineId(pub(crate) u64);
+
+impl CoroutineId {
+    /// The id as a number.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for CoroutineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a waker points: a task (by slab key and id) and the wait it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Token {
+    pub key: u32,
+    pub id: u64,
+    pub seq: u64,
+}
+
+/// See the module docs for the transitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    New,
+    Ready,
+    Running,
+    Parked,
+    Done,
+}
+
+/// How a park ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Somebody woke this wait (the condition may hold; re-check it).
+    Notified,
+    /// The park's own deadline passed.
+    TimedOut,
+    /// A `kill` or an enclosing `timeout` wants this coroutine to unwind.
+    /// The cancellation stays pending until it is delivered.
+    Cancelled,
+}
+
+/// The control block shared by the hub, the coroutine and its `JoinHandle`.
+pub(crate) struct Header {
+    pub id: CoroutineId,
+    pub key: Cell<u32>,
+    pub name: Option<Rc<str>>,
+    pub stack_size: usize,
+    pub spawn_site: &'static Location<'static>,
+    pub state: Cell<State>,
+    /// What a parked task waits on, for `dump`.
+    pub waiting_on: Cell<&'static str>,
+    pub deadline: Cell<Option<Instant>>,
+    pub park_seq: Cell<u64>,
+    pub wakeup: Cell<Wakeup>,
+    pub timer: Cell<Option<TimerKey>>,
+    /// A requested cancellation not yet delivered.
+    pub cancel: Cell<Option<Cancel>>,
+    /// A kill was requested; later kills are no-ops ("delivered once").
+    pub killed: Cell<bool>,
+    /// Waiters for this task to finish.
+    pub joiners: RefCell<Vec<Token>>,
+    /// Bound on first resume, taken back when the body returns.
+    pub coroutine: UnsafeCell<Option<Coro>>,
+    pub yielder: Cell<*const Yielder<(), ()>>,
+    /// Guard range of the bound stack, for the overflow handler.
+    pub guard: Cell<(usize, usize)>,
+}
+
+impl Header {
+    pub(crate) fn new(
+        id: CoroutineId,
+        name: Option<Rc<str>>,
+        stack_size: usize,
+        spawn_site: &'static Location<'static>,
+    ) -> Header {
+        Header {
+            id,
+            key: Cell::new(ROOT_KEY),
+            name,
+            stack_size,
+            spawn_site,
+            state: Cell::new(State::New),
+            waiting_on: Cell::new(""),
+            deadline: Cell::new(None),
+            park_seq: Cell::new(0),
+            wakeup: Cell::new(Wakeup::Notified),
+            timer: Cell::new(None),
+            cancel: Cell::new(None),
+            killed: Cell::new(false),
+            joiners: RefCell::new(Vec::new()),
+            coroutine: UnsafeCell::new(None),
+            yielder: Cell::new(std::ptr::null()),
+            guard: Cell::new((0, 0)),
+        }
+    }
+
+    pub(crate) fn token(&self) -> Token {
+        Token { key: self.key.get(), id: self.id.0, seq: self.park_seq.get() }
+    }
+
+    pub(crate) fn is_root(&self) -> bool {
+        self.key.get() == ROOT_KEY
+    }
+
+    /// "name" or "#id", for messages.
+    pub(crate) fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("'{n}' (#{})", self.id),
+            None => format!("#{}", self.id),
+        }
+    }
+}
+
+/// The type-erased task the hub schedules.
+pub(crate) trait Task {
+    fn header(&self) -> &Header;
+    /// Runs the body to completion on the coroutine's stack, storing its result.
+    fn run(&self);
+    /// Completes a task that never ran, as killed, dropping its closure.
+    fn finish_unstarted(&self, err: Option<io::Error>);
+}
+
+/// The typed side a `JoinHandle` reads.
+pub(crate) trait JoinSlot<T> {
+    fn header(&self) -> &Header;
+    fn take(&self) -> Option<Result<T, JoinError>>;
+}
+
+enum Slot<F, T> {
+    Pending(F),
+    Running,
+    Done(Result<T, JoinError>),
+    Taken,
+}
+
+/// A task with its closure and result in one allocation.
+pub(crate) struct TaskCell<F, T> {
+    header: Header,
+    slot: UnsafeCell<Slot<F, T>>,
+}
+
+impl<F, T> TaskCell<F, T>
+where
+    F: FnOnce() -> T,
+{
+    pub(crate) fn new(header: Header, f: F) -> TaskCell<F, T> {
+        TaskCell { header, slot: UnsafeCell::new(Slot::Pending(f)) }
+    }
+
+    fn replace(&self, new: Slot<F, T>) -> Slot<F, T> {
+        // SAFETY: the slot is only accessed through this method and `take`,
+        // which never hold a reference across a call that could re-enter
+        // them: the hub is single threaded and both swap the value out at once.
+        unsafe { std::mem::replace(&mut *self.slot.get(), new) }
+    }
+}
+
+impl<F, T> Task for TaskCell<F, T>
+where
+    F: FnOnce() -> T,
+{
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn run(&self) {
+        let Slot::Pending(f) = self.replace(Slot::Running) else {
+            unreachable!("a task body runs once")
+        };
+        let result = match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(v) => Ok(v),
+            Err(payload) => Err(JoinError::from_payload(&self.header, payload)),
+        };
+        self.replace(Slot::Done(result));
+    }
+
+    fn finish_unstarted(&self, err: Option<io::Error>) {
+        let e = match err {
+            Some(e) => JoinError::new(&self.header, Repr::Spawn(e)),
+            None => JoinError::new(&self.header, Repr::Killed),
+        };
+        // Dropping the closure runs user destructors: do it after the slot
+        // holds its final value.
+        let old = self.replace(Slot::Done(Err(e)));
+        drop(old);
+    }
+}
+
+impl<F, T> JoinSlot<T> for TaskCell<F, T>
+where
+    F: FnOnce() -> T,
+{
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn take(&self) -> Option<Result<T, JoinError>> {
+        match self.replace(Slot::Taken) {
+            Slot::Done(r) => Some(r),
+            other => {
+                self.replace(other);
+                None
+            }
+        }
+    }
+}
+
+/// The root's control block (it has no body).
+pub(crate) struct RootTask(pub Header);
+
+impl Task for RootTask {
+    fn header(&self) -> &Header {
+        &self.0
+    }
+    fn run(&self) {
+        unreachable!("the root is never resumed as a coroutine")
+    }
+    fn finish_unstarted(&self, _: Option<io::Error>) {}
+}
+
+/// A panic payload made `Sync`, so that `JoinError` can be sent and shared
+/// like any error.
+struct Payload(Mutex<Box<dyn Any + Send>>);
+
+enum Repr {
+    Panic(Payload),
+    Killed,
+    Spawn(io::Error),
+}
+
+/// Why a coroutine did not return a value: it panicked, it was killed, or its
+/// stack could not be allocated.
+///
+/// ```
+/// let h = moss::spawn(|| -> u32 { panic!("boom") });
+/// let err = h.join().unwrap_err();
+/// assert!(err.is_panic());
+/// assert!(err.to_string().contains("boom"));
+/// ```
+pub struct JoinError {
+    id: CoroutineId,
+    name: Option<String>,
+    message: Option<String>,
+    repr: Repr,
+}
+
+impl JoinError {
+    fn new(h: &Header, repr: Repr) -> JoinError {
+        JoinError { id: h.id, name: h.name.as_deref().map(str::to_owned), message: None, repr }
+    }
+
+    fn from_payload(h: &Header, payload: Box<dyn Any + Send>) -> JoinError {
+        if payload.is::<Cancelled>() {
+            return JoinError::new(h, Repr::Killed);
+        }
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned());
+        JoinError { message, ..JoinError::new(h, Repr::Panic(Payload(Mutex::new(payload)))) }
+    }
+
+    /// The coroutine panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.repr, Repr::Panic(_))
+    }
+
+    /// The coroutine was killed (by [`JoinHandle::kill`](crate::JoinHandle::kill)),
+    /// before it started or at a blocking point.
+    pub fn is_killed(&self) -> bool {
+        matches!(self.repr, Repr::Killed)
+    }
+
+    /// The id of the coroutine that failed.
+    pub fn id(&self) -> CoroutineId {
+        self.id
+    }
+
+    /// The panic payload, to re-raise with `std::panic::resume_unwind`.
+    ///
+    /// # Panics
+    /// If the error is not a panic (check [`is_panic`](Self::is_panic)).
+    pub fn into_panic(self) -> Box<dyn Any + Send> {
+        match self.repr {
+            Repr::Panic(p) => p.0.into_inner().unwrap_or_else(|e| e.into_inner()),
+            _ => panic!("JoinError::into_panic called on an error that is not a panic: {self}"),
+        }
+    }
+
+    /// The payload if it is a panic, or the error back.
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, JoinError> {
+        if self.is_panic() { Ok(self.into_panic()) } else { Err(self) }
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "coroutine '{n}' (#{})", self.id)?,
+            None => write!(f, "coroutine #{}", self.id)?,
+        }
+        match &self.repr {
+            Repr::Panic(_) => match &self.message {
+                Some(m) => write!(f, " panicked: {m}"),
+                None => write!(f, " panicked"),
+            },
+            Repr::Killed => write!(f, " was killed"),
+            Repr::Spawn(e) => write!(f, " could not start: {e}"),
+        }
+    }
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JoinError({self})")
+    }
+}
+
+impl std::error::Error for JoinError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.repr {
+            Repr::Spawn(e) => Some(e),
+            _ => None,
+        }
+    }
+}
