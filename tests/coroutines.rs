@@ -20,7 +20,10 @@ fn ten_thousand_sleepers_overlap() {
     let el = t.elapsed();
     assert!(el >= Duration::from_millis(100), "{el:?}");
     // Serially this would take 1000 s; allow a very loaded machine.
-    assert!(el < Duration::from_secs(5), "sleeps did not overlap: {el:?}");
+    assert!(
+        el < Duration::from_secs(5),
+        "sleeps did not overlap: {el:?}"
+    );
 }
 
 #[test]
@@ -57,7 +60,10 @@ fn panic_is_returned_by_join_and_others_keep_running() {
     });
     let e = bad.join().unwrap_err();
     assert!(e.is_panic() && !e.is_killed());
-    assert_eq!(e.to_string(), format!("coroutine 'bad' (#{}) panicked: kaput", e.id()));
+    assert_eq!(
+        e.to_string(),
+        format!("coroutine 'bad' (#{}) panicked: kaput", e.id())
+    );
     assert_eq!(good.join().unwrap(), 7);
 }
 
@@ -151,7 +157,9 @@ fn kill_finished_and_join_after_kill() {
 
 #[test]
 fn timeout_fires_and_passes() {
-    let r = moss::timeout(Duration::from_millis(20), || moss::sleep(Duration::from_secs(10)));
+    let r = moss::timeout(Duration::from_millis(20), || {
+        moss::sleep(Duration::from_secs(10))
+    });
     assert!(r.is_err());
     assert!(r.unwrap_err().to_string().contains("timed out"));
     assert_eq!(moss::timeout(Duration::MAX, || 3), Ok(3));
@@ -163,12 +171,16 @@ fn timeout_fires_and_passes() {
 fn nested_timeouts_in_both_orders() {
     // Inner shorter: the inner one fires, the outer does not.
     let r = moss::timeout(Duration::from_secs(10), || {
-        moss::timeout(Duration::from_millis(10), || moss::sleep(Duration::from_secs(10)))
+        moss::timeout(Duration::from_millis(10), || {
+            moss::sleep(Duration::from_secs(10))
+        })
     });
     assert!(matches!(r, Ok(Err(_))));
     // Outer shorter: the outer fires through the inner.
     let r = moss::timeout(Duration::from_millis(10), || {
-        moss::timeout(Duration::from_secs(10), || moss::sleep(Duration::from_secs(10)))
+        moss::timeout(Duration::from_secs(10), || {
+            moss::sleep(Duration::from_secs(10))
+        })
     });
     assert!(r.is_err());
     // And nothing is left pending afterwards.
@@ -187,7 +199,10 @@ fn timeout_inside_coroutines() {
             })
         })
         .collect();
-    let fired = moss::join_all(hs).into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    let fired = moss::join_all(hs)
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
     assert_eq!(fired, 50);
 }
 
@@ -215,16 +230,34 @@ fn spawn_later_waits() {
 #[test]
 fn builder_rejects_bad_stack_sizes() {
     for size in [0, 1, 1024, usize::MAX, 1 << 40] {
-        let e = moss::Builder::new().stack_size(size).spawn(|| ()).unwrap_err();
+        let e = moss::Builder::new()
+            .stack_size(size)
+            .spawn(|| ())
+            .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{size}");
     }
-    assert!(moss::Builder::new().stack_size(moss::MIN_STACK_SIZE).spawn(|| ()).unwrap().join().is_ok());
+    assert!(
+        moss::Builder::new()
+            .stack_size(moss::MIN_STACK_SIZE)
+            .spawn(|| ())
+            .unwrap()
+            .join()
+            .is_ok()
+    );
 }
 
 #[test]
 fn current_names_and_ids() {
     assert_eq!(moss::current().name(), Some("main"));
-    let h = moss::Builder::new().name("w").spawn(|| (moss::current().id(), moss::current().name().map(String::from))).unwrap();
+    let h = moss::Builder::new()
+        .name("w")
+        .spawn(|| {
+            (
+                moss::current().id(),
+                moss::current().name().map(String::from),
+            )
+        })
+        .unwrap();
     let id = h.id();
     let (cid, name) = h.join().unwrap();
     assert_eq!(cid, id);
@@ -284,7 +317,10 @@ fn hundred_thousand_alive_at_once() {
         moss::sleep(Duration::from_millis(5));
     }
     // Every one of them is alive and parked (or about to re-park) in its sleep.
-    let alive = moss::dump().lines().filter(|l| l.contains("sleep") || l.contains("ready")).count();
+    let alive = moss::dump()
+        .lines()
+        .filter(|l| l.contains("sleep") || l.contains("ready"))
+        .count();
     assert_eq!(alive, n);
     release.set(true);
     let sum: u64 = moss::join_all(hs).into_iter().map(|r| r.unwrap()).sum();
@@ -293,10 +329,17 @@ fn hundred_thousand_alive_at_once() {
 
 #[test]
 fn dump_lists_state_and_spawn_site() {
-    let h = moss::Builder::new().name("sleeper").spawn(|| moss::sleep(Duration::from_secs(60))).unwrap();
+    let h = moss::Builder::new()
+        .name("sleeper")
+        .spawn(|| moss::sleep(Duration::from_secs(60)))
+        .unwrap();
     moss::yield_now();
     let d = moss::dump();
-    let line = d.lines().find(|l| l.contains("sleeper")).unwrap().to_owned();
+    let line = d
+        .lines()
+        .find(|l| l.contains("sleeper"))
+        .unwrap()
+        .to_owned();
     assert!(line.contains("waiting on sleep"), "{line}");
     assert!(line.contains("tests/coroutines.rs"), "{line}");
     h.kill();

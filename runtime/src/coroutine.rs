@@ -23,7 +23,7 @@ use crate::timer::Action;
 /// Dropping the handle detaches the coroutine.
 ///
 /// ```
-/// let h = moss::spawn(|| 6 * 7);
+/// let h = moss_runtime::spawn(|| 6 * 7);
 /// assert_eq!(h.join().unwrap(), 42);
 /// ```
 #[track_caller]
@@ -40,7 +40,7 @@ where
 /// ```
 /// use std::time::{Duration, Instant};
 /// let t = Instant::now();
-/// let h = moss::spawn_later(Duration::from_millis(20), move || t.elapsed());
+/// let h = moss_runtime::spawn_later(Duration::from_millis(20), move || t.elapsed());
 /// assert!(h.join().unwrap() >= Duration::from_millis(20));
 /// ```
 #[track_caller]
@@ -77,16 +77,19 @@ where
     let header = Header::new(hub.new_id(), name, stack_size, site);
     let cell = Rc::new(TaskCell::new(header, f));
     hub.spawn(cell.clone(), start);
-    JoinHandle { task: cell, _not_send: PhantomData }
+    JoinHandle {
+        task: cell,
+        _not_send: PhantomData,
+    }
 }
 
 /// Configures a coroutine before spawning it, like `std::thread::Builder`.
 ///
 /// ```
-/// let h = moss::Builder::new()
+/// let h = moss_runtime::Builder::new()
 ///     .name("worker")
 ///     .stack_size(64 * 1024)
-///     .spawn(|| moss::current().name().map(str::to_owned))
+///     .spawn(|| moss_runtime::current().name().map(str::to_owned))
 ///     .unwrap();
 /// assert_eq!(h.name(), Some("worker"));
 /// assert_eq!(h.join().unwrap().as_deref(), Some("worker"));
@@ -131,7 +134,13 @@ impl Builder {
             Some(s) => normalize_size(s)?,
             None => DEFAULT_STACK_SIZE,
         };
-        Ok(spawn_inner(self.name.map(Rc::from), size, None, Location::caller(), f))
+        Ok(spawn_inner(
+            self.name.map(Rc::from),
+            size,
+            None,
+            Location::caller(),
+            f,
+        ))
     }
 }
 
@@ -139,7 +148,7 @@ impl Builder {
 /// whose hub runs the coroutine.
 ///
 /// ```compile_fail
-/// let h = moss::spawn(|| 1);
+/// let h = moss_runtime::spawn(|| 1);
 /// std::thread::spawn(move || h.join()); // JoinHandle is !Send
 /// ```
 pub struct JoinHandle<T> {
@@ -200,15 +209,17 @@ impl<T> JoinHandle<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let h = moss::spawn(|| moss::sleep(Duration::from_secs(3600)));
-    /// moss::yield_now(); // let it start sleeping
+    /// let h = moss_runtime::spawn(|| moss_runtime::sleep(Duration::from_secs(3600)));
+    /// moss_runtime::yield_now(); // let it start sleeping
     /// h.kill();
     /// assert!(h.join().unwrap_err().is_killed());
     /// ```
     pub fn kill(&self) {
         let hub = Hub::current();
         let h = self.header();
-        let Some(t) = hub.task(h.key.get(), h.id.0) else { return }; // done
+        let Some(t) = hub.task(h.key.get(), h.id.0) else {
+            return;
+        }; // done
         if h.state.get() == State::New {
             h.killed.set(true);
             if let Some(k) = h.timer.take() {
@@ -259,8 +270,8 @@ impl<T> fmt::Debug for JoinHandle<T> {
 /// Joins every handle, returning the results in input order.
 ///
 /// ```
-/// let hs: Vec<_> = (0..10).map(|i| moss::spawn(move || i * i)).collect();
-/// let squares: Vec<u32> = moss::join_all(hs).into_iter().map(Result::unwrap).collect();
+/// let hs: Vec<_> = (0..10).map(|i| moss_runtime::spawn(move || i * i)).collect();
+/// let squares: Vec<u32> = moss_runtime::join_all(hs).into_iter().map(Result::unwrap).collect();
 /// assert_eq!(squares[9], 81);
 /// ```
 pub fn join_all<T>(hs: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<Result<T, JoinError>> {
@@ -318,11 +329,14 @@ impl Current {
 /// Who is running now.
 ///
 /// ```
-/// assert_eq!(moss::current().name(), Some("main"));
+/// assert_eq!(moss_runtime::current().name(), Some("main"));
 /// ```
 pub fn current() -> Current {
     let h = Hub::current().current_header();
-    Current { id: h.id, name: h.name.clone() }
+    Current {
+        id: h.id,
+        name: h.name.clone(),
+    }
 }
 
 /// The error of a [`timeout`] that fired.
@@ -352,13 +366,15 @@ impl From<Elapsed> for io::Error {
 ///
 /// ```
 /// use std::time::Duration;
-/// let r = moss::timeout(Duration::from_millis(10), || moss::sleep(Duration::from_secs(5)));
+/// let r = moss_runtime::timeout(Duration::from_millis(10), || moss_runtime::sleep(Duration::from_secs(5)));
 /// assert!(r.is_err());
-/// assert_eq!(moss::timeout(Duration::from_secs(5), || 7), Ok(7));
+/// assert_eq!(moss_runtime::timeout(Duration::from_secs(5), || 7), Ok(7));
 /// ```
 pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     let hub = Hub::current();
-    let Some(deadline) = Instant::now().checked_add(d) else { return Ok(f()) };
+    let Some(deadline) = Instant::now().checked_add(d) else {
+        return Ok(f());
+    };
     let h = hub.current_header();
     let scope = hub.new_scope();
     let timer = if d.is_zero() {
@@ -367,7 +383,11 @@ pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
         }
         None
     } else {
-        Some(hub.timers.borrow_mut().insert(deadline, Action::Timeout(h.token(), scope)))
+        Some(
+            hub.timers
+                .borrow_mut()
+                .insert(deadline, Action::Timeout(h.token(), scope)),
+        )
     };
     let r = catch_unwind(AssertUnwindSafe(f));
     if let Some(k) = timer {
@@ -393,7 +413,7 @@ pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
 /// use std::cell::Cell;
 /// use std::rc::Rc;
 /// let n = Rc::new(Cell::new(0));
-/// moss::run(|| for _ in 0..3 { let n = n.clone(); moss::spawn(move || n.set(n.get() + 1)); });
+/// moss_runtime::run(|| for _ in 0..3 { let n = n.clone(); moss_runtime::spawn(move || n.set(n.get() + 1)); });
 /// assert_eq!(n.get(), 3);
 /// ```
 pub fn run<T>(f: impl FnOnce() -> T) -> T {
@@ -433,7 +453,7 @@ pub fn wait() {
 /// use std::sync::Arc;
 /// let n = Arc::new(AtomicUsize::new(0));
 /// let m = n.clone();
-/// moss::run_per_core(2, move |_| { m.fetch_add(1, Ordering::SeqCst); });
+/// moss_runtime::run_per_core(2, move |_| { m.fetch_add(1, Ordering::SeqCst); });
 /// assert_eq!(n.load(Ordering::SeqCst), 2);
 /// ```
 pub fn run_per_core<F>(threads: usize, f: F)
@@ -471,11 +491,10 @@ where
 /// `print_run_info`.
 ///
 /// ```
-/// let _h = moss::Builder::new().name("idle").spawn(|| ()).unwrap();
-/// let d = moss::dump();
+/// let _h = moss_runtime::Builder::new().name("idle").spawn(|| ()).unwrap();
+/// let d = moss_runtime::dump();
 /// assert!(d.contains("idle") && d.contains("not started"));
 /// ```
 pub fn dump() -> String {
     Hub::current().dump()
 }
-

@@ -15,7 +15,7 @@
 //! `Greenlet<String>` of one thread never meet, each family has its own root.
 //!
 //! ```
-//! use moss::greenlet::{self, Greenlet};
+//! use moss_runtime::greenlet::{self, Greenlet};
 //! let ping = Greenlet::new(|mut n: u32| {
 //!     let root = greenlet::current::<u32>().parent().unwrap();
 //!     while n < 5 { n = root.switch(n + 1); }
@@ -24,12 +24,12 @@
 //! let mut v = 0;
 //! let mut trace = vec![];
 //! while !ping.is_dead() { v = ping.switch(v + 1); trace.push(v); }
-//! assert_eq!(trace, [2, 4, 6, 600]);
+//! assert_eq!(trace, [2, 4, 500]);
 //! ```
 //!
 //! Handles are `!Send`:
 //! ```compile_fail
-//! let g = moss::greenlet::Greenlet::new(|v: u32| v);
+//! let g = moss_runtime::greenlet::Greenlet::new(|v: u32| v);
 //! std::thread::spawn(move || g.switch(1));
 //! ```
 
@@ -70,13 +70,14 @@ enum End<T: 'static> {
 }
 
 type GCoro<T> = Coroutine<In<T>, Out<T>, End<T>, Stack>;
+type Body<T> = Box<dyn FnOnce(T) -> T>;
 
 /// Unwinding payload of `throw`.
 struct GreenletExit;
 
 struct Inner<T: 'static> {
     coro: RefCell<Option<GCoro<T>>>,
-    f: RefCell<Option<Box<dyn FnOnce(T) -> T>>>,
+    f: RefCell<Option<Body<T>>>,
     parent: Option<Greenlet<T>>,
     yielder: Cell<*const Yielder<In<T>, Out<T>>>,
     dead: Cell<bool>,
@@ -90,7 +91,9 @@ pub struct Greenlet<T: 'static> {
 
 impl<T> Clone for Greenlet<T> {
     fn clone(&self) -> Self {
-        Greenlet { inner: self.inner.clone() }
+        Greenlet {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -131,9 +134,14 @@ fn family<T: 'static>() -> Rc<Family<T>> {
                     root: true,
                 }),
             };
-            Rc::new(Family { current: RefCell::new(root.clone()), root }) as Rc<dyn Any>
+            Rc::new(Family {
+                current: RefCell::new(root.clone()),
+                root,
+            }) as Rc<dyn Any>
         });
-        any.clone().downcast::<Family<T>>().expect("family keyed by its type")
+        any.clone()
+            .downcast::<Family<T>>()
+            .expect("family keyed by its type")
     })
 }
 
@@ -266,17 +274,27 @@ impl<T: 'static> Greenlet<T> {
                 .borrow_mut()
                 .take(DEFAULT_STACK_SIZE)
                 .unwrap_or_else(|e| panic!("moss::greenlet: cannot allocate a stack: {e}"));
-            let f = self.inner.f.borrow_mut().take().expect("unstarted greenlet has its function");
+            let f = self
+                .inner
+                .f
+                .borrow_mut()
+                .take()
+                .expect("unstarted greenlet has its function");
             let me = self.inner.clone();
-            *slot = Some(Coroutine::with_stack(stack, move |y: &Yielder<In<T>, Out<T>>, input| {
-                me.yielder.set(y);
-                let In::Value(v) = input else { return End::Thrown };
-                match catch_unwind(AssertUnwindSafe(|| f(v))) {
-                    Ok(v) => End::Value(v),
-                    Err(p) if p.is::<GreenletExit>() => End::Thrown,
-                    Err(p) => End::Panic(p),
-                }
-            }));
+            *slot = Some(Coroutine::with_stack(
+                stack,
+                move |y: &Yielder<In<T>, Out<T>>, input| {
+                    me.yielder.set(y);
+                    let In::Value(v) = input else {
+                        return End::Thrown;
+                    };
+                    match catch_unwind(AssertUnwindSafe(|| f(v))) {
+                        Ok(v) => End::Value(v),
+                        Err(p) if p.is::<GreenletExit>() => End::Thrown,
+                        Err(p) => End::Panic(p),
+                    }
+                },
+            ));
         }
         let coro: *mut GCoro<T> = slot.as_mut().expect("bound above");
         drop(slot);
@@ -287,7 +305,12 @@ impl<T: 'static> Greenlet<T> {
         let r = unsafe { (*coro).resume(input) };
         if let CoroutineResult::Return(_) = &r {
             self.inner.dead.set(true);
-            let c = self.inner.coro.borrow_mut().take().expect("finished coroutine");
+            let c = self
+                .inner
+                .coro
+                .borrow_mut()
+                .take()
+                .expect("finished coroutine");
             Hub::current().stacks.borrow_mut().give(c.into_stack());
         }
         r

@@ -65,7 +65,10 @@ pub(crate) struct Remote {
 
 impl Remote {
     pub(crate) fn push(&self, token: Token) {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(token);
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(token);
         self.has_items.store(true, Ordering::SeqCst);
         if self.sleeping.swap(false, Ordering::SeqCst) {
             // A failed wake leaves the hub to its timeout; nothing to report.
@@ -200,7 +203,11 @@ impl Hub {
     pub(crate) fn try_current() -> Option<&'static Hub> {
         let p = HUB.with(|h| h.get());
         // SAFETY: as in `current`.
-        if p.is_null() { None } else { Some(unsafe { &*p }) }
+        if p.is_null() {
+            None
+        } else {
+            Some(unsafe { &*p })
+        }
     }
 
     pub(crate) fn set_altstack(&self, range: (usize, usize)) {
@@ -245,7 +252,10 @@ impl Hub {
         h.key.set(key as u32);
         match start {
             Some(at) => {
-                let k = self.timers.borrow_mut().insert(at, Action::Start(h.token()));
+                let k = self
+                    .timers
+                    .borrow_mut()
+                    .insert(at, Action::Start(h.token()));
                 h.timer.set(Some(k));
                 h.deadline.set(Some(at));
             }
@@ -268,7 +278,9 @@ impl Hub {
 
     /// Ends the wait `token` with `why`; false if that wait is already over.
     pub(crate) fn wake(&self, token: Token, why: Wakeup) -> bool {
-        let Some(t) = self.task(token.key, token.id) else { return false };
+        let Some(t) = self.task(token.key, token.id) else {
+            return false;
+        };
         let h = t.header();
         if h.park_seq.get() != token.seq || h.state.get() != State::Parked {
             return false;
@@ -309,7 +321,10 @@ impl Hub {
     /// Unwinds the current context with its pending cancellation.
     pub(crate) fn deliver_cancel(&self) -> ! {
         let h = self.current_header();
-        let c = h.cancel.take().expect("deliver_cancel without a pending cancellation");
+        let c = h
+            .cancel
+            .take()
+            .expect("deliver_cancel without a pending cancellation");
         std::panic::resume_unwind(Box::new(Cancelled(c)))
     }
 
@@ -375,7 +390,9 @@ impl Hub {
             if n < BATCH && self.run_queue.borrow().is_empty() {
                 return;
             }
-            let t = self.task(h.key.get(), h.id.0).expect("running task is in the slab");
+            let t = self
+                .task(h.key.get(), h.id.0)
+                .expect("running task is in the slab");
             h.state.set(State::Ready);
             h.waiting_on.set("yield");
             self.run_queue.borrow_mut().push_back(t);
@@ -428,7 +445,11 @@ impl Hub {
             "moss: this operation would block forever: the {} is waiting on '{}', and no \
              coroutine is runnable, no timer is pending, no I/O is awaited and nothing on \
              another thread can wake this hub ({} coroutines blocked)",
-            if self.in_coroutine() { "coroutine" } else { "root" },
+            if self.in_coroutine() {
+                "coroutine"
+            } else {
+                "root"
+            },
             self.current_header().waiting_on.get(),
             self.live_tasks(),
         )
@@ -511,7 +532,7 @@ impl Hub {
     /// (`None`: until an event), then fires due timers.
     pub(crate) fn poll_once(&self, timeout: Option<Duration>) {
         self.since_poll.set(0);
-        let must_poll = timeout != Some(Duration::ZERO) || self.io.borrow().len() > 0;
+        let must_poll = timeout != Some(Duration::ZERO) || !self.io.borrow().is_empty();
         if must_poll {
             let mut timeout = timeout;
             let sleeping = timeout != Some(Duration::ZERO);
@@ -539,7 +560,8 @@ impl Hub {
         }
         if self.remote.has_items.load(Ordering::SeqCst) {
             self.remote.has_items.store(false, Ordering::SeqCst);
-            let tokens = std::mem::take(&mut *self.remote.queue.lock().unwrap_or_else(|e| e.into_inner()));
+            let tokens =
+                std::mem::take(&mut *self.remote.queue.lock().unwrap_or_else(|e| e.into_inner()));
             for t in tokens {
                 self.wake(t, Wakeup::Notified);
             }
@@ -585,11 +607,7 @@ impl Hub {
         }
     }
 
-    pub(crate) fn registry_register(
-        &self,
-        fd: std::os::fd::RawFd,
-        key: usize,
-    ) -> io::Result<()> {
+    pub(crate) fn registry_register(&self, fd: std::os::fd::RawFd, key: usize) -> io::Result<()> {
         self.poll.borrow().registry().register(
             &mut mio::unix::SourceFd(&fd),
             mio::Token(key),
@@ -598,13 +616,18 @@ impl Hub {
     }
 
     pub(crate) fn registry_deregister(&self, fd: std::os::fd::RawFd) -> io::Result<()> {
-        self.poll.borrow().registry().deregister(&mut mio::unix::SourceFd(&fd))
+        self.poll
+            .borrow()
+            .registry()
+            .deregister(&mut mio::unix::SourceFd(&fd))
     }
 
     fn dispatch_io(&self, ev: &mio::event::Event) {
         let (readers, writers) = {
             let mut io = self.io.borrow_mut();
-            let Some(slot) = io.get_mut(ev.token().0) else { return };
+            let Some(slot) = io.get_mut(ev.token().0) else {
+                return;
+            };
             let err = ev.is_error();
             let r = ev.is_readable() || ev.is_read_closed() || err;
             let w = ev.is_writable() || ev.is_write_closed() || err;
@@ -645,7 +668,12 @@ impl Hub {
                 h.spawn_site
             );
         };
-        let _ = writeln!(out, "hub {}: {} coroutines", self.remote.hub_id, self.live_tasks());
+        let _ = writeln!(
+            out,
+            "hub {}: {} coroutines",
+            self.remote.hub_id,
+            self.live_tasks()
+        );
         describe(&self.root.0, &mut out);
         for (_, t) in self.tasks.borrow().iter() {
             describe(t.header(), &mut out);

@@ -143,7 +143,13 @@ impl Registration {
             hub.io.borrow_mut().remove(key);
             return Err(e);
         }
-        Ok(Registration { key, generation, fd, hub_id: hub.remote.hub_id, _not_send: PhantomData })
+        Ok(Registration {
+            key,
+            generation,
+            fd,
+            hub_id: hub.remote.hub_id,
+            _not_send: PhantomData,
+        })
     }
 
     /// The registered fd.
@@ -163,9 +169,10 @@ impl Registration {
         match self.wait_raw(interest, deadline) {
             Ok(()) => Ok(()),
             Err(WaitError::TimedOut) => Err(io::Error::from(io::ErrorKind::TimedOut)),
-            Err(WaitError::Closed) => {
-                Err(io::Error::new(io::ErrorKind::NotConnected, WaitError::Closed))
-            }
+            Err(WaitError::Closed) => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                WaitError::Closed,
+            )),
             Err(WaitError::Cancelled) => Hub::current().deliver_cancel(),
         }
     }
@@ -174,7 +181,10 @@ impl Registration {
     /// unwind (C ABI hooks). On `Cancelled` the cancellation stays pending.
     pub fn wait_raw(&self, interest: Interest, deadline: Option<Instant>) -> Result<(), WaitError> {
         let hub = Hub::current();
-        debug_assert_eq!(hub.remote.hub_id, self.hub_id, "fd used on another thread's hub");
+        debug_assert_eq!(
+            hub.remote.hub_id, self.hub_id,
+            "fd used on another thread's hub"
+        );
         let h = hub.current_header();
         {
             let mut io = hub.io.borrow_mut();
@@ -218,7 +228,9 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let Some(hub) = Hub::try_current() else { return };
+        let Some(hub) = Hub::try_current() else {
+            return;
+        };
         if hub.remote.hub_id != self.hub_id {
             return;
         }
@@ -240,6 +252,9 @@ impl Drop for Registration {
 
 impl fmt::Debug for Registration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registration").field("fd", &self.fd).field("hub", &self.hub_id).finish()
+        f.debug_struct("Registration")
+            .field("fd", &self.fd)
+            .field("hub", &self.hub_id)
+            .finish()
     }
 }

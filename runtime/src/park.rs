@@ -69,7 +69,10 @@ impl Unparker {
 impl Clone for Unparker {
     fn clone(&self) -> Unparker {
         self.remote.unparkers.fetch_add(1, Ordering::Relaxed);
-        Unparker { remote: self.remote.clone(), token: self.token }
+        Unparker {
+            remote: self.remote.clone(),
+            token: self.token,
+        }
     }
 }
 
@@ -96,7 +99,10 @@ impl fmt::Debug for Unparker {
 pub fn unparker() -> Unparker {
     let hub = Hub::current();
     hub.remote.unparkers.fetch_add(1, Ordering::Relaxed);
-    Unparker { remote: hub.remote.clone(), token: hub.current_header().token() }
+    Unparker {
+        remote: hub.remote.clone(),
+        token: hub.current_header().token(),
+    }
 }
 
 /// Parks the calling context until an unparker of this wait fires

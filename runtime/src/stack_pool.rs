@@ -118,7 +118,9 @@ impl StackPool {
 
 impl Drop for StackPool {
     fn drop(&mut self) {
-        let Ok(mut orphans) = ORPHANS.lock() else { return };
+        let Ok(mut orphans) = ORPHANS.lock() else {
+            return;
+        };
         for (_, class) in self.classes.drain() {
             for s in class.hot {
                 s.release_pages();
@@ -138,7 +140,10 @@ mod tests {
         assert!(normalize_size(0).is_err());
         assert!(normalize_size(MIN_STACK_SIZE - 1).is_err());
         assert!(normalize_size(usize::MAX).is_err());
-        assert_eq!(normalize_size(MIN_STACK_SIZE + 1).unwrap(), MIN_STACK_SIZE + page_size());
+        assert_eq!(
+            normalize_size(MIN_STACK_SIZE + 1).unwrap(),
+            MIN_STACK_SIZE + page_size()
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub(crate) const ROOT_KEY: u32 = u32::MAX;
 /// A coroutine's identity, unique within the process.
 ///
 /// ```
-/// let h = moss::spawn(|| moss::current().id());
+/// let h = moss_runtime::spawn(|| moss_runtime::current().id());
 /// let id = h.id();
 /// assert_eq!(h.join().unwrap(), id);
 /// ```
@@ -156,7 +156,11 @@ impl Header {
     }
 
     pub(crate) fn token(&self) -> Token {
-        Token { key: self.key.get(), id: self.id.0, seq: self.park_seq.get() }
+        Token {
+            key: self.key.get(),
+            id: self.id.0,
+            seq: self.park_seq.get(),
+        }
     }
 
     pub(crate) fn is_root(&self) -> bool {
@@ -205,7 +209,10 @@ where
     F: FnOnce() -> T,
 {
     pub(crate) fn new(header: Header, f: F) -> TaskCell<F, T> {
-        TaskCell { header, slot: UnsafeCell::new(Slot::Pending(f)) }
+        TaskCell {
+            header,
+            slot: UnsafeCell::new(Slot::Pending(f)),
+        }
     }
 
     fn replace(&self, new: Slot<F, T>) -> Slot<F, T> {
@@ -293,7 +300,7 @@ enum Repr {
 /// stack could not be allocated.
 ///
 /// ```
-/// let h = moss::spawn(|| -> u32 { panic!("boom") });
+/// let h = moss_runtime::spawn(|| -> u32 { panic!("boom") });
 /// let err = h.join().unwrap_err();
 /// assert!(err.is_panic());
 /// assert!(err.to_string().contains("boom"));
@@ -307,7 +314,12 @@ pub struct JoinError {
 
 impl JoinError {
     fn new(h: &Header, repr: Repr) -> JoinError {
-        JoinError { id: h.id, name: h.name.as_deref().map(str::to_owned), message: None, repr }
+        JoinError {
+            id: h.id,
+            name: h.name.as_deref().map(str::to_owned),
+            message: None,
+            repr,
+        }
     }
 
     fn from_payload(h: &Header, payload: Box<dyn Any + Send>) -> JoinError {
@@ -318,7 +330,10 @@ impl JoinError {
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
             .or_else(|| payload.downcast_ref::<String>().cloned());
-        JoinError { message, ..JoinError::new(h, Repr::Panic(Payload(Mutex::new(payload)))) }
+        JoinError {
+            message,
+            ..JoinError::new(h, Repr::Panic(Payload(Mutex::new(payload))))
+        }
     }
 
     /// The coroutine panicked.
@@ -350,7 +365,11 @@ impl JoinError {
 
     /// The payload if it is a panic, or the error back.
     pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, JoinError> {
-        if self.is_panic() { Ok(self.into_panic()) } else { Err(self) }
+        if self.is_panic() {
+            Ok(self.into_panic())
+        } else {
+            Err(self)
+        }
     }
 }
 

@@ -51,7 +51,11 @@ impl Timers {
     /// Removes and returns the earliest timer if it is due at `now`.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Action> {
         let entry = self.map.first_entry()?;
-        if entry.key().0 <= now { Some(entry.remove()) } else { None }
+        if entry.key().0 <= now {
+            Some(entry.remove())
+        } else {
+            None
+        }
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -48,7 +48,9 @@ fn install_for(sig: libc::c_int, prev: &AtomicPtr<libc::sigaction>) {
         sa.sa_sigaction = handler as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
         libc::sigemptyset(&mut sa.sa_mask);
-        let old = Box::into_raw(Box::new(MaybeUninit::<libc::sigaction>::zeroed().assume_init()));
+        let old = Box::into_raw(Box::new(
+            MaybeUninit::<libc::sigaction>::zeroed().assume_init(),
+        ));
         if libc::sigaction(sig, &sa, old) == 0 {
             prev.store(old, Ordering::Release);
         } else {
@@ -79,7 +81,11 @@ fn ensure_altstack(hub: &Hub) {
         if p == libc::MAP_FAILED {
             return;
         }
-        let st = libc::stack_t { ss_sp: p, ss_flags: 0, ss_size: ALTSTACK_SIZE };
+        let st = libc::stack_t {
+            ss_sp: p,
+            ss_flags: 0,
+            ss_size: ALTSTACK_SIZE,
+        };
         if libc::sigaltstack(&st, std::ptr::null_mut()) == 0 {
             hub.set_altstack((p as usize, ALTSTACK_SIZE));
         } else {
@@ -94,7 +100,11 @@ pub(crate) fn remove_altstack((addr, len): (usize, usize)) {
     // we are not on it (we run in the hub's destructor, not in a handler);
     // disabling it before unmapping leaves no dangling altstack.
     unsafe {
-        let st = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+        let st = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
         if libc::sigaltstack(&st, std::ptr::null_mut()) == 0 {
             libc::munmap(addr as *mut libc::c_void, len);
         }
@@ -136,7 +146,10 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         let h = hub.current_header();
         let (lo, hi) = h.guard.get();
         if !h.is_root() && addr >= lo && addr < hi {
-            let mut b = Buf { data: [0; 512], len: 0 };
+            let mut b = Buf {
+                data: [0; 512],
+                len: 0,
+            };
             b.push(b"moss: coroutine ");
             match &h.name {
                 Some(n) => {
@@ -159,7 +172,11 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
             }
         }
     }
-    let prev = if sig == libc::SIGSEGV { &PREV_SEGV } else { &PREV_BUS };
+    let prev = if sig == libc::SIGSEGV {
+        &PREV_SEGV
+    } else {
+        &PREV_BUS
+    };
     let p = prev.load(Ordering::Acquire);
     // SAFETY: `p` is null or the leaked previous action stored at install; the
     // previous handler is called with the arguments the kernel gave us, as it

@@ -103,7 +103,7 @@ unsafe impl corosensei::stack::Stack for Stack {
 /// page size), each with one guard page below it.
 pub(crate) fn allocate_chunk(size: usize, count: usize) -> io::Result<Vec<Stack>> {
     let page = page_size();
-    debug_assert!(size % page == 0 && size > 0 && count > 0);
+    debug_assert!(size.is_multiple_of(page) && size > 0 && count > 0);
     let guard = page;
     let slot = size + guard;
     let len = slot
@@ -134,7 +134,11 @@ pub(crate) fn allocate_chunk(size: usize, count: usize) -> io::Result<Vec<Stack>
             unsafe { libc::munmap(addr, len) };
             return Err(e);
         }
-        stacks.push(Stack { base: limit + slot, limit, guard });
+        stacks.push(Stack {
+            base: limit + slot,
+            limit,
+            guard,
+        });
     }
     Ok(stacks)
 }
@@ -156,7 +160,11 @@ fn install_guard(addr: usize, len: usize) -> io::Result<()> {
     }
     // SAFETY: as above; PROT_NONE on our own fresh range.
     let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_NONE) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Whether guard pages are installed with `MADV_GUARD_INSTALL` (true) or with
