@@ -147,7 +147,7 @@ impl Builder {
 /// An owned permission to join a coroutine. `!Send`: it belongs to the thread
 /// whose hub runs the coroutine.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// let h = moss_runtime::spawn(|| 1);
 /// std::thread::spawn(move || h.join()); // JoinHandle is !Send
 /// ```
@@ -193,7 +193,7 @@ impl<T> JoinHandle<T> {
             if me.id == self.header().id {
                 panic!("moss: coroutine {} cannot join itself", me.label());
             }
-            self.header().joiners.borrow_mut().push(me.token());
+            self.header().add_joiner(me.token());
             match hub.park(deadline, "join") {
                 Wakeup::Notified => {}
                 Wakeup::TimedOut => return Err(self),
@@ -234,7 +234,7 @@ impl<T> JoinHandle<T> {
             hub.deliver_cancel();
         }
         while h.state.get() != State::Done {
-            h.joiners.borrow_mut().push(hub.current_header().token());
+            h.add_joiner(hub.current_header().token());
             if hub.park(None, "kill") == Wakeup::Cancelled {
                 hub.deliver_cancel();
             }
@@ -428,7 +428,7 @@ pub fn run<T>(f: impl FnOnce() -> T) -> T {
 pub fn wait() {
     let hub = Hub::current();
     if !hub.in_coroutine() {
-        hub.run_until(&|| hub.live_tasks() == 0, false);
+        hub.run_until(crate::hub::Until::NoTasks, false);
         return;
     }
     // In a coroutine: wait for every *other* coroutine.

@@ -28,7 +28,7 @@
 //! ```
 //!
 //! Handles are `!Send`:
-//! ```compile_fail
+//! ```compile_fail,E0277
 //! let g = moss_runtime::greenlet::Greenlet::new(|v: u32| v);
 //! std::thread::spawn(move || g.switch(1));
 //! ```

@@ -41,6 +41,15 @@ use crate::stack_pool::StackPool;
 use crate::task::{CoroutineId, Header, ROOT_KEY, RootTask, State, Task, Token, Wakeup};
 use crate::timer::{Action, Timers};
 
+/// When the root's hub loop returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// The root was woken (its park or yield ended).
+    RootReady,
+    /// No task of this hub is left.
+    NoTasks,
+}
+
 /// Tasks resumed between two polls of I/O and timers when tasks keep yielding.
 const BATCH: u32 = 64;
 const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
@@ -202,12 +211,11 @@ impl Hub {
     #[inline]
     pub(crate) fn try_current() -> Option<&'static Hub> {
         let p = HUB.with(|h| h.get());
-        // SAFETY: as in `current`.
         if p.is_null() {
-            None
-        } else {
-            Some(unsafe { &*p })
+            return None;
         }
+        // SAFETY: as in `current`: a non-null `HUB` is this thread's live hub.
+        Some(unsafe { &*p })
     }
 
     pub(crate) fn set_altstack(&self, range: (usize, usize)) {
@@ -257,7 +265,6 @@ impl Hub {
                     .borrow_mut()
                     .insert(at, Action::Start(h.token()));
                 h.timer.set(Some(k));
-                h.deadline.set(Some(at));
             }
             None => self.run_queue.borrow_mut().push_back(task),
         }
@@ -342,17 +349,15 @@ impl Hub {
             let k = self.timers.borrow_mut().insert(d, Action::Wake(h.token()));
             h.timer.set(Some(k));
         }
-        h.deadline.set(deadline);
         h.waiting_on.set(what);
         h.state.set(State::Parked);
         if h.is_root() {
-            self.run_until(&|| h.state.get() != State::Parked, true);
+            self.run_until(Until::RootReady, true);
         } else {
             self.suspend(h);
         }
         h.state.set(State::Running);
         h.park_seq.set(h.park_seq.get() + 1);
-        h.deadline.set(None);
         if let Some(k) = h.timer.take() {
             self.timers.borrow_mut().cancel(k);
         }
@@ -381,7 +386,7 @@ impl Hub {
             // Let every task that is ready now run once, then poll.
             h.state.set(State::Parked);
             self.run_queue.borrow_mut().push_back(self.root.clone());
-            self.run_until(&|| h.state.get() != State::Parked, true);
+            self.run_until(Until::RootReady, true);
             h.state.set(State::Running);
             self.poll_once(Some(Duration::ZERO));
         } else {
@@ -390,12 +395,9 @@ impl Hub {
             if n < BATCH && self.run_queue.borrow().is_empty() {
                 return;
             }
-            let t = self
-                .task(h.key.get(), h.id.0)
-                .expect("running task is in the slab");
+            // The hub loop requeues a task that suspends in state Ready.
             h.state.set(State::Ready);
             h.waiting_on.set("yield");
-            self.run_queue.borrow_mut().push_back(t);
             self.suspend(h);
             h.state.set(State::Running);
         }
@@ -406,8 +408,12 @@ impl Hub {
 
     /// Runs the loop on the root stack until `done()` holds. When nothing can
     /// ever make progress: panics if `strict`, else returns false.
-    pub(crate) fn run_until(&self, done: &dyn Fn() -> bool, strict: bool) -> bool {
+    pub(crate) fn run_until(&self, until: Until, strict: bool) -> bool {
         debug_assert!(!self.in_coroutine(), "the hub loop runs on the root only");
+        let done = || match until {
+            Until::RootReady => self.root.0.state.get() != State::Parked,
+            Until::NoTasks => self.tasks.borrow().is_empty(),
+        };
         loop {
             if done() {
                 return true;
@@ -490,7 +496,7 @@ impl Hub {
                     return;
                 }
             };
-            h.guard.set(stack.guard_range());
+            h.guard.set(stack.guard_range().0);
             let body = t.clone();
             *coro = Some(corosensei::Coroutine::with_stack(stack, move |y, ()| {
                 body.header().yielder.set(y);
@@ -501,10 +507,18 @@ impl Hub {
         let prev = self.current.replace(h);
         let r = coro.as_mut().expect("bound above").resume(());
         self.current.set(prev);
-        if let CoroutineResult::Return(()) = r {
-            let stack = coro.take().expect("coroutine present").into_stack();
-            self.stacks.borrow_mut().give(stack);
-            self.finish(&t);
+        match r {
+            CoroutineResult::Yield(()) => {
+                if h.state.get() == State::Ready {
+                    // It yielded: back of the queue, no refcount traffic.
+                    self.run_queue.borrow_mut().push_back(t);
+                }
+            }
+            CoroutineResult::Return(()) => {
+                let stack = coro.take().expect("coroutine present").into_stack();
+                self.stacks.borrow_mut().give(stack);
+                self.finish(&t);
+            }
         }
     }
 
@@ -516,9 +530,13 @@ impl Hub {
             self.timers.borrow_mut().cancel(k);
         }
         self.tasks.borrow_mut().try_remove(h.key.get() as usize);
-        let joiners = std::mem::take(&mut *h.joiners.borrow_mut());
-        for j in joiners {
+        if let Some(j) = h.joiner.take() {
             self.wake(j, Wakeup::Notified);
+        }
+        if let Some(more) = h.more_joiners.take() {
+            for j in *more {
+                self.wake(j, Wakeup::Notified);
+            }
         }
         if !self.idle_waiters.borrow().is_empty() {
             let waiters = std::mem::take(&mut *self.idle_waiters.borrow_mut());
@@ -597,7 +615,6 @@ impl Hub {
                     if let Some(t) = self.task(tok.key, tok.id) {
                         let h = t.header();
                         h.timer.set(None);
-                        h.deadline.set(None);
                         if h.state.get() == State::New {
                             self.run_queue.borrow_mut().push_back(t);
                         }
@@ -645,12 +662,12 @@ impl Hub {
         let mut out = String::new();
         let describe = |h: &Header, out: &mut String| {
             let state = match h.state.get() {
-                State::New if h.deadline.get().is_some() => "not started (spawn_later)".to_owned(),
+                State::New if h.timer.get().is_some() => "not started (spawn_later)".to_owned(),
                 State::New => "not started".to_owned(),
                 State::Ready => "ready".to_owned(),
                 State::Running => "running".to_owned(),
                 State::Done => "done".to_owned(),
-                State::Parked => match h.deadline.get() {
+                State::Parked => match h.timer.get().map(|k| k.0) {
                     Some(d) => format!(
                         "waiting on {} ({:.3}s left)",
                         h.waiting_on.get(),

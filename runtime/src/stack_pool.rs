@@ -71,10 +71,12 @@ struct SizeClass {
     next_chunk: usize,
 }
 
-/// Free stacks of a hub, by usable size.
+/// Free stacks of a hub, by usable size. The default size has its own
+/// class so the common path does no lookup.
 #[derive(Default)]
 pub(crate) struct StackPool {
-    classes: HashMap<usize, SizeClass>,
+    default: SizeClass,
+    others: HashMap<usize, SizeClass>,
 }
 
 /// Released stacks of hubs whose threads exited.
@@ -82,8 +84,16 @@ static ORPHANS: Mutex<Vec<Stack>> = Mutex::new(Vec::new());
 
 impl StackPool {
     /// A stack of exactly `size` usable bytes (`size` from [`normalize_size`]).
+    fn class(&mut self, size: usize) -> &mut SizeClass {
+        if size == DEFAULT_STACK_SIZE {
+            &mut self.default
+        } else {
+            self.others.entry(size).or_default()
+        }
+    }
+
     pub(crate) fn take(&mut self, size: usize) -> io::Result<Stack> {
-        let class = self.classes.entry(size).or_default();
+        let class = self.class(size);
         if let Some(s) = class.hot.pop() {
             return Ok(s);
         }
@@ -106,7 +116,7 @@ impl StackPool {
 
     /// Returns a stack whose coroutine has finished.
     pub(crate) fn give(&mut self, stack: Stack) {
-        let class = self.classes.entry(stack.size()).or_default();
+        let class = self.class(stack.size());
         if class.hot.len() < HOT_LIMIT {
             class.hot.push(stack);
         } else {
@@ -121,7 +131,8 @@ impl Drop for StackPool {
         let Ok(mut orphans) = ORPHANS.lock() else {
             return;
         };
-        for (_, class) in self.classes.drain() {
+        let default = std::mem::take(&mut self.default);
+        for class in std::iter::once(default).chain(self.others.drain().map(|(_, c)| c)) {
             for s in class.hot {
                 s.release_pages();
                 orphans.push(s);

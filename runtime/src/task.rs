@@ -27,13 +27,12 @@
 //! runs on its stack.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell, UnsafeCell};
+use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::io;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::rc::Rc;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use corosensei::{Coroutine, Yielder};
 
@@ -110,7 +109,6 @@ pub(crate) struct Header {
     pub state: Cell<State>,
     /// What a parked task waits on, for `dump`.
     pub waiting_on: Cell<&'static str>,
-    pub deadline: Cell<Option<Instant>>,
     pub park_seq: Cell<u64>,
     pub wakeup: Cell<Wakeup>,
     pub timer: Cell<Option<TimerKey>>,
@@ -118,13 +116,18 @@ pub(crate) struct Header {
     pub cancel: Cell<Option<Cancel>>,
     /// A kill was requested; later kills are no-ops ("delivered once").
     pub killed: Cell<bool>,
-    /// Waiters for this task to finish.
-    pub joiners: RefCell<Vec<Token>>,
+    /// The first waiter for this task to finish (the usual single `join`).
+    pub joiner: Cell<Option<Token>>,
+    /// Further waiters (a `kill` and a `join` at once, say).
+    /// Boxed so the rare case costs the header one word, not three.
+    #[allow(clippy::box_collection)]
+    pub more_joiners: Cell<Option<Box<Vec<Token>>>>,
     /// Bound on first resume, taken back when the body returns.
     pub coroutine: UnsafeCell<Option<Coro>>,
     pub yielder: Cell<*const Yielder<(), ()>>,
-    /// Guard range of the bound stack, for the overflow handler.
-    pub guard: Cell<(usize, usize)>,
+    /// Lowest address of the bound stack's guard page (one page), for the
+    /// overflow handler; 0 while no stack is bound.
+    pub guard: Cell<usize>,
 }
 
 impl Header {
@@ -142,16 +145,30 @@ impl Header {
             spawn_site,
             state: Cell::new(State::New),
             waiting_on: Cell::new(""),
-            deadline: Cell::new(None),
             park_seq: Cell::new(0),
             wakeup: Cell::new(Wakeup::Notified),
             timer: Cell::new(None),
             cancel: Cell::new(None),
             killed: Cell::new(false),
-            joiners: RefCell::new(Vec::new()),
+            joiner: Cell::new(None),
+            more_joiners: Cell::new(None),
             coroutine: UnsafeCell::new(None),
             yielder: Cell::new(std::ptr::null()),
-            guard: Cell::new((0, 0)),
+            guard: Cell::new(0),
+        }
+    }
+
+    /// Registers `t` to be woken when this task finishes.
+    pub(crate) fn add_joiner(&self, t: Token) {
+        match self.joiner.get() {
+            None => self.joiner.set(Some(t)),
+            // The same context re-registering for its next wait.
+            Some(old) if old.key == t.key && old.id == t.id => self.joiner.set(Some(t)),
+            Some(_) => {
+                let mut more = self.more_joiners.take().unwrap_or_default();
+                more.push(t);
+                self.more_joiners.set(Some(more));
+            }
         }
     }
 
@@ -305,7 +322,9 @@ enum Repr {
 /// assert!(err.is_panic());
 /// assert!(err.to_string().contains("boom"));
 /// ```
-pub struct JoinError {
+pub struct JoinError(Box<ErrorInner>);
+
+struct ErrorInner {
     id: CoroutineId,
     name: Option<String>,
     message: Option<String>,
@@ -314,12 +333,12 @@ pub struct JoinError {
 
 impl JoinError {
     fn new(h: &Header, repr: Repr) -> JoinError {
-        JoinError {
+        JoinError(Box::new(ErrorInner {
             id: h.id,
             name: h.name.as_deref().map(str::to_owned),
             message: None,
             repr,
-        }
+        }))
     }
 
     fn from_payload(h: &Header, payload: Box<dyn Any + Send>) -> JoinError {
@@ -330,26 +349,25 @@ impl JoinError {
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
             .or_else(|| payload.downcast_ref::<String>().cloned());
-        JoinError {
-            message,
-            ..JoinError::new(h, Repr::Panic(Payload(Mutex::new(payload))))
-        }
+        let mut e = JoinError::new(h, Repr::Panic(Payload(Mutex::new(payload))));
+        e.0.message = message;
+        e
     }
 
     /// The coroutine panicked.
     pub fn is_panic(&self) -> bool {
-        matches!(self.repr, Repr::Panic(_))
+        matches!(self.0.repr, Repr::Panic(_))
     }
 
     /// The coroutine was killed (by [`JoinHandle::kill`](crate::JoinHandle::kill)),
     /// before it started or at a blocking point.
     pub fn is_killed(&self) -> bool {
-        matches!(self.repr, Repr::Killed)
+        matches!(self.0.repr, Repr::Killed)
     }
 
     /// The id of the coroutine that failed.
     pub fn id(&self) -> CoroutineId {
-        self.id
+        self.0.id
     }
 
     /// The panic payload, to re-raise with `std::panic::resume_unwind`.
@@ -357,7 +375,7 @@ impl JoinError {
     /// # Panics
     /// If the error is not a panic (check [`is_panic`](Self::is_panic)).
     pub fn into_panic(self) -> Box<dyn Any + Send> {
-        match self.repr {
+        match self.0.repr {
             Repr::Panic(p) => p.0.into_inner().unwrap_or_else(|e| e.into_inner()),
             _ => panic!("JoinError::into_panic called on an error that is not a panic: {self}"),
         }
@@ -375,12 +393,12 @@ impl JoinError {
 
 impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.name {
-            Some(n) => write!(f, "coroutine '{n}' (#{})", self.id)?,
-            None => write!(f, "coroutine #{}", self.id)?,
+        match &self.0.name {
+            Some(n) => write!(f, "coroutine '{n}' (#{})", self.0.id)?,
+            None => write!(f, "coroutine #{}", self.0.id)?,
         }
-        match &self.repr {
-            Repr::Panic(_) => match &self.message {
+        match &self.0.repr {
+            Repr::Panic(_) => match &self.0.message {
                 Some(m) => write!(f, " panicked: {m}"),
                 None => write!(f, " panicked"),
             },
@@ -398,9 +416,20 @@ impl fmt::Debug for JoinError {
 
 impl std::error::Error for JoinError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.repr {
+        match &self.0.repr {
             Repr::Spawn(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A spawned-but-not-started coroutine costs its control block: keep it
+    /// within a 256-byte allocation (with the `Rc` counts) for 1e6 spawns.
+    #[test]
+    fn task_cell_fits_256_bytes() {
+        let size = std::mem::size_of::<super::TaskCell<fn() -> u64, u64>>();
+        assert!(size + 16 <= 256, "TaskCell is {size} bytes");
     }
 }

@@ -144,7 +144,8 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     let addr = unsafe { (*info).si_addr() } as usize;
     if let Some(hub) = Hub::try_current() {
         let h = hub.current_header();
-        let (lo, hi) = h.guard.get();
+        let lo = h.guard.get();
+        let hi = lo + crate::sys::stack::page_size();
         if !h.is_root() && addr >= lo && addr < hi {
             let mut b = Buf {
                 data: [0; 512],

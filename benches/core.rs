@@ -1,0 +1,100 @@
+//! Core micro-benchmarks, each next to an in-run baseline.
+//!
+//! * `switch`: raw corosensei resume+suspend (the floor) vs `moss::yield_now`
+//!   between two coroutines (per yield, i.e. one coroutine-to-coroutine switch).
+//! * `spawn_join`: `moss::spawn(..).join()` one at a time vs a raw corosensei
+//!   coroutine created on a fresh default stack and run to completion, and vs
+//!   `std::thread::spawn(..).join()`.
+//! * `spawn_1m_join_all`: spawn 1,000,000 coroutines, then join them all
+//!   (reported per coroutine).
+//!
+//! Run: `cargo bench --bench core`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+fn switch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("switch");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("corosensei resume+suspend (baseline)", |b| {
+        let mut co = Coroutine::new(|y, ()| {
+            loop {
+                y.suspend(());
+            }
+        });
+        b.iter(|| {
+            let r: CoroutineResult<(), ()> = co.resume(());
+            black_box(r);
+        })
+    });
+    g.bench_function("moss yield_now, 2 coroutines", |b| {
+        b.iter_custom(|iters| {
+            let n = iters.div_ceil(2);
+            let t = Instant::now();
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    moss::spawn(move || {
+                        for _ in 0..n {
+                            moss::yield_now();
+                        }
+                    })
+                })
+                .collect();
+            moss::join_all(hs);
+            t.elapsed()
+        })
+    });
+    g.finish();
+}
+
+fn spawn_join(c: &mut Criterion) {
+    let mut g = c.benchmark_group("spawn_join");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("moss spawn+join", |b| {
+        b.iter(|| moss::spawn(|| black_box(1u64)).join())
+    });
+    g.bench_function("corosensei new stack+run (baseline)", |b| {
+        b.iter(|| {
+            let mut co = Coroutine::new(|_: &Yielder<(), ()>, ()| black_box(1u64));
+            black_box(co.resume(()))
+        })
+    });
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("std thread spawn+join (baseline)", |b| {
+        b.iter(|| std::thread::spawn(|| black_box(1u64)).join())
+    });
+    g.finish();
+}
+
+fn spawn_many(c: &mut Criterion) {
+    const N: u64 = 1_000_000;
+    let mut g = c.benchmark_group("spawn_1m_join_all");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("moss spawn 1e6 then join_all", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let hs: Vec<_> = (0..N).map(|i| moss::spawn(move || black_box(i))).collect();
+                let r = moss::join_all(hs);
+                total += t.elapsed();
+                black_box(r);
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = switch, spawn_join, spawn_many
+}
+criterion_main!(benches);

@@ -1,0 +1,143 @@
+//! Greenlets: strict switch traces, parent hand-back, throw, panics.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use moss::greenlet::{self, Greenlet};
+
+#[test]
+fn ping_pong_trace_is_strict() {
+    let trace = Rc::new(RefCell::new(Vec::<String>::new()));
+    let t1 = trace.clone();
+    let t2 = trace.clone();
+    // Two greenlets that switch to each other, as in the notes' test1/test2.
+    let g2: Rc<RefCell<Option<Greenlet<u32>>>> = Rc::default();
+    let g2c = g2.clone();
+    let g1 = Greenlet::new(move |v: u32| {
+        t1.borrow_mut().push(format!("g1 got {v}"));
+        let other = g2c.borrow().clone().unwrap();
+        let v = other.switch(v + 1);
+        t1.borrow_mut().push(format!("g1 got {v}"));
+        let v = other.switch(v + 1);
+        t1.borrow_mut().push(format!("g1 got {v}"));
+        v * 10
+    });
+    let g1c = g1.clone();
+    *g2.borrow_mut() = Some(Greenlet::new(move |v: u32| {
+        t2.borrow_mut().push(format!("g2 got {v}"));
+        let v = g1c.switch(v + 1);
+        t2.borrow_mut().push(format!("g2 got {v}"));
+        g1c.switch(v + 1)
+    }));
+    let result = g1.switch(1);
+    assert_eq!(
+        trace.borrow().join(", "),
+        "g1 got 1, g2 got 2, g1 got 3, g2 got 4, g1 got 5"
+    );
+    // g1 finished: its value went to its parent, the root.
+    assert_eq!(result, 50);
+    assert!(g1.is_dead());
+    assert!(!g2.borrow().as_ref().unwrap().is_dead());
+}
+
+#[test]
+fn child_return_goes_to_parent() {
+    let outer = Greenlet::new(|v: i64| {
+        let inner = Greenlet::new(|v: i64| v * 2);
+        assert!(inner.parent().is_some());
+        // inner's result comes back to us (its parent), not to the root.
+        let doubled = inner.switch(v);
+        doubled + 1
+    });
+    assert_eq!(outer.switch(20), 41);
+    assert!(greenlet::current::<i64>().parent().is_none());
+}
+
+struct Flag(Rc<Cell<bool>>);
+impl Drop for Flag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
+#[test]
+fn throw_unwinds_a_suspended_greenlet() {
+    let dropped = Rc::new(Cell::new(false));
+    let d = dropped.clone();
+    let g = Greenlet::new(move |_: u8| {
+        let _f = Flag(d);
+        let root = greenlet::current::<u8>().parent().unwrap();
+        root.switch(1);
+        unreachable!("thrown before it is resumed again")
+    });
+    assert_eq!(g.switch(0), 1);
+    assert!(!dropped.get());
+    g.throw();
+    assert!(dropped.get());
+    assert!(g.is_dead());
+    g.throw(); // dead: no-op
+}
+
+#[test]
+fn throw_before_start_never_runs() {
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    let g = Greenlet::new(move |v: u8| {
+        r.set(true);
+        v
+    });
+    g.throw();
+    assert!(g.is_dead() && !ran.get());
+}
+
+#[test]
+fn panic_surfaces_in_root_switch() {
+    let g = Greenlet::new(|_: u8| -> u8 { panic!("inside greenlet") });
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.switch(0)));
+    let msg = r.unwrap_err().downcast::<&str>().unwrap();
+    assert_eq!(*msg, "inside greenlet");
+    assert!(g.is_dead());
+    // The family is usable afterwards.
+    assert_eq!(Greenlet::new(|v: u8| v + 1).switch(1), 2);
+}
+
+#[test]
+fn greenlets_in_a_coroutine() {
+    let h = moss::spawn(|| {
+        let g = Greenlet::new(|v: u16| v + 1);
+        g.switch(41)
+    });
+    assert_eq!(h.join().unwrap(), 42);
+}
+
+#[test]
+fn blocking_in_greenlet_driven_by_coroutine_is_a_clear_error() {
+    let h = moss::spawn(|| {
+        let g = Greenlet::new(|v: u32| {
+            moss::sleep(std::time::Duration::from_millis(1));
+            v
+        });
+        g.switch(1)
+    });
+    let e = h.join().unwrap_err();
+    assert!(e.to_string().contains("cannot block on moss calls"), "{e}");
+}
+
+#[test]
+fn greenlet_on_root_may_block_and_run_the_hub() {
+    let ticks = Rc::new(Cell::new(0));
+    let t = ticks.clone();
+    let ticker = moss::spawn(move || {
+        for _ in 0..3 {
+            t.set(t.get() + 1);
+            moss::yield_now();
+        }
+    });
+    let g = Greenlet::new(|v: u32| {
+        moss::sleep(std::time::Duration::from_millis(5));
+        v
+    });
+    assert_eq!(g.switch(9), 9);
+    assert_eq!(ticks.get(), 3);
+    ticker.join().unwrap();
+}

@@ -1,0 +1,95 @@
+//! Stack overflow in a coroutine: one clear line on stderr, then abort.
+//! Each case runs this test binary again as a child process.
+
+use std::hint::black_box;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+fn recurse(n: u64) -> u64 {
+    let buf = [n; 128];
+    black_box(&buf);
+    // `black_box(true)` hides that this never stops.
+    if black_box(n == u64::MAX) {
+        0
+    } else {
+        recurse(black_box(n + 1)) + buf[7]
+    }
+}
+
+fn child(case: &str) -> (Option<i32>, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([case, "--exact", "--nocapture", "--test-threads=1"])
+        .env("MOSS_OVERFLOW_CHILD", case)
+        .output()
+        .unwrap();
+    (
+        out.status.signal(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn in_child(case: &str) -> bool {
+    std::env::var("MOSS_OVERFLOW_CHILD").as_deref() == Ok(case)
+}
+
+#[test]
+fn coroutine_overflow_is_reported_and_aborts() {
+    if in_child("coroutine_overflow_is_reported_and_aborts") {
+        let h = moss::Builder::new()
+            .name("deep")
+            .stack_size(64 * 1024)
+            .spawn(|| recurse(0))
+            .unwrap();
+        let _ = h.join();
+        unreachable!("the overflow aborts the process");
+    }
+    let (sig, stderr) = child("coroutine_overflow_is_reported_and_aborts");
+    assert_eq!(sig, Some(libc::SIGABRT), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("moss: coroutine"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.starts_with("moss: coroutine 'deep' (#"), "{line}");
+    assert!(
+        line.ends_with(") has overflowed its stack of 64 KiB"),
+        "{line}"
+    );
+}
+
+#[test]
+fn unnamed_coroutine_overflow_names_the_id() {
+    if in_child("unnamed_coroutine_overflow_names_the_id") {
+        let h = moss::spawn(|| recurse(0));
+        let _ = h.join();
+        unreachable!();
+    }
+    let (sig, stderr) = child("unnamed_coroutine_overflow_names_the_id");
+    assert_eq!(sig, Some(libc::SIGABRT), "{stderr}");
+    assert!(
+        stderr.contains("has overflowed its stack of 128 KiB"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn thread_overflow_still_reaches_std_handler() {
+    if in_child("thread_overflow_still_reaches_std_handler") {
+        // Create the hub (and so moss's handler) first, then overflow a plain thread.
+        moss::spawn(|| ()).join().unwrap();
+        std::thread::Builder::new()
+            .name("plain".into())
+            .stack_size(256 * 1024)
+            .spawn(|| recurse(0))
+            .unwrap()
+            .join()
+            .ok();
+        unreachable!();
+    }
+    let (sig, stderr) = child("thread_overflow_still_reaches_std_handler");
+    assert!(sig.is_some(), "{stderr}");
+    assert!(
+        stderr.contains("thread 'plain'") && stderr.contains("overflowed its stack"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("moss: coroutine"), "{stderr}");
+}
