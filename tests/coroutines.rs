@@ -344,3 +344,68 @@ fn dump_lists_state_and_spawn_site() {
     assert!(line.contains("tests/coroutines.rs"), "{line}");
     h.kill();
 }
+
+#[test]
+fn busy_yielders_do_not_starve_timers() {
+    let stop = Rc::new(Cell::new(false));
+    let spins = Rc::new(Cell::new(0u64));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, spins) = (stop.clone(), spins.clone());
+            moss::spawn(move || {
+                while !stop.get() {
+                    spins.set(spins.get() + 1);
+                    moss::yield_now();
+                }
+            })
+        })
+        .collect();
+    let s = stop.clone();
+    let sleeper = moss::spawn(move || {
+        let t = Instant::now();
+        moss::sleep(Duration::from_millis(20));
+        s.set(true);
+        t.elapsed()
+    });
+    let slept = sleeper.join().unwrap();
+    moss::join_all(spinners);
+    assert!(spins.get() > 0);
+    assert!(slept < Duration::from_secs(2), "timer starved: {slept:?}");
+}
+
+#[test]
+fn thread_exit_with_live_coroutines_is_clean() {
+    let t = std::thread::spawn(|| {
+        for _ in 0..100 {
+            moss::spawn(|| moss::sleep(Duration::from_secs(3600)));
+        }
+        moss::yield_now();
+        moss::dump().lines().count()
+    });
+    // The hub with 100 parked coroutines is dropped at thread exit.
+    assert_eq!(t.join().unwrap(), 102);
+}
+
+#[test]
+fn coroutines_on_several_threads_are_independent() {
+    let ts: Vec<_> = (0..4)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let hs: Vec<_> = (0..100u64)
+                    .map(|i| {
+                        moss::spawn(move || {
+                            moss::sleep(Duration::from_millis(10));
+                            i * k
+                        })
+                    })
+                    .collect();
+                moss::join_all(hs)
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .sum::<u64>()
+            })
+        })
+        .collect();
+    let sums: Vec<u64> = ts.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(sums, [0, 4950, 9900, 14850]);
+}
