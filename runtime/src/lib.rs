@@ -10,6 +10,8 @@
 //! * [`park`] — the blocking primitive every waiting moss call is built on,
 //!   for sync primitives and pools.
 //! * [`reactor`] — fd registration for I/O types.
+//! * [`sync`] — events, results, locks, semaphores, queues and channels
+//!   shared by coroutines and threads.
 //!
 //! Architecture notes live next to the code: the hub loop in `hub.rs`, a
 //! coroutine's life cycle in `task.rs`, cancellation in `cancel.rs`, stacks
@@ -25,6 +27,7 @@ mod hub;
 mod io_slot;
 pub mod park;
 mod stack_pool;
+pub mod sync;
 mod sys;
 mod task;
 mod timer;

@@ -1,0 +1,53 @@
+//! Synchronisation primitives for coroutines *and* threads, in gevent's
+//! shapes: [`Event`], [`AsyncResult`], `Mutex`, `Semaphore`,
+//! `BoundedSemaphore`, `Queue` and its variants, channels, and waiting
+//! for the first of several things.
+//!
+//! # One design for every primitive
+//!
+//! Every type here is `Send + Sync` (for `T: Send`) and works the same
+//! between coroutines of one hub, coroutines of different threads, and plain
+//! threads. Each keeps its state under a `std::sync::Mutex` together with a
+//! FIFO wait list (`waitlist.rs`). A call that cannot proceed queues a
+//! waiter that lives on its own stack and parks through [`crate::park`];
+//! a coroutine parks by switching to its hub, a thread's root (or a plain
+//! thread) by running its hub loop, which blocks in `epoll_wait` when it has
+//! nothing else to do. Waking goes through the waiter's `Unparker`: a
+//! same-hub wake is a push on the run queue, a wake of another thread goes
+//! through that hub's cross-thread queue (and its eventfd only if it sleeps).
+//! The uncontended path of every operation is an uncontended lock (or a
+//! compare-and-swap for `Mutex`): no syscall, no allocation.
+//!
+//! # Hand-off, FIFO and cancellation
+//!
+//! Whoever makes progress possible *hands* it to the first waiter under the
+//! lock: a `put` gives its item straight to the oldest blocked `get`, a
+//! `release` gives the permit (an unlock gives the lock) to the oldest
+//! blocked acquirer. So waiters are served strictly in the order they came
+//! and a late-comer cannot overtake them.
+//!
+//! A waiter whose deadline passes or that is killed (or hit by an enclosing
+//! `moss::timeout`) re-locks and either removes itself (nothing was handed
+//! to it) or finds that it was handed something just before. Then a timed
+//! out call succeeds after all (the hand-off wins), and a cancelled one
+//! passes what it got on — the item goes back to the front of the queue or
+//! to the next waiter, the permit or lock to the next acquirer — before it
+//! unwinds. Nothing is lost.
+//!
+//! # Errors, not panics
+//!
+//! `_timeout`, `try_` and `_nowait` forms return the error values of this
+//! module ([`Timeout`], [`Full`], [`Empty`], [`SendError`], ...), each a
+//! `std::error::Error` with a clear message.
+
+mod async_result;
+mod error;
+mod event;
+mod waitlist;
+
+pub use async_result::AsyncResult;
+pub use error::{
+    Empty, Full, RecvError, RecvTimeoutError, ReleaseError, SendError, TaskDoneError, Timeout,
+    TryRecvError, TrySendError,
+};
+pub use event::Event;

@@ -1,0 +1,330 @@
+//! The FIFO wait list every `moss::sync` primitive is built on.
+//!
+//! A blocking call that cannot proceed puts a [`Waiter`] *on its own stack*
+//! into a [`WaitList`] that lives inside the primitive's `std::sync::Mutex`,
+//! releases the lock and parks (see [`crate::park`]). Whoever makes progress
+//! possible pops the first waiter under the same lock, *hands* it what it
+//! waited for (an item, a permit, the lock) and wakes it after unlocking.
+//! Nothing is allocated per wait: the list is a `VecDeque` of pointers to
+//! waiters, and a waiter stays where it is until it has left the list.
+//!
+//! A waiter's life, one `AtomicU8`:
+//!
+//! ```text
+//!   IDLE ──push──▶ WAITING ──hand / take (notifier, under the lock)──▶ HANDED
+//!                     │    ──wake_all(woken) (notifier, under the lock)──▶ WOKEN
+//!                     └────remove (the waiter itself, under the lock)──▶ LEFT
+//! ```
+//!
+//! Every transition out of `WAITING` happens under the owner's lock, so a
+//! waiter that timed out or was cancelled re-locks and finds either that it
+//! is still queued (it removes itself: nothing was given to it) or that a
+//! notifier got there first (then it *has* the item or permit and must use it
+//! or pass it on — see the callers). Nothing handed out is ever lost.
+//!
+//! The notifier's last access to a waiter is the `Release` store of its final
+//! state; it takes the waiter's [`Unparker`] out before that store. A waiter
+//! that sees a final state with an `Acquire` load (without the lock) may
+//! return and free its stack frame at once.
+//!
+//! # Invariants
+//! * A `WaitList` lives inside the `Mutex` whose guard [`park_waiter`] is
+//!   given, and is only touched through that guard (`&mut WaitList` therefore
+//!   proves the lock is held).
+//! * Every pointer in a list refers to a live `Waiter` in state `WAITING`
+//!   that does not move: its owner is inside [`park_waiter`] (which returns
+//!   only once the waiter has left the list) and never unwinds in between.
+//!   As a last line of defence, dropping a `WAITING` waiter aborts.
+
+#![allow(dead_code)] // Until the queues and wait_any (next increments) use all of it.
+
+use std::cell::UnsafeCell;
+use std::collections::VecDeque;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::park::{self, Unparker, Wakeup};
+
+const IDLE: u8 = 0;
+const WAITING: u8 = 1;
+const HANDED: u8 = 2;
+const WOKEN: u8 = 3;
+const LEFT: u8 = 4;
+
+/// Locks a primitive's state. Poisoning is ignored: every critical section
+/// leaves the state consistent before calling user code (`Ord`, `Drop`).
+pub(crate) fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The deadline `d` from now; `None` (never) when it is past the end of time.
+pub(crate) fn deadline_in(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// Whether `deadline` has passed (a poll, `Duration::ZERO`, has passed).
+pub(crate) fn expired(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| d <= Instant::now())
+}
+
+/// One blocked call, on the caller's stack. `T` is what is handed over:
+/// the item a getter receives or a putter offers, `()` for permits.
+pub(crate) struct Waiter<T> {
+    state: AtomicU8,
+    /// Written by the owner while not queued or under the lock; taken by the
+    /// notifier under the lock.
+    unparker: UnsafeCell<Option<Unparker>>,
+    /// Same discipline as `unparker`; read by the owner after a final state.
+    slot: UnsafeCell<Option<T>>,
+}
+
+impl<T> Waiter<T> {
+    /// A waiter that offers `slot` (a putter's item) or expects one (`None`).
+    pub(crate) fn new(slot: Option<T>) -> Waiter<T> {
+        Waiter {
+            state: AtomicU8::new(IDLE),
+            unparker: UnsafeCell::new(None),
+            slot: UnsafeCell::new(slot),
+        }
+    }
+
+    /// Takes what was handed to this waiter (or what it offered, if nobody
+    /// took it). Only after [`park_waiter`] returned.
+    pub(crate) fn take_slot(&mut self) -> Option<T> {
+        debug_assert_ne!(*self.state.get_mut(), WAITING);
+        self.slot.get_mut().take()
+    }
+
+    /// Ends the wait of a queued waiter: hands over, then wakes.
+    ///
+    /// # Safety
+    /// `p` was just popped from a list whose lock the caller holds.
+    unsafe fn finish(p: NonNull<Waiter<T>>, state: u8) -> Wake {
+        // SAFETY: per the list invariants the waiter is alive and its owner
+        // does not touch the cell while it is queued and we hold the lock.
+        let u = unsafe { (*(*p.as_ptr()).unparker.get()).take() };
+        // SAFETY: still alive: the owner frees it only after seeing this store.
+        unsafe { (*p.as_ptr()).state.store(state, Ordering::Release) };
+        // `p` may dangle from here on.
+        Wake(u.expect("a queued waiter has an unparker"))
+    }
+}
+
+impl<T> Drop for Waiter<T> {
+    fn drop(&mut self) {
+        if *self.state.get_mut() == WAITING {
+            // A list still points here: continuing would be a use after free.
+            eprintln!("moss: a sync waiter was dropped while still queued; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// A wake-up to deliver once the primitive's lock is released.
+#[must_use = "the waiter sleeps until it is unparked"]
+pub(crate) struct Wake(Unparker);
+
+impl Wake {
+    pub(crate) fn unpark(self) {
+        self.0.unpark();
+    }
+}
+
+/// Wakes every wake-up of a list, in order.
+pub(crate) fn unpark_all(wakes: Vec<Wake>) {
+    for w in wakes {
+        w.unpark();
+    }
+}
+
+/// A FIFO of waiters; see the module docs for the invariants.
+pub(crate) struct WaitList<T> {
+    q: VecDeque<NonNull<Waiter<T>>>,
+}
+
+// SAFETY: the pointers are only dereferenced under the lock that owns the
+// list (see the invariants), and what crosses threads through them is the
+// waiter's `T` (hence `T: Send`), its `Unparker` (Send) and its atomic state.
+unsafe impl<T: Send> Send for WaitList<T> {}
+
+impl<T> WaitList<T> {
+    pub(crate) const fn new() -> WaitList<T> {
+        WaitList { q: VecDeque::new() }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Queues `w` at the back, for the calling context's next park.
+    ///
+    /// # Safety
+    /// `w` must not move or be dropped until [`park_waiter`] has returned for
+    /// it, and the caller must call `park_waiter` right after releasing the
+    /// lock (with this list's owner and accessor), without unwinding between.
+    pub(crate) unsafe fn push(&mut self, w: &Waiter<T>) {
+        debug_assert_eq!(w.state.load(Ordering::Relaxed), IDLE);
+        // SAFETY: `w` is not queued anywhere yet, so nobody else accesses it.
+        unsafe { *w.unparker.get() = Some(park::unparker()) };
+        w.state.store(WAITING, Ordering::Relaxed);
+        self.q.push_back(NonNull::from(w));
+    }
+
+    /// Hands `item` to the first waiter, or gives it back if there is none.
+    pub(crate) fn hand(&mut self, item: T) -> Result<Wake, T> {
+        let Some(p) = self.q.pop_front() else {
+            return Err(item);
+        };
+        // SAFETY: queued, so alive; we hold the lock (`&mut self`), and the
+        // owner reads the slot only after `finish`'s store.
+        unsafe { *(*p.as_ptr()).slot.get() = Some(item) };
+        // SAFETY: just popped under the lock.
+        Ok(unsafe { Waiter::finish(p, HANDED) })
+    }
+
+    /// Takes the item the first waiter offers (a blocked putter).
+    pub(crate) fn take(&mut self) -> Option<(T, Wake)> {
+        let p = self.q.pop_front()?;
+        // SAFETY: as in `hand`.
+        let item = unsafe { (*(*p.as_ptr()).slot.get()).take() };
+        // SAFETY: just popped under the lock.
+        let wake = unsafe { Waiter::finish(p, HANDED) };
+        Some((item.expect("a queued putter offers an item"), wake))
+    }
+
+    /// Ends every wait: `HANDED` (with nothing in the slot: an event, a
+    /// permit without payload) or `WOKEN` (re-check the condition, e.g. the
+    /// other side closed).
+    pub(crate) fn wake_all(&mut self, handed: bool) -> Vec<Wake> {
+        let state = if handed { HANDED } else { WOKEN };
+        self.q
+            .drain(..)
+            // SAFETY: each was queued, and we hold the lock.
+            .map(|p| unsafe { Waiter::finish(p, state) })
+            .collect()
+    }
+
+    /// Removes a waiter that gives up; false if it is not queued here.
+    fn remove(&mut self, w: &Waiter<T>) -> bool {
+        let p = NonNull::from(w);
+        // Mostly the newest or the oldest waiter gives up: search from the back.
+        match self.q.iter().rposition(|q| *q == p) {
+            Some(i) => {
+                self.q.remove(i);
+                w.state.store(LEFT, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// How a queued wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It was handed what it waited for (in its slot, or taken from it).
+    Handed,
+    /// Woken without a hand-over: re-check the condition.
+    Woken,
+    /// It left the list by itself (deadline or cancellation).
+    Left,
+}
+
+/// Parks the owner of the queued waiter `w` until it is handed something or
+/// woken, its deadline passes or it is cancelled; the waiter is off the list
+/// when this returns. Also returns why the last park ended: with
+/// `Wakeup::Cancelled` the caller must pass on anything it was handed, then
+/// call [`park::deliver_cancel`].
+pub(crate) fn park_waiter<T, G>(
+    w: &Waiter<T>,
+    deadline: Option<Instant>,
+    what: &'static str,
+    owner: &Mutex<G>,
+    list: impl Fn(&mut G) -> &mut WaitList<T>,
+) -> (Outcome, Wakeup) {
+    loop {
+        let why = park::park(deadline, what);
+        if let Some(o) = outcome(w.state.load(Ordering::Acquire)) {
+            return (o, why);
+        }
+        let mut g = lock(owner);
+        if let Some(o) = outcome(w.state.load(Ordering::Acquire)) {
+            return (o, why);
+        }
+        if why == Wakeup::Notified {
+            // Spurious: the next park needs an unparker of its own.
+            // SAFETY: we hold the lock, so no notifier reads the cell now.
+            unsafe { *w.unparker.get() = Some(park::unparker()) };
+            continue;
+        }
+        let removed = list(&mut g).remove(w);
+        debug_assert!(removed, "a WAITING waiter is in its list");
+        return (Outcome::Left, why);
+    }
+}
+
+fn outcome(state: u8) -> Option<Outcome> {
+    match state {
+        HANDED => Some(Outcome::Handed),
+        WOKEN => Some(Outcome::Woken),
+        _ => None,
+    }
+}
+
+/// A one-shot wake-up shared by the sources a `wait_any` watches.
+pub(crate) struct Signal {
+    fired: AtomicBool,
+    unparker: Unparker,
+}
+
+impl Signal {
+    /// A signal that wakes the calling context's next park.
+    pub(crate) fn new() -> Arc<Signal> {
+        Arc::new(Signal {
+            fired: AtomicBool::new(false),
+            unparker: park::unparker(),
+        })
+    }
+
+    pub(crate) fn fire(&self) {
+        if !self.fired.swap(true, Ordering::AcqRel) {
+            self.unparker.unpark();
+        }
+    }
+}
+
+/// The `wait_any` signals registered with a source; fired (and dropped) when
+/// the source becomes ready.
+pub(crate) struct Watchers {
+    list: Vec<Arc<Signal>>,
+}
+
+impl Watchers {
+    pub(crate) const fn new() -> Watchers {
+        Watchers { list: Vec::new() }
+    }
+
+    pub(crate) fn add(&mut self, s: &Arc<Signal>) {
+        self.list.push(s.clone());
+    }
+
+    pub(crate) fn remove(&mut self, s: &Arc<Signal>) {
+        self.list.retain(|x| !Arc::ptr_eq(x, s));
+    }
+
+    /// Fires and forgets every watcher (cheap when there is none).
+    #[inline]
+    pub(crate) fn fire(&mut self) {
+        if !self.list.is_empty() {
+            for s in self.list.drain(..) {
+                s.fire();
+            }
+        }
+    }
+}
