@@ -21,3 +21,4 @@ pub use moss_runtime::{
     MAX_STACK_SIZE, MIN_STACK_SIZE, current, dump, greenlet, join_all, run, run_per_core, sleep,
     spawn, spawn_later, timeout, wait, yield_now,
 };
+pub use moss_runtime::{pool, thread};

@@ -218,6 +218,15 @@ impl Hub {
         Some(unsafe { &*p })
     }
 
+    /// In a freshly forked child: abandons the hub inherited from the parent
+    /// (leaked, never touched again: its epoll instance and eventfd are shared
+    /// with the parent, its coroutines are the parent's), so that the next
+    /// moss call on this thread creates a fresh hub.
+    pub(crate) fn forget_after_fork() {
+        OWNER.with(|o| o.0.set(std::ptr::null_mut()));
+        HUB.with(|h| h.set(std::ptr::null()));
+    }
+
     pub(crate) fn set_altstack(&self, range: (usize, usize)) {
         self.altstack.set(Some(range));
     }

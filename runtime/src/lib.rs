@@ -26,10 +26,12 @@ pub mod greenlet;
 mod hub;
 mod io_slot;
 pub mod park;
+pub mod pool;
 mod stack_pool;
 pub mod sync;
 mod sys;
 mod task;
+pub mod thread;
 mod timer;
 
 /// Registering fds with the hub and waiting for readiness (for I/O types).

@@ -1,0 +1,348 @@
+//! Child processes running a closure: `multiprocessing.Process`.
+//!
+//! [`Process::start`] forks. The child abandons the hub it inherited (whose
+//! coroutines, epoll instance and eventfd belong to the parent) and runs the
+//! closure on a fresh hub, as [`run`](crate::run) does: the closure, then
+//! every coroutine it spawned. It then leaves with `_exit`: code 0 when the
+//! closure returned, [`PANIC_EXIT_CODE`] (101, like a Rust program whose main
+//! panicked) when it panicked. No destructor of the parent's objects and no
+//! `atexit` handler runs in the child; stdout is flushed (std's buffer only
+//! holds what the closure printed, since the parent flushes before forking).
+//!
+//! The arguments of the child are whatever its closure captured: they are
+//! copied by `fork`, nothing is serialized. The closure need not be `Send`.
+//!
+//! # fork's rules
+//!
+//! Only the thread that called `start` exists in the child. A lock held by
+//! any other thread at that moment (a `Mutex`, std's stdout lock, a lock
+//! inside a library) stays locked forever in the child. Keep the child's work
+//! simple and self-contained, or start processes before starting threads.
+//! The child runs on the caller's stack: started from a coroutine, it has
+//! that coroutine's stack size.
+//!
+//! # Waiting for the exit
+//!
+//! A handle owns a pidfd (`pidfd_open`, Linux 5.3+), which polls readable
+//! once the child has exited. [`ProcessHandle::join`] registers it with the
+//! calling thread's hub and waits for readiness, then reaps the child with
+//! `waitpid(WNOHANG)`: a coroutine yields, a root or plain thread blocks in
+//! its hub. Without pidfds (old kernels) it polls `waitpid` with a growing
+//! sleep (1 to 50 ms). The handle reaps the child exactly once, under a lock
+//! that signals also take, so `terminate` never hits a recycled pid.
+//!
+//! A handle dropped while its child still runs hands the pid to a list that
+//! the next `start` reaps without blocking (as Python does), so no zombie
+//! accumulates.
+//!
+//! ```
+//! use moss_runtime::pool::Process;
+//! let p = Process::new(|| {
+//!     // in the child
+//!     let s: u64 = (1..=10).sum();
+//!     assert_eq!(s, 55);
+//! })
+//! .name("adder")
+//! .start()
+//! .unwrap();
+//! assert_eq!(p.name(), "adder");
+//! assert_eq!(p.join().unwrap(), 0);
+//! ```
+
+use std::fmt;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::hub::Hub;
+use crate::reactor::{Interest, Registration};
+use crate::sys::fork::{self, Exit, Forked};
+
+/// Exit code of a child process whose body panicked (as a Rust program
+/// whose `main` panicked).
+pub const PANIC_EXIT_CODE: i32 = 101;
+
+static NEXT_NUMBER: AtomicU64 = AtomicU64::new(1);
+/// Pids of children whose handles were dropped before they were reaped.
+static ORPHANS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+/// A process body that has not been started: a closure and a name.
+///
+/// ```
+/// let p = moss_runtime::pool::Process::new(|| panic!("boom")).start().unwrap();
+/// assert_eq!(p.join().unwrap(), moss_runtime::pool::PANIC_EXIT_CODE);
+/// ```
+pub struct Process<F> {
+    body: F,
+    name: Option<String>,
+}
+
+impl<F: FnOnce() + 'static> Process<F> {
+    /// A process that will run `f` (the seeds' `target`; its arguments are
+    /// what it captures).
+    pub fn new(f: F) -> Process<F> {
+        Process {
+            body: f,
+            name: None,
+        }
+    }
+
+    /// Names the process (default `Process-N`, numbered per parent).
+    pub fn name(mut self, name: impl Into<String>) -> Process<F> {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Forks and runs the body in the child; returns the parent's handle.
+    pub fn start(self) -> io::Result<ProcessHandle> {
+        let name = self
+            .name
+            .unwrap_or_else(|| format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed)));
+        spawn_child(name, self.body)
+    }
+
+    /// Runs the body in the calling process, without starting a child (the
+    /// seeds' `Process.run()`).
+    pub fn run(self) {
+        (self.body)()
+    }
+}
+
+impl<F> fmt::Debug for Process<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user type that is a process body: the seeds' "custom Process class
+/// overriding `run`". Implement [`run`](Runnable::run) (and optionally
+/// [`name`](Runnable::name)), then call [`start`](Runnable::start).
+///
+/// ```
+/// use moss_runtime::pool::Runnable;
+///
+/// struct Squarer { n: u64 }
+///
+/// impl Runnable for Squarer {
+///     fn run(self) {
+///         assert_eq!(self.n * self.n, 49);
+///     }
+///     fn name(&self) -> String {
+///         format!("squarer-{}", self.n)
+///     }
+/// }
+///
+/// let p = Squarer { n: 7 }.start().unwrap();
+/// assert_eq!(p.name(), "squarer-7");
+/// assert_eq!(p.join().unwrap(), 0);
+/// ```
+pub trait Runnable: Sized + 'static {
+    /// The body; runs in the child process.
+    fn run(self);
+
+    /// The process's name.
+    fn name(&self) -> String {
+        format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Forks a child that calls [`run`](Runnable::run).
+    fn start(self) -> io::Result<ProcessHandle> {
+        let name = self.name();
+        spawn_child(name, move || self.run())
+    }
+}
+
+fn spawn_child(name: String, body: impl FnOnce()) -> io::Result<ProcessHandle> {
+    reap_orphans();
+    // What the parent buffered must not be printed by the child too.
+    let _ = io::stdout().flush();
+    match fork::fork()? {
+        Forked::Child => run_child(body),
+        Forked::Parent(pid) => {
+            // Without pidfds, `join` falls back to polling waitpid.
+            let pidfd = fork::pidfd_open(pid).ok();
+            Ok(ProcessHandle {
+                pid,
+                name,
+                pidfd,
+                exit: Mutex::new(None),
+            })
+        }
+    }
+}
+
+/// The child side of every fork in moss: a fresh hub, the body, `_exit`.
+pub(crate) fn run_child(body: impl FnOnce()) -> ! {
+    Hub::forget_after_fork();
+    let r = catch_unwind(AssertUnwindSafe(|| crate::run(body)));
+    let _ = io::stdout().flush();
+    fork::exit_now(if r.is_ok() { 0 } else { PANIC_EXIT_CODE })
+}
+
+fn reap_orphans() {
+    let mut o = ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
+    o.retain(|&pid| matches!(fork::try_wait(pid), Ok(None)));
+}
+
+/// The parent's handle on a started child process. `Send + Sync`: any
+/// thread or coroutine may join or signal it.
+pub struct ProcessHandle {
+    pid: libc::pid_t,
+    name: String,
+    pidfd: Option<OwnedFd>,
+    /// Set once the child is reaped; after that, its pid may be reused.
+    exit: Mutex<Option<Exit>>,
+}
+
+impl ProcessHandle {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// The name given at start.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits for the child to exit and returns its [`exit_code`](Self::exit_code).
+    /// A coroutine yields meanwhile; a `kill` of the caller unwinds it.
+    pub fn join(&self) -> io::Result<i32> {
+        match self.wait(None)? {
+            Some(c) => Ok(c),
+            None => unreachable!("a wait without deadline cannot time out"),
+        }
+    }
+
+    /// Like [`join`](Self::join), giving up after `d` with `Ok(None)`.
+    pub fn join_timeout(&self, d: Duration) -> io::Result<Option<i32>> {
+        self.wait(Instant::now().checked_add(d))
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> io::Result<Option<i32>> {
+        let mut nap = Duration::from_millis(1);
+        loop {
+            if let Some(c) = self.poll_exit()? {
+                return Ok(Some(c));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            match &self.pidfd {
+                Some(fd) => {
+                    if !wait_fd(fd.as_raw_fd(), Interest::Readable, deadline)? {
+                        return self.poll_exit();
+                    }
+                }
+                None => {
+                    let mut d = nap;
+                    if let Some(end) = deadline {
+                        d = d.min(end.saturating_duration_since(Instant::now()));
+                    }
+                    crate::sleep(d);
+                    nap = (nap * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Reaps the child if it has exited; its exit code if known.
+    fn poll_exit(&self) -> io::Result<Option<i32>> {
+        let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        if exit.is_none() {
+            *exit = fork::try_wait(self.pid)?;
+        }
+        Ok(exit.map(exit_code))
+    }
+
+    /// Sends SIGTERM (the child's default action is to die). A child that
+    /// has already been reaped is left alone.
+    pub fn terminate(&self) -> io::Result<()> {
+        self.send(libc::SIGTERM)
+    }
+
+    /// Sends SIGKILL (cannot be caught). A reaped child is left alone.
+    pub fn kill(&self) -> io::Result<()> {
+        self.send(libc::SIGKILL)
+    }
+
+    fn send(&self, sig: i32) -> io::Result<()> {
+        let exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        if exit.is_some() {
+            return Ok(());
+        }
+        // Not reaped, so the pid is still our child's (or its zombie's).
+        fork::signal(self.pid, sig)
+    }
+
+    /// Whether the child is still running (reaps it if it has exited).
+    pub fn is_alive(&self) -> bool {
+        matches!(self.poll_exit(), Ok(None))
+    }
+
+    /// `None` while the child runs; then its exit code, or minus the number
+    /// of the signal that ended it (Python's convention: `-15` after
+    /// [`terminate`](Self::terminate), `-9` after [`kill`](Self::kill)).
+    pub fn exit_code(&self) -> Option<i32> {
+        self.poll_exit().ok().flatten()
+    }
+}
+
+fn exit_code(e: Exit) -> i32 {
+    match e {
+        Exit::Code(c) => c,
+        Exit::Signal(s) => -s,
+    }
+}
+
+impl Drop for ProcessHandle {
+    fn drop(&mut self) {
+        if matches!(self.poll_exit(), Ok(None)) {
+            ORPHANS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(self.pid);
+        }
+    }
+}
+
+impl fmt::Debug for ProcessHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessHandle")
+            .field("pid", &self.pid)
+            .field("name", &self.name)
+            .field(
+                "exit_code",
+                &self
+                    .exit
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .map(exit_code),
+            )
+            .finish()
+    }
+}
+
+/// Waits until `fd` is ready for `interest` or `deadline` passes (`false`),
+/// through the calling thread's hub: a coroutine yields, a root or plain
+/// thread blocks in its hub. The fd is duplicated for the wait so that any
+/// number of waiters of one hub can wait on it at once (epoll accepts each
+/// fd number once). A `kill` of the calling coroutine unwinds it.
+pub(crate) fn wait_fd(
+    fd: RawFd,
+    interest: Interest,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    let dup = fork::dup(fd)?;
+    let reg = Registration::new(dup.as_raw_fd())?;
+    match reg.wait(interest, deadline) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(false),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,197 @@
+//! ProcessQueue: a bounded queue shared by forked processes.
+
+use std::cell::Cell;
+use std::io::ErrorKind;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moss::pool::{Process, ProcessHandle, ProcessQueue};
+
+struct Reap(ProcessHandle);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.join();
+    }
+}
+
+fn start(f: impl FnOnce() + 'static) -> Reap {
+    Reap(Process::new(f).start().unwrap())
+}
+
+#[test]
+fn two_child_producers_every_item_exactly_once_in_order() {
+    const N: u32 = 400;
+    let q = Arc::new(ProcessQueue::<(u8, u32)>::new(8).unwrap());
+    let producers: Vec<Reap> = (0..2u8)
+        .map(|p| {
+            let q = q.clone();
+            start(move || {
+                for i in 0..N {
+                    q.put((p, i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut next = [0u32; 2];
+    for _ in 0..2 * N {
+        let (p, i) = q.get_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(i, next[p as usize], "producer {p} out of order");
+        next[p as usize] += 1;
+        assert!(q.len() <= 8 + 2, "capacity exceeded: {}", q.len());
+    }
+    assert_eq!(next, [N, N]);
+    for p in &producers {
+        assert_eq!(p.0.join().unwrap(), 0);
+    }
+    assert!(q.is_empty());
+    assert_eq!(q.get_nowait().unwrap_err().kind(), ErrorKind::WouldBlock);
+}
+
+#[test]
+fn two_child_consumers_share_the_items() {
+    const N: u32 = 300;
+    let q = Arc::new(ProcessQueue::<Option<u32>>::new(4).unwrap());
+    let back = Arc::new(ProcessQueue::<Vec<u32>>::new(2).unwrap());
+    let consumers: Vec<Reap> = (0..2)
+        .map(|_| {
+            let (q, back) = (q.clone(), back.clone());
+            start(move || {
+                let mut got = Vec::new();
+                while let Some(i) = q.get().unwrap() {
+                    got.push(i);
+                }
+                back.put(got).unwrap();
+            })
+        })
+        .collect();
+    for i in 0..N {
+        q.put(Some(i)).unwrap();
+    }
+    q.put(None).unwrap();
+    q.put(None).unwrap();
+    let mut all = back.get().unwrap();
+    all.extend(back.get().unwrap());
+    all.sort();
+    assert_eq!(all, (0..N).collect::<Vec<_>>());
+    for c in &consumers {
+        assert_eq!(c.0.join().unwrap(), 0);
+    }
+}
+
+#[test]
+fn items_larger_than_a_pipe_buffer_arrive_whole() {
+    let big = |seed: u8| -> Vec<u8> {
+        (0..3_000_000u32)
+            .map(|i| (i as u8).wrapping_mul(seed))
+            .collect()
+    };
+    let q = Arc::new(ProcessQueue::<Vec<u8>>::new(2).unwrap());
+    let child = {
+        let q = q.clone();
+        start(move || {
+            for seed in [3u8, 5, 7] {
+                q.put(big(seed)).unwrap();
+            }
+        })
+    };
+    for seed in [3u8, 5, 7] {
+        let v = q.get_timeout(Duration::from_secs(20)).unwrap();
+        assert!(
+            v == big(seed),
+            "item for seed {seed} corrupted (len {})",
+            v.len()
+        );
+    }
+    assert_eq!(child.0.join().unwrap(), 0);
+}
+
+#[test]
+fn timeouts_nowait_and_sizes() {
+    let q = ProcessQueue::<u32>::new(2).unwrap();
+    assert_eq!(q.capacity(), 2);
+    assert!(q.is_empty() && !q.is_full());
+    let t = Instant::now();
+    let e = q.get_timeout(Duration::from_millis(100)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    assert_eq!(q.get_nowait().unwrap_err().kind(), ErrorKind::WouldBlock);
+    q.put(1).unwrap();
+    q.put_nowait(2).unwrap();
+    assert_eq!(q.len(), 2);
+    assert!(q.is_full());
+    assert_eq!(q.put_nowait(3).unwrap_err().kind(), ErrorKind::WouldBlock);
+    let t = Instant::now();
+    assert_eq!(
+        q.put_timeout(3, Duration::from_millis(100))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::TimedOut
+    );
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    assert_eq!(q.get().unwrap(), 1);
+    assert_eq!(q.get_nowait().unwrap(), 2);
+    assert!(q.is_empty());
+    assert_eq!(
+        ProcessQueue::<u32>::new(0).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}
+
+#[test]
+fn waiting_in_a_coroutine_yields_and_timeouts_cancel_cleanly() {
+    let q = Arc::new(ProcessQueue::<u32>::new(1).unwrap());
+    let ticks = Rc::new(Cell::new(0u32));
+    let done = Rc::new(Cell::new(false));
+    let ticker = {
+        let (ticks, done) = (ticks.clone(), done.clone());
+        moss::spawn(move || {
+            while !done.get() {
+                moss::sleep(Duration::from_millis(10));
+                ticks.set(ticks.get() + 1);
+            }
+        })
+    };
+    // moss::timeout cancels a get waiting for the read lock or for data; the
+    // queue stays usable afterwards.
+    let q2 = q.clone();
+    let r = moss::spawn(move || moss::timeout(Duration::from_millis(50), || q2.get()));
+    assert!(r.join().unwrap().is_err());
+    let child = {
+        let q = q.clone();
+        start(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            q.put(99).unwrap();
+        })
+    };
+    let getters: Vec<_> = (0..2)
+        .map(|_| {
+            let q = q.clone();
+            moss::spawn(move || q.get_timeout(Duration::from_secs(20)))
+        })
+        .collect();
+    let waiter = moss::spawn({
+        let q = q.clone();
+        move || {
+            moss::sleep(Duration::from_millis(500));
+            q.put(100).unwrap()
+        }
+    });
+    let mut got: Vec<u32> = moss::join_all(getters)
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    waiter.join().unwrap();
+    done.set(true);
+    ticker.join().unwrap();
+    got.sort();
+    assert_eq!(got, vec![99, 100]);
+    assert!(
+        ticks.get() >= 10,
+        "hub blocked while waiting: {} ticks",
+        ticks.get()
+    );
+    assert_eq!(child.0.join().unwrap(), 0);
+}
