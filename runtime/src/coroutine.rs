@@ -302,6 +302,7 @@ pub fn sleep(d: Duration) {
 
 /// Lets every other ready coroutine run once (gevent's `sleep(0)`); the
 /// caller goes to the back of the run queue.
+#[inline]
 pub fn yield_now() {
     Hub::current().yield_now();
 }

@@ -216,6 +216,10 @@ enum Slot<F, T> {
 }
 
 /// A task with its closure and result in one allocation.
+///
+/// `repr(C)` with the header first, so [`header_of`] can find the header of
+/// an erased task without a virtual call.
+#[repr(C)]
 pub(crate) struct TaskCell<F, T> {
     header: Header,
     slot: UnsafeCell<Slot<F, T>>,
@@ -290,8 +294,18 @@ where
     }
 }
 
-/// The root's control block (it has no body).
+/// The root's control block (it has no body). `repr(C)`: see [`TaskCell`].
+#[repr(C)]
 pub(crate) struct RootTask(pub Header);
+
+/// The header of an erased task, without a virtual call.
+#[inline]
+pub(crate) fn header_of(t: &Rc<dyn Task>) -> &Header {
+    // SAFETY: every `Task` implementor (`TaskCell`, `RootTask`) is `repr(C)`
+    // with its `Header` as the first field, so the data pointer of the trait
+    // object points at a valid `Header` that lives as long as `t`.
+    unsafe { &*(Rc::as_ptr(t) as *const Header) }
+}
 
 impl Task for RootTask {
     fn header(&self) -> &Header {
