@@ -122,8 +122,9 @@ impl Builder {
     }
 
     /// Spawns the coroutine. Fails with `InvalidInput` for a stack size out of
-    /// bounds. The stack is bound when the coroutine first runs; if it cannot
-    /// be mapped then, `join` reports it.
+    /// bounds, and with the OS error if no stack of that size can be mapped.
+    /// The stack itself is bound when the coroutine first runs (if mapping
+    /// fails only then, `join` reports it).
     #[track_caller]
     pub fn spawn<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
     where
@@ -134,6 +135,9 @@ impl Builder {
             Some(s) => normalize_size(s)?,
             None => DEFAULT_STACK_SIZE,
         };
+        // Binding is lazy, but an address space that cannot hold one more
+        // stack of this size is reported here, not at the first run.
+        Hub::current().stacks.borrow_mut().reserve(size)?;
         Ok(spawn_inner(
             self.name.map(Rc::from),
             size,

@@ -114,6 +114,14 @@ impl StackPool {
         Ok(s)
     }
 
+    /// Makes sure a stack of `size` can be had without mapping memory later,
+    /// mapping a chunk now if needed: reports an mmap failure at spawn time.
+    pub(crate) fn reserve(&mut self, size: usize) -> io::Result<()> {
+        let s = self.take(size)?;
+        self.give(s);
+        Ok(())
+    }
+
     /// Returns a stack whose coroutine has finished.
     pub(crate) fn give(&mut self, stack: Stack) {
         let class = self.class(stack.size());
