@@ -68,7 +68,7 @@ impl fmt::Display for Empty {
 
 impl std::error::Error for Empty {}
 
-/// A `release` of a `BoundedSemaphore` would
+/// A `release` of a [`BoundedSemaphore`](super::BoundedSemaphore) would
 /// raise its permits past the initial value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReleaseError {

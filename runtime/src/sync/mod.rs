@@ -1,6 +1,6 @@
 //! Synchronisation primitives for coroutines *and* threads, in gevent's
-//! shapes: [`Event`], [`AsyncResult`], `Mutex`, `Semaphore`,
-//! `BoundedSemaphore`, `Queue` and its variants, channels, and waiting
+//! shapes: [`Event`], [`AsyncResult`], [`Mutex`], [`Semaphore`],
+//! [`BoundedSemaphore`], `Queue` and its variants, channels, and waiting
 //! for the first of several things.
 //!
 //! # One design for every primitive
@@ -43,6 +43,8 @@
 mod async_result;
 mod error;
 mod event;
+mod mutex;
+mod semaphore;
 mod waitlist;
 
 pub use async_result::AsyncResult;
@@ -51,3 +53,5 @@ pub use error::{
     TryRecvError, TrySendError,
 };
 pub use event::Event;
+pub use mutex::{Mutex, MutexGuard};
+pub use semaphore::{BoundedSemaphore, Semaphore};

@@ -239,8 +239,9 @@ pub(crate) enum Outcome {
 /// Parks the owner of the queued waiter `w` until it is handed something or
 /// woken, its deadline passes or it is cancelled; the waiter is off the list
 /// when this returns. Also returns why the last park ended: with
-/// `Wakeup::Cancelled` the caller must pass on anything it was handed, then
-/// call [`park::deliver_cancel`].
+/// `Wakeup::Cancelled` (also reported when a cancellation arrived after the
+/// hand-off but before the waiter ran) the caller must pass on anything it
+/// was handed, then call [`park::deliver_cancel`].
 pub(crate) fn park_waiter<T, G>(
     w: &Waiter<T>,
     deadline: Option<Instant>,
@@ -249,7 +250,12 @@ pub(crate) fn park_waiter<T, G>(
     list: impl Fn(&mut G) -> &mut WaitList<T>,
 ) -> (Outcome, Wakeup) {
     loop {
-        let why = park::park(deadline, what);
+        let mut why = park::park(deadline, what);
+        if why != Wakeup::Cancelled && park::cancel_pending() {
+            // Woken by a hand-off, then killed before it ran: the kill takes
+            // effect at this blocking point, so what was handed is passed on.
+            why = Wakeup::Cancelled;
+        }
         if let Some(o) = outcome(w.state.load(Ordering::Acquire)) {
             return (o, why);
         }
