@@ -102,14 +102,11 @@ impl<T: ?Sized> Mutex<T> {
     /// order they asked. A `kill` or `timeout` of the waiter unwinds it
     /// (without the lock).
     pub fn lock(&self) -> MutexGuard<'_, T> {
-        if self
+        let fast = self
             .state
-            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            if let Err(Timeout) = self.lock_slow(None) {
-                unreachable!("no deadline");
-            }
+            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed);
+        if fast.is_err() && self.lock_slow(None).is_err() {
+            unreachable!("no deadline");
         }
         MutexGuard {
             mutex: self,
