@@ -15,6 +15,7 @@
 //! This crate only re-exports: the runtime lives in `moss-runtime`, the I/O
 //! layer in `moss-io`.
 
+pub use moss_io::monkey;
 pub use moss_runtime::sync;
 pub use moss_runtime::{
     Builder, Cancelled, CoroutineId, Current, DEFAULT_STACK_SIZE, Elapsed, JoinError, JoinHandle,

@@ -1,0 +1,490 @@
+//! Per-fd state of the hooks: which fds are cooperative, the user's view of
+//! `O_NONBLOCK`, the emulated `SO_RCVTIMEO`/`SO_SNDTIMEO`, and each thread's
+//! reactor registrations.
+//!
+//! # The process-wide table
+//!
+//! One [`Entry`] per fd number, in chunks of 1024 allocated on first use
+//! (fds past `MAX_FD` are never cooperative and pass straight through). It
+//! is lock-free (atomics only), so hooks may touch it anywhere, including in
+//! a child between `fork` and `exec`. An entry is in one of three kinds:
+//!
+//! ```text
+//!            close / dup2 onto it                 fstat: not a socket
+//!   Unknown ◀─────────────────────── any ──  Unknown ───────────────────▶ Plain
+//!      │  socket()/accept() on a hub thread, or
+//!      │  first hooked I/O on a hub thread and fstat says socket
+//!      ▼
+//!    Coop: the kernel fd is O_NONBLOCK; `nonblock` holds what the user set
+//! ```
+//!
+//! `Plain` fds (regular files, pipes, ttys, eventfds, ...) and `Unknown`
+//! ones pass straight through. Only sockets become cooperative: switching a
+//! pipe or a tty to `O_NONBLOCK` would change a file description that other
+//! processes share (a shell's terminal, a parent's pipe). fds 0–2 are never
+//! classified, for the same reason. Each reset bumps the entry's generation,
+//! which invalidates the registrations threads hold for the old fd.
+//!
+//! # Per-thread registrations
+//!
+//! A [`Registration`] belongs to one hub, so each thread keeps its own map
+//! fd → (generation, registration), made on the first wait of that fd on
+//! that thread (edge-triggered, both directions: one `epoll_ctl` per fd and
+//! thread, none per wait). `close` on the owning thread drops it (the
+//! reactor deregisters the fd and its waiters wake up and report `EBADF`).
+//! A registration found stale (the fd was closed on another thread, or
+//! while a coroutine was waiting on it) is leaked rather than dropped: the
+//! kernel already removed the closed file from epoll, and deregistering by
+//! fd number could remove a newer file that reuses the number.
+
+use std::cell::RefCell;
+use std::ffi::c_int;
+use std::mem::MaybeUninit;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moss_runtime::park::{self, Unparker};
+use moss_runtime::reactor::{Interest, Registration, WaitError};
+
+use super::real;
+
+const CHUNK: usize = 1024;
+const CHUNKS: usize = 4096;
+/// fds at or above this are never cooperative.
+const MAX_FD: usize = CHUNK * CHUNKS;
+
+const KIND_MASK: u64 = 0b11;
+const UNKNOWN: u64 = 0;
+const PLAIN: u64 = 1;
+const COOP: u64 = 2;
+const NONBLOCK: u64 = 0b100;
+const GEN_SHIFT: u32 = 8;
+
+/// One fd's state.
+///
+/// # Invariants
+/// `state` packs kind (bits 0–1), the user's `O_NONBLOCK` (bit 2) and the
+/// generation (bits 8–63). The timeouts are nanoseconds, 0 for none.
+struct Entry {
+    state: AtomicU64,
+    rcv_ns: AtomicU64,
+    snd_ns: AtomicU64,
+}
+
+static TABLE: [AtomicPtr<Entry>; CHUNKS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS];
+
+fn entry(fd: c_int, alloc: bool) -> Option<&'static Entry> {
+    let fd = usize::try_from(fd).ok().filter(|&f| f < MAX_FD)?;
+    let slot = &TABLE[fd / CHUNK];
+    let mut chunk = slot.load(Ordering::Acquire);
+    if chunk.is_null() {
+        if !alloc {
+            return None;
+        }
+        chunk = alloc_chunk(slot);
+    }
+    // SAFETY: chunks are arrays of CHUNK entries that are never freed once
+    // published, and `fd % CHUNK < CHUNK`.
+    Some(unsafe { &*chunk.add(fd % CHUNK) })
+}
+
+#[cold]
+fn alloc_chunk(slot: &AtomicPtr<Entry>) -> *mut Entry {
+    let fresh: Box<[Entry]> = (0..CHUNK)
+        .map(|_| Entry {
+            state: AtomicU64::new(0),
+            rcv_ns: AtomicU64::new(0),
+            snd_ns: AtomicU64::new(0),
+        })
+        .collect();
+    let fresh = Box::into_raw(fresh) as *mut Entry;
+    match slot.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => fresh,
+        Err(winner) => {
+            // SAFETY: `fresh` came from `Box::into_raw` of a CHUNK-long boxed
+            // slice just above and was never published.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(fresh, CHUNK)) });
+            winner
+        }
+    }
+}
+
+/// A snapshot of one fd's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FdState(u64);
+
+impl FdState {
+    /// Cooperative, and the user expects blocking calls: the slow path.
+    #[inline]
+    pub(crate) fn blocking_coop(self) -> bool {
+        self.0 & (KIND_MASK | NONBLOCK) == COOP
+    }
+    pub(crate) fn is_coop(self) -> bool {
+        self.0 & KIND_MASK == COOP
+    }
+    pub(crate) fn is_unknown(self) -> bool {
+        self.0 & KIND_MASK == UNKNOWN
+    }
+    pub(crate) fn user_nonblock(self) -> bool {
+        self.0 & NONBLOCK != 0
+    }
+    fn generation(self) -> u64 {
+        self.0 >> GEN_SHIFT
+    }
+}
+
+/// The recorded state of `fd` (no syscall).
+#[inline]
+pub(crate) fn get(fd: c_int) -> FdState {
+    match entry(fd, false) {
+        Some(e) => FdState(e.state.load(Ordering::Acquire)),
+        None => FdState(UNKNOWN),
+    }
+}
+
+/// The state of `fd` for a hooked call on this thread: an unknown fd is
+/// classified first when this thread has a hub (one `fstat`, and for a
+/// socket `fcntl` + two `getsockopt`, once per fd).
+#[inline]
+pub(crate) fn state_for_io(fd: c_int) -> FdState {
+    let s = get(fd);
+    if !s.is_unknown() || fd <= 2 || !park::hub_exists() {
+        return s;
+    }
+    classify(fd)
+}
+
+#[cold]
+fn classify(fd: c_int) -> FdState {
+    real::keep_errno(|| {
+        let mut st = MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `st` is a valid out-pointer for one `stat`.
+        if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+            return FdState(UNKNOWN);
+        }
+        // SAFETY: fstat succeeded, so it filled `st`.
+        let mode = unsafe { st.assume_init() }.st_mode;
+        if mode & libc::S_IFMT != libc::S_IFSOCK {
+            set_kind(fd, PLAIN, false);
+            return get(fd);
+        }
+        // SAFETY: F_GETFL takes no argument.
+        let fl = unsafe { real::fcntl()(fd, libc::F_GETFL, 0usize) };
+        if fl < 0 {
+            return FdState(UNKNOWN);
+        }
+        let user_nb = fl & libc::O_NONBLOCK != 0;
+        // SAFETY: F_SETFL takes an int flag argument.
+        if !user_nb
+            && unsafe { real::fcntl()(fd, libc::F_SETFL, (fl | libc::O_NONBLOCK) as usize) } != 0
+        {
+            return FdState(UNKNOWN);
+        }
+        set_timeout(fd, libc::SO_RCVTIMEO, read_timeout(fd, libc::SO_RCVTIMEO));
+        set_timeout(fd, libc::SO_SNDTIMEO, read_timeout(fd, libc::SO_SNDTIMEO));
+        set_kind(fd, COOP, user_nb);
+        get(fd)
+    })
+}
+
+fn read_timeout(fd: c_int, opt: c_int) -> Option<Duration> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: `tv`/`len` are valid out-pointers of the sizes given.
+    let r =
+        unsafe { real::getsockopt()(fd, libc::SOL_SOCKET, opt, (&raw mut tv).cast(), &mut len) };
+    if r != 0 {
+        None
+    } else {
+        timeval_to_duration(&tv)
+    }
+}
+
+/// `SO_RCVTIMEO`'s value as a timeout (`None` for "no timeout").
+pub(crate) fn timeval_to_duration(tv: &libc::timeval) -> Option<Duration> {
+    let d = Duration::from_secs(tv.tv_sec.max(0) as u64)
+        + Duration::from_micros(tv.tv_usec.max(0) as u64);
+    (!d.is_zero()).then_some(d)
+}
+
+/// Marks `fd` cooperative (its kernel fd is already non-blocking).
+pub(crate) fn adopt(fd: c_int, user_nonblock: bool, rcv: Option<Duration>, snd: Option<Duration>) {
+    set_timeout(fd, libc::SO_RCVTIMEO, rcv);
+    set_timeout(fd, libc::SO_SNDTIMEO, snd);
+    set_kind(fd, COOP, user_nonblock);
+}
+
+fn set_kind(fd: c_int, kind: u64, nonblock: bool) {
+    let Some(e) = entry(fd, true) else { return };
+    let nb = if nonblock { NONBLOCK } else { 0 };
+    let _ = e
+        .state
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+            Some((s & !(KIND_MASK | NONBLOCK)) | kind | nb)
+        });
+}
+
+/// Records the user's `O_NONBLOCK` for a cooperative fd.
+pub(crate) fn set_user_nonblock(fd: c_int, nonblock: bool) {
+    set_kind(fd, COOP, nonblock);
+}
+
+/// Records an `SO_RCVTIMEO`/`SO_SNDTIMEO` value.
+pub(crate) fn set_timeout(fd: c_int, opt: c_int, d: Option<Duration>) {
+    let ns = d.map_or(0, |d| {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+    });
+    let existing = entry(fd, false);
+    let Some(e) = existing.or_else(|| if ns == 0 { None } else { entry(fd, true) }) else {
+        return;
+    };
+    let field = if opt == libc::SO_RCVTIMEO {
+        &e.rcv_ns
+    } else {
+        &e.snd_ns
+    };
+    field.store(ns, Ordering::Relaxed);
+}
+
+/// The emulated timeout for waits in direction `dir`.
+pub(crate) fn timeout(fd: c_int, dir: Interest) -> Option<Duration> {
+    let e = entry(fd, false)?;
+    let ns = match dir {
+        Interest::Readable => e.rcv_ns.load(Ordering::Relaxed),
+        Interest::Writable => e.snd_ns.load(Ordering::Relaxed),
+    };
+    (ns != 0).then(|| Duration::from_nanos(ns))
+}
+
+/// Forgets everything about `fd` (it is being closed or replaced): back to
+/// `Unknown` with a new generation, and this thread's registration dropped.
+pub(crate) fn reset(fd: c_int) {
+    let Some(e) = entry(fd, false) else { return };
+    let old = e.state.load(Ordering::Acquire);
+    if old == 0 {
+        // Never classified: nothing to invalidate.
+        return;
+    }
+    let was_coop = old & KIND_MASK == COOP;
+    e.state
+        .store(((old >> GEN_SHIFT) + 1) << GEN_SHIFT, Ordering::Release);
+    e.rcv_ns.store(0, Ordering::Relaxed);
+    e.snd_ns.store(0, Ordering::Relaxed);
+    if was_coop {
+        drop_local(fd);
+    }
+}
+
+/// Gives `to` the state of `from` (after a successful `dup`).
+pub(crate) fn copy(from: c_int, to: c_int) {
+    reset(to);
+    let s = get(from);
+    if s.is_unknown() {
+        return;
+    }
+    let (rcv, snd) = (
+        timeout(from, Interest::Readable),
+        timeout(from, Interest::Writable),
+    );
+    set_timeout(to, libc::SO_RCVTIMEO, rcv);
+    set_timeout(to, libc::SO_SNDTIMEO, snd);
+    set_kind(to, s.0 & KIND_MASK, s.user_nonblock());
+}
+
+/// Why a wait for readiness ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ready,
+    TimedOut,
+    Cancelled,
+    Closed,
+}
+
+struct Local {
+    generation: u64,
+    reg: Rc<Registration>,
+    /// Unparkers of the waits in progress, woken by `close`.
+    waiters: Vec<Unparker>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Vec<Option<Local>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Releases a registration that may be stale: see the module docs.
+fn release(reg: Rc<Registration>, stale: bool) {
+    if stale {
+        match Rc::try_unwrap(reg) {
+            Ok(r) => std::mem::forget(r),
+            Err(rc) => drop(rc),
+        }
+    } else {
+        drop(reg);
+    }
+}
+
+/// Drops this thread's registration of `fd` before it is closed, waking its
+/// waiters (they report `EBADF`).
+fn drop_local(fd: c_int) {
+    let taken = LOCAL
+        .try_with(|l| {
+            l.try_borrow_mut()
+                .ok()
+                .and_then(|mut l| l.get_mut(fd as usize).and_then(Option::take))
+        })
+        .ok()
+        .flatten();
+    let Some(local) = taken else { return };
+    if Rc::strong_count(&local.reg) == 1 {
+        // Nobody waits: deregister now, while the fd is still open.
+        drop(local.reg);
+    } else {
+        for u in &local.waiters {
+            u.unpark();
+        }
+        release(local.reg, true);
+    }
+}
+
+/// This thread's registration of `fd` for generation `generation`, made now
+/// if needed; `None` if the reactor refuses the fd.
+fn local_registration(fd: c_int, generation: u64) -> Option<Rc<Registration>> {
+    let idx = usize::try_from(fd).ok()?;
+    let (found, stale) = LOCAL
+        .try_with(|l| {
+            let mut l = l.try_borrow_mut().ok()?;
+            if l.len() <= idx {
+                l.resize_with(idx + 1, || None);
+            }
+            match &l[idx] {
+                Some(x) if x.generation == generation => Some((Some(x.reg.clone()), None)),
+                Some(_) => Some((None, l[idx].take())),
+                None => Some((None, None)),
+            }
+        })
+        .ok()
+        .flatten()?;
+    if let Some(old) = stale {
+        release(old.reg, true);
+    }
+    if let Some(r) = found {
+        return Some(r);
+    }
+    let reg = Rc::new(real::keep_errno(|| Registration::new(fd)).ok()?);
+    LOCAL
+        .try_with(|l| {
+            if let Ok(mut l) = l.try_borrow_mut() {
+                l[idx] = Some(Local {
+                    generation,
+                    reg: reg.clone(),
+                    waiters: Vec::new(),
+                });
+            }
+        })
+        .ok()?;
+    Some(reg)
+}
+
+fn with_local(fd: c_int, generation: u64, f: impl FnOnce(&mut Local)) {
+    let _ = LOCAL.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut()
+            && let Some(Some(x)) = l.get_mut(fd as usize)
+            && x.generation == generation
+        {
+            f(x);
+        }
+    });
+}
+
+/// Waits until `fd` (in state `st`) is ready for `dir`, or `deadline`.
+///
+/// On a thread with a hub: parks on the fd's registration (a coroutine
+/// suspends; the root runs the hub). Elsewhere, or if the reactor refuses
+/// the fd: blocks the thread in `poll(2)`.
+pub(crate) fn wait(fd: c_int, st: FdState, dir: Interest, deadline: Option<Instant>) -> Outcome {
+    if park::hub_exists()
+        && let Some(o) = wait_hub(fd, st.generation(), dir, deadline)
+    {
+        return o;
+    }
+    wait_poll(fd, dir, deadline)
+}
+
+fn wait_hub(
+    fd: c_int,
+    generation: u64,
+    dir: Interest,
+    deadline: Option<Instant>,
+) -> Option<Outcome> {
+    let reg = local_registration(fd, generation)?;
+    let me = park::unparker();
+    with_local(fd, generation, |l| l.waiters.push(me.clone()));
+    let r = real::keep_errno(|| reg.wait_raw(dir, deadline));
+    with_local(fd, generation, |l| l.waiters.retain(|u| !u.same_wait(&me)));
+    drop(me);
+    let closed = get(fd).generation() != generation;
+    release(reg, closed);
+    if closed {
+        return Some(Outcome::Closed);
+    }
+    Some(match r {
+        Ok(()) => Outcome::Ready,
+        Err(WaitError::TimedOut) => Outcome::TimedOut,
+        Err(WaitError::Cancelled) => Outcome::Cancelled,
+        Err(WaitError::Closed) => Outcome::Closed,
+    })
+}
+
+/// Milliseconds for `poll(2)` until `deadline` (rounded up), -1 for none.
+pub(crate) fn poll_timeout(deadline: Option<Instant>) -> Option<c_int> {
+    match deadline {
+        None => Some(-1),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            Some(c_int::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(c_int::MAX))
+        }
+    }
+}
+
+/// Blocks the thread in `poll(2)` (a thread without a hub keeps its
+/// blocking behaviour on an fd another thread made non-blocking).
+fn wait_poll(fd: c_int, dir: Interest, deadline: Option<Instant>) -> Outcome {
+    let events = match dir {
+        Interest::Readable => libc::POLLIN,
+        Interest::Writable => libc::POLLOUT,
+    };
+    real::keep_errno(|| {
+        loop {
+            let Some(ms) = poll_timeout(deadline) else {
+                return Outcome::TimedOut;
+            };
+            let mut p = libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { real::poll()(&mut p, 1, ms) };
+            if r > 0 {
+                return if p.revents & libc::POLLNVAL != 0 {
+                    Outcome::Closed
+                } else {
+                    Outcome::Ready
+                };
+            }
+            // r == 0: the deadline (re-checked above); r < 0: EINTR, retry.
+        }
+    })
+}

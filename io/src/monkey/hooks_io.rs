@@ -1,0 +1,240 @@
+//! Data transfer hooks: `read`, `readv`, `write`, `writev`, `recv`,
+//! `recvfrom`, `recvmsg`, `send`, `sendto`, `sendmsg`.
+//!
+//! Each one is: not patched → the real call; patched → [`io`], which looks
+//! the fd up (classifying it once on a hub thread) and runs the real call
+//! directly unless the fd is cooperative *and* the user expects blocking.
+//! Then it tries the call, and on `EAGAIN` waits for readiness (parking the
+//! coroutine, or running the hub on the root, or `poll(2)` on a thread
+//! without a hub) and retries. A `MSG_DONTWAIT` call is always passed
+//! through. Outcomes of the wait:
+//!
+//! | wait ended by              | the call returns                     |
+//! |----------------------------|--------------------------------------|
+//! | readiness                  | the retried call's result            |
+//! | `SO_RCVTIMEO`/`SO_SNDTIMEO`| -1, `EAGAIN` (as Linux does)         |
+//! | `kill`/`timeout` pending   | -1, `ECANCELED` (see `mod.rs`)       |
+//! | `close` of the fd          | -1, `EBADF`                          |
+
+use std::ffi::{c_int, c_void};
+use std::time::Instant;
+
+use libc::{iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+use moss_runtime::reactor::Interest;
+
+use super::fdtable::{self, Outcome};
+use super::{patched, real};
+
+/// Runs the real call `op` on `fd` with the blocking semantics its user
+/// expects (see the module docs).
+#[inline]
+pub(crate) fn io(fd: c_int, dir: Interest, mut op: impl FnMut() -> ssize_t) -> ssize_t {
+    let st = fdtable::state_for_io(fd);
+    if !st.blocking_coop() {
+        return op();
+    }
+    io_slow(fd, st, dir, &mut op)
+}
+
+#[cold]
+fn io_slow(
+    fd: c_int,
+    st: fdtable::FdState,
+    dir: Interest,
+    op: &mut dyn FnMut() -> ssize_t,
+) -> ssize_t {
+    let mut deadline: Option<Option<Instant>> = None;
+    loop {
+        let r = op();
+        if r >= 0 || real::errno() != libc::EAGAIN {
+            return r;
+        }
+        let d = *deadline.get_or_insert_with(|| {
+            fdtable::timeout(fd, dir).and_then(|t| Instant::now().checked_add(t))
+        });
+        if let Some(fail) = wait_errno(fd, st, dir, d) {
+            real::set_errno(fail);
+            return -1;
+        }
+    }
+}
+
+/// Waits for `dir` on `fd`: `None` when ready, else the errno to fail with
+/// (timeout → `timed_out`).
+pub(crate) fn wait_errno_or(
+    fd: c_int,
+    st: fdtable::FdState,
+    dir: Interest,
+    deadline: Option<Instant>,
+    timed_out: c_int,
+) -> Option<c_int> {
+    match fdtable::wait(fd, st, dir, deadline) {
+        Outcome::Ready => None,
+        Outcome::TimedOut => Some(timed_out),
+        Outcome::Cancelled => Some(libc::ECANCELED),
+        Outcome::Closed => Some(libc::EBADF),
+    }
+}
+
+fn wait_errno(
+    fd: c_int,
+    st: fdtable::FdState,
+    dir: Interest,
+    deadline: Option<Instant>,
+) -> Option<c_int> {
+    wait_errno_or(fd, st, dir, deadline, libc::EAGAIN)
+}
+
+/// Hook for `read(2)`.
+///
+/// # Safety
+/// As `read(2)`: `buf` is valid for `count` bytes of writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::read()(fd, buf, count) };
+    if !patched() {
+        return op();
+    }
+    io(fd, Interest::Readable, op)
+}
+
+/// Hook for `readv(2)`.
+///
+/// # Safety
+/// As `readv(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::readv()(fd, iov, iovcnt) };
+    if !patched() {
+        return op();
+    }
+    io(fd, Interest::Readable, op)
+}
+
+/// Hook for `write(2)`.
+///
+/// # Safety
+/// As `write(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::write()(fd, buf, count) };
+    if !patched() {
+        return op();
+    }
+    io(fd, Interest::Writable, op)
+}
+
+/// Hook for `writev(2)`.
+///
+/// # Safety
+/// As `writev(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::writev()(fd, iov, iovcnt) };
+    if !patched() {
+        return op();
+    }
+    io(fd, Interest::Writable, op)
+}
+
+/// Hook for `recv(2)`.
+///
+/// # Safety
+/// As `recv(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::recv()(fd, buf, len, flags) };
+    if !patched() || flags & libc::MSG_DONTWAIT != 0 {
+        return op();
+    }
+    io(fd, Interest::Readable, op)
+}
+
+/// Hook for `recvfrom(2)`.
+///
+/// # Safety
+/// As `recvfrom(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    addrlen: *mut socklen_t,
+) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::recvfrom()(fd, buf, len, flags, addr, addrlen) };
+    if !patched() || flags & libc::MSG_DONTWAIT != 0 {
+        return op();
+    }
+    io(fd, Interest::Readable, op)
+}
+
+/// Hook for `recvmsg(2)`.
+///
+/// # Safety
+/// As `recvmsg(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::recvmsg()(fd, msg, flags) };
+    if !patched() || flags & libc::MSG_DONTWAIT != 0 {
+        return op();
+    }
+    io(fd, Interest::Readable, op)
+}
+
+/// Hook for `send(2)`.
+///
+/// # Safety
+/// As `send(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::send()(fd, buf, len, flags) };
+    if !patched() || flags & libc::MSG_DONTWAIT != 0 {
+        return op();
+    }
+    io(fd, Interest::Writable, op)
+}
+
+/// Hook for `sendto(2)`.
+///
+/// # Safety
+/// As `sendto(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    addrlen: socklen_t,
+) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::sendto()(fd, buf, len, flags, addr, addrlen) };
+    if !patched() || flags & libc::MSG_DONTWAIT != 0 {
+        return op();
+    }
+    io(fd, Interest::Writable, op)
+}
+
+/// Hook for `sendmsg(2)`.
+///
+/// # Safety
+/// As `sendmsg(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::sendmsg()(fd, msg, flags) };
+    if !patched() || flags & libc::MSG_DONTWAIT != 0 {
+        return op();
+    }
+    io(fd, Interest::Writable, op)
+}

@@ -1,0 +1,239 @@
+//! Readiness hooks: `poll` and `select`.
+//!
+//! On a thread with a hub, a call with a non-zero timeout first asks the
+//! kernel with a zero timeout (so results are always the kernel's own).
+//! If nothing is ready it waits without blocking the thread: the fds go
+//! into a temporary epoll instance (level-triggered), that epoll fd is
+//! registered with the hub (an epoll fd is itself pollable: it turns
+//! readable when any member is ready), the caller parks on it, and on each
+//! wake-up the zero-timeout call is repeated. This works for any pollable
+//! fd (sockets, pipes, ttys, eventfds), cooperative or not, and leaves the
+//! fds' own registrations alone. Costs: `epoll_create1` + one `epoll_ctl`
+//! per fd per blocking call, which is fine for `poll`/`select` users
+//! (std uses `poll` only for `connect_timeout`).
+//!
+//! fds epoll refuses (regular files are always ready anyway) are skipped;
+//! if the temporary epoll cannot be made, the real blocking call is used.
+//! A pending `kill`/`timeout` fails the call with `ECANCELED` (not `EINTR`,
+//! which std's `connect_timeout` would retry at once, spinning).
+//! Elsewhere (not patched, no hub, zero timeout) the real call runs.
+
+use std::ffi::c_int;
+use std::time::{Duration, Instant};
+
+use libc::{fd_set, nfds_t, pollfd, timeval};
+use moss_runtime::park;
+use moss_runtime::reactor::{Interest, Registration, WaitError};
+
+use super::{patched, real};
+
+/// Waits cooperatively until `check()` returns non-zero (its result is
+/// returned), `deadline` passes (0) or a cancellation is pending (-1,
+/// `ECANCELED`). `fds` are the (fd, poll events) to watch. `None` if the
+/// cooperative wait could not be set up.
+fn wait_any(
+    fds: &[(c_int, i16)],
+    deadline: Option<Instant>,
+    check: &mut dyn FnMut() -> c_int,
+) -> Option<c_int> {
+    // SAFETY: plain syscall; the fd is closed below on every path.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return None;
+    }
+    struct Ep(c_int);
+    impl Drop for Ep {
+        fn drop(&mut self) {
+            // SAFETY: we own this epoll fd; the registration using it was
+            // dropped before (declared after it).
+            unsafe { real::close()(self.0) };
+        }
+    }
+    let ep = Ep(ep);
+    for &(fd, events) in fds {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        if events & (libc::POLLIN | libc::POLLRDNORM | libc::POLLRDBAND) != 0 {
+            ev.events |= libc::EPOLLIN as u32;
+        }
+        if events & libc::POLLPRI != 0 {
+            ev.events |= libc::EPOLLPRI as u32;
+        }
+        if events & (libc::POLLOUT | libc::POLLWRNORM | libc::POLLWRBAND) != 0 {
+            ev.events |= libc::EPOLLOUT as u32;
+        }
+        if events & libc::POLLRDHUP != 0 {
+            ev.events |= libc::EPOLLRDHUP as u32;
+        }
+        // SAFETY: `ev` is a valid epoll_event; failures (EPERM for regular
+        // files, EEXIST for a duplicate fd) just skip the fd.
+        unsafe { libc::epoll_ctl(ep.0, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+    let reg = Registration::new(ep.0).ok()?;
+    loop {
+        match reg.wait_raw(Interest::Readable, deadline) {
+            Ok(()) | Err(WaitError::Closed) => {
+                let r = check();
+                if r != 0 {
+                    return Some(r);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Some(0);
+                }
+            }
+            Err(WaitError::TimedOut) => return Some(0),
+            Err(WaitError::Cancelled) => {
+                real::set_errno(libc::ECANCELED);
+                return Some(-1);
+            }
+        }
+    }
+}
+
+/// Hook for `poll(2)`.
+///
+/// # Safety
+/// As `poll(2)`: `fds` points at `nfds` pollfds.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = |t: c_int| unsafe { real::poll()(fds, nfds, t) };
+    if !patched() || timeout == 0 || !park::hub_exists() {
+        return op(timeout);
+    }
+    let r = op(0);
+    if r != 0 {
+        return r;
+    }
+    let deadline = if timeout < 0 {
+        None
+    } else {
+        Instant::now().checked_add(Duration::from_millis(timeout as u64))
+    };
+    let watch: Vec<(c_int, i16)> = (0..nfds as usize)
+        // SAFETY: the caller passed `nfds` valid pollfds.
+        .map(|i| unsafe { *fds.add(i) })
+        .filter(|p| p.fd >= 0)
+        .map(|p| (p.fd, p.events))
+        .collect();
+    match wait_any(&watch, deadline, &mut || op(0)) {
+        Some(r) => r,
+        None => op(super::fdtable::poll_timeout(deadline).unwrap_or(0)),
+    }
+}
+
+/// Hook for `select(2)`.
+///
+/// # Safety
+/// As `select(2)`: each non-null set points at an `fd_set`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    readfds: *mut fd_set,
+    writefds: *mut fd_set,
+    exceptfds: *mut fd_set,
+    timeout: *mut timeval,
+) -> c_int {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let real_select = |r, w, e, t| unsafe { real::select()(nfds, r, w, e, t) };
+    if !patched() || !park::hub_exists() || nfds < 0 || nfds > libc::FD_SETSIZE as c_int {
+        return real_select(readfds, writefds, exceptfds, timeout);
+    }
+    // SAFETY: a non-null timeout points at a timeval.
+    let limit = (!timeout.is_null()).then(|| unsafe { *timeout });
+    if limit.is_some_and(|t| t.tv_sec == 0 && t.tv_usec == 0) {
+        return real_select(readfds, writefds, exceptfds, timeout);
+    }
+    let copy = |s: *mut fd_set| -> Option<fd_set> {
+        // SAFETY: a non-null set points at an fd_set.
+        (!s.is_null()).then(|| unsafe { *s })
+    };
+    let (r0, w0, e0) = (copy(readfds), copy(writefds), copy(exceptfds));
+    let start = Instant::now();
+    let deadline = limit.and_then(|t| {
+        start.checked_add(
+            Duration::from_secs(t.tv_sec.max(0) as u64)
+                + Duration::from_micros(t.tv_usec.max(0) as u64),
+        )
+    });
+    // One zero-timeout select on fresh copies of the caller's sets; the
+    // result is written back only when something is ready (or on error).
+    let mut attempt = || -> c_int {
+        let (mut r, mut w, mut e) = (r0, w0, e0);
+        let ptr = |s: &mut Option<fd_set>| {
+            s.as_mut()
+                .map_or(std::ptr::null_mut(), |s| s as *mut fd_set)
+        };
+        let mut zero = timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        let n = real_select(ptr(&mut r), ptr(&mut w), ptr(&mut e), &mut zero);
+        if n != 0 {
+            for (dst, src) in [(readfds, r), (writefds, w), (exceptfds, e)] {
+                if let Some(s) = src {
+                    // SAFETY: `src` is Some only when `dst` is non-null.
+                    unsafe { *dst = s };
+                }
+            }
+        }
+        n
+    };
+    let mut n = attempt();
+    if n == 0 {
+        let mut watch = Vec::new();
+        for fd in 0..nfds {
+            let mut ev = 0i16;
+            // SAFETY: FD_ISSET on valid sets with fd < nfds <= FD_SETSIZE.
+            unsafe {
+                if r0.as_ref().is_some_and(|s| libc::FD_ISSET(fd, s)) {
+                    ev |= libc::POLLIN;
+                }
+                if w0.as_ref().is_some_and(|s| libc::FD_ISSET(fd, s)) {
+                    ev |= libc::POLLOUT;
+                }
+                if e0.as_ref().is_some_and(|s| libc::FD_ISSET(fd, s)) {
+                    ev |= libc::POLLPRI;
+                }
+            }
+            if ev != 0 {
+                watch.push((fd, ev));
+            }
+        }
+        n = match wait_any(&watch, deadline, &mut attempt) {
+            Some(n) => n,
+            None => {
+                let mut t = remaining(deadline);
+                let tp = if deadline.is_some() {
+                    &raw mut t
+                } else {
+                    std::ptr::null_mut()
+                };
+                real_select(readfds, writefds, exceptfds, tp)
+            }
+        };
+        if n == 0 {
+            for s in [readfds, writefds, exceptfds] {
+                if !s.is_null() {
+                    // SAFETY: non-null sets point at fd_sets.
+                    unsafe { libc::FD_ZERO(s) };
+                }
+            }
+        }
+    }
+    if !timeout.is_null() {
+        // Linux reports the time left.
+        // SAFETY: non-null, points at the caller's timeval.
+        unsafe { *timeout = remaining(deadline) };
+    }
+    n
+}
+
+fn remaining(deadline: Option<Instant>) -> timeval {
+    let left = deadline.map_or(Duration::ZERO, |d| {
+        d.saturating_duration_since(Instant::now())
+    });
+    timeval {
+        tv_sec: left.as_secs() as libc::time_t,
+        tv_usec: left.subsec_micros() as libc::suseconds_t,
+    }
+}

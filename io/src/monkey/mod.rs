@@ -1,0 +1,185 @@
+//! Monkey patching: unmodified blocking code yields inside coroutines.
+//!
+//! After [`patch_all`], code written for plain threads — `std::net`,
+//! `std::os::unix::net`, `std::thread::sleep`, and third-party crates built
+//! on them — yields to the hub when it would block in a coroutine, without
+//! being changed or rebuilt against moss types.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! moss_io::monkey::patch_all();
+//! let hs: Vec<_> = (0..10)
+//!     .map(|_| moss_runtime::spawn(|| {
+//!         // Plain std code: the connect and the read park this coroutine.
+//!         let mut s = std::net::TcpStream::connect("127.0.0.1:8080")?;
+//!         s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+//!         let mut body = Vec::new();
+//!         s.read_to_end(&mut body)?;
+//!         Ok::<_, std::io::Error>(body.len())
+//!     }))
+//!     .collect();
+//! for r in moss_runtime::join_all(hs) {
+//!     println!("{:?}", r.unwrap());
+//! }
+//! ```
+//!
+//! # Mechanism
+//!
+//! moss-io defines the libc functions below as `#[no_mangle] extern "C"`
+//! symbols. In the final binary the linker binds every call to those names
+//! — std's, other crates', and (through dynamic symbol export) other shared
+//! libraries' — to these definitions instead of libc's; the hooks reach
+//! libc's own definitions through `dlsym(RTLD_NEXT)` (`real.rs`).
+//!
+//! | group | hooks | file |
+//! |---|---|---|
+//! | data | `read readv write writev recv recvfrom recvmsg send sendto sendmsg` | `hooks_io.rs` |
+//! | sockets and fd state | `socket socketpair connect accept accept4 shutdown close dup dup2 dup3 fcntl ioctl setsockopt getsockopt` | `hooks_sock.rs` |
+//! | readiness | `poll select` | `hooks_poll.rs` |
+//! | sleeping | `nanosleep clock_nanosleep usleep sleep` | `hooks_time.rs` |
+//! | names | `getaddrinfo` | `hooks_dns.rs` |
+//!
+//! **Linking.** An archive member nothing references is silently dropped by
+//! the linker, and with it the hooks. [`patch_all`] therefore references a
+//! static table of every hook through `std::hint::black_box`, so any binary
+//! that calls it links all of them.
+//!
+//! # Three regimes
+//!
+//! * **Not patched** (before `patch_all`, in any binary that links moss-io):
+//!   every hook is one relaxed atomic load plus the real call — same
+//!   results, same errno.
+//! * **Patched, thread without a hub**: the hooks never create a hub. fds
+//!   are passed straight through, except a socket some hub thread made
+//!   non-blocking: there a blocking call is emulated with `poll(2)` so the
+//!   thread still sees blocking semantics (and the emulated timeouts).
+//! * **Patched, thread with a hub** (a coroutine, or a root that has used
+//!   moss): sockets become cooperative (`fdtable.rs`: kernel fd
+//!   non-blocking, the user's `O_NONBLOCK` kept virtual, `SO_RCVTIMEO`/
+//!   `SO_SNDTIMEO` emulated with deadlines, expiring with `EAGAIN` as Linux
+//!   does). A call that would block parks: a coroutine suspends; the root
+//!   runs the hub until the fd is ready (gevent's main greenlet), so a root
+//!   can be the client of a server coroutine on its own thread. Sleeps park
+//!   on hub timers; `poll`/`select` wait on a temporary epoll registered
+//!   with the hub; `getaddrinfo` runs on a helper thread.
+//!
+//! The hub's own syscalls never take the cooperative path: `epoll_wait` and
+//! `epoll_ctl` are not hooked, and the hub's eventfd (written by mio's
+//! `Waker` through `write`) is not a socket, so it stays `Plain`. Regular
+//! files, pipes and ttys stay `Plain` too: making them non-blocking would
+//! change file descriptions shared with other processes.
+//!
+//! # errno and cancellation
+//!
+//! Every hook leaves errno exactly as the real call did; its own
+//! bookkeeping syscalls save and restore errno. A `kill` or `timeout` that
+//! fires while a coroutine is inside a hook cannot unwind through the C
+//! ABI, so the hooked call fails and the cancellation stays pending until
+//! the coroutine's next moss blocking point (`moss::sleep`, `join`, a moss
+//! socket, a sync primitive, ...), where it is delivered as usual; `timeout`
+//! reports `Elapsed` even if the closure returns first, because the
+//! runtime remembers that a raw wait observed it. The errors:
+//!
+//! * I/O, `connect`, `accept`, `poll`, `select`: -1 with `ECANCELED`
+//!   (`io::ErrorKind::Other`, "Operation canceled"). Not `EINTR`: std
+//!   retries `EINTR` at once in `read_exact`, `write_all` and
+//!   `connect_timeout`, and the retry would fail again immediately, forever.
+//! * sleeps: `EINTR` with nothing left to sleep, so std's retry loop ends.
+//! * `getaddrinfo`: `EAI_SYSTEM` with errno `ECANCELED`.
+//!
+//! Code that loops on hooked calls without ever reaching a moss blocking
+//! point keeps getting these errors instead of dying: it is up to it to
+//! stop on them.
+//!
+//! # Limits
+//!
+//! * A socket made cooperative stays non-blocking at the kernel level, also
+//!   for a child process that inherits it.
+//! * fds closed without going through `close`/`dup2`/`dup3` (glibc-internal
+//!   calls, raw syscalls) keep stale state until their number is reused by
+//!   `socket`/`accept`.
+//! * The `O_NONBLOCK` view is per fd number, not per file description.
+//! * Hooks called inside a raw `moss::greenlet` on a hub thread would try
+//!   to park the greenlet; do not use patched blocking calls there.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
+
+mod fdtable;
+mod hooks_dns;
+mod hooks_io;
+mod hooks_poll;
+mod hooks_sock;
+mod hooks_time;
+mod real;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static PATCHED: AtomicBool = AtomicBool::new(false);
+
+/// Whether `patch_all` ran (one relaxed load: the hooks' fast path).
+#[inline(always)]
+pub(crate) fn patched() -> bool {
+    PATCHED.load(Ordering::Relaxed)
+}
+
+/// Addresses of every hook, referenced by `patch_all` so that the linker
+/// keeps all of them in any binary that calls it.
+struct Hooks([*const (); 31]);
+// SAFETY: function addresses, never dereferenced as data.
+unsafe impl Sync for Hooks {}
+
+#[used]
+static HOOKS: Hooks = Hooks([
+    hooks_io::read as *const (),
+    hooks_io::readv as *const (),
+    hooks_io::write as *const (),
+    hooks_io::writev as *const (),
+    hooks_io::recv as *const (),
+    hooks_io::recvfrom as *const (),
+    hooks_io::recvmsg as *const (),
+    hooks_io::send as *const (),
+    hooks_io::sendto as *const (),
+    hooks_io::sendmsg as *const (),
+    hooks_sock::socket as *const (),
+    hooks_sock::socketpair as *const (),
+    hooks_sock::connect as *const (),
+    hooks_sock::accept as *const (),
+    hooks_sock::accept4 as *const (),
+    hooks_sock::shutdown as *const (),
+    hooks_sock::close as *const (),
+    hooks_sock::dup as *const (),
+    hooks_sock::dup2 as *const (),
+    hooks_sock::dup3 as *const (),
+    hooks_sock::fcntl as *const (),
+    hooks_sock::ioctl as *const (),
+    hooks_sock::setsockopt as *const (),
+    hooks_sock::getsockopt as *const (),
+    hooks_poll::poll as *const (),
+    hooks_poll::select as *const (),
+    hooks_time::nanosleep as *const (),
+    hooks_time::clock_nanosleep as *const (),
+    hooks_time::usleep as *const (),
+    hooks_time::sleep as *const (),
+    hooks_dns::getaddrinfo as *const (),
+]);
+
+/// Makes blocking libc calls cooperative in every coroutine of every thread
+/// (and on the root of every thread that has a hub). Idempotent; there is
+/// no unpatch. See the [module docs](self) for what changes and what not.
+///
+/// ```
+/// moss_io::monkey::patch_all();
+/// assert!(moss_io::monkey::is_patched());
+/// moss_io::monkey::patch_all(); // idempotent
+/// ```
+pub fn patch_all() {
+    std::hint::black_box(&HOOKS.0);
+    real::resolve_all();
+    PATCHED.store(true, Ordering::Release);
+}
+
+/// Whether [`patch_all`] has been called in this process.
+pub fn is_patched() -> bool {
+    PATCHED.load(Ordering::Acquire)
+}
