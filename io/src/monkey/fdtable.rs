@@ -180,11 +180,12 @@ fn classify(fd: c_int) -> FdState {
             return FdState(UNKNOWN);
         }
         let user_nb = fl & libc::O_NONBLOCK != 0;
-        // SAFETY: F_SETFL takes an int flag argument.
-        if !user_nb
-            && unsafe { real::fcntl()(fd, libc::F_SETFL, (fl | libc::O_NONBLOCK) as usize) } != 0
-        {
-            return FdState(UNKNOWN);
+        if !user_nb {
+            // SAFETY: F_SETFL takes an int flag argument.
+            let r = unsafe { real::fcntl()(fd, libc::F_SETFL, (fl | libc::O_NONBLOCK) as usize) };
+            if r != 0 {
+                return FdState(UNKNOWN);
+            }
         }
         set_timeout(fd, libc::SO_RCVTIMEO, read_timeout(fd, libc::SO_RCVTIMEO));
         set_timeout(fd, libc::SO_SNDTIMEO, read_timeout(fd, libc::SO_SNDTIMEO));
