@@ -398,11 +398,16 @@ pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     if let Some(k) = timer {
         hub.timers.borrow_mut().cancel(k);
     }
+    let mut seen = false;
     if h.cancel.get() == Some(Cancel::Timeout(scope)) {
-        // Fired, but `f` returned before reaching a blocking point.
+        // Fired, but `f` returned before reaching a blocking point. If a
+        // non-unwinding wait (a monkey hook) failed because of it, `f`'s
+        // value is that failure: report the timeout instead.
         h.cancel.set(None);
+        seen = h.cancel_seen.replace(false);
     }
     match r {
+        Ok(_) if seen => Err(Elapsed { after: d }),
         Ok(v) => Ok(v),
         Err(p) => match p.downcast_ref::<Cancelled>() {
             Some(Cancelled(Cancel::Timeout(s))) if *s == scope => Err(Elapsed { after: d }),

@@ -371,6 +371,7 @@ impl Hub {
             .cancel
             .take()
             .expect("deliver_cancel without a pending cancellation");
+        h.cancel_seen.set(false);
         std::panic::resume_unwind(Box::new(Cancelled(c)))
     }
 
@@ -379,6 +380,7 @@ impl Hub {
     pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str) -> Wakeup {
         let h = self.current_header();
         if h.cancel.get().is_some() {
+            h.cancel_seen.set(true);
             return Wakeup::Cancelled;
         }
         if let Some(d) = deadline {
@@ -400,7 +402,11 @@ impl Hub {
         if let Some(k) = h.timer.take() {
             self.timers.borrow_mut().cancel(k);
         }
-        h.wakeup.get()
+        let w = h.wakeup.get();
+        if w == Wakeup::Cancelled {
+            h.cancel_seen.set(true);
+        }
+        w
     }
 
     /// Switches from the running coroutine back to the hub loop.

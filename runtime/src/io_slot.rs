@@ -200,6 +200,7 @@ impl Registration {
                 return Ok(());
             }
             if h.cancel.get().is_some() {
+                h.cancel_seen.set(true);
                 return Err(WaitError::Cancelled);
             }
             waiters.push(h.token());

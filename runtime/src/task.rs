@@ -116,6 +116,11 @@ pub(crate) struct Header {
     pub cancel: Cell<Option<Cancel>>,
     /// A kill was requested; later kills are no-ops ("delivered once").
     pub killed: Cell<bool>,
+    /// A non-unwinding wait (`park`, `wait_raw`) reported the pending
+    /// cancellation to a caller that fails its call instead of unwinding (a
+    /// monkey hook): `timeout` then reports `Elapsed` even if its closure
+    /// returns. Cleared when a cancellation is delivered.
+    pub cancel_seen: Cell<bool>,
     /// The first waiter for this task to finish (the usual single `join`).
     pub joiner: Cell<Option<Token>>,
     /// Further waiters (a `kill` and a `join` at once, say).
@@ -150,6 +155,7 @@ impl Header {
             timer: Cell::new(None),
             cancel: Cell::new(None),
             killed: Cell::new(false),
+            cancel_seen: Cell::new(false),
             joiner: Cell::new(None),
             more_joiners: Cell::new(None),
             coroutine: UnsafeCell::new(None),
