@@ -52,14 +52,14 @@ fn main() {
 
     // Producer/consumer with a generator: the consumer pulls, the producer
     // runs exactly as far as needed.
-    let mut producer = Generator::new(|yield_| {
+    let producer = Generator::new(|yield_| {
         for i in 1..=3 {
             println!("  producer: making item {i}");
             yield_(format!("item {i}"));
         }
         println!("  producer: done");
     });
-    while let Some(item) = producer.next() {
+    for item in producer {
         println!("consumer: got {item}");
     }
 }
