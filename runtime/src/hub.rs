@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::panic::Location;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,9 +67,6 @@ pub(crate) struct Remote {
     /// The hub is in (or about to enter) a blocking `epoll_wait`.
     sleeping: AtomicBool,
     waker: mio::Waker,
-    /// Live [`Unparker`](crate::park::Unparker)s: a waiter another thread
-    /// could wake, so blocking is not "forever".
-    pub(crate) unparkers: AtomicUsize,
 }
 
 impl Remote {
@@ -172,7 +169,6 @@ impl Hub {
             has_items: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             waker,
-            unparkers: AtomicUsize::new(0),
         });
         let first = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
         let root = Rc::new(RootTask(Header::new(
@@ -513,7 +509,9 @@ impl Hub {
 
     fn can_be_woken(&self) -> bool {
         self.io_waiters.get() > 0
-            || self.remote.unparkers.load(Ordering::SeqCst) > 0
+            // Every live `Unparker` holds a clone of `remote` (the hub holds
+            // one): a waiter that another thread could wake.
+            || Arc::strong_count(&self.remote) > 1
             || self.remote.has_items.load(Ordering::SeqCst)
     }
 

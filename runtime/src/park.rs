@@ -30,7 +30,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::hub::{Hub, Remote};
@@ -38,6 +37,10 @@ use crate::task::Token;
 pub use crate::task::Wakeup;
 
 /// Wakes one particular wait of one context, from any thread.
+///
+/// Each unparker holds a reference to its hub's wake-up queue; the hub counts
+/// those references to know whether another thread could still wake it.
+#[derive(Clone)]
 pub struct Unparker {
     remote: Arc<Remote>,
     token: Token,
@@ -66,22 +69,6 @@ impl Unparker {
     }
 }
 
-impl Clone for Unparker {
-    fn clone(&self) -> Unparker {
-        self.remote.unparkers.fetch_add(1, Ordering::Relaxed);
-        Unparker {
-            remote: self.remote.clone(),
-            token: self.token,
-        }
-    }
-}
-
-impl Drop for Unparker {
-    fn drop(&mut self) {
-        self.remote.unparkers.fetch_sub(1, Ordering::Release);
-    }
-}
-
 impl fmt::Debug for Unparker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Unparker")
@@ -98,7 +85,6 @@ impl fmt::Debug for Unparker {
 /// so a root blocked on it does not report "would block forever".
 pub fn unparker() -> Unparker {
     let hub = Hub::current();
-    hub.remote.unparkers.fetch_add(1, Ordering::Relaxed);
     Unparker {
         remote: hub.remote.clone(),
         token: hub.current_header().token(),
