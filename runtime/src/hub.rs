@@ -698,7 +698,7 @@ impl Hub {
             let w = ev.is_writable() || ev.is_write_closed() || err;
             (slot.on_event(r, true), slot.on_event(w, false))
         };
-        for t in readers.into_iter().chain(writers) {
+        for t in readers.into_iter().chain(writers.into_iter()) {
             self.wake(t, Wakeup::Notified);
         }
     }

@@ -27,17 +27,17 @@ use crate::task::{Token, Wakeup};
 pub(crate) struct IoSlot {
     fd: RawFd,
     generation: u64,
-    readers: Vec<Token>,
-    writers: Vec<Token>,
+    readers: Waiters,
+    writers: Waiters,
     read_ready: bool,
     write_ready: bool,
 }
 
 impl IoSlot {
     /// Records an edge in one direction; returns the waiters to wake.
-    pub(crate) fn on_event(&mut self, ready: bool, read: bool) -> Vec<Token> {
+    pub(crate) fn on_event(&mut self, ready: bool, read: bool) -> Waiters {
         if !ready {
-            return Vec::new();
+            return Waiters::default();
         }
         let (waiters, flag) = if read {
             (&mut self.readers, &mut self.read_ready)
@@ -46,10 +46,49 @@ impl IoSlot {
         };
         if waiters.is_empty() {
             *flag = true;
-            Vec::new()
+            Waiters::default()
         } else {
             std::mem::take(waiters)
         }
+    }
+}
+
+/// The coroutines parked on one direction of an fd. Almost always zero or
+/// one, which costs no allocation.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    first: Option<Token>,
+    rest: Vec<Token>,
+}
+
+impl Waiters {
+    fn push(&mut self, t: Token) {
+        if self.first.is_none() {
+            self.first = Some(t);
+        } else {
+            self.rest.push(t);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Removes `t` if present (a timed out or cancelled waiter).
+    fn remove(&mut self, t: Token) {
+        if self.first == Some(t) {
+            self.first = if self.rest.is_empty() {
+                None
+            } else {
+                Some(self.rest.remove(0))
+            };
+        } else {
+            self.rest.retain(|x| *x != t);
+        }
+    }
+
+    pub(crate) fn into_iter(self) -> impl Iterator<Item = Token> {
+        self.first.into_iter().chain(self.rest)
     }
 }
 
@@ -134,8 +173,8 @@ impl Registration {
         let key = hub.io.borrow_mut().insert(IoSlot {
             fd,
             generation,
-            readers: Vec::new(),
-            writers: Vec::new(),
+            readers: Waiters::default(),
+            writers: Waiters::default(),
             read_ready: false,
             write_ready: false,
         });
@@ -218,7 +257,7 @@ impl Registration {
             Interest::Readable => &mut slot.readers,
             Interest::Writable => &mut slot.writers,
         };
-        waiters.retain(|t| *t != token);
+        waiters.remove(token);
         match w {
             Wakeup::Notified => Ok(()),
             Wakeup::TimedOut => Err(WaitError::TimedOut),
@@ -244,7 +283,7 @@ impl Drop for Registration {
         };
         if let Some(slot) = slot {
             let _ = hub.registry_deregister(slot.fd);
-            for t in slot.readers.into_iter().chain(slot.writers) {
+            for t in slot.readers.into_iter().chain(slot.writers.into_iter()) {
                 hub.wake(t, Wakeup::Notified);
             }
         }
