@@ -1,0 +1,507 @@
+//! After `patch_all`, unmodified std code yields inside coroutines.
+//!
+//! Every test patches first (idempotent; the whole binary is patched) and
+//! runs its coroutines on a thread of its own, so each has its own hub.
+
+use std::cell::Cell;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Runs `f` on a fresh thread, failing (instead of hanging) after `limit`.
+fn on_thread<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    moss::monkey::patch_all();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) => std::panic::resume_unwind(p),
+        Err(_) => panic!("test thread did not finish within {limit:?} (deadlock?)"),
+    }
+}
+
+/// A coroutine that counts ticks every 10 ms until dropped.
+fn ticker() -> (Rc<Cell<u32>>, moss::JoinHandle<()>) {
+    let ticks = Rc::new(Cell::new(0));
+    let t = ticks.clone();
+    let h = moss::spawn(move || {
+        loop {
+            moss::sleep(Duration::from_millis(10));
+            t.set(t.get() + 1);
+        }
+    });
+    (ticks, h)
+}
+
+#[test]
+fn fifty_std_sleeps_overlap_and_plain_threads_still_sleep() {
+    on_thread(Duration::from_secs(20), || {
+        let plain = std::thread::spawn(|| {
+            let t = Instant::now();
+            std::thread::sleep(Duration::from_millis(200));
+            t.elapsed()
+        });
+        let t = Instant::now();
+        let hs: Vec<_> = (0..50)
+            .map(|i| {
+                moss::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    i
+                })
+            })
+            .collect();
+        let sum: u32 = moss::join_all(hs).into_iter().map(Result::unwrap).sum();
+        let el = t.elapsed();
+        assert_eq!(sum, (0..50).sum());
+        assert!(el >= Duration::from_millis(200), "{el:?}");
+        assert!(
+            el < Duration::from_secs(3),
+            "sleeps did not overlap: {el:?}"
+        );
+        assert!(plain.join().unwrap() >= Duration::from_millis(200));
+    });
+}
+
+fn echo_server(listener: TcpListener, conns: usize) -> moss::JoinHandle<()> {
+    moss::spawn(move || {
+        let mut hs = Vec::new();
+        for _ in 0..conns {
+            let (mut s, _) = listener.accept().unwrap();
+            hs.push(moss::spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = s.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    s.write_all(&buf[..n]).unwrap();
+                }
+            }));
+        }
+        for r in moss::join_all(hs) {
+            r.unwrap();
+        }
+    })
+}
+
+#[test]
+fn std_net_echo_server_and_clients_in_one_thread() {
+    on_thread(Duration::from_secs(30), || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = echo_server(listener, 10);
+        let clients: Vec<_> = (0..10u8)
+            .map(|c| {
+                moss::spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    // Big enough that writes hit EAGAIN while the reader lags.
+                    let data: Vec<u8> = (0..512 * 1024).map(|i| (i as u8) ^ c).collect();
+                    let mut w = s.try_clone().unwrap();
+                    let expect = data.clone();
+                    let writer = moss::spawn(move || {
+                        w.write_all(&data).unwrap();
+                        w.shutdown(Shutdown::Write).unwrap();
+                    });
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got).unwrap();
+                    writer.join().unwrap();
+                    assert!(got == expect, "client {c}: {} bytes, mismatch", got.len());
+                })
+            })
+            .collect();
+        for r in moss::join_all(clients) {
+            r.unwrap();
+        }
+        server.join().unwrap();
+    });
+}
+
+#[test]
+fn root_client_of_a_server_coroutine_on_the_same_thread() {
+    on_thread(Duration::from_secs(20), || {
+        moss::yield_now(); // this thread has a hub: its root is cooperative
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = echo_server(listener, 1);
+        // Plain blocking std client code on the root: it runs the hub while
+        // it waits, so the server coroutine answers.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"ping from the root").unwrap();
+        let mut buf = [0u8; 18];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping from the root");
+        drop(s);
+        server.join().unwrap();
+    });
+}
+
+#[test]
+fn read_timeout_and_connect_timeout_while_a_ticker_ticks() {
+    on_thread(Duration::from_secs(20), || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ticks, tick) = ticker();
+        let client = moss::spawn(move || {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            assert_eq!(s.read_timeout().unwrap(), Some(Duration::from_millis(300)));
+            let t = Instant::now();
+            let e = s.read(&mut [0u8; 8]).unwrap_err();
+            (e.kind(), t.elapsed())
+        });
+        let (_conn, _) = listener.accept().unwrap();
+        let before = ticks.get();
+        let (kind, waited) = client.join().unwrap();
+        assert_eq!(kind, ErrorKind::WouldBlock);
+        assert!(waited >= Duration::from_millis(290), "{waited:?}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        assert!(
+            ticks.get() - before >= 5,
+            "the ticker stalled: {} ticks",
+            ticks.get() - before
+        );
+        tick.kill();
+    });
+}
+
+#[test]
+fn poll_and_select_wait_cooperatively() {
+    on_thread(Duration::from_secs(20), || {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (ticks, tick) = ticker();
+        let fd = a.as_raw_fd();
+        // Times out after 200 ms while others run.
+        let t = Instant::now();
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 200) }, 0);
+        assert!(t.elapsed() >= Duration::from_millis(195));
+        assert!(
+            ticks.get() >= 5,
+            "ticker stalled during poll: {}",
+            ticks.get()
+        );
+        // Wakes when data arrives.
+        let w = moss::spawn(move || {
+            moss::sleep(Duration::from_millis(50));
+            (&b).write_all(b"x").unwrap();
+            b
+        });
+        let t = Instant::now();
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1);
+        assert!(p.revents & libc::POLLIN != 0);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        // select sees it too, at once.
+        // SAFETY: a zeroed fd_set is empty; fd < FD_SETSIZE.
+        let mut set: libc::fd_set = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::FD_SET(fd, &mut set) };
+        let mut tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        let null = std::ptr::null_mut();
+        // SAFETY: valid sets and timeval.
+        assert_eq!(
+            unsafe { libc::select(fd + 1, &mut set, null, null, &mut tv) },
+            1
+        );
+        // SAFETY: as above.
+        assert!(unsafe { libc::FD_ISSET(fd, &set) });
+        // select with nothing ready times out, others running meanwhile.
+        (&a).read_exact(&mut [0u8; 1]).unwrap();
+        let before = ticks.get();
+        // SAFETY: as above.
+        unsafe { libc::FD_SET(fd, &mut set) };
+        let mut tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: valid sets and timeval.
+        assert_eq!(
+            unsafe { libc::select(fd + 1, &mut set, null, null, &mut tv) },
+            0
+        );
+        // SAFETY: as above.
+        assert!(!unsafe { libc::FD_ISSET(fd, &set) });
+        assert!(ticks.get() - before >= 5);
+        w.join().unwrap();
+        tick.kill();
+    });
+}
+
+#[test]
+fn nonblocking_mode_is_virtual() {
+    on_thread(Duration::from_secs(20), || {
+        moss::spawn(|| {
+            let (mut a, _b) = UnixStream::pair().unwrap();
+            let fd = a.as_raw_fd();
+            // SAFETY: raw fcntl syscall on a valid fd (bypasses the hooks).
+            let kernel = || unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) } as i32;
+            // SAFETY: valid fd.
+            let user = || unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            assert_ne!(
+                kernel() & libc::O_NONBLOCK,
+                0,
+                "the kernel fd is non-blocking"
+            );
+            assert_eq!(user() & libc::O_NONBLOCK, 0, "the user sees a blocking fd");
+            a.set_nonblocking(true).unwrap();
+            assert_ne!(user() & libc::O_NONBLOCK, 0);
+            let t = Instant::now();
+            assert_eq!(
+                a.read(&mut [0u8; 1]).unwrap_err().kind(),
+                ErrorKind::WouldBlock
+            );
+            assert!(t.elapsed() < Duration::from_millis(100));
+            a.set_nonblocking(false).unwrap();
+            assert_eq!(user() & libc::O_NONBLOCK, 0);
+            assert_ne!(kernel() & libc::O_NONBLOCK, 0);
+            // The same through fcntl(F_SETFL).
+            // SAFETY: valid fd and flags.
+            assert_eq!(
+                unsafe { libc::fcntl(fd, libc::F_SETFL, user() | libc::O_NONBLOCK) },
+                0
+            );
+            assert_ne!(user() & libc::O_NONBLOCK, 0);
+            assert_eq!(
+                a.read(&mut [0u8; 1]).unwrap_err().kind(),
+                ErrorKind::WouldBlock
+            );
+            // A dup keeps the state.
+            // SAFETY: valid fd; the copy is closed below.
+            let d = unsafe { libc::dup(fd) };
+            // SAFETY: as above.
+            assert_ne!(
+                unsafe { libc::fcntl(d, libc::F_GETFL) } & libc::O_NONBLOCK,
+                0
+            );
+            // SAFETY: closing our own dup.
+            assert_eq!(unsafe { libc::close(d) }, 0);
+            // Regular files pass straight through.
+            let f = std::fs::File::open("/proc/self/stat").unwrap();
+            // SAFETY: valid fd.
+            let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+            assert_eq!(fl & libc::O_NONBLOCK, 0);
+            let mut s = String::new();
+            (&f).read_to_string(&mut s).unwrap();
+            assert!(!s.is_empty());
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+#[test]
+fn close_wakes_a_waiter_with_ebadf() {
+    on_thread(Duration::from_secs(20), || {
+        let mut sv = [0i32; 2];
+        // SAFETY: valid out array of two ints.
+        assert_eq!(
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr()) },
+            0
+        );
+        let fd = sv[0];
+        let reader = moss::spawn(move || {
+            let mut b = [0u8; 4];
+            // SAFETY: valid buffer; the fd is closed by the other coroutine.
+            let r = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 4) };
+            (r, std::io::Error::last_os_error().raw_os_error())
+        });
+        moss::spawn(move || {
+            moss::sleep(Duration::from_millis(50));
+            // SAFETY: closing the fd the reader waits on (the point of the test).
+            unsafe { libc::close(fd) };
+        });
+        assert_eq!(reader.join().unwrap(), (-1, Some(libc::EBADF)));
+        // SAFETY: closing the other end.
+        unsafe { libc::close(sv[1]) };
+    });
+}
+
+#[test]
+fn cancellation_inside_a_hooked_call() {
+    on_thread(Duration::from_secs(20), || {
+        let (a, _b) = UnixStream::pair().unwrap();
+        // timeout around a blocking std read reports Elapsed.
+        let t = Instant::now();
+        let r = moss::timeout(Duration::from_millis(100), || (&a).read(&mut [0u8; 4]));
+        assert!(r.is_err(), "expected Elapsed, got {r:?}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        // The thread's root is usable afterwards (nothing pending).
+        moss::sleep(Duration::from_millis(1));
+
+        // kill: the read fails with ECANCELED (std does not retry it); the
+        // kill is delivered at the next moss blocking point.
+        let seen = Rc::new(Cell::new(None));
+        let s2 = seen.clone();
+        let (c, _d) = UnixStream::pair().unwrap();
+        let victim = moss::spawn(move || {
+            let e = (&c).read(&mut [0u8; 4]).unwrap_err();
+            s2.set(e.raw_os_error());
+            moss::sleep(Duration::from_secs(10));
+            unreachable!("the kill is delivered at the sleep");
+        });
+        moss::sleep(Duration::from_millis(50));
+        victim.kill();
+        assert_eq!(seen.get(), Some(libc::ECANCELED));
+        assert!(victim.join().unwrap_err().is_killed());
+
+        // A killed std sleep ends early instead of spinning in std's retry loop.
+        let t = Instant::now();
+        let sleeper = moss::spawn(|| {
+            std::thread::sleep(Duration::from_secs(10));
+            moss::yield_now();
+        });
+        moss::sleep(Duration::from_millis(50));
+        sleeper.kill();
+        assert!(sleeper.join().unwrap_err().is_killed());
+        assert!(t.elapsed() < Duration::from_secs(2));
+
+        // timeout around a std sleep.
+        let r = moss::timeout(Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(10))
+        });
+        assert!(r.is_err());
+    });
+}
+
+#[test]
+fn errno_is_exact_inside_coroutines() {
+    on_thread(Duration::from_secs(20), || {
+        moss::spawn(|| {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let e = TcpStream::connect(port).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+            let mut b = [0u8; 1];
+            // SAFETY: invalid fd on purpose.
+            assert_eq!(unsafe { libc::read(-1, b.as_mut_ptr().cast(), 1) }, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EBADF)
+            );
+            // A peer that went away: EOF, then EPIPE on write.
+            let (mut a, b2) = UnixStream::pair().unwrap();
+            drop(b2);
+            assert_eq!(a.read(&mut b).unwrap(), 0);
+            assert_eq!(a.write(b"x").unwrap_err().kind(), ErrorKind::BrokenPipe);
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+#[test]
+fn name_resolution_does_not_stall_other_coroutines() {
+    on_thread(Duration::from_secs(20), || {
+        let spins = Rc::new(Cell::new(0u64));
+        let done = Rc::new(Cell::new(false));
+        let (s, d) = (spins.clone(), done.clone());
+        let spinner = moss::spawn(move || {
+            while !d.get() {
+                s.set(s.get() + 1);
+                moss::yield_now();
+            }
+        });
+        let before = spins.get();
+        let addrs: Vec<_> = ("localhost", 8080).to_socket_addrs().unwrap().collect();
+        let during = spins.get() - before;
+        done.set(true);
+        spinner.join().unwrap();
+        assert!(
+            !addrs.is_empty()
+                && addrs
+                    .iter()
+                    .all(|a| a.ip().is_loopback() && a.port() == 8080)
+        );
+        assert!(
+            during > 0,
+            "the hub did not run other coroutines during the lookup"
+        );
+    });
+}
+
+#[test]
+fn child_processes_still_work() {
+    on_thread(Duration::from_secs(20), || {
+        let out = std::process::Command::new("echo")
+            .arg("from the root")
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"from the root\n");
+        let h = moss::spawn(|| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", "sleep 0.1; echo from a coroutine"])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            out.stdout
+        });
+        assert_eq!(h.join().unwrap(), b"from a coroutine\n");
+        let e = std::process::Command::new("/nonexistent/moss-test")
+            .status()
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+    });
+}
+
+#[test]
+fn ureq_clients_overlap_against_a_slow_tiny_http_server() {
+    // The server runs on plain threads (no hub: plain blocking I/O).
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let port = server.server_addr().to_ip().unwrap().port();
+    const CLIENTS: usize = 8;
+    const DELAY: Duration = Duration::from_millis(400);
+    let srv = std::thread::spawn(move || {
+        let mut workers = Vec::new();
+        for _ in 0..CLIENTS {
+            let req = server.recv().unwrap();
+            workers.push(std::thread::spawn(move || {
+                std::thread::sleep(DELAY);
+                let body = format!("slow answer to {}", req.url());
+                req.respond(tiny_http::Response::from_string(body)).unwrap();
+            }));
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    let elapsed = on_thread(Duration::from_secs(30), move || {
+        let t = Instant::now();
+        let hs: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                moss::spawn(move || {
+                    let url = format!("http://127.0.0.1:{port}/item/{i}");
+                    ureq::get(&url).call().unwrap().into_string().unwrap()
+                })
+            })
+            .collect();
+        for (i, r) in moss::join_all(hs).into_iter().enumerate() {
+            assert_eq!(r.unwrap(), format!("slow answer to /item/{i}"));
+        }
+        t.elapsed()
+    });
+    srv.join().unwrap();
+    // Serially: 8 x 400 ms = 3.2 s.
+    assert!(elapsed >= DELAY, "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(2000),
+        "clients did not overlap: {elapsed:?}"
+    );
+}
