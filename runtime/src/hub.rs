@@ -373,18 +373,18 @@ impl Hub {
 
     /// Suspends the current context until woken, the deadline passes, or a
     /// cancellation is requested. Never unwinds.
+    ///
+    /// Inlined (with its rare paths out of line) for the reason given at
+    /// `yield_now`: fewer returns between a resume and user code.
+    #[inline(always)]
     pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str) -> Wakeup {
         let h = self.current_header();
         if h.cancel.get().is_some() {
             h.cancel_seen.set(true);
             return Wakeup::Cancelled;
         }
-        if let Some(d) = deadline {
-            if d <= Instant::now() {
-                return Wakeup::TimedOut;
-            }
-            let k = self.timers.borrow_mut().insert(d, Action::Wake(h.token()));
-            h.timer.set(Some(k));
+        if deadline.is_some() && !self.arm_park_timer(h, deadline) {
+            return Wakeup::TimedOut;
         }
         h.waiting_on.set(what);
         h.state.set(State::Parked);
@@ -395,14 +395,33 @@ impl Hub {
         }
         h.state.set(State::Running);
         h.park_seq.set(h.park_seq.get() + 1);
-        if let Some(k) = h.timer.take() {
-            self.timers.borrow_mut().cancel(k);
+        if h.timer.get().is_some() {
+            self.disarm_park_timer(h);
         }
         let w = h.wakeup.get();
         if w == Wakeup::Cancelled {
             h.cancel_seen.set(true);
         }
         w
+    }
+
+    /// Arms the timer of a timed park; false if the deadline already passed.
+    #[inline(never)]
+    fn arm_park_timer(&self, h: &Header, deadline: Option<Instant>) -> bool {
+        let Some(d) = deadline else { return true };
+        if d <= Instant::now() {
+            return false;
+        }
+        let k = self.timers.borrow_mut().insert(d, Action::Wake(h.token()));
+        h.timer.set(Some(k));
+        true
+    }
+
+    #[inline(never)]
+    fn disarm_park_timer(&self, h: &Header) {
+        if let Some(k) = h.timer.take() {
+            self.timers.borrow_mut().cancel(k);
+        }
     }
 
     /// Switches from the running coroutine back to the hub loop.

@@ -48,6 +48,7 @@ pub struct Unparker {
 
 impl Unparker {
     /// Ends the wait this unparker was created for, if it is still going on.
+    #[inline]
     pub fn unpark(&self) {
         if let Some(hub) = Hub::try_current()
             && Arc::ptr_eq(&hub.remote, &self.remote)
@@ -83,6 +84,7 @@ impl fmt::Debug for Unparker {
 ///
 /// While it exists, the hub of this thread counts as wakeable from outside,
 /// so a root blocked on it does not report "would block forever".
+#[inline]
 pub fn unparker() -> Unparker {
     let hub = Hub::current();
     Unparker {
@@ -95,12 +97,14 @@ pub fn unparker() -> Unparker {
 /// (`Notified`), `deadline` passes (`TimedOut`), or a cancellation is pending
 /// (`Cancelled`, returned at once if one is already pending). Never unwinds.
 /// `what` names the wait in [`dump`](crate::dump).
+#[inline]
 pub fn park(deadline: Option<Instant>, what: &'static str) -> Wakeup {
     Hub::current().park(deadline, what)
 }
 
 /// [`park`], unwinding the caller on cancellation. Returns `Notified` or
 /// `TimedOut`.
+#[inline]
 pub fn park_cancellable(deadline: Option<Instant>, what: &'static str) -> Wakeup {
     let hub = Hub::current();
     match hub.park(deadline, what) {
