@@ -225,10 +225,14 @@ impl Registration {
             "fd used on another thread's hub"
         );
         let h = hub.current_header();
+        // Copied: after the park, `self` is not touched again, so a waiter
+        // whose registration is dropped meanwhile (by a `close` hook of
+        // another coroutine) stays sound and reports `Closed`.
+        let (key, generation) = (self.key, self.generation);
         {
             let mut io = hub.io.borrow_mut();
-            let slot = match io.get_mut(self.key) {
-                Some(s) if s.generation == self.generation => s,
+            let slot = match io.get_mut(key) {
+                Some(s) if s.generation == generation => s,
                 _ => return Err(WaitError::Closed),
             };
             let (waiters, flag) = match interest {
@@ -249,8 +253,8 @@ impl Registration {
         let w = hub.park(deadline, "I/O readiness");
         hub.io_waiters.set(hub.io_waiters.get() - 1);
         let mut io = hub.io.borrow_mut();
-        let slot = match io.get_mut(self.key) {
-            Some(s) if s.generation == self.generation => s,
+        let slot = match io.get_mut(key) {
+            Some(s) if s.generation == generation => s,
             _ => return Err(WaitError::Closed),
         };
         let waiters = match interest {
