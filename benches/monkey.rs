@@ -1,0 +1,155 @@
+//! The cost of the monkey hooks on calls that do not block.
+//!
+//! Each row pair compares a hooked call (what every binary linking moss
+//! gets) with libc's own definition called directly (found with
+//! `dlsym(RTLD_NEXT)`, so the difference is exactly the hook):
+//!
+//! * `clock_nanosleep(CLOCK_THREAD_CPUTIME_ID)`: libc rejects it with
+//!   `EINVAL` before any syscall, so this isolates the hook's overhead;
+//! * `recv(MSG_DONTWAIT)` on an empty socket (`EAGAIN`): a real syscall;
+//! * `recv` on a cooperative socket of a hub thread, with data ready (the
+//!   fd-table lookup of the patched fast path).
+//!
+//! Stages run in order: before `patch_all`, after it on a thread without a
+//! hub, after it on a thread with a hub. Run: `cargo bench --bench monkey`.
+
+use std::ffi::c_int;
+use std::hint::black_box;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+type ClockNanosleep = unsafe extern "C" fn(
+    libc::clockid_t,
+    c_int,
+    *const libc::timespec,
+    *mut libc::timespec,
+) -> c_int;
+type Recv = unsafe extern "C" fn(c_int, *mut libc::c_void, usize, c_int) -> isize;
+
+fn libc_fns() -> (ClockNanosleep, Recv) {
+    // SAFETY: valid pseudo-handle and names; the symbols have these C
+    // prototypes.
+    unsafe {
+        let c = libc::dlsym(libc::RTLD_NEXT, c"clock_nanosleep".as_ptr());
+        let r = libc::dlsym(libc::RTLD_NEXT, c"recv".as_ptr());
+        assert!(!c.is_null() && !r.is_null());
+        (
+            std::mem::transmute::<*mut libc::c_void, ClockNanosleep>(c),
+            std::mem::transmute::<*mut libc::c_void, Recv>(r),
+        )
+    }
+}
+
+fn stage(c: &mut Criterion, name: &str) {
+    let (libc_clock, libc_recv) = libc_fns();
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 1,
+    };
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let mut buf = [0u8; 16];
+    let mut g = c.benchmark_group(name);
+    g.bench_function("clock_nanosleep(EINVAL) libc", |b| {
+        // SAFETY: valid pointers; libc returns EINVAL for this clock.
+        b.iter(|| unsafe {
+            libc_clock(
+                black_box(libc::CLOCK_THREAD_CPUTIME_ID),
+                0,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        })
+    });
+    g.bench_function("clock_nanosleep(EINVAL) hooked", |b| {
+        // SAFETY: as above, through the hook.
+        b.iter(|| unsafe {
+            libc::clock_nanosleep(
+                black_box(libc::CLOCK_THREAD_CPUTIME_ID),
+                0,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        })
+    });
+    g.bench_function("recv(EAGAIN) libc", |b| {
+        // SAFETY: valid fd and buffer.
+        b.iter(|| unsafe {
+            libc_recv(
+                black_box(fd),
+                buf.as_mut_ptr().cast(),
+                16,
+                libc::MSG_DONTWAIT,
+            )
+        })
+    });
+    g.bench_function("recv(EAGAIN) hooked", |b| {
+        // SAFETY: valid fd and buffer, through the hook.
+        b.iter(|| unsafe {
+            libc::recv(
+                black_box(fd),
+                buf.as_mut_ptr().cast(),
+                16,
+                libc::MSG_DONTWAIT,
+            )
+        })
+    });
+    g.bench_function("recv(EAGAIN) raw syscall", |b| {
+        // SAFETY: valid fd and buffer.
+        b.iter(|| unsafe {
+            libc::syscall(
+                libc::SYS_recvfrom,
+                black_box(fd),
+                buf.as_mut_ptr(),
+                16,
+                libc::MSG_DONTWAIT,
+                0,
+                0,
+            )
+        })
+    });
+    g.finish();
+}
+
+fn cooperative_fast_path(c: &mut Criterion) {
+    // A socket of this (hub) thread, with data always ready: the hooked
+    // blocking-mode recv takes the cooperative path's first try.
+    let (libc_clock, libc_recv) = libc_fns();
+    let _ = libc_clock;
+    moss::yield_now();
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    b.write_all(&[7u8; 64]).unwrap();
+    let mut buf = [0u8; 1];
+    let mut g = c.benchmark_group("patched, hub thread, cooperative socket");
+    g.bench_function("recv(MSG_PEEK) libc", |bn| {
+        // SAFETY: valid fd and buffer.
+        bn.iter(|| unsafe { libc_recv(black_box(fd), buf.as_mut_ptr().cast(), 1, libc::MSG_PEEK) })
+    });
+    g.bench_function("recv(MSG_PEEK) hooked", |bn| {
+        // SAFETY: valid fd and buffer, through the hook.
+        bn.iter(|| unsafe { libc::recv(black_box(fd), buf.as_mut_ptr().cast(), 1, libc::MSG_PEEK) })
+    });
+    g.finish();
+}
+
+fn all(c: &mut Criterion) {
+    stage(c, "unpatched");
+    moss::monkey::patch_all();
+    stage(c, "patched, no hub");
+    cooperative_fast_path(c);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    targets = all
+}
+criterion_main!(benches);
