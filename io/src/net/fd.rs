@@ -1,0 +1,335 @@
+//! The shared engine of every moss socket: a kernel-non-blocking fd plus the
+//! state that emulates std's blocking semantics on top of the hub.
+//!
+//! # Blocking emulation
+//!
+//! The kernel fd is always `O_NONBLOCK`. An operation tries its syscall first;
+//! only on `EAGAIN` does it wait for readiness on the current thread's hub
+//! and retry. What std would configure on the kernel socket is kept here:
+//!
+//! * `set_nonblocking(true)` is a user-level flag: operations return
+//!   `WouldBlock` instead of waiting.
+//! * read/write timeouts become the deadline of the readiness wait. When it
+//!   passes the operation fails exactly as std's `SO_RCVTIMEO` does on Linux:
+//!   `EAGAIN`, i.e. [`io::ErrorKind::WouldBlock`] (raw os error 11). A
+//!   connect with a timeout fails with [`io::ErrorKind::TimedOut`], as std's
+//!   `connect_timeout`.
+//!
+//! # Registration: per thread, lazy
+//!
+//! moss sockets are `Send + Sync` like their std twins, but a
+//! [`Registration`] belongs to one thread's hub. So the socket holds no
+//! registration; each thread keeps a table indexed by fd number, and an
+//! entry records which socket (a process-unique `uid`) it was made for. The
+//! first wait of a socket on a thread registers it there (edge-triggered,
+//! both directions, once); later waits on that thread find it in O(1).
+//!
+//! * Dropping a socket removes its entry on the dropping thread (which
+//!   deregisters it and wakes any waiter with an error) before the fd is
+//!   closed.
+//! * A socket that moved to another thread leaves its old entry behind. The
+//!   kernel drops the epoll interest when the fd is closed, and the stale
+//!   entry is replaced (by uid mismatch) when that thread next sees the same
+//!   fd number. Events it receives meanwhile only set readiness bits nobody
+//!   reads.
+//!
+//! # The drained hint (2 syscalls per echoed message)
+//!
+//! A stream read that returns fewer bytes than asked for emptied the kernel's
+//! receive queue at that moment. The next read then waits for readiness
+//! *first* instead of trying a `recv` that would almost surely fail with
+//! `EAGAIN`. No wake-up can be lost: any data arriving after the drain raises
+//! a new edge, which either wakes the waiter or sets the slot's ready bit
+//! (then the wait returns at once). A stale ready bit costs one `EAGAIN`.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moss_runtime::reactor::{Interest, Registration};
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+struct Entry {
+    uid: u64,
+    reg: Rc<Registration>,
+}
+
+thread_local! {
+    /// This thread's registrations, indexed by fd number.
+    static TABLE: RefCell<Vec<Option<Entry>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The moss-side state of one socket fd. Field order matters in [`Evented`]:
+/// this is dropped (deregistered) before the fd is closed.
+pub(crate) struct IoState {
+    fd: RawFd,
+    uid: u64,
+    nonblocking: AtomicBool,
+    drained: AtomicBool,
+    /// Nanoseconds; 0 means none.
+    read_timeout: AtomicU64,
+    write_timeout: AtomicU64,
+}
+
+/// A socket `S` whose fd is in non-blocking mode, with blocking emulation.
+pub(crate) struct Evented<S: AsRawFd> {
+    // Declared first: dropped (deregistered) before `io` closes the fd.
+    state: IoState,
+    io: S,
+}
+
+impl<S: AsRawFd> Evented<S> {
+    /// Wraps `io`, switching its fd to non-blocking mode.
+    pub(crate) fn new(io: S) -> io::Result<Evented<S>> {
+        set_fd_nonblocking(io.as_raw_fd(), true)?;
+        Ok(Evented::from_nonblocking(io))
+    }
+
+    /// Wraps `io` whose fd is already non-blocking (fresh from `accept4` or
+    /// `socket` with `SOCK_NONBLOCK`).
+    pub(crate) fn from_nonblocking(io: S) -> Evented<S> {
+        Evented {
+            state: IoState {
+                fd: io.as_raw_fd(),
+                uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+                nonblocking: AtomicBool::new(false),
+                drained: AtomicBool::new(false),
+                read_timeout: AtomicU64::new(0),
+                write_timeout: AtomicU64::new(0),
+            },
+            io,
+        }
+    }
+
+    /// The wrapped socket (its fd is non-blocking: use the `*_op` methods
+    /// for anything that may block).
+    pub(crate) fn get(&self) -> &S {
+        &self.io
+    }
+
+    /// Unwraps the socket in blocking mode (unless the user asked for
+    /// non-blocking), deregistering it from this thread's hub.
+    pub(crate) fn into_inner(self) -> S {
+        let Evented { state, io } = self;
+        let nonblocking = state.nonblocking.load(Ordering::Relaxed);
+        drop(state);
+        // Cannot fail on a valid fd; a std socket in the wrong mode would be
+        // the only consequence.
+        let _ = set_fd_nonblocking(io.as_raw_fd(), nonblocking);
+        io
+    }
+
+    pub(crate) fn set_nonblocking(&self, on: bool) {
+        self.state.nonblocking.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        store_timeout(&self.state.read_timeout, d)
+    }
+
+    pub(crate) fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        store_timeout(&self.state.write_timeout, d)
+    }
+
+    pub(crate) fn read_timeout(&self) -> Option<Duration> {
+        load_timeout(&self.state.read_timeout)
+    }
+
+    pub(crate) fn write_timeout(&self) -> Option<Duration> {
+        load_timeout(&self.state.write_timeout)
+    }
+
+    /// A read-side operation (`recv`, `accept`, `recv_from`, `peek`).
+    /// `stream` enables the drained hint: the op returns a byte count and a
+    /// short count means the queue was emptied. `peek` passes `false`.
+    pub(crate) fn read_op<T>(
+        &self,
+        stream: Option<usize>,
+        mut op: impl FnMut(&S) -> io::Result<T>,
+        len_of: impl Fn(&T) -> usize,
+    ) -> io::Result<T> {
+        let st = &self.state;
+        let nonblocking = st.nonblocking.load(Ordering::Relaxed);
+        let mut deadline = None;
+        if stream.is_some() && !nonblocking && st.drained.load(Ordering::Relaxed) {
+            deadline = self.deadline(&st.read_timeout);
+            self.wait(Interest::Readable, deadline)?;
+        }
+        loop {
+            match op(&self.io) {
+                Ok(v) => {
+                    if let Some(asked) = stream {
+                        let n = len_of(&v);
+                        st.drained.store(n > 0 && n < asked, Ordering::Relaxed);
+                    }
+                    return Ok(v);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !nonblocking => {
+                    if deadline.is_none() {
+                        deadline = self.deadline(&st.read_timeout);
+                    }
+                    self.wait(Interest::Readable, deadline)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A write-side operation (`send`, `send_to`).
+    pub(crate) fn write_op<T>(&self, mut op: impl FnMut(&S) -> io::Result<T>) -> io::Result<T> {
+        let st = &self.state;
+        let nonblocking = st.nonblocking.load(Ordering::Relaxed);
+        let mut deadline = None;
+        loop {
+            match op(&self.io) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !nonblocking => {
+                    if deadline.is_none() {
+                        deadline = self.deadline(&st.write_timeout);
+                    }
+                    self.wait(Interest::Writable, deadline)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Clears the drained hint (after a peek found data, say).
+    pub(crate) fn clear_drained(&self) {
+        self.state.drained.store(false, Ordering::Relaxed);
+    }
+
+    /// Waits for readiness with an explicit deadline; on expiry fails with
+    /// `ErrorKind::TimedOut` (for `connect_timeout`). Ignores the
+    /// non-blocking flag: callers check it.
+    pub(crate) fn wait_until(
+        &self,
+        interest: Interest,
+        deadline: Option<Instant>,
+    ) -> io::Result<()> {
+        self.registration()?.wait(interest, deadline)
+    }
+
+    pub(crate) fn is_nonblocking(&self) -> bool {
+        self.state.nonblocking.load(Ordering::Relaxed)
+    }
+
+    fn deadline(&self, timeout: &AtomicU64) -> Option<Instant> {
+        match timeout.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Instant::now().checked_add(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Waits for readiness; an expired deadline reads as `EAGAIN`, as an
+    /// expired `SO_RCVTIMEO`/`SO_SNDTIMEO` does for std on Linux.
+    fn wait(&self, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
+        match self.registration()?.wait(interest, deadline) {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                Err(io::Error::from_raw_os_error(libc::EAGAIN))
+            }
+            r => r,
+        }
+    }
+
+    /// This thread's registration of the socket, made on first use.
+    fn registration(&self) -> io::Result<Rc<Registration>> {
+        let st = &self.state;
+        let fd = st.fd as usize;
+        let found = TABLE.with(|t| match t.borrow().get(fd) {
+            Some(Some(e)) if e.uid == st.uid => Some(e.reg.clone()),
+            _ => None,
+        });
+        if let Some(r) = found {
+            return Ok(r);
+        }
+        // Drop a stale entry for a previous socket with this fd number first:
+        // its deregistration must not hit the new registration.
+        let stale = TABLE.with(|t| t.borrow_mut().get_mut(fd).and_then(Option::take));
+        drop(stale);
+        let reg = Rc::new(Registration::new(st.fd)?);
+        // A fresh registration knows nothing about past edges: try the
+        // syscall before trusting the drained hint again.
+        st.drained.store(false, Ordering::Relaxed);
+        TABLE.with(|t| {
+            let mut t = t.borrow_mut();
+            if t.len() <= fd {
+                t.resize_with(fd + 1, || None);
+            }
+            t[fd] = Some(Entry {
+                uid: st.uid,
+                reg: reg.clone(),
+            });
+        });
+        Ok(reg)
+    }
+}
+
+impl Drop for IoState {
+    fn drop(&mut self) {
+        let fd = self.fd as usize;
+        // `try_with`: a socket dropped during thread-local destruction.
+        let entry = TABLE
+            .try_with(|t| {
+                let mut t = t.try_borrow_mut().ok()?;
+                match t.get_mut(fd) {
+                    Some(slot) if slot.as_ref().is_some_and(|e| e.uid == self.uid) => slot.take(),
+                    _ => None,
+                }
+            })
+            .ok()
+            .flatten();
+        // Dropping the registration deregisters the fd and wakes waiters.
+        drop(entry);
+    }
+}
+
+fn store_timeout(slot: &AtomicU64, d: Option<Duration>) -> io::Result<()> {
+    let ns = match d {
+        None => 0,
+        Some(d) if d.is_zero() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot set a 0 duration timeout",
+            ));
+        }
+        Some(d) => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1),
+    };
+    slot.store(ns, Ordering::Relaxed);
+    Ok(())
+}
+
+fn load_timeout(slot: &AtomicU64) -> Option<Duration> {
+    match slot.load(Ordering::Relaxed) {
+        0 => None,
+        ns => Some(Duration::from_nanos(ns)),
+    }
+}
+
+/// Sets or clears `O_NONBLOCK` on `fd`.
+pub(crate) fn set_fd_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: `fd` is a live fd owned by the caller's socket; F_GETFL and
+    // F_SETFL only read and change its status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    if new != flags {
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

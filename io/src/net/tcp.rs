@@ -1,0 +1,475 @@
+//! `TcpStream` and `TcpListener`: std's TCP types, blocking only the calling
+//! coroutine.
+//!
+//! Each wraps the std type in [`Evented`] (see `fd.rs` for the blocking
+//! emulation and the per-thread registration). Reads are `recv`, writes are
+//! `send(MSG_NOSIGNAL)` exactly as std issues them, so a write to a reset peer
+//! fails with `ConnectionReset` or `BrokenPipe` instead of raising `SIGPIPE`.
+//! Accepted sockets come from `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`: one
+//! syscall per connection.
+
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::{self, Shutdown, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use moss_runtime::reactor::Interest;
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::addr::{ToSocketAddrs, each_addr};
+use super::fd::Evented;
+
+/// A TCP connection; [`std::net::TcpStream`] for coroutines.
+///
+/// Blocking calls park only the calling coroutine (or run the hub when
+/// called from a thread's root). `Send + Sync` like std's: it may move to
+/// another thread, where it registers with that thread's hub on first use.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// let l = moss_io::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let addr = l.local_addr().unwrap();
+/// let server = moss_runtime::spawn(move || {
+///     let (mut s, _) = l.accept().unwrap();
+///     let mut b = [0; 5];
+///     s.read_exact(&mut b).unwrap();
+///     s.write_all(&b).unwrap();
+/// });
+/// let mut c = moss_io::net::TcpStream::connect(addr).unwrap();
+/// c.write_all(b"hello").unwrap();
+/// let mut b = [0; 5];
+/// c.read_exact(&mut b).unwrap();
+/// assert_eq!(&b, b"hello");
+/// server.join().unwrap();
+/// ```
+pub struct TcpStream {
+    inner: Evented<net::TcpStream>,
+}
+
+/// A TCP listening socket; [`std::net::TcpListener`] for coroutines.
+pub struct TcpListener {
+    inner: Evented<net::TcpListener>,
+}
+
+fn new_socket(addr: &SocketAddr) -> io::Result<Socket> {
+    let ty = Type::STREAM.nonblocking().cloexec();
+    Socket::new(Domain::for_address(*addr), ty, None)
+}
+
+impl TcpStream {
+    /// Opens a connection to the first address of `addr` that accepts
+    /// (host names are resolved off the hub). Fails with
+    /// `ConnectionRefused` if nothing listens there.
+    pub fn connect<A: ToSocketAddrs>(addr: A) -> io::Result<TcpStream> {
+        each_addr(&addr, |a| TcpStream::connect_inner(a, None))
+    }
+
+    /// Connects to `addr`, failing with `ErrorKind::TimedOut` after
+    /// `timeout` (std's `connect_timeout`; a zero timeout is `InvalidInput`).
+    pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        if timeout.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot set a 0 duration timeout",
+            ));
+        }
+        TcpStream::connect_inner(addr, Instant::now().checked_add(timeout))
+    }
+
+    fn connect_inner(addr: &SocketAddr, deadline: Option<Instant>) -> io::Result<TcpStream> {
+        let sock = new_socket(addr)?;
+        let stream = TcpStream {
+            inner: Evented::from_nonblocking(net::TcpStream::from(OwnedFd::from(sock))),
+        };
+        let s = socket2::SockRef::from(stream.inner.get());
+        match s.connect(&SockAddr::from(*addr)) {
+            Ok(()) => return Ok(stream),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        stream
+            .inner
+            .wait_until(Interest::Writable, deadline)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    io::Error::new(io::ErrorKind::TimedOut, "connection timed out")
+                } else {
+                    e
+                }
+            })?;
+        match s.take_error()? {
+            Some(e) => Err(e),
+            None => Ok(stream),
+        }
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get().peer_addr()
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get().local_addr()
+    }
+
+    /// Shuts down the read, write, or both halves. A coroutine blocked in a
+    /// read of this socket then sees end-of-file.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.get().shutdown(how)
+    }
+
+    /// A new handle to the same socket (a `dup`ed fd with its own moss
+    /// state: timeouts and the non-blocking flag are copied).
+    pub fn try_clone(&self) -> io::Result<TcpStream> {
+        let s = TcpStream {
+            inner: Evented::from_nonblocking(self.inner.get().try_clone()?),
+        };
+        s.set_read_timeout(self.read_timeout()?)?;
+        s.set_write_timeout(self.write_timeout()?)?;
+        s.set_nonblocking(self.inner.is_nonblocking())?;
+        Ok(s)
+    }
+
+    /// Read timeout: a read that waits longer fails with
+    /// `ErrorKind::WouldBlock` (raw os error `EAGAIN`), as std's does on
+    /// Linux. `Some(Duration::ZERO)` is `InvalidInput`, as in std.
+    pub fn set_read_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
+        self.inner.set_read_timeout(dur)
+    }
+
+    /// Write timeout, with the same conventions as the read timeout.
+    pub fn set_write_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
+        self.inner.set_write_timeout(dur)
+    }
+
+    /// The read timeout.
+    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.inner.read_timeout())
+    }
+
+    /// The write timeout.
+    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.inner.write_timeout())
+    }
+
+    /// Reads without consuming.
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read_op(None, |s| s.peek(buf), |n| *n)?;
+        if n > 0 {
+            self.inner.clear_drained();
+        }
+        Ok(n)
+    }
+
+    /// `TCP_NODELAY`.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.inner.get().set_nodelay(nodelay)
+    }
+
+    /// Whether `TCP_NODELAY` is set.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        self.inner.get().nodelay()
+    }
+
+    /// `IP_TTL`.
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        self.inner.get().set_ttl(ttl)
+    }
+
+    /// `IP_TTL`.
+    pub fn ttl(&self) -> io::Result<u32> {
+        self.inner.get().ttl()
+    }
+
+    /// Takes the pending `SO_ERROR`.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.inner.get().take_error()
+    }
+
+    /// With `true`, operations that would wait fail with
+    /// `ErrorKind::WouldBlock` instead (the kernel fd is always
+    /// non-blocking; this flag is moss's).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.inner.set_nonblocking(nonblocking);
+        Ok(())
+    }
+
+    fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len();
+        self.inner.read_op(Some(len), |mut s| s.read(buf), |n| *n)
+    }
+
+    fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.inner
+            .read_op(Some(len), |mut s| s.read_vectored(bufs), |n| *n)
+    }
+
+    fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write_op(|mut s| s.write(buf))
+    }
+
+    fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.inner.write_op(|mut s| s.write_vectored(bufs))
+    }
+}
+
+impl Read for TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        self.read_vectored_inner(bufs)
+    }
+}
+
+impl Read for &TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        self.read_vectored_inner(bufs)
+    }
+}
+
+impl Write for TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.write_vectored_inner(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for &TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.write_vectored_inner(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl TcpListener {
+    /// Binds to the first address of `addr` that works, with `SO_REUSEADDR`
+    /// as std does, and listens with the system's maximum backlog.
+    pub fn bind<A: ToSocketAddrs>(addr: A) -> io::Result<TcpListener> {
+        each_addr(&addr, |a| TcpListener::bind_inner(a, false))
+    }
+
+    /// Like [`bind`](Self::bind), also setting `SO_REUSEPORT`: several
+    /// listeners (typically one per thread of
+    /// [`run_per_core`](moss_runtime::run_per_core)) can bind the same port,
+    /// and the kernel spreads incoming connections over them.
+    ///
+    /// ```
+    /// let a = moss_io::net::TcpListener::bind_reuseport("127.0.0.1:0").unwrap();
+    /// let b = moss_io::net::TcpListener::bind_reuseport(a.local_addr().unwrap()).unwrap();
+    /// assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
+    /// ```
+    pub fn bind_reuseport<A: ToSocketAddrs>(addr: A) -> io::Result<TcpListener> {
+        each_addr(&addr, |a| TcpListener::bind_inner(a, true))
+    }
+
+    fn bind_inner(addr: &SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
+        let sock = new_socket(addr)?;
+        sock.set_reuse_address(true)?;
+        if reuseport {
+            sock.set_reuse_port(true)?;
+        }
+        sock.bind(&SockAddr::from(*addr))?;
+        sock.listen(libc::SOMAXCONN)?;
+        Ok(TcpListener {
+            inner: Evented::from_nonblocking(net::TcpListener::from(OwnedFd::from(sock))),
+        })
+    }
+
+    /// The bound address (with the real port after binding port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get().local_addr()
+    }
+
+    /// Waits for a connection. Errors of `accept(2)` are returned as they
+    /// are (`EMFILE` and friends included); see
+    /// [`StreamServer`](crate::server::StreamServer) for a loop that backs
+    /// off on them.
+    pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (fd, addr) = self
+            .inner
+            .read_op(None, |l| accept4(l.as_raw_fd()), |_| 0)?;
+        Ok((
+            TcpStream {
+                inner: Evented::from_nonblocking(net::TcpStream::from(fd)),
+            },
+            addr,
+        ))
+    }
+
+    /// An endless iterator of [`accept`](Self::accept) results.
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming { listener: self }
+    }
+
+    /// A new handle to the same listening socket (`dup`).
+    pub fn try_clone(&self) -> io::Result<TcpListener> {
+        let l = TcpListener {
+            inner: Evented::from_nonblocking(self.inner.get().try_clone()?),
+        };
+        l.set_nonblocking(self.inner.is_nonblocking())?;
+        Ok(l)
+    }
+
+    /// `IP_TTL`.
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        self.inner.get().set_ttl(ttl)
+    }
+
+    /// `IP_TTL`.
+    pub fn ttl(&self) -> io::Result<u32> {
+        self.inner.get().ttl()
+    }
+
+    /// Takes the pending `SO_ERROR`.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.inner.get().take_error()
+    }
+
+    /// With `true`, `accept` fails with `WouldBlock` instead of waiting.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.inner.set_nonblocking(nonblocking);
+        Ok(())
+    }
+}
+
+fn accept4(fd: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
+    // SAFETY: `try_init` hands us a zeroed `sockaddr_storage` and its length
+    // to fill; accept4 writes at most `*len` bytes there and updates `len`.
+    let (cfd, addr) = unsafe {
+        SockAddr::try_init(|storage, len| {
+            let r = libc::accept4(
+                fd,
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r)
+            }
+        })
+    }?;
+    // SAFETY: accept4 succeeded, so `cfd` is a new fd that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(cfd) };
+    let addr = addr.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "accept returned a non-IP address",
+        )
+    })?;
+    Ok((owned, addr))
+}
+
+/// The iterator of [`TcpListener::incoming`].
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    listener: &'a TcpListener,
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = io::Result<TcpStream>;
+    fn next(&mut self) -> Option<io::Result<TcpStream>> {
+        Some(self.listener.accept().map(|(s, _)| s))
+    }
+}
+
+macro_rules! std_conversions {
+    ($moss:ident, $std:ty) => {
+        impl From<$std> for $moss {
+            /// Takes over a std socket, switching its fd to non-blocking mode.
+            /// Its `SO_RCVTIMEO`/`SO_SNDTIMEO` become moss's timeouts.
+            fn from(s: $std) -> $moss {
+                let sock = socket2::SockRef::from(&s);
+                let (r, w) = (
+                    sock.read_timeout().ok().flatten(),
+                    sock.write_timeout().ok().flatten(),
+                );
+                // Cannot fail on a valid socket fd; were it to, reads would
+                // simply block the thread as std's do.
+                let inner = Evented::new(s)
+                    .unwrap_or_else(|e| panic!("moss: cannot make a socket non-blocking: {e}"));
+                let _ = inner.set_read_timeout(r);
+                let _ = inner.set_write_timeout(w);
+                $moss { inner }
+            }
+        }
+
+        impl From<$moss> for $std {
+            /// Gives the socket back in blocking mode (unless moss's
+            /// non-blocking flag was set), with moss's timeouts as
+            /// `SO_RCVTIMEO`/`SO_SNDTIMEO`.
+            fn from(s: $moss) -> $std {
+                let (r, w) = (s.inner.read_timeout(), s.inner.write_timeout());
+                let io = s.inner.into_inner();
+                let sock = socket2::SockRef::from(&io);
+                let _ = sock.set_read_timeout(r);
+                let _ = sock.set_write_timeout(w);
+                io
+            }
+        }
+
+        impl AsRawFd for $moss {
+            fn as_raw_fd(&self) -> RawFd {
+                self.inner.get().as_raw_fd()
+            }
+        }
+
+        impl AsFd for $moss {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                self.inner.get().as_fd()
+            }
+        }
+
+        impl IntoRawFd for $moss {
+            /// Releases the fd, in blocking mode like the `From` conversion.
+            fn into_raw_fd(self) -> RawFd {
+                self.inner.into_inner().into_raw_fd()
+            }
+        }
+
+        impl FromRawFd for $moss {
+            /// # Safety
+            /// `fd` must be an open socket of the right kind that nothing
+            /// else owns (as for the std type).
+            unsafe fn from_raw_fd(fd: RawFd) -> $moss {
+                // SAFETY: the caller guarantees the std type's contract.
+                <$moss>::from(unsafe { <$std>::from_raw_fd(fd) })
+            }
+        }
+
+        impl From<OwnedFd> for $moss {
+            fn from(fd: OwnedFd) -> $moss {
+                <$moss>::from(<$std>::from(fd))
+            }
+        }
+
+        impl fmt::Debug for $moss {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($moss))
+                    .field("fd", &self.as_raw_fd())
+                    .finish()
+            }
+        }
+    };
+}
+
+std_conversions!(TcpStream, net::TcpStream);
+std_conversions!(TcpListener, net::TcpListener);

@@ -1,0 +1,334 @@
+//! moss::net TCP: concurrency in one thread, timeouts, errors, conversions.
+
+use std::cell::Cell;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use moss::net::{TcpListener, TcpStream};
+
+fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(7)) as u8)
+        .collect()
+}
+
+#[test]
+fn hundreds_of_client_server_pairs_in_one_thread() {
+    const N: usize = 300;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = Instant::now();
+    let server = moss::spawn(move || {
+        let mut hs = Vec::new();
+        for _ in 0..N {
+            let (mut s, _) = l.accept().unwrap();
+            hs.push(moss::spawn(move || {
+                // Echo until EOF.
+                let mut buf = vec![0u8; 4096];
+                let mut total = 0;
+                loop {
+                    let n = s.read(&mut buf).unwrap();
+                    if n == 0 {
+                        return total;
+                    }
+                    s.write_all(&buf[..n]).unwrap();
+                    total += n;
+                }
+            }));
+        }
+        moss::join_all(hs)
+            .into_iter()
+            .map(Result::unwrap)
+            .sum::<usize>()
+    });
+    let clients: Vec<_> = (0..N)
+        .map(|i| {
+            moss::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                // Sizes up to 200 KiB exercise partial writes and waits on
+                // both sides (the writer fills the socket buffers).
+                let len = [1, 1000, 70_000, 200_000][i % 4];
+                let data = pattern(i, len);
+                let w = c.try_clone().unwrap();
+                let d2 = data.clone();
+                let writer = moss::spawn(move || {
+                    let mut w = w;
+                    w.write_all(&d2).unwrap();
+                    w.shutdown(Shutdown::Write).unwrap();
+                });
+                let mut back = Vec::new();
+                c.read_to_end(&mut back).unwrap();
+                writer.join().unwrap();
+                assert!(back == data, "client {i}: echoed bytes differ");
+                len
+            })
+        })
+        .collect();
+    let sent: usize = moss::join_all(clients)
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(server.join().unwrap(), sent);
+    assert!(t.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn read_timeout_fires_while_other_coroutines_run() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let ticks = Rc::new(Cell::new(0u32));
+    let stop = Rc::new(Cell::new(false));
+    let (t2, s2) = (ticks.clone(), stop.clone());
+    let ticker = moss::spawn(move || {
+        while !s2.get() {
+            moss::sleep(Duration::from_millis(10));
+            t2.set(t2.get() + 1);
+        }
+    });
+    let server = moss::spawn(move || l.accept().unwrap().0); // never writes
+    let mut c = TcpStream::connect(addr).unwrap();
+    let _peer = server.join().unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert_eq!(c.read_timeout().unwrap(), Some(Duration::from_millis(300)));
+    let t = Instant::now();
+    let e = c.read(&mut [0u8; 16]).unwrap_err();
+    let el = t.elapsed();
+    // std on Linux reports an expired SO_RCVTIMEO as EAGAIN / WouldBlock.
+    assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+    assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+    assert!(el >= Duration::from_millis(300), "{el:?}");
+    assert!(el < Duration::from_secs(3), "{el:?}");
+    assert!(
+        ticks.get() >= 5,
+        "the ticker did not run meanwhile: {}",
+        ticks.get()
+    );
+    stop.set(true);
+    ticker.join().unwrap();
+    assert_eq!(
+        c.set_read_timeout(Some(Duration::ZERO)).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}
+
+#[test]
+fn refused_connection() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let e = TcpStream::connect(addr).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    let e = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    let e = TcpStream::connect_timeout(&addr, Duration::ZERO).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
+
+#[test]
+fn peer_reset_fails_reads_and_writes_with_std_kinds() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = moss::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let mut b = [0u8; 4];
+        (&s).read_exact(&mut b).unwrap();
+        // Linger 0: close sends RST.
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"ping").unwrap();
+    server.join().unwrap();
+    let e = c.read(&mut [0u8; 8]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+    let e = loop {
+        // The first write after a reset may still succeed locally.
+        match c.write(b"more") {
+            Ok(_) => moss::sleep(Duration::from_millis(5)),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+        "{e}"
+    );
+}
+
+#[test]
+fn half_close_then_reply() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = moss::spawn(move || {
+        let (mut s, peer) = l.accept().unwrap();
+        assert_eq!(peer, s.peer_addr().unwrap());
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).unwrap(); // returns at the client's FIN
+        s.write_all(&[req.as_slice(), b" done"].concat()).unwrap();
+    });
+    let mut c = TcpStream::connect(("127.0.0.1", addr.port())).unwrap();
+    c.write_all(b"request").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    assert_eq!(resp, "request done");
+    server.join().unwrap();
+}
+
+#[test]
+fn nonblocking_mode_reports_would_block() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    assert_eq!(l.accept().unwrap_err().kind(), ErrorKind::WouldBlock);
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    c.set_nonblocking(true).unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        (&c).read(&mut [0u8; 4]).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    c.set_nonblocking(false).unwrap();
+    let (s, _) = loop {
+        match l.accept() {
+            Ok(x) => break x,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => moss::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    (&s).write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    (&c).read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"x");
+}
+
+#[test]
+fn shutdown_wakes_a_blocked_reader() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = Rc::new(TcpStream::connect(l.local_addr().unwrap()).unwrap());
+    let _s = l.accept().unwrap();
+    let c2 = c.clone();
+    let reader = moss::spawn(move || (&*c2).read(&mut [0u8; 8]));
+    moss::sleep(Duration::from_millis(50));
+    assert!(!reader.is_finished());
+    c.shutdown(Shutdown::Read).unwrap();
+    assert_eq!(reader.join().unwrap().unwrap(), 0);
+}
+
+#[test]
+fn killed_reader_leaves_the_socket_usable() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = Rc::new(TcpStream::connect(l.local_addr().unwrap()).unwrap());
+    let (mut s, _) = l.accept().unwrap();
+    let c2 = c.clone();
+    let reader = moss::spawn(move || (&*c2).read(&mut [0u8; 8]));
+    moss::sleep(Duration::from_millis(20));
+    reader.kill();
+    assert!(reader.join().is_err());
+    s.write_all(b"after").unwrap();
+    let mut b = [0u8; 5];
+    (&*c).read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"after");
+}
+
+#[test]
+fn std_conversions_and_plain_threads() {
+    // A moss socket on a thread that never spawns anything blocks it like std.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let th = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut b = [0u8; 3];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&b).unwrap();
+        // Back to std: blocking again, timeouts carried over.
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let s: std::net::TcpStream = s.into();
+        assert_eq!(s.read_timeout().unwrap(), Some(Duration::from_millis(100)));
+        let e = (&s).read(&mut b).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
+    });
+    let std_c = std::net::TcpStream::connect(addr).unwrap();
+    std_c
+        .set_write_timeout(Some(Duration::from_secs(7)))
+        .unwrap();
+    let mut c = TcpStream::from(std_c);
+    assert_eq!(c.write_timeout().unwrap(), Some(Duration::from_secs(7)));
+    c.write_all(b"abc").unwrap();
+    let mut b = [0u8; 3];
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"abc");
+    th.join().unwrap();
+}
+
+#[test]
+fn a_socket_moves_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<TcpStream>();
+    assert_send_sync::<TcpListener>();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    // Used (and registered) here first, by waiting on it.
+    let echo = moss::spawn(move || {
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&b).unwrap();
+        s
+    });
+    c.write_all(b"hi").unwrap();
+    let mut b = [0u8; 2];
+    c.read_exact(&mut b).unwrap();
+    let s = echo.join().unwrap();
+    // Now on another thread, with coroutines there.
+    let th = std::thread::spawn(move || {
+        let h = moss::spawn(move || {
+            let mut s = s;
+            let mut b = [0u8; 3];
+            s.read_exact(&mut b).unwrap();
+            s.write_all(&b).unwrap();
+            s
+        });
+        h.join().unwrap()
+    });
+    moss::sleep(Duration::from_millis(30));
+    c.write_all(b"abc").unwrap();
+    let mut b = [0u8; 3];
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"abc");
+    // And back here, where its old registration is still valid.
+    let mut s = th.join().unwrap();
+    let r = moss::spawn(move || {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        b[0]
+    });
+    moss::sleep(Duration::from_millis(10));
+    c.write_all(b"z").unwrap();
+    assert_eq!(r.join().unwrap(), b'z');
+}
+
+#[test]
+fn dropping_a_socket_reuses_its_fd_number_safely() {
+    // Sockets opened and closed in a loop get the same fd numbers again;
+    // each must wait on its own registration.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    for i in 0..50u8 {
+        let c = TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let r = moss::spawn(move || {
+            let mut b = [0u8; 1];
+            (&s).read_exact(&mut b).unwrap();
+            b[0]
+        });
+        moss::yield_now();
+        (&c).write_all(&[i]).unwrap();
+        assert_eq!(r.join().unwrap(), i);
+    }
+}
