@@ -16,8 +16,8 @@
 //! layer in `moss-io`.
 
 pub use moss_io::monkey;
-pub use moss_runtime::sync;
 pub use moss_io::net;
+pub use moss_runtime::sync;
 pub use moss_runtime::{
     Builder, Cancelled, CoroutineId, Current, DEFAULT_STACK_SIZE, Elapsed, JoinError, JoinHandle,
     MAX_STACK_SIZE, MIN_STACK_SIZE, current, dump, greenlet, join_all, run, run_per_core, sleep,

@@ -148,7 +148,7 @@ fn peer_reset_fails_reads_and_writes_with_std_kinds() {
     assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
     let e = loop {
         // The first write after a reset may still succeed locally.
-        match c.write(b"more") {
+        match c.write_all(b"more") {
             Ok(_) => moss::sleep(Duration::from_millis(5)),
             Err(e) => break e,
         }

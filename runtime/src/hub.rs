@@ -715,6 +715,7 @@ impl Hub {
             let err = ev.is_error();
             let r = ev.is_readable() || ev.is_read_closed() || err;
             let w = ev.is_writable() || ev.is_write_closed() || err;
+            slot.set_read_hup(ev.is_read_closed());
             (slot.on_event(r, true), slot.on_event(w, false))
         };
         for t in readers.into_iter().chain(writers.into_iter()) {

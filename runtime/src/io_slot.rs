@@ -31,9 +31,19 @@ pub(crate) struct IoSlot {
     writers: Waiters,
     read_ready: bool,
     write_ready: bool,
+    /// The latest event reported the read side closed (peer hang-up, reset).
+    /// A level, not an edge: `wait(Readable)` returns at once while it is
+    /// set, so a reader that skips a syscall on a hint (a short read drained
+    /// the queue) still sees an EOF that arrived together with its data.
+    read_hup: bool,
 }
 
 impl IoSlot {
+    /// Records the latest event's read-closed state (see `read_hup`).
+    pub(crate) fn set_read_hup(&mut self, hup: bool) {
+        self.read_hup = hup;
+    }
+
     /// Records an edge in one direction; returns the waiters to wake.
     pub(crate) fn on_event(&mut self, ready: bool, read: bool) -> Waiters {
         if !ready {
@@ -177,6 +187,7 @@ impl Registration {
             writers: Waiters::default(),
             read_ready: false,
             write_ready: false,
+            read_hup: false,
         });
         if let Err(e) = hub.registry_register(fd, key) {
             hub.io.borrow_mut().remove(key);
@@ -235,11 +246,12 @@ impl Registration {
                 Some(s) if s.generation == generation => s,
                 _ => return Err(WaitError::Closed),
             };
+            let hup = interest == Interest::Readable && slot.read_hup;
             let (waiters, flag) = match interest {
                 Interest::Readable => (&mut slot.readers, &mut slot.read_ready),
                 Interest::Writable => (&mut slot.writers, &mut slot.write_ready),
             };
-            if std::mem::take(flag) {
+            if std::mem::take(flag) || hup {
                 return Ok(());
             }
             if h.cancel.get().is_some() {

@@ -99,7 +99,8 @@ impl ToSocketAddrs for String {
 
 impl ToSocketAddrs for [SocketAddr] {
     fn to_socket_addrs(&self) -> io::Result<std::vec::IntoIter<SocketAddr>> {
-        Ok(self.to_vec().into_iter())
+        let v: Vec<SocketAddr> = self.to_vec();
+        Ok(v.into_iter())
     }
 }
 

@@ -299,7 +299,7 @@ impl TcpListener {
 
     /// Waits for a connection. Errors of `accept(2)` are returned as they
     /// are (`EMFILE` and friends included); see
-    /// [`StreamServer`](crate::server::StreamServer) for a loop that backs
+    /// `moss::server::StreamServer` for a loop that backs
     /// off on them.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (fd, addr) = self
