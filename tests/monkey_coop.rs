@@ -505,3 +505,49 @@ fn ureq_clients_overlap_against_a_slow_tiny_http_server() {
         "clients did not overlap: {elapsed:?}"
     );
 }
+
+#[test]
+fn io_copy_sendfile_and_splice_wait_cooperatively() {
+    on_thread(Duration::from_secs(30), || {
+        // File -> socket (sendfile): bigger than the socket buffers, so the
+        // copy hits EAGAIN until the reader coroutine drains.
+        let path =
+            std::env::temp_dir().join(format!("moss-monkey-sendfile-{}", std::process::id()));
+        let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let reader = moss::spawn(move || {
+            let mut got = Vec::new();
+            (&b).read_to_end(&mut got).unwrap();
+            got
+        });
+        let (ticks, tick) = ticker();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let n = std::io::copy(&mut f, &mut &a).unwrap();
+        drop(a);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert!(reader.join().unwrap() == data, "bytes differ");
+
+        // Socket -> pipe (splice): the socket has no data for 100 ms.
+        let (c, d) = UnixStream::pair().unwrap();
+        let (mut pr, mut pw) = std::io::pipe().unwrap();
+        let writer = moss::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            (&d).write_all(b"spliced bytes").unwrap();
+        });
+        let before = ticks.get();
+        let n = std::io::copy(&mut &c, &mut pw).unwrap();
+        assert_eq!(n, 13);
+        assert!(
+            ticks.get() - before >= 3,
+            "the ticker stalled during the splice"
+        );
+        writer.join().unwrap();
+        drop(pw);
+        let mut s = String::new();
+        pr.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "spliced bytes");
+        tick.kill();
+    });
+}

@@ -33,7 +33,8 @@
 //! thread, none per wait). `close` on the owning thread drops it (the
 //! reactor deregisters the fd and its waiters wake up and report `EBADF`).
 //! A registration found stale (the fd was closed on another thread, or
-//! while a coroutine was waiting on it) is leaked rather than dropped: the
+//! while a coroutine was waiting on it, or it belongs to a hub this thread
+//! no longer has, as in a forked child) is leaked rather than dropped: the
 //! kernel already removed the closed file from epoll, and deregistering by
 //! fd number could remove a newer file that reuses the number.
 
@@ -45,7 +46,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moss_runtime::park::{self, Unparker};
-use moss_runtime::reactor::{Interest, Registration, WaitError};
+use moss_runtime::reactor::{self, Interest, Registration, WaitError};
 
 use super::real;
 
@@ -367,7 +368,9 @@ fn local_registration(fd: c_int, generation: u64) -> Option<Rc<Registration>> {
                 l.resize_with(idx + 1, || None);
             }
             match &l[idx] {
-                Some(x) if x.generation == generation => Some((Some(x.reg.clone()), None)),
+                Some(x) if x.generation == generation && x.reg.hub_id() == reactor::hub_id() => {
+                    Some((Some(x.reg.clone()), None))
+                }
                 Some(_) => Some((None, l[idx].take())),
                 None => Some((None, None)),
             }

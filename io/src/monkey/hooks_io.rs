@@ -1,5 +1,7 @@
 //! Data transfer hooks: `read`, `readv`, `write`, `writev`, `recv`,
-//! `recvfrom`, `recvmsg`, `send`, `sendto`, `sendmsg`.
+//! `recvfrom`, `recvmsg`, `send`, `sendto`, `sendmsg`, and the zero-copy
+//! `sendfile`/`sendfile64` and `splice` that `std::io::copy` uses between
+//! files, pipes and sockets.
 //!
 //! Each one is: not patched → the real call; patched → [`io`], which looks
 //! the fd up (classifying it once on a hub thread) and runs the real call
@@ -19,7 +21,10 @@
 use std::ffi::{c_int, c_void};
 use std::time::Instant;
 
-use libc::{iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+use libc::{c_uint, iovec, loff_t, msghdr, off_t, off64_t, size_t, sockaddr, socklen_t, ssize_t};
+
+/// `SPLICE_F_NONBLOCK` from <fcntl.h>.
+const SPLICE_F_NONBLOCK: c_uint = 2;
 use moss_runtime::reactor::Interest;
 
 use super::fdtable::{self, Outcome};
@@ -237,4 +242,68 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
         return op();
     }
     io(fd, Interest::Writable, op)
+}
+
+/// Hook for `sendfile(2)`: waits on the output socket.
+///
+/// # Safety
+/// As `sendfile(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut off_t,
+    count: size_t,
+) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::sendfile()(out_fd, in_fd, offset, count) };
+    if !patched() {
+        return op();
+    }
+    io(out_fd, Interest::Writable, op)
+}
+
+/// Hook for `sendfile64` (what std calls; the same function on 64-bit).
+///
+/// # Safety
+/// As `sendfile(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile64(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut off64_t,
+    count: size_t,
+) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::sendfile64()(out_fd, in_fd, offset, count) };
+    if !patched() {
+        return op();
+    }
+    io(out_fd, Interest::Writable, op)
+}
+
+/// Hook for `splice(2)`: waits on whichever end is a cooperative socket
+/// (the other end of a splice is a pipe, which stays blocking).
+///
+/// # Safety
+/// As `splice(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn splice(
+    fd_in: c_int,
+    off_in: *mut loff_t,
+    fd_out: c_int,
+    off_out: *mut loff_t,
+    len: size_t,
+    flags: c_uint,
+) -> ssize_t {
+    // SAFETY: forwarded with the caller's arguments and contract.
+    let op = || unsafe { real::splice()(fd_in, off_in, fd_out, off_out, len, flags) };
+    if !patched() || flags & SPLICE_F_NONBLOCK != 0 {
+        return op();
+    }
+    if fdtable::state_for_io(fd_in).blocking_coop() {
+        io(fd_in, Interest::Readable, op)
+    } else {
+        io(fd_out, Interest::Writable, op)
+    }
 }

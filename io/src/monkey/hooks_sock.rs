@@ -165,8 +165,8 @@ fn accept_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_i
     loop {
         let nfd = op(flags | if hub { libc::SOCK_NONBLOCK } else { 0 });
         if nfd >= 0 {
+            fdtable::reset(nfd);
             if hub {
-                fdtable::reset(nfd);
                 fdtable::adopt(
                     nfd,
                     flags & libc::SOCK_NONBLOCK != 0,

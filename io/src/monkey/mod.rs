@@ -33,7 +33,7 @@
 //!
 //! | group | hooks | file |
 //! |---|---|---|
-//! | data | `read readv write writev recv recvfrom recvmsg send sendto sendmsg` | `hooks_io.rs` |
+//! | data | `read readv write writev recv recvfrom recvmsg send sendto sendmsg sendfile sendfile64 splice` | `hooks_io.rs` |
 //! | sockets and fd state | `socket socketpair connect accept accept4 shutdown close dup dup2 dup3 fcntl ioctl setsockopt getsockopt` | `hooks_sock.rs` |
 //! | readiness | `poll select` | `hooks_poll.rs` |
 //! | sleeping | `nanosleep clock_nanosleep usleep sleep` | `hooks_time.rs` |
@@ -125,7 +125,7 @@ pub(crate) fn patched() -> bool {
 
 /// Addresses of every hook, referenced by `patch_all` so that the linker
 /// keeps all of them in any binary that calls it.
-struct Hooks([*const (); 31]);
+struct Hooks([*const (); 34]);
 // SAFETY: function addresses, never dereferenced as data.
 unsafe impl Sync for Hooks {}
 
@@ -141,6 +141,9 @@ static HOOKS: Hooks = Hooks([
     hooks_io::send as *const (),
     hooks_io::sendto as *const (),
     hooks_io::sendmsg as *const (),
+    hooks_io::sendfile as *const (),
+    hooks_io::sendfile64 as *const (),
+    hooks_io::splice as *const (),
     hooks_sock::socket as *const (),
     hooks_sock::socketpair as *const (),
     hooks_sock::connect as *const (),

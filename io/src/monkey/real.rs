@@ -100,6 +100,9 @@ real_fns! {
     usleep: fn(useconds_t) -> c_int;
     sleep: fn(c_uint) -> c_uint;
     getaddrinfo: fn(*const c_char, *const c_char, *const addrinfo, *mut *mut addrinfo) -> c_int;
+    sendfile: fn(c_int, c_int, *mut libc::off_t, size_t) -> ssize_t;
+    sendfile64: fn(c_int, c_int, *mut libc::off64_t, size_t) -> ssize_t;
+    splice: fn(c_int, *mut libc::loff_t, c_int, *mut libc::loff_t, size_t, c_uint) -> ssize_t;
 }
 
 /// libc's `fcntl(int, int, ...)`.
