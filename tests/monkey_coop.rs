@@ -551,3 +551,38 @@ fn io_copy_sendfile_and_splice_wait_cooperatively() {
         tick.kill();
     });
 }
+
+#[test]
+fn std_and_moss_net_sockets_convert_both_ways_after_patching() {
+    on_thread(Duration::from_secs(20), || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = echo_server(listener, 2);
+        let round_trip = |s: &mut dyn ReadWrite, msg: &[u8]| {
+            s.write_all(msg).unwrap();
+            let mut got = vec![0u8; msg.len()];
+            s.read_exact(&mut got).unwrap();
+            assert_eq!(got, msg);
+        };
+        moss::spawn(move || {
+            // A std stream the hooks made cooperative, taken over by moss::net
+            // on the same thread, then given back.
+            let mut s = TcpStream::connect(addr).unwrap();
+            round_trip(&mut s, b"std first");
+            let mut m = moss::net::TcpStream::from(s);
+            round_trip(&mut m, b"then moss::net");
+            let mut s: TcpStream = m.into();
+            round_trip(&mut s, b"std again");
+            // A moss::net stream from the start, handed to std code.
+            let m2 = moss::net::TcpStream::connect(addr).unwrap();
+            let mut s2: TcpStream = m2.into();
+            round_trip(&mut s2, b"moss::net, then std");
+        })
+        .join()
+        .unwrap();
+        server.join().unwrap();
+    });
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}

@@ -235,9 +235,15 @@ fn set_kind(fd: c_int, kind: u64, nonblock: bool) {
         });
 }
 
-/// Records the user's `O_NONBLOCK` for a cooperative fd.
+/// Records the user's `O_NONBLOCK` for a cooperative fd. Going
+/// non-blocking also drops this thread's registration: the hooks never wait
+/// on such an fd, and its new owner (typically `moss::net` taking over a std
+/// socket) may want to register it with the hub itself.
 pub(crate) fn set_user_nonblock(fd: c_int, nonblock: bool) {
     set_kind(fd, COOP, nonblock);
+    if nonblock {
+        drop_local(fd);
+    }
 }
 
 /// Records an `SO_RCVTIMEO`/`SO_SNDTIMEO` value.
@@ -334,8 +340,9 @@ fn release(reg: Rc<Registration>, stale: bool) {
     }
 }
 
-/// Drops this thread's registration of `fd` before it is closed, waking its
-/// waiters (they report `EBADF`).
+/// Drops this thread's registration of `fd` (before it is closed, or when
+/// it goes non-blocking), waking its waiters: they re-check the fd and
+/// report `EBADF` if it was closed.
 fn drop_local(fd: c_int) {
     let taken = LOCAL
         .try_with(|l| {
