@@ -396,6 +396,22 @@ fn errno_is_exact_inside_coroutines() {
                 std::io::Error::last_os_error().raw_os_error(),
                 Some(libc::EBADF)
             );
+            // A read that had to wait succeeds with errno as the caller left it.
+            let (r, w) = UnixStream::pair().unwrap();
+            let writer = moss::spawn(move || {
+                moss::sleep(Duration::from_millis(30));
+                (&w).write_all(b"z").unwrap();
+                w
+            });
+            // SAFETY: writing this thread's errno.
+            unsafe { *libc::__errno_location() = libc::E2BIG };
+            // SAFETY: valid fd and buffer.
+            let n = unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+            assert_eq!(
+                (n, std::io::Error::last_os_error().raw_os_error()),
+                (1, Some(libc::E2BIG))
+            );
+            drop(writer.join().unwrap());
             // A peer that went away: EOF, then EPIPE on write.
             let (mut a, b2) = UnixStream::pair().unwrap();
             drop(b2);
@@ -586,3 +602,36 @@ fn std_and_moss_net_sockets_convert_both_ways_after_patching() {
 
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
+
+#[test]
+fn a_cooperative_socket_moved_to_a_plain_thread_still_blocks() {
+    on_thread(Duration::from_secs(20), || {
+        // Made cooperative (kernel non-blocking) on this hub thread...
+        let (a, b) = moss::spawn(|| UnixStream::pair().unwrap()).join().unwrap();
+        let fd = a.as_raw_fd();
+        // SAFETY: raw fcntl syscall (bypasses the hooks) on a valid fd.
+        assert_ne!(
+            unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) } as i32 & libc::O_NONBLOCK,
+            0
+        );
+        // ...then used by a thread without a hub: blocking semantics.
+        let plain = std::thread::spawn(move || {
+            let mut buf = [0u8; 5];
+            let t = Instant::now();
+            (&a).read_exact(&mut buf).unwrap();
+            let waited = t.elapsed();
+            a.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let t = Instant::now();
+            let e = (&a).read(&mut buf).unwrap_err();
+            (buf, waited, e.kind(), t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(100)); // a coroutine-free wait on the root
+        (&b).write_all(b"later").unwrap();
+        let (buf, waited, kind, timed) = plain.join().unwrap();
+        assert_eq!(&buf, b"later");
+        assert!(waited >= Duration::from_millis(90), "{waited:?}");
+        assert_eq!(kind, ErrorKind::WouldBlock);
+        assert!(timed >= Duration::from_millis(95), "{timed:?}");
+    });
+}

@@ -117,7 +117,9 @@ pub unsafe extern "C" fn getaddrinfo(
             if let Some((r, e, list)) = st.out {
                 // SAFETY: `res` is a non-null out-pointer (checked above).
                 unsafe { *res = list as *mut addrinfo };
-                real::set_errno(e);
+                if r == libc::EAI_SYSTEM {
+                    real::set_errno(e);
+                }
                 return r;
             }
             st.waker = Some(park::unparker());

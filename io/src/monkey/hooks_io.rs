@@ -49,9 +49,16 @@ fn io_slow(
     op: &mut dyn FnMut() -> ssize_t,
 ) -> ssize_t {
     let mut deadline: Option<Option<Instant>> = None;
+    // A call that succeeds after waiting leaves errno as the caller had it,
+    // as the blocking call would have.
+    let saved = real::errno();
     loop {
         let r = op();
-        if r >= 0 || real::errno() != libc::EAGAIN {
+        if r >= 0 {
+            real::set_errno(saved);
+            return r;
+        }
+        if real::errno() != libc::EAGAIN {
             return r;
         }
         let d = *deadline.get_or_insert_with(|| {

@@ -100,6 +100,7 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) ->
     if !patched() || timeout == 0 || !park::hub_exists() {
         return op(timeout);
     }
+    let saved = real::errno();
     let r = op(0);
     if r != 0 {
         return r;
@@ -116,6 +117,10 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) ->
         .map(|p| (p.fd, p.events))
         .collect();
     match wait_any(&watch, deadline, &mut || op(0)) {
+        Some(r) if r >= 0 => {
+            real::set_errno(saved);
+            r
+        }
         Some(r) => r,
         None => op(super::fdtable::poll_timeout(deadline).unwrap_or(0)),
     }
@@ -178,6 +183,7 @@ pub unsafe extern "C" fn select(
         }
         n
     };
+    let saved = real::errno();
     let mut n = attempt();
     if n == 0 {
         let mut watch = Vec::new();
@@ -219,6 +225,9 @@ pub unsafe extern "C" fn select(
                 }
             }
         }
+    }
+    if n >= 0 {
+        real::set_errno(saved);
     }
     if !timeout.is_null() {
         // Linux reports the time left.

@@ -104,6 +104,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     }
     let deadline =
         fdtable::timeout(fd, Interest::Writable).and_then(|t| Instant::now().checked_add(t));
+    let saved = real::errno();
     let mut r = op();
     // A full backlog of a Unix socket: a blocking connect waits and retries.
     while r < 0 && real::errno() == libc::EAGAIN {
@@ -113,7 +114,11 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         }
         r = op();
     }
-    if r == 0 || real::errno() != libc::EINPROGRESS {
+    if r == 0 {
+        real::set_errno(saved);
+        return 0;
+    }
+    if real::errno() != libc::EINPROGRESS {
         return r;
     }
     loop {
@@ -150,6 +155,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
             real::set_errno(err);
             return -1;
         }
+        real::set_errno(saved);
         return 0;
     }
 }
@@ -162,6 +168,7 @@ fn accept_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_i
     let deadline =
         fdtable::timeout(fd, Interest::Readable).and_then(|t| Instant::now().checked_add(t));
     let hub = park::hub_exists();
+    let saved = real::errno();
     loop {
         let nfd = op(flags | if hub { libc::SOCK_NONBLOCK } else { 0 });
         if nfd >= 0 {
@@ -174,6 +181,7 @@ fn accept_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_i
                     fdtable::timeout(fd, Interest::Writable),
                 );
             }
+            real::set_errno(saved);
             return nfd;
         }
         if real::errno() != libc::EAGAIN {
