@@ -1,0 +1,70 @@
+//! A moss echo server: one coroutine per connection, one hub per thread.
+//!
+//! ```sh
+//! cargo run --release --example echo_server -- --port 7000 --threads 2 --buf 4096
+//! ```
+//!
+//! Every thread of [`moss::run_per_core`] binds the same port with
+//! `SO_REUSEPORT`, so the kernel spreads connections over the threads. It
+//! serves until killed.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+
+use moss::net::{TcpListener, TcpStream};
+
+fn echo(mut s: TcpStream, buf: usize) {
+    let _ = s.set_nodelay(true);
+    let mut b = vec![0u8; buf];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&b[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn main() {
+    let mut port = 7000u16;
+    let mut threads = 1usize;
+    let mut buf = 4096usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = |name: &str| -> usize {
+            args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                eprintln!("echo_server: {name} needs a number");
+                std::process::exit(2)
+            })
+        };
+        match a.as_str() {
+            "--port" => port = val("--port") as u16,
+            "--threads" => threads = val("--threads").max(1),
+            "--buf" => buf = val("--buf").max(1),
+            _ => {
+                eprintln!("usage: echo_server --port N [--threads N] [--buf BYTES]");
+                std::process::exit(2)
+            }
+        }
+    }
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    println!("echo_server: {addr}, {threads} thread(s), {buf}-byte buffers");
+    moss::run_per_core(threads, move |_| {
+        let l = TcpListener::bind_reuseport(addr).unwrap_or_else(|e| {
+            eprintln!("echo_server: cannot bind {addr}: {e}");
+            std::process::exit(1)
+        });
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    moss::spawn(move || echo(s, buf));
+                }
+                // EMFILE and friends: give connections time to close.
+                Err(_) => moss::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    });
+}
