@@ -635,3 +635,57 @@ fn a_cooperative_socket_moved_to_a_plain_thread_still_blocks() {
         assert!(timed >= Duration::from_millis(95), "{timed:?}");
     });
 }
+
+#[test]
+fn pipes_and_child_output_are_read_cooperatively() {
+    on_thread(Duration::from_secs(20), || {
+        let (ticks, tick) = ticker();
+        // An anonymous pipe made by this process.
+        let (mut r, w) = std::io::pipe().unwrap();
+        let writer = moss::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            (&w).write_all(b"through a pipe").unwrap();
+        });
+        let before = ticks.get();
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "through a pipe");
+        assert!(
+            ticks.get() - before >= 5,
+            "the ticker stalled on the pipe read"
+        );
+        // SAFETY: valid fd.
+        let fl = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(
+            fl & libc::O_NONBLOCK,
+            0,
+            "the user still sees a blocking pipe"
+        );
+        writer.join().unwrap();
+
+        // A child's stdout, read while the child takes its time; the child
+        // (which reads its stdin blocking) is unaffected.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line; sleep 0.2; echo \"got $line\""])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let before = ticks.get();
+        moss::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            stdin.write_all(b"hello\n").unwrap();
+        });
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "got hello\n");
+        assert!(
+            ticks.get() - before >= 10,
+            "the ticker stalled on the child's stdout"
+        );
+        assert!(child.wait().unwrap().success());
+        tick.kill();
+    });
+}

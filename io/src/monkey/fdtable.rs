@@ -10,20 +10,25 @@
 //! a child between `fork` and `exec`. An entry is in one of three kinds:
 //!
 //! ```text
-//!            close / dup2 onto it                 fstat: not a socket
-//!   Unknown ◀─────────────────────── any ──  Unknown ───────────────────▶ Plain
-//!      │  socket()/accept() on a hub thread, or
-//!      │  first hooked I/O on a hub thread and fstat says socket
+//!            close / dup2 onto it            fstat: not pollable
+//!   Unknown ◀─────────────────────── any ──  Unknown ──────────────────▶ Plain
+//!      │  socket()/accept() on a hub thread, or the first hooked I/O
+//!      │  on a hub thread and fstat says socket, FIFO or tty
 //!      ▼
 //!    Coop: the kernel fd is O_NONBLOCK; `nonblock` holds what the user set
 //! ```
 //!
-//! `Plain` fds (regular files, pipes, ttys, eventfds, ...) and `Unknown`
-//! ones pass straight through. Only sockets become cooperative: switching a
-//! pipe or a tty to `O_NONBLOCK` would change a file description that other
-//! processes share (a shell's terminal, a parent's pipe). fds 0–2 are never
-//! classified, for the same reason. Each reset bumps the entry's generation,
-//! which invalidates the registrations threads hold for the old fd.
+//! `Plain` fds (regular files, eventfds, other devices, ...) and `Unknown`
+//! ones pass straight through. Sockets, pipes and ttys become cooperative
+//! lazily, on their first hooked call on a thread with a hub (`fstat`,
+//! `isatty`, `fcntl` once per fd). fds 0–2 are never classified: they are
+//! usually shared with other processes (the shell's terminal, a parent's
+//! pipe), and `O_NONBLOCK` belongs to the shared file description. A pipe
+//! end the process made itself is its own description, so making it
+//! non-blocking does not reach the other end: a child started with
+//! `Stdio::piped()` still gets blocking stdio. Each reset bumps the entry's
+//! generation, which invalidates the registrations threads hold for the old
+//! fd.
 //!
 //! # Per-thread registrations
 //!
@@ -170,8 +175,13 @@ fn classify(fd: c_int) -> FdState {
             return FdState(UNKNOWN);
         }
         // SAFETY: fstat succeeded, so it filled `st`.
-        let mode = unsafe { st.assume_init() }.st_mode;
-        if mode & libc::S_IFMT != libc::S_IFSOCK {
+        let kind = unsafe { st.assume_init() }.st_mode & libc::S_IFMT;
+        let is_socket = kind == libc::S_IFSOCK;
+        // SAFETY: isatty only queries the fd.
+        let pollable = is_socket
+            || kind == libc::S_IFIFO
+            || (kind == libc::S_IFCHR && unsafe { libc::isatty(fd) } == 1);
+        if !pollable {
             set_kind(fd, PLAIN, false);
             return get(fd);
         }
@@ -188,8 +198,10 @@ fn classify(fd: c_int) -> FdState {
                 return FdState(UNKNOWN);
             }
         }
-        set_timeout(fd, libc::SO_RCVTIMEO, read_timeout(fd, libc::SO_RCVTIMEO));
-        set_timeout(fd, libc::SO_SNDTIMEO, read_timeout(fd, libc::SO_SNDTIMEO));
+        if is_socket {
+            set_timeout(fd, libc::SO_RCVTIMEO, read_timeout(fd, libc::SO_RCVTIMEO));
+            set_timeout(fd, libc::SO_SNDTIMEO, read_timeout(fd, libc::SO_SNDTIMEO));
+        }
         set_kind(fd, COOP, user_nb);
         get(fd)
     })

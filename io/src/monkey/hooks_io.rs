@@ -308,9 +308,45 @@ pub unsafe extern "C" fn splice(
     if !patched() || flags & SPLICE_F_NONBLOCK != 0 {
         return op();
     }
-    if fdtable::state_for_io(fd_in).blocking_coop() {
-        io(fd_in, Interest::Readable, op)
-    } else {
-        io(fd_out, Interest::Writable, op)
+    let (sin, sout) = (fdtable::state_for_io(fd_in), fdtable::state_for_io(fd_out));
+    if !sin.blocking_coop() && !sout.blocking_coop() {
+        return op();
+    }
+    let saved = real::errno();
+    loop {
+        let r = op();
+        if r >= 0 {
+            real::set_errno(saved);
+            return r;
+        }
+        if real::errno() != libc::EAGAIN {
+            return r;
+        }
+        // Either end may be the one that is not ready: ask the kernel which.
+        let mut p = [
+            libc::pollfd {
+                fd: fd_in,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: fd_out,
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds.
+        real::keep_errno(|| unsafe { real::poll()(p.as_mut_ptr(), 2, 0) });
+        let (fd, st, dir) = if p[0].revents == 0 && sin.is_coop() {
+            (fd_in, sin, Interest::Readable)
+        } else if sout.is_coop() {
+            (fd_out, sout, Interest::Writable)
+        } else {
+            (fd_in, sin, Interest::Readable)
+        };
+        if let Some(fail) = wait_errno(fd, st, dir, None) {
+            real::set_errno(fail);
+            return -1;
+        }
     }
 }

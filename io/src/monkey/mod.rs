@@ -54,7 +54,8 @@
 //!   non-blocking: there a blocking call is emulated with `poll(2)` so the
 //!   thread still sees blocking semantics (and the emulated timeouts).
 //! * **Patched, thread with a hub** (a coroutine, or a root that has used
-//!   moss): sockets become cooperative (`fdtable.rs`: kernel fd
+//!   moss): sockets, pipes and ttys (fd 3 and up) become cooperative
+//!   (`fdtable.rs`: kernel fd
 //!   non-blocking, the user's `O_NONBLOCK` kept virtual, `SO_RCVTIMEO`/
 //!   `SO_SNDTIMEO` emulated with deadlines, expiring with `EAGAIN` as Linux
 //!   does). A call that would block parks: a coroutine suspends; the root
@@ -65,9 +66,10 @@
 //!
 //! The hub's own syscalls never take the cooperative path: `epoll_wait` and
 //! `epoll_ctl` are not hooked, and the hub's eventfd (written by mio's
-//! `Waker` through `write`) is not a socket, so it stays `Plain`. Regular
-//! files, pipes and ttys stay `Plain` too: making them non-blocking would
-//! change file descriptions shared with other processes.
+//! `Waker` through `write`) is neither a socket, a pipe nor a tty, so it
+//! stays `Plain`. Regular files stay `Plain` (they are always "ready"), and
+//! so do fds 0–2: making them non-blocking would change file descriptions
+//! shared with other processes (the shell's terminal).
 //!
 //! # errno and cancellation
 //!
@@ -93,8 +95,9 @@
 //!
 //! # Limits
 //!
-//! * A socket made cooperative stays non-blocking at the kernel level, also
-//!   for a child process that inherits it.
+//! * An fd made cooperative stays non-blocking at the kernel level, also
+//!   for a child process that inherits that same end (e.g. a socket passed
+//!   as a child's stdio).
 //! * fds closed without going through `close`/`dup2`/`dup3` (glibc-internal
 //!   calls, raw syscalls) keep stale state until their number is reused by
 //!   `socket`/`accept`.
