@@ -7,7 +7,7 @@
 //!
 //! * [`net`] — `TcpStream`, `TcpListener`, `UdpSocket`, `UnixStream`,
 //!   `UnixListener`, `UnixDatagram` and `lookup_host`.
-//! * `server` — `StreamServer`: a coroutine per connection.
+//! * [`server`] — `StreamServer`: a coroutine per connection.
 //! * [`monkey`] — libc symbol interposition for unmodified blocking code.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -16,3 +16,4 @@
 mod dns;
 pub mod monkey;
 pub mod net;
+pub mod server;

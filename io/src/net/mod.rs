@@ -14,7 +14,11 @@
 mod addr;
 mod fd;
 mod tcp;
+mod udp;
+mod unix;
 
 pub use crate::dns::lookup_host;
 pub use addr::ToSocketAddrs;
 pub use tcp::{Incoming, TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::{UnixDatagram, UnixListener, UnixStream};

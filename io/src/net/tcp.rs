@@ -299,7 +299,7 @@ impl TcpListener {
 
     /// Waits for a connection. Errors of `accept(2)` are returned as they
     /// are (`EMFILE` and friends included); see
-    /// `moss::server::StreamServer` for a loop that backs
+    /// [`StreamServer`](crate::server::StreamServer) for a loop that backs
     /// off on them.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (fd, addr) = self
@@ -470,6 +470,8 @@ macro_rules! std_conversions {
         }
     };
 }
+
+pub(crate) use std_conversions;
 
 std_conversions!(TcpStream, net::TcpStream);
 std_conversions!(TcpListener, net::TcpListener);

@@ -1,0 +1,385 @@
+//! `StreamServer`: gevent's StreamServer — a coroutine per connection.
+//!
+//! ```text
+//!  serve_forever ──spawns──▶ acceptor coroutine ──accept──▶ handler coroutine (one per connection)
+//!       │ parks until the acceptor ends      │ pauses while the connection limit is reached
+//!       ▼                                    │ backs off 10 ms → 1 s on EMFILE/ENFILE/ENOBUFS/ENOMEM
+//!  Ok(()) after stop / Err(fatal accept error)
+//!
+//!  stop(timeout): stopped ← true; kill the acceptor; close the listener;
+//!                 wait for handlers until the timeout, then kill the rest
+//! ```
+//!
+//! Everything lives on one thread's hub (the handle is `Clone` but not
+//! `Send`, so the handler need not be `Send` either). For several cores, run
+//! one server per thread with [`moss_runtime::run_per_core`] on listeners
+//! bound with [`TcpListener::bind_reuseport`].
+//!
+//! A handler that panics ends its own connection only: the panic is logged
+//! (the standard panic hook prints it, this module adds the peer address)
+//! and the server keeps serving. Cancellation unwinds (`kill`, `timeout`)
+//! pass through as they must.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use moss_runtime::park::{self, Unparker};
+use moss_runtime::{Cancelled, JoinHandle};
+
+use crate::net::{TcpListener, TcpStream, ToSocketAddrs};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+type Handler = dyn Fn(TcpStream, SocketAddr);
+
+/// A TCP server running `handler(stream, peer)` in a new coroutine for
+/// every connection. The handle is cheap to clone; all clones control the
+/// same server.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::time::Duration;
+/// use moss_io::server::StreamServer;
+///
+/// let server = StreamServer::bind("127.0.0.1:0", |mut s, _peer| {
+///     let mut b = [0; 5];
+///     s.read_exact(&mut b).unwrap();
+///     s.write_all(&b).unwrap();
+/// })
+/// .unwrap();
+/// let addr = server.local_addr();
+/// let srv = server.clone();
+/// let serving = moss_runtime::spawn(move || srv.serve_forever());
+///
+/// let mut c = moss_io::net::TcpStream::connect(addr).unwrap();
+/// c.write_all(b"hello").unwrap();
+/// let mut b = [0; 5];
+/// c.read_exact(&mut b).unwrap();
+/// assert_eq!(&b, b"hello");
+///
+/// server.stop(Duration::from_secs(1));
+/// serving.join().unwrap().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct StreamServer {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    listener: RefCell<Option<Rc<TcpListener>>>,
+    local_addr: SocketAddr,
+    handler: Box<Handler>,
+    max_connections: Cell<Option<usize>>,
+    handlers: RefCell<HashMap<u64, JoinHandle<()>>>,
+    next_id: Cell<u64>,
+    stopped: Cell<bool>,
+    acceptor: RefCell<Option<JoinHandle<()>>>,
+    /// The acceptor's result, once it ended (`None` while it runs).
+    result: RefCell<Option<io::Result<()>>>,
+    /// Waiters: serve_forever (acceptor ended), the acceptor (room under
+    /// the limit), stop (handlers finished).
+    serve_waiter: RefCell<Option<Unparker>>,
+    room_waiter: RefCell<Option<Unparker>>,
+    idle_waiter: RefCell<Option<Unparker>>,
+}
+
+fn wake(slot: &RefCell<Option<Unparker>>) {
+    if let Some(u) = slot.borrow_mut().take() {
+        u.unpark();
+    }
+}
+
+impl StreamServer {
+    /// Binds a listener on `addr` (see [`TcpListener::bind`]) for `handler`.
+    /// Nothing is accepted until [`serve_forever`](Self::serve_forever).
+    pub fn bind<A, F>(addr: A, handler: F) -> io::Result<StreamServer>
+    where
+        A: ToSocketAddrs,
+        F: Fn(TcpStream, SocketAddr) + 'static,
+    {
+        StreamServer::from_listener(TcpListener::bind(addr)?, handler)
+    }
+
+    /// A server on an existing listener (for example one bound with
+    /// [`TcpListener::bind_reuseport`] on each thread of
+    /// [`run_per_core`](moss_runtime::run_per_core)).
+    pub fn from_listener<F>(listener: TcpListener, handler: F) -> io::Result<StreamServer>
+    where
+        F: Fn(TcpStream, SocketAddr) + 'static,
+    {
+        let local_addr = listener.local_addr()?;
+        Ok(StreamServer {
+            inner: Rc::new(Inner {
+                listener: RefCell::new(Some(Rc::new(listener))),
+                local_addr,
+                handler: Box::new(handler),
+                max_connections: Cell::new(None),
+                handlers: RefCell::new(HashMap::new()),
+                next_id: Cell::new(0),
+                stopped: Cell::new(false),
+                acceptor: RefCell::new(None),
+                result: RefCell::new(None),
+                serve_waiter: RefCell::new(None),
+                room_waiter: RefCell::new(None),
+                idle_waiter: RefCell::new(None),
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Caps the number of concurrent connections: while `limit` handlers
+    /// run, accepting pauses (new clients wait in the listen backlog).
+    /// `None` (the default) means no cap; `Some(0)` is treated as 1.
+    pub fn set_max_connections(&self, limit: Option<usize>) {
+        self.inner.max_connections.set(limit.map(|n| n.max(1)));
+        wake(&self.inner.room_waiter);
+    }
+
+    /// The number of connections being handled now.
+    pub fn connections(&self) -> usize {
+        self.inner.handlers.borrow().len()
+    }
+
+    /// Accepts connections until [`stop`](Self::stop), running the handler
+    /// of each in its own coroutine. Returns `Ok(())` after `stop`, or the
+    /// error of a failed `accept` that is not transient. Resource
+    /// exhaustion (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) pauses accepting
+    /// for 10 ms, doubling up to 1 s, while existing connections go on.
+    ///
+    /// Fails with `ErrorKind::NotConnected` once the server was stopped, and
+    /// with `ErrorKind::AlreadyExists` if it is already serving.
+    pub fn serve_forever(&self) -> io::Result<()> {
+        let inner = &self.inner;
+        let Some(listener) = inner.listener.borrow().clone() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the server was stopped",
+            ));
+        };
+        if inner.acceptor.borrow().is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the server is already serving",
+            ));
+        }
+        *inner.result.borrow_mut() = None;
+        let me = self.inner.clone();
+        let acceptor = moss_runtime::Builder::new()
+            .name("moss::server acceptor")
+            .spawn(move || {
+                let _done = AcceptorDone(me.clone());
+                let r = me.accept_loop(&listener);
+                *me.result.borrow_mut() = Some(r);
+            })?;
+        *inner.acceptor.borrow_mut() = Some(acceptor);
+        // If the caller is cancelled while serving, take the acceptor down.
+        let guard = KillAcceptor(self.inner.clone());
+        loop {
+            let r = inner.result.borrow_mut().take();
+            if let Some(r) = r {
+                inner.acceptor.borrow_mut().take();
+                drop(guard); // finds no acceptor left to kill
+                return r;
+            }
+            *inner.serve_waiter.borrow_mut() = Some(park::unparker());
+            park::park_cancellable(None, "StreamServer::serve_forever");
+        }
+    }
+
+    /// Stops accepting (the listening socket is closed), then waits up to
+    /// `timeout` for running handlers to finish and kills the rest. Returns
+    /// when every handler has ended. A handler may call it; it does not wait
+    /// for itself.
+    pub fn stop(&self, timeout: Duration) {
+        let inner = &self.inner;
+        inner.stopped.set(true);
+        let acceptor = inner.acceptor.borrow_mut().take();
+        if let Some(a) = acceptor {
+            // Leaves its result (Ok) for serve_forever; see AcceptorDone.
+            a.kill();
+        }
+        inner.listener.borrow_mut().take();
+        wake(&inner.room_waiter);
+        let me = moss_runtime::current().id();
+        let others = |inner: &Inner| inner.handlers.borrow().values().any(|h| h.id() != me);
+        let deadline = Instant::now().checked_add(timeout);
+        while others(inner) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let hs: Vec<JoinHandle<()>> = {
+                    let mut map = inner.handlers.borrow_mut();
+                    let ids: Vec<u64> = map
+                        .iter()
+                        .filter(|(_, h)| h.id() != me)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    ids.iter().filter_map(|k| map.remove(k)).collect()
+                };
+                for h in hs {
+                    h.kill();
+                }
+                break;
+            }
+            *inner.idle_waiter.borrow_mut() = Some(park::unparker());
+            park::park_cancellable(deadline, "StreamServer::stop");
+        }
+    }
+}
+
+impl Inner {
+    fn accept_loop(self: &Rc<Inner>, listener: &TcpListener) -> io::Result<()> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if self.stopped.get() {
+                return Ok(());
+            }
+            while self
+                .max_connections
+                .get()
+                .is_some_and(|m| self.handlers.borrow().len() >= m)
+                && !self.stopped.get()
+            {
+                *self.room_waiter.borrow_mut() = Some(park::unparker());
+                park::park_cancellable(None, "StreamServer: connection limit");
+            }
+            if self.stopped.get() {
+                return Ok(());
+            }
+            match listener.accept() {
+                Ok((s, peer)) => {
+                    backoff = BACKOFF_MIN;
+                    self.spawn_handler(s, peer)?;
+                }
+                Err(e) if is_exhaustion(&e) => {
+                    if backoff == BACKOFF_MIN {
+                        eprintln!(
+                            "moss::server {}: accept failed ({e}); pausing, retrying with back-off",
+                            self.local_addr
+                        );
+                    }
+                    moss_runtime::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(e) if is_transient(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn spawn_handler(self: &Rc<Inner>, s: TcpStream, peer: SocketAddr) -> io::Result<()> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let me = self.clone();
+        let h = moss_runtime::spawn(move || {
+            let _done = HandlerDone(me.clone(), id);
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| (me.handler)(s, peer))) {
+                if p.is::<Cancelled>() {
+                    resume_unwind(p);
+                }
+                eprintln!(
+                    "moss::server {}: the handler for {peer} panicked: {}",
+                    me.local_addr,
+                    panic_message(&*p)
+                );
+            }
+        });
+        self.handlers.borrow_mut().insert(id, h);
+        Ok(())
+    }
+}
+
+/// Resource exhaustion: pause accepting, keep serving.
+fn is_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Errors about one connection (or a signal), not about the listener.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+                | libc::ETIMEDOUT
+        )
+    )
+}
+
+fn panic_message(p: &(dyn Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
+}
+
+/// Removes a finished handler and wakes whoever waits for room or idleness.
+struct HandlerDone(Rc<Inner>, u64);
+
+impl Drop for HandlerDone {
+    fn drop(&mut self) {
+        let h = self.0.handlers.borrow_mut().remove(&self.1);
+        drop(h);
+        wake(&self.0.room_waiter);
+        wake(&self.0.idle_waiter);
+    }
+}
+
+/// Records `Ok(())` if the acceptor was killed before storing a result, and
+/// wakes serve_forever.
+struct AcceptorDone(Rc<Inner>);
+
+impl Drop for AcceptorDone {
+    fn drop(&mut self) {
+        let mut r = self.0.result.borrow_mut();
+        if r.is_none() {
+            *r = Some(Ok(()));
+        }
+        drop(r);
+        wake(&self.0.serve_waiter);
+    }
+}
+
+/// Kills the acceptor if serve_forever unwinds (its caller was cancelled).
+struct KillAcceptor(Rc<Inner>);
+
+impl Drop for KillAcceptor {
+    fn drop(&mut self) {
+        let a = self.0.acceptor.borrow_mut().take();
+        if let Some(a) = a {
+            a.kill();
+        }
+    }
+}
+
+impl fmt::Debug for StreamServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamServer")
+            .field("local_addr", &self.inner.local_addr)
+            .field("connections", &self.connections())
+            .field("stopped", &self.inner.stopped.get())
+            .finish()
+    }
+}
