@@ -46,8 +46,8 @@ struct Opts {
 
 const USAGE: &str = "usage:
   echo_bench [--conns 64,512] [--size 64] [--pipeline 1] [--duration SECS] [--warmup SECS]
-             [--rounds 3] [--servers moss,tokio,std] [--buf 4096] [--hold 10000] [--strace]
-  echo_bench --serve moss|tokio|std [--port 0] [--buf 4096]
+             [--rounds 3] [--servers moss,monkey,tokio,std] [--buf 4096] [--hold 10000] [--strace]
+  echo_bench --serve moss|monkey|tokio|std [--port 0] [--buf 4096]
   echo_bench --load --addr IP:PORT [--conns 64] [--size 64] [--pipeline 1] [--duration SECS]";
 
 fn die(msg: &str) -> ! {

@@ -10,6 +10,9 @@ use std::net::TcpListener;
 pub enum Kind {
     /// moss: one coroutine per connection, one hub.
     Moss,
+    /// moss after `monkey::patch_all()`: the plain std::net code of `Std`,
+    /// one coroutine per connection on one hub instead of one thread.
+    Monkey,
     /// tokio current-thread runtime: one task per connection.
     Tokio,
     /// std: one OS thread per connection, blocking I/O.
@@ -18,11 +21,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order (moss first: the ratios are against it).
-    pub const ALL: &'static [Kind] = &[Kind::Moss, Kind::Tokio, Kind::Std];
+    pub const ALL: &'static [Kind] = &[Kind::Moss, Kind::Monkey, Kind::Tokio, Kind::Std];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Moss => "moss",
+            Kind::Monkey => "moss (patched std::net)",
             Kind::Tokio => "tokio-current-thread",
             Kind::Std => "std-thread-per-conn",
         }
@@ -32,6 +36,7 @@ impl Kind {
     pub fn key(self) -> &'static str {
         match self {
             Kind::Moss => "moss",
+            Kind::Monkey => "monkey",
             Kind::Tokio => "tokio",
             Kind::Std => "std",
         }
@@ -45,6 +50,7 @@ impl Kind {
     pub fn serve(self, l: TcpListener, buf: usize) {
         match self {
             Kind::Moss => serve_moss(l, buf),
+            Kind::Monkey => serve_monkey(l, buf),
             Kind::Tokio => serve_tokio(l, buf),
             Kind::Std => serve_std(l, buf),
         }
@@ -68,6 +74,23 @@ fn serve_moss(l: TcpListener, buf: usize) {
             }
             Err(_) => moss::sleep(std::time::Duration::from_millis(10)),
         }
+    }
+}
+
+fn serve_monkey(l: TcpListener, buf: usize) {
+    moss::monkey::patch_all();
+    moss::yield_now(); // this thread gets a hub: the root's accept yields to the coroutines
+    for s in l.incoming() {
+        let Ok(mut s) = s else { continue };
+        moss::spawn(move || {
+            let _ = s.set_nodelay(true);
+            let mut b = vec![0u8; buf];
+            while let Ok(n @ 1..) = s.read(&mut b) {
+                if s.write_all(&b[..n]).is_err() {
+                    break;
+                }
+            }
+        });
     }
 }
 

@@ -332,12 +332,13 @@ pub(crate) enum Outcome {
 struct Local {
     generation: u64,
     reg: Rc<Registration>,
-    /// Unparkers of the waits in progress, woken by `close`.
-    waiters: Vec<Unparker>,
+    /// Unparkers of the waits in progress (by wait number), woken by `close`.
+    waiters: Vec<(u64, Unparker)>,
 }
 
 thread_local! {
     static LOCAL: RefCell<Vec<Option<Local>>> = const { RefCell::new(Vec::new()) };
+    static NEXT_WAIT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Releases a registration that may be stale: see the module docs.
@@ -369,7 +370,7 @@ fn drop_local(fd: c_int) {
         // Nobody waits: deregister now, while the fd is still open.
         drop(local.reg);
     } else {
-        for u in &local.waiters {
+        for (_, u) in &local.waiters {
             u.unpark();
         }
         release(local.reg, true);
@@ -377,8 +378,9 @@ fn drop_local(fd: c_int) {
 }
 
 /// This thread's registration of `fd` for generation `generation`, made now
-/// if needed; `None` if the reactor refuses the fd.
-fn local_registration(fd: c_int, generation: u64) -> Option<Rc<Registration>> {
+/// if needed, with an unparker of the caller's coming wait (number `wait`)
+/// enlisted for `close`; `None` if the reactor refuses the fd.
+fn local_registration(fd: c_int, generation: u64, wait: u64) -> Option<Rc<Registration>> {
     let idx = usize::try_from(fd).ok()?;
     let (found, stale) = LOCAL
         .try_with(|l| {
@@ -386,8 +388,9 @@ fn local_registration(fd: c_int, generation: u64) -> Option<Rc<Registration>> {
             if l.len() <= idx {
                 l.resize_with(idx + 1, || None);
             }
-            match &l[idx] {
+            match &mut l[idx] {
                 Some(x) if x.generation == generation && x.reg.hub_id() == reactor::hub_id() => {
+                    x.waiters.push((wait, park::unparker()));
                     Some((Some(x.reg.clone()), None))
                 }
                 Some(_) => Some((None, l[idx].take())),
@@ -409,7 +412,7 @@ fn local_registration(fd: c_int, generation: u64) -> Option<Rc<Registration>> {
                 l[idx] = Some(Local {
                     generation,
                     reg: reg.clone(),
-                    waiters: Vec::new(),
+                    waiters: vec![(wait, park::unparker())],
                 });
             }
         })
@@ -448,12 +451,13 @@ fn wait_hub(
     dir: Interest,
     deadline: Option<Instant>,
 ) -> Option<Outcome> {
-    let reg = local_registration(fd, generation)?;
-    let me = park::unparker();
-    with_local(fd, generation, |l| l.waiters.push(me.clone()));
+    let wait = NEXT_WAIT.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    let reg = local_registration(fd, generation, wait)?;
     let r = real::keep_errno(|| reg.wait_raw(dir, deadline));
-    with_local(fd, generation, |l| l.waiters.retain(|u| !u.same_wait(&me)));
-    drop(me);
+    with_local(fd, generation, |l| l.waiters.retain(|(w, _)| *w != wait));
     let closed = get(fd).generation() != generation;
     release(reg, closed);
     if closed {
