@@ -689,3 +689,58 @@ fn pipes_and_child_output_are_read_cooperatively() {
         tick.kill();
     });
 }
+
+#[test]
+fn connect_timeout_expires_cooperatively_against_a_full_backlog() {
+    on_thread(Duration::from_secs(20), || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // SAFETY: re-listen with the smallest backlog on our own socket.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let (ticks, tick) = ticker();
+        let h = moss::spawn(move || {
+            // Nobody accepts: once the queue is full, SYNs are dropped and a
+            // connect can only time out.
+            let mut held = Vec::new();
+            for _ in 0..8 {
+                let t = Instant::now();
+                match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                    Ok(s) => held.push(s),
+                    Err(e) => return (e.kind(), t.elapsed(), held.len()),
+                }
+            }
+            panic!("8 connections to a backlog-0 listener all succeeded");
+        });
+        let before = ticks.get();
+        let (kind, waited, ok) = h.join().unwrap();
+        assert_eq!(kind, ErrorKind::TimedOut, "after {ok} connections");
+        assert!(waited >= Duration::from_millis(190), "{waited:?}");
+        assert!(
+            ticks.get() - before >= 10,
+            "the ticker stalled during connect_timeout"
+        );
+        tick.kill();
+        drop(listener);
+    });
+}
+
+#[test]
+fn cross_thread_wakeups_still_work_after_patching() {
+    // The hub's eventfd is written through the `write` hook by a coroutine
+    // of another thread: it must stay a plain write.
+    moss::monkey::patch_all();
+    let ev = std::sync::Arc::new(moss::sync::Event::new());
+    let e2 = ev.clone();
+    let setter = std::thread::spawn(move || {
+        moss::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            e2.set();
+        })
+        .join()
+        .unwrap();
+    });
+    let t = Instant::now();
+    assert!(ev.wait_timeout(Duration::from_secs(10)));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    setter.join().unwrap();
+}
