@@ -1,12 +1,24 @@
 //! Pools and processes: thread pools and process pools the hub waits on
 //! without blocking, child processes and a queue shared between processes.
 //!
+//! * [`ThreadPool`] — OS threads for blocking or CPU-bound closures
+//!   (module `thread_pool`).
 //! * [`Process`], [`ProcessHandle`], [`Runnable`] — `multiprocessing.Process`
 //!   (module `process`).
+//! * [`ProcessPool`] — worker processes for CPU-bound `fn(A) -> R` tasks
+//!   (modules `process_pool`, and `pool_manager` for its manager thread).
 //! * [`ProcessQueue`] — `multiprocessing.Queue` (module `process_queue`).
+//! * [`PoolError`] — why a pool task produced no result (module `error`).
 
+mod error;
+mod pool_manager;
 mod process;
+mod process_pool;
 mod process_queue;
+mod thread_pool;
 
+pub use error::PoolError;
 pub use process::{PANIC_EXIT_CODE, Process, ProcessHandle, Runnable};
+pub use process_pool::ProcessPool;
 pub use process_queue::ProcessQueue;
+pub use thread_pool::{Imap, ThreadPool};

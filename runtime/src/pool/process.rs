@@ -161,8 +161,14 @@ fn spawn_child(name: String, body: impl FnOnce()) -> io::Result<ProcessHandle> {
     reap_orphans();
     // What the parent buffered must not be printed by the child too.
     let _ = io::stdout().flush();
+    let close_in_child = super::pool_manager::private_fds();
     match fork::fork()? {
-        Forked::Child => run_child(body),
+        Forked::Child => {
+            for fd in close_in_child {
+                fork::close_raw(fd);
+            }
+            run_child(body)
+        }
         Forked::Parent(pid) => {
             // Without pidfds, `join` falls back to polling waitpid.
             let pidfd = fork::pidfd_open(pid).ok();
@@ -176,8 +182,8 @@ fn spawn_child(name: String, body: impl FnOnce()) -> io::Result<ProcessHandle> {
     }
 }
 
-/// The child side of every fork in moss: a fresh hub, the body, `_exit`.
-pub(crate) fn run_child(body: impl FnOnce()) -> ! {
+/// The child side of a process: a fresh hub, the body, `_exit`.
+fn run_child(body: impl FnOnce()) -> ! {
     Hub::forget_after_fork();
     let r = catch_unwind(AssertUnwindSafe(|| crate::run(body)));
     let _ = io::stdout().flush();

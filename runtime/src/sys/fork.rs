@@ -206,6 +206,15 @@ pub(crate) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
+/// `close(2)` on a raw fd number, for a freshly forked child dropping fds
+/// it inherited but must not hold (their owners live in the parent).
+pub(crate) fn close_raw(fd: RawFd) {
+    // SAFETY: closing an fd number has no memory-safety preconditions; in
+    // the child nothing else will use these numbers (their owning objects
+    // belong to the parent and are never dropped here).
+    unsafe { libc::close(fd) };
+}
+
 /// `read(2)`, retrying on `EINTR`.
 pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {

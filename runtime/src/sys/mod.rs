@@ -11,8 +11,6 @@
 //!   coroutine's guard page into a one-line report and an abort, chaining every
 //!   other fault to the handler that was installed before.
 
-// The process pool (next increment) uses the rest of it.
-#[allow(dead_code)]
 pub(crate) mod fork;
 pub(crate) mod signal;
 pub(crate) mod stack;

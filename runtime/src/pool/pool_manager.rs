@@ -1,0 +1,535 @@
+//! The manager thread of a [`ProcessPool`](super::ProcessPool) and the loop
+//! its forked workers run.
+//!
+//! The manager owns every worker's socket (parent end, non-blocking) and
+//! pidfd and blocks in `poll(2)` on them plus the pool's wake pipe. Each
+//! round it:
+//!
+//! 1. takes queued tasks for idle workers (one task per worker at a time)
+//!    and fails everything on `terminate`;
+//! 2. forks a replacement for every dead worker (retrying every 100 ms if a
+//!    fork fails; with no worker left at all, queued tasks fail instead of
+//!    waiting forever);
+//! 3. writes pending request bytes, reads replies and completes tasks
+//!    (outside the pool's lock: completing wakes the caller's hub);
+//! 4. detects deaths (pidfd readable, socket hang-up or send error): reads
+//!    any reply the worker still sent, reaps it, fails its task with
+//!    [`PoolError::WorkerDied`].
+//!
+//! Frames in both directions are `[len: u32 LE][body]`. A request body is
+//! `[trampoline: u64][function: u64][postcard arguments]`; a reply body is
+//! `[status: u8][postcard result or message]`; an empty request asks the
+//! worker to exit. Once the pool is closed and drained, or terminated, the
+//! manager stops the workers (exit request, then SIGKILL after a grace
+//! period, or SIGKILL at once), reaps them all and exits.
+//!
+//! Fds private to pools are listed in a process-wide registry so that every
+//! child forked by moss (workers of any pool, [`Process`](super::Process)
+//! children) closes them: otherwise a child would hold another worker's
+//! socket open and hide its hang-up.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::PoolError;
+use super::process_pool::{Reply, Shared, Task, Trampoline};
+use crate::hub::Hub;
+use crate::sys::fork::{self, Exit, Forked};
+use crate::thread::Oneshot;
+
+/// How long closed-pool workers get to exit on request before SIGKILL.
+const GRACE: Duration = Duration::from_secs(2);
+const RETRY: Duration = Duration::from_millis(100);
+
+static PRIVATE_FDS: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
+
+fn register(fd: RawFd) {
+    PRIVATE_FDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(fd);
+}
+
+fn unregister(fd: RawFd) {
+    if let Some(s) = PRIVATE_FDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+    {
+        s.remove(&fd);
+    }
+}
+
+/// The pool-private fds, to be closed by a child right after `fork` (take
+/// the snapshot before forking: the child must not lock anything).
+pub(crate) fn private_fds() -> Vec<RawFd> {
+    PRIVATE_FDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default()
+}
+
+/// Starts the manager thread; it reports on `started` once the workers run.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    wake_r: OwnedFd,
+    started: Arc<Oneshot<io::Result<()>>>,
+) -> io::Result<()> {
+    register(wake_r.as_raw_fd());
+    let wake_w = shared.wake_fd();
+    register(wake_w);
+    let r = std::thread::Builder::new()
+        .name("moss-process-pool".into())
+        // Workers are forked from this thread and run tasks on its stack.
+        .stack_size(8 << 20)
+        .spawn(move || {
+            let mut m = Manager {
+                shared,
+                wake_r,
+                workers: Vec::new(),
+                retry_at: None,
+            };
+            m.run(&started);
+            unregister(m.wake_r.as_raw_fd());
+            unregister(wake_w);
+            m.shared.manager_exited();
+        });
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            unregister(wake_w);
+            Err(e)
+        }
+    }
+}
+
+struct Worker {
+    pid: libc::pid_t,
+    pidfd: Option<OwnedFd>,
+    sock: OwnedFd,
+    task: Option<Arc<Reply>>,
+    out: Vec<u8>,
+    out_pos: usize,
+    inbuf: Vec<u8>,
+    dead: bool,
+}
+
+impl Worker {
+    fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        std::iter::once(self.sock.as_raw_fd()).chain(self.pidfd.as_ref().map(|f| f.as_raw_fd()))
+    }
+
+    fn start(&mut self, t: Task) {
+        let len = (16 + t.args.len()) as u32;
+        self.out.clear();
+        self.out.extend_from_slice(&len.to_le_bytes());
+        self.out
+            .extend_from_slice(&(t.call as usize as u64).to_le_bytes());
+        self.out.extend_from_slice(&(t.f as u64).to_le_bytes());
+        self.out.extend_from_slice(&t.args);
+        self.out_pos = 0;
+        self.task = Some(t.reply);
+    }
+
+    /// Sends pending request bytes; marks the worker dead on a send error.
+    fn flush(&mut self) {
+        while self.out_pos < self.out.len() {
+            match fork::write(self.sock.as_raw_fd(), &self.out[self.out_pos..], true) {
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.dead = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what the worker sent; returns a completed reply, if any. Marks
+    /// the worker dead at EOF or on an error.
+    fn read(&mut self) -> Option<(Arc<Reply>, Vec<u8>)> {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match fork::read(self.sock.as_raw_fd(), &mut buf) {
+                Ok(0) => {
+                    self.dead = true;
+                    break;
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.dead = true;
+                    break;
+                }
+            }
+        }
+        if self.inbuf.len() < 4 {
+            return None;
+        }
+        let len = u32::from_le_bytes(self.inbuf[..4].try_into().expect("4 bytes")) as usize;
+        if self.inbuf.len() < 4 + len {
+            return None;
+        }
+        let body = self.inbuf[4..4 + len].to_vec();
+        self.inbuf.drain(..4 + len);
+        // A reply without a task would be a protocol error; drop it.
+        self.task.take().map(|r| (r, body))
+    }
+}
+
+struct Manager {
+    shared: Arc<Shared>,
+    wake_r: OwnedFd,
+    /// `None`: a vacant slot waiting for a replacement.
+    workers: Vec<Option<Worker>>,
+    retry_at: Option<Instant>,
+}
+
+impl Manager {
+    fn run(&mut self, started: &Oneshot<io::Result<()>>) {
+        for _ in 0..self.shared.size {
+            match self.spawn_worker() {
+                Ok(w) => self.workers.push(Some(w)),
+                Err(e) => {
+                    self.kill_all(&PoolError::Terminated);
+                    started.set(Err(e));
+                    return;
+                }
+            }
+        }
+        self.publish_pids();
+        started.set(Ok(()));
+        let terminated = loop {
+            match self.round() {
+                Some(terminated) => break terminated,
+                None => continue,
+            }
+        };
+        if terminated {
+            self.kill_all(&PoolError::Terminated);
+        } else {
+            self.stop_gracefully();
+        }
+    }
+
+    /// One round of the loop; `Some(terminated)` when the manager must stop.
+    fn round(&mut self) -> Option<bool> {
+        let mut failed: Vec<(Arc<Reply>, PoolError)> = Vec::new();
+        {
+            let mut s = self.shared.lock();
+            if s.terminated {
+                failed.extend(s.queue.drain(..).map(|t| (t.reply, PoolError::Terminated)));
+                drop(s);
+                self.complete_failed(failed);
+                return Some(true);
+            }
+            for w in self.workers.iter_mut().flatten() {
+                if w.task.is_none()
+                    && !w.dead
+                    && let Some(t) = s.queue.pop_front()
+                {
+                    w.start(t);
+                }
+            }
+            let idle = self.workers.iter().flatten().all(|w| w.task.is_none());
+            if s.closed && s.queue.is_empty() && idle {
+                return Some(false);
+            }
+            let needed = !(s.closed && s.queue.is_empty());
+            drop(s);
+            if needed {
+                self.fill_vacancies(&mut failed);
+            }
+        }
+        self.complete_failed(failed);
+        for w in self.workers.iter_mut().flatten() {
+            w.flush();
+        }
+
+        let mut fds = vec![fork::poll_fd(&self.wake_r, true, false)];
+        let mut owners = Vec::new(); // (worker index, is pidfd)
+        for (i, w) in self.workers.iter().enumerate() {
+            let Some(w) = w else { continue };
+            fds.push(fork::poll_fd(&w.sock, true, w.out_pos < w.out.len()));
+            owners.push((i, false));
+            if let Some(p) = &w.pidfd {
+                fds.push(fork::poll_fd(p, true, false));
+                owners.push((i, true));
+            }
+        }
+        let any_dead = self.workers.iter().flatten().any(|w| w.dead);
+        let timeout = if any_dead {
+            Some(Duration::ZERO)
+        } else {
+            self.retry_at
+                .map(|t| t.saturating_duration_since(Instant::now()))
+        };
+        if fork::poll(&mut fds, timeout).is_err() {
+            std::thread::sleep(RETRY); // EINVAL/ENOMEM: try again later
+        }
+        if fork::poll_readable(&fds[0]) {
+            self.shared.wake_pending.store(false, Ordering::Release);
+            let mut buf = [0u8; 64];
+            while matches!(fork::read(self.wake_r.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
+        }
+
+        let mut done: Vec<(Arc<Reply>, Vec<u8>)> = Vec::new();
+        for (p, &(i, is_pidfd)) in fds[1..].iter().zip(&owners) {
+            let w = self.workers[i].as_mut().expect("polled workers exist");
+            if is_pidfd {
+                if fork::poll_readable(p) {
+                    w.dead = true;
+                }
+                continue;
+            }
+            if fork::poll_writable(p) {
+                w.flush();
+            }
+            if fork::poll_readable(p) {
+                done.extend(w.read());
+            }
+        }
+        let mut failed = Vec::new();
+        for slot in &mut self.workers {
+            if slot.as_ref().is_some_and(|w| w.dead) {
+                let mut w = slot.take().expect("checked");
+                done.extend(w.read()); // a reply sent just before dying counts
+                let (exit, task) = reap(&mut w);
+                if let Some(r) = task {
+                    let (signal, exit_code) = match exit {
+                        Some(Exit::Signal(s)) => (Some(s), None),
+                        Some(Exit::Code(c)) => (None, Some(c)),
+                        None => (None, None),
+                    };
+                    failed.push((
+                        r,
+                        PoolError::WorkerDied {
+                            pid: w.pid as u32,
+                            signal,
+                            exit_code,
+                        },
+                    ));
+                }
+            }
+        }
+        let n = done.len();
+        for (r, body) in done {
+            r.set(Ok(body));
+        }
+        if n > 0 {
+            self.shared.finished(n);
+        }
+        self.complete_failed(failed);
+        None
+    }
+
+    fn complete_failed(&self, failed: Vec<(Arc<Reply>, PoolError)>) {
+        let n = failed.len();
+        for (r, e) in failed {
+            r.set(Err(e));
+        }
+        if n > 0 {
+            self.shared.finished(n);
+        }
+    }
+
+    fn fill_vacancies(&mut self, failed: &mut Vec<(Arc<Reply>, PoolError)>) {
+        if !self.workers.iter().any(Option::is_none) {
+            return;
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.retry_at = None;
+        let mut last_err = None;
+        for i in 0..self.workers.len() {
+            if self.workers[i].is_none() {
+                match self.spawn_worker() {
+                    Ok(w) => self.workers[i] = Some(w),
+                    Err(e) => last_err = Some(e),
+                }
+            }
+        }
+        self.publish_pids();
+        if let Some(e) = last_err {
+            self.retry_at = Some(Instant::now() + RETRY);
+            if self.workers.iter().all(Option::is_none) {
+                let mut s = self.shared.lock();
+                failed.extend(s.queue.drain(..).map(|t| (t.reply, PoolError::io(&e))));
+            }
+        }
+    }
+
+    fn publish_pids(&self) {
+        let pids = self
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| w.pid as u32)
+            .collect();
+        self.shared.lock().pids = pids;
+    }
+
+    fn spawn_worker(&mut self) -> io::Result<Worker> {
+        let (parent, child) = fork::socketpair()?;
+        let close_in_child = private_fds();
+        match fork::fork()? {
+            Forked::Child => {
+                Hub::forget_after_fork();
+                for fd in close_in_child {
+                    fork::close_raw(fd);
+                }
+                fork::close_raw(parent.as_raw_fd());
+                worker_main(child.as_raw_fd())
+            }
+            Forked::Parent(pid) => {
+                drop(child);
+                fork::set_nonblocking(parent.as_raw_fd(), true)?;
+                let pidfd = fork::pidfd_open(pid).ok();
+                let w = Worker {
+                    pid,
+                    pidfd,
+                    sock: parent,
+                    task: None,
+                    out: Vec::new(),
+                    out_pos: 0,
+                    inbuf: Vec::new(),
+                    dead: false,
+                };
+                w.fds().for_each(register);
+                Ok(w)
+            }
+        }
+    }
+
+    /// SIGKILLs and reaps every worker; running tasks fail with `why`.
+    fn kill_all(&mut self, why: &PoolError) {
+        let mut failed = Vec::new();
+        for w in self.workers.iter_mut().flatten() {
+            let _ = fork::signal(w.pid, libc::SIGKILL);
+        }
+        for mut w in self.workers.drain(..).flatten() {
+            let (_, task) = reap(&mut w);
+            failed.extend(task.map(|r| (r, why.clone())));
+        }
+        self.complete_failed(failed);
+    }
+
+    /// Asks idle workers to exit, waits up to [`GRACE`], then kills the rest.
+    fn stop_gracefully(&mut self) {
+        for w in self.workers.iter_mut().flatten() {
+            w.out = 0u32.to_le_bytes().to_vec();
+            w.out_pos = 0;
+            w.flush();
+        }
+        let end = Instant::now() + GRACE;
+        loop {
+            let mut live = Vec::new();
+            for slot in &mut self.workers {
+                if let Some(w) = slot
+                    && matches!(fork::try_wait(w.pid), Ok(Some(_)) | Err(_))
+                {
+                    let mut w = slot.take().expect("checked");
+                    w.pid = 0; // reaped above
+                    let _ = reap(&mut w);
+                    continue;
+                }
+                if let Some(w) = slot {
+                    live.push(fork::poll_fd(
+                        w.pidfd.as_ref().unwrap_or(&w.sock),
+                        true,
+                        false,
+                    ));
+                }
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if live.is_empty() || left.is_zero() {
+                break;
+            }
+            let _ = fork::poll(&mut live, Some(left.min(Duration::from_millis(50))));
+        }
+        self.kill_all(&PoolError::Terminated);
+    }
+}
+
+/// Closes a dead (or stopping) worker's fds and reaps it (SIGKILL first if
+/// it has not exited, so this never waits long). `pid == 0` means already
+/// reaped. Returns how it ended and the task it was running.
+fn reap(w: &mut Worker) -> (Option<Exit>, Option<Arc<Reply>>) {
+    w.fds().for_each(unregister);
+    let exit = if w.pid == 0 {
+        None
+    } else {
+        match fork::try_wait(w.pid) {
+            Ok(Some(e)) => Some(e),
+            Ok(None) => {
+                let _ = fork::signal(w.pid, libc::SIGKILL);
+                fork::wait_blocking(w.pid).ok()
+            }
+            Err(_) => None,
+        }
+    };
+    (exit, w.task.take())
+}
+
+/// The loop of a worker process: requests in, replies out, on the blocking
+/// child end of its socket pair. Never returns.
+fn worker_main(sock: RawFd) -> ! {
+    let mut header = [0u8; 4];
+    loop {
+        if !read_exact(sock, &mut header) {
+            fork::exit_now(0);
+        }
+        let len = u32::from_le_bytes(header) as usize;
+        if len < 16 {
+            fork::exit_now(0); // an exit request (or garbage)
+        }
+        let mut body = vec![0u8; len];
+        if !read_exact(sock, &mut body) {
+            fork::exit_now(0);
+        }
+        let call = u64::from_le_bytes(body[..8].try_into().expect("8 bytes")) as usize;
+        let f = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")) as usize;
+        // SAFETY: `call` is the value of a `Trampoline` function pointer that
+        // the manager of this pool wrote into this private socket, taken in
+        // the process this worker was forked from: the same code at the same
+        // address.
+        let call = unsafe { std::mem::transmute::<usize, Trampoline>(call) };
+        let reply = call(f, &body[16..]);
+        let mut frame = Vec::with_capacity(4 + reply.len());
+        frame.extend_from_slice(&(reply.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&reply);
+        if !write_all(sock, &frame) {
+            fork::exit_now(0);
+        }
+    }
+}
+
+fn read_exact(fd: RawFd, buf: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        match fork::read(fd, &mut buf[got..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got += n,
+        }
+    }
+    true
+}
+
+fn write_all(fd: RawFd, buf: &[u8]) -> bool {
+    let mut done = 0;
+    while done < buf.len() {
+        match fork::write(fd, &buf[done..], true) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => done += n,
+        }
+    }
+    true
+}

@@ -1,0 +1,448 @@
+//! A pool of worker processes for CPU-bound work: `multiprocessing.Pool`.
+//!
+//! # Design
+//!
+//! ```text
+//!  callers (any coroutine / thread)      manager thread             workers (forked)
+//!  ─────────────────────────────────     ──────────────────────     ─────────────────
+//!  serialize args, push a Task ──queue──▶ poll(2): wake pipe,        read frame (blocking)
+//!  write the wake pipe (once)            every worker's socket      call trampoline(f, args)
+//!  park on the task's Oneshot            and pidfd                  write reply frame
+//!        ▲                               send a frame to each  ───▶
+//!        └──── Oneshot::set + Unparker ◀─ idle worker; read replies ◀─
+//! ```
+//!
+//! * Tasks are plain `fn(A) -> R` pointers. A forked worker has the parent's
+//!   address space, so the pointer's value (sent as an integer) names the
+//!   same code there. With it travels a pointer to a monomorphized
+//!   *trampoline* for that `A`/`R` that deserializes the arguments (postcard),
+//!   calls the function under `catch_unwind` and serializes the result. The
+//!   frames go over a private socket pair per worker, which no one but this
+//!   pool writes, so a worker only ever calls pointers its parent sent.
+//! * One manager thread per pool owns every worker fd and does all the
+//!   worker I/O with non-blocking sockets and `poll`: no caller ever blocks
+//!   a hub, and the pool can be used from any number of coroutines and
+//!   threads at once (tasks are served in submission order).
+//! * Each worker runs one task at a time. When its pidfd turns readable (or
+//!   its socket hangs up) the manager first reads whatever reply it still
+//!   sent, then reaps it; a task it was running fails with
+//!   [`PoolError::WorkerDied`], and a fresh worker is forked at once. Other
+//!   tasks are not affected.
+//! * Workers are forked by the manager thread, so in a worker only that
+//!   thread existed (see the fork rules in [`Process`](super::Process)): a
+//!   task should not rely on locks other threads of the parent might hold
+//!   (std's stdout lock included, if other threads print at the same time).
+//! * [`map`](ProcessPool::map) sends items in chunks (about four per worker,
+//!   as Python does), each chunk one task.
+//!
+//! ```
+//! use moss_runtime::pool::ProcessPool;
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//! fn pid(_: ()) -> u32 { std::process::id() }
+//!
+//! let pool = ProcessPool::new(2).unwrap();
+//! assert_eq!(pool.apply(square, 7).unwrap(), 49);
+//! assert_ne!(pool.apply(pid, ()).unwrap(), std::process::id());
+//! assert_eq!(pool.map(square, 1..=4).unwrap(), vec![1, 4, 9, 16]);
+//! pool.close();
+//! pool.join();
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::PoolError;
+use super::pool_manager;
+use crate::park::{self, Unparker};
+use crate::sync::AsyncResult;
+use crate::sys::fork;
+use crate::thread::Oneshot;
+
+/// Runs in a worker: `(function pointer, serialized arguments)` to a reply
+/// (a status byte, then the serialized result or a message).
+pub(crate) type Trampoline = fn(usize, &[u8]) -> Vec<u8>;
+
+pub(crate) const REPLY_OK: u8 = 0;
+pub(crate) const REPLY_PANIC: u8 = 1;
+pub(crate) const REPLY_SERDE: u8 = 2;
+
+/// What a caller waits for: the serialized result, or why there is none.
+pub(crate) type Reply = Oneshot<Result<Vec<u8>, PoolError>>;
+
+/// A task on its way to a worker.
+pub(crate) struct Task {
+    pub(crate) call: Trampoline,
+    pub(crate) f: usize,
+    pub(crate) args: Vec<u8>,
+    pub(crate) reply: Arc<Reply>,
+}
+
+/// A pool of `n` worker processes. A handle: cheap to clone, `Send + Sync`.
+/// Dropping the last handle closes the pool (queued tasks still run, then
+/// the workers exit and are reaped).
+#[derive(Clone)]
+pub struct ProcessPool {
+    shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) size: usize,
+    /// Only the process that created the pool has its manager thread.
+    creator: u32,
+    pub(crate) state: Mutex<State>,
+    /// The manager's wake-up pipe (write end) and whether a byte is pending.
+    wake_w: std::os::fd::OwnedFd,
+    pub(crate) wake_pending: AtomicBool,
+}
+
+pub(crate) struct State {
+    pub(crate) queue: VecDeque<Task>,
+    pub(crate) closed: bool,
+    pub(crate) terminated: bool,
+    /// Tasks submitted and not answered, plus callbacks not yet run.
+    outstanding: usize,
+    /// The manager thread has reaped every worker and exited.
+    pub(crate) manager_done: bool,
+    pub(crate) pids: Vec<u32>,
+    joiners: Vec<Unparker>,
+}
+
+impl ProcessPool {
+    /// Forks `n` workers (`n >= 1`) from a new manager thread and waits until
+    /// they run. Fails if the pipes, the thread or a fork cannot be created.
+    pub fn new(n: usize) -> io::Result<ProcessPool> {
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "ProcessPool needs at least one worker",
+            ));
+        }
+        let (wake_r, wake_w) = fork::pipe(true)?;
+        let shared = Arc::new(Shared {
+            size: n,
+            creator: std::process::id(),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+                terminated: false,
+                outstanding: 0,
+                manager_done: false,
+                pids: Vec::new(),
+                joiners: Vec::new(),
+            }),
+            wake_w,
+            wake_pending: AtomicBool::new(false),
+        });
+        let started = Arc::new(Oneshot::new());
+        pool_manager::start(shared.clone(), wake_r, started.clone())?;
+        started.wait(None, "process pool start");
+        started.take().expect("set once by the manager")?;
+        Ok(ProcessPool {
+            _owner: Arc::new(Owner(shared.clone())),
+            shared,
+        })
+    }
+
+    /// The number of workers.
+    pub fn size(&self) -> usize {
+        self.shared.size
+    }
+
+    /// The pids of the current workers (replaced workers have new pids).
+    pub fn pids(&self) -> Vec<u32> {
+        self.shared.lock().pids.clone()
+    }
+
+    /// Runs `f(args)` in a worker and waits for the result: only the caller
+    /// waits (a coroutine yields to its hub). A panic in `f` is returned as
+    /// [`PoolError::Panicked`], a worker that dies as
+    /// [`PoolError::WorkerDied`].
+    pub fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R, PoolError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let reply = self.submit(call::<A, R>, f as usize, &args)?;
+        wait_reply(&reply)
+    }
+
+    /// Runs `f(args)` in a worker without waiting. When the result is there,
+    /// `callback(&value)` runs in a coroutine on the caller's hub (not for an
+    /// error), then the returned [`AsyncResult`] becomes ready with the
+    /// result or the error. Fails with [`PoolError::Closed`] after
+    /// [`close`](Self::close).
+    pub fn apply_async<A, R, C>(
+        &self,
+        f: fn(A) -> R,
+        args: A,
+        callback: C,
+    ) -> Result<AsyncResult<Result<R, PoolError>>, PoolError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        C: FnOnce(&R) + 'static,
+    {
+        let reply = self.submit(call::<A, R>, f as usize, &args)?;
+        let result = AsyncResult::new();
+        let r = result.clone();
+        self.shared.lock().outstanding += 1; // the callback
+        let shared = self.shared.clone();
+        crate::spawn(move || {
+            let v = wait_reply::<R>(&reply);
+            if let Ok(v) = &v
+                && let Err(p) = catch_unwind(AssertUnwindSafe(|| callback(v)))
+            {
+                r.set(Err(PoolError::from_panic(&*p)));
+                shared.finished(1);
+                return;
+            }
+            r.set(v);
+            shared.finished(1);
+        });
+        Ok(result)
+    }
+
+    /// Applies `f` to every item in the workers and returns the results in
+    /// input order, or the first error. Items travel in chunks (about four
+    /// per worker).
+    pub fn map<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let n = items.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let chunk = n.div_ceil(4 * self.shared.size);
+        let mut replies = Vec::with_capacity(n.div_ceil(chunk));
+        let mut it = items.into_iter();
+        loop {
+            let part: Vec<A> = it.by_ref().take(chunk).collect();
+            if part.is_empty() {
+                break;
+            }
+            replies.push(self.submit(call_batch::<A, R>, f as usize, &part)?);
+        }
+        let mut out = Vec::with_capacity(n);
+        for r in &replies {
+            out.extend(wait_reply::<Vec<R>>(r)?);
+        }
+        Ok(out)
+    }
+
+    /// Refuses new tasks; queued and running tasks still complete, then the
+    /// workers exit.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Kills the workers (SIGKILL) at once: queued and running tasks fail
+    /// with [`PoolError::Terminated`]. Returns once the workers are reaped.
+    pub fn terminate(&self) {
+        self.shared.lock().terminated = true;
+        self.shared.close();
+        self.join();
+    }
+
+    /// Waits until every task submitted so far (and every `apply_async`
+    /// callback) has finished, and, once the pool is closed or terminated,
+    /// until the workers have exited and been reaped. A coroutine yields.
+    pub fn join(&self) {
+        loop {
+            {
+                let mut s = self.shared.lock();
+                if s.outstanding == 0 && (!s.closed || s.manager_done) {
+                    return;
+                }
+                s.joiners.push(park::unparker());
+            }
+            park::park_cancellable(None, "process pool join");
+        }
+    }
+
+    fn submit<T: Serialize + ?Sized>(
+        &self,
+        call: Trampoline,
+        f: usize,
+        args: &T,
+    ) -> Result<Arc<Reply>, PoolError> {
+        if std::process::id() != self.shared.creator {
+            return Err(PoolError::Io {
+                kind: io::ErrorKind::Unsupported,
+                message: "a ProcessPool can only be used in the process that created it".into(),
+            });
+        }
+        let args = postcard::to_allocvec(args).map_err(|e| PoolError::Serialize(e.to_string()))?;
+        let reply = Arc::new(Oneshot::new());
+        {
+            let mut s = self.shared.lock();
+            if s.closed {
+                return Err(PoolError::Closed);
+            }
+            s.queue.push_back(Task {
+                call,
+                f,
+                args,
+                reply: reply.clone(),
+            });
+            s.outstanding += 1;
+        }
+        self.shared.wake();
+        Ok(reply)
+    }
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn wake_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.wake_w)
+    }
+
+    /// Makes the manager's next (or current) `poll` return. A no-op in a
+    /// forked child, which closed the pipe (its number may be reused there).
+    pub(crate) fn wake(&self) {
+        if std::process::id() != self.creator {
+            return;
+        }
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            // A full pipe already holds a wake-up.
+            let _ = fork::write(std::os::fd::AsRawFd::as_raw_fd(&self.wake_w), &[1], false);
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake();
+    }
+
+    /// `n` tasks (or callbacks) are done: wakes `join`ers if that was all.
+    pub(crate) fn finished(&self, n: usize) {
+        let joiners = {
+            let mut s = self.lock();
+            s.outstanding -= n;
+            if s.outstanding == 0 {
+                std::mem::take(&mut s.joiners)
+            } else {
+                Vec::new()
+            }
+        };
+        joiners.into_iter().for_each(|u| u.unpark());
+    }
+
+    /// The manager has exited.
+    pub(crate) fn manager_exited(&self) {
+        let joiners = {
+            let mut s = self.lock();
+            s.manager_done = true;
+            s.pids.clear();
+            std::mem::take(&mut s.joiners)
+        };
+        joiners.into_iter().for_each(|u| u.unpark());
+    }
+}
+
+fn wait_reply<R: DeserializeOwned>(reply: &Reply) -> Result<R, PoolError> {
+    reply.wait(None, "process pool task");
+    let bytes = reply.take().expect("a reply is taken once")?;
+    match bytes.split_first() {
+        Some((&REPLY_OK, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| PoolError::Serialize(e.to_string()))
+        }
+        Some((&REPLY_PANIC, rest)) => Err(PoolError::Panicked {
+            message: String::from_utf8_lossy(rest).into_owned(),
+        }),
+        Some((&REPLY_SERDE, rest)) => Err(PoolError::Serialize(
+            String::from_utf8_lossy(rest).into_owned(),
+        )),
+        _ => Err(PoolError::Serialize("malformed reply from a worker".into())),
+    }
+}
+
+/// The trampoline for one call of `fn(A) -> R`; runs in a worker.
+fn call<A: DeserializeOwned, R: Serialize>(f: usize, args: &[u8]) -> Vec<u8> {
+    // SAFETY: `f` is the value of a `fn(A) -> R` pointer that `submit` took
+    // from its typed caller in the process this worker was forked from (the
+    // same code at the same addresses), paired with this very
+    // monomorphization of `call`, so it has exactly this type here.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
+    run(|| {
+        let a: A = postcard::from_bytes(args)?;
+        Ok(f(a))
+    })
+}
+
+/// The trampoline for a chunk of [`ProcessPool::map`]: `Vec<A>` to `Vec<R>`.
+fn call_batch<A: DeserializeOwned, R: Serialize>(f: usize, args: &[u8]) -> Vec<u8> {
+    // SAFETY: as in `call`: `map` pairs this monomorphization with a
+    // `fn(A) -> R` of the same `A` and `R`.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
+    run(|| {
+        let items: Vec<A> = postcard::from_bytes(args)?;
+        Ok(items.into_iter().map(f).collect::<Vec<R>>())
+    })
+}
+
+fn run<R: Serialize>(body: impl FnOnce() -> Result<R, postcard::Error>) -> Vec<u8> {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(r)) => match postcard::to_extend(&r, vec![REPLY_OK]) {
+            Ok(v) => v,
+            Err(e) => serde_reply(&e),
+        },
+        Ok(Err(e)) => serde_reply(&e),
+        Err(p) => {
+            let PoolError::Panicked { message } = PoolError::from_panic(&*p) else {
+                unreachable!("from_panic makes Panicked")
+            };
+            out_with(REPLY_PANIC, message.as_bytes())
+        }
+    }
+}
+
+fn serde_reply(e: &postcard::Error) -> Vec<u8> {
+    out_with(REPLY_SERDE, e.to_string().as_bytes())
+}
+
+fn out_with(status: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + bytes.len());
+    v.push(status);
+    v.extend_from_slice(bytes);
+    v
+}
+
+impl fmt::Debug for ProcessPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.shared.lock();
+        f.debug_struct("ProcessPool")
+            .field("size", &self.shared.size)
+            .field("workers", &s.pids)
+            .field("queued", &s.queue.len())
+            .field("closed", &s.closed)
+            .finish()
+    }
+}

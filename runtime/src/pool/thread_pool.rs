@@ -1,0 +1,379 @@
+//! A pool of OS threads for blocking or CPU-bound closures, waited on
+//! without blocking the hub (gevent's `ThreadPool`, Python's
+//! `multiprocessing.pool.ThreadPool`).
+//!
+//! # Design
+//!
+//! Jobs go into one queue under a mutex; up to `n` worker threads, started on
+//! demand, take them in order (a condvar wakes an idle worker). A task's
+//! result travels back through a one-shot slot: the worker stores it and
+//! wakes the waiter through its [`Unparker`](crate::park::Unparker), which
+//! for a waiter on another thread means that hub's cross-thread queue (and
+//! its eventfd, only if the hub sleeps in `epoll_wait`). So a coroutine
+//! waiting in [`apply`](ThreadPool::apply) is parked and its hub keeps
+//! running other coroutines; a root or plain thread blocks in its hub.
+//!
+//! Panics are caught on the worker (which survives) and come back as
+//! [`PoolError::Panicked`]. [`apply_async`](ThreadPool::apply_async) runs its
+//! callback in a coroutine spawned on the *caller's* hub: it runs when that
+//! hub runs (whenever the caller blocks on a moss call).
+//!
+//! A waiter that is killed stops waiting; its task still runs to completion
+//! on the worker and the result is dropped.
+//!
+//! ```
+//! use moss_runtime::pool::ThreadPool;
+//! let pool = ThreadPool::new(4);
+//! let hs: Vec<_> = (0..8u64)
+//!     .map(|i| {
+//!         let pool = pool.clone();
+//!         // Each coroutine waits for its task; the hub runs the others.
+//!         moss_runtime::spawn(move || pool.apply(move || i * i).unwrap())
+//!     })
+//!     .collect();
+//! let squares: Vec<u64> = moss_runtime::join_all(hs).into_iter().map(Result::unwrap).collect();
+//! assert_eq!(squares, vec![0, 1, 4, 9, 16, 25, 36, 49]);
+//! assert_eq!(pool.map(|s: &str| s.len(), vec!["a", "bb", "ccc"]).unwrap(), vec![1, 2, 3]);
+//! pool.close();
+//! pool.join();
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::PoolError;
+use crate::park::{self, Unparker};
+use crate::sync::AsyncResult;
+use crate::thread::Oneshot;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A pool of at most `n` OS threads. Cheap to clone (a handle); `Send +
+/// Sync`. Dropping the last handle closes the pool: queued tasks still run,
+/// then the threads exit.
+#[derive(Clone)]
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+/// Closes the pool when the last user handle goes (workers hold `Shared`
+/// only, so they do not keep the pool open).
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+struct Shared {
+    size: usize,
+    state: Mutex<State>,
+    work: Condvar,
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    closed: bool,
+    /// Workers started and not exited.
+    live: usize,
+    /// Workers waiting for a job.
+    idle: usize,
+    /// Tasks queued or running, plus callbacks not yet run.
+    outstanding: usize,
+    /// `join` waiters, woken when `outstanding` (or `live` after close) drops to 0.
+    joiners: Vec<Unparker>,
+}
+
+impl ThreadPool {
+    /// A pool of at most `n` threads, started as work arrives.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn new(n: usize) -> ThreadPool {
+        assert!(n > 0, "ThreadPool::new: the pool needs at least one thread");
+        let shared = Arc::new(Shared {
+            size: n,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+                live: 0,
+                idle: 0,
+                outstanding: 0,
+                joiners: Vec::new(),
+            }),
+            work: Condvar::new(),
+        });
+        ThreadPool {
+            _owner: Arc::new(Owner(shared.clone())),
+            shared,
+        }
+    }
+
+    /// The maximum number of threads.
+    pub fn size(&self) -> usize {
+        self.shared.size
+    }
+
+    /// Runs `f` on a pool thread and waits for its result: the calling
+    /// coroutine parks while its hub runs others (a root or plain thread
+    /// blocks). A panic in `f` is returned as [`PoolError::Panicked`].
+    pub fn apply<F, T>(&self, f: F) -> Result<T, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let slot = self.submit(f)?;
+        slot.wait(None, "thread pool task");
+        match slot.take().expect("only this caller takes the result") {
+            Ok(v) => Ok(v),
+            Err(p) => Err(PoolError::from_panic(&*p)),
+        }
+    }
+
+    /// Runs `f` on a pool thread without waiting. When it is done,
+    /// `callback(&value)` runs in a coroutine on the caller's hub, then the
+    /// returned [`AsyncResult`] becomes ready (so `get` returns after the
+    /// callback ran). A panic in `f` (or in the callback) is stored in the
+    /// result, and `get` re-raises it; the callback is not called for a
+    /// panicked task.
+    ///
+    /// Fails with [`PoolError::Closed`] after [`close`](Self::close).
+    pub fn apply_async<F, T, C>(&self, f: F, callback: C) -> Result<AsyncResult<T>, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+        C: FnOnce(&T) + 'static,
+    {
+        let slot = self.submit(f)?;
+        let result = AsyncResult::new();
+        let r = result.clone();
+        self.shared.lock().outstanding += 1; // the callback
+        let shared = self.shared.clone();
+        crate::spawn(move || {
+            slot.wait(None, "thread pool task");
+            match slot.take().expect("only the callback takes the result") {
+                Ok(v) => match catch_unwind(AssertUnwindSafe(|| callback(&v))) {
+                    Ok(()) => r.set(v),
+                    Err(p) => r.set_panic(p),
+                },
+                Err(p) => r.set_panic(p),
+            }
+            shared.finished_one();
+        });
+        Ok(result)
+    }
+
+    /// Applies `f` to every item on the pool and returns the results in
+    /// input order, or the first item's error (in input order).
+    pub fn map<F, I, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = I>,
+    ) -> Result<Vec<R>, PoolError>
+    where
+        F: Fn(I) -> R + Send + Sync + 'static,
+        I: Send + 'static,
+        R: Send + 'static,
+    {
+        self.imap(f, items)?.collect()
+    }
+
+    /// Like [`map`](Self::map), but yields each result (in input order) as
+    /// soon as it and the ones before it are done. All items are submitted
+    /// at once.
+    pub fn imap<F, I, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = I>,
+    ) -> Result<Imap<R>, PoolError>
+    where
+        F: Fn(I) -> R + Send + Sync + 'static,
+        I: Send + 'static,
+        R: Send + 'static,
+    {
+        let f = Arc::new(f);
+        let mut slots = VecDeque::new();
+        for item in items {
+            let f = f.clone();
+            slots.push_back(self.submit(move || f(item))?);
+        }
+        Ok(Imap { slots })
+    }
+
+    /// Refuses new tasks; queued and running tasks still complete, then the
+    /// threads exit.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Waits until every task submitted so far (and every `apply_async`
+    /// callback) has finished, and, once the pool is closed, until its
+    /// threads have exited. A coroutine yields meanwhile.
+    pub fn join(&self) {
+        loop {
+            let u = {
+                let mut s = self.shared.lock();
+                if s.outstanding == 0 && (!s.closed || s.live == 0) {
+                    return;
+                }
+                let u = park::unparker();
+                s.joiners.push(u.clone());
+                u
+            };
+            park::park_cancellable(None, "thread pool join");
+            drop(u);
+        }
+    }
+
+    fn submit<F, T>(&self, f: F) -> Result<Arc<Oneshot<std::thread::Result<T>>>, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let slot = Arc::new(Oneshot::new());
+        let theirs = slot.clone();
+        let job: Job = Box::new(move || theirs.set(catch_unwind(AssertUnwindSafe(f))));
+        let spawn = {
+            let mut s = self.shared.lock();
+            if s.closed {
+                return Err(PoolError::Closed);
+            }
+            s.queue.push_back(job);
+            s.outstanding += 1;
+            let spawn = s.idle == 0 && s.live < self.shared.size;
+            if spawn {
+                s.live += 1;
+            } else if s.idle > 0 {
+                self.shared.work.notify_one();
+            }
+            spawn
+        };
+        if spawn && let Err(e) = self.shared.clone().start_worker() {
+            let mut s = self.shared.lock();
+            s.live -= 1;
+            if s.live == 0 {
+                // Nobody could ever run it: take it back.
+                s.queue.pop_back();
+                s.outstanding -= 1;
+                return Err(PoolError::io(&e));
+            }
+        }
+        Ok(slot)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        let joiners = {
+            let mut s = self.lock();
+            s.closed = true;
+            self.work.notify_all();
+            if s.live == 0 && s.outstanding == 0 {
+                std::mem::take(&mut s.joiners)
+            } else {
+                Vec::new()
+            }
+        };
+        joiners.into_iter().for_each(|u| u.unpark());
+    }
+
+    fn start_worker(self: Arc<Shared>) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("moss-threadpool".into())
+            .spawn(move || self.work())?;
+        Ok(())
+    }
+
+    fn work(&self) {
+        let mut s = self.lock();
+        loop {
+            if let Some(job) = s.queue.pop_front() {
+                drop(s);
+                job();
+                self.finished_one();
+                s = self.lock();
+                continue;
+            }
+            if s.closed {
+                break;
+            }
+            s.idle += 1;
+            s = self.work.wait(s).unwrap_or_else(|e| e.into_inner());
+            s.idle -= 1;
+        }
+        s.live -= 1;
+        let joiners = if s.live == 0 && s.outstanding == 0 {
+            std::mem::take(&mut s.joiners)
+        } else {
+            Vec::new()
+        };
+        drop(s);
+        joiners.into_iter().for_each(|u| u.unpark());
+    }
+
+    fn finished_one(&self) {
+        let joiners = {
+            let mut s = self.lock();
+            s.outstanding -= 1;
+            if s.outstanding == 0 && (!s.closed || s.live == 0) {
+                std::mem::take(&mut s.joiners)
+            } else {
+                Vec::new()
+            }
+        };
+        joiners.into_iter().for_each(|u| u.unpark());
+    }
+}
+
+impl fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.shared.lock();
+        f.debug_struct("ThreadPool")
+            .field("size", &self.shared.size)
+            .field("threads", &s.live)
+            .field("queued", &s.queue.len())
+            .field("closed", &s.closed)
+            .finish()
+    }
+}
+
+/// The results of [`ThreadPool::imap`], in input order; each `next` waits
+/// (yielding in a coroutine) for the next result.
+pub struct Imap<R> {
+    slots: VecDeque<Arc<Oneshot<std::thread::Result<R>>>>,
+}
+
+impl<R> Iterator for Imap<R> {
+    type Item = Result<R, PoolError>;
+
+    fn next(&mut self) -> Option<Result<R, PoolError>> {
+        let slot = self.slots.pop_front()?;
+        slot.wait(None, "thread pool imap");
+        Some(
+            match slot.take().expect("only the iterator takes the result") {
+                Ok(v) => Ok(v),
+                Err(p) => Err(PoolError::from_panic(&*p)),
+            },
+        )
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.slots.len(), Some(self.slots.len()))
+    }
+}
+
+impl<R> fmt::Debug for Imap<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("remaining", &self.slots.len())
+            .finish()
+    }
+}

@@ -1,0 +1,274 @@
+//! ProcessPool: fn(A) -> R tasks in forked worker processes.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use moss::pool::{PoolError, ProcessPool};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn gone(pid: u32) -> bool {
+    // Reaped children have no /proc entry (a zombie still has one).
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn results_are_computed_in_another_process() {
+    let pool = ProcessPool::new(2).unwrap();
+    let workers = pool.pids();
+    assert_eq!(workers.len(), 2);
+    let p = pool.apply(pid, ()).unwrap();
+    assert_ne!(p, std::process::id());
+    assert!(workers.contains(&p), "{p} not in {workers:?}");
+    assert_eq!(pool.apply(square, 12).unwrap(), 144);
+    assert_eq!(
+        pool.map(square, 0..100).unwrap(),
+        (0..100).map(square).collect::<Vec<_>>()
+    );
+    assert_eq!(pool.map(square, Vec::new()).unwrap(), Vec::<u64>::new());
+    let strings = pool
+        .map(|s: String| s.repeat(2), ["ab", "c"].map(String::from))
+        .unwrap();
+    assert_eq!(strings, vec!["abab", "cc"]);
+    pool.close();
+    pool.join();
+    assert!(workers.iter().all(|&p| gone(p)), "workers not reaped");
+}
+
+/// Spins for 400 ms of wall time; returns (start, end) in ns since the epoch.
+fn spin(_: ()) -> (u128, u128) {
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    };
+    let start = now();
+    let t = Instant::now();
+    let mut x = 0u64;
+    while t.elapsed() < Duration::from_millis(400) {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    (start, now())
+}
+
+#[test]
+fn cpu_bound_tasks_run_in_parallel() {
+    let pool = ProcessPool::new(2).unwrap();
+    let t = Instant::now();
+    let a = pool.apply_async(spin, (), |_| {}).unwrap();
+    let b = pool.apply_async(spin, (), |_| {}).unwrap();
+    let (a, b) = (a.get().unwrap(), b.get().unwrap());
+    let elapsed = t.elapsed();
+    // The two 400 ms spins overlapped in time: each started before the
+    // other ended.
+    assert!(a.0 < b.1 && b.0 < a.1, "no overlap: {a:?} {b:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    pool.terminate();
+}
+
+fn abort(_: ()) -> u32 {
+    std::process::abort()
+}
+
+fn exit3(_: ()) -> u32 {
+    std::process::exit(3)
+}
+
+fn sigkill_self(_: ()) -> u32 {
+    let me = std::process::id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &me])
+        .status();
+    std::thread::sleep(Duration::from_secs(30));
+    0
+}
+
+fn slow_double(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(200));
+    x * 2
+}
+
+#[test]
+fn a_dying_worker_fails_only_its_task_and_is_replaced() {
+    let pool = ProcessPool::new(2).unwrap();
+    let before = pool.pids();
+    // Other tasks in flight while workers die.
+    let others: Vec<_> = (0..4u64)
+        .map(|i| {
+            let pool = pool.clone();
+            moss::spawn(move || pool.apply(slow_double, i))
+        })
+        .collect();
+    match pool.apply(abort, ()).unwrap_err() {
+        PoolError::WorkerDied {
+            signal: Some(6), ..
+        } => {}
+        e => panic!("expected death by SIGABRT, got {e:?}"),
+    }
+    match pool.apply(exit3, ()).unwrap_err() {
+        PoolError::WorkerDied {
+            exit_code: Some(3),
+            signal: None,
+            ..
+        } => {}
+        e => panic!("expected exit 3, got {e:?}"),
+    }
+    match pool.apply(sigkill_self, ()).unwrap_err() {
+        PoolError::WorkerDied {
+            signal: Some(9),
+            pid,
+            ..
+        } => assert!(pid > 0),
+        e => panic!("expected death by SIGKILL, got {e:?}"),
+    }
+    let got: Vec<u64> = moss::join_all(others)
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert_eq!(got, vec![0, 2, 4, 6]);
+    // Still serving, with replaced workers.
+    assert_eq!(pool.apply(square, 9).unwrap(), 81);
+    let after = pool.pids();
+    assert_eq!(after.len(), 2);
+    assert_ne!(after, before);
+    pool.close();
+    pool.join();
+    assert!(
+        before.iter().chain(&after).all(|&p| gone(p)),
+        "workers not reaped"
+    );
+}
+
+#[test]
+fn many_coroutines_share_the_pool_and_the_hub_keeps_running() {
+    let pool = ProcessPool::new(2).unwrap();
+    let ticks = Rc::new(Cell::new(0u32));
+    let done = Rc::new(Cell::new(false));
+    let ticker = {
+        let (ticks, done) = (ticks.clone(), done.clone());
+        moss::spawn(move || {
+            while !done.get() {
+                moss::sleep(Duration::from_millis(10));
+                ticks.set(ticks.get() + 1);
+            }
+        })
+    };
+    let hs: Vec<_> = (0..20u64)
+        .map(|i| {
+            let pool = pool.clone();
+            moss::spawn(move || {
+                (
+                    pool.apply(square, i).unwrap(),
+                    pool.apply(slow_double, i).unwrap(),
+                )
+            })
+        })
+        .collect();
+    let got: Vec<(u64, u64)> = moss::join_all(hs).into_iter().map(Result::unwrap).collect();
+    done.set(true);
+    ticker.join().unwrap();
+    assert_eq!(got, (0..20).map(|i| (i * i, 2 * i)).collect::<Vec<_>>());
+    // 20 x 200 ms on 2 workers took >= 2 s; the ticker kept going.
+    assert!(ticks.get() >= 50, "hub blocked: {} ticks", ticks.get());
+    pool.terminate();
+}
+
+fn boom(x: u32) -> u32 {
+    if x == 2 { panic!("bad input {x}") } else { x }
+}
+
+#[test]
+fn panics_callbacks_close_and_join() {
+    let pool = ProcessPool::new(1).unwrap();
+    assert_eq!(
+        pool.apply(boom, 2).unwrap_err(),
+        PoolError::Panicked {
+            message: "bad input 2".into()
+        }
+    );
+    assert_eq!(pool.apply(boom, 1).unwrap(), 1);
+    assert_eq!(
+        pool.map(boom, 0..5).unwrap_err(),
+        PoolError::Panicked {
+            message: "bad input 2".into()
+        }
+    );
+    let me = std::thread::current().id();
+    let seen = Rc::new(Cell::new(None));
+    let results: Vec<_> = (1..=3u64)
+        .map(|i| {
+            let seen = seen.clone();
+            pool.apply_async(square, i, move |v| {
+                assert_eq!(std::thread::current().id(), me);
+                seen.set(Some(seen.get().unwrap_or(0) + *v));
+            })
+            .unwrap()
+        })
+        .collect();
+    pool.close();
+    assert_eq!(pool.apply(square, 1).unwrap_err(), PoolError::Closed);
+    pool.join();
+    // join waited for the tasks and their callbacks.
+    assert_eq!(seen.get(), Some(1 + 4 + 9));
+    assert_eq!(
+        results.iter().map(|r| r.get().unwrap()).collect::<Vec<_>>(),
+        vec![1, 4, 9]
+    );
+}
+
+fn sleep_long(_: ()) -> u32 {
+    std::thread::sleep(Duration::from_secs(60));
+    0
+}
+
+#[test]
+fn terminate_fails_running_and_queued_tasks_and_reaps() {
+    let pool = ProcessPool::new(1).unwrap();
+    let workers = pool.pids();
+    let running = pool.apply_async(sleep_long, (), |_| {}).unwrap();
+    let queued = pool.apply_async(square, 3, |_| {}).unwrap();
+    moss::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    pool.terminate();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(running.get().unwrap_err(), PoolError::Terminated);
+    assert_eq!(queued.get().unwrap_err(), PoolError::Terminated);
+    assert!(workers.iter().all(|&p| gone(p)), "workers not reaped");
+    assert!(pool.pids().is_empty());
+}
+
+#[test]
+fn bad_sizes_and_use_from_a_child_are_errors() {
+    assert_eq!(
+        ProcessPool::new(0).unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+    let pool = ProcessPool::new(1).unwrap();
+    let p = pool.clone();
+    // In a forked child the pool's manager thread does not exist.
+    let child = moss::pool::Process::new(move || {
+        let e = p.apply(square, 2).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PoolError::Io {
+                    kind: std::io::ErrorKind::Unsupported,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    })
+    .start()
+    .unwrap();
+    assert_eq!(child.join().unwrap(), 0);
+    pool.terminate();
+}
