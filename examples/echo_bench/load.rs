@@ -16,6 +16,8 @@ use moss::net::TcpStream;
 pub struct LoadResult {
     /// Echoed and verified messages in the measured window.
     pub msgs: u64,
+    /// Echoed and verified messages in the whole run (warm-up included).
+    pub total_msgs: u64,
     /// Length of the measured window.
     pub secs: f64,
     /// Round-trip latency per message, nanoseconds, sorted.
@@ -51,6 +53,7 @@ struct Shared {
     measure_from: Instant,
     end: Instant,
     msgs: u64,
+    total_msgs: u64,
     lat: Vec<u64>,
     errors: u64,
 }
@@ -80,6 +83,7 @@ fn client(addr: SocketAddr, conn: usize, load: Load, sh: Rc<RefCell<Shared>>) {
     let mut seq = 0u64;
     let mut lat = Vec::new();
     let mut msgs = 0u64;
+    let mut total_msgs = 0u64;
     let mut errors = 0u64;
     loop {
         let t0 = Instant::now();
@@ -103,6 +107,7 @@ fn client(addr: SocketAddr, conn: usize, load: Load, sh: Rc<RefCell<Shared>>) {
             break;
         }
         seq += load.pipeline as u64;
+        total_msgs += load.pipeline as u64;
         if t0 >= measure_from {
             msgs += load.pipeline as u64;
             let ns = (t1 - t0).as_nanos() as u64;
@@ -111,6 +116,7 @@ fn client(addr: SocketAddr, conn: usize, load: Load, sh: Rc<RefCell<Shared>>) {
     }
     let mut b = sh.borrow_mut();
     b.msgs += msgs;
+    b.total_msgs += total_msgs;
     b.errors += errors;
     b.lat.extend(lat);
 }
@@ -124,6 +130,7 @@ pub fn run(addr: SocketAddr, load: Load) -> LoadResult {
         measure_from,
         end,
         msgs: 0,
+        total_msgs: 0,
         lat: Vec::new(),
         errors: 0,
     }));
@@ -143,6 +150,7 @@ pub fn run(addr: SocketAddr, load: Load) -> LoadResult {
     lat.sort_unstable();
     LoadResult {
         msgs: sh.msgs,
+        total_msgs: sh.total_msgs,
         secs: load.duration.as_secs_f64(),
         lat_ns: lat,
         errors: sh.errors,

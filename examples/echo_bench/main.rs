@@ -12,10 +12,11 @@
 //! Each server runs as a child process of this binary (`--serve KIND`)
 //! pinned to CPU 0; the load generator (`load.rs`, moss coroutines on one
 //! thread) runs in this process pinned to CPU 1. Runs are interleaved and
-//! repeated (A B C A B C …). Each server's user and system CPU time over the
-//! measured window comes from `/proc/PID/stat`, so the table shows what a
-//! message costs the server, which msgs/s alone hides once both CPUs
-//! saturate in the kernel.
+//! repeated (A B C A B C …). Each server's user and system CPU time comes
+//! from `wait4`'s rusage when it exits (µs resolution; `/proc/PID/stat`
+//! counts 10 ms ticks) and is divided by every message it echoed, so the
+//! table shows what a message costs the server, which msgs/s alone hides
+//! once both CPUs saturate in the kernel.
 //!
 //! To add a server kind: one variant and one function in `servers.rs`.
 
@@ -261,32 +262,35 @@ fn start(kind: Kind, buf: usize, wrapper: &[&str]) -> Server {
     }
 }
 
-fn stop(mut s: Server) {
+/// Closes the server's stdin (it exits), reaps it and returns its total
+/// (user, system) CPU time from `wait4`'s rusage: microsecond resolution,
+/// where `/proc/PID/stat` counts 10 ms ticks (too coarse for a few
+/// milliseconds of user time per run).
+fn stop(mut s: Server) -> (Duration, Duration) {
     drop(s.child.stdin.take());
+    let pid = s.child.id() as libc::pid_t;
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        if let Ok(Some(_)) = s.child.try_wait() {
-            return;
+    loop {
+        let late = t.elapsed() >= Duration::from_secs(10);
+        if late {
+            let _ = s.child.kill();
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // SAFETY: a zeroed rusage is valid; wait4 writes into our locals.
+        let (r, ru) = unsafe {
+            let mut status = 0;
+            let mut ru: libc::rusage = std::mem::zeroed();
+            let flags = if late { 0 } else { libc::WNOHANG };
+            (libc::wait4(pid, &mut status, flags, &mut ru), ru)
+        };
+        if r == pid {
+            let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+            return (tv(ru.ru_utime), tv(ru.ru_stime));
+        }
+        if r < 0 {
+            return (Duration::ZERO, Duration::ZERO);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = s.child.kill();
-    let _ = s.child.wait();
-}
-
-/// (user, system) CPU time of process `pid` so far.
-fn cpu_times(pid: u32) -> (Duration, Duration) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let tick = |i: usize| -> Duration {
-        Duration::from_secs_f64(f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / hz)
-    };
-    // Fields after the command name start at field 3 (state): utime is
-    // field 14, stime field 15.
-    (tick(11), tick(12))
 }
 
 // ---------------------------------------------------------------- harness
@@ -299,22 +303,10 @@ struct Sample {
 
 fn one_run(kind: Kind, l: Load, buf: usize) -> Sample {
     let s = start(kind, buf, &[]);
-    let pid = s.child.id();
-    // CPU times over the measured window only (after the warm-up).
-    let sampler = std::thread::spawn({
-        let warmup = l.warmup;
-        let dur = l.duration;
-        move || {
-            std::thread::sleep(warmup);
-            let a = cpu_times(pid);
-            std::thread::sleep(dur);
-            let b = cpu_times(pid);
-            (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))
-        }
-    });
     let load = moss::run(|| load::run(s.addr, l));
-    let (user, sys) = sampler.join().unwrap();
-    stop(s);
+    // The server's whole life (start-up and warm-up included) over every
+    // message it echoed: start-up is well under 1% of a run.
+    let (user, sys) = stop(s);
     Sample { load, user, sys }
 }
 
@@ -395,7 +387,7 @@ fn harness(o: &Opts) {
             let per = |f: fn(&Sample) -> Duration| {
                 median(
                     ss.iter()
-                        .map(|s| f(s).as_secs_f64() * 1e6 / s.load.msgs.max(1) as f64)
+                        .map(|s| f(s).as_secs_f64() * 1e6 / s.load.total_msgs.max(1) as f64)
                         .collect(),
                 )
             };
@@ -439,7 +431,7 @@ fn harness(o: &Opts) {
                     .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
             })
             .unwrap_or_default();
-        stop(s);
+        let _ = stop(s);
         println!(
             "moss held {} concurrent connections on one hub: {ok} echoed correctly, in {:.2?} (server RSS {rss} kB)",
             o.hold, t
