@@ -332,3 +332,32 @@ fn dropping_a_socket_reuses_its_fd_number_safely() {
         assert_eq!(r.join().unwrap(), i);
     }
 }
+
+#[test]
+fn a_dup_switched_back_to_blocking_does_not_block_the_hub() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let _s = l.accept().unwrap();
+    let c2 = c.try_clone().unwrap();
+    // Converting to std clears O_NONBLOCK on the shared file description.
+    let std_c: std::net::TcpStream = c.into();
+    let ticks = Rc::new(Cell::new(0));
+    let t2 = ticks.clone();
+    let ticker = moss::spawn(move || {
+        for _ in 0..10 {
+            moss::sleep(Duration::from_millis(10));
+            t2.set(t2.get() + 1);
+        }
+    });
+    c2.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let e = (&c2).read(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WouldBlock);
+    assert!(
+        ticks.get() >= 5,
+        "the hub was blocked: {} ticks",
+        ticks.get()
+    );
+    ticker.join().unwrap();
+    drop(std_c);
+}

@@ -68,6 +68,14 @@ type Handler = dyn Fn(TcpStream, SocketAddr);
 /// server.stop(Duration::from_secs(1));
 /// serving.join().unwrap().unwrap();
 /// ```
+///
+/// The handle belongs to the thread that made it (its handler need not be
+/// `Send`):
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>() {}
+/// assert_send::<moss_io::server::StreamServer>();
+/// ```
 #[derive(Clone)]
 pub struct StreamServer {
     inner: Rc<Inner>,

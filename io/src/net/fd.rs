@@ -333,3 +333,31 @@ pub(crate) fn set_fd_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `recv` with `MSG_DONTWAIT`: never blocks the thread, even if someone
+/// cleared `O_NONBLOCK` on the shared file description (a `dup` converted
+/// back to a std socket, say).
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writing `buf.len()` bytes; `fd` is the live
+    // socket of the caller.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `send` with `MSG_DONTWAIT | MSG_NOSIGNAL`: never blocks the thread, and a
+/// closed peer gives `BrokenPipe`/`ConnectionReset` instead of `SIGPIPE`.
+pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY: `buf` is valid for reading `buf.len()` bytes; `fd` is the live
+    // socket of the caller.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

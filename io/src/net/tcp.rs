@@ -2,9 +2,12 @@
 //! coroutine.
 //!
 //! Each wraps the std type in [`Evented`] (see `fd.rs` for the blocking
-//! emulation and the per-thread registration). Reads are `recv`, writes are
-//! `send(MSG_NOSIGNAL)` exactly as std issues them, so a write to a reset peer
-//! fails with `ConnectionReset` or `BrokenPipe` instead of raising `SIGPIPE`.
+//! emulation and the per-thread registration). Reads are
+//! `recv(MSG_DONTWAIT)`, writes `send(MSG_DONTWAIT | MSG_NOSIGNAL)`, so a
+//! write to a reset peer fails with `ConnectionReset` or `BrokenPipe` instead
+//! of raising `SIGPIPE`, and no call can block the thread even if a `dup` of
+//! the socket was switched back to blocking mode. (Vectored I/O uses std's
+//! `readv`/`writev`, which rely on `O_NONBLOCK`.)
 //! Accepted sockets come from `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`: one
 //! syscall per connection.
 
@@ -18,7 +21,7 @@ use moss_runtime::reactor::Interest;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::addr::{ToSocketAddrs, each_addr};
-use super::fd::Evented;
+use super::fd::{self, Evented};
 
 /// A TCP connection; [`std::net::TcpStream`] for coroutines.
 ///
@@ -198,7 +201,8 @@ impl TcpStream {
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         let len = buf.len();
-        self.inner.read_op(Some(len), |mut s| s.read(buf), |n| *n)
+        self.inner
+            .read_op(Some(len), |s| fd::recv(s.as_raw_fd(), buf), |n| *n)
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
@@ -208,7 +212,7 @@ impl TcpStream {
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_op(|mut s| s.write(buf))
+        self.inner.write_op(|s| fd::send(s.as_raw_fd(), buf))
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::fd::Evented;
+use super::fd::{self, Evented};
 use super::tcp::std_conversions;
 
 /// A Unix stream socket; [`std::os::unix::net::UnixStream`] for coroutines.
@@ -140,7 +140,8 @@ impl UnixStream {
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         let len = buf.len();
-        self.inner.read_op(Some(len), |mut s| s.read(buf), |n| *n)
+        self.inner
+            .read_op(Some(len), |s| fd::recv(s.as_raw_fd(), buf), |n| *n)
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
@@ -168,9 +169,9 @@ impl Read for &UnixStream {
     }
 }
 
-// Writes use `send(MSG_NOSIGNAL)` (std's Unix streams use `write`, which
-// raises SIGPIPE on a closed peer in programs that did not ignore it);
-// vectored writes fall back to the first non-empty buffer.
+// Writes use `send(MSG_DONTWAIT | MSG_NOSIGNAL)` (std's Unix streams use
+// `write`, which raises SIGPIPE on a closed peer in programs that did not
+// ignore it); vectored writes fall back to the first non-empty buffer.
 impl Write for UnixStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         (&*self).write(buf)
@@ -182,21 +183,10 @@ impl Write for UnixStream {
 
 impl Write for &UnixStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_op(|s| send_nosignal(s.as_raw_fd(), buf))
+        self.inner.write_op(|s| fd::send(s.as_raw_fd(), buf))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-fn send_nosignal(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for `buf.len()` bytes of reading; `fd` is the
-    // live socket of the caller.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 
