@@ -361,3 +361,45 @@ fn a_dup_switched_back_to_blocking_does_not_block_the_hub() {
     ticker.join().unwrap();
     drop(std_c);
 }
+
+#[test]
+fn connect_timeout_and_write_timeout_expire() {
+    // A listener with a full accept queue drops further SYNs: connecting
+    // to it hangs until the timeout.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    let e = loop {
+        assert!(fillers.len() < 64, "the accept queue never filled up");
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => fillers.push(s),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+
+    // A peer that never reads: the socket buffers fill up, then the write
+    // times out with std's kind.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let _s = l.accept().unwrap();
+    c.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let chunk = vec![7u8; 1 << 16];
+    let t = Instant::now();
+    let e = loop {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        if let Err(e) = c.write_all(&chunk) {
+            break e;
+        }
+    };
+    assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+}

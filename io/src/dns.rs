@@ -121,3 +121,52 @@ pub fn lookup_host(host_port: &str) -> io::Result<impl Iterator<Item = SocketAdd
     }
     resolve(host_port.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn blocking_work_runs_off_the_hub() {
+        // Four 200 ms blocking calls from four coroutines overlap with each
+        // other and with a ticker on the hub.
+        let ticks = Rc::new(Cell::new(0));
+        let t2 = ticks.clone();
+        let ticker = moss_runtime::spawn(move || {
+            for _ in 0..10 {
+                moss_runtime::sleep(Duration::from_millis(10));
+                t2.set(t2.get() + 1);
+            }
+        });
+        let t = Instant::now();
+        let hs: Vec<_> = (0..4)
+            .map(|i| {
+                moss_runtime::spawn(move || {
+                    super::run_blocking(move || {
+                        std::thread::sleep(Duration::from_millis(200));
+                        i * 2
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        let v: Vec<i32> = moss_runtime::join_all(hs)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(v, [0, 2, 4, 6]);
+        let el = t.elapsed();
+        assert!(
+            el < Duration::from_millis(700),
+            "blocking calls did not overlap: {el:?}"
+        );
+        assert!(
+            ticks.get() >= 5,
+            "the hub was blocked: {} ticks",
+            ticks.get()
+        );
+        ticker.join().unwrap();
+    }
+}
