@@ -161,7 +161,8 @@ pub struct JoinHandle<T> {
 }
 
 impl<T> JoinHandle<T> {
-    fn header(&self) -> &Header {
+    /// The control block (for `sync::wait_any` and `pool::Pool`).
+    pub(crate) fn header(&self) -> &Header {
         self.task.header()
     }
 
@@ -219,30 +220,7 @@ impl<T> JoinHandle<T> {
     /// assert!(h.join().unwrap_err().is_killed());
     /// ```
     pub fn kill(&self) {
-        let hub = Hub::current();
-        let h = self.header();
-        let Some(t) = hub.task(h.key.get(), h.id.0) else {
-            return;
-        }; // done
-        if h.state.get() == State::New {
-            h.killed.set(true);
-            if let Some(k) = h.timer.take() {
-                hub.timers.borrow_mut().cancel(k);
-            }
-            t.finish_unstarted(None);
-            hub.finish(&t);
-            return;
-        }
-        hub.request_cancel(&t, Cancel::Kill);
-        if hub.current_header().id == h.id {
-            hub.deliver_cancel();
-        }
-        while h.state.get() != State::Done {
-            h.add_joiner(hub.current_header().token());
-            if hub.park(None, "kill") == Wakeup::Cancelled {
-                hub.deliver_cancel();
-            }
-        }
+        kill_task(self.header());
     }
 
     /// Whether the coroutine has finished (returned, panicked or was killed).
@@ -268,6 +246,34 @@ impl<T> fmt::Debug for JoinHandle<T> {
             .field("name", &self.name())
             .field("finished", &self.is_finished())
             .finish()
+    }
+}
+
+/// [`JoinHandle::kill`] by control block, for pools that track coroutines
+/// whose handles they gave away.
+pub(crate) fn kill_task(h: &Header) {
+    let hub = Hub::current();
+    let Some(t) = hub.task(h.key.get(), h.id.0) else {
+        return;
+    }; // done
+    if h.state.get() == State::New {
+        h.killed.set(true);
+        if let Some(k) = h.timer.take() {
+            hub.timers.borrow_mut().cancel(k);
+        }
+        t.finish_unstarted(None);
+        hub.finish(&t);
+        return;
+    }
+    hub.request_cancel(&t, Cancel::Kill);
+    if hub.current_header().id == h.id {
+        hub.deliver_cancel();
+    }
+    while h.state.get() != State::Done {
+        h.add_joiner(hub.current_header().token());
+        if hub.park(None, "kill") == Wakeup::Cancelled {
+            hub.deliver_cancel();
+        }
     }
 }
 

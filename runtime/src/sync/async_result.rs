@@ -208,12 +208,10 @@ impl<T> AsyncResult<T> {
         outcome != Outcome::Left
     }
 
-    #[allow(dead_code)] // for wait_any (next increment)
     pub(crate) fn watch(&self, s: &Arc<Signal>) {
         lock(&self.inner.state).watchers.add(s);
     }
 
-    #[allow(dead_code)] // for wait_any (next increment)
     pub(crate) fn unwatch(&self, s: &Arc<Signal>) {
         lock(&self.inner.state).watchers.remove(s);
     }

@@ -123,12 +123,10 @@ impl Event {
         outcome != Outcome::Left
     }
 
-    #[allow(dead_code)] // for wait_any (next increment)
     pub(crate) fn watch(&self, s: &std::sync::Arc<super::waitlist::Signal>) {
         lock(&self.inner).watchers.add(s);
     }
 
-    #[allow(dead_code)] // for wait_any (next increment)
     pub(crate) fn unwatch(&self, s: &std::sync::Arc<super::waitlist::Signal>) {
         lock(&self.inner).watchers.remove(s);
     }

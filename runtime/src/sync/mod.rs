@@ -1,7 +1,9 @@
 //! Synchronisation primitives for coroutines *and* threads, in gevent's
 //! shapes: [`Event`], [`AsyncResult`], [`Mutex`], [`Semaphore`],
-//! [`BoundedSemaphore`], `Queue` and its variants, channels, and waiting
-//! for the first of several things.
+//! [`BoundedSemaphore`], [`Queue`] and its variants ([`LifoQueue`],
+//! [`PriorityQueue`], [`JoinableQueue`]), channels ([`channel`],
+//! [`bounded`]), and waiting for the first of several things ([`wait_any`],
+//! [`iwait`], [`select`]).
 //!
 //! # One design for every primitive
 //!
@@ -41,17 +43,24 @@
 //! `std::error::Error` with a clear message.
 
 mod async_result;
+mod channel;
 mod error;
 mod event;
 mod mutex;
+mod queue;
+mod queue_core;
 mod semaphore;
+mod wait;
 mod waitlist;
 
 pub use async_result::AsyncResult;
+pub use channel::{IntoIter, Iter, Receiver, Sender, bounded, channel};
 pub use error::{
     Empty, Full, RecvError, RecvTimeoutError, ReleaseError, SendError, TaskDoneError, Timeout,
     TryRecvError, TrySendError,
 };
 pub use event::Event;
 pub use mutex::{Mutex, MutexGuard};
+pub use queue::{JoinableQueue, LifoQueue, PriorityQueue, Queue};
 pub use semaphore::{BoundedSemaphore, Semaphore};
+pub use wait::{IWait, Waitable, Watch, iwait, select, select_timeout, wait_any, wait_any_timeout};

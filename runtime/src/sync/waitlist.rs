@@ -36,8 +36,6 @@
 //!   only once the waiter has left the list) and never unwinds in between.
 //!   As a last line of defence, dropping a `WAITING` waiter aborts.
 
-#![allow(dead_code)] // Until the queues and wait_any (next increments) use all of it.
-
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::ptr::NonNull;
@@ -156,10 +154,6 @@ impl<T> WaitList<T> {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.q.is_empty()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.q.len()
     }
 
     /// Queues `w` at the back, for the calling context's next park.
