@@ -1,4 +1,5 @@
-//! A moss echo server: one coroutine per connection, one hub per thread.
+//! A moss echo server: a [`StreamServer`] (one coroutine per connection) on
+//! each thread, one hub per thread.
 //!
 //! ```sh
 //! cargo run --release --example echo_server -- --port 7000 --threads 2 --buf 4096
@@ -12,6 +13,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use moss::net::{TcpListener, TcpStream};
+use moss::server::StreamServer;
 
 fn echo(mut s: TcpStream, buf: usize) {
     let _ = s.set_nodelay(true);
@@ -57,14 +59,12 @@ fn main() {
             eprintln!("echo_server: cannot bind {addr}: {e}");
             std::process::exit(1)
         });
-        loop {
-            match l.accept() {
-                Ok((s, _)) => {
-                    moss::spawn(move || echo(s, buf));
-                }
-                // EMFILE and friends: give connections time to close.
-                Err(_) => moss::sleep(std::time::Duration::from_millis(10)),
-            }
+        // A coroutine per connection; EMFILE and friends pause accepting.
+        let server = StreamServer::from_listener(l, move |s, _| echo(s, buf))
+            .unwrap_or_else(|e| panic!("echo_server: {e}"));
+        if let Err(e) = server.serve_forever() {
+            eprintln!("echo_server: {e}");
+            std::process::exit(1)
         }
     });
 }
