@@ -1,6 +1,9 @@
-//! Pools and processes: thread pools and process pools the hub waits on
-//! without blocking, child processes and a queue shared between processes.
+//! Pools and processes: coroutine pools, thread pools and process pools the
+//! hub waits on without blocking, child processes and a queue shared between
+//! processes.
 //!
+//! * [`Pool`], [`Group`] — sets of coroutines of one thread, bounded or not
+//!   (gevent's `Pool` and `Group`; module `group`).
 //! * [`ThreadPool`] — OS threads for blocking or CPU-bound closures
 //!   (module `thread_pool`).
 //! * [`Process`], [`ProcessHandle`], [`Runnable`] — `multiprocessing.Process`
@@ -11,6 +14,7 @@
 //! * [`PoolError`] — why a pool task produced no result (module `error`).
 
 mod error;
+mod group;
 mod pool_manager;
 mod process;
 mod process_pool;
@@ -18,6 +22,7 @@ mod process_queue;
 mod thread_pool;
 
 pub use error::PoolError;
+pub use group::{Group, ImapUnordered, Pool};
 pub use process::{PANIC_EXIT_CODE, Process, ProcessHandle, Runnable};
 pub use process_pool::ProcessPool;
 pub use process_queue::ProcessQueue;

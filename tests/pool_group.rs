@@ -1,0 +1,204 @@
+//! `moss::pool::{Pool, Group}`: the size limit, ordered `map`,
+//! `imap_unordered`, `join`, `kill` and slot accounting.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use moss::pool::{Group, Pool};
+
+fn tracker() -> (Rc<Cell<usize>>, Rc<Cell<usize>>) {
+    (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)))
+}
+
+#[test]
+fn pool_never_exceeds_its_size_and_runs_members_concurrently() {
+    let pool = Pool::new(5);
+    let (now, max) = tracker();
+    let t = Instant::now();
+    let hs: Vec<_> = (0..50)
+        .map(|i| {
+            let (now, max) = (now.clone(), max.clone());
+            pool.spawn(move || {
+                now.set(now.get() + 1);
+                max.set(max.get().max(now.get()));
+                moss::sleep(Duration::from_millis(10));
+                now.set(now.get() - 1);
+                i
+            })
+        })
+        .collect();
+    pool.join();
+    assert_eq!(max.get(), 5);
+    assert!(pool.is_empty());
+    assert_eq!(pool.free_count(), 5);
+    // 10 rounds of 10 ms: concurrent, but limited.
+    let el = t.elapsed();
+    assert!(el >= Duration::from_millis(100), "{el:?}");
+    assert!(el < Duration::from_secs(3), "{el:?}");
+    let sum: i32 = moss::join_all(hs).into_iter().map(Result::unwrap).sum();
+    assert_eq!(sum, (0..50).sum());
+}
+
+#[test]
+fn map_preserves_input_order_under_the_limit() {
+    let pool = Pool::new(4);
+    let (now, max) = tracker();
+    let (n2, m2) = (now.clone(), max.clone());
+    // Later items finish first.
+    let out = pool.map(
+        move |i: u64| {
+            n2.set(n2.get() + 1);
+            m2.set(m2.get().max(n2.get()));
+            moss::sleep(Duration::from_millis(20 - i % 20));
+            n2.set(n2.get() - 1);
+            i * 2
+        },
+        0..40,
+    );
+    assert_eq!(out, (0..40).map(|i| i * 2).collect::<Vec<_>>());
+    assert_eq!(max.get(), 4);
+}
+
+#[test]
+fn imap_unordered_yields_in_completion_order() {
+    let pool = Pool::new(3);
+    let got: Vec<u64> = pool
+        .imap_unordered(
+            |ms: u64| {
+                moss::sleep(Duration::from_millis(ms));
+                ms
+            },
+            vec![60, 10, 35],
+        )
+        .collect();
+    assert_eq!(got, vec![10, 35, 60]);
+    // With a pool of 1 they run one by one, in input order.
+    let one = Pool::new(1);
+    let got: Vec<u64> = one.imap_unordered(|v: u64| v, 0..5).collect();
+    assert_eq!(got, vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn spawn_waits_for_a_free_slot() {
+    let pool = Pool::new(2);
+    assert_eq!(
+        (pool.size(), pool.free_count(), pool.is_full()),
+        (2, 2, false)
+    );
+    let a = pool.spawn(|| moss::sleep(Duration::from_millis(30)));
+    let b = pool.spawn(|| moss::sleep(Duration::from_millis(30)));
+    assert!(pool.is_full());
+    assert_eq!(pool.len(), 2);
+    assert!(
+        pool.wait_available_timeout(Duration::from_millis(5))
+            .is_err()
+    );
+    let t = Instant::now();
+    let c = pool.spawn(|| "third"); // waits until a or b finished
+    assert!(
+        t.elapsed() >= Duration::from_millis(25),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(a.is_finished() || b.is_finished());
+    assert_eq!(c.join().unwrap(), "third");
+    pool.wait_available();
+    assert!(pool.join_timeout(Duration::from_secs(5)));
+    assert_eq!(pool.free_count(), 2);
+}
+
+#[test]
+fn kill_stops_every_member_and_frees_the_slots() {
+    let pool = Pool::new(3);
+    let dropped = Rc::new(Cell::new(0));
+    struct Count(Rc<Cell<i32>>);
+    impl Drop for Count {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+    let hs: Vec<_> = (0..3)
+        .map(|_| {
+            let c = Count(dropped.clone());
+            pool.spawn(move || {
+                let _c = c;
+                moss::sleep(Duration::from_secs(3600));
+            })
+        })
+        .collect();
+    moss::yield_now(); // all three are sleeping
+    assert!(!pool.join_timeout(Duration::from_millis(5)));
+    let t = Instant::now();
+    pool.kill();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(pool.is_empty());
+    assert_eq!(dropped.get(), 3);
+    assert_eq!(pool.free_count(), 3);
+    for h in hs {
+        assert!(h.join().unwrap_err().is_killed());
+    }
+    // A member killed through its own handle frees its slot too.
+    let h = pool.spawn(|| moss::sleep(Duration::from_secs(3600)));
+    assert_eq!(pool.free_count(), 2);
+    h.kill();
+    assert_eq!(pool.free_count(), 3);
+    pool.join();
+}
+
+#[test]
+fn a_panicking_map_task_is_reraised_in_the_caller() {
+    let pool = Pool::new(2);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.map(
+            |i: u32| {
+                if i == 3 {
+                    panic!("item {i} failed");
+                }
+                moss::sleep(Duration::from_millis(5));
+                i
+            },
+            0..8,
+        )
+    }));
+    let p = r.unwrap_err();
+    assert_eq!(
+        p.downcast_ref::<String>().map(String::as_str),
+        Some("item 3 failed")
+    );
+    assert!(pool.join_timeout(Duration::from_secs(5)));
+    assert_eq!(pool.free_count(), 2);
+}
+
+#[test]
+fn group_is_unbounded() {
+    let group = Group::new();
+    let (now, max) = tracker();
+    let t = Instant::now();
+    for _ in 0..1000 {
+        let (now, max) = (now.clone(), max.clone());
+        group.spawn(move || {
+            now.set(now.get() + 1);
+            max.set(max.get().max(now.get()));
+            moss::sleep(Duration::from_millis(20));
+            now.set(now.get() - 1);
+        });
+    }
+    assert_eq!(group.len(), 1000);
+    group.join();
+    assert_eq!(max.get(), 1000);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let out = group.map(|s: &str| s.len(), vec!["a", "bb", "ccc"]);
+    assert_eq!(out, vec![1, 2, 3]);
+    let g2 = group.clone();
+    g2.spawn(|| moss::sleep(Duration::from_secs(3600)));
+    moss::yield_now();
+    group.kill();
+    assert!(group.is_empty() && g2.is_empty());
+}
+
+#[test]
+#[should_panic(expected = "a pool needs at least one slot")]
+fn a_pool_of_zero_is_refused() {
+    let _ = Pool::new(0);
+}
