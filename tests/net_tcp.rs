@@ -264,6 +264,19 @@ fn std_conversions_and_plain_threads() {
     c.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"abc");
     th.join().unwrap();
+    // A std socket set non-blocking by its user keeps that behaviour.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let std_c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let _peer = l.accept().unwrap();
+    std_c.set_nonblocking(true).unwrap();
+    let c = TcpStream::from(std_c);
+    let e = (&c).read(&mut b).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WouldBlock);
+    let back: std::net::TcpStream = c.into();
+    assert_eq!(
+        (&back).read(&mut b).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
 }
 
 #[test]

@@ -83,10 +83,14 @@ pub(crate) struct Evented<S: AsRawFd> {
 }
 
 impl<S: AsRawFd> Evented<S> {
-    /// Wraps `io`, switching its fd to non-blocking mode.
+    /// Wraps `io`, switching its fd to non-blocking mode. An fd that was
+    /// non-blocking already keeps std's non-blocking behaviour (moss's
+    /// flag is set), so a round trip through the std type changes nothing.
     pub(crate) fn new(io: S) -> io::Result<Evented<S>> {
-        set_fd_nonblocking(io.as_raw_fd(), true)?;
-        Ok(Evented::from_nonblocking(io))
+        let was_nonblocking = set_fd_nonblocking(io.as_raw_fd(), true)?;
+        let e = Evented::from_nonblocking(io);
+        e.set_nonblocking(was_nonblocking);
+        Ok(e)
     }
 
     /// Wraps `io` whose fd is already non-blocking (fresh from `accept4` or
@@ -312,8 +316,8 @@ fn load_timeout(slot: &AtomicU64) -> Option<Duration> {
     }
 }
 
-/// Sets or clears `O_NONBLOCK` on `fd`.
-pub(crate) fn set_fd_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+/// Sets or clears `O_NONBLOCK` on `fd`; returns whether it was set before.
+pub(crate) fn set_fd_nonblocking(fd: RawFd, on: bool) -> io::Result<bool> {
     // SAFETY: `fd` is a live fd owned by the caller's socket; F_GETFL and
     // F_SETFL only read and change its status flags.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -331,7 +335,7 @@ pub(crate) fn set_fd_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(())
+    Ok(flags & libc::O_NONBLOCK != 0)
 }
 
 /// `recv` with `MSG_DONTWAIT`: never blocks the thread, even if someone

@@ -399,7 +399,9 @@ macro_rules! std_conversions {
     ($moss:ident, $std:ty) => {
         impl From<$std> for $moss {
             /// Takes over a std socket, switching its fd to non-blocking mode.
-            /// Its `SO_RCVTIMEO`/`SO_SNDTIMEO` become moss's timeouts.
+            /// Its `SO_RCVTIMEO`/`SO_SNDTIMEO` become moss's timeouts, and a
+            /// socket the user had set non-blocking stays so (operations
+            /// return `WouldBlock` instead of waiting).
             fn from(s: $std) -> $moss {
                 let sock = socket2::SockRef::from(&s);
                 let (r, w) = (
