@@ -68,10 +68,19 @@ fn submit(job: Job) -> io::Result<()> {
     let mut st = pool.queue.lock().unwrap_or_else(|e| e.into_inner());
     st.jobs.push_back(job);
     if st.idle == 0 && st.workers < MAX_WORKERS {
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("moss-resolver".into())
-            .spawn(move || worker(pool))?;
-        st.workers += 1;
+            .spawn(move || worker(pool));
+        match spawned {
+            Ok(_) => st.workers += 1,
+            // Busy workers will pick the job up; with none, fail it now
+            // rather than leave the caller waiting forever.
+            Err(e) if st.workers == 0 => {
+                st.jobs.pop_back();
+                return Err(e);
+            }
+            Err(_) => {}
+        }
     } else {
         pool.ready.notify_one();
     }
