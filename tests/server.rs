@@ -326,3 +326,24 @@ fn run_per_core_serves_on_both_threads_with_reuseport() {
     servers.join().unwrap();
     assert!(seen.contains(&0) && seen.contains(&1), "{seen:?}");
 }
+
+#[test]
+fn serve_forever_cancelled_by_timeout_then_served_again() {
+    let server = StreamServer::bind("127.0.0.1:0", echo).unwrap();
+    let addr = server.local_addr();
+    let srv = server.clone();
+    let r = moss::spawn(move || moss::timeout(Duration::from_millis(200), || srv.serve_forever()));
+    // Served by the first or (on a slow machine) the second serve_forever.
+    let first = moss::spawn(move || roundtrip(addr, b"first").unwrap());
+    assert!(
+        r.join().unwrap().is_err(),
+        "the timeout cancelled serve_forever"
+    );
+    // The acceptor went down with it; a new serve_forever takes over.
+    let srv = server.clone();
+    let serving = moss::spawn(move || srv.serve_forever());
+    assert_eq!(roundtrip(addr, b"second").unwrap(), b"second");
+    assert_eq!(first.join().unwrap(), b"first");
+    server.stop(Duration::from_secs(1));
+    serving.join().unwrap().unwrap();
+}
