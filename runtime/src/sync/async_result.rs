@@ -3,7 +3,7 @@
 //!
 //! It is a handle: clones share one result, so a producer (a pool worker,
 //! another thread) keeps one clone to `set` and hands the other out. The
-//! state is a small enum under a mutex, with an `AtomicBool` mirror of
+//! state is a small enum under a lock, with an `AtomicBool` mirror of
 //! "ready" so `ready()` and a `get` of a ready result skip nothing but one
 //! lock. Waiters queue in a [`WaitList`] and are all woken by `set`.
 //!
@@ -14,11 +14,12 @@
 use std::any::Any;
 use std::fmt;
 use std::panic::resume_unwind;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::error::Timeout;
+use super::lock::Lock;
 use super::waitlist::{
     Outcome, Signal, WaitList, Waiter, Watchers, deadline_in, expired, lock, park_waiter,
     unpark_all,
@@ -43,7 +44,7 @@ pub struct AsyncResult<T> {
 
 struct Shared<T> {
     ready: AtomicBool,
-    state: Mutex<State<T>>,
+    state: Lock<State<T>>,
 }
 
 struct State<T> {
@@ -67,7 +68,7 @@ impl<T> AsyncResult<T> {
         AsyncResult {
             inner: Arc::new(Shared {
                 ready: AtomicBool::new(false),
-                state: Mutex::new(State {
+                state: Lock::new(State {
                     value: Value::Pending,
                     waiters: WaitList::new(),
                     watchers: Watchers::new(),

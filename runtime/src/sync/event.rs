@@ -1,17 +1,17 @@
 //! `Event`: a flag that waiters block on until it is set (gevent's `Event`).
 //!
 //! The flag is an `AtomicBool`, so `is_set` and a `wait` on a set event take
-//! no lock. Waiters queue in a [`WaitList`] under the event's mutex; `set`
-//! raises the flag and ends every queued wait under that mutex, then wakes
+//! no lock. Waiters queue in a [`WaitList`] under the event's lock; `set`
+//! raises the flag and ends every queued wait under that lock, then wakes
 //! the waiters (in the order they came) after releasing it. A waiter queued
 //! before the flag was raised is woken even if the event is cleared again
 //! before it runs, as in gevent.
 
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::lock::Lock;
 use super::waitlist::{
     Outcome, WaitList, Waiter, Watchers, deadline_in, expired, lock, park_waiter, unpark_all,
 };
@@ -34,7 +34,7 @@ use crate::park::{self, Wakeup};
 /// ```
 pub struct Event {
     flag: AtomicBool,
-    inner: Mutex<Inner>,
+    inner: Lock<Inner>,
 }
 
 struct Inner {
@@ -47,7 +47,7 @@ impl Event {
     pub const fn new() -> Event {
         Event {
             flag: AtomicBool::new(false),
-            inner: Mutex::new(Inner {
+            inner: Lock::new(Inner {
                 waiters: WaitList::new(),
                 watchers: Watchers::new(),
             }),

@@ -9,16 +9,16 @@
 //!
 //! Every type here is `Send + Sync` (for `T: Send`) and works the same
 //! between coroutines of one hub, coroutines of different threads, and plain
-//! threads. Each keeps its state under a `std::sync::Mutex` together with a
-//! FIFO wait list (`waitlist.rs`). A call that cannot proceed queues a
+//! threads. Each keeps its state under a small internal lock (`lock.rs`)
+//! together with a FIFO wait list (`waitlist.rs`). A call that cannot proceed queues a
 //! waiter that lives on its own stack and parks through [`crate::park`];
 //! a coroutine parks by switching to its hub, a thread's root (or a plain
 //! thread) by running its hub loop, which blocks in `epoll_wait` when it has
 //! nothing else to do. Waking goes through the waiter's `Unparker`: a
 //! same-hub wake is a push on the run queue, a wake of another thread goes
 //! through that hub's cross-thread queue (and its eventfd only if it sleeps).
-//! The uncontended path of every operation is an uncontended lock (or a
-//! compare-and-swap for `Mutex`): no syscall, no allocation.
+//! The uncontended path of every operation is an uncontended lock (a
+//! compare-and-swap and a store): no syscall, no allocation.
 //!
 //! # Hand-off, FIFO and cancellation
 //!
@@ -46,6 +46,7 @@ mod async_result;
 mod channel;
 mod error;
 mod event;
+mod lock;
 mod mutex;
 mod queue;
 mod queue_core;

@@ -8,15 +8,15 @@
 //!   QUEUED   the wait list may be non-empty: unlock must take the slow path
 //!
 //!   lock:    CAS 0 → LOCKED                                    (fast path)
-//!            else, under the list's std mutex: take the lock if it is free,
+//!            else, under the list's lock: take the lock if it is free,
 //!            or set QUEUED and queue a waiter, then park
 //!   unlock:  CAS LOCKED → 0                                    (fast path)
-//!            else, under the list's std mutex: hand the lock to the first
+//!            else, under the list's lock: hand the lock to the first
 //!            waiter (the word stays LOCKED, QUEUED while others wait), or
 //!            store 0 if nobody waits
 //! ```
 //!
-//! `QUEUED` is only set and cleared under the list's mutex, and only while
+//! `QUEUED` is only set and cleared under the list's lock, and only while
 //! `LOCKED` is set, so `unlock`'s fast path can never miss a waiter. An
 //! uncontended lock/unlock pair is two compare-and-swaps: no syscall, no
 //! allocation. Under contention the lock is *handed* to the oldest waiter,
@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use super::error::Timeout;
+use super::lock::Lock;
 use super::waitlist::{Outcome, WaitList, Waiter, deadline_in, expired, lock, park_waiter};
 use crate::park::{self, Wakeup};
 
@@ -70,7 +71,7 @@ const QUEUED: u8 = 2;
 /// ```
 pub struct Mutex<T: ?Sized> {
     state: AtomicU8,
-    waiters: std::sync::Mutex<WaitList<()>>,
+    waiters: Lock<WaitList<()>>,
     value: UnsafeCell<T>,
 }
 
@@ -86,7 +87,7 @@ impl<T> Mutex<T> {
     pub const fn new(v: T) -> Mutex<T> {
         Mutex {
             state: AtomicU8::new(0),
-            waiters: std::sync::Mutex::new(WaitList::new()),
+            waiters: Lock::new(WaitList::new()),
             value: UnsafeCell::new(v),
         }
     }

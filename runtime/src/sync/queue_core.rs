@@ -1,7 +1,7 @@
 //! The one queue engine behind `Queue`, `LifoQueue`, `PriorityQueue`,
 //! `JoinableQueue` and the channels.
 //!
-//! State under one `std::sync::Mutex`: a buffer (FIFO, LIFO or min-heap, the
+//! State under one lock (`lock.rs`): a buffer (FIFO, LIFO or min-heap, the
 //! only thing that differs between the queue kinds), a capacity, the blocked
 //! getters and the blocked putters (each a [`WaitList`] of waiters on their
 //! own stacks), `wait_any` watchers, the unfinished-task count of a joinable
@@ -29,9 +29,10 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
+use super::lock::Lock;
 use super::waitlist::{
     Outcome, Signal, WaitList, Waiter, Wake, Watchers, expired, lock, park_waiter, unpark_all,
 };
@@ -143,7 +144,7 @@ pub(crate) struct State<T, B> {
 }
 
 pub(crate) struct QueueCore<T, B> {
-    state: Mutex<State<T, B>>,
+    state: Lock<State<T, B>>,
     joinable: bool,
 }
 
@@ -151,7 +152,7 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
     /// `cap == usize::MAX` is unbounded; 0 is a rendezvous (channels only).
     pub(crate) fn new(cap: usize, joinable: bool) -> Self {
         QueueCore {
-            state: Mutex::new(State {
+            state: Lock::new(State {
                 buf: B::new(),
                 cap,
                 getters: WaitList::new(),

@@ -1,7 +1,7 @@
 //! `Semaphore` and `BoundedSemaphore`: a count of permits, with FIFO
 //! hand-off to waiters.
 //!
-//! The count and the wait list share one `std::sync::Mutex`. A `release`
+//! The count and the wait list share one lock. A `release`
 //! with waiters gives the permit straight to the oldest one (the count stays
 //! 0), so there are waiters only while the count is 0, and a newcomer never
 //! takes a permit that someone older waits for. A waiter cancelled after it
@@ -9,10 +9,10 @@
 //! out just after the hand-off keeps it and succeeds.
 
 use std::fmt;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::error::{ReleaseError, Timeout};
+use super::lock::Lock;
 use super::waitlist::{Outcome, WaitList, Waiter, deadline_in, expired, lock, park_waiter};
 use crate::park::{self, Wakeup};
 
@@ -23,14 +23,14 @@ struct State {
 
 /// The shared machinery; `max` is `Some` for a bounded semaphore.
 struct Core {
-    state: Mutex<State>,
+    state: Lock<State>,
     max: Option<usize>,
 }
 
 impl Core {
     const fn new(n: usize, max: Option<usize>) -> Core {
         Core {
-            state: Mutex::new(State {
+            state: Lock::new(State {
                 permits: n,
                 waiters: WaitList::new(),
             }),

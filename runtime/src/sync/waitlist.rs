@@ -1,7 +1,7 @@
 //! The FIFO wait list every `moss::sync` primitive is built on.
 //!
 //! A blocking call that cannot proceed puts a [`Waiter`] *on its own stack*
-//! into a [`WaitList`] that lives inside the primitive's `std::sync::Mutex`,
+//! into a [`WaitList`] that lives inside the primitive's lock (`lock.rs`),
 //! releases the lock and parks (see [`crate::park`]). Whoever makes progress
 //! possible pops the first waiter under the same lock, *hands* it what it
 //! waited for (an item, a permit, the lock) and wakes it after unlocking.
@@ -28,7 +28,7 @@
 //! return and free its stack frame at once.
 //!
 //! # Invariants
-//! * A `WaitList` lives inside the `Mutex` whose guard [`park_waiter`] is
+//! * A `WaitList` lives inside the [`Lock`] whose guard [`park_waiter`] is
 //!   given, and is only touched through that guard (`&mut WaitList` therefore
 //!   proves the lock is held).
 //! * Every pointer in a list refers to a live `Waiter` in state `WAITING`
@@ -39,10 +39,11 @@
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::lock::{Lock, LockGuard};
 use crate::park::{self, Unparker, Wakeup};
 
 const IDLE: u8 = 0;
@@ -51,10 +52,10 @@ const HANDED: u8 = 2;
 const WOKEN: u8 = 3;
 const LEFT: u8 = 4;
 
-/// Locks a primitive's state. Poisoning is ignored: every critical section
-/// leaves the state consistent before calling user code (`Ord`, `Drop`).
-pub(crate) fn lock<G>(m: &Mutex<G>) -> MutexGuard<'_, G> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks a primitive's state.
+#[inline]
+pub(crate) fn lock<G>(m: &Lock<G>) -> LockGuard<'_, G> {
+    m.lock()
 }
 
 /// The deadline `d` from now; `None` (never) when it is past the end of time.
@@ -240,7 +241,7 @@ pub(crate) fn park_waiter<T, G>(
     w: &Waiter<T>,
     deadline: Option<Instant>,
     what: &'static str,
-    owner: &Mutex<G>,
+    owner: &Lock<G>,
     list: impl Fn(&mut G) -> &mut WaitList<T>,
 ) -> (Outcome, Wakeup) {
     loop {

@@ -1,0 +1,167 @@
+//! `moss::sync` micro-benchmarks, each next to an in-run baseline.
+//!
+//! * `mutex_uncontended`: lock + unlock of `moss::sync::Mutex` vs
+//!   `std::sync::Mutex`, from one thread, nobody else around.
+//! * `pingpong_one_hub`: two coroutines of one hub bounce a value through two
+//!   capacity-1 queues (`Queue`, and `bounded(1)` channels); reported per
+//!   hand-off (a put that wakes the blocked getter, plus the switch to it).
+//! * `pingpong_two_threads`: the same between two OS threads (a plain thread
+//!   parks in its hub's `epoll_wait`), vs `std::sync::mpsc::sync_channel(1)`.
+//!
+//! Run: `cargo bench --bench sync` (well under a minute).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use moss::sync::{Mutex, Queue, bounded};
+
+fn mutex_uncontended(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mutex_uncontended");
+    g.throughput(Throughput::Elements(1));
+    let m = Mutex::new(0u64);
+    g.bench_function("moss::sync::Mutex lock+unlock", |b| {
+        b.iter(|| *black_box(&m).lock() += 1)
+    });
+    let s = std::sync::Mutex::new(0u64);
+    g.bench_function("std::sync::Mutex lock+unlock (baseline)", |b| {
+        b.iter(|| *black_box(&s).lock().unwrap() += 1)
+    });
+    g.finish();
+}
+
+/// `n` round trips (2n hand-offs) between two coroutines of this hub.
+fn queue_pingpong_coroutines(n: u64) -> Duration {
+    let (ab, ba) = (Arc::new(Queue::new(1)), Arc::new(Queue::new(1)));
+    let (ab2, ba2) = (ab.clone(), ba.clone());
+    let echo = moss::spawn(move || {
+        for _ in 0..n {
+            let v: u64 = ab2.get();
+            ba2.put(v);
+        }
+    });
+    let t = Instant::now();
+    let pinger = moss::spawn(move || {
+        for i in 0..n {
+            ab.put(i);
+            black_box(ba.get());
+        }
+    });
+    pinger.join().unwrap();
+    let el = t.elapsed();
+    echo.join().unwrap();
+    el
+}
+
+fn channel_pingpong_coroutines(n: u64) -> Duration {
+    let (tx_ab, rx_ab) = bounded::<u64>(1);
+    let (tx_ba, rx_ba) = bounded::<u64>(1);
+    let echo = moss::spawn(move || {
+        for v in rx_ab.iter() {
+            tx_ba.send(v).unwrap();
+        }
+    });
+    let t = Instant::now();
+    let pinger = moss::spawn(move || {
+        for i in 0..n {
+            tx_ab.send(i).unwrap();
+            black_box(rx_ba.recv().unwrap());
+        }
+    });
+    pinger.join().unwrap();
+    let el = t.elapsed();
+    echo.join().unwrap();
+    el
+}
+
+fn pingpong_one_hub(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pingpong_one_hub");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("moss Queue(1), per hand-off", |b| {
+        b.iter_custom(|iters| queue_pingpong_coroutines(iters.div_ceil(2)))
+    });
+    g.bench_function("moss bounded(1) channel, per hand-off", |b| {
+        b.iter_custom(|iters| channel_pingpong_coroutines(iters.div_ceil(2)))
+    });
+    g.bench_function(
+        "moss yield_now between 2 coroutines (baseline: a bare switch)",
+        |b| {
+            b.iter_custom(|iters| {
+                let n = iters.div_ceil(2);
+                let t = Instant::now();
+                let hs: Vec<_> = (0..2)
+                    .map(|_| moss::spawn(move || (0..n).for_each(|_| moss::yield_now())))
+                    .collect();
+                moss::join_all(hs);
+                t.elapsed()
+            })
+        },
+    );
+    g.finish();
+}
+
+fn queue_pingpong_threads(n: u64) -> Duration {
+    let (ab, ba) = (Arc::new(Queue::new(1)), Arc::new(Queue::new(1)));
+    let (ab2, ba2) = (ab.clone(), ba.clone());
+    let echo = std::thread::spawn(move || {
+        for _ in 0..n {
+            let v: u64 = ab2.get();
+            ba2.put(v);
+        }
+    });
+    let t = Instant::now();
+    for i in 0..n {
+        ab.put(i);
+        black_box(ba.get());
+    }
+    let el = t.elapsed();
+    echo.join().unwrap();
+    el
+}
+
+fn mpsc_pingpong_threads(n: u64) -> Duration {
+    let (tx_ab, rx_ab) = std::sync::mpsc::sync_channel::<u64>(1);
+    let (tx_ba, rx_ba) = std::sync::mpsc::sync_channel::<u64>(1);
+    let echo = std::thread::spawn(move || {
+        for v in rx_ab.iter() {
+            tx_ba.send(v).unwrap();
+        }
+    });
+    let t = Instant::now();
+    for i in 0..n {
+        tx_ab.send(i).unwrap();
+        black_box(rx_ba.recv().unwrap());
+    }
+    let el = t.elapsed();
+    drop(tx_ab);
+    echo.join().unwrap();
+    el
+}
+
+fn pingpong_two_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pingpong_two_threads");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("moss Queue(1), per hand-off", |b| {
+        b.iter_custom(|iters| queue_pingpong_threads(iters.div_ceil(2)))
+    });
+    g.bench_function(
+        "std::sync::mpsc::sync_channel(1), per hand-off (baseline)",
+        |b| b.iter_custom(|iters| mpsc_pingpong_threads(iters.div_ceil(2))),
+    );
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = mutex_uncontended, pingpong_one_hub, pingpong_two_threads
+}
+criterion_main!(benches);
