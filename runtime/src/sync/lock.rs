@@ -29,6 +29,12 @@ unsafe impl<T: Send> Sync for Lock<T> {}
 // SAFETY: owning the lock is owning the `T`.
 unsafe impl<T: Send> Send for Lock<T> {}
 
+// Every critical section leaves the guarded state consistent before it can
+// unwind (see the module docs), so observing it after a panic is fine; this
+// keeps the primitives usable across `catch_unwind`, like std's.
+impl<T> std::panic::RefUnwindSafe for Lock<T> {}
+impl<T> std::panic::UnwindSafe for Lock<T> {}
+
 impl<T> Lock<T> {
     pub(crate) const fn new(v: T) -> Lock<T> {
         Lock {
