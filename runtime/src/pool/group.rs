@@ -229,6 +229,11 @@ impl<R> fmt::Debug for ImapUnordered<R> {
 /// assert_eq!(squares[19], 361); // in input order
 /// assert_eq!(pool.free_count(), 5);
 /// ```
+///
+/// ```compile_fail
+/// let pool = moss_runtime::pool::Pool::new(2);
+/// std::thread::spawn(move || pool.join()); // Pool is !Send
+/// ```
 #[derive(Clone)]
 pub struct Pool {
     set: Rc<Members>,

@@ -256,6 +256,15 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for Mutex<T> {
 /// Unlike std's guard it may be sent to another thread (for `T: Send`) and
 /// held across blocking calls: the lock is not tied to a thread, and a
 /// coroutine holding it while it waits only delays the other waiters.
+///
+/// ```
+/// let m = moss_runtime::sync::Mutex::new(vec![1]);
+/// std::thread::scope(|s| {
+///     let mut g = m.lock();
+///     s.spawn(move || g.push(2)); // the guard moves; the lock is released there
+/// });
+/// assert_eq!(*m.lock(), [1, 2]);
+/// ```
 pub struct MutexGuard<'a, T: ?Sized> {
     mutex: &'a Mutex<T>,
     /// Send iff `T: Send`, Sync iff `T: Sync`, like `&mut T`.
