@@ -272,3 +272,36 @@ fn bad_sizes_and_use_from_a_child_are_errors() {
     assert_eq!(child.join().unwrap(), 0);
     pool.terminate();
 }
+
+#[test]
+fn tasks_queued_behind_a_dying_task_still_run_exactly_once() {
+    let pool = ProcessPool::new(2).unwrap();
+    // Many tiny tasks make the pool pipeline several per worker.
+    let first: Vec<_> = (0..300u64)
+        .map(|i| pool.apply_async(square, i, |_| {}).unwrap())
+        .collect();
+    let dying: Vec<_> = (0..3)
+        .map(|_| pool.apply_async(abort, (), |_| {}).unwrap())
+        .collect();
+    let second: Vec<_> = (300..600u64)
+        .map(|i| pool.apply_async(square, i, |_| {}).unwrap())
+        .collect();
+    for (i, r) in first.iter().chain(&second).enumerate() {
+        assert_eq!(r.get().unwrap(), square(i as u64));
+    }
+    for r in &dying {
+        assert!(
+            matches!(
+                r.get(),
+                Err(PoolError::WorkerDied {
+                    signal: Some(6),
+                    ..
+                })
+            ),
+            "{:?}",
+            r.get()
+        );
+    }
+    pool.close();
+    pool.join();
+}

@@ -5,16 +5,21 @@
 //! pidfd and blocks in `poll(2)` on them plus the pool's wake pipe. Each
 //! round it:
 //!
-//! 1. takes queued tasks for idle workers (one task per worker at a time)
-//!    and fails everything on `terminate`;
-//! 2. forks a replacement for every dead worker (retrying every 100 ms if a
+//! 1. forks a replacement for every dead worker (retrying every 100 ms if a
 //!    fork fails; with no worker left at all, queued tasks fail instead of
 //!    waiting forever);
+//! 2. hands queued tasks to the least loaded workers, and fails everything
+//!    on `terminate`. A worker may hold several tasks (it runs them in
+//!    order): up to 1 ms worth by a moving average of task times, at most
+//!    64, so tiny tasks never wait for a manager round trip while a long
+//!    task does not hold short ones behind it;
 //! 3. writes pending request bytes, reads replies and completes tasks
 //!    (outside the pool's lock: completing wakes the caller's hub);
 //! 4. detects deaths (pidfd readable, socket hang-up or send error): reads
-//!    any reply the worker still sent, reaps it, fails its task with
-//!    [`PoolError::WorkerDied`].
+//!    any reply the worker still sent, reaps it, and fails the first task it
+//!    had not answered (the one it was running) with
+//!    [`PoolError::WorkerDied`]; its later tasks never started, so they go
+//!    back to the front of the queue for the other workers.
 //!
 //! Frames in both directions are `[len: u32 LE][body]`. A request body is
 //! `[trampoline: u64][function: u64][postcard arguments]`; a reply body is
@@ -28,7 +33,7 @@
 //! children) closes them: otherwise a child would hold another worker's
 //! socket open and hide its hang-up.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -44,6 +49,8 @@ use crate::thread::Oneshot;
 /// How long closed-pool workers get to exit on request before SIGKILL.
 const GRACE: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(100);
+/// Most tasks sent to one worker at once (see [`Ewma`]).
+const MAX_DEPTH: usize = 64;
 
 static PRIVATE_FDS: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
 
@@ -95,6 +102,7 @@ pub(crate) fn start(
                 wake_r,
                 workers: Vec::new(),
                 retry_at: None,
+                service: Ewma(Duration::from_millis(1)),
             };
             m.run(&started);
             unregister(m.wake_r.as_raw_fd());
@@ -114,7 +122,11 @@ struct Worker {
     pid: libc::pid_t,
     pidfd: Option<OwnedFd>,
     sock: OwnedFd,
-    task: Option<Arc<Reply>>,
+    /// Tasks sent and not answered, oldest first. The worker runs them in
+    /// order, so only the first can have started.
+    in_flight: VecDeque<Task>,
+    /// When the worker began the current first task (as far as we know).
+    started_at: Instant,
     out: Vec<u8>,
     out_pos: usize,
     inbuf: Vec<u8>,
@@ -126,16 +138,21 @@ impl Worker {
         std::iter::once(self.sock.as_raw_fd()).chain(self.pidfd.as_ref().map(|f| f.as_raw_fd()))
     }
 
-    fn start(&mut self, t: Task) {
+    fn send(&mut self, t: Task) {
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
         let len = (16 + t.args.len()) as u32;
-        self.out.clear();
         self.out.extend_from_slice(&len.to_le_bytes());
         self.out
             .extend_from_slice(&(t.call as usize as u64).to_le_bytes());
         self.out.extend_from_slice(&(t.f as u64).to_le_bytes());
         self.out.extend_from_slice(&t.args);
-        self.out_pos = 0;
-        self.task = Some(t.reply);
+        if self.in_flight.is_empty() {
+            self.started_at = Instant::now();
+        }
+        self.in_flight.push_back(t);
     }
 
     /// Sends pending request bytes; marks the worker dead on a send error.
@@ -152,9 +169,10 @@ impl Worker {
         }
     }
 
-    /// Reads what the worker sent; returns a completed reply, if any. Marks
-    /// the worker dead at EOF or on an error.
-    fn read(&mut self) -> Option<(Arc<Reply>, Vec<u8>)> {
+    /// Reads what the worker sent and moves every complete reply to `done`;
+    /// feeds each task's service time to `service`. Marks the worker dead
+    /// at EOF or on an error.
+    fn read(&mut self, done: &mut Vec<(Arc<Reply>, Vec<u8>)>, service: &mut Ewma) {
         let mut buf = [0u8; 64 * 1024];
         loop {
             match fork::read(self.sock.as_raw_fd(), &mut buf) {
@@ -170,17 +188,41 @@ impl Worker {
                 }
             }
         }
-        if self.inbuf.len() < 4 {
-            return None;
+        let mut at = 0;
+        let now = Instant::now();
+        while self.inbuf.len() - at >= 4 {
+            let len =
+                u32::from_le_bytes(self.inbuf[at..at + 4].try_into().expect("4 bytes")) as usize;
+            if self.inbuf.len() - at < 4 + len {
+                break;
+            }
+            let body = self.inbuf[at + 4..at + 4 + len].to_vec();
+            at += 4 + len;
+            // A reply without a task would be a protocol error; drop it.
+            if let Some(t) = self.in_flight.pop_front() {
+                service.add(now.saturating_duration_since(self.started_at));
+                self.started_at = now;
+                done.push((t.reply, body));
+            }
         }
-        let len = u32::from_le_bytes(self.inbuf[..4].try_into().expect("4 bytes")) as usize;
-        if self.inbuf.len() < 4 + len {
-            return None;
-        }
-        let body = self.inbuf[4..4 + len].to_vec();
-        self.inbuf.drain(..4 + len);
-        // A reply without a task would be a protocol error; drop it.
-        self.task.take().map(|r| (r, body))
+        self.inbuf.drain(..at);
+    }
+}
+
+/// A moving average of task service times, which sets how many tasks may
+/// wait in a worker's socket behind the running one: many for tiny tasks
+/// (the worker never waits for the manager), one for long tasks (a task is
+/// never stuck behind a long one while another worker is idle).
+struct Ewma(Duration);
+
+impl Ewma {
+    fn add(&mut self, d: Duration) {
+        self.0 = (self.0 * 7 + d) / 8;
+    }
+
+    fn depth(&self) -> usize {
+        let per_ms = Duration::from_millis(1).as_nanos() / self.0.as_nanos().max(1);
+        (per_ms as usize).clamp(1, MAX_DEPTH)
     }
 }
 
@@ -190,6 +232,7 @@ struct Manager {
     /// `None`: a vacant slot waiting for a replacement.
     workers: Vec<Option<Worker>>,
     retry_at: Option<Instant>,
+    service: Ewma,
 }
 
 impl Manager {
@@ -222,6 +265,14 @@ impl Manager {
     /// One round of the loop; `Some(terminated)` when the manager must stop.
     fn round(&mut self) -> Option<bool> {
         let mut failed: Vec<(Arc<Reply>, PoolError)> = Vec::new();
+        let needed = {
+            let s = self.shared.lock();
+            !(s.terminated || (s.closed && s.queue.is_empty()))
+        };
+        if needed {
+            // Before assigning, so fresh workers get work this round.
+            self.fill_vacancies(&mut failed);
+        }
         {
             let mut s = self.shared.lock();
             if s.terminated {
@@ -230,22 +281,28 @@ impl Manager {
                 self.complete_failed(failed);
                 return Some(true);
             }
-            for w in self.workers.iter_mut().flatten() {
-                if w.task.is_none()
-                    && !w.dead
-                    && let Some(t) = s.queue.pop_front()
-                {
-                    w.start(t);
-                }
+            // Idle workers first, then pipeline up to the current depth,
+            // always to the least loaded worker.
+            let depth = self.service.depth();
+            while !s.queue.is_empty() {
+                let best = self
+                    .workers
+                    .iter_mut()
+                    .flatten()
+                    .filter(|w| !w.dead && w.in_flight.len() < depth)
+                    .min_by_key(|w| w.in_flight.len());
+                let Some(w) = best else { break };
+                w.send(s.queue.pop_front().expect("not empty"));
             }
-            let idle = self.workers.iter().flatten().all(|w| w.task.is_none());
+            let idle = self
+                .workers
+                .iter()
+                .flatten()
+                .all(|w| w.in_flight.is_empty());
             if s.closed && s.queue.is_empty() && idle {
+                drop(s);
+                self.complete_failed(failed);
                 return Some(false);
-            }
-            let needed = !(s.closed && s.queue.is_empty());
-            drop(s);
-            if needed {
-                self.fill_vacancies(&mut failed);
             }
         }
         self.complete_failed(failed);
@@ -275,9 +332,13 @@ impl Manager {
             std::thread::sleep(RETRY); // EINVAL/ENOMEM: try again later
         }
         if fork::poll_readable(&fds[0]) {
-            self.shared.wake_pending.store(false, Ordering::Release);
+            // Drain first, then clear the flag: a submitter that still sees
+            // the flag set has pushed its task before, and the next round
+            // looks at the queue after this point; one that sees it clear
+            // writes a fresh byte.
             let mut buf = [0u8; 64];
             while matches!(fork::read(self.wake_r.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
+            self.shared.wake_pending.store(false, Ordering::SeqCst);
         }
 
         let mut done: Vec<(Arc<Reply>, Vec<u8>)> = Vec::new();
@@ -293,30 +354,41 @@ impl Manager {
                 w.flush();
             }
             if fork::poll_readable(p) {
-                done.extend(w.read());
+                w.read(&mut done, &mut self.service);
             }
         }
         let mut failed = Vec::new();
+        let mut requeue = Vec::new();
         for slot in &mut self.workers {
             if slot.as_ref().is_some_and(|w| w.dead) {
                 let mut w = slot.take().expect("checked");
-                done.extend(w.read()); // a reply sent just before dying counts
-                let (exit, task) = reap(&mut w);
-                if let Some(r) = task {
+                // Replies sent just before dying count.
+                w.read(&mut done, &mut self.service);
+                let (exit, mut tasks) = reap(&mut w);
+                if let Some(t) = tasks.pop_front() {
                     let (signal, exit_code) = match exit {
                         Some(Exit::Signal(s)) => (Some(s), None),
                         Some(Exit::Code(c)) => (None, Some(c)),
                         None => (None, None),
                     };
+                    let pid = w.pid as u32;
                     failed.push((
-                        r,
+                        t.reply,
                         PoolError::WorkerDied {
-                            pid: w.pid as u32,
+                            pid,
                             signal,
                             exit_code,
                         },
                     ));
                 }
+                // The others never started: they go to another worker.
+                requeue.extend(tasks);
+            }
+        }
+        if !requeue.is_empty() {
+            let mut s = self.shared.lock();
+            for t in requeue.into_iter().rev() {
+                s.queue.push_front(t);
             }
         }
         let n = done.len();
@@ -397,7 +469,8 @@ impl Manager {
                     pid,
                     pidfd,
                     sock: parent,
-                    task: None,
+                    in_flight: VecDeque::new(),
+                    started_at: Instant::now(),
                     out: Vec::new(),
                     out_pos: 0,
                     inbuf: Vec::new(),
@@ -416,8 +489,8 @@ impl Manager {
             let _ = fork::signal(w.pid, libc::SIGKILL);
         }
         for mut w in self.workers.drain(..).flatten() {
-            let (_, task) = reap(&mut w);
-            failed.extend(task.map(|r| (r, why.clone())));
+            let (_, tasks) = reap(&mut w);
+            failed.extend(tasks.into_iter().map(|t| (t.reply, why.clone())));
         }
         self.complete_failed(failed);
     }
@@ -425,8 +498,11 @@ impl Manager {
     /// Asks idle workers to exit, waits up to [`GRACE`], then kills the rest.
     fn stop_gracefully(&mut self) {
         for w in self.workers.iter_mut().flatten() {
-            w.out = 0u32.to_le_bytes().to_vec();
-            w.out_pos = 0;
+            if w.out_pos == w.out.len() {
+                w.out.clear();
+                w.out_pos = 0;
+            }
+            w.out.extend_from_slice(&0u32.to_le_bytes());
             w.flush();
         }
         let end = Instant::now() + GRACE;
@@ -461,8 +537,8 @@ impl Manager {
 
 /// Closes a dead (or stopping) worker's fds and reaps it (SIGKILL first if
 /// it has not exited, so this never waits long). `pid == 0` means already
-/// reaped. Returns how it ended and the task it was running.
-fn reap(w: &mut Worker) -> (Option<Exit>, Option<Arc<Reply>>) {
+/// reaped. Returns how it ended and the tasks it had not answered.
+fn reap(w: &mut Worker) -> (Option<Exit>, VecDeque<Task>) {
     w.fds().for_each(unregister);
     let exit = if w.pid == 0 {
         None
@@ -476,25 +552,44 @@ fn reap(w: &mut Worker) -> (Option<Exit>, Option<Arc<Reply>>) {
             Err(_) => None,
         }
     };
-    (exit, w.task.take())
+    (exit, std::mem::take(&mut w.in_flight))
 }
 
 /// The loop of a worker process: requests in, replies out, on the blocking
-/// child end of its socket pair. Never returns.
+/// child end of its socket pair. Requests are read ahead in bulk (several
+/// may be queued); each reply is written as soon as its task returns, so
+/// the manager always knows which task a dying worker was running. Never
+/// returns.
 fn worker_main(sock: RawFd) -> ! {
-    let mut header = [0u8; 4];
+    let mut inbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut at = 0;
+    let mut frame = Vec::new();
     loop {
-        if !read_exact(sock, &mut header) {
-            fork::exit_now(0);
-        }
-        let len = u32::from_le_bytes(header) as usize;
-        if len < 16 {
-            fork::exit_now(0); // an exit request (or garbage)
-        }
-        let mut body = vec![0u8; len];
-        if !read_exact(sock, &mut body) {
-            fork::exit_now(0);
-        }
+        // Make sure one whole request is buffered.
+        let len = loop {
+            let have = inbuf.len() - at;
+            if have >= 4 {
+                let len = u32::from_le_bytes(inbuf[at..at + 4].try_into().expect("4 bytes"));
+                let len = len as usize;
+                if len < 16 {
+                    fork::exit_now(0); // an exit request (or garbage)
+                }
+                if have >= 4 + len {
+                    break len;
+                }
+            }
+            if at > 0 {
+                inbuf.drain(..at);
+                at = 0;
+            }
+            let old = inbuf.len();
+            inbuf.resize(old.max(64 * 1024).max(old + 64 * 1024), 0);
+            match fork::read(sock, &mut inbuf[old..]) {
+                Ok(0) | Err(_) => fork::exit_now(0),
+                Ok(n) => inbuf.truncate(old + n),
+            }
+        };
+        let body = &inbuf[at + 4..at + 4 + len];
         let call = u64::from_le_bytes(body[..8].try_into().expect("8 bytes")) as usize;
         let f = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")) as usize;
         // SAFETY: `call` is the value of a `Trampoline` function pointer that
@@ -503,24 +598,14 @@ fn worker_main(sock: RawFd) -> ! {
         // address.
         let call = unsafe { std::mem::transmute::<usize, Trampoline>(call) };
         let reply = call(f, &body[16..]);
-        let mut frame = Vec::with_capacity(4 + reply.len());
+        at += 4 + len;
+        frame.clear();
         frame.extend_from_slice(&(reply.len() as u32).to_le_bytes());
         frame.extend_from_slice(&reply);
         if !write_all(sock, &frame) {
             fork::exit_now(0);
         }
     }
-}
-
-fn read_exact(fd: RawFd, buf: &mut [u8]) -> bool {
-    let mut got = 0;
-    while got < buf.len() {
-        match fork::read(fd, &mut buf[got..]) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => got += n,
-        }
-    }
-    true
 }
 
 fn write_all(fd: RawFd, buf: &[u8]) -> bool {

@@ -23,10 +23,11 @@
 //!   worker I/O with non-blocking sockets and `poll`: no caller ever blocks
 //!   a hub, and the pool can be used from any number of coroutines and
 //!   threads at once (tasks are served in submission order).
-//! * Each worker runs one task at a time. When its pidfd turns readable (or
-//!   its socket hangs up) the manager first reads whatever reply it still
-//!   sent, then reaps it; a task it was running fails with
-//!   [`PoolError::WorkerDied`], and a fresh worker is forked at once. Other
+//! * Each worker runs its tasks one at a time, replying to each at once.
+//!   When its pidfd turns readable (or its socket hangs up) the manager
+//!   first reads whatever replies it still sent, then reaps it; the task it
+//!   was running fails with [`PoolError::WorkerDied`], tasks queued behind
+//!   it go to other workers, and a fresh worker is forked at once. Other
 //!   tasks are not affected.
 //! * Workers are forked by the manager thread, so in a worker only that
 //!   thread existed (see the fork rules in [`Process`](super::Process)): a
@@ -330,7 +331,7 @@ impl Shared {
         if std::process::id() != self.creator {
             return;
         }
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
             // A full pipe already holds a wake-up.
             let _ = fork::write(std::os::fd::AsRawFd::as_raw_fd(&self.wake_w), &[1], false);
         }
