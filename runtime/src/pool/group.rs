@@ -77,6 +77,15 @@ impl Members {
         if let Some(s) = &self.slots {
             s.acquire();
         }
+        self.spawn_in_slot(f)
+    }
+
+    /// Spawns `f` in a slot the caller already took.
+    fn spawn_in_slot<F, T>(self: &Rc<Self>, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
         let key = self.next_key.get();
         self.next_key.set(key + 1);
         let slot = Slot {
@@ -263,6 +272,29 @@ impl Pool {
         T: 'static,
     {
         self.set.spawn(f)
+    }
+
+    /// [`spawn`](Self::spawn), waiting at most `d` for a free slot
+    /// (`Duration::ZERO`: only if one is free now). On timeout `f` is
+    /// dropped unrun.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = moss_runtime::pool::Pool::new(1);
+    /// let busy = pool.spawn(|| moss_runtime::sleep(Duration::from_millis(50)));
+    /// assert!(pool.spawn_timeout(Duration::ZERO, || ()).is_err());
+    /// busy.join().unwrap();
+    /// assert!(pool.spawn_timeout(Duration::ZERO, || ()).is_ok());
+    /// ```
+    pub fn spawn_timeout<F, T>(&self, d: Duration, f: F) -> Result<JoinHandle<T>, Timeout>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        if let Some(s) = &self.set.slots {
+            s.acquire_timeout(d)?;
+        }
+        Ok(self.set.spawn_in_slot(f))
     }
 
     /// Runs `f` on every item through the pool and returns the results in
