@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use super::lock::{Lock, LockGuard};
+use crate::hub::Hub;
 use crate::park::{self, Unparker, Wakeup};
 
 const IDLE: u8 = 0;
@@ -100,6 +101,7 @@ impl<T> Waiter<T> {
     ///
     /// # Safety
     /// `p` was just popped from a list whose lock the caller holds.
+    #[inline]
     unsafe fn finish(p: NonNull<Waiter<T>>, state: u8) -> Wake {
         // SAFETY: per the list invariants the waiter is alive and its owner
         // does not touch the cell while it is queued and we hold the lock.
@@ -126,6 +128,7 @@ impl<T> Drop for Waiter<T> {
 pub(crate) struct Wake(Unparker);
 
 impl Wake {
+    #[inline]
     pub(crate) fn unpark(self) {
         self.0.unpark();
     }
@@ -163,6 +166,7 @@ impl<T> WaitList<T> {
     /// `w` must not move or be dropped until [`park_waiter`] has returned for
     /// it, and the caller must call `park_waiter` right after releasing the
     /// lock (with this list's owner and accessor), without unwinding between.
+    #[inline]
     pub(crate) unsafe fn push(&mut self, w: &Waiter<T>) {
         debug_assert_eq!(w.state.load(Ordering::Relaxed), IDLE);
         // SAFETY: `w` is not queued anywhere yet, so nobody else accesses it.
@@ -172,6 +176,7 @@ impl<T> WaitList<T> {
     }
 
     /// Hands `item` to the first waiter, or gives it back if there is none.
+    #[inline]
     pub(crate) fn hand(&mut self, item: T) -> Result<Wake, T> {
         let Some(p) = self.q.pop_front() else {
             return Err(item);
@@ -184,6 +189,7 @@ impl<T> WaitList<T> {
     }
 
     /// Takes the item the first waiter offers (a blocked putter).
+    #[inline]
     pub(crate) fn take(&mut self) -> Option<(T, Wake)> {
         let p = self.q.pop_front()?;
         // SAFETY: as in `hand`.
@@ -244,9 +250,10 @@ pub(crate) fn park_waiter<T, G>(
     owner: &Lock<G>,
     list: impl Fn(&mut G) -> &mut WaitList<T>,
 ) -> (Outcome, Wakeup) {
+    let hub = Hub::current();
     loop {
-        let mut why = park::park(deadline, what);
-        if why != Wakeup::Cancelled && park::cancel_pending() {
+        let mut why = hub.park(deadline, what);
+        if why != Wakeup::Cancelled && hub.current_header().cancel.get().is_some() {
             // Woken by a hand-off, then killed before it ran: the kill takes
             // effect at this blocking point, so what was handed is passed on.
             why = Wakeup::Cancelled;
