@@ -183,27 +183,32 @@ fn processpool_tiny() {
 }
 
 fn cpu_speedup() {
+    // Best of three for each side: the machine may be shared.
     let seeds: Vec<u64> = (1..=8).collect();
-    let t = Instant::now();
-    let serial: Vec<u64> = seeds.iter().map(|&s| heavy(s)).collect();
-    let serial_t = t.elapsed();
     let pool = ProcessPool::new(2).unwrap();
-    let t = Instant::now();
-    let rs: Vec<_> = seeds
-        .iter()
-        .map(|&s| pool.apply_async(heavy, s, |_| {}).unwrap())
-        .collect();
-    let parallel: Vec<u64> = rs.iter().map(|r| r.take().unwrap()).collect();
-    let pool_t = t.elapsed();
-    assert_eq!(serial, parallel);
+    let mut serial_t = Duration::MAX;
+    let mut pool_t = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let serial: Vec<u64> = seeds.iter().map(|&s| heavy(s)).collect();
+        serial_t = serial_t.min(t.elapsed());
+        let t = Instant::now();
+        let rs: Vec<_> = seeds
+            .iter()
+            .map(|&s| pool.apply_async(heavy, s, |_| {}).unwrap())
+            .collect();
+        let parallel: Vec<u64> = rs.iter().map(|r| r.take().unwrap()).collect();
+        pool_t = pool_t.min(t.elapsed());
+        assert_eq!(serial, parallel);
+    }
     pool.close();
     pool.join();
     row(
-        "8 CPU-bound tasks, serial in this process",
+        "8 CPU-bound tasks, serial in this process (best of 3)",
         &format!("{:.0} ms", serial_t.as_secs_f64() * 1e3),
     );
     row(
-        "8 CPU-bound tasks, ProcessPool(2)",
+        "8 CPU-bound tasks, ProcessPool(2) (best of 3)",
         &format!("{:.0} ms", pool_t.as_secs_f64() * 1e3),
     );
     row(
