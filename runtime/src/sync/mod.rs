@@ -10,8 +10,9 @@
 //! Every type here is `Send + Sync` (for `T: Send`) and works the same
 //! between coroutines of one hub, coroutines of different threads, and plain
 //! threads. Each keeps its state under a small internal lock (`lock.rs`)
-//! together with a FIFO wait list (`waitlist.rs`). A call that cannot proceed queues a
-//! waiter that lives on its own stack and parks through [`crate::park`];
+//! together with a FIFO wait list (`waitlist.rs`). A call that cannot
+//! proceed queues a waiter that lives on its own stack and parks through
+//! [`crate::park`];
 //! a coroutine parks by switching to its hub, a thread's root (or a plain
 //! thread) by running its hub loop, which blocks in `epoll_wait` when it has
 //! nothing else to do. Waking goes through the waiter's `Unparker`: a
@@ -29,8 +30,9 @@
 //! and a late-comer cannot overtake them.
 //!
 //! A waiter whose deadline passes or that is killed (or hit by an enclosing
-//! `moss::timeout`) re-locks and either removes itself (nothing was handed
-//! to it) or finds that it was handed something just before. Then a timed
+//! `moss::timeout`) — also after the hand-off but before it got to run —
+//! re-locks and either removes itself (nothing was handed to it) or finds
+//! that it was handed something just before. Then a timed
 //! out call succeeds after all (the hand-off wins), and a cancelled one
 //! passes what it got on — the item goes back to the front of the queue or
 //! to the next waiter, the permit or lock to the next acquirer — before it

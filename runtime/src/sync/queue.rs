@@ -173,6 +173,9 @@ queue_api!(LifoQueue, Lifo, false, []);
 /// A priority queue: `get` returns the smallest item (use
 /// `std::cmp::Reverse` for the largest).
 ///
+/// `T`'s `Ord` runs under the queue's internal lock: it must be quick and
+/// must not block or call into moss.
+///
 /// ```
 /// let q = moss_runtime::sync::PriorityQueue::new(10);
 /// for v in [5, 1, 4] { q.put(v) }
