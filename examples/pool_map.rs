@@ -90,7 +90,7 @@ fn main() {
                 moss::sleep(Duration::from_millis(ms as u64));
                 ms
             },
-            [30, 10, 20],
+            [90, 10, 50],
         )
         .collect();
     println!("imap_unordered yields in completion order: {first:?}");

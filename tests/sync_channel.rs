@@ -176,7 +176,7 @@ fn wait_any_over_mixed_sources() {
 
 #[test]
 fn iwait_yields_each_source_once_in_completion_order() {
-    let hs: Vec<_> = [40u64, 10, 25]
+    let hs: Vec<_> = [100u64, 10, 55]
         .into_iter()
         .map(|ms| moss::spawn(move || moss::sleep(Duration::from_millis(ms))))
         .collect();

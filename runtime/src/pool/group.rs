@@ -315,8 +315,8 @@ impl Pool {
     /// ```
     /// use std::time::Duration;
     /// let pool = moss_runtime::pool::Pool::new(3);
-    /// let it = pool.imap_unordered(|ms: u64| { moss_runtime::sleep(Duration::from_millis(ms)); ms }, [30, 10, 20]);
-    /// assert_eq!(it.collect::<Vec<_>>(), [10, 20, 30]);
+    /// let it = pool.imap_unordered(|ms: u64| { moss_runtime::sleep(Duration::from_millis(ms)); ms }, [90, 10, 50]);
+    /// assert_eq!(it.collect::<Vec<_>>(), [10, 50, 90]);
     /// ```
     pub fn imap_unordered<I, R, F>(
         &self,

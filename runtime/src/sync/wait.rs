@@ -199,7 +199,7 @@ fn wait_any_until(
 ///
 /// ```
 /// use std::time::Duration;
-/// let hs: Vec<_> = [30u64, 10, 20]
+/// let hs: Vec<_> = [90u64, 10, 50]
 ///     .into_iter()
 ///     .map(|ms| moss_runtime::spawn(move || moss_runtime::sleep(Duration::from_millis(ms))))
 ///     .collect();
