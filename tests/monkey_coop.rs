@@ -755,3 +755,56 @@ fn cross_thread_wakeups_still_work_after_patching() {
     assert!(t.elapsed() < Duration::from_secs(5));
     setter.join().unwrap();
 }
+
+#[test]
+fn other_fds_pass_straight_through_in_coroutines() {
+    on_thread(Duration::from_secs(20), || {
+        moss::spawn(|| {
+            // A regular file: plain reads and writes, flags untouched.
+            let path =
+                std::env::temp_dir().join(format!("moss-monkey-plain-{}", std::process::id()));
+            std::fs::write(&path, b"plain file").unwrap();
+            let f = std::fs::File::open(&path).unwrap();
+            let mut s = String::new();
+            (&f).read_to_string(&mut s).unwrap();
+            assert_eq!(s, "plain file");
+            // SAFETY: raw fcntl syscall on a valid fd (bypasses the hooks).
+            let kernel =
+                unsafe { libc::syscall(libc::SYS_fcntl, f.as_raw_fd(), libc::F_GETFL) } as i32;
+            assert_eq!(
+                kernel & libc::O_NONBLOCK,
+                0,
+                "a regular file was made non-blocking"
+            );
+            std::fs::remove_file(&path).unwrap();
+            // An eventfd (what the hub's waker is): a non-blocking read of an
+            // empty one fails at once with EAGAIN, exactly as libc's.
+            // SAFETY: plain syscall wrappers on our own eventfd.
+            unsafe {
+                let e = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
+                assert!(e >= 0);
+                let mut v = 0u64;
+                let t = Instant::now();
+                assert_eq!(libc::read(e, (&raw mut v).cast(), 8), -1);
+                assert_eq!(
+                    std::io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EAGAIN)
+                );
+                assert!(t.elapsed() < Duration::from_millis(100));
+                let one = 1u64;
+                assert_eq!(libc::write(e, (&raw const one).cast(), 8), 8);
+                assert_eq!(libc::read(e, (&raw mut v).cast(), 8), 8);
+                assert_eq!(v, 1);
+                assert_eq!(libc::close(e), 0);
+            }
+            // /dev/null takes writes.
+            let mut null = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .unwrap();
+            null.write_all(&[0u8; 4096]).unwrap();
+        })
+        .join()
+        .unwrap();
+    });
+}
