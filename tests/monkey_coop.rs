@@ -808,3 +808,34 @@ fn other_fds_pass_straight_through_in_coroutines() {
         .unwrap();
     });
 }
+
+#[test]
+fn write_timeout_expires_with_would_block_while_others_run() {
+    on_thread(Duration::from_secs(20), || {
+        let (ticks, tick) = ticker();
+        let h = moss::spawn(|| {
+            let (a, _b) = UnixStream::pair().unwrap(); // nobody reads `_b`
+            a.set_write_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let chunk = [0u8; 64 * 1024];
+            let mut sent = 0usize;
+            let t = Instant::now();
+            loop {
+                match (&a).write(&chunk) {
+                    Ok(n) => sent += n,
+                    Err(e) => return (e.kind(), t.elapsed(), sent),
+                }
+            }
+        });
+        let before = ticks.get();
+        let (kind, waited, sent) = h.join().unwrap();
+        assert_eq!(kind, ErrorKind::WouldBlock, "after {sent} bytes");
+        assert!(sent > 0);
+        assert!(waited >= Duration::from_millis(190), "{waited:?}");
+        assert!(
+            ticks.get() - before >= 2,
+            "the ticker stalled during the write"
+        );
+        tick.kill();
+    });
+}
