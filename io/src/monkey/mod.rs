@@ -102,8 +102,17 @@
 //!   calls, raw syscalls) keep stale state until their number is reused by
 //!   `socket`/`accept`.
 //! * The `O_NONBLOCK` view is per fd number, not per file description.
-//! * Hooks called inside a raw `moss::greenlet` on a hub thread would try
-//!   to park the greenlet; do not use patched blocking calls there.
+//! * A blocking hooked call inside a raw `moss::greenlet` started from a
+//!   coroutine would have to park the greenlet, which moss forbids: the
+//!   runtime's panic cannot unwind through the C hook and aborts. Do not
+//!   use patched blocking calls in greenlets.
+//! * A coroutine killed inside a hooked call that then returns without
+//!   reaching a moss blocking point finishes normally (`join` gives its
+//!   value); `timeout` does report `Elapsed` in that case.
+//! * `getaddrinfo` uses one short-lived helper thread per concurrent lookup
+//!   (no shared pool, so it also works in a forked child).
+//! * `epoll_wait`, `waitpid` and file-system calls are not hooked: they
+//!   block the thread as before.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
