@@ -38,21 +38,31 @@ pub(crate) fn io(fd: c_int, dir: Interest, mut op: impl FnMut() -> ssize_t) -> s
     if !st.blocking_coop() {
         return op();
     }
-    io_slow(fd, st, dir, &mut op)
-}
-
-#[cold]
-fn io_slow(
-    fd: c_int,
-    st: fdtable::FdState,
-    dir: Interest,
-    op: &mut dyn FnMut() -> ssize_t,
-) -> ssize_t {
-    let mut deadline: Option<Option<Instant>> = None;
     // A call that succeeds after waiting leaves errno as the caller had it,
     // as the blocking call would have.
     let saved = real::errno();
+    let r = op();
+    if r >= 0 || real::errno() != libc::EAGAIN {
+        return r;
+    }
+    io_wait(fd, st, dir, saved, &mut op)
+}
+
+/// The first try said `EAGAIN`: wait and retry until done.
+#[cold]
+fn io_wait(
+    fd: c_int,
+    st: fdtable::FdState,
+    dir: Interest,
+    saved: c_int,
+    op: &mut dyn FnMut() -> ssize_t,
+) -> ssize_t {
+    let deadline = fdtable::timeout(fd, dir).and_then(|t| Instant::now().checked_add(t));
     loop {
+        if let Some(fail) = wait_errno(fd, st, dir, deadline) {
+            real::set_errno(fail);
+            return -1;
+        }
         let r = op();
         if r >= 0 {
             real::set_errno(saved);
@@ -60,13 +70,6 @@ fn io_slow(
         }
         if real::errno() != libc::EAGAIN {
             return r;
-        }
-        let d = *deadline.get_or_insert_with(|| {
-            fdtable::timeout(fd, dir).and_then(|t| Instant::now().checked_add(t))
-        });
-        if let Some(fail) = wait_errno(fd, st, dir, d) {
-            real::set_errno(fail);
-            return -1;
         }
     }
 }
