@@ -42,7 +42,10 @@
 //! **Linking.** An archive member nothing references is silently dropped by
 //! the linker, and with it the hooks. [`patch_all`] therefore references a
 //! static table of every hook through `std::hint::black_box`, so any binary
-//! that calls it links all of them.
+//! that calls it links all of them (`tests/monkey_passthrough.rs` checks
+//! that `dlsym(RTLD_DEFAULT)` finds them ahead of libc's). Binaries that
+//! never call it usually get them too (rustc keeps exported symbols), which
+//! is why the unpatched path must be, and is, exact.
 //!
 //! # Three regimes
 //!
@@ -113,6 +116,10 @@
 //!   (no shared pool, so it also works in a forked child).
 //! * `epoll_wait`, `waitpid` and file-system calls are not hooked: they
 //!   block the thread as before.
+//! * If the hub refuses to register an fd (someone else registered it with
+//!   this hub already), that call waits in `poll(2)`, blocking the thread.
+//! * Unlike `moss::net`, a read always tries the syscall first (no "drained"
+//!   hint), so a message that has not arrived yet costs one extra `EAGAIN`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
