@@ -839,3 +839,64 @@ fn write_timeout_expires_with_would_block_while_others_run() {
         tick.kill();
     });
 }
+
+#[test]
+fn reads_after_short_reads_peeks_datagrams_and_waitall() {
+    on_thread(Duration::from_secs(20), || {
+        moss::spawn(|| {
+            // A short read, then a peek that has to wait, then a read: the
+            // read must find the peeked bytes.
+            let (a, b) = UnixStream::pair().unwrap();
+            (&b).write_all(b"ab").unwrap();
+            let mut buf = [0u8; 8];
+            assert_eq!((&a).read(&mut buf).unwrap(), 2);
+            let w = moss::spawn(move || {
+                moss::sleep(Duration::from_millis(20));
+                (&b).write_all(b"cd").unwrap();
+                b
+            });
+            // SAFETY: valid fd and buffer.
+            let n =
+                unsafe { libc::recv(a.as_raw_fd(), buf.as_mut_ptr().cast(), 8, libc::MSG_PEEK) };
+            assert_eq!(n, 2);
+            assert_eq!((&a).read(&mut buf).unwrap(), 2);
+            assert_eq!(&buf[..2], b"cd");
+            let b = w.join().unwrap();
+
+            // MSG_WAITALL collects everything even if it comes in pieces.
+            let w = moss::spawn(move || {
+                for part in [b"1234", b"5678"] {
+                    moss::sleep(Duration::from_millis(20));
+                    (&b).write_all(part).unwrap();
+                }
+                b
+            });
+            // SAFETY: valid fd and buffer.
+            let n =
+                unsafe { libc::recv(a.as_raw_fd(), buf.as_mut_ptr().cast(), 8, libc::MSG_WAITALL) };
+            assert_eq!(n, 8);
+            assert_eq!(&buf, b"12345678");
+            drop(w.join().unwrap());
+
+            // Datagrams: each recv is "short", yet queued ones must still be read.
+            let (c, d) = std::os::unix::net::UnixDatagram::pair().unwrap();
+            d.send(b"one").unwrap();
+            d.send(b"two").unwrap();
+            assert_eq!(c.recv(&mut buf).unwrap(), 3);
+            assert_eq!(c.recv(&mut buf).unwrap(), 3);
+            assert_eq!(&buf[..3], b"two");
+            let w = moss::spawn(move || {
+                moss::sleep(Duration::from_millis(20));
+                d.send(b"three").unwrap();
+                d.send(b"four").unwrap();
+                d
+            });
+            assert_eq!(c.recv(&mut buf).unwrap(), 5);
+            assert_eq!(c.recv(&mut buf).unwrap(), 4);
+            assert_eq!(&buf[..4], b"four");
+            drop(w.join().unwrap());
+        })
+        .join()
+        .unwrap();
+    });
+}

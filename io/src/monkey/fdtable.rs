@@ -65,6 +65,8 @@ const UNKNOWN: u64 = 0;
 const PLAIN: u64 = 1;
 const COOP: u64 = 2;
 const NONBLOCK: u64 = 0b100;
+/// A byte stream (stream socket or pipe): a short read means "drained".
+const STREAM: u64 = 0b1000;
 const GEN_SHIFT: u32 = 8;
 
 /// One fd's state.
@@ -130,6 +132,9 @@ impl FdState {
     #[inline]
     pub(crate) fn blocking_coop(self) -> bool {
         self.0 & (KIND_MASK | NONBLOCK) == COOP
+    }
+    pub(crate) fn is_stream(self) -> bool {
+        self.0 & STREAM != 0
     }
     pub(crate) fn is_coop(self) -> bool {
         self.0 & KIND_MASK == COOP
@@ -202,7 +207,25 @@ fn classify(fd: c_int) -> FdState {
             set_timeout(fd, libc::SO_RCVTIMEO, read_timeout(fd, libc::SO_RCVTIMEO));
             set_timeout(fd, libc::SO_SNDTIMEO, read_timeout(fd, libc::SO_SNDTIMEO));
         }
+        let stream = if is_socket {
+            let mut ty: c_int = 0;
+            let mut len = size_of::<c_int>() as libc::socklen_t;
+            // SAFETY: `ty`/`len` are valid out-pointers of the sizes given.
+            let r = unsafe {
+                real::getsockopt()(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_TYPE,
+                    (&raw mut ty).cast(),
+                    &mut len,
+                )
+            };
+            r == 0 && ty == libc::SOCK_STREAM
+        } else {
+            kind == libc::S_IFIFO
+        };
         set_kind(fd, COOP, user_nb);
+        set_stream(fd, stream);
         get(fd)
     })
 }
@@ -230,11 +253,28 @@ pub(crate) fn timeval_to_duration(tv: &libc::timeval) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
-/// Marks `fd` cooperative (its kernel fd is already non-blocking).
-pub(crate) fn adopt(fd: c_int, user_nonblock: bool, rcv: Option<Duration>, snd: Option<Duration>) {
+/// Marks `fd` cooperative (its kernel fd is already non-blocking); `stream`
+/// for a stream socket.
+pub(crate) fn adopt(
+    fd: c_int,
+    user_nonblock: bool,
+    rcv: Option<Duration>,
+    snd: Option<Duration>,
+    stream: bool,
+) {
     set_timeout(fd, libc::SO_RCVTIMEO, rcv);
     set_timeout(fd, libc::SO_SNDTIMEO, snd);
     set_kind(fd, COOP, user_nonblock);
+    set_stream(fd, stream);
+}
+
+fn set_stream(fd: c_int, stream: bool) {
+    let Some(e) = entry(fd, true) else { return };
+    if stream {
+        e.state.fetch_or(STREAM, Ordering::AcqRel);
+    } else {
+        e.state.fetch_and(!STREAM, Ordering::AcqRel);
+    }
 }
 
 fn set_kind(fd: c_int, kind: u64, nonblock: bool) {
@@ -318,6 +358,7 @@ pub(crate) fn copy(from: c_int, to: c_int) {
     set_timeout(to, libc::SO_RCVTIMEO, rcv);
     set_timeout(to, libc::SO_SNDTIMEO, snd);
     set_kind(to, s.0 & KIND_MASK, s.user_nonblock());
+    set_stream(to, s.is_stream());
 }
 
 /// Why a wait for readiness ended.
@@ -334,6 +375,11 @@ struct Local {
     reg: Rc<Registration>,
     /// Unparkers of the waits in progress (by wait number), woken by `close`.
     waiters: Vec<(u64, Unparker)>,
+    /// The last read on this thread was short on a stream: the kernel's
+    /// queue was empty then, so any later data comes with a readiness edge
+    /// and the next read may wait first (see [`take_drained`]). Cleared by
+    /// every readable wait, since a wait consumes the edge it returns on.
+    drained: bool,
 }
 
 thread_local! {
@@ -380,7 +426,12 @@ fn drop_local(fd: c_int) {
 /// This thread's registration of `fd` for generation `generation`, made now
 /// if needed, with an unparker of the caller's coming wait (number `wait`)
 /// enlisted for `close`; `None` if the reactor refuses the fd.
-fn local_registration(fd: c_int, generation: u64, wait: u64) -> Option<Rc<Registration>> {
+fn local_registration(
+    fd: c_int,
+    generation: u64,
+    wait: u64,
+    readable: bool,
+) -> Option<Rc<Registration>> {
     let idx = usize::try_from(fd).ok()?;
     let (found, stale) = LOCAL
         .try_with(|l| {
@@ -391,6 +442,7 @@ fn local_registration(fd: c_int, generation: u64, wait: u64) -> Option<Rc<Regist
             match &mut l[idx] {
                 Some(x) if x.generation == generation && x.reg.hub_id() == reactor::hub_id() => {
                     x.waiters.push((wait, park::unparker()));
+                    x.drained &= !readable;
                     Some((Some(x.reg.clone()), None))
                 }
                 Some(_) => Some((None, l[idx].take())),
@@ -413,6 +465,7 @@ fn local_registration(fd: c_int, generation: u64, wait: u64) -> Option<Rc<Regist
                     generation,
                     reg: reg.clone(),
                     waiters: vec![(wait, park::unparker())],
+                    drained: false,
                 });
             }
         })
@@ -429,6 +482,21 @@ fn with_local(fd: c_int, generation: u64, f: impl FnOnce(&mut Local)) {
             f(x);
         }
     });
+}
+
+/// Whether this thread's last read of `fd` was short on a stream (and
+/// forgets it). Then the kernel queue was empty after that read, any data
+/// since came with an edge the registration recorded, and the next read can
+/// wait first instead of paying for an `EAGAIN`, as `moss::net` does.
+pub(crate) fn take_drained(fd: c_int, st: FdState) -> bool {
+    let mut d = false;
+    with_local(fd, st.generation(), |l| d = std::mem::take(&mut l.drained));
+    d
+}
+
+/// Records that a read of `fd` on this thread was short on a stream.
+pub(crate) fn set_drained(fd: c_int, st: FdState) {
+    with_local(fd, st.generation(), |l| l.drained = true);
 }
 
 /// Waits until `fd` (in state `st`) is ready for `dir`, or `deadline`.
@@ -455,7 +523,7 @@ fn wait_hub(
         n.set(n.get() + 1);
         n.get()
     });
-    let reg = local_registration(fd, generation, wait)?;
+    let reg = local_registration(fd, generation, wait, dir == Interest::Readable)?;
     let r = real::keep_errno(|| reg.wait_raw(dir, deadline));
     with_local(fd, generation, |l| l.waiters.retain(|(w, _)| *w != wait));
     let closed = get(fd).generation() != generation;

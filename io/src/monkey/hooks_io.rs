@@ -48,6 +48,35 @@ pub(crate) fn io(fd: c_int, dir: Interest, mut op: impl FnMut() -> ssize_t) -> s
     io_wait(fd, st, dir, saved, &mut op)
 }
 
+/// [`io`] for a plain read of up to `len` bytes (`read`, `recv`,
+/// `recvfrom` without `MSG_PEEK`), with the "drained" hint of stream fds:
+/// after a short read, the next read waits for readiness before trying
+/// (see `fdtable::take_drained`), saving the `EAGAIN` a request/response
+/// exchange would otherwise pay on every message.
+#[inline]
+pub(crate) fn io_read(fd: c_int, len: usize, mut op: impl FnMut() -> ssize_t) -> ssize_t {
+    let st = fdtable::state_for_io(fd);
+    if !st.blocking_coop() {
+        return op();
+    }
+    let saved = real::errno();
+    let stream = st.is_stream();
+    let r = if stream && fdtable::take_drained(fd, st) {
+        io_wait(fd, st, Interest::Readable, saved, &mut op)
+    } else {
+        let r = op();
+        if r < 0 && real::errno() == libc::EAGAIN {
+            io_wait(fd, st, Interest::Readable, saved, &mut op)
+        } else {
+            r
+        }
+    };
+    if stream && r > 0 && (r as usize) < len {
+        fdtable::set_drained(fd, st);
+    }
+    r
+}
+
 /// The first try said `EAGAIN`: wait and retry until done.
 #[cold]
 fn io_wait(
@@ -111,7 +140,7 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssi
     if !patched() {
         return op();
     }
-    io(fd, Interest::Readable, op)
+    io_read(fd, count, op)
 }
 
 /// Hook for `readv(2)`.
@@ -167,7 +196,31 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c
     if !patched() || flags & libc::MSG_DONTWAIT != 0 {
         return op();
     }
-    io(fd, Interest::Readable, op)
+    if flags & libc::MSG_PEEK != 0 {
+        return io(fd, Interest::Readable, op);
+    }
+    if flags & libc::MSG_WAITALL != 0 && fdtable::state_for_io(fd).blocking_coop() {
+        // The kernel fd is non-blocking, where MSG_WAITALL may return
+        // short: keep receiving until `len` bytes, EOF or an error.
+        let mut got = 0usize;
+        while got < len {
+            // SAFETY: `buf` is valid for `len` bytes and `got < len`.
+            let rest = unsafe { buf.cast::<u8>().add(got) }.cast();
+            // SAFETY: as above, the rest of the caller's buffer.
+            let r = io_read(fd, len - got, || unsafe {
+                real::recv()(fd, rest, len - got, flags)
+            });
+            if r < 0 {
+                return if got > 0 { got as ssize_t } else { -1 };
+            }
+            if r == 0 {
+                break;
+            }
+            got += r as usize;
+        }
+        return got as ssize_t;
+    }
+    io_read(fd, len, op)
 }
 
 /// Hook for `recvfrom(2)`.
@@ -188,7 +241,10 @@ pub unsafe extern "C" fn recvfrom(
     if !patched() || flags & libc::MSG_DONTWAIT != 0 {
         return op();
     }
-    io(fd, Interest::Readable, op)
+    if flags & libc::MSG_PEEK != 0 {
+        return io(fd, Interest::Readable, op);
+    }
+    io_read(fd, len, op)
 }
 
 /// Hook for `recvmsg(2)`.

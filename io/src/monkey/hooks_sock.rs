@@ -40,6 +40,11 @@ use super::fdtable;
 use super::hooks_io::wait_errno_or;
 use super::{patched, real};
 
+/// `SOCK_STREAM`, with or without the `SOCK_NONBLOCK`/`SOCK_CLOEXEC` flags.
+fn is_stream(ty: c_int) -> bool {
+    ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) == libc::SOCK_STREAM
+}
+
 /// Hook for `socket(2)`.
 ///
 /// # Safety
@@ -54,7 +59,7 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
     let fd = unsafe { real::socket()(domain, ty | libc::SOCK_NONBLOCK, protocol) };
     if fd >= 0 {
         fdtable::reset(fd);
-        fdtable::adopt(fd, ty & libc::SOCK_NONBLOCK != 0, None, None);
+        fdtable::adopt(fd, ty & libc::SOCK_NONBLOCK != 0, None, None, is_stream(ty));
     }
     fd
 }
@@ -81,7 +86,7 @@ pub unsafe extern "C" fn socketpair(
             // SAFETY: on success the kernel filled both ints of `sv`.
             let fd = unsafe { *sv.add(i) };
             fdtable::reset(fd);
-            fdtable::adopt(fd, ty & libc::SOCK_NONBLOCK != 0, None, None);
+            fdtable::adopt(fd, ty & libc::SOCK_NONBLOCK != 0, None, None, is_stream(ty));
         }
     }
     r
@@ -179,6 +184,7 @@ fn accept_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_i
                     flags & libc::SOCK_NONBLOCK != 0,
                     fdtable::timeout(fd, Interest::Readable),
                     fdtable::timeout(fd, Interest::Writable),
+                    st.is_stream(),
                 );
             }
             real::set_errno(saved);

@@ -118,8 +118,9 @@
 //!   block the thread as before.
 //! * If the hub refuses to register an fd (someone else registered it with
 //!   this hub already), that call waits in `poll(2)`, blocking the thread.
-//! * Unlike `moss::net`, a read always tries the syscall first (no "drained"
-//!   hint), so a message that has not arrived yet costs one extra `EAGAIN`.
+//! * Reads of datagram and seqpacket sockets and ttys always try the
+//!   syscall first; only byte streams (stream sockets, pipes) use the
+//!   "drained" hint that skips the `EAGAIN` after a short read.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
