@@ -363,6 +363,14 @@ fn cancellation_inside_a_hooked_call() {
         assert_eq!(seen.get(), Some(libc::ECANCELED));
         assert!(victim.join().unwrap_err().is_killed());
 
+        // Killed inside a hooked call, then returning without another moss
+        // blocking point: the kill still decides the outcome.
+        let (e, _f) = UnixStream::pair().unwrap();
+        let quitter = moss::spawn(move || (&e).read(&mut [0u8; 4]).map_err(|e| e.raw_os_error()));
+        moss::sleep(Duration::from_millis(50));
+        quitter.kill();
+        assert!(quitter.join().unwrap_err().is_killed());
+
         // A killed std sleep ends early instead of spinning in std's retry loop.
         let t = Instant::now();
         let sleeper = moss::spawn(|| {

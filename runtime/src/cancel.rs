@@ -18,7 +18,9 @@
 //!   through every `timeout`.
 //! * Code that cannot unwind (an `extern "C"` hook) uses the raw park, sees
 //!   `Wakeup::Cancelled`, fails its call, and the cancellation is delivered at
-//!   the coroutine's next moss blocking point.
+//!   the coroutine's next moss blocking point. If the coroutine ends before
+//!   reaching one, a kill it observed that way still makes `join` report
+//!   `is_killed()` (and a `timeout` reports `Elapsed`).
 
 /// A pending cancellation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -263,6 +263,15 @@ where
             unreachable!("a task body runs once")
         };
         let result = match catch_unwind(AssertUnwindSafe(f)) {
+            // A kill that a non-unwinding wait (a monkey hook) reported as a
+            // failed call, with no moss blocking point after it to deliver
+            // it: the coroutine ended because of the kill, so say so.
+            Ok(_)
+                if self.header.cancel.get() == Some(Cancel::Kill)
+                    && self.header.cancel_seen.get() =>
+            {
+                Err(JoinError::new(&self.header, Repr::Killed))
+            }
             Ok(v) => Ok(v),
             Err(payload) => Err(JoinError::from_payload(&self.header, payload)),
         };
