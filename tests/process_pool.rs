@@ -305,3 +305,37 @@ fn tasks_queued_behind_a_dying_task_still_run_exactly_once() {
     pool.close();
     pool.join();
 }
+
+fn reverse(v: Vec<u8>) -> Vec<u8> {
+    v.into_iter().rev().collect()
+}
+
+#[test]
+fn large_arguments_results_and_maps_arrive_whole() {
+    let pool = ProcessPool::new(2).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let back = pool.apply(reverse, big.clone()).unwrap();
+    assert!(back.iter().rev().eq(big.iter()), "payload corrupted");
+    // Several large replies buffered at once in the manager.
+    let rs: Vec<_> = (0..6)
+        .map(|_| pool.apply_async(reverse, big.clone(), |_| {}).unwrap())
+        .collect();
+    for r in &rs {
+        assert_eq!(r.take().unwrap().len(), big.len());
+    }
+    // Tiny tasks first: the pool then pipelines several map chunks per
+    // worker, so large replies arrive back to back.
+    let tiny: Vec<_> = (0..3000u64)
+        .map(|i| pool.apply_async(square, i, |_| {}).unwrap())
+        .collect();
+    assert!(
+        tiny.iter()
+            .enumerate()
+            .all(|(i, r)| r.take() == Ok(square(i as u64)))
+    );
+    let n = 300_000u64;
+    let out = pool.map(square, 0..n).unwrap();
+    assert!(out.iter().enumerate().all(|(i, &v)| v == square(i as u64)));
+    pool.close();
+    pool.join();
+}

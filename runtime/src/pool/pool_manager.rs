@@ -129,7 +129,7 @@ struct Worker {
     started_at: Instant,
     out: Vec<u8>,
     out_pos: usize,
-    inbuf: Vec<u8>,
+    inbuf: FrameBuf,
     dead: bool,
 }
 
@@ -173,14 +173,13 @@ impl Worker {
     /// feeds each task's service time to `service`. Marks the worker dead
     /// at EOF or on an error.
     fn read(&mut self, done: &mut Vec<(Arc<Reply>, Vec<u8>)>, service: &mut Ewma) {
-        let mut buf = [0u8; 64 * 1024];
         loop {
-            match fork::read(self.sock.as_raw_fd(), &mut buf) {
+            match self.inbuf.fill(self.sock.as_raw_fd()) {
                 Ok(0) => {
                     self.dead = true;
                     break;
                 }
-                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     self.dead = true;
@@ -188,24 +187,80 @@ impl Worker {
                 }
             }
         }
-        let mut at = 0;
         let now = Instant::now();
-        while self.inbuf.len() - at >= 4 {
-            let len =
-                u32::from_le_bytes(self.inbuf[at..at + 4].try_into().expect("4 bytes")) as usize;
-            if self.inbuf.len() - at < 4 + len {
-                break;
-            }
-            let body = self.inbuf[at + 4..at + 4 + len].to_vec();
-            at += 4 + len;
+        while let Some(body) = self.inbuf.frame() {
             // A reply without a task would be a protocol error; drop it.
             if let Some(t) = self.in_flight.pop_front() {
                 service.add(now.saturating_duration_since(self.started_at));
                 self.started_at = now;
-                done.push((t.reply, body));
+                done.push((t.reply, self.inbuf.buf[body].to_vec()));
             }
         }
-        self.inbuf.drain(..at);
+    }
+}
+
+/// A receive buffer for `[len: u32][body]` frames: `buf[start..end]` is
+/// received and unread. Allocated once; grows only for a frame larger than
+/// it (zeroing a fresh buffer per read would cost more than the read).
+struct FrameBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl FrameBuf {
+    fn new() -> FrameBuf {
+        FrameBuf {
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The length of the next frame's body, if its header is buffered.
+    fn next_len(&self) -> Option<usize> {
+        (self.end - self.start >= 4).then(|| {
+            u32::from_le_bytes(
+                self.buf[self.start..self.start + 4]
+                    .try_into()
+                    .expect("4 bytes"),
+            ) as usize
+        })
+    }
+
+    /// The body range of the next complete frame, consumed.
+    fn frame(&mut self) -> Option<std::ops::Range<usize>> {
+        let len = self.next_len()?;
+        if self.end - self.start < 4 + len {
+            return None;
+        }
+        let body = self.start + 4..self.start + 4 + len;
+        self.start = body.end;
+        Some(body)
+    }
+
+    /// One `read` into free space (made by compacting or growing); 0 only
+    /// at EOF.
+    fn fill(&mut self, fd: RawFd) -> io::Result<usize> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let need = self.next_len().map_or(4, |l| 4 + l);
+        if self.buf.len() - self.start < need.max(4096) || self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        // Room for the pending frame, and never an empty read buffer (a
+        // zero-length read would look like EOF).
+        let want = (self.start + need).max(self.end + 4096);
+        if self.buf.len() < want {
+            self.buf.resize(want.max(2 * self.buf.len()), 0);
+        }
+        let n = fork::read(fd, &mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
     }
 }
 
@@ -473,7 +528,7 @@ impl Manager {
                     started_at: Instant::now(),
                     out: Vec::new(),
                     out_pos: 0,
-                    inbuf: Vec::new(),
+                    inbuf: FrameBuf::new(),
                     dead: false,
                 };
                 w.fds().for_each(register);
@@ -561,35 +616,21 @@ fn reap(w: &mut Worker) -> (Option<Exit>, VecDeque<Task>) {
 /// the manager always knows which task a dying worker was running. Never
 /// returns.
 fn worker_main(sock: RawFd) -> ! {
-    let mut inbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut at = 0;
+    let mut inbuf = FrameBuf::new();
     let mut frame = Vec::new();
     loop {
-        // Make sure one whole request is buffered.
-        let len = loop {
-            let have = inbuf.len() - at;
-            if have >= 4 {
-                let len = u32::from_le_bytes(inbuf[at..at + 4].try_into().expect("4 bytes"));
-                let len = len as usize;
-                if len < 16 {
-                    fork::exit_now(0); // an exit request (or garbage)
-                }
-                if have >= 4 + len {
-                    break len;
-                }
+        let body = loop {
+            if inbuf.next_len().is_some_and(|l| l < 16) {
+                fork::exit_now(0); // an exit request (or garbage)
             }
-            if at > 0 {
-                inbuf.drain(..at);
-                at = 0;
+            if let Some(b) = inbuf.frame() {
+                break b;
             }
-            let old = inbuf.len();
-            inbuf.resize(old.max(64 * 1024).max(old + 64 * 1024), 0);
-            match fork::read(sock, &mut inbuf[old..]) {
-                Ok(0) | Err(_) => fork::exit_now(0),
-                Ok(n) => inbuf.truncate(old + n),
+            if !matches!(inbuf.fill(sock), Ok(n) if n > 0) {
+                fork::exit_now(0);
             }
         };
-        let body = &inbuf[at + 4..at + 4 + len];
+        let body = &inbuf.buf[body];
         let call = u64::from_le_bytes(body[..8].try_into().expect("8 bytes")) as usize;
         let f = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")) as usize;
         // SAFETY: `call` is the value of a `Trampoline` function pointer that
@@ -598,7 +639,6 @@ fn worker_main(sock: RawFd) -> ! {
         // address.
         let call = unsafe { std::mem::transmute::<usize, Trampoline>(call) };
         let reply = call(f, &body[16..]);
-        at += 4 + len;
         frame.clear();
         frame.extend_from_slice(&(reply.len() as u32).to_le_bytes());
         frame.extend_from_slice(&reply);
@@ -617,4 +657,41 @@ fn write_all(fd: RawFd, buf: &[u8]) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many complete frames buffered at once (more than the initial buffer)
+    /// must never make `fill` return 0 while the writer is alive.
+    #[test]
+    fn frame_buf_reads_many_buffered_frames_without_false_eof() {
+        let (r, w) = fork::pipe(true).unwrap();
+        let _ = fork::set_pipe_size(w.as_raw_fd(), 1 << 20);
+        let mut sent = Vec::new();
+        for i in 0..40u32 {
+            let body = vec![i as u8; 5000 + i as usize * 37];
+            let mut f = (body.len() as u32).to_le_bytes().to_vec();
+            f.extend_from_slice(&body);
+            let mut off = 0;
+            while off < f.len() {
+                off += fork::write(w.as_raw_fd(), &f[off..], false).unwrap();
+            }
+            sent.push(body);
+        }
+        let mut fb = FrameBuf::new();
+        loop {
+            match fb.fill(r.as_raw_fd()) {
+                Ok(n) => assert!(n > 0, "false EOF with {} bytes buffered", fb.end - fb.start),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let mut got = Vec::new();
+        while let Some(b) = fb.frame() {
+            got.push(fb.buf[b].to_vec());
+        }
+        assert_eq!(got, sent);
+    }
 }

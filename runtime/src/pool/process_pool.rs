@@ -200,10 +200,10 @@ impl ProcessPool {
         R: Serialize + DeserializeOwned + Send + 'static,
         C: FnOnce(&R) + 'static,
     {
-        let reply = self.submit(call::<A, R>, f as usize, &args)?;
+        // One more outstanding item for the callback.
+        let reply = self.submit_counting(call::<A, R>, f as usize, &args, 2)?;
         let result = AsyncResult::new();
         let r = result.clone();
-        self.shared.lock().outstanding += 1; // the callback
         let shared = self.shared.clone();
         crate::spawn(move || {
             let v = wait_reply::<R>(&reply);
@@ -290,6 +290,18 @@ impl ProcessPool {
         f: usize,
         args: &T,
     ) -> Result<Arc<Reply>, PoolError> {
+        self.submit_counting(call, f, args, 1)
+    }
+
+    /// Queues a task, counting `outstanding` items for `join` (the task, and
+    /// its callback if any).
+    fn submit_counting<T: Serialize + ?Sized>(
+        &self,
+        call: Trampoline,
+        f: usize,
+        args: &T,
+        outstanding: usize,
+    ) -> Result<Arc<Reply>, PoolError> {
         if std::process::id() != self.shared.creator {
             return Err(PoolError::Io {
                 kind: io::ErrorKind::Unsupported,
@@ -309,7 +321,7 @@ impl ProcessPool {
                 args,
                 reply: reply.clone(),
             });
-            s.outstanding += 1;
+            s.outstanding += outstanding;
         }
         self.shared.wake();
         Ok(reply)
