@@ -908,3 +908,22 @@ fn reads_after_short_reads_peeks_datagrams_and_waitall() {
         .unwrap();
     });
 }
+
+#[test]
+fn hooked_call_in_a_greenlet_driven_by_a_coroutine_blocks_the_thread_instead() {
+    on_thread(Duration::from_secs(20), || {
+        // A greenlet cannot suspend the coroutine that drives it: a hooked
+        // sleep there blocks the thread for its duration, as unpatched code
+        // would, instead of aborting.
+        let h = moss::spawn(|| {
+            let g = moss::greenlet::Greenlet::new(|v: u32| {
+                let t = Instant::now();
+                std::thread::sleep(Duration::from_millis(30));
+                v + t.elapsed().as_millis().min(1000) as u32
+            });
+            g.switch(1)
+        });
+        let v = h.join().unwrap();
+        assert!((31..1000).contains(&v), "{v}");
+    });
+}

@@ -161,6 +161,15 @@ pub(crate) fn assert_not_in_greenlet() {
     }
 }
 
+/// Whether the caller is a greenlet driven by the running coroutine (see
+/// [`assert_not_in_greenlet`]).
+pub(crate) fn in_coroutine_driven_greenlet() -> bool {
+    let owner = DRIVER_OWNER.with(|o| o.get());
+    !owner.is_null()
+        && Hub::try_current()
+            .is_some_and(|hub| std::ptr::eq(owner, hub.current_header()) && hub.in_coroutine())
+}
+
 /// The running greenlet of family `T` (the thread's root greenlet outside
 /// any).
 pub fn current<T: 'static>() -> Greenlet<T> {

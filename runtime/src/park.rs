@@ -138,6 +138,15 @@ pub fn hub_exists() -> bool {
     Hub::try_current().is_some()
 }
 
+/// Whether the calling context may park cooperatively: this thread has a hub
+/// and the caller is not a greenlet driven by a coroutine (which cannot
+/// suspend that coroutine from its own stack). Code that cannot report an
+/// error (C ABI hooks) blocks the thread instead when this is false.
+#[inline]
+pub fn can_park() -> bool {
+    Hub::try_current().is_some() && !crate::greenlet::in_coroutine_driven_greenlet()
+}
+
 /// Whether the caller runs in a coroutine (not on a thread's root).
 pub fn in_coroutine() -> bool {
     Hub::try_current().is_some_and(|h| h.in_coroutine())

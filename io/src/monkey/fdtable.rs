@@ -165,7 +165,7 @@ pub(crate) fn get(fd: c_int) -> FdState {
 #[inline]
 pub(crate) fn state_for_io(fd: c_int) -> FdState {
     let s = get(fd);
-    if !s.is_unknown() || fd <= 2 || !park::hub_exists() {
+    if !s.is_unknown() || fd <= 2 || !park::can_park() {
         return s;
     }
     classify(fd)
@@ -505,7 +505,7 @@ pub(crate) fn set_drained(fd: c_int, st: FdState) {
 /// suspends; the root runs the hub). Elsewhere, or if the reactor refuses
 /// the fd: blocks the thread in `poll(2)`.
 pub(crate) fn wait(fd: c_int, st: FdState, dir: Interest, deadline: Option<Instant>) -> Outcome {
-    if park::hub_exists()
+    if park::can_park()
         && let Some(o) = wait_hub(fd, st.generation(), dir, deadline)
     {
         return o;

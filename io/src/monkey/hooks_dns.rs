@@ -66,7 +66,7 @@ pub unsafe extern "C" fn getaddrinfo(
     hints: *const addrinfo,
     res: *mut *mut addrinfo,
 ) -> c_int {
-    if !patched() || !park::hub_exists() || res.is_null() {
+    if !patched() || !park::can_park() || res.is_null() {
         // SAFETY: forwarded unchanged.
         return unsafe { real::getaddrinfo()(node, service, hints, res) };
     }

@@ -97,7 +97,7 @@ fn wait_any(
 pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
     // SAFETY: forwarded with the caller's arguments and contract.
     let op = |t: c_int| unsafe { real::poll()(fds, nfds, t) };
-    if !patched() || timeout == 0 || !park::hub_exists() {
+    if !patched() || timeout == 0 || !park::can_park() {
         return op(timeout);
     }
     let saved = real::errno();
@@ -140,7 +140,7 @@ pub unsafe extern "C" fn select(
 ) -> c_int {
     // SAFETY: forwarded with the caller's arguments and contract.
     let real_select = |r, w, e, t| unsafe { real::select()(nfds, r, w, e, t) };
-    if !patched() || !park::hub_exists() || nfds < 0 || nfds > libc::FD_SETSIZE as c_int {
+    if !patched() || !park::can_park() || nfds < 0 || nfds > libc::FD_SETSIZE as c_int {
         return real_select(readfds, writefds, exceptfds, timeout);
     }
     // SAFETY: a non-null timeout points at a timeval.

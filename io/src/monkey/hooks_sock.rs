@@ -51,7 +51,7 @@ fn is_stream(ty: c_int) -> bool {
 /// As `socket(2)` (no pointer arguments).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
-    if !patched() || !park::hub_exists() {
+    if !patched() || !park::can_park() {
         // SAFETY: forwarded unchanged.
         return unsafe { real::socket()(domain, ty, protocol) };
     }
@@ -75,7 +75,7 @@ pub unsafe extern "C" fn socketpair(
     protocol: c_int,
     sv: *mut c_int,
 ) -> c_int {
-    if !patched() || !park::hub_exists() {
+    if !patched() || !park::can_park() {
         // SAFETY: forwarded unchanged.
         return unsafe { real::socketpair()(domain, ty, protocol, sv) };
     }
@@ -172,7 +172,7 @@ fn accept_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_i
     let op = |fl: c_int| unsafe { real::accept4()(fd, addr, len, fl) };
     let deadline =
         fdtable::timeout(fd, Interest::Readable).and_then(|t| Instant::now().checked_add(t));
-    let hub = park::hub_exists();
+    let hub = park::can_park();
     let saved = real::errno();
     loop {
         let nfd = op(flags | if hub { libc::SOCK_NONBLOCK } else { 0 });

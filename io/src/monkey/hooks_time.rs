@@ -52,7 +52,7 @@ fn duration(ts: &timespec) -> Option<Duration> {
 
 #[inline]
 fn cooperative() -> bool {
-    patched() && park::hub_exists()
+    patched() && park::can_park()
 }
 
 /// Hook for `nanosleep(2)`.
