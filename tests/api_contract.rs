@@ -1,0 +1,227 @@
+//! The public names and shapes of DESIGN.md, used as a new user would: if a
+//! signature drifts from the contract, this file stops compiling.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[test]
+fn coroutine_api() {
+    let h: moss::JoinHandle<u32> = moss::spawn(|| 1);
+    let id: moss::CoroutineId = h.id();
+    assert_eq!(format!("{id}"), id.to_string());
+    assert_eq!(h.name(), None);
+    assert!(!h.is_finished());
+    let r: Result<u32, moss::JoinError> = h.join();
+    assert_eq!(r.unwrap(), 1);
+
+    let later = moss::spawn_later(Duration::from_millis(1), || 2u8);
+    let back: Result<Result<u8, moss::JoinError>, moss::JoinHandle<u8>> =
+        later.join_timeout(Duration::ZERO);
+    let later = back.unwrap_err();
+    assert_eq!(later.join().unwrap(), 2);
+
+    let b: std::io::Result<moss::JoinHandle<()>> = moss::Builder::new()
+        .name("n")
+        .stack_size(64 * 1024)
+        .spawn(|| ());
+    let b = b.unwrap();
+    assert_eq!(b.name(), Some("n"));
+    b.kill();
+    let e: moss::JoinError = moss::spawn(|| panic!("x")).join().unwrap_err();
+    let _: &dyn std::error::Error = &e;
+    assert!(e.is_panic() && !e.is_killed());
+    let _payload: Box<dyn std::any::Any + Send> = e.into_panic();
+
+    let all: Vec<Result<i32, moss::JoinError>> =
+        moss::join_all(vec![moss::spawn(|| 1), moss::spawn(|| 2)]);
+    assert_eq!(all.len(), 2);
+    moss::sleep(Duration::ZERO);
+    moss::yield_now();
+    let c: moss::Current = moss::current();
+    let _: moss::CoroutineId = c.id();
+    let _: Option<&str> = c.name();
+    let t: Result<(), moss::Elapsed> = moss::timeout(Duration::from_millis(1), || {
+        moss::sleep(Duration::from_secs(1))
+    });
+    let el: moss::Elapsed = t.unwrap_err();
+    let _: &dyn std::error::Error = &el;
+    assert_eq!(moss::run(|| 5), 5);
+    moss::wait();
+    moss::run_per_core(1, |i: usize| assert_eq!(i, 0));
+    let d: String = moss::dump();
+    assert!(!d.is_empty());
+}
+
+#[test]
+fn greenlet_api() {
+    use moss::greenlet::{self, Greenlet};
+    let g: Greenlet<i32> = Greenlet::new(|v| v + 1);
+    let g2 = g.clone();
+    assert_eq!(g.switch(1), 2);
+    assert!(g2.is_dead());
+    assert!(g.parent().is_some());
+    let root: Greenlet<i32> = greenlet::current();
+    assert!(root.parent().is_none());
+    Greenlet::new(|v: i32| v).throw();
+}
+
+#[test]
+fn sync_api() {
+    use moss::sync::*;
+    let ev = Event::new();
+    ev.set();
+    ev.clear();
+    assert!(!ev.is_set());
+    assert!(!ev.wait_timeout(Duration::ZERO));
+    ev.set();
+    ev.wait();
+
+    let ar: AsyncResult<u32> = AsyncResult::new();
+    assert!(!ar.ready());
+    assert!(ar.get_timeout(Duration::ZERO).is_err());
+    ar.set(3);
+    assert_eq!(ar.get(), 3);
+    let ap: AsyncResult<u32> = AsyncResult::new();
+    ap.set_panic(Box::new("boom"));
+
+    let m = Mutex::new(0);
+    *m.lock() += 1;
+    assert!(m.try_lock().is_some());
+    assert_eq!(*m.lock_timeout(Duration::ZERO).unwrap(), 1);
+
+    let s = Semaphore::new(1);
+    s.acquire();
+    assert!(!s.try_acquire());
+    assert!(s.acquire_timeout(Duration::ZERO).is_err());
+    s.release();
+    let bs = BoundedSemaphore::new(1);
+    assert!(bs.release().is_err());
+
+    let q: Queue<u8> = Queue::new(1);
+    q.put(1);
+    assert!(q.is_full() && q.len() == 1 && !q.is_empty());
+    assert!(q.put_nowait(2).is_err());
+    assert!(q.put_timeout(2, Duration::ZERO).is_err());
+    assert_eq!(q.get(), 1);
+    assert!(q.get_nowait().is_err());
+    assert!(q.get_timeout(Duration::ZERO).is_err());
+    let _u: Queue<u8> = Queue::unbounded();
+    let jq: JoinableQueue<u8> = JoinableQueue::new(2);
+    jq.put(1);
+    jq.get();
+    jq.task_done().unwrap();
+    jq.join();
+    let pq: PriorityQueue<u8> = PriorityQueue::unbounded();
+    pq.put(3);
+    pq.put(1);
+    assert_eq!(pq.get(), 1);
+    let lq: LifoQueue<u8> = LifoQueue::new(4);
+    lq.put(1);
+    lq.put(2);
+    assert_eq!(lq.get(), 2);
+
+    let (tx, rx): (Sender<u8>, Receiver<u8>) = channel();
+    let tx2 = tx.clone();
+    tx.send(1).unwrap();
+    tx2.send(2).unwrap();
+    assert_eq!(rx.recv().unwrap(), 1);
+    assert_eq!(rx.try_recv().unwrap(), 2);
+    assert!(rx.recv_timeout(Duration::ZERO).is_err());
+    drop((tx, tx2));
+    assert!(rx.recv().is_err());
+    let (btx, brx) = bounded::<u8>(1);
+    drop(brx);
+    assert_eq!(btx.send(9).unwrap_err().0, 9);
+}
+
+#[test]
+fn coroutine_pools_api() {
+    use moss::pool::{Group, Pool};
+    let p = Pool::new(2);
+    let h = p.spawn(|| 1);
+    assert_eq!(h.join().unwrap(), 1);
+    let v: Vec<u32> = p.map(|x: u32| x * 2, vec![1, 2, 3]);
+    assert_eq!(v, [2, 4, 6]);
+    let mut u: Vec<u32> = p.imap_unordered(|x: u32| x, vec![1, 2]).collect();
+    u.sort();
+    assert_eq!(u, [1, 2]);
+    p.join();
+    p.kill();
+    assert_eq!(p.free_count(), 2);
+    p.wait_available();
+    let g = Group::new();
+    g.spawn(|| ());
+    g.join();
+}
+
+#[test]
+fn net_api() {
+    use moss::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = l.local_addr().unwrap();
+    let server = moss::spawn(move || {
+        let (mut s, peer): (TcpStream, SocketAddr) = l.accept().unwrap();
+        assert!(peer.ip().is_loopback());
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.set_write_timeout(None).unwrap();
+    assert_eq!(c.peer_addr().unwrap(), addr);
+    let c2: TcpStream = c.try_clone().unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    (&c2).read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    c.shutdown(std::net::Shutdown::Both).unwrap();
+    server.join().unwrap();
+    let std_stream: std::net::TcpStream = c.into();
+    let _back: TcpStream = TcpStream::from(std_stream);
+    let _sl: std::net::TcpListener = TcpListener::bind("127.0.0.1:0").unwrap().into();
+    let _ml: TcpListener = std::net::TcpListener::bind("127.0.0.1:0").unwrap().into();
+    let _ct = TcpStream::connect_timeout(&addr, Duration::from_millis(100));
+
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let _stdu: std::net::UdpSocket = u.into();
+    let (a, b) = UnixStream::pair().unwrap();
+    drop((a, b));
+    let dir = std::env::temp_dir().join(format!("moss-api-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let ul = UnixListener::bind(&dir).unwrap();
+    drop(ul);
+    let _ = std::fs::remove_file(&dir);
+    let addrs: Vec<SocketAddr> = moss::net::lookup_host("localhost:80").unwrap().collect();
+    assert!(!addrs.is_empty());
+}
+
+#[test]
+fn server_api() {
+    use moss::server::StreamServer;
+    let srv: StreamServer = StreamServer::bind(
+        "127.0.0.1:0",
+        |mut s: moss::net::TcpStream, _peer: SocketAddr| {
+            let _ = s.write_all(b"hi");
+        },
+    )
+    .unwrap();
+    let addr = srv.local_addr();
+    let srv2 = srv.clone();
+    let runner = moss::spawn(move || srv2.serve_forever());
+    let mut c = moss::net::TcpStream::connect(addr).unwrap();
+    let mut buf = [0u8; 2];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hi");
+    srv.stop(Duration::from_secs(1));
+    let r: std::io::Result<()> = runner.join().unwrap();
+    r.unwrap();
+}
+
+#[test]
+fn monkey_api_names() {
+    let _: fn() = moss::monkey::patch_all;
+    let _: fn() -> bool = moss::monkey::is_patched;
+}
