@@ -1,6 +1,6 @@
-//! threading in moss: OS threads whose join yields, a shared lock (with a
-//! timeout, the notes' way to avoid deadlock), a producer/consumer queue,
-//! and a thread pool.
+//! threading in moss: OS threads whose join yields, a custom thread type
+//! (run()), a shared lock (with a timeout, the notes' way to avoid
+//! deadlock), a producer/consumer queue, and a thread pool.
 //!
 //! Run: `cargo run --example threads`
 
@@ -9,6 +9,26 @@ use std::time::Duration;
 
 use moss::pool::ThreadPool;
 use moss::sync::{Mutex, Queue};
+use moss::thread::Runnable;
+
+/// A custom thread type: the notes' "subclass Thread, override run()".
+struct Greeter {
+    name: String,
+}
+
+impl Runnable for Greeter {
+    fn run(self) {
+        println!(
+            "{} says hello from {:?}",
+            self.name,
+            std::thread::current().name()
+        );
+    }
+
+    fn name(&self) -> Option<String> {
+        Some(self.name.clone())
+    }
+}
 
 fn main() {
     // Thread(target, name, args) + start + join: four threads share a counter
@@ -31,6 +51,14 @@ fn main() {
         t.join().expect("thread panicked");
     }
     println!("counter = {} (4 threads x 10000)", *counter.lock());
+
+    Greeter {
+        name: "greeter".into(),
+    }
+    .start()
+    .expect("spawn")
+    .join()
+    .unwrap();
 
     // lock with a timeout: give up instead of deadlocking.
     let guard = counter.lock();

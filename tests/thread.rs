@@ -87,3 +87,33 @@ fn bad_name_is_an_error() {
     let r = moss::thread::Builder::new().name("a\0b").spawn(|| ());
     assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
 }
+
+struct Collector {
+    items: Vec<u32>,
+    out: std::sync::Arc<moss::sync::Queue<(Option<String>, u32)>>,
+}
+
+impl moss::thread::Runnable for Collector {
+    fn run(self) {
+        let name = std::thread::current().name().map(str::to_owned);
+        self.out.put((name, self.items.iter().sum()));
+    }
+    fn name(&self) -> Option<String> {
+        Some("collector".into())
+    }
+}
+
+#[test]
+fn custom_thread_type() {
+    use moss::thread::Runnable;
+    let out = std::sync::Arc::new(moss::sync::Queue::new(1));
+    let h = Collector {
+        items: vec![1, 2, 3],
+        out: out.clone(),
+    }
+    .start()
+    .unwrap();
+    // The root waits on the queue (the hub blocks until the thread puts).
+    assert_eq!(out.get(), (Some("collector".to_owned()), 6));
+    h.join().unwrap();
+}

@@ -124,6 +124,51 @@ where
     }
 }
 
+/// A user type that is a thread body: the seeds' "custom Thread class
+/// overriding `run`". Implement [`run`](Runnable::run) (and optionally
+/// [`name`](Runnable::name)), then call [`start`](Runnable::start).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use moss_runtime::thread::Runnable;
+///
+/// struct Summer { upto: u64, out: Arc<AtomicU64> }
+///
+/// impl Runnable for Summer {
+///     fn run(self) {
+///         self.out.store((1..=self.upto).sum(), Ordering::SeqCst);
+///     }
+///     fn name(&self) -> Option<String> {
+///         Some(format!("summer-{}", self.upto))
+///     }
+/// }
+///
+/// let out = Arc::new(AtomicU64::new(0));
+/// let t = Summer { upto: 10, out: out.clone() }.start().unwrap();
+/// assert_eq!(t.thread().name(), Some("summer-10"));
+/// t.join().unwrap();
+/// assert_eq!(out.load(Ordering::SeqCst), 55);
+/// ```
+pub trait Runnable: Sized + Send + 'static {
+    /// The body; runs on the new thread.
+    fn run(self);
+
+    /// The thread's name (`None`: unnamed).
+    fn name(&self) -> Option<String> {
+        None
+    }
+
+    /// Spawns a thread that calls [`run`](Runnable::run).
+    fn start(self) -> io::Result<JoinHandle<()>> {
+        let mut b = Builder::new();
+        if let Some(n) = self.name() {
+            b = b.name(n);
+        }
+        b.spawn(move || self.run())
+    }
+}
+
 /// Configures a thread before spawning it, like `std::thread::Builder`.
 ///
 /// ```
