@@ -176,8 +176,9 @@ fn many_coroutines_share_the_pool_and_the_hub_keeps_running() {
     done.set(true);
     ticker.join().unwrap();
     assert_eq!(got, (0..20).map(|i| (i * i, 2 * i)).collect::<Vec<_>>());
-    // 20 x 200 ms on 2 workers took >= 2 s; the ticker kept going.
-    assert!(ticks.get() >= 50, "hub blocked: {} ticks", ticks.get());
+    // 20 x 200 ms on 2 workers took >= 2 s; the ticker (10 ms sleeps) kept
+    // going (a generous floor for a loaded machine).
+    assert!(ticks.get() >= 20, "hub blocked: {} ticks", ticks.get());
     pool.terminate();
 }
 

@@ -47,7 +47,7 @@ fn hub_keeps_running_while_8_coroutines_wait_on_tasks() {
         elapsed < Duration::from_secs(2),
         "tasks did not overlap: {elapsed:?}"
     );
-    assert!(ticks.get() >= 10, "hub blocked: {} ticks", ticks.get());
+    assert!(ticks.get() >= 5, "hub blocked: {} ticks", ticks.get());
 }
 
 #[test]
