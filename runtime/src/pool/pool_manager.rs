@@ -2,7 +2,7 @@
 //! its forked workers run.
 //!
 //! The manager owns every worker's socket (parent end, non-blocking) and
-//! pidfd and blocks in `poll(2)` on them plus the pool's wake pipe. Each
+//! pidfd and blocks in `poll(2)` on them plus the pool's wake socket. Each
 //! round it:
 //!
 //! 1. forks a replacement for every dead worker (retrying every 100 ms if a
@@ -89,7 +89,8 @@ pub(crate) fn start(
     wake_r: OwnedFd,
     started: Arc<Oneshot<io::Result<()>>>,
 ) -> io::Result<()> {
-    register(wake_r.as_raw_fd());
+    let wake_rfd = wake_r.as_raw_fd();
+    register(wake_rfd);
     let wake_w = shared.wake_fd();
     register(wake_w);
     let r = std::thread::Builder::new()
@@ -112,6 +113,8 @@ pub(crate) fn start(
     match r {
         Ok(_) => Ok(()),
         Err(e) => {
+            // The closure (and with it `wake_r`) is gone.
+            unregister(wake_rfd);
             unregister(wake_w);
             Err(e)
         }

@@ -5,8 +5,8 @@
 //! ```text
 //!  callers (any coroutine / thread)      manager thread             workers (forked)
 //!  ─────────────────────────────────     ──────────────────────     ─────────────────
-//!  serialize args, push a Task ──queue──▶ poll(2): wake pipe,        read frame (blocking)
-//!  write the wake pipe (once)            every worker's socket      call trampoline(f, args)
+//!  serialize args, push a Task ──queue──▶ poll(2): wake socket,      read frame (blocking)
+//!  write the wake socket (once)          every worker's socket      call trampoline(f, args)
 //!  park on the task's Oneshot            and pidfd                  write reply frame
 //!        ▲                               send a frame to each  ───▶
 //!        └──── Oneshot::set + Unparker ◀─ idle worker; read replies ◀─
@@ -33,6 +33,13 @@
 //!   thread existed (see the fork rules in [`Process`](super::Process)): a
 //!   task should not rely on locks other threads of the parent might hold
 //!   (std's stdout lock included, if other threads print at the same time).
+//! * Functions must exist in the workers: a function from a library loaded
+//!   with `dlopen` after they were forked is not mapped there, and calling
+//!   it crashes the worker (reported as [`PoolError::WorkerDied`]).
+//! * Arguments and results use postcard, a compact non-self-describing
+//!   format: serde features that need a self-describing one (untagged
+//!   enums, `flatten`, `serde_json::Value`) fail with
+//!   [`PoolError::Serialize`].
 //! * [`map`](ProcessPool::map) sends items in chunks (about four per worker,
 //!   as Python does), each chunk one task.
 //!
@@ -108,7 +115,7 @@ pub(crate) struct Shared {
     /// Only the process that created the pool has its manager thread.
     creator: u32,
     pub(crate) state: Mutex<State>,
-    /// The manager's wake-up pipe (write end) and whether a byte is pending.
+    /// The manager's wake-up socket (write end) and whether a byte is pending.
     wake_w: std::os::fd::OwnedFd,
     pub(crate) wake_pending: AtomicBool,
 }
@@ -135,7 +142,11 @@ impl ProcessPool {
                 "ProcessPool needs at least one worker",
             ));
         }
-        let (wake_r, wake_w) = fork::pipe(true)?;
+        // A socket pair rather than a pipe: a late wake-up written after the
+        // manager has gone is an EPIPE error (MSG_NOSIGNAL), never a SIGPIPE.
+        let (wake_r, wake_w) = fork::socketpair()?;
+        fork::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&wake_r), true)?;
+        fork::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&wake_w), true)?;
         let shared = Arc::new(Shared {
             size: n,
             creator: std::process::id(),
@@ -263,8 +274,13 @@ impl ProcessPool {
     /// Kills the workers (SIGKILL) at once: queued and running tasks fail
     /// with [`PoolError::Terminated`]. Returns once the workers are reaped.
     pub fn terminate(&self) {
-        self.shared.lock().terminated = true;
-        self.shared.close();
+        {
+            // Both at once: no task can slip in after the manager drains.
+            let mut s = self.shared.lock();
+            s.terminated = true;
+            s.closed = true;
+        }
+        self.shared.wake();
         self.join();
     }
 
@@ -345,7 +361,7 @@ impl Shared {
         }
         if !self.wake_pending.swap(true, Ordering::SeqCst) {
             // A full pipe already holds a wake-up.
-            let _ = fork::write(std::os::fd::AsRawFd::as_raw_fd(&self.wake_w), &[1], false);
+            let _ = fork::write(std::os::fd::AsRawFd::as_raw_fd(&self.wake_w), &[1], true);
         }
     }
 
