@@ -156,6 +156,12 @@ fn connection_limit_pauses_accepting() {
     let serving = moss::spawn(move || srv.serve_forever());
     // The kernel completes all four handshakes (backlog); moss accepts two.
     let cs: Vec<_> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let t = Instant::now();
+    while server.connections() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never accepted two");
+        moss::sleep(Duration::from_millis(5));
+    }
+    // Give the acceptor ample time to (wrongly) take a third.
     moss::sleep(Duration::from_millis(200));
     assert_eq!(server.connections(), 2);
     release.set(true);
