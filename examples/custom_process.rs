@@ -17,12 +17,10 @@ impl Runnable for Downloader {
     fn run(self) {
         // Pretend to download: report each URL's length, from the child.
         for url in self.urls {
-            self.results
-                .put((
-                    format!("{} (pid {}) fetched {url}", self.name, std::process::id()),
-                    url.len(),
-                ))
-                .unwrap();
+            self.results.put((
+                format!("{} (pid {}) fetched {url}", self.name, std::process::id()),
+                url.len(),
+            ));
         }
     }
 
@@ -47,7 +45,7 @@ fn main() -> std::io::Result<()> {
     .start()?;
     let mut total = 0;
     for _ in 0..3 {
-        let (line, n) = results.get()?;
+        let (line, n) = results.get();
         println!("{line}: {n} bytes");
         total += n;
     }

@@ -3,7 +3,6 @@
 //!
 //! Run: `cargo run --example process_queue`
 
-use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,16 +11,16 @@ use moss::pool::{Process, ProcessQueue};
 fn main() -> std::io::Result<()> {
     // Queue(4): at most four items at a time.
     let q = Arc::new(ProcessQueue::<String>::new(4)?);
-    q.put("a".into())?;
-    q.put("b".into())?;
+    q.put("a".into());
+    q.put("b".into());
     println!(
         "len {} empty {} full {}",
         q.len(),
         q.is_empty(),
         q.is_full()
     );
-    q.put("c".into())?;
-    q.put("d".into())?;
+    q.put("c".into());
+    q.put("d".into());
     println!(
         "len {} empty {} full {}",
         q.len(),
@@ -30,9 +29,12 @@ fn main() -> std::io::Result<()> {
     );
 
     // A put on a full queue waits; with a timeout it gives up.
-    match q.put_timeout("e".into(), Duration::from_millis(200)) {
-        Err(e) if e.kind() == ErrorKind::TimedOut => println!("put timed out: {e}"),
-        other => println!("unexpected: {other:?}"),
+    if let Err(full) = q.put_timeout("e".into(), Duration::from_millis(200)) {
+        let msg = full.to_string();
+        println!(
+            "put timed out ({msg}); the item comes back: {:?}",
+            full.into_inner()
+        );
     }
     while let Ok(item) = q.get_nowait() {
         println!("got {item}");
@@ -41,6 +43,7 @@ fn main() -> std::io::Result<()> {
     if let Err(e) = q.get_timeout(Duration::from_millis(200)) {
         println!("get timed out: {e}");
     }
+    println!("get_nowait on an empty queue: {:?}", q.get_nowait());
 
     // Producers in child processes, the consumer here.
     let producers: Vec<_> = (0..2)
@@ -51,15 +54,18 @@ fn main() -> std::io::Result<()> {
                     q.put(format!(
                         "item {i} from producer {n} (pid {})",
                         std::process::id()
-                    ))
-                    .unwrap();
+                    ));
                 }
             })
             .start()
         })
         .collect::<Result<_, _>>()?;
     for _ in 0..6 {
-        println!("consumer got: {}", q.get_timeout(Duration::from_secs(10))?);
+        println!(
+            "consumer got: {}",
+            q.get_timeout(Duration::from_secs(10))
+                .expect("producers stalled")
+        );
     }
     for p in producers {
         p.join()?;

@@ -119,7 +119,7 @@ fn the_child_runs_on_a_fresh_hub() {
     // A coroutine of the parent that has not run yet: it must run only here.
     let parent_co = {
         let q = q.clone();
-        moss::spawn(move || q.put(std::process::id()).unwrap())
+        moss::spawn(move || q.put(std::process::id()))
     };
     let child = {
         let q = q.clone();
@@ -129,7 +129,7 @@ fn the_child_runs_on_a_fresh_hub() {
                 moss::sleep(Duration::from_millis(20));
                 let h = moss::spawn(|| 5);
                 assert_eq!(h.join().unwrap(), 5);
-                q.put(0).unwrap();
+                q.put(0);
             })
             .start()
             .unwrap(),
@@ -137,7 +137,7 @@ fn the_child_runs_on_a_fresh_hub() {
     };
     assert_eq!(child.join().unwrap(), 0);
     parent_co.join().unwrap();
-    let mut got = vec![q.get().unwrap(), q.get().unwrap()];
+    let mut got = vec![q.get(), q.get()];
     got.sort();
     assert_eq!(got, vec![0, std::process::id()]);
     assert!(q.is_empty());
@@ -151,7 +151,7 @@ fn start_from_a_coroutine_and_capture_arguments() {
         moss::spawn(move || {
             let (name, n) = ("args".to_string(), 6u64);
             let p = Reap(
-                Process::new(move || q.put(format!("{name}:{}", n * 7)).unwrap())
+                Process::new(move || q.put(format!("{name}:{}", n * 7)))
                     .start()
                     .unwrap(),
             );
@@ -159,7 +159,7 @@ fn start_from_a_coroutine_and_capture_arguments() {
         })
     };
     assert_eq!(h.join().unwrap(), 0);
-    assert_eq!(q.get().unwrap(), "args:42");
+    assert_eq!(q.get(), "args:42");
 }
 
 struct Greeter {
@@ -170,8 +170,7 @@ struct Greeter {
 impl Runnable for Greeter {
     fn run(self) {
         self.out
-            .put(format!("hello {} from {}", self.who, std::process::id()))
-            .unwrap();
+            .put(format!("hello {} from {}", self.who, std::process::id()));
     }
     fn name(&self) -> String {
         format!("greeter-{}", self.who)
@@ -190,7 +189,7 @@ fn custom_process_type() {
         .unwrap(),
     );
     assert_eq!(p.name(), "greeter-moss");
-    assert_eq!(out.get().unwrap(), format!("hello moss from {}", p.pid()));
+    assert_eq!(out.get(), format!("hello moss from {}", p.pid()));
     assert_eq!(p.join().unwrap(), 0);
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moss::pool::{Process, ProcessHandle, ProcessQueue};
+use moss::sync::{Empty, Timeout};
 
 struct Reap(ProcessHandle);
 
@@ -30,7 +31,7 @@ fn two_child_producers_every_item_exactly_once_in_order() {
             let q = q.clone();
             start(move || {
                 for i in 0..N {
-                    q.put((p, i)).unwrap();
+                    q.put((p, i));
                 }
             })
         })
@@ -47,7 +48,7 @@ fn two_child_producers_every_item_exactly_once_in_order() {
         assert_eq!(p.0.join().unwrap(), 0);
     }
     assert!(q.is_empty());
-    assert_eq!(q.get_nowait().unwrap_err().kind(), ErrorKind::WouldBlock);
+    assert_eq!(q.get_nowait(), Err(Empty));
 }
 
 #[test]
@@ -60,20 +61,20 @@ fn two_child_consumers_share_the_items() {
             let (q, back) = (q.clone(), back.clone());
             start(move || {
                 let mut got = Vec::new();
-                while let Some(i) = q.get().unwrap() {
+                while let Some(i) = q.get() {
                     got.push(i);
                 }
-                back.put(got).unwrap();
+                back.put(got);
             })
         })
         .collect();
     for i in 0..N {
-        q.put(Some(i)).unwrap();
+        q.put(Some(i));
     }
-    q.put(None).unwrap();
-    q.put(None).unwrap();
-    let mut all = back.get().unwrap();
-    all.extend(back.get().unwrap());
+    q.put(None);
+    q.put(None);
+    let mut all = back.get();
+    all.extend(back.get());
     all.sort();
     assert_eq!(all, (0..N).collect::<Vec<_>>());
     for c in &consumers {
@@ -93,7 +94,7 @@ fn items_larger_than_a_pipe_buffer_arrive_whole() {
         let q = q.clone();
         start(move || {
             for seed in [3u8, 5, 7] {
-                q.put(big(seed)).unwrap();
+                q.put(big(seed));
             }
         })
     };
@@ -114,24 +115,23 @@ fn timeouts_nowait_and_sizes() {
     assert_eq!(q.capacity(), 2);
     assert!(q.is_empty() && !q.is_full());
     let t = Instant::now();
-    let e = q.get_timeout(Duration::from_millis(100)).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::TimedOut);
+    assert_eq!(q.get_timeout(Duration::from_millis(100)), Err(Timeout));
     assert!(t.elapsed() >= Duration::from_millis(100));
-    assert_eq!(q.get_nowait().unwrap_err().kind(), ErrorKind::WouldBlock);
-    q.put(1).unwrap();
+    assert_eq!(q.get_nowait(), Err(Empty));
+    q.put(1);
     q.put_nowait(2).unwrap();
     assert_eq!(q.len(), 2);
     assert!(q.is_full());
-    assert_eq!(q.put_nowait(3).unwrap_err().kind(), ErrorKind::WouldBlock);
+    assert_eq!(q.put_nowait(3).unwrap_err().into_inner(), 3);
     let t = Instant::now();
     assert_eq!(
         q.put_timeout(3, Duration::from_millis(100))
             .unwrap_err()
-            .kind(),
-        ErrorKind::TimedOut
+            .into_inner(),
+        3
     );
     assert!(t.elapsed() >= Duration::from_millis(100));
-    assert_eq!(q.get().unwrap(), 1);
+    assert_eq!(q.get(), 1);
     assert_eq!(q.get_nowait().unwrap(), 2);
     assert!(q.is_empty());
     assert_eq!(
@@ -163,7 +163,7 @@ fn waiting_in_a_coroutine_yields_and_timeouts_cancel_cleanly() {
         let q = q.clone();
         start(move || {
             std::thread::sleep(Duration::from_millis(300));
-            q.put(99).unwrap();
+            q.put(99);
         })
     };
     let getters: Vec<_> = (0..2)
@@ -176,7 +176,7 @@ fn waiting_in_a_coroutine_yields_and_timeouts_cancel_cleanly() {
         let q = q.clone();
         move || {
             moss::sleep(Duration::from_millis(500));
-            q.put(100).unwrap()
+            q.put(100)
         }
     });
     let mut got: Vec<u32> = moss::join_all(getters)
@@ -194,4 +194,44 @@ fn waiting_in_a_coroutine_yields_and_timeouts_cancel_cleanly() {
         ticks.get()
     );
     assert_eq!(child.0.join().unwrap(), 0);
+}
+
+#[test]
+fn checked_forms_report_errors_as_io_errors() {
+    let q = ProcessQueue::<u32>::new(1).unwrap();
+    assert_eq!(
+        q.checked_get(Some(Duration::ZERO)).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    assert_eq!(
+        q.checked_get(Some(Duration::from_millis(20)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::TimedOut
+    );
+    q.checked_put(5, None).unwrap();
+    assert_eq!(
+        q.checked_put(6, Some(Duration::ZERO)).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    assert_eq!(q.checked_get(None).unwrap(), 5);
+    // postcard cannot encode a sequence of unknown length.
+    struct Unsized;
+    impl serde::Serialize for Unsized {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            s.serialize_seq(None)?.end()
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Unsized {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Ok(Unsized)
+        }
+    }
+    let bad = ProcessQueue::<Unsized>::new(1).unwrap();
+    assert_eq!(
+        bad.checked_put(Unsized, None).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert!(bad.is_empty());
 }

@@ -338,17 +338,48 @@ impl fmt::Debug for ProcessHandle {
 /// through the calling thread's hub: a coroutine yields, a root or plain
 /// thread blocks in its hub. The fd is duplicated for the wait so that any
 /// number of waiters of one hub can wait on it at once (epoll accepts each
-/// fd number once). A `kill` of the calling coroutine unwinds it.
+/// fd number once). A `kill` of the calling coroutine unwinds it. If the fd
+/// cannot be duplicated or registered (no fds left), the wait falls back to
+/// a blocking `poll`: it still ends, at the cost of blocking the thread.
 pub(crate) fn wait_fd(
     fd: RawFd,
     interest: Interest,
     deadline: Option<Instant>,
 ) -> io::Result<bool> {
-    let dup = fork::dup(fd)?;
-    let reg = Registration::new(dup.as_raw_fd())?;
+    // Declared in this order so that `reg` (deregistration) drops before
+    // `dup` (close), also when unwinding.
+    let Ok(dup) = fork::dup(fd) else {
+        return poll_wait(fd, interest, deadline);
+    };
+    let Ok(reg) = Registration::new(dup.as_raw_fd()) else {
+        return poll_wait(fd, interest, deadline);
+    };
     match reg.wait(interest, deadline) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// The fallback of [`wait_fd`]: blocks the thread in `poll`.
+pub(crate) fn poll_wait(
+    fd: RawFd,
+    interest: Interest,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    let w = interest == Interest::Writable;
+    let mut p = [fork::poll_fd(&fd_ref(fd), !w, w)];
+    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    Ok(fork::poll(&mut p, timeout)? > 0)
+}
+
+/// A borrowed fd number as `AsRawFd`, for [`fork::poll_fd`].
+fn fd_ref(fd: RawFd) -> impl AsRawFd {
+    struct Raw(RawFd);
+    impl AsRawFd for Raw {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0
+        }
+    }
+    Raw(fd)
 }

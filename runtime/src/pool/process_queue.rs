@@ -41,6 +41,14 @@
 //! `len`, `is_empty` and `is_full` read the shared counter: exact when the
 //! queue is quiet, approximate while others put and get (as in Python).
 //!
+//! The methods are those of [`Queue`](crate::sync::Queue) (`put`, `get`,
+//! the `_timeout` and `_nowait` forms with [`Full`], [`Timeout`] and
+//! [`Empty`], `len`, `is_empty`, `is_full`). An item that cannot be
+//! serialized, or a failing pipe, makes them panic with a clear message;
+//! [`checked_put`](ProcessQueue::checked_put) and
+//! [`checked_get`](ProcessQueue::checked_get) report those as `io::Error`
+//! instead.
+//!
 //! Limits (as with Python's queue): a process killed in the middle of a
 //! `put` or `get` may leave a torn frame or take a lock token with it, after
 //! which the queue is unusable; an item larger than the data pipe's buffer
@@ -54,11 +62,11 @@
 //! let q = Arc::new(ProcessQueue::<String>::new(4).unwrap());
 //! let child = {
 //!     let q = q.clone();
-//!     Process::new(move || q.put(format!("hello from {}", std::process::id())).unwrap())
+//!     Process::new(move || q.put(format!("hello from {}", std::process::id())))
 //!         .start()
 //!         .unwrap()
 //! };
-//! let msg = q.get().unwrap();
+//! let msg = q.get();
 //! assert_eq!(msg, format!("hello from {}", child.pid()));
 //! assert_eq!(child.join().unwrap(), 0);
 //! ```
@@ -73,8 +81,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::process::wait_fd;
+use super::process::{poll_wait, wait_fd};
 use crate::reactor::{Interest, Registration, WaitError};
+use crate::sync::{Empty, Full, Timeout};
 use crate::sys::fork::{self, SharedMem};
 
 /// The data pipe's buffer is grown to this where the system allows.
@@ -170,83 +179,175 @@ impl<T: Serialize + DeserializeOwned> ProcessQueue<T> {
     }
 
     /// Appends `v`, waiting while the queue is full.
-    pub fn put(&self, v: T) -> io::Result<()> {
-        self.put_deadline(v, Wait::Forever)
+    ///
+    /// # Panics
+    /// If `v` cannot be serialized with postcard, or the queue's pipes
+    /// fail (see [`checked_put`](Self::checked_put) for an error instead).
+    pub fn put(&self, v: T) {
+        match self.put_deadline(v, Wait::Forever) {
+            Ok(()) => {}
+            Err(Put::Full(_)) => unreachable!("no deadline"),
+            Err(Put::Io(e)) => panic!("moss: ProcessQueue::put: {e}"),
+        }
     }
 
-    /// Appends `v`, waiting at most `d` for a free slot; `TimedOut` if
-    /// none came (the item is dropped, as in Python).
-    pub fn put_timeout(&self, v: T, d: Duration) -> io::Result<()> {
-        self.put_deadline(v, Wait::until(d))
+    /// Appends `v`, waiting at most `d` for a free slot; gives the item back
+    /// in [`Full`] if none came.
+    ///
+    /// # Panics
+    /// As [`put`](Self::put).
+    pub fn put_timeout(&self, v: T, d: Duration) -> Result<(), Full<T>> {
+        match self.put_deadline(v, Wait::until(d)) {
+            Ok(()) => Ok(()),
+            Err(Put::Full(v)) => Err(Full(v)),
+            Err(Put::Io(e)) => panic!("moss: ProcessQueue::put_timeout: {e}"),
+        }
     }
 
-    /// Appends `v` if a slot is free now; `WouldBlock` ("queue is full")
+    /// Appends `v` if a slot is free now; gives it back in [`Full`]
     /// otherwise.
-    pub fn put_nowait(&self, v: T) -> io::Result<()> {
-        self.put_deadline(v, Wait::No)
+    ///
+    /// # Panics
+    /// As [`put`](Self::put).
+    pub fn put_nowait(&self, v: T) -> Result<(), Full<T>> {
+        match self.put_deadline(v, Wait::No) {
+            Ok(()) => Ok(()),
+            Err(Put::Full(v)) => Err(Full(v)),
+            Err(Put::Io(e)) => panic!("moss: ProcessQueue::put_nowait: {e}"),
+        }
     }
 
     /// Removes and returns the oldest item, waiting while the queue is empty.
-    pub fn get(&self) -> io::Result<T> {
-        self.get_deadline(Wait::Forever)
+    ///
+    /// # Panics
+    /// If the queue's pipes fail or an item cannot be deserialized (see
+    /// [`checked_get`](Self::checked_get) for an error instead).
+    pub fn get(&self) -> T {
+        match self.get_deadline(Wait::Forever) {
+            Ok(Some(v)) => v,
+            Ok(None) => unreachable!("no deadline"),
+            Err(e) => panic!("moss: ProcessQueue::get: {e}"),
+        }
     }
 
-    /// Like [`get`](Self::get), waiting at most `d`; `TimedOut` if nothing
-    /// came.
-    pub fn get_timeout(&self, d: Duration) -> io::Result<T> {
-        self.get_deadline(Wait::until(d))
+    /// Like [`get`](Self::get), waiting at most `d`.
+    ///
+    /// # Panics
+    /// As [`get`](Self::get).
+    pub fn get_timeout(&self, d: Duration) -> Result<T, Timeout> {
+        match self.get_deadline(Wait::until(d)) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(Timeout),
+            Err(e) => panic!("moss: ProcessQueue::get_timeout: {e}"),
+        }
     }
 
     /// Removes and returns the oldest item if one is there now (and no other
-    /// consumer is reading); `WouldBlock` ("queue is empty") otherwise.
-    pub fn get_nowait(&self) -> io::Result<T> {
-        self.get_deadline(Wait::No)
+    /// consumer is busy reading); [`Empty`] otherwise.
+    ///
+    /// # Panics
+    /// As [`get`](Self::get).
+    pub fn get_nowait(&self) -> Result<T, Empty> {
+        match self.get_deadline(Wait::No) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(Empty),
+            Err(e) => panic!("moss: ProcessQueue::get_nowait: {e}"),
+        }
     }
 
-    fn put_deadline(&self, v: T, wait: Wait) -> io::Result<()> {
-        let payload = postcard::to_allocvec(&v).map_err(|e| {
-            io::Error::new(
+    /// [`put`](Self::put) that reports every failure as an `io::Error`:
+    /// `timeout` `None` waits for a slot as long as it takes, `Some(d)` at
+    /// most `d` (`TimedOut`; `Duration::ZERO` gives `WouldBlock`, "queue is
+    /// full"; the item is dropped), `InvalidInput` if `v` cannot be
+    /// serialized.
+    pub fn checked_put(&self, v: T, timeout: Option<Duration>) -> io::Result<()> {
+        let wait = Wait::from(timeout);
+        match self.put_deadline(v, wait) {
+            Ok(()) => Ok(()),
+            Err(Put::Full(_)) => {
+                Err(wait.error("queue is full", "timed out waiting for a free slot"))
+            }
+            Err(Put::Io(e)) => Err(e),
+        }
+    }
+
+    /// [`get`](Self::get) that reports every failure as an `io::Error`:
+    /// `timeout` as in [`checked_put`](Self::checked_put) (`TimedOut`, or
+    /// `WouldBlock` "queue is empty"), `InvalidData` if an item cannot be
+    /// deserialized.
+    pub fn checked_get(&self, timeout: Option<Duration>) -> io::Result<T> {
+        let wait = Wait::from(timeout);
+        self.get_deadline(wait)?
+            .ok_or_else(|| wait.error("queue is empty", "timed out waiting for an item"))
+    }
+
+    fn put_deadline(&self, v: T, wait: Wait) -> Result<(), Put<T>> {
+        let payload = match postcard::to_allocvec(&v) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(Put::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("cannot serialize the item: {e}"),
+                )));
+            }
+        };
+        let Ok(len) = u32::try_from(payload.len()) else {
+            return Err(Put::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("cannot serialize the item: {e}"),
-            )
-        })?;
-        let len = u32::try_from(payload.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "item larger than 4 GiB"))?;
+                "item larger than 4 GiB",
+            )));
+        };
         let mut frame = Vec::with_capacity(HEADER + payload.len());
         frame.extend_from_slice(&len.to_le_bytes());
         frame.extend_from_slice(&payload);
         drop(payload);
 
-        let slot = acquire(&self.slots_r, &self.slots_w, wait)?
-            .ok_or_else(|| wait.error("queue is full", "timed out waiting for a free slot"))?;
+        let slot = match acquire(&self.slots_r, &self.slots_w, wait) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err(Put::Full(v)),
+            Err(e) => return Err(Put::Io(e)),
+        };
         // The slot is ours: wait for the writers' lock as long as it takes
         // (another writer is busy writing a frame).
-        let lock = acquire(&self.wlock_r, &self.wlock_w, Wait::Forever)?.expect("no deadline");
+        let lock = match acquire(&self.wlock_r, &self.wlock_w, Wait::Forever) {
+            Ok(t) => t.expect("no deadline"),
+            Err(e) => return Err(Put::Io(e)),
+        };
         self.count().fetch_add(1, Ordering::SeqCst);
         if let Err(e) = write_frame(self.data_w.as_raw_fd(), &frame) {
             self.count().fetch_sub(1, Ordering::SeqCst);
-            return Err(e);
+            return Err(Put::Io(e));
         }
         drop(lock);
         std::mem::forget(slot); // the slot now belongs to the item
         Ok(())
     }
 
-    fn get_deadline(&self, wait: Wait) -> io::Result<T> {
-        let lock = acquire(&self.rlock_r, &self.rlock_w, wait)?
-            .ok_or_else(|| wait.error("queue is empty", "timed out waiting for an item"))?;
-        let payload = read_frame(self.data_r.as_raw_fd(), wait)?
-            .ok_or_else(|| wait.error("queue is empty", "timed out waiting for an item"))?;
+    /// `Ok(None)`: empty (nothing came before the wait ran out).
+    fn get_deadline(&self, wait: Wait) -> io::Result<Option<T>> {
+        let Some(lock) = acquire(&self.rlock_r, &self.rlock_w, wait)? else {
+            return Ok(None);
+        };
+        let Some(payload) = read_frame(self.data_r.as_raw_fd(), wait)? else {
+            return Ok(None);
+        };
         self.count().fetch_sub(1, Ordering::SeqCst);
         drop(lock);
         release(self.slots_w.as_raw_fd())?;
-        postcard::from_bytes(&payload).map_err(|e| {
+        postcard::from_bytes(&payload).map(Some).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("cannot deserialize the item: {e}"),
             )
         })
     }
+}
+
+/// Why a put did not happen.
+enum Put<T> {
+    /// No free slot in time: the item comes back.
+    Full(T),
+    Io(io::Error),
 }
 
 impl<T> fmt::Debug for ProcessQueue<T> {
@@ -271,6 +372,16 @@ enum Wait {
     No,
     Until(Instant),
     Forever,
+}
+
+impl From<Option<Duration>> for Wait {
+    fn from(t: Option<Duration>) -> Wait {
+        match t {
+            None => Wait::Forever,
+            Some(Duration::ZERO) => Wait::No,
+            Some(d) => Wait::until(d),
+        }
+    }
 }
 
 impl Wait {
@@ -419,15 +530,17 @@ fn read_frame(fd: RawFd, wait: Wait) -> io::Result<Option<Vec<u8>>> {
 /// tear it, so it is left pending and the wait finishes by blocking the
 /// thread in `poll` (the peer is mid-frame too and will make progress).
 fn wait_committed(fd: RawFd, interest: Interest) -> io::Result<()> {
-    let dup = fork::dup(fd)?;
-    let reg = Registration::new(dup.as_raw_fd())?;
+    let Ok(dup) = fork::dup(fd) else {
+        return poll_wait(fd, interest, None).map(drop);
+    };
+    let Ok(reg) = Registration::new(dup.as_raw_fd()) else {
+        return poll_wait(fd, interest, None).map(drop);
+    };
     match reg.wait_raw(interest, None) {
         Ok(()) => Ok(()),
         Err(WaitError::Cancelled) => {
             drop(reg);
-            let w = interest == Interest::Writable;
-            let mut p = [fork::poll_fd(&dup, !w, w)];
-            fork::poll(&mut p, None).map(drop)
+            poll_wait(fd, interest, None).map(drop)
         }
         Err(e) => Err(io::Error::other(e)),
     }
