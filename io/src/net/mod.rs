@@ -53,6 +53,7 @@
 //! ```
 
 mod addr;
+mod convert;
 mod fd;
 mod tcp;
 mod udp;

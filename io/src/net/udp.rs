@@ -12,8 +12,8 @@ use std::time::Duration;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::addr::{ToSocketAddrs, each_addr};
+use super::convert::std_conversions;
 use super::fd::Evented;
-use super::tcp::std_conversions;
 
 /// A UDP socket; [`std::net::UdpSocket`] for coroutines.
 ///

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use super::convert::std_conversions;
 use super::fd::{self, Evented};
-use super::tcp::std_conversions;
 
 /// A Unix stream socket; [`std::os::unix::net::UnixStream`] for coroutines.
 ///
