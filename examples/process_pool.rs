@@ -28,7 +28,6 @@ fn main() -> std::io::Result<()> {
             pool.apply_async(slow_square, i, move |(pid, v)| {
                 println!("callback: {i}^2 = {v} from pid {pid}");
             })
-            .expect("pool closed")
         })
         .collect();
     pool.close(); // no more tasks

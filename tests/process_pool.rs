@@ -63,8 +63,8 @@ fn spin(_: ()) -> (u128, u128) {
 fn cpu_bound_tasks_run_in_parallel() {
     let pool = ProcessPool::new(2).unwrap();
     let t = Instant::now();
-    let a = pool.apply_async(spin, (), |_| {}).unwrap();
-    let b = pool.apply_async(spin, (), |_| {}).unwrap();
+    let a = pool.apply_async(spin, (), |_| {});
+    let b = pool.apply_async(spin, (), |_| {});
     let (a, b) = (a.get().unwrap(), b.get().unwrap());
     let elapsed = t.elapsed();
     // The two 400 ms spins overlapped in time: each started before the
@@ -211,11 +211,14 @@ fn panics_callbacks_close_and_join() {
                 assert_eq!(std::thread::current().id(), me);
                 seen.set(Some(seen.get().unwrap_or(0) + *v));
             })
-            .unwrap()
         })
         .collect();
     pool.close();
     assert_eq!(pool.apply(square, 1).unwrap_err(), PoolError::Closed);
+    assert_eq!(
+        pool.apply_async(square, 1, |_| {}).get(),
+        Err(PoolError::Closed)
+    );
     pool.join();
     // join waited for the tasks and their callbacks.
     assert_eq!(seen.get(), Some(1 + 4 + 9));
@@ -234,8 +237,8 @@ fn sleep_long(_: ()) -> u32 {
 fn terminate_fails_running_and_queued_tasks_and_reaps() {
     let pool = ProcessPool::new(1).unwrap();
     let workers = pool.pids();
-    let running = pool.apply_async(sleep_long, (), |_| {}).unwrap();
-    let queued = pool.apply_async(square, 3, |_| {}).unwrap();
+    let running = pool.apply_async(sleep_long, (), |_| {});
+    let queued = pool.apply_async(square, 3, |_| {});
     moss::sleep(Duration::from_millis(100));
     let t = Instant::now();
     pool.terminate();
@@ -279,13 +282,13 @@ fn tasks_queued_behind_a_dying_task_still_run_exactly_once() {
     let pool = ProcessPool::new(2).unwrap();
     // Many tiny tasks make the pool pipeline several per worker.
     let first: Vec<_> = (0..300u64)
-        .map(|i| pool.apply_async(square, i, |_| {}).unwrap())
+        .map(|i| pool.apply_async(square, i, |_| {}))
         .collect();
     let dying: Vec<_> = (0..3)
-        .map(|_| pool.apply_async(abort, (), |_| {}).unwrap())
+        .map(|_| pool.apply_async(abort, (), |_| {}))
         .collect();
     let second: Vec<_> = (300..600u64)
-        .map(|i| pool.apply_async(square, i, |_| {}).unwrap())
+        .map(|i| pool.apply_async(square, i, |_| {}))
         .collect();
     for (i, r) in first.iter().chain(&second).enumerate() {
         assert_eq!(r.get().unwrap(), square(i as u64));
@@ -319,7 +322,7 @@ fn large_arguments_results_and_maps_arrive_whole() {
     assert!(back.iter().rev().eq(big.iter()), "payload corrupted");
     // Several large replies buffered at once in the manager.
     let rs: Vec<_> = (0..6)
-        .map(|_| pool.apply_async(reverse, big.clone(), |_| {}).unwrap())
+        .map(|_| pool.apply_async(reverse, big.clone(), |_| {}))
         .collect();
     for r in &rs {
         assert_eq!(r.take().unwrap().len(), big.len());
@@ -327,7 +330,7 @@ fn large_arguments_results_and_maps_arrive_whole() {
     // Tiny tasks first: the pool then pipelines several map chunks per
     // worker, so large replies arrive back to back.
     let tiny: Vec<_> = (0..3000u64)
-        .map(|i| pool.apply_async(square, i, |_| {}).unwrap())
+        .map(|i| pool.apply_async(square, i, |_| {}))
         .collect();
     assert!(
         tiny.iter()

@@ -74,26 +74,20 @@ fn apply_async_runs_the_callback_on_the_callers_hub_thread() {
     let me = std::thread::current().id();
     let seen = Rc::new(Cell::new(None));
     let s = seen.clone();
-    let r = pool
-        .apply_async(
-            || {
-                std::thread::sleep(Duration::from_millis(20));
-                (std::thread::current().id(), 21 * 2)
-            },
-            move |(_, v): &(std::thread::ThreadId, u32)| {
-                s.set(Some((std::thread::current().id(), *v)))
-            },
-        )
-        .unwrap();
+    let r = pool.apply_async(
+        || {
+            std::thread::sleep(Duration::from_millis(20));
+            (std::thread::current().id(), 21 * 2)
+        },
+        move |(_, v): &(std::thread::ThreadId, u32)| s.set(Some((std::thread::current().id(), *v))),
+    );
     let (worker, v) = r.get();
     assert_eq!(v, 42);
     assert_ne!(worker, me);
     // The callback ran before get returned, on this thread.
     assert_eq!(seen.get(), Some((me, 42)));
 
-    let bad = pool
-        .apply_async(|| -> u32 { panic!("async boom") }, |_| unreachable!())
-        .unwrap();
+    let bad = pool.apply_async(|| -> u32 { panic!("async boom") }, |_| unreachable!());
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bad.get())).unwrap_err();
     assert_eq!(caught.downcast_ref::<&str>(), Some(&"async boom"));
 }
@@ -134,19 +128,21 @@ fn close_refuses_new_tasks_and_join_waits_for_queued_ones() {
     let mut pending = Vec::new();
     for _ in 0..6 {
         let c = count.clone();
-        pending.push(
-            pool.apply_async(
-                move || {
-                    std::thread::sleep(Duration::from_millis(20));
-                    c.fetch_add(1, Ordering::SeqCst);
-                },
-                |_| {},
-            )
-            .unwrap(),
-        );
+        pending.push(pool.apply_async(
+            move || {
+                std::thread::sleep(Duration::from_millis(20));
+                c.fetch_add(1, Ordering::SeqCst);
+            },
+            |_| {},
+        ));
     }
     pool.close();
     assert_eq!(pool.apply(|| 1).unwrap_err(), PoolError::Closed);
+    let refused = pool.apply_async(|| 1, |_| {});
+    assert!(refused.ready() && !refused.successful());
+    let caught =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| refused.get())).unwrap_err();
+    assert_eq!(caught.downcast_ref::<PoolError>(), Some(&PoolError::Closed));
     let t = Instant::now();
     pool.join();
     assert_eq!(count.load(Ordering::SeqCst), 6);

@@ -198,22 +198,32 @@ impl ProcessPool {
     /// Runs `f(args)` in a worker without waiting. When the result is there,
     /// `callback(&value)` runs in a coroutine on the caller's hub (not for an
     /// error), then the returned [`AsyncResult`] becomes ready with the
-    /// result or the error. Fails with [`PoolError::Closed`] after
-    /// [`close`](Self::close).
+    /// result or the error (a panicking callback makes it
+    /// [`PoolError::Panicked`]). After [`close`](Self::close) it is ready at
+    /// once with [`PoolError::Closed`].
+    ///
+    /// The callback runs when the caller's hub runs, that is whenever the
+    /// caller blocks on a moss call (`get`, `join`, a sleep, I/O).
     pub fn apply_async<A, R, C>(
         &self,
         f: fn(A) -> R,
         args: A,
         callback: C,
-    ) -> Result<AsyncResult<Result<R, PoolError>>, PoolError>
+    ) -> AsyncResult<Result<R, PoolError>>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
         C: FnOnce(&R) + 'static,
     {
-        // One more outstanding item for the callback.
-        let reply = self.submit_counting(call::<A, R>, f as usize, &args, 2)?;
         let result = AsyncResult::new();
+        // One more outstanding item for the callback.
+        let reply = match self.submit_counting(call::<A, R>, f as usize, &args, 2) {
+            Ok(r) => r,
+            Err(e) => {
+                result.set(Err(e));
+                return result;
+            }
+        };
         let r = result.clone();
         let shared = self.shared.clone();
         crate::spawn(move || {
@@ -228,7 +238,7 @@ impl ProcessPool {
             r.set(v);
             shared.finished(1);
         });
-        Ok(result)
+        result
     }
 
     /// Applies `f` to every item in the workers and returns the results in

@@ -126,7 +126,7 @@ impl ThreadPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let slot = self.submit(f)?;
+        let slot = self.submit(f, 1)?;
         slot.wait(None, "thread pool task");
         match slot.take().expect("only this caller takes the result") {
             Ok(v) => Ok(v),
@@ -139,19 +139,26 @@ impl ThreadPool {
     /// returned [`AsyncResult`] becomes ready (so `get` returns after the
     /// callback ran). A panic in `f` (or in the callback) is stored in the
     /// result, and `get` re-raises it; the callback is not called for a
-    /// panicked task.
+    /// panicked task. After [`close`](Self::close) the result is ready at
+    /// once with a stored panic whose payload is [`PoolError::Closed`].
     ///
-    /// Fails with [`PoolError::Closed`] after [`close`](Self::close).
-    pub fn apply_async<F, T, C>(&self, f: F, callback: C) -> Result<AsyncResult<T>, PoolError>
+    /// The callback runs when the caller's hub runs, that is whenever the
+    /// caller blocks on a moss call (`get`, `join`, a sleep, I/O).
+    pub fn apply_async<F, T, C>(&self, f: F, callback: C) -> AsyncResult<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
         C: FnOnce(&T) + 'static,
     {
-        let slot = self.submit(f)?;
         let result = AsyncResult::new();
+        let slot = match self.submit(f, 2) {
+            Ok(s) => s,
+            Err(e) => {
+                result.set_panic(Box::new(e));
+                return result;
+            }
+        };
         let r = result.clone();
-        self.shared.lock().outstanding += 1; // the callback
         let shared = self.shared.clone();
         crate::spawn(move || {
             slot.wait(None, "thread pool task");
@@ -164,7 +171,7 @@ impl ThreadPool {
             }
             shared.finished_one();
         });
-        Ok(result)
+        result
     }
 
     /// Applies `f` to every item on the pool and returns the results in
@@ -199,7 +206,7 @@ impl ThreadPool {
         let mut slots = VecDeque::new();
         for item in items {
             let f = f.clone();
-            slots.push_back(self.submit(move || f(item))?);
+            slots.push_back(self.submit(move || f(item), 1)?);
         }
         Ok(Imap { slots })
     }
@@ -229,7 +236,13 @@ impl ThreadPool {
         }
     }
 
-    fn submit<F, T>(&self, f: F) -> Result<Arc<Oneshot<std::thread::Result<T>>>, PoolError>
+    /// Queues `f`, counting `outstanding` items for `join` (the task, and
+    /// its callback if any).
+    fn submit<F, T>(
+        &self,
+        f: F,
+        outstanding: usize,
+    ) -> Result<Arc<Oneshot<std::thread::Result<T>>>, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -243,7 +256,7 @@ impl ThreadPool {
                 return Err(PoolError::Closed);
             }
             s.queue.push_back(job);
-            s.outstanding += 1;
+            s.outstanding += outstanding;
             let spawn = s.idle == 0 && s.live < self.shared.size;
             if spawn {
                 s.live += 1;
@@ -258,7 +271,7 @@ impl ThreadPool {
             if s.live == 0 {
                 // Nobody could ever run it: take it back.
                 s.queue.pop_back();
-                s.outstanding -= 1;
+                s.outstanding -= outstanding;
                 return Err(PoolError::io(&e));
             }
         }
