@@ -210,3 +210,39 @@ fn default_names_are_numbered() {
     a.join().unwrap();
     b.join().unwrap();
 }
+
+/// Uses about `depth` KiB of stack.
+fn deep(depth: u32) -> u64 {
+    let buf = std::hint::black_box([depth as u8; 1024]);
+    if depth == 0 {
+        buf[0] as u64
+    } else {
+        deep(depth - 1) + buf[1] as u64
+    }
+}
+
+#[test]
+fn the_body_gets_a_big_stack_even_when_started_from_a_small_coroutine() {
+    let q = Arc::new(ProcessQueue::<(Option<String>, u64)>::new(1).unwrap());
+    let q2 = q.clone();
+    let h = moss::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let p = Reap(
+                Process::new(move || {
+                    // ~2 MiB of stack: far more than the 64 KiB coroutine
+                    // that called start.
+                    let name = moss::current().name().map(str::to_owned);
+                    q2.put((name, deep(2000)));
+                })
+                .name("deep")
+                .start()
+                .unwrap(),
+            );
+            p.join().unwrap()
+        })
+        .unwrap();
+    assert_eq!(h.join().unwrap(), 0);
+    let (name, _) = q.get();
+    assert_eq!(name.as_deref(), Some("deep"));
+}

@@ -23,7 +23,7 @@ mod thread_pool;
 
 pub use error::PoolError;
 pub use group::{Group, ImapUnordered, Pool};
-pub use process::{PANIC_EXIT_CODE, Process, ProcessHandle, Runnable};
+pub use process::{CHILD_STACK_SIZE, PANIC_EXIT_CODE, Process, ProcessHandle, Runnable};
 pub use process_pool::ProcessPool;
 pub use process_queue::ProcessQueue;
 pub use thread_pool::{Imap, ThreadPool};

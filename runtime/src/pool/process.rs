@@ -2,8 +2,8 @@
 //!
 //! [`Process::start`] forks. The child abandons the hub it inherited (whose
 //! coroutines, epoll instance and eventfd belong to the parent) and runs the
-//! closure on a fresh hub, as [`run`](crate::run) does: the closure, then
-//! every coroutine it spawned. It then leaves with `_exit`: code 0 when the
+//! closure on a fresh hub: the closure (in a coroutine), then every
+//! coroutine it spawned. It then leaves with `_exit`: code 0 when the
 //! closure returned, [`PANIC_EXIT_CODE`] (101, like a Rust program whose main
 //! panicked) when it panicked. No destructor of the parent's objects and no
 //! `atexit` handler runs in the child; stdout is flushed (std's buffer only
@@ -18,8 +18,9 @@
 //! any other thread at that moment (a `Mutex`, std's stdout lock, a lock
 //! inside a library) stays locked forever in the child. Keep the child's work
 //! simple and self-contained, or start processes before starting threads.
-//! The child runs on the caller's stack: started from a coroutine, it has
-//! that coroutine's stack size.
+//! The body runs as a coroutine named after the process, on a fresh
+//! [`CHILD_STACK_SIZE`] stack, whether `start` was called from a thread's
+//! root or from a coroutine with a small stack.
 //!
 //! # Waiting for the exit
 //!
@@ -52,7 +53,7 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::catch_unwind;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -64,6 +65,10 @@ use crate::sys::fork::{self, Exit, Forked};
 /// Exit code of a child process whose body panicked (as a Rust program
 /// whose `main` panicked).
 pub const PANIC_EXIT_CODE: i32 = 101;
+
+/// The stack of a child's body: 8 MiB, like a main thread's (only touched
+/// pages cost memory), whatever stack `start` was called on.
+pub const CHILD_STACK_SIZE: usize = 8 << 20;
 
 static NEXT_NUMBER: AtomicU64 = AtomicU64::new(1);
 /// Pids of children whose handles were dropped before they were reaped.
@@ -157,7 +162,7 @@ pub trait Runnable: Sized + 'static {
     }
 }
 
-fn spawn_child(name: String, body: impl FnOnce()) -> io::Result<ProcessHandle> {
+fn spawn_child(name: String, body: impl FnOnce() + 'static) -> io::Result<ProcessHandle> {
     reap_orphans();
     // What the parent buffered must not be printed by the child too.
     let _ = io::stdout().flush();
@@ -167,7 +172,7 @@ fn spawn_child(name: String, body: impl FnOnce()) -> io::Result<ProcessHandle> {
             for fd in close_in_child {
                 fork::close_raw(fd);
             }
-            run_child(body)
+            run_child(name, body)
         }
         Forked::Parent(pid) => {
             // Without pidfds, `join` falls back to polling waitpid.
@@ -182,12 +187,26 @@ fn spawn_child(name: String, body: impl FnOnce()) -> io::Result<ProcessHandle> {
     }
 }
 
-/// The child side of a process: a fresh hub, the body, `_exit`.
-fn run_child(body: impl FnOnce()) -> ! {
+/// The child side of a process: a fresh hub, the body in a coroutine with
+/// a [`CHILD_STACK_SIZE`] stack (whatever stack `start` was called on),
+/// then every coroutine it spawned, then `_exit`.
+fn run_child(name: String, body: impl FnOnce() + 'static) -> ! {
     Hub::forget_after_fork();
-    let r = catch_unwind(AssertUnwindSafe(|| crate::run(body)));
+    let ok = match crate::Builder::new()
+        .name(name)
+        .stack_size(CHILD_STACK_SIZE)
+        .spawn(body)
+    {
+        Ok(h) => {
+            let r = h.join();
+            let rest = catch_unwind(crate::wait);
+            r.is_ok() && rest.is_ok()
+        }
+        // Only an invalid stack size fails, and the constant is valid.
+        Err(_) => false,
+    };
     let _ = io::stdout().flush();
-    fork::exit_now(if r.is_ok() { 0 } else { PANIC_EXIT_CODE })
+    fork::exit_now(if ok { 0 } else { PANIC_EXIT_CODE })
 }
 
 fn reap_orphans() {
