@@ -133,8 +133,10 @@ fn greenlet_on_root_may_block_and_run_the_hub() {
             moss::yield_now();
         }
     });
+    // The ticker needs three hub passes; the sleep is long enough that a
+    // loaded machine still fits them in before it ends.
     let g = Greenlet::new(|v: u32| {
-        moss::sleep(std::time::Duration::from_millis(5));
+        moss::sleep(std::time::Duration::from_millis(100));
         v
     });
     assert_eq!(g.switch(9), 9);
