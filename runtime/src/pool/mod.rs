@@ -9,13 +9,15 @@
 //! * [`Process`], [`ProcessHandle`], [`Runnable`] — `multiprocessing.Process`
 //!   (module `process`).
 //! * [`ProcessPool`] — worker processes for CPU-bound `fn(A) -> R` tasks
-//!   (modules `process_pool`, and `pool_manager` for its manager thread).
+//!   (modules `process_pool`, `pool_manager` for its manager thread and
+//!   `pool_worker` for the workers' loop).
 //! * [`ProcessQueue`] — `multiprocessing.Queue` (module `process_queue`).
 //! * [`PoolError`] — why a pool task produced no result (module `error`).
 
 mod error;
 mod group;
 mod pool_manager;
+mod pool_worker;
 mod process;
 mod process_pool;
 mod process_queue;

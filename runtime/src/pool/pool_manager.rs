@@ -1,5 +1,5 @@
-//! The manager thread of a [`ProcessPool`](super::ProcessPool) and the loop
-//! its forked workers run.
+//! The manager thread of a [`ProcessPool`](super::ProcessPool) (the workers'
+//! own loop is in `pool_worker.rs`).
 //!
 //! The manager owns every worker's socket (parent end, non-blocking) and
 //! pidfd and blocks in `poll(2)` on them plus the pool's wake socket. Each
@@ -41,7 +41,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::PoolError;
-use super::process_pool::{Reply, Shared, Task, Trampoline};
+use super::pool_worker::{FrameBuf, worker_main};
+use super::process_pool::{Reply, Shared, Task};
 use crate::hub::Hub;
 use crate::sys::fork::{self, Exit, Forked};
 use crate::thread::Oneshot;
@@ -199,71 +200,6 @@ impl Worker {
                 done.push((t.reply, self.inbuf.buf[body].to_vec()));
             }
         }
-    }
-}
-
-/// A receive buffer for `[len: u32][body]` frames: `buf[start..end]` is
-/// received and unread. Allocated once; grows only for a frame larger than
-/// it (zeroing a fresh buffer per read would cost more than the read).
-struct FrameBuf {
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl FrameBuf {
-    fn new() -> FrameBuf {
-        FrameBuf {
-            buf: vec![0; 64 * 1024],
-            start: 0,
-            end: 0,
-        }
-    }
-
-    /// The length of the next frame's body, if its header is buffered.
-    fn next_len(&self) -> Option<usize> {
-        (self.end - self.start >= 4).then(|| {
-            u32::from_le_bytes(
-                self.buf[self.start..self.start + 4]
-                    .try_into()
-                    .expect("4 bytes"),
-            ) as usize
-        })
-    }
-
-    /// The body range of the next complete frame, consumed.
-    fn frame(&mut self) -> Option<std::ops::Range<usize>> {
-        let len = self.next_len()?;
-        if self.end - self.start < 4 + len {
-            return None;
-        }
-        let body = self.start + 4..self.start + 4 + len;
-        self.start = body.end;
-        Some(body)
-    }
-
-    /// One `read` into free space (made by compacting or growing); 0 only
-    /// at EOF.
-    fn fill(&mut self, fd: RawFd) -> io::Result<usize> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        let need = self.next_len().map_or(4, |l| 4 + l);
-        if self.buf.len() - self.start < need.max(4096) || self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        // Room for the pending frame, and never an empty read buffer (a
-        // zero-length read would look like EOF).
-        let want = (self.start + need).max(self.end + 4096);
-        if self.buf.len() < want {
-            self.buf.resize(want.max(2 * self.buf.len()), 0);
-        }
-        let n = fork::read(fd, &mut self.buf[self.end..])?;
-        self.end += n;
-        Ok(n)
     }
 }
 
@@ -611,90 +547,4 @@ fn reap(w: &mut Worker) -> (Option<Exit>, VecDeque<Task>) {
         }
     };
     (exit, std::mem::take(&mut w.in_flight))
-}
-
-/// The loop of a worker process: requests in, replies out, on the blocking
-/// child end of its socket pair. Requests are read ahead in bulk (several
-/// may be queued); each reply is written as soon as its task returns, so
-/// the manager always knows which task a dying worker was running. Never
-/// returns.
-fn worker_main(sock: RawFd) -> ! {
-    let mut inbuf = FrameBuf::new();
-    let mut frame = Vec::new();
-    loop {
-        let body = loop {
-            if inbuf.next_len().is_some_and(|l| l < 16) {
-                fork::exit_now(0); // an exit request (or garbage)
-            }
-            if let Some(b) = inbuf.frame() {
-                break b;
-            }
-            if !matches!(inbuf.fill(sock), Ok(n) if n > 0) {
-                fork::exit_now(0);
-            }
-        };
-        let body = &inbuf.buf[body];
-        let call = u64::from_le_bytes(body[..8].try_into().expect("8 bytes")) as usize;
-        let f = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")) as usize;
-        // SAFETY: `call` is the value of a `Trampoline` function pointer that
-        // the manager of this pool wrote into this private socket, taken in
-        // the process this worker was forked from: the same code at the same
-        // address.
-        let call = unsafe { std::mem::transmute::<usize, Trampoline>(call) };
-        let reply = call(f, &body[16..]);
-        frame.clear();
-        frame.extend_from_slice(&(reply.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&reply);
-        if !write_all(sock, &frame) {
-            fork::exit_now(0);
-        }
-    }
-}
-
-fn write_all(fd: RawFd, buf: &[u8]) -> bool {
-    let mut done = 0;
-    while done < buf.len() {
-        match fork::write(fd, &buf[done..], true) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => done += n,
-        }
-    }
-    true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Many complete frames buffered at once (more than the initial buffer)
-    /// must never make `fill` return 0 while the writer is alive.
-    #[test]
-    fn frame_buf_reads_many_buffered_frames_without_false_eof() {
-        let (r, w) = fork::pipe(true).unwrap();
-        let _ = fork::set_pipe_size(w.as_raw_fd(), 1 << 20);
-        let mut sent = Vec::new();
-        for i in 0..40u32 {
-            let body = vec![i as u8; 5000 + i as usize * 37];
-            let mut f = (body.len() as u32).to_le_bytes().to_vec();
-            f.extend_from_slice(&body);
-            let mut off = 0;
-            while off < f.len() {
-                off += fork::write(w.as_raw_fd(), &f[off..], false).unwrap();
-            }
-            sent.push(body);
-        }
-        let mut fb = FrameBuf::new();
-        loop {
-            match fb.fill(r.as_raw_fd()) {
-                Ok(n) => assert!(n > 0, "false EOF with {} bytes buffered", fb.end - fb.start),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
-        let mut got = Vec::new();
-        while let Some(b) = fb.frame() {
-            got.push(fb.buf[b].to_vec());
-        }
-        assert_eq!(got, sent);
-    }
 }
