@@ -343,3 +343,33 @@ fn large_arguments_results_and_maps_arrive_whole() {
     pool.close();
     pool.join();
 }
+
+fn segfault(_: ()) -> u32 {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads the struct we pass; the default disposition
+    // is restored (moss and std catch SIGSEGV to report stack overflows) and
+    // the signal sent to this throwaway worker process, which it kills.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    std::thread::sleep(Duration::from_secs(30));
+    0
+}
+
+#[test]
+fn a_segfaulting_worker_is_reported_and_replaced() {
+    let pool = ProcessPool::new(1).unwrap();
+    match pool.apply(segfault, ()).unwrap_err() {
+        PoolError::WorkerDied {
+            signal: Some(11), ..
+        } => {}
+        e => panic!("expected death by SIGSEGV, got {e:?}"),
+    }
+    assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    pool.terminate();
+}
