@@ -215,6 +215,7 @@ impl Registration {
     /// Waits until the fd is ready for `interest`, or `deadline` passes
     /// (`ErrorKind::TimedOut`). A pending `kill`/`timeout` of the calling
     /// coroutine unwinds it from here.
+    #[inline]
     pub fn wait(&self, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
         match self.wait_raw(interest, deadline) {
             Ok(()) => Ok(()),
@@ -229,6 +230,11 @@ impl Registration {
 
     /// Like [`wait`](Self::wait) but never unwinds: for code that cannot
     /// unwind (C ABI hooks). On `Cancelled` the cancellation stays pending.
+    ///
+    /// Inlined into I/O types on purpose: every return between the switch
+    /// and the retried syscall mispredicts after a stack switch (see the hub's
+    /// `yield_now`).
+    #[inline]
     pub fn wait_raw(&self, interest: Interest, deadline: Option<Instant>) -> Result<(), WaitError> {
         let hub = Hub::current();
         debug_assert_eq!(

@@ -233,6 +233,7 @@ impl<S: AsRawFd> Evented<S> {
 
     /// Waits for readiness; an expired deadline reads as `EAGAIN`, as an
     /// expired `SO_RCVTIMEO`/`SO_SNDTIMEO` does for std on Linux.
+    #[inline]
     fn wait(&self, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
         match self.registration()?.wait(interest, deadline) {
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
