@@ -169,3 +169,18 @@ fn timeouts_racing_with_releases_from_another_thread_lose_no_permit() {
     // Every permit was either acquired or is still there.
     assert_eq!(got.load(Ordering::SeqCst) + sem.available_permits(), 300);
 }
+
+#[test]
+fn release_at_the_largest_count_saturates() {
+    // `usize::MAX` permits is how "no limit" is spelled; a release on top of
+    // it must neither overflow (a panic in debug) nor wrap to 0 (a semaphore
+    // that suddenly has no permits in release builds).
+    let sem = Semaphore::new(usize::MAX);
+    sem.release();
+    assert_eq!(sem.available_permits(), usize::MAX);
+    assert!(sem.try_acquire());
+    assert_eq!(sem.available_permits(), usize::MAX - 1);
+    sem.release();
+    sem.release();
+    assert_eq!(sem.available_permits(), usize::MAX);
+}

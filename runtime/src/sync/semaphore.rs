@@ -87,7 +87,9 @@ impl Core {
                 drop(g);
                 wake.unpark();
             }
-            Err(()) => g.permits += 1,
+            // A count already at `usize::MAX` (`Semaphore::new(usize::MAX)`
+            // as "no limit") stays there instead of wrapping to 0.
+            Err(()) => g.permits = g.permits.saturating_add(1),
         }
         Ok(())
     }
@@ -162,7 +164,8 @@ impl Semaphore {
         self.core.acquire_until(deadline_in(d))
     }
 
-    /// Gives a permit back, to the oldest waiter if there is one.
+    /// Gives a permit back, to the oldest waiter if there is one. The count
+    /// saturates at `usize::MAX`.
     pub fn release(&self) {
         if self.core.release().is_err() {
             unreachable!("an unbounded semaphore has no maximum");
