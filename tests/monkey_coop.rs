@@ -247,6 +247,41 @@ fn poll_and_select_wait_cooperatively() {
 }
 
 #[test]
+fn select_with_a_negative_timeout_fails_with_einval_at_once() {
+    on_thread(Duration::from_secs(20), || {
+        moss::spawn(|| {
+            let (a, _b) = UnixStream::pair().unwrap();
+            let fd = a.as_raw_fd();
+            for (tv_sec, tv_usec) in [(-1, 0), (0, -1), (-1, 500_000), (5, -1)] {
+                // SAFETY: a zeroed fd_set is empty; fd < FD_SETSIZE.
+                let mut set: libc::fd_set = unsafe { std::mem::zeroed() };
+                // SAFETY: as above.
+                unsafe { libc::FD_SET(fd, &mut set) };
+                let mut tv = libc::timeval { tv_sec, tv_usec };
+                let t = Instant::now();
+                let null = std::ptr::null_mut();
+                // SAFETY: valid sets and timeval.
+                let n = unsafe { libc::select(fd + 1, &mut set, null, null, &mut tv) };
+                let err = std::io::Error::last_os_error();
+                assert_eq!(n, -1, "({tv_sec}, {tv_usec})");
+                assert_eq!(
+                    err.raw_os_error(),
+                    Some(libc::EINVAL),
+                    "({tv_sec}, {tv_usec})"
+                );
+                // Nothing is ready: a wait would have lasted at least a second.
+                assert!(
+                    t.elapsed() < Duration::from_millis(900),
+                    "({tv_sec}, {tv_usec})"
+                );
+            }
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+#[test]
 fn nonblocking_mode_is_virtual() {
     on_thread(Duration::from_secs(20), || {
         moss::spawn(|| {

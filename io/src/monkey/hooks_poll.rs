@@ -145,7 +145,10 @@ pub unsafe extern "C" fn select(
     }
     // SAFETY: a non-null timeout points at a timeval.
     let limit = (!timeout.is_null()).then(|| unsafe { *timeout });
-    if limit.is_some_and(|t| t.tv_sec == 0 && t.tv_usec == 0) {
+    // A zero timeout polls; a negative one is libc's EINVAL, not a wait
+    // (libc carries 10^6 µs or more over into seconds, as the sum below).
+    let invalid = |t: &timeval| t.tv_sec < 0 || t.tv_usec < 0;
+    if limit.is_some_and(|t| (t.tv_sec == 0 && t.tv_usec == 0) || invalid(&t)) {
         return real_select(readfds, writefds, exceptfds, timeout);
     }
     let copy = |s: *mut fd_set| -> Option<fd_set> {
@@ -156,8 +159,7 @@ pub unsafe extern "C" fn select(
     let start = Instant::now();
     let deadline = limit.and_then(|t| {
         start.checked_add(
-            Duration::from_secs(t.tv_sec.max(0) as u64)
-                + Duration::from_micros(t.tv_usec.max(0) as u64),
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64),
         )
     });
     // One zero-timeout select on fresh copies of the caller's sets; the
