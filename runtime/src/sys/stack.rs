@@ -167,13 +167,6 @@ fn install_guard(addr: usize, len: usize) -> io::Result<()> {
     }
 }
 
-/// Whether guard pages are installed with `MADV_GUARD_INSTALL` (true) or with
-/// the `mprotect` fallback (false). Meaningful after the first allocation.
-#[allow(dead_code)]
-pub(crate) fn uses_guard_install() -> bool {
-    !NO_GUARD_INSTALL.load(Ordering::Relaxed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
