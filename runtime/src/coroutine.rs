@@ -457,12 +457,13 @@ pub fn wait() {
     }
 }
 
-/// Runs `f(index)` on `threads` OS threads, each with its own hub, and
-/// returns when every thread and all its coroutines have finished.
+/// Runs `f(index)` on `threads` OS threads (at least one), each with its own
+/// hub, and returns when every thread and all its coroutines have finished.
 ///
 /// # Panics
 /// If `f` panics on any thread (after all threads have finished), with the
-/// index of the first thread that panicked.
+/// index of the first thread that panicked; if a thread cannot be spawned
+/// (after the threads already running have finished).
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
@@ -477,20 +478,31 @@ where
     F: Fn(usize) + Send + Sync + 'static,
 {
     let f = std::sync::Arc::new(f);
-    let handles: Vec<_> = (0..threads.max(1))
-        .map(|i| {
-            let f = f.clone();
-            std::thread::Builder::new()
-                .name(format!("moss-hub-{i}"))
-                .spawn(move || run(|| f(i)))
-                .expect("moss: cannot spawn a hub thread")
-        })
-        .collect();
+    let mut handles = Vec::new();
+    let mut spawn_error = None;
+    for i in 0..threads.max(1) {
+        let f = f.clone();
+        match std::thread::Builder::new()
+            .name(format!("moss-hub-{i}"))
+            .spawn(move || run(|| f(i)))
+        {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                spawn_error = Some((i, e));
+                break;
+            }
+        }
+    }
+    // Join what runs before any panic, so that no hub thread outlives this
+    // call, whatever happens.
     let mut first_panic = None;
     for (i, h) in handles.into_iter().enumerate() {
         if let Err(p) = h.join() {
             first_panic.get_or_insert((i, p));
         }
+    }
+    if let Some((i, e)) = spawn_error {
+        panic!("moss::run_per_core: cannot spawn hub thread {i}: {e}");
     }
     if let Some((i, p)) = first_panic {
         let msg = p
