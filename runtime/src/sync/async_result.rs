@@ -20,11 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::error::Timeout;
 use super::lock::Lock;
-use super::waitlist::{
-    Outcome, Signal, WaitList, Waiter, Watchers, deadline_in, expired, lock, park_waiter,
-    unpark_all,
-};
-use crate::park::{self, Wakeup};
+use super::waitlist::{Signal, WaitList, Watchers, deadline_in, lock, unpark_all, wait_notified};
 
 /// A result that arrives later, possibly from another thread.
 ///
@@ -188,25 +184,13 @@ impl<T> AsyncResult<T> {
         if self.ready() {
             return true;
         }
-        let mut g = lock(&self.inner.state);
+        let g = lock(&self.inner.state);
         if self.ready() {
             return true;
         }
-        if expired(deadline) {
-            return false;
-        }
-        let w = Waiter::new(None);
-        // SAFETY: `w` stays in this frame and `park_waiter` follows at once.
-        unsafe { g.waiters.push(&w) };
-        drop(g);
-        let (outcome, why) =
-            park_waiter(&w, deadline, "AsyncResult::get", &self.inner.state, |g| {
-                &mut g.waiters
-            });
-        if why == Wakeup::Cancelled {
-            park::deliver_cancel();
-        }
-        outcome != Outcome::Left
+        wait_notified(g, &self.inner.state, deadline, "AsyncResult::get", |g| {
+            &mut g.waiters
+        })
     }
 
     pub(crate) fn watch(&self, s: &Arc<Signal>) {

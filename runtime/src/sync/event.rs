@@ -12,10 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::lock::Lock;
-use super::waitlist::{
-    Outcome, WaitList, Waiter, Watchers, deadline_in, expired, lock, park_waiter, unpark_all,
-};
-use crate::park::{self, Wakeup};
+use super::waitlist::{WaitList, Watchers, deadline_in, lock, unpark_all, wait_notified};
 
 /// A flag that coroutines and threads wait on until some other one sets it.
 ///
@@ -104,23 +101,11 @@ impl Event {
         if self.is_set() {
             return true;
         }
-        let mut g = lock(&self.inner);
+        let g = lock(&self.inner);
         if self.is_set() {
             return true;
         }
-        if expired(deadline) {
-            return false;
-        }
-        let w = Waiter::new(None);
-        // SAFETY: `w` stays in this frame and `park_waiter` follows at once.
-        unsafe { g.waiters.push(&w) };
-        drop(g);
-        let (outcome, why) =
-            park_waiter(&w, deadline, "Event::wait", &self.inner, |g| &mut g.waiters);
-        if why == Wakeup::Cancelled {
-            park::deliver_cancel();
-        }
-        outcome != Outcome::Left
+        wait_notified(g, &self.inner, deadline, "Event::wait", |g| &mut g.waiters)
     }
 
     pub(crate) fn watch(&self, s: &std::sync::Arc<super::waitlist::Signal>) {

@@ -35,6 +35,7 @@ use std::time::Instant;
 use super::lock::Lock;
 use super::waitlist::{
     Outcome, Signal, WaitList, Waiter, Wake, Watchers, expired, lock, park_waiter, unpark_all,
+    wait_notified,
 };
 use crate::park::{self, Wakeup};
 
@@ -320,24 +321,13 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
 
     /// Waits until every accepted item is `task_done`; false on timeout.
     pub(crate) fn join(&self, deadline: Option<Instant>) -> bool {
-        let mut g = lock(&self.state);
+        let g = lock(&self.state);
         if g.unfinished == 0 {
             return true;
         }
-        if expired(deadline) {
-            return false;
-        }
-        let w = Waiter::new(None);
-        // SAFETY: `w` stays in this frame and `park_waiter` follows at once.
-        unsafe { g.joiners.push(&w) };
-        drop(g);
-        let (outcome, why) = park_waiter(&w, deadline, "JoinableQueue::join", &self.state, |g| {
+        wait_notified(g, &self.state, deadline, "JoinableQueue::join", |g| {
             &mut g.joiners
-        });
-        if why == Wakeup::Cancelled {
-            park::deliver_cancel();
-        }
-        outcome != Outcome::Left
+        })
     }
 
     /// Closes one side (channels): wakes the waiters of the other side,

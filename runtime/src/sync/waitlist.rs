@@ -277,6 +277,32 @@ pub(crate) fn park_waiter<T, G>(
     }
 }
 
+/// Waits on the list `list` selects until a notifier ends the wait (a
+/// `wake_all` or a `hand` without payload: the condition now holds), the
+/// deadline passes, or the caller is cancelled (which unwinds it). `g` holds
+/// `owner`'s lock: the caller checked under it that the condition does not
+/// hold. Returns false if the deadline passed first (or had already).
+pub(crate) fn wait_notified<G>(
+    mut g: LockGuard<'_, G>,
+    owner: &Lock<G>,
+    deadline: Option<Instant>,
+    what: &'static str,
+    list: impl Fn(&mut G) -> &mut WaitList<()>,
+) -> bool {
+    if expired(deadline) {
+        return false;
+    }
+    let w = Waiter::new(None);
+    // SAFETY: `w` stays in this frame and `park_waiter` follows at once.
+    unsafe { list(&mut g).push(&w) };
+    drop(g);
+    let (outcome, why) = park_waiter(&w, deadline, what, owner, list);
+    if why == Wakeup::Cancelled {
+        park::deliver_cancel();
+    }
+    outcome != Outcome::Left
+}
+
 fn outcome(state: u8) -> Option<Outcome> {
     match state {
         HANDED => Some(Outcome::Handed),
