@@ -246,3 +246,31 @@ fn the_body_gets_a_big_stack_even_when_started_from_a_small_coroutine() {
     let (name, _) = q.get();
     assert_eq!(name.as_deref(), Some("deep"));
 }
+
+#[test]
+fn a_child_can_use_moss_sockets_inherited_from_the_parent() {
+    use std::io::{Read, Write};
+    let (a, mut b) = moss::net::UnixStream::pair().unwrap();
+    // The parent waits on `a` once, so this thread's hub knows the fd.
+    a.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut buf = [0u8; 5];
+    assert!((&a).read(&mut buf).is_err());
+    a.set_read_timeout(None).unwrap();
+    let child = Reap(
+        Process::new(move || {
+            // The child's fresh hub must register the fd anew.
+            let mut buf = [0u8; 5];
+            (&a).read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"hello");
+            (&a).write_all(b"world").unwrap();
+        })
+        .start()
+        .unwrap(),
+    );
+    moss::sleep(Duration::from_millis(50)); // the child waits for data first
+    b.write_all(b"hello").unwrap();
+    let mut got = [0u8; 5];
+    b.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"world");
+    assert_eq!(child.join().unwrap(), 0);
+}

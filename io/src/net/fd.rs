@@ -247,8 +247,11 @@ impl<S: AsRawFd> Evented<S> {
     fn registration(&self) -> io::Result<Rc<Registration>> {
         let st = &self.state;
         let fd = st.fd as usize;
+        // The hub check matters in a forked child: it inherits this table
+        // but runs a fresh hub (see `moss::pool::Process`).
+        let hub = moss_runtime::reactor::hub_id();
         let found = TABLE.with(|t| match t.borrow().get(fd) {
-            Some(Some(e)) if e.uid == st.uid => Some(e.reg.clone()),
+            Some(Some(e)) if e.uid == st.uid && e.reg.hub_id() == hub => Some(e.reg.clone()),
             _ => None,
         });
         if let Some(r) = found {
