@@ -100,7 +100,9 @@ impl StackPool {
         if let Some(s) = class.cold.pop() {
             return Ok(s);
         }
-        if let Ok(mut orphans) = ORPHANS.lock()
+        // try_lock: in a forked child this lock may have been held by a
+        // thread that does not exist there; then map fresh stacks instead.
+        if let Ok(mut orphans) = ORPHANS.try_lock()
             && let Some(i) = orphans.iter().position(|s| s.size() == size)
         {
             return Ok(orphans.swap_remove(i));

@@ -6,8 +6,12 @@
 //! coroutine it spawned. It then leaves with `_exit`: code 0 when the
 //! closure returned, [`PANIC_EXIT_CODE`] (101, like a Rust program whose main
 //! panicked) when it panicked. No destructor of the parent's objects and no
-//! `atexit` handler runs in the child; stdout is flushed (std's buffer only
-//! holds what the closure printed, since the parent flushes before forking).
+//! `atexit` handler runs in the child, and std's stdout buffer is not
+//! flushed at exit: another thread of the parent may have held its lock at
+//! the fork, and then it stays locked in the child. `println!` output is
+//! line-buffered, so only a final `print!` without a newline needs an
+//! explicit flush in the body. (The parent flushes before forking, so the
+//! child never repeats what the parent had buffered.)
 //!
 //! The arguments of the child are whatever its closure captured: they are
 //! copied by `fork`, nothing is serialized. The closure need not be `Send`.
@@ -205,7 +209,6 @@ fn run_child(name: String, body: impl FnOnce() + 'static) -> ! {
         // Only an invalid stack size fails, and the constant is valid.
         Err(_) => false,
     };
-    let _ = io::stdout().flush();
     fork::exit_now(if ok { 0 } else { PANIC_EXIT_CODE })
 }
 
