@@ -341,7 +341,11 @@ fn dump_lists_state_and_spawn_site() {
         .unwrap()
         .to_owned();
     assert!(line.contains("waiting on sleep"), "{line}");
-    assert!(line.contains("tests/coroutines.rs"), "{line}");
+    assert!(line.contains("spawned at tests/coroutines.rs"), "{line}");
+    // The root (running this test) is listed as such, not with a site
+    // inside the runtime.
+    let root = d.lines().find(|l| l.contains("running")).unwrap();
+    assert!(root.ends_with("the thread's root"), "{root}");
     h.kill();
 }
 

@@ -744,13 +744,18 @@ impl Hub {
                     None => format!("waiting on {}", h.waiting_on.get()),
                 },
             };
+            // The root was not spawned: its site would be this file.
+            let origin = if h.is_root() {
+                "the thread's root".to_owned()
+            } else {
+                format!("spawned at {}", h.spawn_site)
+            };
             let _ = writeln!(
                 out,
-                "#{} {:<12} {:<40} spawned at {}",
+                "#{} {:<12} {:<40} {origin}",
                 h.id,
                 h.name.as_deref().unwrap_or("-"),
                 state,
-                h.spawn_site
             );
         };
         let _ = writeln!(
