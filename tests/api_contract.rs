@@ -225,3 +225,52 @@ fn monkey_api_names() {
     let _: fn() = moss::monkey::patch_all;
     let _: fn() -> bool = moss::monkey::is_patched;
 }
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[test]
+fn thread_and_process_pools_api() {
+    use moss::pool::{PoolError, Process, ProcessHandle, ProcessPool, ProcessQueue, ThreadPool};
+    let tp = ThreadPool::new(2);
+    let r: Result<u32, PoolError> = tp.apply(|| 2);
+    assert_eq!(r.unwrap(), 2);
+    let ar: moss::sync::AsyncResult<u32> = tp.apply_async(|| 3, |v: &u32| assert_eq!(*v, 3));
+    assert_eq!(ar.get(), 3);
+    let _ = tp.map(|x: u32| x + 1, vec![1, 2]);
+    tp.close();
+    tp.join();
+
+    let pp: std::io::Result<ProcessPool> = ProcessPool::new(1);
+    let pp = pp.unwrap();
+    let r: Result<u64, PoolError> = pp.apply(square, 7);
+    assert_eq!(r.unwrap(), 49);
+    let _async = pp.apply_async(square, 3, |v: &u64| assert_eq!(*v, 9));
+    let _ = pp.map(square, vec![1, 2, 3]);
+    pp.close();
+    pp.join();
+    pp.terminate();
+
+    let h: std::io::Result<ProcessHandle> = Process::new(|| ()).name("p").start();
+    let h = h.unwrap();
+    let _: u32 = h.pid();
+    let _ = h.name();
+    let _ = h.join();
+    let _ = h.join_timeout(Duration::ZERO);
+    assert!(!h.is_alive());
+    let code: Option<i32> = h.exit_code();
+    assert_eq!(code, Some(0));
+    let _ = h.terminate();
+    let _ = h.kill();
+
+    let q: std::io::Result<ProcessQueue<u32>> = ProcessQueue::new(2);
+    let q = q.unwrap();
+    q.put(1);
+    assert!(q.put_timeout(2, Duration::ZERO).is_ok());
+    assert!(q.is_full() && q.len() == 2 && !q.is_empty());
+    assert!(q.put_nowait(3).is_err());
+    assert_eq!(q.get(), 1);
+    assert_eq!(q.get_timeout(Duration::from_secs(1)).unwrap(), 2);
+    assert!(q.get_nowait().is_err());
+}
