@@ -83,33 +83,6 @@ fn two_child_consumers_share_the_items() {
 }
 
 #[test]
-fn items_larger_than_a_pipe_buffer_arrive_whole() {
-    let big = |seed: u8| -> Vec<u8> {
-        (0..3_000_000u32)
-            .map(|i| (i as u8).wrapping_mul(seed))
-            .collect()
-    };
-    let q = Arc::new(ProcessQueue::<Vec<u8>>::new(2).unwrap());
-    let child = {
-        let q = q.clone();
-        start(move || {
-            for seed in [3u8, 5, 7] {
-                q.put(big(seed));
-            }
-        })
-    };
-    for seed in [3u8, 5, 7] {
-        let v = q.get_timeout(Duration::from_secs(20)).unwrap();
-        assert!(
-            v == big(seed),
-            "item for seed {seed} corrupted (len {})",
-            v.len()
-        );
-    }
-    assert_eq!(child.0.join().unwrap(), 0);
-}
-
-#[test]
 fn timeouts_nowait_and_sizes() {
     let q = ProcessQueue::<u32>::new(2).unwrap();
     assert_eq!(q.capacity(), 2);
