@@ -307,10 +307,9 @@ impl<T: 'static> Greenlet<T> {
         }
         let coro: *mut GCoro<T> = slot.as_mut().expect("bound above");
         drop(slot);
-        // SAFETY: the coroutine lives in `self.inner.coro`, which nobody else
-        // touches while it runs: only the driver resumes greenlets, and it
-        // holds `self` alive for the call. The RefCell borrow is released so
-        // that the greenlet itself may inspect its handle.
+        // SAFETY: only the driver resumes greenlets and it keeps `self` alive
+        // for the call, so nothing else touches `self.inner.coro` meanwhile
+        // (the RefCell borrow is released so the greenlet may read its handle).
         let r = unsafe { (*coro).resume(input) };
         if let CoroutineResult::Return(_) = &r {
             self.inner.dead.set(true);

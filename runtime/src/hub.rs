@@ -208,10 +208,9 @@ impl Hub {
     pub(crate) fn current() -> &'static Hub {
         let p = HUB.with(|h| h.get());
         if !p.is_null() {
-            // SAFETY: `HUB` points at the live boxed hub of this thread; it is
-            // cleared before the hub is freed at thread exit, and the hub is
-            // never moved (boxed). Callers use the reference only on this
-            // thread, during the thread's life.
+            // SAFETY: `HUB` points at this thread's live, boxed (never moved)
+            // hub; it is cleared before the hub is freed at thread exit, and
+            // the reference is used only on this thread during its life.
             return unsafe { &*p };
         }
         Self::create()
@@ -430,9 +429,8 @@ impl Hub {
         let y = h.yielder.get();
         debug_assert!(!y.is_null(), "suspend outside a coroutine");
         crate::greenlet::assert_not_in_greenlet();
-        // SAFETY: `yielder` was set by the coroutine's body from the
-        // `&Yielder` corosensei passed it, which lives on this coroutine's
-        // stack for as long as the body runs; we are running on that stack
+        // SAFETY: `yielder` is the `&Yielder` corosensei gave this task's body,
+        // alive on its stack while the body runs; we run on that stack now
         // (current is this task), so it is alive and ours to suspend.
         unsafe { (*y).suspend(()) };
     }

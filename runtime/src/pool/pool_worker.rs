@@ -103,10 +103,9 @@ pub(crate) fn worker_main(sock: RawFd) -> ! {
         let body = &inbuf.buf[body];
         let call = u64::from_le_bytes(body[..8].try_into().expect("8 bytes")) as usize;
         let f = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")) as usize;
-        // SAFETY: `call` is the value of a `Trampoline` function pointer that
-        // the manager of this pool wrote into this private socket, taken in
-        // the process this worker was forked from: the same code at the same
-        // address.
+        // SAFETY: `call` is a `Trampoline` fn pointer the pool's manager wrote
+        // into this private socket, taken in the process this worker was
+        // forked from: the same code at the same address.
         let call = unsafe { std::mem::transmute::<usize, Trampoline>(call) };
         let reply = call(f, &body[16..]);
         frame.clear();

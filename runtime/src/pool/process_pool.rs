@@ -425,10 +425,9 @@ fn wait_reply<R: DeserializeOwned>(reply: &Reply) -> Result<R, PoolError> {
 
 /// The trampoline for one call of `fn(A) -> R`; runs in a worker.
 fn call<A: DeserializeOwned, R: Serialize>(f: usize, args: &[u8]) -> Vec<u8> {
-    // SAFETY: `f` is the value of a `fn(A) -> R` pointer that `submit` took
-    // from its typed caller in the process this worker was forked from (the
-    // same code at the same addresses), paired with this very
-    // monomorphization of `call`, so it has exactly this type here.
+    // SAFETY: `f` is a `fn(A) -> R` pointer `submit` took from its typed
+    // caller in the process this worker was forked from (same code, same
+    // addresses), paired with this monomorphization of `call`: same type.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
     run(|| {
         let a: A = postcard::from_bytes(args)?;

@@ -37,9 +37,8 @@ pub(crate) enum Forked {
 /// `fork(2)`. See the module docs for what holds in the child.
 pub(crate) fn fork() -> io::Result<Forked> {
     // SAFETY: fork has no memory-safety preconditions of its own; the child
-    // continues on a copy of this thread only, and its callers (pool
-    // modules) follow the rules in the module docs: they forget the parent's
-    // hub and leave through `exit_now`.
+    // runs a copy of this thread only, and callers follow the module docs'
+    // rules (forget the parent's hub, leave through `exit_now`).
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),

@@ -179,11 +179,10 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         &PREV_BUS
     };
     let p = prev.load(Ordering::Acquire);
-    // SAFETY: `p` is null or the leaked previous action stored at install; the
-    // previous handler is called with the arguments the kernel gave us, as it
-    // expects. For SIG_DFL/SIG_IGN we restore the default action and return,
-    // so the faulting instruction re-executes and the default action
-    // (a core dump) happens.
+    // For SIG_DFL/SIG_IGN we restore the default action and return, so the
+    // faulting instruction re-executes and the default action happens.
+    // SAFETY: `p` is null or the leaked previous action stored at install;
+    // its handler gets the arguments the kernel gave us, as it expects.
     unsafe {
         if !p.is_null() {
             let old = &*p;
