@@ -413,3 +413,25 @@ fn coroutines_on_several_threads_are_independent() {
     let sums: Vec<u64> = ts.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(sums, [0, 4950, 9900, 14850]);
 }
+
+mod util;
+
+#[test]
+fn until_parked_orders_without_sleeping() {
+    let _wd = util::watchdog("until_parked", Duration::from_secs(30));
+    let drops = util::DropCounter::new();
+    let token = drops.token();
+    let h = moss::spawn(move || {
+        let _t = token;
+        moss::sleep(Duration::from_secs(3600));
+    });
+    util::until_parked(h.id());
+    assert_eq!(drops.drops(), 0);
+    h.kill();
+    assert!(h.join().unwrap_err().is_killed());
+    assert_eq!(
+        drops.drops(),
+        1,
+        "the killed coroutine's captures were dropped"
+    );
+}

@@ -2,8 +2,9 @@
 //! Each case runs this test binary again as a child process.
 
 use std::hint::black_box;
-use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
+use std::time::Duration;
+
+mod util;
 
 fn recurse(n: u64) -> u64 {
     let buf = [n; 128];
@@ -17,19 +18,13 @@ fn recurse(n: u64) -> u64 {
 }
 
 fn child(case: &str) -> (Option<i32>, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([case, "--exact", "--nocapture", "--test-threads=1"])
-        .env("MOSS_OVERFLOW_CHILD", case)
-        .output()
-        .unwrap();
-    (
-        out.status.signal(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let run = util::run_in_child(case, Duration::from_secs(60));
+    assert!(!run.timed_out, "{case} hung:\n{}", run.stderr);
+    (run.signal, run.stderr)
 }
 
 fn in_child(case: &str) -> bool {
-    std::env::var("MOSS_OVERFLOW_CHILD").as_deref() == Ok(case)
+    util::in_child(case)
 }
 
 #[test]

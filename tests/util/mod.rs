@@ -1,0 +1,188 @@
+//! Helpers shared by the integration tests (mio's `tests/util` is the model):
+//! a watchdog instead of unbounded waits, a child-process runner for cases
+//! that crash or hang, a drop counter, and "until parked" instead of ordering
+//! sleeps.
+//!
+//! Each test binary includes it with `mod util;` and uses what it needs.
+#![allow(dead_code)]
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Aborts the whole test process if it is still alive after `limit`, naming
+/// `what`: a hang becomes a bounded, attributed failure. Disarmed on drop.
+///
+/// ```ignore
+/// let _wd = util::watchdog("queue hand-off", Duration::from_secs(20));
+/// ```
+pub fn watchdog(what: &str, limit: Duration) -> Watchdog {
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let what = what.to_owned();
+    std::thread::Builder::new()
+        .name(format!("watchdog: {what}"))
+        .spawn(move || {
+            let t = Instant::now();
+            while t.elapsed() < limit {
+                if d.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+            if !d.load(Ordering::SeqCst) {
+                eprintln!("watchdog: '{what}' still running after {limit:?}; aborting");
+                std::process::abort();
+            }
+        })
+        .expect("spawn the watchdog thread");
+    Watchdog { done }
+}
+
+/// Disarms its watchdog when dropped.
+pub struct Watchdog {
+    done: Arc<AtomicBool>,
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+    }
+}
+
+const CHILD_ENV: &str = "MOSS_TEST_CHILD";
+
+/// How a child run of one test case ended.
+#[derive(Debug)]
+pub struct ChildRun {
+    /// The exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The child outlived the limit and was killed.
+    pub timed_out: bool,
+}
+
+impl ChildRun {
+    /// Exited with status 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// True in the child process that [`run_in_child`] started for `case`.
+/// A test calls it first and, when true, runs the body that may crash or
+/// hang, then returns.
+pub fn in_child(case: &str) -> bool {
+    std::env::var(CHILD_ENV).as_deref() == Ok(case)
+}
+
+/// Runs the test `case` (its full name in this binary, as given to libtest)
+/// again in a child process of this test binary, killing it after `limit`.
+/// Use it for anything that could abort, segfault or hang.
+pub fn run_in_child(case: &str, limit: Duration) -> ChildRun {
+    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+        .args([case, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, case)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the test binary");
+    // Read the pipes on threads so a chatty child cannot fill them and stall.
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let t = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if t.elapsed() > limit {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    ChildRun {
+        code: status.code(),
+        signal: status.signal(),
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+        timed_out,
+    }
+}
+
+/// Counts drops of the values it makes (async-task's tests do the same).
+#[derive(Clone, Default)]
+pub struct DropCounter(Arc<AtomicUsize>);
+
+impl DropCounter {
+    pub fn new() -> DropCounter {
+        DropCounter::default()
+    }
+
+    /// A value whose drop is counted.
+    pub fn token(&self) -> Counted {
+        Counted(self.0.clone())
+    }
+
+    /// Drops counted so far.
+    pub fn drops(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Increments its counter when dropped.
+pub struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Yields until the coroutine `id` is parked ("waiting on ..." in
+/// `moss::dump()`), so a test orders events without sleeping. Panics after
+/// 10,000 yields.
+pub fn until_parked(id: moss::CoroutineId) {
+    let tag = format!("#{id} ");
+    for _ in 0..10_000 {
+        let d = moss::dump();
+        if d.lines()
+            .any(|l| l.starts_with(&tag) && l.contains("waiting on"))
+        {
+            return;
+        }
+        moss::yield_now();
+    }
+    panic!("coroutine #{id} never parked:\n{}", moss::dump());
+}
+
+/// Polls `cond` (yielding to the hub between tries) until it holds, or
+/// panics after `limit` naming `what`.
+pub fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        moss::sleep(Duration::from_millis(1));
+    }
+}
