@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod util;
+
 use moss::sync::{
     AsyncResult, Event, Queue, RecvError, RecvTimeoutError, TryRecvError, TrySendError, Waitable,
     bounded, channel, iwait, select, select_timeout, wait_any, wait_any_timeout,
@@ -200,4 +202,72 @@ fn a_killed_waiter_in_wait_any_unwinds_cleanly() {
     moss::yield_now();
     ev.set();
     assert_eq!(h.join().unwrap(), Some(0));
+}
+
+/// A rendezvous receiver handed a value and killed before it ran gives the
+/// value back; the channel stays a rendezvous: nothing is buffered, and a
+/// later `send` returns only once a `recv` has taken its value.
+#[test]
+fn a_killed_rendezvous_receiver_gives_the_value_back_and_sends_still_wait() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (tx, rx) = bounded::<u32>(0);
+    let rx = Rc::new(rx);
+    let r1 = {
+        let rx = rx.clone();
+        moss::spawn(move || rx.recv())
+    };
+    util::until_parked(r1.id());
+    tx.try_send(1).unwrap(); // handed straight to r1
+    r1.kill(); // killed before it ran: 1 goes back
+    assert!(r1.join().unwrap_err().is_killed());
+    assert_eq!(rx.len(), 0, "a rendezvous channel buffers nothing");
+    assert!(matches!(tx.try_send(99), Err(TrySendError::Full(99))));
+    let mut expected = 1;
+    for v in 2..=6u32 {
+        let done = Rc::new(Cell::new(false));
+        let sender = {
+            let (t, d) = (tx.clone(), done.clone());
+            moss::spawn(move || {
+                t.send(v).unwrap();
+                d.set(true);
+            })
+        };
+        util::until_parked(sender.id());
+        assert!(!done.get(), "send({v}) returned before any recv");
+        assert_eq!(rx.len(), 0);
+        assert_eq!(rx.recv(), Ok(expected));
+        moss::yield_now();
+        assert!(
+            !done.get(),
+            "send({v}) returned before its value was received"
+        );
+        expected = v;
+        drop(sender); // detached: it finishes at the next recv
+    }
+    assert_eq!(rx.recv(), Ok(6));
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    assert_eq!(rx.len(), 0);
+}
+
+/// The value a killed receiver gives back wakes a `select` waiting on the
+/// same rendezvous channel.
+#[test]
+fn a_value_given_back_on_a_rendezvous_channel_wakes_a_select() {
+    let (tx, rx) = bounded::<&str>(0);
+    let rx = Arc::new(rx);
+    let r1 = {
+        let rx = rx.clone();
+        moss::spawn(move || rx.recv())
+    };
+    util::until_parked(r1.id());
+    let sel = {
+        let rx = rx.clone();
+        moss::spawn(move || select(&[&*rx]))
+    };
+    util::until_parked(sel.id());
+    tx.try_send("v").unwrap(); // to r1, the only blocked recv
+    r1.kill();
+    assert_eq!(sel.join().unwrap(), Some((0, Ok("v"))));
+    assert_eq!(rx.len(), 0);
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod util;
+
 use moss::sync::{
     Empty, Full, JoinableQueue, LifoQueue, PriorityQueue, Queue, TaskDoneError, Timeout,
 };
@@ -271,5 +273,98 @@ fn joinable_queue_join_waits_for_task_done() {
     }
     assert!(q.join_timeout(Duration::from_secs(5)));
     moss::join_all(workers);
+    assert_eq!(q.task_done(), Err(TaskDoneError));
+}
+
+/// Parks a getter on `q`, hands it `first` with a put, fills the queue with
+/// `rest` while the getter has not run yet, then kills the getter: its item
+/// comes back to a queue that is already full.
+fn give_back_into_a_full_queue<T: std::fmt::Debug + 'static>(
+    get: impl FnOnce() -> T + 'static,
+    put: impl Fn(T),
+    first: T,
+    rest: impl IntoIterator<Item = T>,
+) {
+    let victim = moss::spawn(get);
+    util::until_parked(victim.id());
+    put(first); // handed to the victim
+    for v in rest {
+        put(v); // into the buffer, up to its capacity
+    }
+    victim.kill();
+    assert!(victim.join().unwrap_err().is_killed());
+}
+
+#[test]
+fn a_give_back_into_a_full_queue_keeps_it_within_capacity_and_in_order() {
+    let q = Arc::new(Queue::new(2));
+    let q1 = q.clone();
+    give_back_into_a_full_queue(
+        move || q1.get(),
+        |v| q.put_nowait(v).unwrap(),
+        'a',
+        ['b', 'c'],
+    );
+    assert_eq!(q.len(), 2, "never more than the capacity");
+    assert!(q.is_full());
+    assert_eq!(q.put_nowait('x'), Err(Full('x')));
+    // A put now waits behind the item the give-back displaced.
+    let q2 = q.clone();
+    let late = moss::spawn(move || q2.put('d'));
+    util::until_parked(late.id());
+    assert_eq!(q.get(), 'a');
+    assert_eq!(q.len(), 2);
+    assert!(
+        !late.is_finished(),
+        "the put waits: 'c' was first in line for room"
+    );
+    assert_eq!(q.get(), 'b');
+    late.join().unwrap();
+    assert_eq!(q.len(), 2);
+    assert_eq!([q.get(), q.get()], ['c', 'd']);
+    assert_eq!(q.get_nowait(), Err(Empty));
+    // Refills never exceed the capacity afterwards.
+    for i in 0..2 {
+        q.put_nowait(char::from(b'0' + i)).unwrap();
+    }
+    assert_eq!(q.put_nowait('z'), Err(Full('z')));
+}
+
+#[test]
+fn a_give_back_into_a_full_lifo_or_priority_queue_is_as_if_never_handed() {
+    // LIFO: as if 'a' had gone into the stack first and 'c' had waited.
+    let l = Arc::new(LifoQueue::new(2));
+    let l1 = l.clone();
+    give_back_into_a_full_queue(
+        move || l1.get(),
+        |v| l.put_nowait(v).unwrap(),
+        'a',
+        ['b', 'c'],
+    );
+    assert_eq!(l.len(), 2);
+    assert_eq!([l.get(), l.get(), l.get()], ['b', 'c', 'a']);
+    assert_eq!(l.len(), 0);
+    // Priority: the largest item waits for room.
+    let p = Arc::new(PriorityQueue::new(2));
+    let p1 = p.clone();
+    give_back_into_a_full_queue(move || p1.get(), |v| p.put_nowait(v).unwrap(), 5, [1, 3]);
+    assert_eq!(p.len(), 2);
+    assert_eq!(p.put_nowait(0), Err(Full(0)));
+    assert_eq!([p.get(), p.get(), p.get()], [1, 3, 5]);
+}
+
+#[test]
+fn a_give_back_into_a_full_joinable_queue_keeps_the_task_count() {
+    let q = Arc::new(JoinableQueue::new(1));
+    let q1 = q.clone();
+    give_back_into_a_full_queue(move || q1.get(), |v| q.put_nowait(v).unwrap(), 1, [2]);
+    assert_eq!((q.len(), q.unfinished_tasks()), (1, 2));
+    assert_eq!(q.get(), 1);
+    assert_eq!((q.len(), q.unfinished_tasks()), (1, 2));
+    assert_eq!(q.get(), 2);
+    q.task_done().unwrap();
+    assert!(!q.join_timeout(Duration::ZERO));
+    q.task_done().unwrap();
+    assert!(q.join_timeout(Duration::ZERO));
     assert_eq!(q.task_done(), Err(TaskDoneError));
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod util;
+
 use moss::sync::{BoundedSemaphore, Semaphore, Timeout};
 
 #[test]
@@ -183,4 +185,39 @@ fn release_at_the_largest_count_saturates() {
     sem.release();
     sem.release();
     assert_eq!(sem.available_permits(), usize::MAX);
+}
+
+/// A permit handed to a waiter that has not run yet still counts against a
+/// bounded semaphore's maximum: a release past it fails at once (as in
+/// Python), and the give-back of a killed waiter fits.
+#[test]
+fn a_permit_in_flight_counts_against_the_bound() {
+    let sem = Arc::new(BoundedSemaphore::new(1));
+    sem.acquire();
+    let s1 = sem.clone();
+    let victim = moss::spawn(move || s1.acquire());
+    util::until_parked(victim.id());
+    sem.release().unwrap(); // handed to the victim, which has not run yet
+    assert_eq!(
+        sem.release().unwrap_err().max,
+        1,
+        "one permit exists, in flight"
+    );
+    assert_eq!(sem.available_permits(), 0);
+    victim.kill();
+    assert!(victim.join().unwrap_err().is_killed());
+    assert_eq!(sem.available_permits(), 1);
+    assert!(sem.release().is_err());
+    // A waiter that runs takes its permit out of flight.
+    sem.acquire();
+    let s2 = sem.clone();
+    let w = moss::spawn(move || {
+        s2.acquire();
+        s2.release().unwrap();
+    });
+    util::until_parked(w.id());
+    sem.release().unwrap();
+    w.join().unwrap();
+    assert_eq!(sem.available_permits(), 1);
+    assert!(sem.release().is_err());
 }

@@ -4,28 +4,71 @@
 //! State under one lock (`lock.rs`): a buffer (FIFO, LIFO or min-heap, the
 //! only thing that differs between the queue kinds), a capacity, the blocked
 //! getters and the blocked putters (each a [`WaitList`] of waiters on their
-//! own stacks), `wait_any` watchers, the unfinished-task count of a joinable
-//! queue and the closed flags of a channel.
+//! own stacks), the `spill` (see below), `wait_any` watchers, the
+//! unfinished-task count of a joinable queue and the closed flags of a
+//! channel.
 //!
 //! ```text
 //!   put(v):  a getter waits?   → hand v to the oldest getter       (buffer empty)
 //!            room in buffer?   → push v
 //!            else              → queue a putter offering v, park
-//!   get():   buffer non-empty? → pop; refill from the oldest putter
+//!   get():   buffer non-empty? → pop; refill the freed place from the
+//!                                spill, else from the oldest putter
+//!            spill non-empty?  → take its first item (capacity 0)
 //!            a putter waits?   → take its item directly (capacity 0)
 //!            else              → queue a getter, park until handed an item
 //! ```
 //!
-//! Getters wait only while the buffer is empty, putters only while it is
-//! full, so waiters never sit next to a usable buffer, and items leave a FIFO
-//! queue in exactly the order they were accepted.
+//! # Invariant
 //!
-//! Cancellation: a getter killed after an item was handed to it gives the
-//! item to the next getter, or puts it back at the *front* of the buffer
-//! (even if that exceeds the capacity by one for a moment), then unwinds. A
-//! putter whose item was taken has completed its put; if it is killed just
-//! then it unwinds without losing anything. A timed-out getter or putter that
-//! was served just before its deadline succeeds.
+//! Checked under the lock at the end of every operation in debug builds
+//! (`State::check`):
+//!
+//! 1. `buf.len() <= cap`: `len()` never exceeds the capacity, and a
+//!    rendezvous channel (`cap == 0`) never buffers anything.
+//! 2. Putters wait only while the buffer is full, and so do spilled items:
+//!    `putters` or `spill` non-empty ⇒ `buf.len() == cap`.
+//! 3. Getters wait only while there is nothing to get: `getters` non-empty ⇒
+//!    the buffer, the spill and the putters are empty.
+//! 4. Once the receiver is gone (`closed_rx`), nothing is buffered or
+//!    spilled.
+//!
+//! So waiters never sit next to a usable buffer, and items leave a FIFO
+//! queue in exactly the order they were accepted: buffer first, then the
+//! spill, then the putters' items.
+//!
+//! # Cancellation: give-back
+//!
+//! A getter killed (or hit by its `timeout`) after an item was handed to it
+//! but before it ran *gives the item back*, restoring the state as if the
+//! hand-off had never happened and the item had gone into the buffer when it
+//! was put:
+//!
+//! * a getter that came later waits (the buffer is empty): it gets the item;
+//! * else the item goes back into the buffer as its *oldest* item (the front
+//!   of a FIFO, the bottom of a LIFO), first in line;
+//! * if that leaves the buffer one over its capacity (puts filled it since
+//!   the hand-off; or capacity 0), the *newest* buffered item (a
+//!   priority queue: the largest) moves to the front of the spill. Without
+//!   the hand-off, that item's put would still be waiting for room: the
+//!   spill is the head of the putters' line, holding items whose put has
+//!   already returned. A rendezvous channel therefore never buffers
+//!   anything: a given-back value is taken by the next `recv` first, and a
+//!   later `send` still waits until a `recv` takes its own value.
+//!
+//! The put that made the hand-off has completed either way; the item keeps
+//! its place in line and counts as accepted (a joinable queue's task count
+//! does not change). A putter whose item was taken has completed its put; if
+//! it is killed just then it unwinds without losing anything. A timed-out
+//! getter or putter that was served just before its deadline succeeds.
+//!
+//! The other primitives hand waiters a lock or a permit, and give them back
+//! the same way: a mutex is passed to the next waiter or unlocked (nobody
+//! else can own it meanwhile), a semaphore permit goes to the next waiter or
+//! back to the count (a bounded semaphore counts permits in flight against
+//! its maximum, so the count never exceeds it). Events, results and
+//! `wait_any` wake every waiter and hand nothing over, so there is nothing
+//! to give back.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -44,8 +87,11 @@ pub(crate) trait Buffer<T> {
     fn new() -> Self;
     fn push(&mut self, v: T);
     fn pop(&mut self) -> Option<T>;
-    /// Puts back an item that was popped first (it was next in line).
-    fn unpop(&mut self, v: T);
+    /// Adds `v` as the item accepted before all others (a give-back).
+    fn push_oldest(&mut self, v: T);
+    /// Removes the item accepted last (for a priority queue, which does not
+    /// know the order of acceptance: the one that leaves last).
+    fn pop_newest(&mut self) -> Option<T>;
     fn len(&self) -> usize;
 }
 
@@ -62,29 +108,35 @@ impl<T> Buffer<T> for Fifo<T> {
     fn pop(&mut self) -> Option<T> {
         self.0.pop_front()
     }
-    fn unpop(&mut self, v: T) {
+    fn push_oldest(&mut self, v: T) {
         self.0.push_front(v);
+    }
+    fn pop_newest(&mut self) -> Option<T> {
+        self.0.pop_back()
     }
     fn len(&self) -> usize {
         self.0.len()
     }
 }
 
-/// Last in, first out.
-pub(crate) struct Lifo<T>(Vec<T>);
+/// Last in, first out: the top of the stack is the back.
+pub(crate) struct Lifo<T>(VecDeque<T>);
 
 impl<T> Buffer<T> for Lifo<T> {
     fn new() -> Self {
-        Lifo(Vec::new())
+        Lifo(VecDeque::new())
     }
     fn push(&mut self, v: T) {
-        self.0.push(v);
+        self.0.push_back(v);
     }
     fn pop(&mut self) -> Option<T> {
-        self.0.pop()
+        self.0.pop_back()
     }
-    fn unpop(&mut self, v: T) {
-        self.0.push(v);
+    fn push_oldest(&mut self, v: T) {
+        self.0.push_front(v);
+    }
+    fn pop_newest(&mut self) -> Option<T> {
+        self.0.pop_back()
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -104,14 +156,24 @@ impl<T: Ord> Buffer<T> for Priority<T> {
     fn pop(&mut self) -> Option<T> {
         self.0.pop().map(|r| r.0)
     }
-    fn unpop(&mut self, v: T) {
-        self.0.push(Reverse(v));
+    fn push_oldest(&mut self, v: T) {
+        self.push(v);
+    }
+    fn pop_newest(&mut self) -> Option<T> {
+        // The largest item. Rare (a give-back into a full queue), so O(n).
+        // A panicking `Ord` (a bug in `T`) leaves the heap whole if it panics
+        // while the largest is searched, but drops its items if it panics
+        // in the rebuild: std's `BinaryHeap` gives no more than that.
+        let (i, _) = self.0.iter().enumerate().min_by(|a, b| a.1.cmp(b.1))?;
+        let mut items = std::mem::take(&mut self.0).into_vec();
+        let largest = items.swap_remove(i);
+        self.0 = BinaryHeap::from(items);
+        Some(largest.0)
     }
     fn len(&self) -> usize {
         self.0.len()
     }
 }
-
 /// Why a put did not happen; the item comes back.
 pub(crate) enum PutError<T> {
     /// Full until the deadline (or now, for a poll).
@@ -132,6 +194,10 @@ pub(crate) enum GetError {
 pub(crate) struct State<T, B> {
     buf: B,
     cap: usize,
+    /// Items already accepted that wait for room in the buffer ahead of the
+    /// putters' items (see "give-back" in the module docs); only non-empty
+    /// while the buffer is full.
+    spill: VecDeque<T>,
     getters: WaitList<T>,
     putters: WaitList<T>,
     watchers: Watchers,
@@ -142,6 +208,53 @@ pub(crate) struct State<T, B> {
     closed_tx: bool,
     /// The receiver is gone: puts fail.
     closed_rx: bool,
+}
+
+impl<T, B: Buffer<T>> State<T, B> {
+    /// Asserts the invariant of the module docs (debug builds only).
+    #[inline]
+    fn check(&self) {
+        let full = self.buf.len() == self.cap;
+        debug_assert!(
+            self.buf.len() <= self.cap,
+            "queue over capacity: {} > {}",
+            self.buf.len(),
+            self.cap
+        );
+        debug_assert!(
+            self.spill.is_empty() || full,
+            "spilled items next to room in the buffer"
+        );
+        debug_assert!(
+            self.putters.is_empty() || full,
+            "putters wait next to room in the buffer"
+        );
+        debug_assert!(
+            self.getters.is_empty()
+                || (self.buf.len() == 0 && self.spill.is_empty() && self.putters.is_empty()),
+            "getters wait next to an item"
+        );
+        debug_assert!(
+            !self.closed_rx || (self.buf.len() == 0 && self.spill.is_empty()),
+            "items kept for a receiver that is gone"
+        );
+    }
+
+    /// After a pop from the buffer: the item first in line for the freed
+    /// place moves in (a spilled item, else the oldest putter's).
+    fn refill(&mut self, joinable: bool) -> Option<Wake> {
+        debug_assert!(self.buf.len() < self.cap);
+        if let Some(v) = self.spill.pop_front() {
+            self.buf.push(v); // accepted already
+            return None;
+        }
+        let (v, wake) = self.putters.take()?;
+        self.buf.push(v);
+        if joinable {
+            self.unfinished += 1;
+        }
+        Some(wake)
+    }
 }
 
 pub(crate) struct QueueCore<T, B> {
@@ -156,6 +269,7 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
             state: Lock::new(State {
                 buf: B::new(),
                 cap,
+                spill: VecDeque::new(),
                 getters: WaitList::new(),
                 putters: WaitList::new(),
                 watchers: Watchers::new(),
@@ -182,6 +296,7 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
         let v = match g.getters.hand(v) {
             Ok(wake) => {
                 self.accepted(&mut g);
+                g.check();
                 drop(g);
                 wake.unpark();
                 return Ok(());
@@ -192,6 +307,7 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
             g.buf.push(v);
             self.accepted(&mut g);
             g.watchers.fire();
+            g.check();
             return Ok(());
         }
         if expired(deadline) {
@@ -202,6 +318,7 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
         unsafe { g.putters.push(&w) };
         // A putter waiting on a rendezvous channel makes a get possible.
         g.watchers.fire();
+        g.check();
         drop(g);
         let (outcome, why) =
             park_waiter(&w, deadline, "Queue::put", &self.state, |g| &mut g.putters);
@@ -219,22 +336,22 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
         loop {
             let mut g = lock(&self.state);
             if let Some(v) = g.buf.pop() {
-                let wake = match g.putters.take() {
-                    Some((pv, wake)) => {
-                        g.buf.push(pv);
-                        self.accepted(&mut g);
-                        Some(wake)
-                    }
-                    None => None,
-                };
+                let wake = g.refill(self.joinable);
+                g.check();
                 drop(g);
                 if let Some(w) = wake {
                     w.unpark();
                 }
                 return Ok(v);
             }
+            // Capacity 0: the first in line is a spilled item, else a putter.
+            if let Some(v) = g.spill.pop_front() {
+                g.check();
+                return Ok(v);
+            }
             if let Some((v, wake)) = g.putters.take() {
                 self.accepted(&mut g);
+                g.check();
                 drop(g);
                 wake.unpark();
                 return Ok(v);
@@ -248,6 +365,7 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
             let mut w = Waiter::new(None);
             // SAFETY: `w` stays in this frame and `park_waiter` follows at once.
             unsafe { g.getters.push(&w) };
+            g.check();
             drop(g);
             let (outcome, why) =
                 park_waiter(&w, deadline, "Queue::get", &self.state, |g| &mut g.getters);
@@ -264,18 +382,32 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
         }
     }
 
-    /// An item handed to a getter that cannot take it: to the next getter,
-    /// or back to the front of the line.
+    /// An item handed to a getter that cannot take it (see "give-back" in
+    /// the module docs): to the next getter, else back into the buffer as
+    /// its oldest item, spilling the newest if that leaves no room.
     fn give_back(&self, v: T) {
         let mut g = lock(&self.state);
+        if g.closed_rx {
+            // Unreachable while the getter borrows the receiver; drop it
+            // like the buffered items, outside the lock.
+            drop(g);
+            drop(v);
+            return;
+        }
         match g.getters.hand(v) {
             Ok(wake) => {
+                g.check();
                 drop(g);
                 wake.unpark();
             }
             Err(v) => {
-                g.buf.unpop(v);
+                g.buf.push_oldest(v);
+                if g.buf.len() > g.cap {
+                    let newest = g.buf.pop_newest().expect("over capacity, so not empty");
+                    g.spill.push_front(newest);
+                }
                 g.watchers.fire();
+                g.check();
             }
         }
     }
@@ -296,7 +428,7 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
     /// Whether a get would not block now (an item, a putter, or closed).
     pub(crate) fn get_ready(&self) -> bool {
         let g = lock(&self.state);
-        g.buf.len() > 0 || !g.putters.is_empty() || g.closed_tx
+        g.buf.len() > 0 || !g.spill.is_empty() || !g.putters.is_empty() || g.closed_tx
     }
 
     pub(crate) fn task_done(&self) -> bool {
@@ -332,18 +464,21 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
 
     /// Closes one side (channels): wakes the waiters of the other side,
     /// which then see the closed flag. Returns what to drop outside the lock.
-    pub(crate) fn close(&self, tx: bool) -> Option<B> {
-        let (wakes, dropped): (Vec<Wake>, Option<B>) = {
+    pub(crate) fn close(&self, tx: bool) -> Option<(B, VecDeque<T>)> {
+        let (wakes, dropped) = {
             let mut g = lock(&self.state);
             g.watchers.fire();
-            if tx {
+            let r = if tx {
                 g.closed_tx = true;
                 (g.getters.wake_all(false), None)
             } else {
                 g.closed_rx = true;
                 let old = std::mem::replace(&mut g.buf, B::new());
-                (g.putters.wake_all(false), Some(old))
-            }
+                let spilled = std::mem::take(&mut g.spill);
+                (g.putters.wake_all(false), Some((old, spilled)))
+            };
+            g.check();
+            r
         };
         unpark_all(wakes);
         dropped

@@ -7,8 +7,16 @@
 //! takes a permit that someone older waits for. A waiter cancelled after it
 //! was handed a permit releases it again before it unwinds; one that timed
 //! out just after the hand-off keeps it and succeeds.
+//!
+//! A bounded semaphore counts the permits *in flight* (handed to a waiter
+//! that has not returned from `acquire` yet) against its maximum, as Python
+//! counts them until the waiter runs: `release` fails when
+//! `permits + in_flight` is at the maximum, so a cancelled waiter's
+//! give-back always fits (the invariant `permits + in_flight <= max` holds
+//! at every step and is asserted in debug builds).
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::error::{ReleaseError, Timeout};
@@ -25,6 +33,12 @@ struct State {
 struct Core {
     state: Lock<State>,
     max: Option<usize>,
+    /// Bounded semaphores only: permits handed to waiters that have not
+    /// returned from `acquire` yet. Raised under the lock by the hand-off,
+    /// lowered without it by the waiter once it runs (`Release`, read with
+    /// `Acquire` under the lock), so a reader may see a waiter that just
+    /// claimed its permit as still in flight, never the reverse.
+    in_flight: AtomicUsize,
 }
 
 impl Core {
@@ -35,6 +49,7 @@ impl Core {
                 waiters: WaitList::new(),
             }),
             max,
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -64,6 +79,9 @@ impl Core {
         let (outcome, why) = park_waiter(&w, deadline, "Semaphore::acquire", &self.state, |g| {
             &mut g.waiters
         });
+        if outcome == Outcome::Handed && self.max.is_some() {
+            self.in_flight.fetch_sub(1, Ordering::Release); // ours now
+        }
         match (outcome, why) {
             (Outcome::Handed, Wakeup::Cancelled) => {
                 self.release_unchecked(); // pass the permit on
@@ -77,13 +95,18 @@ impl Core {
 
     fn release(&self) -> Result<(), ReleaseError> {
         let mut g = lock(&self.state);
-        if let Some(max) = self.max
-            && g.permits >= max
-        {
-            return Err(ReleaseError { max });
+        if let Some(max) = self.max {
+            let in_flight = self.in_flight.load(Ordering::Acquire);
+            debug_assert!(g.permits.saturating_add(in_flight) <= max);
+            if g.permits.saturating_add(in_flight) >= max {
+                return Err(ReleaseError { max });
+            }
         }
         match g.waiters.hand(()) {
             Ok(wake) => {
+                if self.max.is_some() {
+                    self.in_flight.fetch_add(1, Ordering::Relaxed);
+                }
                 drop(g);
                 wake.unpark();
             }
@@ -95,8 +118,8 @@ impl Core {
     }
 
     fn release_unchecked(&self) {
-        // A permit handed to a waiter was taken from the count, so giving it
-        // back can never exceed the maximum.
+        // A permit handed to a waiter was counted in flight until the waiter
+        // claimed it, so giving it back can never exceed the maximum.
         if self.release().is_err() {
             debug_assert!(false, "a handed permit overflowed the semaphore");
         }
@@ -229,7 +252,8 @@ impl BoundedSemaphore {
     }
 
     /// Gives a permit back, to the oldest waiter if there is one; an error if
-    /// every permit is already back.
+    /// every permit is already back or on its way to a waiter (handed to one
+    /// that has not returned from `acquire` yet).
     pub fn release(&self) -> Result<(), ReleaseError> {
         self.core.release()
     }
