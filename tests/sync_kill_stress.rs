@@ -18,7 +18,6 @@
 
 mod util;
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -157,7 +156,7 @@ enum Put {
 
 /// A `Queue` or a channel, seen through one interface.
 enum Target {
-    Queue(Queue<Item>),
+    Queue(Box<Queue<Item>>),
     Channel(Sender<Item>, Receiver<Item>),
 }
 
@@ -167,7 +166,7 @@ impl Target {
             let (tx, rx) = bounded(cap);
             Target::Channel(tx, rx)
         } else {
-            Target::Queue(Queue::new(cap))
+            Target::Queue(Box::new(Queue::new(cap)))
         })
     }
 
@@ -223,7 +222,7 @@ impl Target {
                 1 => q.get_timeout(rng.short()).ok(),
                 2 => q.get_nowait().ok(),
                 3 => moss::timeout(rng.short(), || q.get()).ok(),
-                _ => match moss::sync::wait_any_timeout(&[q], rng.short()) {
+                _ => match moss::sync::wait_any_timeout(&[&**q], rng.short()) {
                     Ok(_) => q.get_nowait().ok(),
                     Err(_) => None,
                 },
@@ -341,12 +340,12 @@ fn hub_part(round: Arc<Round>, hub: usize, producers: usize, consumers: usize) {
         seed += 1;
         seed
     };
-    let live: Rc<RefCell<Vec<(JoinHandle<()>, Spawner)>>> = Rc::new(RefCell::new(Vec::new()));
+    let mut live: Vec<(JoinHandle<()>, Spawner)> = Vec::new();
     for _ in 0..producers {
-        live.borrow_mut().push((prod(fresh()), prod.clone()));
+        live.push((prod(fresh()), prod.clone()));
     }
     for _ in 0..consumers {
-        live.borrow_mut().push((cons(fresh()), cons.clone()));
+        live.push((cons(fresh()), cons.clone()));
     }
     let mut rng = Rng::new(fresh());
     while !round.ledger.done() {
@@ -356,22 +355,19 @@ fn hub_part(round: Arc<Round>, hub: usize, producers: usize, consumers: usize) {
         if rng.below(16) == 0 {
             moss::sleep(rng.short());
         }
-        let mut l = live.borrow_mut();
-        l.retain(|(h, _)| !h.is_finished());
-        if l.is_empty() {
-            drop(l);
+        live.retain(|(h, _)| !h.is_finished());
+        if live.is_empty() {
             moss::sleep(Duration::from_micros(100));
             continue;
         }
-        let i = rng.below(l.len() as u64) as usize;
-        let (h, respawn) = l.swap_remove(i);
-        drop(l);
+        let i = rng.below(live.len() as u64) as usize;
+        let (h, respawn) = live.swap_remove(i);
         h.kill();
         round.ledger.kills.fetch_add(1, Ordering::Relaxed);
         let again = respawn(fresh());
-        live.borrow_mut().push((again, respawn));
+        live.push((again, respawn));
     }
-    for (h, _) in live.borrow_mut().drain(..) {
+    for (h, _) in live {
         h.kill(); // consumers blocked in a get at the end
     }
 }
