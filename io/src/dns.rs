@@ -3,7 +3,9 @@
 //! `getaddrinfo` blocks its thread, possibly for seconds. moss runs it on a
 //! [`ThreadPool`] of [`MAX_WORKERS`] resolver threads (started on demand,
 //! kept for the life of the process) and parks the asking context until the
-//! answer is there, so the other coroutines of its hub keep running.
+//! answer is there, so the other coroutines of its hub keep running. A
+//! forked child (a `Process` body) starts its own resolver threads: the pool
+//! is fork-safe.
 //!
 //! A coroutine killed while it waits unwinds at once; its job still finishes
 //! on the resolver thread and the answer is dropped.

@@ -21,6 +21,14 @@
 //! A waiter that is killed stops waiting; its task still runs to completion
 //! on the worker and the result is dropped.
 //!
+//! # fork
+//!
+//! A pool used in a parent also works in a forked child (a
+//! [`Process`](super::Process) body, say): the parent's worker threads do
+//! not exist there, so the child's first use gives the pool a fresh, empty
+//! queue and starts the child's own workers. Tasks queued in the parent stay
+//! the parent's; a closed pool stays closed.
+//!
 //! ```
 //! use moss_runtime::pool::ThreadPool;
 //! let pool = ThreadPool::new(4);
@@ -41,11 +49,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::PoolError;
 use crate::park::{self, Unparker};
 use crate::sync::AsyncResult;
+use crate::sys::atfork::generation as fork_generation;
 use crate::thread::Oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -71,8 +81,45 @@ impl Drop for Owner {
 
 struct Shared {
     size: usize,
+    /// The queue and worker bookkeeping of the current process generation.
+    ///
+    /// # Invariants
+    /// Points at a `Core` from `Box::into_raw`. In a process it only ever
+    /// changes in a forked child, away from a core inherited from the parent
+    /// (see [`Shared::core`]); replaced cores are leaked, never freed, so a
+    /// `&Core` handed out stays valid. The current one is freed on drop.
+    core: AtomicPtr<Core>,
+}
+
+/// One process generation's pool: the workers it started and their queue.
+struct Core {
+    generation: u64,
+    /// `state.closed`, readable without the lock (by a forked child).
+    closed_hint: AtomicBool,
     state: Mutex<State>,
     work: Condvar,
+}
+
+impl Core {
+    fn new() -> Core {
+        Core {
+            generation: fork_generation(),
+            closed_hint: AtomicBool::new(false),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+                live: 0,
+                idle: 0,
+                outstanding: 0,
+                joiners: Vec::new(),
+            }),
+            work: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct State {
@@ -97,15 +144,7 @@ impl ThreadPool {
         assert!(n > 0, "ThreadPool::new: the pool needs at least one thread");
         let shared = Arc::new(Shared {
             size: n,
-            state: Mutex::new(State {
-                queue: VecDeque::new(),
-                closed: false,
-                live: 0,
-                idle: 0,
-                outstanding: 0,
-                joiners: Vec::new(),
-            }),
-            work: Condvar::new(),
+            core: AtomicPtr::new(Box::into_raw(Box::new(Core::new()))),
         });
         ThreadPool {
             _owner: Arc::new(Owner(shared.clone())),
@@ -223,7 +262,7 @@ impl ThreadPool {
     pub fn join(&self) {
         loop {
             let u = {
-                let mut s = self.shared.lock();
+                let mut s = self.shared.core().lock();
                 if s.outstanding == 0 && (!s.closed || s.live == 0) {
                     return;
                 }
@@ -250,8 +289,9 @@ impl ThreadPool {
         let slot = Arc::new(Oneshot::new());
         let theirs = slot.clone();
         let job: Job = Box::new(move || theirs.set(catch_unwind(AssertUnwindSafe(f))));
+        let core = self.shared.core();
         let spawn = {
-            let mut s = self.shared.lock();
+            let mut s = core.lock();
             if s.closed {
                 return Err(PoolError::Closed);
             }
@@ -261,12 +301,12 @@ impl ThreadPool {
             if spawn {
                 s.live += 1;
             } else if s.idle > 0 {
-                self.shared.work.notify_one();
+                core.work.notify_one();
             }
             spawn
         };
         if spawn && let Err(e) = self.shared.clone().start_worker() {
-            let mut s = self.shared.lock();
+            let mut s = core.lock();
             s.live -= 1;
             if s.live == 0 {
                 // Nobody could ever run it: take it back.
@@ -280,15 +320,52 @@ impl ThreadPool {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The core of this process generation. In a forked child, the first
+    /// call replaces the core inherited from the parent (whose workers do
+    /// not exist here, and whose lock one of them may hold forever) with a
+    /// fresh, empty one that starts its own workers; a closed pool stays
+    /// closed. The inherited core is leaked, never locked.
+    fn core(&self) -> &Core {
+        let p = self.core.load(Ordering::Acquire);
+        // SAFETY: see the field's invariants: `p` is a live core.
+        let core = unsafe { &*p };
+        if core.generation == fork_generation() {
+            return core;
+        }
+        self.replace_inherited(p)
+    }
+
+    #[cold]
+    fn replace_inherited(&self, old: *mut Core) -> &Core {
+        // SAFETY: as in `core`. Only the atomic `closed` copy is read, no
+        // lock is taken.
+        let was_closed = unsafe { &*old }.closed_hint.load(Ordering::Relaxed);
+        let fresh = Core::new();
+        fresh.closed_hint.store(was_closed, Ordering::Relaxed);
+        fresh.lock().closed = was_closed;
+        let fresh = Box::into_raw(Box::new(fresh));
+        let p = match self
+            .core
+            .compare_exchange(old, fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => fresh,
+            Err(winner) => {
+                // SAFETY: `fresh` was never published; we own it.
+                drop(unsafe { Box::from_raw(fresh) });
+                winner
+            }
+        };
+        // SAFETY: `p` is the published core, live per the invariants.
+        unsafe { &*p }
     }
 
     fn close(&self) {
+        let core = self.core();
+        core.closed_hint.store(true, Ordering::Relaxed);
         let joiners = {
-            let mut s = self.lock();
+            let mut s = core.lock();
             s.closed = true;
-            self.work.notify_all();
+            core.work.notify_all();
             if s.live == 0 && s.outstanding == 0 {
                 std::mem::take(&mut s.joiners)
             } else {
@@ -305,21 +382,23 @@ impl Shared {
         Ok(())
     }
 
+    /// A worker's loop, on the core of the generation that started it.
     fn work(&self) {
-        let mut s = self.lock();
+        let core = self.core();
+        let mut s = core.lock();
         loop {
             if let Some(job) = s.queue.pop_front() {
                 drop(s);
                 job();
                 self.finished_one();
-                s = self.lock();
+                s = core.lock();
                 continue;
             }
             if s.closed {
                 break;
             }
             s.idle += 1;
-            s = self.work.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = core.work.wait(s).unwrap_or_else(|e| e.into_inner());
             s.idle -= 1;
         }
         s.live -= 1;
@@ -334,7 +413,7 @@ impl Shared {
 
     fn finished_one(&self) {
         let joiners = {
-            let mut s = self.lock();
+            let mut s = self.core().lock();
             s.outstanding -= 1;
             if s.outstanding == 0 && (!s.closed || s.live == 0) {
                 std::mem::take(&mut s.joiners)
@@ -346,9 +425,18 @@ impl Shared {
     }
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: the last reference to the pool is gone (workers hold one
+        // while they run), so nothing uses the current core; it came from
+        // `Box::into_raw` and is freed once, here.
+        drop(unsafe { Box::from_raw(*self.core.get_mut()) });
+    }
+}
+
 impl fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.shared.lock();
+        let s = self.shared.core().lock();
         f.debug_struct("ThreadPool")
             .field("size", &self.shared.size)
             .field("threads", &s.live)

@@ -1,0 +1,90 @@
+//! Internal thread pools (the resolver's, `ThreadPool`) used in a parent
+//! keep working in a forked child: the child starts its own threads instead
+//! of waiting on the parent's, which do not exist there.
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use moss::pool::{Process, ThreadPool};
+
+mod util;
+
+/// Runs `body` in a `Process` child and returns its exit code; the parent
+/// gives up (kills it) after 20 s, so a hang fails the test instead of
+/// freezing it.
+fn in_process(body: impl FnOnce() + 'static) -> i32 {
+    let p = Process::new(body).start().unwrap();
+    match p.join_timeout(Duration::from_secs(20)).unwrap() {
+        Some(code) => code,
+        None => {
+            p.kill().unwrap();
+            p.join().unwrap();
+            panic!("the child hung");
+        }
+    }
+}
+
+#[test]
+fn lookup_host_in_a_child_after_the_parent_resolved() {
+    let _wd = util::watchdog("lookup in a child", Duration::from_secs(60));
+    let before: Vec<_> = moss::net::lookup_host("localhost:80").unwrap().collect();
+    assert!(!before.is_empty());
+    // Let the resolver thread go idle: a child that inherits an idle worker
+    // count would hand its lookup to a thread that does not exist there.
+    std::thread::sleep(Duration::from_millis(100));
+    let code = in_process(move || {
+        let r = moss::timeout(Duration::from_secs(10), || {
+            moss::net::lookup_host("localhost:80").map(|i| i.collect::<Vec<_>>())
+        });
+        let addrs = r.expect("the lookup hung in the child").unwrap();
+        assert_eq!(addrs, before);
+    });
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn thread_pool_apply_in_a_child_after_use_in_the_parent() {
+    let _wd = util::watchdog("pool in a child", Duration::from_secs(60));
+    let pool = ThreadPool::new(2);
+    // Two workers started and idle in the parent.
+    assert_eq!(pool.map(|x: u32| x + 1, vec![1, 2]).unwrap(), vec![2, 3]);
+    // And one busy at the fork, holding a task.
+    let gate = Arc::new(Barrier::new(2));
+    let g = gate.clone();
+    let busy = pool.apply_async(move || g.wait().is_leader(), |_| ());
+    let p2 = pool.clone();
+    let code = in_process(move || {
+        let r = moss::timeout(Duration::from_secs(10), || {
+            let hs: Vec<_> = (0..4u64)
+                .map(|i| {
+                    let p = p2.clone();
+                    moss::spawn(move || p.apply(move || i * 10).unwrap())
+                })
+                .collect();
+            moss::join_all(hs)
+                .into_iter()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(r.expect("apply hung in the child"), vec![0, 10, 20, 30]);
+        // The child's own tasks only: join returns.
+        p2.close();
+        p2.join();
+    });
+    assert_eq!(code, 0);
+    // The parent's pool is untouched by the child's.
+    gate.wait();
+    busy.get();
+    assert_eq!(pool.apply(|| 5).unwrap(), 5);
+}
+
+#[test]
+fn a_pool_closed_in_the_parent_stays_closed_in_the_child() {
+    let pool = ThreadPool::new(1);
+    assert_eq!(pool.apply(|| 1).unwrap(), 1);
+    pool.close();
+    let code = in_process(move || {
+        assert!(matches!(pool.apply(|| 1), Err(moss::pool::PoolError::Closed)));
+    });
+    assert_eq!(code, 0);
+}
