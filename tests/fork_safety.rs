@@ -84,7 +84,10 @@ fn a_pool_closed_in_the_parent_stays_closed_in_the_child() {
     assert_eq!(pool.apply(|| 1).unwrap(), 1);
     pool.close();
     let code = in_process(move || {
-        assert!(matches!(pool.apply(|| 1), Err(moss::pool::PoolError::Closed)));
+        assert!(matches!(
+            pool.apply(|| 1),
+            Err(moss::pool::PoolError::Closed)
+        ));
     });
     assert_eq!(code, 0);
 }

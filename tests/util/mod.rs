@@ -186,3 +186,18 @@ pub fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         moss::sleep(Duration::from_millis(1));
     }
 }
+
+/// Runs `f` on a fresh thread (so it gets a hub of its own), failing
+/// instead of hanging after `limit`; a panic in `f` is re-raised here.
+pub fn on_thread<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) => std::panic::resume_unwind(p),
+        Err(_) => panic!("test thread did not finish within {limit:?} (deadlock?)"),
+    }
+}

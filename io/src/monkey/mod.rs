@@ -36,6 +36,7 @@
 //! | data | `read readv write writev recv recvfrom recvmsg send sendto sendmsg sendfile sendfile64 splice` | `hooks_io.rs` |
 //! | sockets and fd state | `socket socketpair connect accept accept4 shutdown close dup dup2 dup3 fcntl ioctl setsockopt getsockopt` | `hooks_sock.rs` |
 //! | readiness | `poll select` | `hooks_poll.rs` |
+//! | event loops | `epoll_wait epoll_pwait` (coroutines only) | `hooks_epoll.rs` |
 //! | sleeping | `nanosleep clock_nanosleep usleep sleep` | `hooks_time.rs` |
 //! | names | `getaddrinfo` | `hooks_dns.rs` |
 //!
@@ -67,8 +68,9 @@
 //!   on hub timers; `poll`/`select` wait on a temporary epoll registered
 //!   with the hub; `getaddrinfo` runs on a helper thread.
 //!
-//! The hub's own syscalls never take the cooperative path: `epoll_wait` and
-//! `epoll_ctl` are not hooked, and the hub's eventfd (written by mio's
+//! The hub's own syscalls never take the cooperative path: `epoll_wait`
+//! cooperates only in coroutines (the hub polls on the root), `epoll_ctl`
+//! is not hooked, and the hub's eventfd (written by mio's
 //! `Waker` through `write`) is neither a socket, a pipe nor a tty, so it
 //! stays `Plain`. Regular files stay `Plain` (they are always "ready"), and
 //! so do fds 0–2: making them non-blocking would change file descriptions
@@ -114,8 +116,10 @@
 //!   value); `timeout` does report `Elapsed` in that case.
 //! * `getaddrinfo` uses one short-lived helper thread per concurrent lookup
 //!   (no shared pool, so it also works in a forked child).
-//! * `epoll_wait`, `waitpid` and file-system calls are not hooked: they
-//!   block the thread as before.
+//! * `epoll_wait`/`epoll_pwait` block the thread on a root (only coroutines
+//!   park), and so does `epoll_pwait` with a signal mask; `epoll_pwait2`,
+//!   `waitpid` and file-system calls are not hooked: they block the thread
+//!   as before.
 //! * If the hub refuses to register an fd (someone else registered it with
 //!   this hub already), that call waits in `poll(2)`, blocking the thread.
 //! * Reads of datagram and seqpacket sockets and ttys always try the
@@ -127,6 +131,7 @@
 
 mod fdtable;
 mod hooks_dns;
+mod hooks_epoll;
 mod hooks_io;
 mod hooks_poll;
 mod hooks_sock;
@@ -145,7 +150,7 @@ pub(crate) fn patched() -> bool {
 
 /// Addresses of every hook, referenced by `patch_all` so that the linker
 /// keeps all of them in any binary that calls it.
-struct Hooks([*const (); 34]);
+struct Hooks([*const (); 36]);
 // SAFETY: function addresses, never dereferenced as data.
 unsafe impl Sync for Hooks {}
 
@@ -185,6 +190,8 @@ static HOOKS: Hooks = Hooks([
     hooks_time::usleep as *const (),
     hooks_time::sleep as *const (),
     hooks_dns::getaddrinfo as *const (),
+    hooks_epoll::epoll_wait as *const (),
+    hooks_epoll::epoll_pwait as *const (),
 ]);
 
 /// Makes blocking libc calls cooperative in every coroutine of every thread

@@ -103,6 +103,8 @@ real_fns! {
     sendfile: fn(c_int, c_int, *mut libc::off_t, size_t) -> ssize_t;
     sendfile64: fn(c_int, c_int, *mut libc::off64_t, size_t) -> ssize_t;
     splice: fn(c_int, *mut libc::loff_t, c_int, *mut libc::loff_t, size_t, c_uint) -> ssize_t;
+    epoll_wait: fn(c_int, *mut libc::epoll_event, c_int, c_int) -> c_int;
+    epoll_pwait: fn(c_int, *mut libc::epoll_event, c_int, c_int, *const libc::sigset_t) -> c_int;
 }
 
 /// libc's `fcntl(int, int, ...)`.
