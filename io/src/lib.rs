@@ -9,6 +9,8 @@
 //!   `UnixListener`, `UnixDatagram` and `lookup_host`.
 //! * [`server`] — `StreamServer`: a coroutine per connection.
 //! * [`monkey`] — libc symbol interposition for unmodified blocking code.
+//! * [`subprocess`] — `std::process` for coroutines: waits and pipes that
+//!   yield.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
@@ -17,3 +19,4 @@ mod dns;
 pub mod monkey;
 pub mod net;
 pub mod server;
+pub mod subprocess;

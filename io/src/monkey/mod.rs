@@ -37,6 +37,7 @@
 //! | sockets and fd state | `socket socketpair connect accept accept4 shutdown close dup dup2 dup3 fcntl ioctl setsockopt getsockopt` | `hooks_sock.rs` |
 //! | readiness | `poll select` | `hooks_poll.rs` |
 //! | event loops | `epoll_wait epoll_pwait` (coroutines only) | `hooks_epoll.rs` |
+//! | child processes | `waitpid wait4` (one child, by pidfd) | `hooks_wait.rs` |
 //! | sleeping | `nanosleep clock_nanosleep usleep sleep` | `hooks_time.rs` |
 //! | names | `getaddrinfo` | `hooks_dns.rs` |
 //!
@@ -117,9 +118,13 @@
 //! * `getaddrinfo` uses one short-lived helper thread per concurrent lookup
 //!   (no shared pool, so it also works in a forked child).
 //! * `epoll_wait`/`epoll_pwait` block the thread on a root (only coroutines
-//!   park), and so does `epoll_pwait` with a signal mask; `epoll_pwait2`,
-//!   `waitpid` and file-system calls are not hooked: they block the thread
-//!   as before.
+//!   park), and so does `epoll_pwait` with a signal mask. `waitpid`/`wait4`
+//!   park only for one child of ours with a pidfd; `wait`, `waitid`,
+//!   `epoll_pwait2` and file-system calls are not hooked: they block the
+//!   thread as before.
+//! * A coroutine killed inside `std::process::Child::wait` gets an error
+//!   and leaves the child unreaped (a zombie once it exits, as after any
+//!   failed wait); `moss::subprocess` reaps dropped children itself.
 //! * If the hub refuses to register an fd (someone else registered it with
 //!   this hub already), that call waits in `poll(2)`, blocking the thread.
 //! * Reads of datagram and seqpacket sockets and ttys always try the
@@ -136,6 +141,7 @@ mod hooks_io;
 mod hooks_poll;
 mod hooks_sock;
 mod hooks_time;
+mod hooks_wait;
 mod real;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -150,7 +156,7 @@ pub(crate) fn patched() -> bool {
 
 /// Addresses of every hook, referenced by `patch_all` so that the linker
 /// keeps all of them in any binary that calls it.
-struct Hooks([*const (); 36]);
+struct Hooks([*const (); 38]);
 // SAFETY: function addresses, never dereferenced as data.
 unsafe impl Sync for Hooks {}
 
@@ -192,6 +198,8 @@ static HOOKS: Hooks = Hooks([
     hooks_dns::getaddrinfo as *const (),
     hooks_epoll::epoll_wait as *const (),
     hooks_epoll::epoll_pwait as *const (),
+    hooks_wait::waitpid as *const (),
+    hooks_wait::wait4 as *const (),
 ]);
 
 /// Makes blocking libc calls cooperative in every coroutine of every thread

@@ -105,6 +105,8 @@ real_fns! {
     splice: fn(c_int, *mut libc::loff_t, c_int, *mut libc::loff_t, size_t, c_uint) -> ssize_t;
     epoll_wait: fn(c_int, *mut libc::epoll_event, c_int, c_int) -> c_int;
     epoll_pwait: fn(c_int, *mut libc::epoll_event, c_int, c_int, *const libc::sigset_t) -> c_int;
+    waitpid: fn(libc::pid_t, *mut c_int, c_int) -> libc::pid_t;
+    wait4: fn(libc::pid_t, *mut c_int, c_int, *mut libc::rusage) -> libc::pid_t;
 }
 
 /// libc's `fcntl(int, int, ...)`.

@@ -54,7 +54,7 @@
 
 mod addr;
 mod convert;
-mod fd;
+pub(crate) mod fd;
 mod tcp;
 mod udp;
 mod unix;

@@ -29,3 +29,5 @@ pub use process::{CHILD_STACK_SIZE, PANIC_EXIT_CODE, Process, ProcessHandle, Run
 pub use process_pool::ProcessPool;
 pub use process_queue::ProcessQueue;
 pub use thread_pool::{Imap, ThreadPool};
+
+pub(crate) use process::wait_fd;
