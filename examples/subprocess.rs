@@ -28,7 +28,10 @@ fn main() -> std::io::Result<()> {
         .stdout(Stdio::piped())
         .spawn()?;
     let out = child.communicate(b"pear\napple\nfig\n")?;
-    print!("sorted by a child:\n{}", String::from_utf8_lossy(&out.stdout));
+    print!(
+        "sorted by a child:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     match Command::new("no-such-program").status() {
         Err(e) => println!("missing program: {:?}", e.kind()),

@@ -16,7 +16,7 @@
 //! layer in `moss-io`.
 
 pub use moss_io::monkey;
-pub use moss_io::{net, server, subprocess};
+pub use moss_io::{net, server, signal, subprocess};
 pub use moss_runtime::sync;
 pub use moss_runtime::{
     Builder, Cancelled, CoroutineId, Current, DEFAULT_STACK_SIZE, Elapsed, JoinError, JoinHandle,

@@ -11,6 +11,7 @@
 //! * [`monkey`] — libc symbol interposition for unmodified blocking code.
 //! * [`subprocess`] — `std::process` for coroutines: waits and pipes that
 //!   yield.
+//! * [`signal`] — waiting for Unix signals and handler coroutines.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
@@ -19,4 +20,5 @@ mod dns;
 pub mod monkey;
 pub mod net;
 pub mod server;
+pub mod signal;
 pub mod subprocess;

@@ -81,18 +81,26 @@ pub fn in_child(case: &str) -> bool {
     std::env::var(CHILD_ENV).as_deref() == Ok(case)
 }
 
-/// Runs the test `case` (its full name in this binary, as given to libtest)
-/// again in a child process of this test binary, killing it after `limit`.
-/// Use it for anything that could abort, segfault or hang.
-pub fn run_in_child(case: &str, limit: Duration) -> ChildRun {
-    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+/// Starts the test `case` (its full name in this binary) again in a child
+/// process of this test binary, with stdout and stderr piped, for a test
+/// that talks to the child while it runs (signals, sockets). The caller
+/// kills and reaps it.
+pub fn spawn_child(case: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().expect("current_exe"))
         .args([case, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, case)
         .env("RUST_BACKTRACE", "0")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("spawn the test binary");
+        .expect("spawn the test binary")
+}
+
+/// Runs the test `case` (its full name in this binary, as given to libtest)
+/// again in a child process of this test binary, killing it after `limit`.
+/// Use it for anything that could abort, segfault or hang.
+pub fn run_in_child(case: &str, limit: Duration) -> ChildRun {
+    let mut child = spawn_child(case);
     // Read the pipes on threads so a chatty child cannot fill them and stall.
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");

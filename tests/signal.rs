@@ -1,0 +1,399 @@
+//! moss::signal: waits and handler coroutines, bad numbers, restored
+//! dispositions, several threads, fork.
+//!
+//! Signals are process-wide, so each test uses signals of its own (the
+//! real-time ones are plenty), and tests that change or restore default
+//! dispositions run in a child process.
+
+use std::cell::Cell;
+use std::io::ErrorKind;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use moss::signal;
+
+mod util;
+
+fn rt(n: i32) -> i32 {
+    libc::SIGRTMIN() + n
+}
+
+fn raise(sig: i32) {
+    // SAFETY (test): a signal to this process, which moss catches.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), sig) }, 0);
+}
+
+/// The current disposition's handler address of `sig`.
+fn disposition(sig: i32) -> usize {
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY (test): a query (null new action).
+    assert_eq!(
+        unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) },
+        0
+    );
+    old.sa_sigaction
+}
+
+#[test]
+fn bad_signal_numbers_are_invalid_input() {
+    let bad = [
+        0,
+        -1,
+        65,
+        1000,
+        i32::MIN,
+        libc::SIGKILL,
+        libc::SIGSTOP,
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        32,
+        33,
+    ];
+    let segv_before = disposition(libc::SIGSEGV);
+    for sig in bad {
+        let e = signal::handler(sig, || ()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "handler({sig})");
+        let e = signal::wait(&[sig]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "wait({sig})");
+        // A bad number among good ones fails the whole call at once.
+        let e = signal::wait(&[rt(20), sig]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+    assert_eq!(
+        signal::wait(&[]).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    // moss's stack-overflow handler is untouched.
+    assert_eq!(disposition(libc::SIGSEGV), segv_before);
+}
+
+#[test]
+fn wait_returns_the_signal_and_others_keep_running() {
+    let sig = rt(1);
+    let other = rt(2);
+    // Install first (a zero wait), so the signal below cannot hit the
+    // default disposition.
+    assert_eq!(
+        signal::wait_timeout(&[sig, other], Duration::ZERO).unwrap(),
+        None
+    );
+    let ticks = Rc::new(Cell::new(0));
+    let t = ticks.clone();
+    let ticker = moss::spawn(move || {
+        loop {
+            moss::sleep(Duration::from_millis(5));
+            t.set(t.get() + 1);
+        }
+    });
+    let waiters: Vec<_> = (0..3)
+        .map(|_| moss::spawn(move || signal::wait(&[other, sig])))
+        .collect();
+    for w in &waiters {
+        util::until_parked(w.id());
+    }
+    moss::sleep(Duration::from_millis(30));
+    raise(sig);
+    // Every waiter that was waiting returns.
+    for r in moss::join_all(waiters) {
+        assert_eq!(r.unwrap().unwrap(), sig);
+    }
+    assert!(ticks.get() >= 3, "the hub kept running while they waited");
+    ticker.kill();
+}
+
+#[test]
+fn a_delivery_between_waits_is_pending_not_lost() {
+    let sig = rt(3);
+    assert_eq!(signal::wait_timeout(&[sig], Duration::ZERO).unwrap(), None);
+    raise(sig);
+    raise(sig);
+    // Nobody was waiting: the next wait returns at once (both coalesced).
+    let t = Instant::now();
+    assert_eq!(signal::wait(&[sig]).unwrap(), sig);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        signal::wait_timeout(&[sig], Duration::from_millis(50)).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn waits_time_out_and_are_cancelled() {
+    let sig = rt(4);
+    let t = Instant::now();
+    assert_eq!(
+        signal::wait_timeout(&[sig], Duration::from_millis(100)).unwrap(),
+        None
+    );
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    let r = moss::spawn(move || moss::timeout(Duration::from_millis(50), || signal::wait(&[sig])))
+        .join()
+        .unwrap();
+    assert!(r.is_err(), "the timeout fired");
+    let h = moss::spawn(move || signal::wait(&[sig]));
+    util::until_parked(h.id());
+    h.kill();
+    assert!(h.join().unwrap_err().is_killed());
+}
+
+#[test]
+fn several_threads_wait_for_one_signal() {
+    let _wd = util::watchdog("threads waiting", Duration::from_secs(30));
+    let sig = rt(5);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let ready = ready_tx.clone();
+            std::thread::spawn(move || {
+                // Installs the catcher and this thread's baseline: from now
+                // on a delivery is pending for this thread even before it
+                // parks.
+                assert_eq!(signal::wait_timeout(&[sig], Duration::ZERO).unwrap(), None);
+                // A coroutine waits too: both wait when the signal comes.
+                let w = moss::spawn(move || signal::wait(&[sig]).unwrap());
+                util::until_parked(w.id());
+                ready.send(()).unwrap();
+                let root = signal::wait(&[sig]).unwrap();
+                (root, w.join().unwrap())
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        ready_rx.recv().unwrap();
+    }
+    raise(sig);
+    for t in threads {
+        assert_eq!(t.join().unwrap(), (sig, sig));
+    }
+}
+
+#[test]
+fn a_handler_runs_each_delivery_in_a_coroutine_of_its_thread() {
+    let _wd = util::watchdog("handler", Duration::from_secs(30));
+    let sig = rt(6);
+    let runs = Rc::new(Cell::new(0u32));
+    let in_coroutine = Rc::new(Cell::new(true));
+    let (r, c) = (runs.clone(), in_coroutine.clone());
+    let root = moss::current().id();
+    let h = signal::handler(sig, move || {
+        c.set(c.get() && moss::current().id() != root);
+        r.set(r.get() + 1);
+    })
+    .unwrap();
+    assert!(h.is_active());
+    assert_eq!(h.signal(), sig);
+    // One at a time: no delivery is lost.
+    for i in 1..=20 {
+        raise(sig);
+        util::until("the handler to run", Duration::from_secs(10), || {
+            runs.get() == i
+        });
+    }
+    assert!(in_coroutine.get(), "f ran in a new coroutine");
+    // A burst may be coalesced, but the last delivery is never lost.
+    for _ in 0..100 {
+        raise(sig);
+    }
+    let after_burst = {
+        util::until("the burst", Duration::from_secs(10), || runs.get() > 20);
+        moss::sleep(Duration::from_millis(50));
+        runs.get()
+    };
+    assert!(after_burst <= 120);
+    raise(sig);
+    util::until("the run after the burst", Duration::from_secs(10), || {
+        runs.get() > after_burst
+    });
+    h.cancel();
+    h.cancel();
+    assert!(!h.is_active());
+}
+
+#[test]
+fn a_panicking_handler_does_not_take_the_hub_down() {
+    let _wd = util::watchdog("panicking handler", Duration::from_secs(30));
+    let sig = rt(7);
+    let runs = Rc::new(Cell::new(0u32));
+    let r = runs.clone();
+    let _h = signal::handler(sig, move || {
+        r.set(r.get() + 1);
+        panic!("handler failed");
+    })
+    .unwrap();
+    for i in 1..=3 {
+        raise(sig);
+        util::until("the handler to run", Duration::from_secs(10), || {
+            runs.get() == i
+        });
+    }
+}
+
+#[test]
+fn handlers_on_several_threads_all_run() {
+    let _wd = util::watchdog("handlers on threads", Duration::from_secs(30));
+    let sig = rt(8);
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let stop_rx = Arc::new(std::sync::Mutex::new(stop_rx));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (hits, ready, stop) = (hits.clone(), ready_tx.clone(), stop_rx.clone());
+            std::thread::spawn(move || {
+                let h = signal::handler(sig, move || {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                })
+                .unwrap();
+                ready.send(()).unwrap();
+                // Keep the hub running until told to stop.
+                while stop.lock().unwrap().try_recv().is_err() {
+                    moss::sleep(Duration::from_millis(2));
+                }
+                drop(h);
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        ready_rx.recv().unwrap();
+    }
+    raise(sig);
+    let t = Instant::now();
+    while hits.load(Ordering::SeqCst) < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not every handler ran"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for _ in 0..3 {
+        stop_tx.send(()).unwrap();
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+static PREV_HITS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn counting(_: i32) {
+    PREV_HITS.fetch_add(1, Ordering::SeqCst);
+}
+
+#[test]
+fn dropping_the_last_handler_restores_the_previous_disposition() {
+    const CASE: &str = "dropping_the_last_handler_restores_the_previous_disposition";
+    if util::in_child(CASE) {
+        let sig = libc::SIGUSR1;
+        // A handler of the program's own.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = counting as *const () as usize;
+        // SAFETY (test): installing a plain handler.
+        assert_eq!(
+            unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
+            0
+        );
+        let runs = Rc::new(Cell::new(0));
+        let r = runs.clone();
+        let a = signal::handler(sig, move || r.set(r.get() + 1)).unwrap();
+        let r = runs.clone();
+        let b = signal::handler(sig, move || r.set(r.get() + 10)).unwrap();
+        assert_ne!(disposition(sig), counting as *const () as usize);
+        raise(sig);
+        util::until("both handlers", Duration::from_secs(10), || {
+            runs.get() == 11
+        });
+        assert_eq!(PREV_HITS.load(Ordering::SeqCst), 0, "moss replaced it");
+        drop(a);
+        // Still one moss user: still caught.
+        raise(sig);
+        util::until("the remaining handler", Duration::from_secs(10), || {
+            runs.get() == 21
+        });
+        b.cancel();
+        assert_eq!(disposition(sig), counting as *const () as usize);
+        raise(sig);
+        // Delivered to some thread of the process, maybe after kill returns.
+        let t = Instant::now();
+        while PREV_HITS.load(Ordering::SeqCst) == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the restored handler never ran"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(b);
+        // SIG_DFL comes back too: SIGTERM's default action ends the process.
+        let h = signal::handler(libc::SIGTERM, || ()).unwrap();
+        assert_ne!(disposition(libc::SIGTERM), libc::SIG_DFL);
+        drop(h);
+        assert_eq!(disposition(libc::SIGTERM), libc::SIG_DFL);
+        println!("restored");
+        raise(libc::SIGTERM);
+        std::thread::sleep(Duration::from_secs(10));
+        println!("still alive");
+        return;
+    }
+    let r = util::run_in_child(CASE, Duration::from_secs(60));
+    assert!(r.stdout.contains("restored"), "{r:?}");
+    assert!(!r.stdout.contains("still alive"), "{r:?}");
+    assert_eq!(r.signal, Some(libc::SIGTERM), "{r:?}");
+}
+
+#[test]
+fn a_process_child_gets_the_disposition_from_before_moss() {
+    const CASE: &str = "a_process_child_gets_the_disposition_from_before_moss";
+    if util::in_child(CASE) {
+        use moss::pool::Process;
+        let parent_runs = Rc::new(Cell::new(0));
+        let r = parent_runs.clone();
+        let _term = signal::handler(libc::SIGTERM, move || r.set(r.get() + 1)).unwrap();
+        let _usr = signal::handler(libc::SIGUSR2, || ()).unwrap();
+        // A storm of SIGUSR2 at the parent while children are forked.
+        let storm = std::thread::spawn(|| {
+            for _ in 0..2000 {
+                raise(libc::SIGUSR2);
+                std::thread::yield_now();
+            }
+        });
+        // A child that does nothing with signals: SIGTERM ends it.
+        let sleeper = Process::new(|| std::thread::sleep(Duration::from_secs(30)))
+            .start()
+            .unwrap();
+        // A child with handlers of its own.
+        let own = Process::new(|| {
+            let got = signal::wait_timeout(&[libc::SIGUSR1], Duration::from_secs(20)).unwrap();
+            std::process::exit(if got == Some(libc::SIGUSR1) { 42 } else { 1 });
+        })
+        .start()
+        .unwrap();
+        let quick: Vec<_> = (0..10)
+            .map(|_| Process::new(|| ()).start().unwrap())
+            .collect();
+        storm.join().unwrap();
+        for q in quick {
+            assert_eq!(q.join().unwrap(), 0);
+        }
+        moss::sleep(Duration::from_millis(200)); // the child's wait is installed
+        // SAFETY (test): signalling our own child.
+        unsafe { libc::kill(own.pid() as i32, libc::SIGUSR1) };
+        assert_eq!(own.join_timeout(Duration::from_secs(20)).unwrap(), Some(42));
+        sleeper.terminate().unwrap();
+        assert_eq!(
+            sleeper.join_timeout(Duration::from_secs(20)).unwrap(),
+            Some(-libc::SIGTERM)
+        );
+        // The parent's own handler still works after all that.
+        raise(libc::SIGTERM);
+        util::until("the parent's handler", Duration::from_secs(10), || {
+            parent_runs.get() == 1
+        });
+        println!("ok");
+        return;
+    }
+    let r = util::run_in_child(CASE, Duration::from_secs(90));
+    assert!(r.success() && r.stdout.contains("ok"), "{r:?}");
+}
