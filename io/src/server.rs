@@ -20,7 +20,6 @@
 //! and the server keeps serving. Cancellation unwinds (`kill`, `timeout`)
 //! pass through as they must.
 
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
@@ -298,7 +297,7 @@ impl Inner {
                 eprintln!(
                     "moss::server {}: the handler for {peer} panicked: {}",
                     me.local_addr,
-                    panic_message(&*p)
+                    moss_runtime::panic_message(&*p).unwrap_or("(non-string panic payload)")
                 );
             }
         });
@@ -334,13 +333,6 @@ fn is_transient(e: &io::Error) -> bool {
                 | libc::ETIMEDOUT
         )
     )
-}
-
-fn panic_message(p: &(dyn Any + Send)) -> &str {
-    p.downcast_ref::<&str>()
-        .copied()
-        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(non-string panic payload)")
 }
 
 /// Removes a finished handler and wakes whoever waits for room or idleness.

@@ -26,10 +26,12 @@ pub mod greenlet;
 mod hub;
 mod io_slot;
 pub mod park;
+mod payload;
 pub mod pool;
 mod stack_pool;
 pub mod sync;
-mod sys;
+#[doc(hidden)]
+pub mod sys;
 mod task;
 pub mod thread;
 mod timer;
@@ -62,7 +64,7 @@ pub mod reactor {
     /// the process `pid` has exited, for [`wait_fd`]. Fails with the
     /// kernel's error (`ESRCH`, `ENOSYS` before Linux 5.3).
     pub fn pidfd_open(pid: libc::pid_t) -> std::io::Result<std::os::fd::OwnedFd> {
-        crate::sys::fork::pidfd_open(pid)
+        crate::sys::process::pidfd_open(pid)
     }
 
     /// The fork generation of this process (0 in the original, another
@@ -79,5 +81,6 @@ pub use coroutine::{
     Builder, Current, Elapsed, JoinHandle, current, dump, join_all, run, run_per_core, sleep,
     spawn, spawn_later, timeout, wait, yield_now,
 };
+pub use payload::panic_message;
 pub use stack_pool::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE};
 pub use task::{CoroutineId, JoinError};

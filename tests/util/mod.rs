@@ -209,3 +209,51 @@ pub fn on_thread<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Sen
         Err(_) => panic!("test thread did not finish within {limit:?} (deadlock?)"),
     }
 }
+
+/// [`on_thread`] after `moss::monkey::patch_all()` (idempotent).
+pub fn on_patched_thread<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    moss::monkey::patch_all();
+    on_thread(limit, f)
+}
+
+/// A coroutine that counts ticks every 10 ms until killed. A call that
+/// blocked the thread would let no tick through while it is pending; tests
+/// ask for at least 2 (not the nominal count: the machine may be loaded).
+pub fn ticker() -> (std::rc::Rc<std::cell::Cell<u32>>, moss::JoinHandle<()>) {
+    let ticks = std::rc::Rc::new(std::cell::Cell::new(0));
+    let t = ticks.clone();
+    let h = moss::spawn(move || {
+        loop {
+            moss::sleep(Duration::from_millis(10));
+            t.set(t.get() + 1);
+        }
+    });
+    (ticks, h)
+}
+
+/// A coroutine serving `conns` std::net connections of `listener`, each
+/// echoed back by a coroutine of its own until EOF (patched std code).
+pub fn std_echo_server(listener: std::net::TcpListener, conns: usize) -> moss::JoinHandle<()> {
+    moss::spawn(move || {
+        let mut hs = Vec::new();
+        for _ in 0..conns {
+            let (mut s, _) = listener.accept().unwrap();
+            hs.push(moss::spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    std::io::Write::write_all(&mut s, &buf[..n]).unwrap();
+                }
+            }));
+        }
+        for r in moss::join_all(hs) {
+            r.unwrap();
+        }
+    })
+}

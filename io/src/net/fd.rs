@@ -51,6 +51,8 @@ use std::time::{Duration, Instant};
 
 use moss_runtime::reactor::{Interest, Registration};
 
+use super::sys;
+
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 struct Entry {
@@ -87,7 +89,7 @@ impl<S: AsRawFd> Evented<S> {
     /// non-blocking already keeps std's non-blocking behaviour (moss's
     /// flag is set), so a round trip through the std type changes nothing.
     pub(crate) fn new(io: S) -> io::Result<Evented<S>> {
-        let was_nonblocking = set_fd_nonblocking(io.as_raw_fd(), true)?;
+        let was_nonblocking = sys::set_nonblocking(io.as_raw_fd(), true)?;
         let e = Evented::from_nonblocking(io);
         e.set_nonblocking(was_nonblocking);
         Ok(e)
@@ -123,7 +125,7 @@ impl<S: AsRawFd> Evented<S> {
         drop(state);
         // Cannot fail on a valid fd; a std socket in the wrong mode would be
         // the only consequence.
-        let _ = set_fd_nonblocking(io.as_raw_fd(), nonblocking);
+        let _ = sys::set_nonblocking(io.as_raw_fd(), nonblocking);
         io
     }
 
@@ -317,55 +319,5 @@ fn load_timeout(slot: &AtomicU64) -> Option<Duration> {
     match slot.load(Ordering::Relaxed) {
         0 => None,
         ns => Some(Duration::from_nanos(ns)),
-    }
-}
-
-/// Sets or clears `O_NONBLOCK` on `fd`; returns whether it was set before.
-pub(crate) fn set_fd_nonblocking(fd: RawFd, on: bool) -> io::Result<bool> {
-    // SAFETY: `fd` is a live fd owned by the caller's socket; F_GETFL and
-    // F_SETFL only read and change its status flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let new = if on {
-        flags | libc::O_NONBLOCK
-    } else {
-        flags & !libc::O_NONBLOCK
-    };
-    if new != flags {
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(flags & libc::O_NONBLOCK != 0)
-}
-
-/// `recv` with `MSG_DONTWAIT`: never blocks the thread, even if someone
-/// cleared `O_NONBLOCK` on the shared file description (a `dup` converted
-/// back to a std socket, say).
-pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writing `buf.len()` bytes; `fd` is the live
-    // socket of the caller.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// `send` with `MSG_DONTWAIT | MSG_NOSIGNAL`: never blocks the thread, and a
-/// closed peer gives `BrokenPipe`/`ConnectionReset` instead of `SIGPIPE`.
-pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    // SAFETY: `buf` is valid for reading `buf.len()` bytes; `fd` is the live
-    // socket of the caller.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }

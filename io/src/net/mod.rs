@@ -55,6 +55,7 @@
 mod addr;
 mod convert;
 pub(crate) mod fd;
+mod sys;
 mod tcp;
 mod udp;
 mod unix;

@@ -2,14 +2,13 @@
 //! coroutine.
 //!
 //! Each wraps the std type in [`Evented`] (see `fd.rs` for the blocking
-//! emulation and the per-thread registration). Reads are
-//! `recv(MSG_DONTWAIT)`, writes `send(MSG_DONTWAIT | MSG_NOSIGNAL)`, so a
-//! write to a reset peer fails with `ConnectionReset` or `BrokenPipe` instead
-//! of raising `SIGPIPE`, and no call can block the thread even if a `dup` of
-//! the socket was switched back to blocking mode. (Vectored I/O uses std's
-//! `readv`/`writev`, which rely on `O_NONBLOCK`.)
-//! Accepted sockets come from `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`: one
-//! syscall per connection.
+//! emulation and the per-thread registration). Its syscalls are in
+//! `sys.rs`: reads are `recv`/`recvmsg(MSG_DONTWAIT)`, writes
+//! `send`/`sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL)`, so a write to a reset peer
+//! fails with `ConnectionReset` or `BrokenPipe` instead of raising
+//! `SIGPIPE`, and no call can block the thread even if a `dup` of the socket
+//! was switched back to blocking mode. Accepted sockets come from
+//! `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`: one syscall per connection.
 
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
@@ -22,7 +21,8 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::addr::{ToSocketAddrs, each_addr};
 use super::convert::std_conversions;
-use super::fd::{self, Evented};
+use super::fd::Evented;
+use super::sys::{self, Recv};
 
 /// A TCP connection; [`std::net::TcpStream`] for coroutines.
 ///
@@ -86,8 +86,7 @@ impl TcpStream {
         let stream = TcpStream {
             inner: Evented::from_nonblocking(net::TcpStream::from(OwnedFd::from(sock))),
         };
-        let s = socket2::SockRef::from(stream.inner.get());
-        match s.connect(&SockAddr::from(*addr)) {
+        match sys::connect(stream.as_raw_fd(), &SockAddr::from(*addr)) {
             Ok(()) => return Ok(stream),
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
@@ -102,7 +101,7 @@ impl TcpStream {
                     e
                 }
             })?;
-        match s.take_error()? {
+        match stream.take_error()? {
             Some(e) => Err(e),
             None => Ok(stream),
         }
@@ -160,7 +159,9 @@ impl TcpStream {
 
     /// Reads without consuming.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read_op(None, |s| s.peek(buf), |n| *n)?;
+        let n = self
+            .inner
+            .read_op(None, |s| sys::recv(s.as_raw_fd(), buf, Recv::Peek), |n| *n)?;
         if n > 0 {
             self.inner.clear_drained();
         }
@@ -202,22 +203,29 @@ impl TcpStream {
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         let len = buf.len();
-        self.inner
-            .read_op(Some(len), |s| fd::recv(s.as_raw_fd(), buf), |n| *n)
+        self.inner.read_op(
+            Some(len),
+            |s| sys::recv(s.as_raw_fd(), buf, Recv::Take),
+            |n| *n,
+        )
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         let len = bufs.iter().map(|b| b.len()).sum();
-        self.inner
-            .read_op(Some(len), |mut s| s.read_vectored(bufs), |n| *n)
+        self.inner.read_op(
+            Some(len),
+            |s| sys::recv_vectored(s.as_raw_fd(), bufs),
+            |n| *n,
+        )
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_op(|s| fd::send(s.as_raw_fd(), buf))
+        self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.inner.write_op(|mut s| s.write_vectored(bufs))
+        self.inner
+            .write_op(|s| sys::send_vectored(s.as_raw_fd(), bufs))
     }
 }
 
@@ -309,7 +317,13 @@ impl TcpListener {
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (fd, addr) = self
             .inner
-            .read_op(None, |l| accept4(l.as_raw_fd()), |_| 0)?;
+            .read_op(None, |l| sys::accept(l.as_raw_fd()), |_| 0)?;
+        let addr = addr.as_socket().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "accept returned a non-IP address",
+            )
+        })?;
         Ok((
             TcpStream {
                 inner: Evented::from_nonblocking(net::TcpStream::from(fd)),
@@ -352,35 +366,6 @@ impl TcpListener {
         self.inner.set_nonblocking(nonblocking);
         Ok(())
     }
-}
-
-fn accept4(fd: RawFd) -> io::Result<(OwnedFd, SocketAddr)> {
-    // SAFETY: `try_init` hands us a zeroed `sockaddr_storage` and its length
-    // to fill; accept4 writes at most `*len` bytes there and updates `len`.
-    let (cfd, addr) = unsafe {
-        SockAddr::try_init(|storage, len| {
-            let r = libc::accept4(
-                fd,
-                storage.cast(),
-                len,
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            );
-            if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(r)
-            }
-        })
-    }?;
-    // SAFETY: accept4 succeeded, so `cfd` is a new fd that nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(cfd) };
-    let addr = addr.as_socket().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "accept returned a non-IP address",
-        )
-    })?;
-    Ok((owned, addr))
 }
 
 /// The iterator of [`TcpListener::incoming`].

@@ -14,6 +14,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use super::addr::{ToSocketAddrs, each_addr};
 use super::convert::std_conversions;
 use super::fd::Evented;
+use super::sys::{self, Recv};
 
 /// A UDP socket; [`std::net::UdpSocket`] for coroutines.
 ///
@@ -45,12 +46,22 @@ impl UdpSocket {
     /// Receives one datagram and its sender. A datagram longer than `buf`
     /// is truncated.
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.inner.read_op(None, |s| s.recv_from(buf), |_| 0)
+        self.recv_from_inner(buf, Recv::Take)
     }
 
     /// Like [`recv_from`](Self::recv_from) without consuming the datagram.
     pub fn peek_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.inner.read_op(None, |s| s.peek_from(buf), |_| 0)
+        self.recv_from_inner(buf, Recv::Peek)
+    }
+
+    fn recv_from_inner(&self, buf: &mut [u8], how: Recv) -> io::Result<(usize, SocketAddr)> {
+        let (n, a) =
+            self.inner
+                .read_op(None, |s| sys::recv_from(s.as_raw_fd(), buf, how), |_| 0)?;
+        let a = a.as_socket().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
+        })?;
+        Ok((n, a))
     }
 
     /// Sends one datagram to `addr` (resolved off the hub).
@@ -58,7 +69,9 @@ impl UdpSocket {
         let a = addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "no addresses to send data to")
         })?;
-        self.inner.write_op(|s| s.send_to(buf, a))
+        let a = SockAddr::from(a);
+        self.inner
+            .write_op(|s| sys::send_to(s.as_raw_fd(), buf, &a))
     }
 
     /// Sets the default peer for `send`/`recv`, and filters incoming
@@ -69,17 +82,19 @@ impl UdpSocket {
 
     /// Sends to the connected peer.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_op(|s| s.send(buf))
+        self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 
     /// Receives from the connected peer.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read_op(None, |s| s.recv(buf), |_| 0)
+        self.inner
+            .read_op(None, |s| sys::recv(s.as_raw_fd(), buf, Recv::Take), |_| 0)
     }
 
     /// Like [`recv`](Self::recv) without consuming the datagram.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read_op(None, |s| s.peek(buf), |_| 0)
+        self.inner
+            .read_op(None, |s| sys::recv(s.as_raw_fd(), buf, Recv::Peek), |_| 0)
     }
 
     /// The connected peer.

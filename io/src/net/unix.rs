@@ -17,7 +17,8 @@ use std::time::Duration;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::convert::std_conversions;
-use super::fd::{self, Evented};
+use super::fd::Evented;
+use super::sys::{self, Recv};
 
 /// A Unix stream socket; [`std::os::unix::net::UnixStream`] for coroutines.
 ///
@@ -56,7 +57,7 @@ impl UnixStream {
         let mut pause = Duration::from_millis(1);
         loop {
             let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
-            match s.connect(&addr) {
+            match sys::connect(s.as_raw_fd(), &addr) {
                 Ok(()) => {
                     let s = net::UnixStream::from(OwnedFd::from(s));
                     return Ok(UnixStream {
@@ -140,14 +141,20 @@ impl UnixStream {
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         let len = buf.len();
-        self.inner
-            .read_op(Some(len), |s| fd::recv(s.as_raw_fd(), buf), |n| *n)
+        self.inner.read_op(
+            Some(len),
+            |s| sys::recv(s.as_raw_fd(), buf, Recv::Take),
+            |n| *n,
+        )
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         let len = bufs.iter().map(|b| b.len()).sum();
-        self.inner
-            .read_op(Some(len), |mut s| s.read_vectored(bufs), |n| *n)
+        self.inner.read_op(
+            Some(len),
+            |s| sys::recv_vectored(s.as_raw_fd(), bufs),
+            |n| *n,
+        )
     }
 }
 
@@ -183,7 +190,7 @@ impl Write for UnixStream {
 
 impl Write for &UnixStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_op(|s| fd::send(s.as_raw_fd(), buf))
+        self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -200,8 +207,9 @@ impl UnixListener {
 
     /// Waits for a connection.
     pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
-        let (s, a) = self.inner.read_op(None, |l| l.accept(), |_| 0)?;
-        Ok((UnixStream { inner: wrap(s)? }, a))
+        let (s, a) = self.inner.read_op(None, sys::unix_accept, |_| 0)?;
+        let inner = Evented::from_nonblocking(s);
+        Ok((UnixStream { inner }, a))
     }
 
     /// An endless iterator of accepted connections.
@@ -261,28 +269,31 @@ impl UnixDatagram {
 
     /// Sets the default peer.
     pub fn connect<P: AsRef<Path>>(&self, path: P) -> io::Result<()> {
-        self.inner.get().connect(path)
+        sys::connect(self.as_raw_fd(), &SockAddr::unix(path)?)
     }
 
     /// Receives one datagram and its sender.
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.inner.read_op(None, |s| s.recv_from(buf), |_| 0)
+        self.inner
+            .read_op(None, |s| sys::unix_recv_from(s, buf), |_| 0)
     }
 
     /// Receives one datagram from the connected peer.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read_op(None, |s| s.recv(buf), |_| 0)
+        self.inner
+            .read_op(None, |s| sys::recv(s.as_raw_fd(), buf, Recv::Take), |_| 0)
     }
 
     /// Sends one datagram to `path`.
     pub fn send_to<P: AsRef<Path>>(&self, buf: &[u8], path: P) -> io::Result<usize> {
-        let path = path.as_ref();
-        self.inner.write_op(|s| s.send_to(buf, path))
+        let a = SockAddr::unix(path)?;
+        self.inner
+            .write_op(|s| sys::send_to(s.as_raw_fd(), buf, &a))
     }
 
     /// Sends one datagram to the connected peer.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_op(|s| s.send(buf))
+        self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 
     /// The local address.

@@ -48,14 +48,10 @@ impl PoolError {
     }
 
     pub(crate) fn from_panic(payload: &(dyn std::any::Any + Send)) -> PoolError {
-        let message = if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "<non-string panic payload>".to_owned()
-        };
-        PoolError::Panicked { message }
+        let message = crate::panic_message(payload).unwrap_or("<non-string panic payload>");
+        PoolError::Panicked {
+            message: message.to_owned(),
+        }
     }
 }
 

@@ -13,8 +13,12 @@
 //!   `pool_worker` for the workers' loop).
 //! * [`ProcessQueue`] — `multiprocessing.Queue` (module `process_queue`).
 //! * [`PoolError`] — why a pool task produced no result (module `error`).
+//!
+//! The process protocols share one length-prefixed frame codec (module
+//! `frame`).
 
 mod error;
+mod frame;
 mod group;
 mod pool_manager;
 mod pool_worker;

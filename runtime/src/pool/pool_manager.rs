@@ -41,10 +41,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::PoolError;
-use super::pool_worker::{FrameBuf, worker_main};
+use super::frame::{self, FrameBuf};
+use super::pool_worker::worker_main;
 use super::process_pool::{Reply, Shared, Task};
 use crate::hub::Hub;
-use crate::sys::fork::{self, Exit, Forked};
+use crate::sys::fd;
+use crate::sys::poll;
+use crate::sys::process::{self, Exit, Forked};
 use crate::thread::Oneshot;
 
 /// How long closed-pool workers get to exit on request before SIGKILL.
@@ -147,12 +150,7 @@ impl Worker {
             self.out.clear();
             self.out_pos = 0;
         }
-        let len = (16 + t.args.len()) as u32;
-        self.out.extend_from_slice(&len.to_le_bytes());
-        self.out
-            .extend_from_slice(&(t.call as usize as u64).to_le_bytes());
-        self.out.extend_from_slice(&(t.f as u64).to_le_bytes());
-        self.out.extend_from_slice(&t.args);
+        self.out.extend_from_slice(&t.frame);
         if self.in_flight.is_empty() {
             self.started_at = Instant::now();
         }
@@ -162,7 +160,7 @@ impl Worker {
     /// Sends pending request bytes; marks the worker dead on a send error.
     fn flush(&mut self) {
         while self.out_pos < self.out.len() {
-            match fork::write(self.sock.as_raw_fd(), &self.out[self.out_pos..], true) {
+            match fd::write(self.sock.as_raw_fd(), &self.out[self.out_pos..], true) {
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
@@ -304,14 +302,14 @@ impl Manager {
             w.flush();
         }
 
-        let mut fds = vec![fork::poll_fd(&self.wake_r, true, false)];
+        let mut fds = vec![poll::poll_fd(&self.wake_r, true, false)];
         let mut owners = Vec::new(); // (worker index, is pidfd)
         for (i, w) in self.workers.iter().enumerate() {
             let Some(w) = w else { continue };
-            fds.push(fork::poll_fd(&w.sock, true, w.out_pos < w.out.len()));
+            fds.push(poll::poll_fd(&w.sock, true, w.out_pos < w.out.len()));
             owners.push((i, false));
             if let Some(p) = &w.pidfd {
-                fds.push(fork::poll_fd(p, true, false));
+                fds.push(poll::poll_fd(p, true, false));
                 owners.push((i, true));
             }
         }
@@ -322,16 +320,16 @@ impl Manager {
             self.retry_at
                 .map(|t| t.saturating_duration_since(Instant::now()))
         };
-        if fork::poll(&mut fds, timeout).is_err() {
+        if poll::poll(&mut fds, timeout).is_err() {
             std::thread::sleep(RETRY); // EINVAL/ENOMEM: try again later
         }
-        if fork::poll_readable(&fds[0]) {
+        if poll::poll_readable(&fds[0]) {
             // Drain first, then clear the flag: a submitter that still sees
             // the flag set has pushed its task before, and the next round
             // looks at the queue after this point; one that sees it clear
             // writes a fresh byte.
             let mut buf = [0u8; 64];
-            while matches!(fork::read(self.wake_r.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
+            while matches!(fd::read(self.wake_r.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
             self.shared.wake_pending.store(false, Ordering::SeqCst);
         }
 
@@ -339,15 +337,15 @@ impl Manager {
         for (p, &(i, is_pidfd)) in fds[1..].iter().zip(&owners) {
             let w = self.workers[i].as_mut().expect("polled workers exist");
             if is_pidfd {
-                if fork::poll_readable(p) {
+                if poll::poll_readable(p) {
                     w.dead = true;
                 }
                 continue;
             }
-            if fork::poll_writable(p) {
+            if poll::poll_writable(p) {
                 w.flush();
             }
-            if fork::poll_readable(p) {
+            if poll::poll_readable(p) {
                 w.read(&mut done, &mut self.service);
             }
         }
@@ -444,21 +442,31 @@ impl Manager {
     }
 
     fn spawn_worker(&mut self) -> io::Result<Worker> {
-        let (parent, child) = fork::socketpair()?;
+        let (parent, child) = fd::socketpair()?;
         let close_in_child = private_fds();
-        match fork::fork()? {
+        // SAFETY: the child side below follows `fork`'s contract: it
+        // forgets the parent's hub first, closes fds, then runs
+        // `worker_main`, which never returns (it leaves through `exit_now`)
+        // and takes no lock: tasks run on this manager thread's stack, and
+        // the pool documents that they must not rely on locks of the
+        // parent's other threads.
+        match unsafe { process::fork() }? {
             Forked::Child => {
                 Hub::forget_after_fork();
                 for fd in close_in_child {
-                    fork::close_raw(fd);
+                    // SAFETY: pool-private fds; their owners (this manager,
+                    // other pools' managers and shared states) never run or
+                    // drop in the worker, which never returns from here.
+                    unsafe { fd::close_raw(fd) };
                 }
-                fork::close_raw(parent.as_raw_fd());
+                // SAFETY: as above: `parent` is never dropped in the worker.
+                unsafe { fd::close_raw(parent.as_raw_fd()) };
                 worker_main(child.as_raw_fd())
             }
             Forked::Parent(pid) => {
                 drop(child);
-                fork::set_nonblocking(parent.as_raw_fd(), true)?;
-                let pidfd = fork::pidfd_open(pid).ok();
+                fd::set_nonblocking(parent.as_raw_fd(), true)?;
+                let pidfd = process::pidfd_open(pid).ok();
                 let w = Worker {
                     pid,
                     pidfd,
@@ -480,7 +488,7 @@ impl Manager {
     fn kill_all(&mut self, why: &PoolError) {
         let mut failed = Vec::new();
         for w in self.workers.iter_mut().flatten() {
-            let _ = fork::signal(w.pid, libc::SIGKILL);
+            let _ = process::signal(w.pid, libc::SIGKILL);
         }
         for mut w in self.workers.drain(..).flatten() {
             let (_, tasks) = reap(&mut w);
@@ -496,7 +504,8 @@ impl Manager {
                 w.out.clear();
                 w.out_pos = 0;
             }
-            w.out.extend_from_slice(&0u32.to_le_bytes());
+            // An empty frame is the exit request.
+            w.out.extend_from_slice(&frame::start());
             w.flush();
         }
         let end = Instant::now() + GRACE;
@@ -504,7 +513,7 @@ impl Manager {
             let mut live = Vec::new();
             for slot in &mut self.workers {
                 if let Some(w) = slot
-                    && matches!(fork::try_wait(w.pid), Ok(Some(_)) | Err(_))
+                    && matches!(process::try_wait(w.pid), Ok(Some(_)) | Err(_))
                 {
                     let mut w = slot.take().expect("checked");
                     w.pid = 0; // reaped above
@@ -512,7 +521,7 @@ impl Manager {
                     continue;
                 }
                 if let Some(w) = slot {
-                    live.push(fork::poll_fd(
+                    live.push(poll::poll_fd(
                         w.pidfd.as_ref().unwrap_or(&w.sock),
                         true,
                         false,
@@ -523,7 +532,7 @@ impl Manager {
             if live.is_empty() || left.is_zero() {
                 break;
             }
-            let _ = fork::poll(&mut live, Some(left.min(Duration::from_millis(50))));
+            let _ = poll::poll(&mut live, Some(left.min(Duration::from_millis(50))));
         }
         self.kill_all(&PoolError::Terminated);
     }
@@ -537,11 +546,11 @@ fn reap(w: &mut Worker) -> (Option<Exit>, VecDeque<Task>) {
     let exit = if w.pid == 0 {
         None
     } else {
-        match fork::try_wait(w.pid) {
+        match process::try_wait(w.pid) {
             Ok(Some(e)) => Some(e),
             Ok(None) => {
-                let _ = fork::signal(w.pid, libc::SIGKILL);
-                fork::wait_blocking(w.pid).ok()
+                let _ = process::signal(w.pid, libc::SIGKILL);
+                process::wait_blocking(w.pid).ok()
             }
             Err(_) => None,
         }

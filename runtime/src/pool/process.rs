@@ -64,7 +64,9 @@ use std::time::{Duration, Instant};
 
 use crate::hub::Hub;
 use crate::reactor::{Interest, Registration};
-use crate::sys::fork::{self, Exit, Forked};
+use crate::sys::fd;
+use crate::sys::poll;
+use crate::sys::process::{self, Exit, Forked};
 
 /// Exit code of a child process whose body panicked (as a Rust program
 /// whose `main` panicked).
@@ -171,16 +173,24 @@ fn spawn_child(name: String, body: impl FnOnce() + 'static) -> io::Result<Proces
     // What the parent buffered must not be printed by the child too.
     let _ = io::stdout().flush();
     let close_in_child = super::pool_manager::private_fds();
-    match fork::fork()? {
+    // SAFETY: the child side below follows `fork`'s contract: it closes
+    // fds (no moss call), then `run_child` forgets the parent's hub before
+    // anything else and leaves through `exit_now`; the body runs on that
+    // fresh hub and takes no lock of the parent's other threads except by
+    // the user's own choice (see "fork's rules" above).
+    match unsafe { process::fork() }? {
         Forked::Child => {
             for fd in close_in_child {
-                fork::close_raw(fd);
+                // SAFETY: these fds belong to pools of the parent: their
+                // owners (a pool's manager thread and its shared state,
+                // referenced by that thread) never run or drop in the child.
+                unsafe { fd::close_raw(fd) };
             }
             run_child(name, body)
         }
         Forked::Parent(pid) => {
             // Without pidfds, `join` falls back to polling waitpid.
-            let pidfd = fork::pidfd_open(pid).ok();
+            let pidfd = process::pidfd_open(pid).ok();
             Ok(ProcessHandle {
                 pid,
                 name,
@@ -209,12 +219,12 @@ fn run_child(name: String, body: impl FnOnce() + 'static) -> ! {
         // Only an invalid stack size fails, and the constant is valid.
         Err(_) => false,
     };
-    fork::exit_now(if ok { 0 } else { PANIC_EXIT_CODE })
+    process::exit_now(if ok { 0 } else { PANIC_EXIT_CODE })
 }
 
 fn reap_orphans() {
     let mut o = ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
-    o.retain(|&pid| matches!(fork::try_wait(pid), Ok(None)));
+    o.retain(|&pid| matches!(process::try_wait(pid), Ok(None)));
 }
 
 /// The parent's handle on a started child process. `Send + Sync`: any
@@ -283,7 +293,7 @@ impl ProcessHandle {
     fn poll_exit(&self) -> io::Result<Option<i32>> {
         let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
         if exit.is_none() {
-            *exit = fork::try_wait(self.pid)?;
+            *exit = process::try_wait(self.pid)?;
         }
         Ok(exit.map(exit_code))
     }
@@ -305,7 +315,7 @@ impl ProcessHandle {
             return Ok(());
         }
         // Not reaped, so the pid is still our child's (or its zombie's).
-        fork::signal(self.pid, sig)
+        process::signal(self.pid, sig)
     }
 
     /// Whether the child is still running (reaps it if it has exited).
@@ -370,7 +380,7 @@ pub(crate) fn wait_fd(
 ) -> io::Result<bool> {
     // Declared in this order so that `reg` (deregistration) drops before
     // `dup` (close), also when unwinding.
-    let Ok(dup) = fork::dup(fd) else {
+    let Ok(dup) = fd::dup(fd) else {
         return poll_wait(fd, interest, deadline);
     };
     let Ok(reg) = Registration::new(dup.as_raw_fd()) else {
@@ -390,18 +400,7 @@ pub(crate) fn poll_wait(
     deadline: Option<Instant>,
 ) -> io::Result<bool> {
     let w = interest == Interest::Writable;
-    let mut p = [fork::poll_fd(&fd_ref(fd), !w, w)];
+    let mut p = [poll::poll_raw_fd(fd, !w, w)];
     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    Ok(fork::poll(&mut p, timeout)? > 0)
-}
-
-/// A borrowed fd number as `AsRawFd`, for [`fork::poll_fd`].
-fn fd_ref(fd: RawFd) -> impl AsRawFd {
-    struct Raw(RawFd);
-    impl AsRawFd for Raw {
-        fn as_raw_fd(&self) -> RawFd {
-            self.0
-        }
-    }
-    Raw(fd)
+    Ok(poll::poll(&mut p, timeout)? > 0)
 }

@@ -68,14 +68,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::PoolError;
+use super::frame;
 use super::pool_manager;
 use crate::park::{self, Unparker};
 use crate::sync::AsyncResult;
-use crate::sys::fork;
+use crate::sys::fd;
 use crate::thread::Oneshot;
 
-/// Runs in a worker: `(function pointer, serialized arguments)` to a reply
-/// (a status byte, then the serialized result or a message).
+/// Runs in a worker: `(function pointer, serialized arguments)` to a
+/// complete reply frame (a status byte, then the serialized result or a
+/// message).
 pub(crate) type Trampoline = fn(usize, &[u8]) -> Vec<u8>;
 
 pub(crate) const REPLY_OK: u8 = 0;
@@ -87,9 +89,9 @@ pub(crate) type Reply = Oneshot<Result<Vec<u8>, PoolError>>;
 
 /// A task on its way to a worker.
 pub(crate) struct Task {
-    pub(crate) call: Trampoline,
-    pub(crate) f: usize,
-    pub(crate) args: Vec<u8>,
+    /// The complete request frame: `[len][trampoline: u64][function: u64]
+    /// [postcard arguments]`.
+    pub(crate) frame: Vec<u8>,
     pub(crate) reply: Arc<Reply>,
 }
 
@@ -144,9 +146,9 @@ impl ProcessPool {
         }
         // A socket pair rather than a pipe: a late wake-up written after the
         // manager has gone is an EPIPE error (MSG_NOSIGNAL), never a SIGPIPE.
-        let (wake_r, wake_w) = fork::socketpair()?;
-        fork::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&wake_r), true)?;
-        fork::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&wake_w), true)?;
+        let (wake_r, wake_w) = fd::socketpair()?;
+        fd::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&wake_r), true)?;
+        fd::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&wake_w), true)?;
         let shared = Arc::new(Shared {
             size: n,
             creator: std::process::id(),
@@ -334,7 +336,16 @@ impl ProcessPool {
                 message: "a ProcessPool can only be used in the process that created it".into(),
             });
         }
-        let args = postcard::to_allocvec(args).map_err(|e| PoolError::Serialize(e.to_string()))?;
+        let mut head = frame::start();
+        head.extend_from_slice(&(call as usize as u64).to_le_bytes());
+        head.extend_from_slice(&(f as u64).to_le_bytes());
+        let mut frame =
+            postcard::to_extend(args, head).map_err(|e| PoolError::Serialize(e.to_string()))?;
+        frame::finish(
+            &mut frame,
+            "a task's serialized arguments (with a 16-byte header)",
+        )
+        .map_err(|e| PoolError::io(&e))?;
         let reply = Arc::new(Oneshot::new());
         {
             let mut s = self.shared.lock();
@@ -342,9 +353,7 @@ impl ProcessPool {
                 return Err(PoolError::Closed);
             }
             s.queue.push_back(Task {
-                call,
-                f,
-                args,
+                frame,
                 reply: reply.clone(),
             });
             s.outstanding += outstanding;
@@ -371,7 +380,7 @@ impl Shared {
         }
         if !self.wake_pending.swap(true, Ordering::SeqCst) {
             // A full pipe already holds a wake-up.
-            let _ = fork::write(std::os::fd::AsRawFd::as_raw_fd(&self.wake_w), &[1], true);
+            let _ = fd::write(std::os::fd::AsRawFd::as_raw_fd(&self.wake_w), &[1], true);
         }
     }
 
@@ -446,13 +455,23 @@ fn call_batch<A: DeserializeOwned, R: Serialize>(f: usize, args: &[u8]) -> Vec<u
     })
 }
 
+/// Runs a task's body and frames its reply. A result too large for a frame
+/// (4 GiB or more serialized) becomes a [`PoolError::Serialize`] reply.
 fn run<R: Serialize>(body: impl FnOnce() -> Result<R, postcard::Error>) -> Vec<u8> {
+    let mut ok = frame::start();
+    ok.push(REPLY_OK);
     match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(r)) => match postcard::to_extend(&r, vec![REPLY_OK]) {
-            Ok(v) => v,
-            Err(e) => serde_reply(&e),
+        Ok(Ok(r)) => match postcard::to_extend(&r, ok) {
+            Ok(mut v) => match frame::finish(&mut v, "a task's serialized result") {
+                Ok(()) => v,
+                Err(e) => {
+                    drop(v);
+                    out_with(REPLY_SERDE, e.to_string().as_bytes())
+                }
+            },
+            Err(e) => out_with(REPLY_SERDE, e.to_string().as_bytes()),
         },
-        Ok(Err(e)) => serde_reply(&e),
+        Ok(Err(e)) => out_with(REPLY_SERDE, e.to_string().as_bytes()),
         Err(p) => {
             let PoolError::Panicked { message } = PoolError::from_panic(&*p) else {
                 unreachable!("from_panic makes Panicked")
@@ -462,14 +481,14 @@ fn run<R: Serialize>(body: impl FnOnce() -> Result<R, postcard::Error>) -> Vec<u
     }
 }
 
-fn serde_reply(e: &postcard::Error) -> Vec<u8> {
-    out_with(REPLY_SERDE, e.to_string().as_bytes())
-}
-
+/// A reply frame: `status`, then `bytes` (a message, cut to fit a frame).
 fn out_with(status: u8, bytes: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + bytes.len());
+    let bytes = &bytes[..bytes.len().min(frame::MAX_BODY - 1)];
+    let mut v = frame::start();
+    v.reserve(1 + bytes.len());
     v.push(status);
     v.extend_from_slice(bytes);
+    frame::finish(&mut v, "a reply").expect("cut to fit above");
     v
 }
 

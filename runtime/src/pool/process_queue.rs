@@ -81,14 +81,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::frame;
 use super::process::{poll_wait, wait_fd};
 use crate::reactor::{Interest, Registration, WaitError};
 use crate::sync::{Empty, Full, Timeout};
-use crate::sys::fork::{self, SharedMem};
+use crate::sys::fd;
+use crate::sys::shm::SharedMem;
 
 /// The data pipe's buffer is grown to this where the system allows.
 const DATA_PIPE_SIZE: usize = 1 << 20;
-const HEADER: usize = 4;
 
 /// A bounded queue of `T` shared by a parent and its forked children.
 /// `Send + Sync`; share it with an `Arc` captured by the child's closure.
@@ -116,15 +117,15 @@ impl<T: Serialize + DeserializeOwned> ProcessQueue<T> {
                 "ProcessQueue capacity must be at least 1",
             ));
         }
-        let (data_r, data_w) = fork::pipe(true)?;
-        let (slots_r, slots_w) = fork::pipe(true)?;
-        let (wlock_r, wlock_w) = fork::pipe(true)?;
-        let (rlock_r, rlock_w) = fork::pipe(true)?;
+        let (data_r, data_w) = fd::pipe(true)?;
+        let (slots_r, slots_w) = fd::pipe(true)?;
+        let (wlock_r, wlock_w) = fd::pipe(true)?;
+        let (rlock_r, rlock_w) = fd::pipe(true)?;
         // Best effort: a bigger buffer lets bigger items be put without a
         // consumer reading at the same time.
-        let _ = fork::set_pipe_size(data_w.as_raw_fd(), DATA_PIPE_SIZE);
+        let _ = fd::set_pipe_size(data_w.as_raw_fd(), DATA_PIPE_SIZE);
         if capacity > 65536 {
-            let got = fork::set_pipe_size(slots_w.as_raw_fd(), capacity).map_err(|e| {
+            let got = fd::set_pipe_size(slots_w.as_raw_fd(), capacity).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("ProcessQueue capacity {capacity} needs a pipe buffer that large: {e}"),
@@ -282,8 +283,8 @@ impl<T: Serialize + DeserializeOwned> ProcessQueue<T> {
     }
 
     fn put_deadline(&self, v: T, wait: Wait) -> Result<(), Put<T>> {
-        let payload = match postcard::to_allocvec(&v) {
-            Ok(p) => p,
+        let mut frame = match postcard::to_extend(&v, frame::start()) {
+            Ok(f) => f,
             Err(e) => {
                 return Err(Put::Io(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -291,16 +292,9 @@ impl<T: Serialize + DeserializeOwned> ProcessQueue<T> {
                 )));
             }
         };
-        let Ok(len) = u32::try_from(payload.len()) else {
-            return Err(Put::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "item larger than 4 GiB",
-            )));
-        };
-        let mut frame = Vec::with_capacity(HEADER + payload.len());
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&payload);
-        drop(payload);
+        if let Err(e) = frame::finish(&mut frame, "a serialized item") {
+            return Err(Put::Io(e));
+        }
 
         let slot = match acquire(&self.slots_r, &self.slots_w, wait) {
             Ok(Some(t)) => t,
@@ -426,7 +420,7 @@ impl Drop for Token {
 fn acquire(r: &OwnedFd, w: &OwnedFd, wait: Wait) -> io::Result<Option<Token>> {
     let mut b = [0u8; 1];
     loop {
-        match fork::read(r.as_raw_fd(), &mut b) {
+        match fd::read(r.as_raw_fd(), &mut b) {
             Ok(1) => return Ok(Some(Token { w: w.as_raw_fd() })),
             Ok(_) => {
                 return Err(io::Error::new(
@@ -445,7 +439,7 @@ fn acquire(r: &OwnedFd, w: &OwnedFd, wait: Wait) -> io::Result<Option<Token>> {
 }
 
 fn release(w: RawFd) -> io::Result<()> {
-    match fork::write(w, &[0], false)? {
+    match fd::write(w, &[0], false)? {
         1 => Ok(()),
         _ => Err(io::Error::other("token pipe refused a token")),
     }
@@ -455,7 +449,7 @@ fn fill(w: RawFd, n: usize) -> io::Result<()> {
     let zeros = [0u8; 4096];
     let mut left = n;
     while left > 0 {
-        let k = fork::write(w, &zeros[..left.min(zeros.len())], false)?;
+        let k = fd::write(w, &zeros[..left.min(zeros.len())], false)?;
         left -= k;
     }
     Ok(())
@@ -466,7 +460,7 @@ fn fill(w: RawFd, n: usize) -> io::Result<()> {
 fn write_frame(fd: RawFd, frame: &[u8]) -> io::Result<()> {
     let mut done = 0;
     while done < frame.len() {
-        match fork::write(fd, &frame[done..], false) {
+        match fd::write(fd, &frame[done..], false) {
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if done == 0 {
@@ -484,10 +478,10 @@ fn write_frame(fd: RawFd, frame: &[u8]) -> io::Result<()> {
 /// Reads one whole frame's payload: `None` if `wait` ran out before its
 /// first byte arrived.
 fn read_frame(fd: RawFd, wait: Wait) -> io::Result<Option<Vec<u8>>> {
-    let mut header = [0u8; HEADER];
+    let mut header = [0u8; frame::HEADER];
     let mut got = 0;
-    while got < HEADER {
-        match fork::read(fd, &mut header[got..]) {
+    while got < frame::HEADER {
+        match fd::read(fd, &mut header[got..]) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -505,11 +499,11 @@ fn read_frame(fd: RawFd, wait: Wait) -> io::Result<Option<Vec<u8>>> {
             Err(e) => return Err(e),
         }
     }
-    let len = u32::from_le_bytes(header) as usize;
+    let len = frame::body_len(header);
     let mut payload = vec![0u8; len];
     let mut got = 0;
     while got < len {
-        match fork::read(fd, &mut payload[got..]) {
+        match fd::read(fd, &mut payload[got..]) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -530,7 +524,7 @@ fn read_frame(fd: RawFd, wait: Wait) -> io::Result<Option<Vec<u8>>> {
 /// tear it, so it is left pending and the wait finishes by blocking the
 /// thread in `poll` (the peer is mid-frame too and will make progress).
 fn wait_committed(fd: RawFd, interest: Interest) -> io::Result<()> {
-    let Ok(dup) = fork::dup(fd) else {
+    let Ok(dup) = fd::dup(fd) else {
         return poll_wait(fd, interest, None).map(drop);
     };
     let Ok(reg) = Registration::new(dup.as_raw_fd()) else {

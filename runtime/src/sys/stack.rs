@@ -31,6 +31,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use corosensei::stack::StackPointer;
 
+use super::cvt::cvt;
+
 /// `MADV_GUARD_INSTALL` from Linux 6.13 (not yet in every libc crate).
 const MADV_GUARD_INSTALL: libc::c_int = 102;
 
@@ -148,23 +150,16 @@ fn install_guard(addr: usize, len: usize) -> io::Result<()> {
         // SAFETY: `[addr, addr + len)` is page aligned and inside the mapping
         // we just created; installing guard markers only affects that range.
         let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_GUARD_INSTALL) };
-        if r == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINVAL) {
-            return Err(err);
+        match cvt(r) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => return Err(e),
+            Err(_) => {}
         }
         // Older kernel: remember and fall back for good.
         NO_GUARD_INSTALL.store(true, Ordering::Relaxed);
     }
     // SAFETY: as above; PROT_NONE on our own fresh range.
-    let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_NONE) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    cvt(unsafe { libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_NONE) }).map(drop)
 }
 
 #[cfg(test)]

@@ -1,0 +1,105 @@
+//! Pipes, socket pairs and plain fd operations for the pools and processes.
+//!
+//! Contract for `pool::*`: each function is one syscall (or a short fixed
+//! sequence) reporting failure as `io::Error`, never panicking. Fds come
+//! back as [`OwnedFd`] with `O_CLOEXEC` set, so an `exec` in some child
+//! never leaks them. `read` and `write` retry `EINTR`; on a non-blocking
+//! fd they report `WouldBlock` and the caller waits through the hub.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use super::cvt::{cvt, cvt_r};
+
+/// A pipe `(read end, write end)`, both `O_CLOEXEC`, optionally
+/// non-blocking.
+pub(crate) fn pipe(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
+    // SAFETY: `fds` has room for the two fds pipe2 writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A connected `AF_UNIX` stream socket pair, `O_CLOEXEC`, blocking.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    let ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+    // SAFETY: `fds` has room for the two fds socketpair writes.
+    cvt(unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sets or clears `O_NONBLOCK` on `fd`; returns whether it was set before.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<bool> {
+    // SAFETY: fcntl on an fd number with F_GETFL/F_SETFL only reads and
+    // changes its status flags; a bad fd is reported as EBADF.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let new = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    if new != flags {
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, new) })?;
+    }
+    Ok(flags & libc::O_NONBLOCK != 0)
+}
+
+/// Grows a pipe's buffer to at least `bytes` (`F_SETPIPE_SZ`); returns the
+/// new size.
+pub(crate) fn set_pipe_size(fd: RawFd, bytes: usize) -> io::Result<usize> {
+    let want = libc::c_int::try_from(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pipe size too large"))?;
+    // SAFETY: as in `set_nonblocking`.
+    let r = cvt(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, want) })?;
+    Ok(r as usize)
+}
+
+/// `dup(fd)` with `O_CLOEXEC`.
+pub(crate) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: as in `set_nonblocking`.
+    let r = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: the new fd is ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// `close(2)` on a raw fd number (never retried: on Linux the fd is gone
+/// even when `close` reports `EINTR`).
+///
+/// # Safety
+/// Nothing in this process may use `fd` as the same open file afterwards:
+/// the caller owns the number, and every object that holds it (an
+/// [`OwnedFd`], a socket) is never used or dropped again. A freshly forked
+/// child closing fds whose owners live on in the parent is the intended use.
+pub(crate) unsafe fn close_raw(fd: RawFd) {
+    // SAFETY: closing an fd number has no memory-safety preconditions; the
+    // caller guarantees that no owner uses the number again.
+    let _ = cvt(unsafe { libc::close(fd) });
+}
+
+/// `read(2)`, retrying on `EINTR`.
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `buf`, writable for the call.
+    cvt_r(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }).map(|n| n as usize)
+}
+
+/// `write(2)` (or `send(MSG_NOSIGNAL)` on sockets, so a vanished peer is an
+/// `EPIPE` error rather than a `SIGPIPE`), retrying on `EINTR`.
+pub(crate) fn write(fd: RawFd, buf: &[u8], socket: bool) -> io::Result<usize> {
+    let (p, len) = (buf.as_ptr().cast(), buf.len());
+    cvt_r(|| {
+        // SAFETY: the pointer and length describe `buf`, readable for the call.
+        unsafe {
+            if socket {
+                libc::send(fd, p, len, libc::MSG_NOSIGNAL)
+            } else {
+                libc::write(fd, p, len)
+            }
+        }
+    })
+    .map(|n| n as usize)
+}

@@ -1,0 +1,125 @@
+//! Processes: `fork`, `_exit`, reaping, pidfds and signals to children.
+//!
+//! Contract for `pool::process` and `pool::pool_manager`: every process
+//! syscall they need is a small function here that reports failure as
+//! `io::Error`. Waits retry `EINTR` themselves.
+//!
+//! # fork's rules
+//!
+//! [`fork`] duplicates the whole address space but only the calling thread:
+//!
+//! * every other thread is simply absent in the child; a lock one of them
+//!   held (a `Mutex`, std's stdout lock, an allocator arena lock outside
+//!   glibc's own fork handling) stays locked forever there;
+//! * the child inherits every open fd, including the parent hub's epoll
+//!   instance and eventfd, which it must not use (the hub's
+//!   `forget_after_fork`);
+//! * the child should do simple work and leave with [`exit_now`], which runs
+//!   no `atexit` handlers and flushes no stdio buffer duplicated from the
+//!   parent.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use super::cvt::{cvt, cvt_r};
+
+/// Which side of a [`fork`] the caller is on.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    /// In the new process.
+    Child,
+    /// In the original process; the child's pid.
+    Parent(libc::pid_t),
+}
+
+/// `fork(2)`.
+///
+/// # Safety
+/// On [`Forked::Child`] the caller runs in a copy of the process that holds
+/// only the calling thread (see the module docs). It must:
+///
+/// * call the hub's `forget_after_fork` before any other moss call, so that
+///   no coroutine, stack or fd of the parent's hub is touched;
+/// * not wait for a lock another thread of the parent may have held at the
+///   fork, nor drop objects whose destructors act on shared kernel state
+///   owned by the parent (pool sockets, pidfds, the parent's threads);
+/// * leave through [`exit_now`], never by returning into code of the
+///   parent's frames above the fork.
+pub(crate) unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory-safety preconditions of its own; what the
+    // child may do afterwards is the caller's contract above.
+    match cvt(unsafe { libc::fork() })? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// Ends the calling process at once with `code` (`_exit(2)`): no destructors,
+/// no `atexit` handlers, no stdio flushing.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// It called `exit` with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+}
+
+/// `waitpid(pid, WNOHANG)`: `Ok(None)` while the child runs; `Ok(Some(..))`
+/// reaps it (the pid may be reused afterwards).
+pub(crate) fn try_wait(pid: libc::pid_t) -> io::Result<Option<Exit>> {
+    wait(pid, libc::WNOHANG)
+}
+
+/// `waitpid(pid, 0)`: blocks the thread until the child ends, and reaps it.
+pub(crate) fn wait_blocking(pid: libc::pid_t) -> io::Result<Exit> {
+    loop {
+        if let Some(e) = wait(pid, 0)? {
+            return Ok(e);
+        }
+    }
+}
+
+fn wait(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<Exit>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid out-pointer for the call's duration.
+        let r = cvt_r(|| unsafe { libc::waitpid(pid, &mut status, flags) })?;
+        if r == 0 {
+            return Ok(None);
+        }
+        if libc::WIFEXITED(status) {
+            return Ok(Some(Exit::Code(libc::WEXITSTATUS(status))));
+        }
+        if libc::WIFSIGNALED(status) {
+            return Ok(Some(Exit::Signal(libc::WTERMSIG(status))));
+        }
+        // Stopped/continued reports are not requested; keep waiting.
+        if flags & libc::WNOHANG != 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// `kill(pid, sig)`. The caller guarantees `pid` is its own unreaped child
+/// (so it cannot name a recycled pid).
+pub(crate) fn signal(pid: libc::pid_t, sig: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// `pidfd_open(pid, 0)` (Linux 5.3+): an fd that polls readable once the
+/// process has exited. `Unsupported`-like errors (`ENOSYS`) are returned as
+/// they are, so callers can fall back to polling `waitpid`.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: the raw syscall takes two integers and returns an fd or -1.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    // pidfds are created with O_CLOEXEC by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
