@@ -55,7 +55,7 @@
 mod addr;
 mod convert;
 pub(crate) mod fd;
-mod sys;
+pub(crate) mod sys;
 mod tcp;
 mod udp;
 mod unix;

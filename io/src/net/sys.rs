@@ -1,5 +1,6 @@
 //! Every syscall through which `moss::net` moves data, accepts, connects or
-//! changes an fd's blocking mode: the platform layer of the socket types.
+//! changes an fd's blocking mode: the platform layer of the socket types
+//! (and of the subprocess pipes, which share their engine).
 //!
 //! # Contract
 //!
@@ -37,6 +38,23 @@ use socket2::SockAddr;
 /// Sets or clears `O_NONBLOCK` on `fd` (`fcntl`); returns whether it was
 /// set before. The runtime's platform layer has the one implementation.
 pub(crate) use moss_runtime::sys::fd::set_nonblocking;
+
+/// `read(2)` on a non-blocking pipe end (`EAGAIN` makes the caller wait on
+/// the hub).
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writing `buf.len()` bytes; `fd` is the live
+    // pipe end of the caller.
+    let n = cvt(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })?;
+    Ok(n as usize)
+}
+
+/// `write(2)` on a non-blocking pipe end.
+pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reading `buf.len()` bytes; `fd` is the live
+    // pipe end of the caller.
+    let n = cvt(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
+    Ok(n as usize)
+}
 
 /// How a receive treats the queued data.
 #[derive(Clone, Copy, PartialEq, Eq)]

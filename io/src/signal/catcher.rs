@@ -50,6 +50,8 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
+use moss_runtime::sys::cvt::cvt;
+
 /// Signal numbers are 1..NSIG.
 pub(crate) const NSIG: usize = 65;
 
@@ -273,9 +275,7 @@ fn install(sig: usize) -> io::Result<()> {
     unsafe { libc::sigemptyset(&mut sa.sa_mask) };
     let mut old = MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: valid new and old action pointers.
-    if unsafe { libc::sigaction(sig as c_int, &sa, old.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::sigaction(sig as c_int, &sa, old.as_mut_ptr()) })?;
     // SAFETY: sigaction succeeded and filled `old`.
     let old = unsafe { old.assume_init() };
     // Already ours (left installed by a parent, or a forward in progress):
@@ -350,10 +350,7 @@ fn claim() -> io::Result<&'static Bell> {
         p = b.next;
     }
     // SAFETY: plain syscall; the fd is owned below.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
     let mut head = BELLS.load(Ordering::Acquire);
     let node = Box::into_raw(Box::new(Bell {
         fd,

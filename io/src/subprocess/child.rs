@@ -10,6 +10,7 @@ use moss_runtime::reactor::{self, Interest};
 
 use super::reaper;
 use crate::net::fd::Evented;
+use crate::net::sys;
 
 /// A child process started by [`Command`](super::Command):
 /// [`std::process::Child`] whose waits and pipes yield to the hub.
@@ -229,30 +230,6 @@ impl fmt::Debug for Child {
     }
 }
 
-/// `read(2)` on a pipe end, never blocking the thread (the fd is
-/// non-blocking; `EAGAIN` makes the caller wait on the hub).
-fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writing `buf.len()` bytes; `fd` is the live
-    // pipe end of the caller.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for reading `buf.len()` bytes; `fd` is the live
-    // pipe end of the caller.
-    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 macro_rules! pipe_type {
     ($(#[$doc:meta])* $name:ident, $std:ident) => {
         $(#[$doc])*
@@ -315,7 +292,7 @@ pipe_type!(
 
 impl Write for ChildStdin {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_op(|p| write_fd(p.as_raw_fd(), buf))
+        self.inner.write_op(|p| sys::write(p.as_raw_fd(), buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -327,7 +304,7 @@ impl Read for ChildStdout {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = buf.len();
         self.inner
-            .read_op(Some(n), |p| read_fd(p.as_raw_fd(), buf), |&k| k)
+            .read_op(Some(n), |p| sys::read(p.as_raw_fd(), buf), |&k| k)
     }
 }
 
@@ -335,6 +312,6 @@ impl Read for ChildStderr {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = buf.len();
         self.inner
-            .read_op(Some(n), |p| read_fd(p.as_raw_fd(), buf), |&k| k)
+            .read_op(Some(n), |p| sys::read(p.as_raw_fd(), buf), |&k| k)
     }
 }
