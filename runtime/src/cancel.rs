@@ -1,11 +1,21 @@
 //! Cancellation: how `kill` and `timeout` reach a coroutine.
 //!
-//! A cancellation is *requested* by setting the target's pending cancel
-//! (`Header::cancel`) and, if the target is parked, waking it with
-//! `Wakeup::Cancelled`. It is *delivered* when the target is at a blocking
-//! point (a park, a `yield_now`): the pending value is taken and the target
-//! unwinds with a [`Cancelled`] payload (via `resume_unwind`, so the panic
-//! hook stays silent), running its destructors.
+//! ```text
+//!   kill / timeout fires          the target's blocking point            the catcher
+//!  ───────────────────────        ──────────────────────────────         ─────────────────
+//!   request: set the pending  ──▶ park returns Cancelled (or the    ──▶  timeout(): its own
+//!   cancellation; a parked        pending value is seen at entry)        scope → Elapsed
+//!   target is woken with          deliver: take it, unwind with          task body: a kill
+//!   Wakeup::Cancelled             Cancelled (resume_unwind: the          → JoinError::is_killed
+//!                                 panic hook stays silent)
+//! ```
+//!
+//! A cancellation is *requested* by setting the target's pending cancel (its
+//! [`TaskState`](crate::task::TaskState)) and, if the target is parked,
+//! waking it with `Wakeup::Cancelled`. It is *delivered* when the target is at
+//! a blocking point (a park, a `yield_now`): the pending value is taken and
+//! the target unwinds with a [`Cancelled`] payload (via `resume_unwind`, so
+//! the panic hook stays silent), running its destructors.
 //!
 //! * Delivered once: the pending value is consumed on delivery; a second
 //!   `kill` of a coroutine already killed only waits for it to die. So a
@@ -22,6 +32,15 @@
 //!   reaching one, a kill it observed that way still makes `join` report
 //!   `is_killed()` (and a `timeout` reports `Elapsed`).
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::coroutine::Elapsed;
+use crate::hub::Hub;
+use crate::task::{Header, State, Task, Wakeup};
+use crate::timer::Action;
+
 /// A pending cancellation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Cancel {
@@ -35,3 +54,94 @@ pub(crate) enum Cancel {
 /// User code that catches panics may see it; it should resume the unwind.
 #[derive(Debug)]
 pub struct Cancelled(pub(crate) Cancel);
+
+/// Requests cancellation of the task `t`: records it and wakes `t` if it is
+/// parked. Nothing happens if a cancellation that wins is already pending.
+pub(crate) fn request(hub: &Hub, t: &Rc<dyn Task>, c: Cancel) {
+    let st = &t.header().state;
+    let requested = match c {
+        Cancel::Kill => st.request_kill(),
+        Cancel::Timeout(scope) => st.request_timeout(scope),
+    };
+    if requested {
+        hub.wake_parked(t, Wakeup::Cancelled);
+    }
+}
+
+/// Unwinds the current context with its pending cancellation.
+///
+/// # Panics
+/// If no cancellation is pending.
+pub(crate) fn deliver(hub: &Hub) -> ! {
+    let c = hub
+        .current_header()
+        .state
+        .take_cancel()
+        .expect("deliver_cancel without a pending cancellation");
+    resume_unwind(Box::new(Cancelled(c)))
+}
+
+/// Kills the task whose control block is `h` and waits until it has died
+/// (see `JoinHandle::kill`).
+pub(crate) fn kill(h: &Header) {
+    let hub = Hub::current();
+    let Some(t) = hub.task(h.key.get(), h.id.0) else {
+        return; // done
+    };
+    if h.state.is(State::New) {
+        h.state.kill_unstarted();
+        if let Some(k) = h.timer.take() {
+            hub.timers.borrow_mut().cancel(k);
+        }
+        t.finish_unstarted(None);
+        hub.finish(&t);
+        return;
+    }
+    request(hub, &t, Cancel::Kill);
+    if hub.current_header().id == h.id {
+        deliver(hub);
+    }
+    while !h.state.is(State::Done) {
+        h.add_joiner(hub.current_header().token());
+        if hub.park(None, "kill") == Wakeup::Cancelled {
+            deliver(hub);
+        }
+    }
+}
+
+/// `moss::timeout`: runs `f` in a new timeout scope of the calling context.
+pub(crate) fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
+    let hub = Hub::current();
+    let Some(deadline) = Instant::now().checked_add(d) else {
+        return Ok(f());
+    };
+    let h = hub.current_header();
+    let scope = hub.new_scope();
+    let timer = if d.is_zero() {
+        // Fires at the first blocking point: pending from the start.
+        h.state.request_timeout(scope);
+        None
+    } else {
+        Some(
+            hub.timers
+                .borrow_mut()
+                .insert(deadline, Action::Timeout(h.token(), scope)),
+        )
+    };
+    let r = catch_unwind(AssertUnwindSafe(f));
+    if let Some(k) = timer {
+        hub.timers.borrow_mut().cancel(k);
+    }
+    // Fired, but `f` returned before reaching a blocking point: drop it. If a
+    // non-unwinding wait (a monkey hook) failed because of it, `f`'s value is
+    // that failure: report the timeout instead.
+    let seen = h.state.end_timeout(scope);
+    match r {
+        Ok(_) if seen => Err(Elapsed::new(d)),
+        Ok(v) => Ok(v),
+        Err(p) => match p.downcast_ref::<Cancelled>() {
+            Some(Cancelled(Cancel::Timeout(s))) if *s == scope => Err(Elapsed::new(d)),
+            _ => resume_unwind(p),
+        },
+    }
+}

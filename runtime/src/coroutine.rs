@@ -6,15 +6,13 @@
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::panic::{AssertUnwindSafe, Location, catch_unwind, resume_unwind};
+use std::panic::Location;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::cancel::{Cancel, Cancelled};
 use crate::hub::Hub;
 use crate::stack_pool::{DEFAULT_STACK_SIZE, normalize_size};
 use crate::task::{CoroutineId, Header, JoinError, JoinSlot, State, TaskCell, Wakeup};
-use crate::timer::Action;
 
 /// Spawns a coroutine on the calling thread's hub and returns its handle.
 ///
@@ -202,7 +200,7 @@ impl<T> JoinHandle<T> {
             match hub.park(deadline, "join") {
                 Wakeup::Notified => {}
                 Wakeup::TimedOut => return Err(self),
-                Wakeup::Cancelled => hub.deliver_cancel(),
+                Wakeup::Cancelled => crate::cancel::deliver(hub),
             }
         }
     }
@@ -220,12 +218,12 @@ impl<T> JoinHandle<T> {
     /// assert!(h.join().unwrap_err().is_killed());
     /// ```
     pub fn kill(&self) {
-        kill_task(self.header());
+        crate::cancel::kill(self.header());
     }
 
     /// Whether the coroutine has finished (returned, panicked or was killed).
     pub fn is_finished(&self) -> bool {
-        self.header().state.get() == State::Done
+        self.header().state.is(State::Done)
     }
 
     /// The coroutine's id.
@@ -249,33 +247,7 @@ impl<T> fmt::Debug for JoinHandle<T> {
     }
 }
 
-/// [`JoinHandle::kill`] by control block, for pools that track coroutines
-/// whose handles they gave away.
-pub(crate) fn kill_task(h: &Header) {
-    let hub = Hub::current();
-    let Some(t) = hub.task(h.key.get(), h.id.0) else {
-        return;
-    }; // done
-    if h.state.get() == State::New {
-        h.killed.set(true);
-        if let Some(k) = h.timer.take() {
-            hub.timers.borrow_mut().cancel(k);
-        }
-        t.finish_unstarted(None);
-        hub.finish(&t);
-        return;
-    }
-    hub.request_cancel(&t, Cancel::Kill);
-    if hub.current_header().id == h.id {
-        hub.deliver_cancel();
-    }
-    while h.state.get() != State::Done {
-        h.add_joiner(hub.current_header().token());
-        if hub.park(None, "kill") == Wakeup::Cancelled {
-            hub.deliver_cancel();
-        }
-    }
-}
+pub(crate) use crate::cancel::kill as kill_task;
 
 /// Joins every handle, returning the results in input order.
 ///
@@ -299,7 +271,7 @@ pub fn sleep(d: Duration) {
     loop {
         match hub.park(deadline, "sleep") {
             Wakeup::TimedOut => return,
-            Wakeup::Cancelled => hub.deliver_cancel(),
+            Wakeup::Cancelled => crate::cancel::deliver(hub),
             // Nothing else wakes a sleep, but stay robust to stray wake-ups.
             Wakeup::Notified => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -362,6 +334,12 @@ impl fmt::Display for Elapsed {
     }
 }
 
+impl Elapsed {
+    pub(crate) fn new(after: Duration) -> Elapsed {
+        Elapsed { after }
+    }
+}
+
 impl std::error::Error for Elapsed {}
 
 impl From<Elapsed> for io::Error {
@@ -382,44 +360,7 @@ impl From<Elapsed> for io::Error {
 /// assert_eq!(moss_runtime::timeout(Duration::from_secs(5), || 7), Ok(7));
 /// ```
 pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
-    let hub = Hub::current();
-    let Some(deadline) = Instant::now().checked_add(d) else {
-        return Ok(f());
-    };
-    let h = hub.current_header();
-    let scope = hub.new_scope();
-    let timer = if d.is_zero() {
-        if h.cancel.get().is_none() {
-            h.cancel.set(Some(Cancel::Timeout(scope)));
-        }
-        None
-    } else {
-        Some(
-            hub.timers
-                .borrow_mut()
-                .insert(deadline, Action::Timeout(h.token(), scope)),
-        )
-    };
-    let r = catch_unwind(AssertUnwindSafe(f));
-    if let Some(k) = timer {
-        hub.timers.borrow_mut().cancel(k);
-    }
-    let mut seen = false;
-    if h.cancel.get() == Some(Cancel::Timeout(scope)) {
-        // Fired, but `f` returned before reaching a blocking point. If a
-        // non-unwinding wait (a monkey hook) failed because of it, `f`'s
-        // value is that failure: report the timeout instead.
-        h.cancel.set(None);
-        seen = h.cancel_seen.replace(false);
-    }
-    match r {
-        Ok(_) if seen => Err(Elapsed { after: d }),
-        Ok(v) => Ok(v),
-        Err(p) => match p.downcast_ref::<Cancelled>() {
-            Some(Cancelled(Cancel::Timeout(s))) if *s == scope => Err(Elapsed { after: d }),
-            _ => resume_unwind(p),
-        },
-    }
+    crate::cancel::timeout(d, f)
 }
 
 /// Runs `f` on this thread, then runs the hub until every coroutine of this
@@ -452,7 +393,7 @@ pub fn wait() {
         let me = hub.current_header();
         hub.idle_waiters.borrow_mut().push(me.token());
         if hub.park(None, "wait") == Wakeup::Cancelled {
-            hub.deliver_cancel();
+            crate::cancel::deliver(hub);
         }
     }
 }

@@ -26,7 +26,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
-use std::panic::Location;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +34,7 @@ use std::time::{Duration, Instant};
 use corosensei::CoroutineResult;
 use slab::Slab;
 
-use crate::cancel::{Cancel, Cancelled};
+use crate::cancel::{self, Cancel};
 use crate::io_slot::IoSlot;
 use crate::stack_pool::StackPool;
 use crate::task::{CoroutineId, Header, ROOT_KEY, RootTask, State, Task, Token, Wakeup, header_of};
@@ -136,6 +135,9 @@ pub(crate) struct Hub {
     next_scope: Cell<u64>,
     /// An alternate signal stack this hub installed (freed on drop).
     altstack: Cell<Option<(usize, usize)>>,
+    /// The root's park (by sequence number) that ends when its entry in the
+    /// run queue comes up (`yield_now` on the root).
+    root_turn: Cell<Option<u64>>,
 }
 
 thread_local! {
@@ -171,13 +173,7 @@ impl Hub {
             waker,
         });
         let first = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
-        let root = Rc::new(RootTask(Header::new(
-            CoroutineId(first),
-            Some(Rc::from("main")),
-            0,
-            Location::caller(),
-        )));
-        root.0.state.set(State::Running);
+        let root = Rc::new(RootTask(Header::new_root(CoroutineId(first))));
         Ok(Hub {
             tasks: RefCell::new(Slab::new()),
             run_queue: RunQueue::default(),
@@ -196,6 +192,7 @@ impl Hub {
             idle_waiters: RefCell::new(Vec::new()),
             next_scope: Cell::new(1),
             altstack: Cell::new(None),
+            root_turn: Cell::new(None),
         })
     }
 
@@ -322,52 +319,30 @@ impl Hub {
         let Some(t) = self.task(token.key, token.id) else {
             return false;
         };
-        let h = t.header();
-        if h.park_seq.get() != token.seq || h.state.get() != State::Parked {
+        if !t.header().state.wake(token.seq, why) {
             return false;
         }
-        self.make_ready(t, why);
+        self.schedule(t);
         true
     }
 
-    fn make_ready(&self, t: Rc<dyn Task>, why: Wakeup) {
-        let h = t.header();
-        h.wakeup.set(why);
-        h.state.set(State::Ready);
-        if !h.is_root() {
+    /// Ends whatever park `t` is in with `why` (a cancellation); false if it
+    /// is not parked.
+    pub(crate) fn wake_parked(&self, t: &Rc<dyn Task>, why: Wakeup) -> bool {
+        if !t.header().state.wake_parked(why) {
+            return false;
+        }
+        self.schedule(t.clone());
+        true
+    }
+
+    /// Queues a task that became Ready (a woken root needs no queue: its
+    /// loop sees the state).
+    #[inline]
+    fn schedule(&self, t: Rc<dyn Task>) {
+        if !header_of(&t).is_root() {
             self.run_queue.push(t);
         }
-    }
-
-    /// Requests cancellation of the task `t` (see `cancel.rs`).
-    pub(crate) fn request_cancel(&self, t: &Rc<dyn Task>, c: Cancel) {
-        let h = t.header();
-        match (h.cancel.get(), c) {
-            (Some(Cancel::Kill), _) => return,
-            (Some(Cancel::Timeout(_)), Cancel::Timeout(_)) => return,
-            _ => {}
-        }
-        if c == Cancel::Kill {
-            if h.killed.get() {
-                return;
-            }
-            h.killed.set(true);
-        }
-        h.cancel.set(Some(c));
-        if h.state.get() == State::Parked {
-            self.make_ready(t.clone(), Wakeup::Cancelled);
-        }
-    }
-
-    /// Unwinds the current context with its pending cancellation.
-    pub(crate) fn deliver_cancel(&self) -> ! {
-        let h = self.current_header();
-        let c = h
-            .cancel
-            .take()
-            .expect("deliver_cancel without a pending cancellation");
-        h.cancel_seen.set(false);
-        std::panic::resume_unwind(Box::new(Cancelled(c)))
     }
 
     /// Suspends the current context until woken, the deadline passes, or a
@@ -378,28 +353,30 @@ impl Hub {
     #[inline(always)]
     pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str) -> Wakeup {
         let h = self.current_header();
-        if h.cancel.get().is_some() {
-            h.cancel_seen.set(true);
+        if h.state.cancel_pending() {
+            h.state.mark_seen();
             return Wakeup::Cancelled;
+        }
+        if !h.is_root() {
+            // Before any state changes: a failed check leaves nothing behind.
+            crate::greenlet::assert_not_in_greenlet();
         }
         if deadline.is_some() && !self.arm_park_timer(h, deadline) {
             return Wakeup::TimedOut;
         }
         h.waiting_on.set(what);
-        h.state.set(State::Parked);
+        h.state.park();
         if h.is_root() {
             self.run_until(Until::RootReady, true);
         } else {
             self.suspend(h);
         }
-        h.state.set(State::Running);
-        h.park_seq.set(h.park_seq.get() + 1);
+        let w = h.state.end_park();
         if h.timer.get().is_some() {
             self.disarm_park_timer(h);
         }
-        let w = h.wakeup.get();
         if w == Wakeup::Cancelled {
-            h.cancel_seen.set(true);
+            h.state.mark_seen();
         }
         w
     }
@@ -428,7 +405,6 @@ impl Hub {
     fn suspend(&self, h: &Header) {
         let y = h.yielder.get();
         debug_assert!(!y.is_null(), "suspend outside a coroutine");
-        crate::greenlet::assert_not_in_greenlet();
         // SAFETY: `yielder` is the `&Yielder` corosensei gave this task's body,
         // alive on its stack while the body runs; we run on that stack now
         // (current is this task), so it is alive and ours to suspend.
@@ -443,15 +419,17 @@ impl Hub {
     #[inline(always)]
     pub(crate) fn yield_now(&self) {
         let h = self.current_header();
-        if h.cancel.get().is_some() {
-            self.deliver_cancel();
+        if h.state.cancel_pending() {
+            cancel::deliver(self);
         }
         if h.is_root() {
-            // Let every task that is ready now run once, then poll.
-            h.state.set(State::Parked);
+            // Let every task that is ready now run once, then poll: the root
+            // parks until its own turn in the run queue comes.
+            self.root_turn.set(Some(h.state.park_seq()));
+            h.state.park();
             self.run_queue.push(self.root.clone());
             self.run_until(Until::RootReady, true);
-            h.state.set(State::Running);
+            h.state.end_park();
             self.poll_once(Some(Duration::ZERO));
         } else {
             let n = self.since_poll.get() + 1;
@@ -459,13 +437,13 @@ impl Hub {
             if n < BATCH && self.run_queue.is_empty() {
                 return;
             }
+            crate::greenlet::assert_not_in_greenlet();
             // The hub loop requeues a task that suspends in state Ready.
-            h.state.set(State::Ready);
+            h.state.yield_();
             self.suspend(h);
-            h.state.set(State::Running);
         }
-        if h.cancel.get().is_some() {
-            self.deliver_cancel();
+        if h.state.cancel_pending() {
+            cancel::deliver(self);
         }
     }
 
@@ -474,7 +452,7 @@ impl Hub {
     pub(crate) fn run_until(&self, until: Until, strict: bool) -> bool {
         debug_assert!(!self.in_coroutine(), "the hub loop runs on the root only");
         let done = || match until {
-            Until::RootReady => self.root.0.state.get() != State::Parked,
+            Until::RootReady => !self.root.0.state.is(State::Parked),
             Until::NoTasks => self.tasks.borrow().is_empty(),
         };
         loop {
@@ -536,15 +514,17 @@ impl Hub {
     fn resume(&self, t: Rc<dyn Task>) {
         self.since_poll.set(self.since_poll.get() + 1);
         let h = header_of(&t);
+        if h.is_root() {
+            // The root queued itself in `yield_now`: its turn ends that park
+            // (unless something else ended it first).
+            if let Some(seq) = self.root_turn.take() {
+                h.state.wake(seq, Wakeup::Notified);
+            }
+            return;
+        }
         match h.state.get() {
             State::Ready | State::New => {}
             State::Done => return, // killed while queued
-            s if h.is_root() => {
-                // The root queued itself in `yield_now`.
-                debug_assert_eq!(s, State::Parked);
-                h.state.set(State::Ready);
-                return;
-            }
             s => unreachable!("resume of a task in state {s:?}"),
         }
         // SAFETY: the coroutine cell is only touched here and in `finish`,
@@ -568,7 +548,7 @@ impl Hub {
                 body.run();
             }));
         }
-        h.state.set(State::Running);
+        h.state.resume();
         let prev = self.current.replace(h);
         let r = coro.as_mut().expect("bound above").resume(());
         self.current.set(prev);
@@ -590,7 +570,7 @@ impl Hub {
     /// Marks `t` done, releases its slab entry and wakes its joiners.
     pub(crate) fn finish(&self, t: &Rc<dyn Task>) {
         let h = t.header();
-        h.state.set(State::Done);
+        h.state.complete();
         if let Some(k) = h.timer.take() {
             self.timers.borrow_mut().cancel(k);
         }
@@ -665,22 +645,23 @@ impl Hub {
                 Action::Wake(tok) => {
                     if let Some(t) = self.task(tok.key, tok.id) {
                         let h = t.header();
-                        if h.park_seq.get() == tok.seq && h.state.get() == State::Parked {
+                        if h.state.wake(tok.seq, Wakeup::TimedOut) {
+                            // The timer has fired: nothing to disarm.
                             h.timer.set(None);
-                            self.make_ready(t, Wakeup::TimedOut);
+                            self.schedule(t);
                         }
                     }
                 }
                 Action::Timeout(tok, scope) => {
                     if let Some(t) = self.task(tok.key, tok.id) {
-                        self.request_cancel(&t, Cancel::Timeout(scope));
+                        cancel::request(self, &t, Cancel::Timeout(scope));
                     }
                 }
                 Action::Start(tok) => {
                     if let Some(t) = self.task(tok.key, tok.id) {
                         let h = t.header();
                         h.timer.set(None);
-                        if h.state.get() == State::New {
+                        if h.state.is(State::New) {
                             self.run_queue.push(t);
                         }
                     }

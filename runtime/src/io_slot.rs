@@ -224,7 +224,7 @@ impl Registration {
                 io::ErrorKind::NotConnected,
                 WaitError::Closed,
             )),
-            Err(WaitError::Cancelled) => Hub::current().deliver_cancel(),
+            Err(WaitError::Cancelled) => crate::cancel::deliver(Hub::current()),
         }
     }
 
@@ -260,8 +260,8 @@ impl Registration {
             if std::mem::take(flag) || hup {
                 return Ok(());
             }
-            if h.cancel.get().is_some() {
-                h.cancel_seen.set(true);
+            if h.state.cancel_pending() {
+                h.state.mark_seen();
                 return Err(WaitError::Cancelled);
             }
             waiters.push(h.token());

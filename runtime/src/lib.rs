@@ -14,7 +14,7 @@
 //!   shared by coroutines and threads.
 //!
 //! Architecture notes live next to the code: the hub loop in `hub.rs`, a
-//! coroutine's life cycle in `task.rs`, cancellation in `cancel.rs`, stacks
+//! coroutine's life cycle in `task/state.rs`, cancellation in `cancel.rs`, stacks
 //! in `stack_pool.rs` and `sys/`.
 
 #![deny(unsafe_op_in_unsafe_fn)]

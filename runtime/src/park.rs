@@ -108,7 +108,7 @@ pub fn park(deadline: Option<Instant>, what: &'static str) -> Wakeup {
 pub fn park_cancellable(deadline: Option<Instant>, what: &'static str) -> Wakeup {
     let hub = Hub::current();
     match hub.park(deadline, what) {
-        Wakeup::Cancelled => hub.deliver_cancel(),
+        Wakeup::Cancelled => crate::cancel::deliver(hub),
         w => w,
     }
 }
@@ -118,12 +118,12 @@ pub fn park_cancellable(deadline: Option<Instant>, what: &'static str) -> Wakeup
 /// # Panics
 /// If no cancellation is pending.
 pub fn deliver_cancel() -> ! {
-    Hub::current().deliver_cancel()
+    crate::cancel::deliver(Hub::current())
 }
 
 /// Whether a cancellation is pending for the calling context.
 pub fn cancel_pending() -> bool {
-    Hub::try_current().is_some_and(|h| h.current_header().cancel.get().is_some())
+    Hub::try_current().is_some_and(|h| h.current_header().state.cancel_pending())
 }
 
 /// Unwinds now if a cancellation is pending: a cancellation point.

@@ -253,7 +253,7 @@ pub(crate) fn park_waiter<T, G>(
     let hub = Hub::current();
     loop {
         let mut why = hub.park(deadline, what);
-        if why != Wakeup::Cancelled && hub.current_header().cancel.get().is_some() {
+        if why != Wakeup::Cancelled && hub.current_header().state.cancel_pending() {
             // Woken by a hand-off, then killed before it ran: the kill takes
             // effect at this blocking point, so what was handed is passed on.
             why = Wakeup::Cancelled;

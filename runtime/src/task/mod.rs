@@ -1,44 +1,32 @@
-//! A coroutine's control block and its life cycle.
+//! A coroutine's control block ([`Header`]), the typed cell that holds its
+//! closure and result ([`TaskCell`]), and the error a failed join returns.
 //!
-//! ```text
-//!            spawn                 first resume binds a stack
-//!   ─────────────────▶ New ────────────────────────────────┐
-//!                       │  kill before start                ▼
-//!                       └──────────────▶ Done ◀──────── Running ◀───┐
-//!                                         ▲   body returned │ │      │ resume
-//!                                         │   or unwound    │ │ park │
-//!                                         └─────────────────┘ ▼      │
-//!                                                           Parked ──┤
-//!                                              wake / timer / cancel │
-//!                                                           Ready ───┘
-//!                                          (yield_now: Running → Ready)
-//! ```
-//!
-//! * `New`: spawned, closure and control block only, no stack. It sits in the
-//!   run queue (or waits for its `spawn_later` timer).
-//! * `Ready`: in the run queue, suspended.
-//! * `Running`: the hub resumed it; exactly one task (or the root) per hub.
-//! * `Parked`: suspended at a blocking point; `park_seq` identifies this wait,
-//!   so a wake meant for an earlier wait is ignored.
-//! * `Done`: the result is in the task's slot; the stack went back to the pool.
+//! The life cycle and the cancellation state live in [`state`]: a context's
+//! [`TaskState`] changes only through the transitions named there.
 //!
 //! The root (the thread's own stack) has a control block too; it is never
 //! `New` or `Done`, and "resuming" it means returning from the hub loop that
 //! runs on its stack.
 
-use std::any::Any;
+mod error;
+mod state;
+
+pub use error::JoinError;
+pub use state::Wakeup;
+pub(crate) use state::{State, TaskState};
+
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::io;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::rc::Rc;
-use std::sync::Mutex;
 
 use corosensei::{Coroutine, Yielder};
 
-use crate::cancel::{Cancel, Cancelled};
+use crate::cancel::Cancel;
 use crate::sys::stack::Stack;
 use crate::timer::TimerKey;
+use error::Repr;
 
 /// The corosensei coroutine type every task runs on.
 pub(crate) type Coro = Coroutine<(), (), (), Stack>;
@@ -77,28 +65,6 @@ pub(crate) struct Token {
     pub seq: u64,
 }
 
-/// See the module docs for the transitions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum State {
-    New,
-    Ready,
-    Running,
-    Parked,
-    Done,
-}
-
-/// How a park ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wakeup {
-    /// Somebody woke this wait (the condition may hold; re-check it).
-    Notified,
-    /// The park's own deadline passed.
-    TimedOut,
-    /// A `kill` or an enclosing `timeout` wants this coroutine to unwind.
-    /// The cancellation stays pending until it is delivered.
-    Cancelled,
-}
-
 /// The control block shared by the hub, the coroutine and its `JoinHandle`.
 pub(crate) struct Header {
     pub id: CoroutineId,
@@ -106,21 +72,11 @@ pub(crate) struct Header {
     pub name: Option<Rc<str>>,
     pub stack_size: usize,
     pub spawn_site: &'static Location<'static>,
-    pub state: Cell<State>,
+    /// Life cycle and cancellation: changed only through its transitions.
+    pub state: TaskState,
     /// What a parked task waits on, for `dump`.
     pub waiting_on: Cell<&'static str>,
-    pub park_seq: Cell<u64>,
-    pub wakeup: Cell<Wakeup>,
     pub timer: Cell<Option<TimerKey>>,
-    /// A requested cancellation not yet delivered.
-    pub cancel: Cell<Option<Cancel>>,
-    /// A kill was requested; later kills are no-ops ("delivered once").
-    pub killed: Cell<bool>,
-    /// A non-unwinding wait (`park`, `wait_raw`) reported the pending
-    /// cancellation to a caller that fails its call instead of unwinding (a
-    /// monkey hook): `timeout` then reports `Elapsed` even if its closure
-    /// returns. Cleared when a cancellation is delivered.
-    pub cancel_seen: Cell<bool>,
     /// The first waiter for this task to finish (the usual single `join`).
     pub joiner: Cell<Option<Token>>,
     /// Further waiters (a `kill` and a `join` at once, say).
@@ -148,19 +104,22 @@ impl Header {
             name,
             stack_size,
             spawn_site,
-            state: Cell::new(State::New),
+            state: TaskState::new(),
             waiting_on: Cell::new(""),
-            park_seq: Cell::new(0),
-            wakeup: Cell::new(Wakeup::Notified),
             timer: Cell::new(None),
-            cancel: Cell::new(None),
-            killed: Cell::new(false),
-            cancel_seen: Cell::new(false),
             joiner: Cell::new(None),
             more_joiners: Cell::new(None),
             coroutine: UnsafeCell::new(None),
             yielder: Cell::new(std::ptr::null()),
             guard: Cell::new(0),
+        }
+    }
+
+    /// The control block of a thread's root: running from the start.
+    pub(crate) fn new_root(id: CoroutineId) -> Header {
+        Header {
+            state: TaskState::new_root(),
+            ..Header::new(id, Some(Rc::from("main")), 0, Location::caller())
         }
     }
 
@@ -182,7 +141,7 @@ impl Header {
         Token {
             key: self.key.get(),
             id: self.id.0,
-            seq: self.park_seq.get(),
+            seq: self.state.park_seq(),
         }
     }
 
@@ -267,8 +226,8 @@ where
             // failed call, with no moss blocking point after it to deliver
             // it: the coroutine ended because of the kill, so say so.
             Ok(_)
-                if self.header.cancel.get() == Some(Cancel::Kill)
-                    && self.header.cancel_seen.get() =>
+                if self.header.state.pending() == Some(Cancel::Kill)
+                    && self.header.state.seen() =>
             {
                 Err(JoinError::new(&self.header, Repr::Killed))
             }
@@ -330,126 +289,6 @@ impl Task for RootTask {
         unreachable!("the root is never resumed as a coroutine")
     }
     fn finish_unstarted(&self, _: Option<io::Error>) {}
-}
-
-/// A panic payload made `Sync`, so that `JoinError` can be sent and shared
-/// like any error.
-struct Payload(Mutex<Box<dyn Any + Send>>);
-
-enum Repr {
-    Panic(Payload),
-    Killed,
-    Spawn(io::Error),
-}
-
-/// Why a coroutine did not return a value: it panicked, it was killed, or its
-/// stack could not be allocated.
-///
-/// ```
-/// let h = moss_runtime::spawn(|| -> u32 { panic!("boom") });
-/// let err = h.join().unwrap_err();
-/// assert!(err.is_panic());
-/// assert!(err.to_string().contains("boom"));
-/// ```
-pub struct JoinError(Box<ErrorInner>);
-
-struct ErrorInner {
-    id: CoroutineId,
-    name: Option<String>,
-    message: Option<String>,
-    repr: Repr,
-}
-
-impl JoinError {
-    fn new(h: &Header, repr: Repr) -> JoinError {
-        JoinError(Box::new(ErrorInner {
-            id: h.id,
-            name: h.name.as_deref().map(str::to_owned),
-            message: None,
-            repr,
-        }))
-    }
-
-    fn from_payload(h: &Header, payload: Box<dyn Any + Send>) -> JoinError {
-        if payload.is::<Cancelled>() {
-            return JoinError::new(h, Repr::Killed);
-        }
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned());
-        let mut e = JoinError::new(h, Repr::Panic(Payload(Mutex::new(payload))));
-        e.0.message = message;
-        e
-    }
-
-    /// The coroutine panicked.
-    pub fn is_panic(&self) -> bool {
-        matches!(self.0.repr, Repr::Panic(_))
-    }
-
-    /// The coroutine was killed (by [`JoinHandle::kill`](crate::JoinHandle::kill)),
-    /// before it started or at a blocking point.
-    pub fn is_killed(&self) -> bool {
-        matches!(self.0.repr, Repr::Killed)
-    }
-
-    /// The id of the coroutine that failed.
-    pub fn id(&self) -> CoroutineId {
-        self.0.id
-    }
-
-    /// The panic payload, to re-raise with `std::panic::resume_unwind`.
-    ///
-    /// # Panics
-    /// If the error is not a panic (check [`is_panic`](Self::is_panic)).
-    pub fn into_panic(self) -> Box<dyn Any + Send> {
-        match self.0.repr {
-            Repr::Panic(p) => p.0.into_inner().unwrap_or_else(|e| e.into_inner()),
-            _ => panic!("JoinError::into_panic called on an error that is not a panic: {self}"),
-        }
-    }
-
-    /// The payload if it is a panic, or the error back.
-    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, JoinError> {
-        if self.is_panic() {
-            Ok(self.into_panic())
-        } else {
-            Err(self)
-        }
-    }
-}
-
-impl fmt::Display for JoinError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0.name {
-            Some(n) => write!(f, "coroutine '{n}' (#{})", self.0.id)?,
-            None => write!(f, "coroutine #{}", self.0.id)?,
-        }
-        match &self.0.repr {
-            Repr::Panic(_) => match &self.0.message {
-                Some(m) => write!(f, " panicked: {m}"),
-                None => write!(f, " panicked"),
-            },
-            Repr::Killed => write!(f, " was killed"),
-            Repr::Spawn(e) => write!(f, " could not start: {e}"),
-        }
-    }
-}
-
-impl fmt::Debug for JoinError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "JoinError({self})")
-    }
-}
-
-impl std::error::Error for JoinError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.0.repr {
-            Repr::Spawn(e) => Some(e),
-            _ => None,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,366 @@
+//! The one owner of a coroutine's scheduling and cancellation state.
+//!
+//! Everything the hub, a waker, a `kill` or a `timeout` may change about a
+//! context (a coroutine, or a thread's root) lives in [`TaskState`] and
+//! changes only through the named transitions below. Each transition
+//! `debug_assert!`s the state it may start from, so an illegal sequence
+//! (resuming a parked task, waking a running one, ...) fails loudly in debug
+//! builds and costs nothing in release builds.
+//!
+//! ```text
+//!                 spawn
+//!   ─────────────────────────▶ New ──────────────────────────┐
+//!                               │ resume (first run:          │ complete_unstarted
+//!                               │ binds a stack)              │ (killed before start,
+//!                               ▼                             │  or no stack)
+//!             resume   ┌──── Running ─────┐ complete           ▼
+//!          ┌──────────▶│                  ├─────────────────▶ Done
+//!          │           └─┬─────────────┬──┘ (body returned
+//!          │     yield_  │             │ park    or unwound)
+//!          │             ▼             ▼
+//!          └──────── Ready ◀──wake── Parked
+//!                          (notify, deadline,
+//!                           request_cancel)
+//! ```
+//!
+//! | transition            | from            | to      | who                              |
+//! |-----------------------|-----------------|---------|----------------------------------|
+//! | `resume`              | New, Ready      | Running | the hub loop, before a switch in |
+//! | `park`                | Running         | Parked  | the context itself               |
+//! | `wake`, `wake_parked` | Parked          | Ready   | a waker (same park only), timer, cancel |
+//! | `end_park`            | Running, Ready  | Running | the context, back from its park (a root is not resumed: its loop returns) |
+//! | `yield_`              | Running         | Ready   | a coroutine's `yield_now`        |
+//! | `complete`            | Running, New    | Done    | the hub, when the body returned or a never-run task is dropped |
+//!
+//! The root is created `Running` and is never `New` or `Done`.
+//!
+//! *A park* is identified by the context's `park_seq`: a waker carries the
+//! sequence number of the park it was made for, and `end_park` increments it,
+//! so a stale waker (its wait already over) finds a different number and does
+//! nothing.
+//!
+//! *Cancellation* (see `cancel.rs` for how it is delivered) is a pending
+//! value next to the life cycle: `request_kill`/`request_timeout` set it,
+//! `take_cancel` consumes it when it is delivered as an unwind, and
+//! `mark_seen` records that a non-unwinding wait reported it to a caller that
+//! failed its call instead. `killed` is sticky: a coroutine is killed once.
+
+use std::cell::Cell;
+
+use crate::cancel::Cancel;
+
+/// Where a context is in its life cycle (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Spawned, not yet run: a closure and a control block, no stack.
+    New,
+    /// Runnable: in the run queue (or a woken root about to return from its
+    /// hub loop).
+    Ready,
+    /// Executing now: at most one context per hub.
+    Running,
+    /// Suspended at a blocking point, waiting for the wake of this park.
+    Parked,
+    /// Finished; the result is in the task's slot, its stack back in the pool.
+    Done,
+}
+
+/// How a park ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Somebody woke this wait (the condition may hold; re-check it).
+    Notified,
+    /// The park's own deadline passed.
+    TimedOut,
+    /// A `kill` or an enclosing `timeout` wants this coroutine to unwind.
+    /// The cancellation stays pending until it is delivered.
+    Cancelled,
+}
+
+/// `cancel` encoding: no cancellation pending.
+const NO_CANCEL: u64 = 0;
+/// `cancel` encoding: a kill is pending (timeout scopes are numbered from 1).
+const KILL: u64 = u64::MAX;
+
+/// A context's scheduling and cancellation state; see the module docs.
+///
+/// # Invariants
+/// Only the hub's thread touches it (it is `!Sync`: `Cell`s), and only
+/// through the methods below.
+pub(crate) struct TaskState {
+    lifecycle: Cell<State>,
+    /// How the last park ended (valid from `wake` until the next `park`).
+    wakeup: Cell<Wakeup>,
+    /// A kill was requested once; later kills are no-ops.
+    killed: Cell<bool>,
+    /// A non-unwinding wait reported the pending cancellation to its caller
+    /// (a monkey hook failed its call): a `timeout` then reports `Elapsed`
+    /// even if its closure returns, and a kill makes `join` report
+    /// `is_killed()`. Cleared when a cancellation is taken for delivery.
+    cancel_seen: Cell<bool>,
+    /// The pending cancellation, encoded: `NO_CANCEL`, `KILL` or a timeout
+    /// scope number.
+    cancel: Cell<u64>,
+    /// Identifies the current (or next) park.
+    park_seq: Cell<u64>,
+}
+
+impl TaskState {
+    /// A spawned coroutine.
+    pub(crate) const fn new() -> TaskState {
+        TaskState::with(State::New)
+    }
+
+    /// A thread's root: running from the start.
+    pub(crate) const fn new_root() -> TaskState {
+        TaskState::with(State::Running)
+    }
+
+    const fn with(s: State) -> TaskState {
+        TaskState {
+            lifecycle: Cell::new(s),
+            wakeup: Cell::new(Wakeup::Notified),
+            killed: Cell::new(false),
+            cancel_seen: Cell::new(false),
+            cancel: Cell::new(NO_CANCEL),
+            park_seq: Cell::new(0),
+        }
+    }
+
+    // ---- the life cycle ----
+
+    #[inline]
+    pub(crate) fn get(&self) -> State {
+        self.lifecycle.get()
+    }
+
+    #[inline]
+    pub(crate) fn is(&self, s: State) -> bool {
+        self.lifecycle.get() == s
+    }
+
+    /// The sequence number of the current (or next) park, for wakers.
+    #[inline]
+    pub(crate) fn park_seq(&self) -> u64 {
+        self.park_seq.get()
+    }
+
+    /// New/Ready → Running: the hub switches into the context.
+    #[inline]
+    pub(crate) fn resume(&self) {
+        debug_assert!(
+            matches!(self.get(), State::New | State::Ready),
+            "resume from {:?}",
+            self.get()
+        );
+        self.lifecycle.set(State::Running);
+    }
+
+    /// Running → Parked: the context suspends at a blocking point.
+    #[inline]
+    pub(crate) fn park(&self) {
+        debug_assert!(self.is(State::Running), "park from {:?}", self.get());
+        self.lifecycle.set(State::Parked);
+    }
+
+    /// Parked → Ready, if `seq` is the current park: a waker for this wait.
+    /// False if that wait is already over (a stale waker).
+    #[inline]
+    pub(crate) fn wake(&self, seq: u64, why: Wakeup) -> bool {
+        if self.park_seq.get() != seq || !self.is(State::Parked) {
+            return false;
+        }
+        self.wakeup.set(why);
+        self.lifecycle.set(State::Ready);
+        true
+    }
+
+    /// Parked → Ready, whichever park it is in (a cancellation); false if
+    /// the context is not parked.
+    #[inline]
+    pub(crate) fn wake_parked(&self, why: Wakeup) -> bool {
+        if !self.is(State::Parked) {
+            return false;
+        }
+        self.wakeup.set(why);
+        self.lifecycle.set(State::Ready);
+        true
+    }
+
+    /// Back from a park: Running (a resumed coroutine) or Ready (a woken root
+    /// whose hub loop returned) → Running; ends this park (its wakers go
+    /// stale) and returns how it ended.
+    #[inline]
+    pub(crate) fn end_park(&self) -> Wakeup {
+        debug_assert!(
+            matches!(self.get(), State::Running | State::Ready),
+            "end_park from {:?}",
+            self.get()
+        );
+        self.lifecycle.set(State::Running);
+        self.park_seq.set(self.park_seq.get() + 1);
+        self.wakeup.get()
+    }
+
+    /// Running → Ready: a coroutine yields (the hub loop requeues it).
+    #[inline]
+    pub(crate) fn yield_(&self) {
+        debug_assert!(self.is(State::Running), "yield from {:?}", self.get());
+        self.lifecycle.set(State::Ready);
+    }
+
+    /// Running/New → Done: the body returned (or unwound), or a task that
+    /// never ran is completed (killed before its start, no stack).
+    #[inline]
+    pub(crate) fn complete(&self) {
+        debug_assert!(
+            matches!(self.get(), State::Running | State::New),
+            "complete from {:?}",
+            self.get()
+        );
+        self.lifecycle.set(State::Done);
+    }
+
+    // ---- cancellation ----
+
+    /// Records a kill. Returns false if one was requested before ("delivered
+    /// once": nothing to do). A kill replaces a pending timeout.
+    #[inline]
+    pub(crate) fn request_kill(&self) -> bool {
+        if self.killed.get() {
+            return false;
+        }
+        self.killed.set(true);
+        self.cancel.set(KILL);
+        true
+    }
+
+    /// Records the expiry of the `timeout` scope `scope`; false if a
+    /// cancellation is already pending (that one is delivered first).
+    #[inline]
+    pub(crate) fn request_timeout(&self, scope: u64) -> bool {
+        debug_assert!(scope != NO_CANCEL && scope != KILL);
+        if self.cancel.get() != NO_CANCEL {
+            return false;
+        }
+        self.cancel.set(scope);
+        true
+    }
+
+    /// The pending cancellation, if any.
+    #[inline]
+    pub(crate) fn pending(&self) -> Option<Cancel> {
+        match self.cancel.get() {
+            NO_CANCEL => None,
+            KILL => Some(Cancel::Kill),
+            scope => Some(Cancel::Timeout(scope)),
+        }
+    }
+
+    /// Whether a cancellation is pending (the hot-path check).
+    #[inline]
+    pub(crate) fn cancel_pending(&self) -> bool {
+        self.cancel.get() != NO_CANCEL
+    }
+
+    /// Takes the pending cancellation for delivery (as an unwind); clears
+    /// `cancel_seen`.
+    #[inline]
+    pub(crate) fn take_cancel(&self) -> Option<Cancel> {
+        let c = self.pending();
+        self.cancel.set(NO_CANCEL);
+        self.cancel_seen.set(false);
+        c
+    }
+
+    /// A non-unwinding wait reported the pending cancellation to its caller.
+    #[inline]
+    pub(crate) fn mark_seen(&self) {
+        debug_assert!(self.cancel_pending(), "mark_seen without a cancellation");
+        self.cancel_seen.set(true);
+    }
+
+    /// Whether a pending cancellation was reported without being delivered.
+    #[inline]
+    pub(crate) fn seen(&self) -> bool {
+        self.cancel_seen.get()
+    }
+
+    /// The `timeout` scope `scope` ends: drops its cancellation if it is
+    /// still pending (it fired but was never delivered) and returns whether a
+    /// non-unwinding wait reported it.
+    #[inline]
+    pub(crate) fn end_timeout(&self, scope: u64) -> bool {
+        if self.cancel.get() != scope {
+            return false;
+        }
+        self.cancel.set(NO_CANCEL);
+        self.cancel_seen.replace(false)
+    }
+
+    /// A coroutine killed before it ever ran: marks it killed without a
+    /// pending cancellation (there is nothing to unwind).
+    #[inline]
+    pub(crate) fn kill_unstarted(&self) {
+        debug_assert!(self.is(State::New), "kill_unstarted from {:?}", self.get());
+        self.killed.set(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_park_is_woken_once_and_stale_wakers_do_nothing() {
+        let s = TaskState::new();
+        s.resume();
+        let seq = s.park_seq();
+        s.park();
+        assert!(s.wake(seq, Wakeup::TimedOut));
+        assert!(!s.wake(seq, Wakeup::Notified), "already woken");
+        s.resume();
+        assert_eq!(s.end_park(), Wakeup::TimedOut);
+        s.park();
+        assert!(
+            !s.wake(seq, Wakeup::Notified),
+            "a waker of the previous park"
+        );
+        assert!(s.wake_parked(Wakeup::Cancelled));
+    }
+
+    #[test]
+    fn a_kill_is_requested_once_and_beats_a_timeout() {
+        let s = TaskState::new_root();
+        assert!(s.request_timeout(3));
+        assert!(!s.request_timeout(4));
+        assert!(s.request_kill());
+        assert!(!s.request_kill());
+        assert_eq!(s.pending(), Some(Cancel::Kill));
+        s.mark_seen();
+        assert!(s.seen());
+        assert_eq!(s.take_cancel(), Some(Cancel::Kill));
+        assert!(!s.seen() && !s.cancel_pending() && s.killed.get());
+        assert!(!s.request_kill(), "killed once");
+    }
+
+    #[test]
+    fn a_timeout_scope_clears_only_its_own_cancellation() {
+        let s = TaskState::new_root();
+        assert!(s.request_timeout(7));
+        assert!(!s.end_timeout(6));
+        assert_eq!(s.pending(), Some(Cancel::Timeout(7)));
+        s.mark_seen();
+        assert!(s.end_timeout(7));
+        assert!(!s.cancel_pending());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "park from Parked")]
+    fn an_illegal_transition_fails_in_debug_builds() {
+        let s = TaskState::new_root();
+        s.park();
+        s.park();
+    }
+}
