@@ -19,6 +19,16 @@
 //! * Names (`"localhost:80"`, `("example.org", 80)`) resolve through
 //!   [`lookup_host`]'s resolver threads, never `getaddrinfo` on the hub.
 //!
+//! # TLS
+//!
+//! No wrapper type is needed: a TLS library that works over any
+//! `Read + Write` transport, such as rustls' `StreamOwned`, runs over a
+//! [`TcpStream`], and its handshake and record I/O then park only the
+//! calling coroutine. Set a read timeout on the socket to bound how long a
+//! peer that stalls mid-handshake can hold its coroutine. The repository's
+//! `examples/tls_echo.rs` shows a TLS [`StreamServer`](crate::server::StreamServer)
+//! and client.
+//!
 //! # Threads
 //!
 //! The types are `Send + Sync` like std's. A socket registers with the hub
