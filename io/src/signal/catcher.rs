@@ -224,10 +224,19 @@ pub(crate) fn owner() -> i32 {
 pub(crate) fn add_user(sig: usize) -> io::Result<()> {
     let g = lock();
     own(&g);
-    if USERS[sig].load(Ordering::Acquire) == 0 {
-        install(sig)?;
+    counted_install(sig)
+}
+
+/// Counts a user, then installs the catcher if it is the first: counting
+/// first means a delivery caught right after the install is counted, never
+/// forwarded to the old disposition (which would apply it permanently).
+fn counted_install(sig: usize) -> io::Result<()> {
+    if USERS[sig].fetch_add(1, Ordering::AcqRel) == 0
+        && let Err(e) = install(sig)
+    {
+        USERS[sig].fetch_sub(1, Ordering::AcqRel);
+        return Err(e);
     }
-    USERS[sig].fetch_add(1, Ordering::AcqRel);
     Ok(())
 }
 
@@ -241,10 +250,7 @@ pub(crate) fn make_sticky(sig: usize) -> io::Result<()> {
     if STICKY[sig].load(Ordering::Acquire) {
         return Ok(());
     }
-    if USERS[sig].load(Ordering::Acquire) == 0 {
-        install(sig)?;
-    }
-    USERS[sig].fetch_add(1, Ordering::AcqRel);
+    counted_install(sig)?;
     STICKY[sig].store(true, Ordering::Release);
     Ok(())
 }
