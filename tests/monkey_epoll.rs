@@ -12,27 +12,13 @@ use mio::{Events, Interest, Poll, Token};
 mod util;
 
 fn patched_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    moss::monkey::patch_all();
-    util::on_thread(Duration::from_secs(30), f)
-}
-
-/// Counts 10 ms ticks until killed: a blocked hub lets none through.
-fn ticker() -> (Rc<Cell<u32>>, moss::JoinHandle<()>) {
-    let ticks = Rc::new(Cell::new(0));
-    let t = ticks.clone();
-    let h = moss::spawn(move || {
-        loop {
-            moss::sleep(Duration::from_millis(10));
-            t.set(t.get() + 1);
-        }
-    });
-    (ticks, h)
+    util::on_patched_thread(Duration::from_secs(30), f)
 }
 
 #[test]
 fn mio_loops_in_coroutines_wake_on_their_events_and_overlap() {
     patched_thread(|| {
-        let (ticks, tk) = ticker();
+        let (ticks, tk) = util::ticker();
         let t = Instant::now();
         let hs: Vec<_> = (0..8u8)
             .map(|i| {

@@ -2,35 +2,20 @@
 //! `Child::wait`, `status`, `output` and `wait_with_output` park instead of
 //! blocking the hub.
 
-use std::cell::Cell;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 mod util;
 
 fn patched_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    moss::monkey::patch_all();
-    util::on_thread(Duration::from_secs(60), f)
-}
-
-fn ticker() -> (Rc<Cell<u32>>, moss::JoinHandle<()>) {
-    let ticks = Rc::new(Cell::new(0));
-    let t = ticks.clone();
-    let h = moss::spawn(move || {
-        loop {
-            moss::sleep(Duration::from_millis(10));
-            t.set(t.get() + 1);
-        }
-    });
-    (ticks, h)
+    util::on_patched_thread(Duration::from_secs(60), f)
 }
 
 #[test]
 fn fifty_std_sleep_processes_overlap() {
     patched_thread(|| {
-        let (ticks, tk) = ticker();
+        let (ticks, tk) = util::ticker();
         let t = Instant::now();
         let hs: Vec<_> = (0..50)
             .map(|_| moss::spawn(|| Command::new("sleep").arg("0.2").status().unwrap()))
@@ -53,7 +38,7 @@ fn fifty_std_sleep_processes_overlap() {
 #[test]
 fn std_wait_with_output_of_big_pipes_yields() {
     patched_thread(|| {
-        let (ticks, tk) = ticker();
+        let (ticks, tk) = util::ticker();
         let n = 4 << 20;
         let hs: Vec<_> = (0..4)
             .map(|_| {

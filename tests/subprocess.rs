@@ -11,19 +11,6 @@ use moss::subprocess::{Command, Stdio};
 
 mod util;
 
-/// Counts 10 ms ticks until killed: a blocked hub lets none through.
-fn ticker() -> (Rc<Cell<u32>>, moss::JoinHandle<()>) {
-    let ticks = Rc::new(Cell::new(0));
-    let t = ticks.clone();
-    let h = moss::spawn(move || {
-        loop {
-            moss::sleep(Duration::from_millis(10));
-            t.set(t.get() + 1);
-        }
-    });
-    (ticks, h)
-}
-
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
@@ -45,7 +32,7 @@ fn busy_child() -> Command {
 #[test]
 fn communicate_10mb_each_way_without_deadlock() {
     let _wd = util::watchdog("communicate 10 MB", Duration::from_secs(60));
-    let (ticks, tk) = ticker();
+    let (ticks, tk) = util::ticker();
     let input = pattern(MB10);
     let out = busy_child().spawn().unwrap().communicate(&input).unwrap();
     assert!(out.status.success(), "{:?}", out.status);
@@ -128,7 +115,7 @@ fn a_missing_program_is_not_found() {
 #[test]
 fn waits_from_coroutines_overlap_and_the_hub_keeps_running() {
     let _wd = util::watchdog("overlapping waits", Duration::from_secs(60));
-    let (ticks, tk) = ticker();
+    let (ticks, tk) = util::ticker();
     let t = Instant::now();
     let hs: Vec<_> = (0..20)
         .map(|_| moss::spawn(|| Command::new("sleep").arg("0.2").status().unwrap()))
@@ -307,7 +294,7 @@ fn a_pipeline_through_std_stdio() {
 #[test]
 fn pipes_are_read_cooperatively_while_the_child_runs() {
     let _wd = util::watchdog("cooperative pipe", Duration::from_secs(60));
-    let (ticks, tk) = ticker();
+    let (ticks, tk) = util::ticker();
     let mut c = Command::new("sh")
         .args(["-c", "sleep 0.2; printf late"])
         .stdout(Stdio::piped())
