@@ -357,6 +357,29 @@ impl Hub {
             h.state.mark_seen();
             return Wakeup::Cancelled;
         }
+        self.park_now(h, deadline, what)
+    }
+
+    /// [`park`](Self::park) for a wait that cannot fail: a cancellation
+    /// already pending does not end it (it stays pending, marked seen). Only
+    /// a new, stronger one (a kill over a pending timeout) ends it early.
+    pub(crate) fn park_shielded(&self, deadline: Option<Instant>, what: &'static str) -> Wakeup {
+        let h = self.current_header();
+        if h.state.cancel_pending() {
+            h.state.mark_seen();
+        }
+        self.park_now(h, deadline, what)
+    }
+
+    /// Whether the current context runs its own code: false while the hub
+    /// loop runs on the root's stack (the root is parked then), where a park
+    /// would re-enter the loop.
+    pub(crate) fn context_running(&self) -> bool {
+        self.current_header().state.get() == State::Running
+    }
+
+    #[inline(always)]
+    fn park_now(&self, h: &Header, deadline: Option<Instant>, what: &'static str) -> Wakeup {
         if !h.is_root() {
             // Before any state changes: a failed check leaves nothing behind.
             crate::greenlet::assert_not_in_greenlet();

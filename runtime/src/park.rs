@@ -138,13 +138,28 @@ pub fn hub_exists() -> bool {
     Hub::try_current().is_some()
 }
 
-/// Whether the calling context may park cooperatively: this thread has a hub
-/// and the caller is not a greenlet driven by a coroutine (which cannot
-/// suspend that coroutine from its own stack). Code that cannot report an
-/// error (C ABI hooks) blocks the thread instead when this is false.
+/// Whether the calling context may park cooperatively: this thread has a hub,
+/// the caller is a running coroutine or root (not the hub loop itself, which
+/// runs on the root's stack while the root is parked, e.g. taking a lock
+/// while it drains its cross-thread queue), and it is not a greenlet driven
+/// by a coroutine (which cannot suspend that coroutine from its own stack).
+/// Code that cannot report an error (C ABI hooks) blocks the thread instead
+/// when this is false.
 #[inline]
 pub fn can_park() -> bool {
-    Hub::try_current().is_some() && !crate::greenlet::in_coroutine_driven_greenlet()
+    Hub::try_current().is_some_and(|h| h.context_running())
+        && !crate::greenlet::in_coroutine_driven_greenlet()
+}
+
+/// [`park`] for a wait that cannot fail (a lock that must be acquired): a
+/// cancellation that is already pending neither prevents the park nor ends
+/// it. It stays pending, to be delivered at the next blocking point that
+/// can unwind, and counts as seen (see [`park`]'s callers in C hooks).
+/// Returns `Cancelled` only if a kill arrives over a pending timeout while
+/// parked. Never unwinds.
+#[inline]
+pub fn park_shielded(deadline: Option<Instant>, what: &'static str) -> Wakeup {
+    Hub::current().park_shielded(deadline, what)
 }
 
 /// Whether the caller runs in a coroutine (not on a thread's root).

@@ -40,6 +40,8 @@
 //! | child processes | `waitpid wait4` (one child, by pidfd) | `hooks_wait.rs` |
 //! | sleeping | `nanosleep clock_nanosleep usleep sleep` | `hooks_time.rs` |
 //! | names | `getaddrinfo` | `hooks_dns.rs` |
+//! | std::sync (x86_64 only) | `syscall` (private `FUTEX_WAIT`/`WAKE`, their `_BITSET` forms, `REQUEUE`, `CMP_REQUEUE`, `WAKE_OP`) | `hooks_futex.rs` |
+//! | thread joins | `pthread_join` | `hooks_thread.rs` |
 //!
 //! **Linking.** An archive member nothing references is silently dropped by
 //! the linker, and with it the hooks. [`patch_all`] therefore references a
@@ -68,6 +70,52 @@
 //!   can be the client of a server coroutine on its own thread. Sleeps park
 //!   on hub timers; `poll`/`select` wait on a temporary epoll registered
 //!   with the hub; `getaddrinfo` runs on a helper thread.
+//!
+//! # std::sync and thread joins
+//!
+//! On Linux, std's `Mutex`, `Condvar`, `RwLock`, `Once`, `OnceLock`,
+//! `LazyLock`, `Barrier` and thread parking (`mpsc` channels,
+//! `thread::park`, `thread::scope`) wait and wake through libc's
+//! `syscall(SYS_futex, ...)`. After `patch_all`, a private futex wait from
+//! a context with a hub parks that context on a moss-side wait table (a
+//! root runs its hub meanwhile), and a futex wake from any thread wakes
+//! those waiters as well as the kernel's (`hooks_futex.rs` has the
+//! protocol). So two coroutines of one hub can share a `std::sync::Mutex`
+//! held across a blocking call, pass values through `std::sync::mpsc`,
+//! wait on a `Condvar` or a `OnceLock` being initialised, and a crate's
+//! internal locks and queues (tiny_http's request queue) stop freezing the
+//! hub. `std::thread::JoinHandle::join` (`pthread_join`) waits the same
+//! way. An uncontended lock never calls the futex, so it costs nothing.
+//!
+//! Cancellation: a `kill`/`timeout` ends a futex wait as a spurious
+//! wake-up; std then waits again (a lock must be taken) and further waits
+//! ignore the pending cancellation, which is delivered at the coroutine's
+//! next moss blocking point (with the guard held, unwinding releases it).
+//! A `pthread_join` likewise keeps waiting.
+//!
+//! What stays blocking (the thread waits in the kernel, as before):
+//!
+//! * every futex wait outside a context that can park: threads without a
+//!   hub, the hub loop itself, greenlets driven by a coroutine;
+//! * shared (process-shared) futexes, PI futexes, `futex_waitv`;
+//! * futexes other code waits on without libc's `syscall()`: glibc's own
+//!   `pthread_mutex_lock`, `pthread_cond_wait`, `sem_wait`,
+//!   `pthread_once`, C libraries built on them, and any inline `syscall`
+//!   instruction;
+//! * `pthread_timedjoin_np`/`pthread_clockjoin_np`;
+//! * all of it on targets other than x86_64 Linux (where a plain function
+//!   cannot stand in for the variadic `syscall`), except `pthread_join`.
+//!
+//! Limits: std's thread parker is one word per OS thread, made for one
+//! waiter. Several coroutines of one thread parked in it at once (each in
+//! `mpsc::Receiver::recv`, say) are supported by the hook (see
+//! `hooks_futex.rs`), at the price of periodic re-checks (every 1–50 ms)
+//! while it lasts. Libraries that keep a per-thread wait record besides the
+//! futex word (parking_lot's thread data) assume one blocked waiter per
+//! thread: do not block two coroutines of one thread in them at once.
+//! A coroutine blocked in a lock held by another coroutine of its own
+//! thread that never reaches a blocking point still waits forever, as a
+//! thread would.
 //!
 //! The hub's own syscalls never take the cooperative path: `epoll_wait`
 //! cooperates only in coroutines (the hub polls on the root), `epoll_ctl`
@@ -125,6 +173,9 @@
 //! * A coroutine killed inside `std::process::Child::wait` gets an error
 //!   and leaves the child unreaped (a zombie once it exits, as after any
 //!   failed wait); `moss::subprocess` reaps dropped children itself.
+//! * A futex wait on an unmapped address faults in the hook (the kernel
+//!   would return `EFAULT`); null and misaligned addresses go to the
+//!   kernel, which reports them.
 //! * If the hub refuses to register an fd (someone else registered it with
 //!   this hub already), that call waits in `poll(2)`, blocking the thread.
 //! * Reads of datagram and seqpacket sockets and ttys always try the
@@ -137,9 +188,12 @@
 mod fdtable;
 mod hooks_dns;
 mod hooks_epoll;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod hooks_futex;
 mod hooks_io;
 mod hooks_poll;
 mod hooks_sock;
+mod hooks_thread;
 mod hooks_time;
 mod hooks_wait;
 mod real;
@@ -156,7 +210,7 @@ pub(crate) fn patched() -> bool {
 
 /// Addresses of every hook, referenced by `patch_all` so that the linker
 /// keeps all of them in any binary that calls it.
-struct Hooks([*const (); 38]);
+struct Hooks([*const (); 39]);
 // SAFETY: function addresses, never dereferenced as data.
 unsafe impl Sync for Hooks {}
 
@@ -200,6 +254,7 @@ static HOOKS: Hooks = Hooks([
     hooks_epoll::epoll_pwait as *const (),
     hooks_wait::waitpid as *const (),
     hooks_wait::wait4 as *const (),
+    hooks_thread::pthread_join as *const (),
 ]);
 
 /// Makes blocking libc calls cooperative in every coroutine of every thread
@@ -213,6 +268,11 @@ static HOOKS: Hooks = Hooks([
 /// ```
 pub fn patch_all() {
     std::hint::black_box(&HOOKS.0);
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        std::hint::black_box(hooks_futex::syscall as *const ());
+        hooks_futex::init();
+    }
     real::resolve_all();
     PATCHED.store(true, Ordering::Release);
 }

@@ -8,7 +8,7 @@
 //! path only runs for hooked calls made before patching (where the hooks
 //! still have to behave exactly like libc).
 //!
-//! `fcntl` and `ioctl` are variadic in C. The hooks receive their optional
+//! `fcntl`, `ioctl` and `syscall` are variadic in C. The hooks receive their optional
 //! third argument as one pointer-sized integer (see `hooks_sock.rs`), and
 //! forward it to the real variadic function through a variadic function
 //! pointer type, which Rust calls with the C variadic convention.
@@ -61,6 +61,8 @@ macro_rules! real_fns {
             $( std::hint::black_box($name()); )*
             std::hint::black_box(fcntl());
             std::hint::black_box(ioctl());
+            #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+            std::hint::black_box(syscall());
         }
     };
 }
@@ -107,6 +109,7 @@ real_fns! {
     epoll_pwait: fn(c_int, *mut libc::epoll_event, c_int, c_int, *const libc::sigset_t) -> c_int;
     waitpid: fn(libc::pid_t, *mut c_int, c_int) -> libc::pid_t;
     wait4: fn(libc::pid_t, *mut c_int, c_int, *mut libc::rusage) -> libc::pid_t;
+    pthread_join: fn(libc::pthread_t, *mut *mut c_void) -> c_int;
 }
 
 /// libc's `fcntl(int, int, ...)`.
@@ -134,6 +137,23 @@ pub(crate) fn ioctl() -> unsafe extern "C" fn(c_int, c_ulong, ...) -> c_int {
     // SAFETY: `p` is libc's `ioctl`, whose C prototype this is.
     unsafe {
         std::mem::transmute::<*mut c_void, unsafe extern "C" fn(c_int, c_ulong, ...) -> c_int>(p)
+    }
+}
+
+/// libc's `syscall(long, ...)`.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[inline(always)]
+pub(crate) fn syscall() -> unsafe extern "C" fn(libc::c_long, ...) -> libc::c_long {
+    static SLOT: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+    let mut p = SLOT.load(Ordering::Relaxed);
+    if p.is_null() {
+        p = resolve(&SLOT, c"syscall");
+    }
+    // SAFETY: `p` is libc's `syscall`, whose C prototype this is.
+    unsafe {
+        std::mem::transmute::<*mut c_void, unsafe extern "C" fn(libc::c_long, ...) -> libc::c_long>(
+            p,
+        )
     }
 }
 
