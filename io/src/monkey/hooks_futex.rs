@@ -64,27 +64,32 @@
 //! after it, e.g. with the guard held, unwinding drops it. If none comes,
 //! `join` reports the kill and `timeout` reports `Elapsed`.
 //!
-//! # Thread parking shared by coroutines
+//! # Thread parking
 //!
-//! std's thread parker is one futex word per OS thread (0 empty,
-//! 1 notified, `u32::MAX` parked), built for a single waiter. Two contexts
-//! of one thread parked in it at once (two coroutines each blocked in
-//! `mpsc::Receiver::recv`, say) break its state machine: the second
-//! decrement leaves `u32::MAX - 1`, which would make the second waiter spin
-//! and every `unpark` silent. The hook recognises that state (a wait for
-//! `u32::MAX` on a word another context of the same thread waits on, found
-//! decremented), repairs the word and switches that address to *group
-//! mode* for this thread: every waiter on it is woken by any wake-up of
-//! the word and re-checks its own condition (the hook hands each escaping
-//! waiter the "notified" state std's loop needs). Because a waiter leaving
-//! the parker briefly leaves the word "empty" while others still wait, an
-//! `unpark` from another thread landing in that window would not call the
-//! futex at all; group-mode waiters therefore also re-check periodically
-//! (1 ms, backing off to 50 ms while the mode lasts), which bounds such a
-//! wake-up's delay instead of losing it. A single waiter per thread (the
-//! usual case) is woken precisely.
+//! std's thread parker (`thread::park`, used by `mpsc` channels and
+//! `thread::scope`) is one futex word per OS thread (0 empty, 1 notified,
+//! `u32::MAX` parked), made for one waiter: a second context of the same
+//! thread that parks while the word reads "parked" decrements it below
+//! that and then spins in std without ever making a syscall. So a context
+//! that parks cooperatively must not leave the word "parked": the hook
+//! finds the thread's parker word once (a `park_timeout(0)` probe on the
+//! thread's first futex wait), and a wait on it sets the word to "empty",
+//! sleeps, and hands std's loop the "notified" state when it returns, so
+//! that the caller re-checks its own condition (mpsc's "was my operation
+//! selected"). Any number of contexts of one thread can park this way,
+//! and none can lose a wake-up, but an `unpark` no longer calls the futex
+//! while the word is "empty": parked contexts re-check on a timer, 1 ms
+//! after parking, doubling while no token arrives, up to 16 ms. That is
+//! the latency of a std channel hand-off to a coroutine (moss's own
+//! channels wake precisely).
+//!
+//! std's channels never pair a sender with a receiver of the sender's own
+//! thread (their waker skips entries of the current thread), so a blocking
+//! `recv` in a coroutine is only ever woken by a send from another thread
+//! (or another hub). Between two coroutines of one thread, use moss's
+//! channels, or `recv_timeout` (which retries the channel at its deadline).
 
-use std::cell::{RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::ffi::{c_int, c_long};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::time::{Duration, Instant};
@@ -98,9 +103,6 @@ const MATCH_ANY: u32 = u32::MAX;
 /// std's thread parker states (futex.rs in std's thread_parking).
 const PARKER_NOTIFIED: u32 = 1;
 const PARKER_PARKED: u32 = u32::MAX;
-/// How far below `PARKER_PARKED` a parker word can be decremented by extra
-/// contexts of one thread before we stop recognising it.
-const PARKER_SLACK: u32 = 1 << 16;
 const BUCKETS: usize = 256;
 const WHAT: &str = "std::sync futex (monkey)";
 
@@ -130,7 +132,14 @@ pub unsafe extern "C" fn syscall(
 ) -> c_long {
     if n == libc::SYS_futex && patched() {
         // The kernel reads `op`, `val` and `val3` as 32-bit values.
-        if let Some(r) = futex(a1 as usize, a2 as c_int, a3 as u32, a4, a5 as usize, a6 as u32) {
+        if let Some(r) = futex(
+            a1 as usize,
+            a2 as c_int,
+            a3 as u32,
+            a4,
+            a5 as usize,
+            a6 as u32,
+        ) {
             return r;
         }
     }
@@ -139,13 +148,26 @@ pub unsafe extern "C" fn syscall(
 }
 
 /// A private futex operation, or `None` to pass it to the kernel as is.
-fn futex(uaddr: usize, op: c_int, val: u32, a4: c_long, uaddr2: usize, val3: u32) -> Option<c_long> {
+fn futex(
+    uaddr: usize,
+    op: c_int,
+    val: u32,
+    a4: c_long,
+    uaddr2: usize,
+    val3: u32,
+) -> Option<c_long> {
     if op & libc::FUTEX_PRIVATE_FLAG == 0 {
         return None;
     }
     let realtime = op & libc::FUTEX_CLOCK_REALTIME != 0;
     match op & !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME) {
-        libc::FUTEX_WAIT => wait(uaddr, val, a4 as *const timespec, MATCH_ANY, Clock::Relative),
+        libc::FUTEX_WAIT => wait(
+            uaddr,
+            val,
+            a4 as *const timespec,
+            MATCH_ANY,
+            Clock::Relative,
+        ),
         libc::FUTEX_WAIT_BITSET => {
             let clock = if realtime {
                 Clock::Realtime
@@ -323,9 +345,6 @@ struct Waiter {
     id: u64,
     /// The waiting thread's tag (see [`ThreadSlot`]).
     thread: u64,
-    /// A waiter on this thread's shared thread parker (see the module docs):
-    /// woken together with every other group waiter of its address.
-    group: bool,
     unparker: Unparker,
 }
 
@@ -389,12 +408,21 @@ impl Drop for Locked {
     }
 }
 
+/// `ThreadSlot::parker` before the probe, and when it failed.
+const PARKER_UNKNOWN: usize = 0;
+const PARKER_NONE: usize = 1;
+
 /// Per-thread state: a tag naming the thread's waiters (purged when the
-/// thread exits) and the addresses in group mode on this thread, with
-/// when the mode started (for the re-check back-off).
+/// thread exits), the address of the thread's std parker word (found by a
+/// probe), and the idle re-checks of each coroutine sharing it.
 struct ThreadSlot {
     tag: u64,
-    groups: RefCell<Vec<(usize, Instant)>>,
+    parker: Cell<usize>,
+    /// Set during the probe: the next futex wait of this thread is the
+    /// probe's, and records its address here instead of waiting.
+    probe: Cell<Option<usize>>,
+    /// Coroutine id → consecutive re-checks that found nothing (back-off).
+    idle: RefCell<Vec<(u64, u32)>>,
 }
 
 impl Drop for ThreadSlot {
@@ -418,67 +446,93 @@ impl Drop for ThreadSlot {
 thread_local! {
     static THREAD: ThreadSlot = ThreadSlot {
         tag: NEXT_THREAD.fetch_add(1, Ordering::Relaxed),
-        groups: RefCell::new(Vec::new()),
+        parker: Cell::new(PARKER_UNKNOWN),
+        probe: Cell::new(None),
+        idle: RefCell::new(Vec::new()),
     };
 }
 
 impl ThreadSlot {
-    fn group_since(&self, addr: usize) -> Option<Instant> {
-        let g = self.groups.borrow();
-        g.iter().find(|(a, _)| *a == addr).map(|(_, t)| *t)
+    /// The address of this thread's std parker word. The first call probes
+    /// it: `park_timeout(0)` makes std wait on it once, and this hook, told
+    /// to expect the probe, records the address and returns at once. It
+    /// runs before any context of this thread has waited through the hook
+    /// (the first wait of the thread), so no other context is in the
+    /// parker; a token the probe may have consumed is given back with
+    /// `unpark` (at worst a spurious wake-up, which parking allows).
+    fn parker(&self) -> usize {
+        let p = self.parker.get();
+        if p != PARKER_UNKNOWN {
+            return p;
+        }
+        self.parker.set(PARKER_NONE);
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for _ in 0..2 {
+                self.probe.set(Some(0));
+                std::thread::park_timeout(Duration::ZERO);
+                if let Some(a) = self.probe.take().filter(|&a| a != 0) {
+                    return Some(a);
+                }
+                // A pending token made park_timeout return without
+                // waiting; it is consumed now, so the second try waits.
+            }
+            None
+        }));
+        self.probe.set(None);
+        let _ = std::panic::catch_unwind(|| std::thread::current().unpark());
+        if let Ok(Some(a)) = found {
+            self.parker.set(a);
+            return a;
+        }
+        PARKER_NONE
     }
 
-    fn set_group(&self, addr: usize, on: bool) {
-        let mut g = self.groups.borrow_mut();
-        let pos = g.iter().position(|(a, _)| *a == addr);
-        match (pos, on) {
-            (None, true) => g.push((addr, Instant::now())),
+    /// How long a coroutine sharing the parker sleeps before re-checking:
+    /// 1 ms, doubling with each re-check that found no token, up to 16 ms.
+    fn recheck_interval(&self, coroutine: u64) -> Duration {
+        let idle = self.idle.borrow();
+        let n = idle
+            .iter()
+            .find(|(c, _)| *c == coroutine)
+            .map_or(0, |(_, n)| *n);
+        Duration::from_millis(1 << n.min(4))
+    }
+
+    fn note_recheck(&self, coroutine: u64, found_nothing: bool) {
+        let mut idle = self.idle.borrow_mut();
+        let pos = idle.iter().position(|(c, _)| *c == coroutine);
+        match (pos, found_nothing) {
+            (Some(i), true) => idle[i].1 += 1,
+            (None, true) => idle.push((coroutine, 1)),
             (Some(i), false) => {
-                g.swap_remove(i);
+                idle.swap_remove(i);
             }
-            _ => {}
+            (None, false) => {}
         }
     }
 }
 
-/// How long a group-mode waiter sleeps before re-checking: 1 ms, growing
-/// with the age of the mode up to 50 ms.
-fn recheck_interval(since: Instant) -> Duration {
-    (since.elapsed() / 4).clamp(Duration::from_millis(1), Duration::from_millis(50))
-}
-
-/// Removes the waiters to wake for a wake-up of `want` waiters of `addr`
-/// (and `bitset`) from `list`, appending their unparkers to `out`; returns
-/// how many count against `want` (all group waiters of the address count
-/// as one).
-fn take_waiters(list: &mut Vec<Waiter>, addr: usize, want: usize, bitset: u32, out: &mut Vec<Unparker>) -> usize {
-    let matches = |w: &Waiter| w.addr == addr && w.bitset & bitset != 0;
-    let mut n = 0;
-    if list.iter().any(|w| w.group && matches(w)) {
-        n = 1;
-        list.retain(|w| {
-            if w.group && matches(w) {
-                out.push(w.unparker.clone());
-                false
-            } else {
-                true
-            }
-        });
-    }
+/// Removes up to `want` waiters of `addr` matching `bitset` from `list`
+/// (oldest first), appending their unparkers to `out`.
+fn take_waiters(
+    list: &mut Vec<Waiter>,
+    addr: usize,
+    want: usize,
+    bitset: u32,
+    out: &mut Vec<Unparker>,
+) {
     list.retain(|w| {
-        if n < want && !w.group && matches(w) {
-            n += 1;
+        if out.len() < want && w.addr == addr && w.bitset & bitset != 0 {
             out.push(w.unparker.clone());
             false
         } else {
             true
         }
     });
-    n
 }
 
 /// Wakes up to `want` moss-side waiters of `addr` matching `bitset`;
-/// returns how many were woken (group waiters of one address count once).
+/// returns how many were woken.
 fn wake_table(addr: usize, want: usize, bitset: u32) -> usize {
     if want == 0 {
         return 0;
@@ -489,11 +543,9 @@ fn wake_table(addr: usize, want: usize, bitset: u32) -> usize {
         return 0;
     }
     let mut out = Vec::new();
-    let n = {
-        let mut list = b.locked();
-        take_waiters(&mut list, addr, want, bitset, &mut out)
-    };
+    take_waiters(&mut b.locked(), addr, want, bitset, &mut out);
     b.count.fetch_sub(out.len(), Ordering::SeqCst);
+    let n = out.len();
     for u in out {
         u.unpark();
     }
@@ -523,97 +575,91 @@ fn wake(uaddr: usize, op: c_int, nr: c_int, bitset: u32) -> Option<c_long> {
     Some(woken as c_long + r)
 }
 
-/// Whether `v` is std's parker word decremented below "parked" by extra
-/// contexts of one thread.
-fn parker_overdrawn(v: u32) -> bool {
-    v != PARKER_PARKED && v >= PARKER_PARKED - PARKER_SLACK
-}
-
-/// Moves a parker word back to "parked"; false if it became "notified"
-/// meanwhile (an `unpark` landed: the caller returns at once instead).
-fn repair_parker(word: &AtomicU32) -> bool {
-    let mut cur = word.load(Ordering::SeqCst);
-    loop {
-        if cur == PARKER_NOTIFIED {
-            return false;
-        }
-        if cur == PARKER_PARKED {
-            return true;
-        }
-        match word.compare_exchange(cur, PARKER_PARKED, Ordering::SeqCst, Ordering::SeqCst) {
-            Ok(_) => return true,
-            Err(v) => cur = v,
-        }
+/// A wait on the calling thread's own std parker (see the module docs):
+/// the word is left "empty" while the context sleeps, so that another
+/// context of the thread that parks too reaches this hook instead of
+/// spinning in std, and the context re-checks periodically.
+fn wait_parker(word: &AtomicU32, deadline: Option<Instant>) -> c_long {
+    // std has just moved the word from "empty" to "parked"; an `unpark`
+    // may have made it "notified" since.
+    if word
+        .compare_exchange(PARKER_PARKED, 0, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // "notified": take the token (std's loop consumes it). Anything
+        // else is another context's doing: re-check as well.
+        word.store(PARKER_NOTIFIED, Ordering::SeqCst);
+        return 0;
     }
+    let coroutine = moss_runtime::current().id().as_u64();
+    let every = THREAD
+        .try_with(|t| t.recheck_interval(coroutine))
+        .unwrap_or(Duration::from_millis(1));
+    let at = Instant::now() + every;
+    let until = Some(deadline.map_or(at, |d| d.min(at)));
+    let w = real::keep_errno(|| {
+        if park::cancel_pending() {
+            park::park_shielded(until, WHAT)
+        } else {
+            park::park(until, WHAT)
+        }
+    });
+    let token = word.load(Ordering::SeqCst) == PARKER_NOTIFIED;
+    let _ = THREAD.try_with(|t| t.note_recheck(coroutine, !token));
+    if w == Wakeup::TimedOut && deadline.is_some_and(|d| Instant::now() >= d) {
+        real::set_errno(libc::ETIMEDOUT);
+        return -1;
+    }
+    // Hand std's parker loop the "notified" state so that it returns and
+    // its caller re-checks its condition, whoever took the token.
+    word.store(PARKER_NOTIFIED, Ordering::SeqCst);
+    0
 }
 
 /// `FUTEX_WAIT`/`FUTEX_WAIT_BITSET` from a context that can park.
-fn wait(uaddr: usize, expected: u32, ts: *const timespec, bitset: u32, clock: Clock) -> Option<c_long> {
+fn wait(
+    uaddr: usize,
+    expected: u32,
+    ts: *const timespec,
+    bitset: u32,
+    clock: Clock,
+) -> Option<c_long> {
     if !park::can_park() || uaddr == 0 || uaddr % 4 != 0 || bitset == 0 {
         return None;
     }
+    let probing = THREAD.try_with(|t| {
+        if t.probe.get().is_some() {
+            t.probe.set(Some(uaddr));
+            true
+        } else {
+            false
+        }
+    });
+    match probing {
+        Err(_) => return None,
+        Ok(true) => {
+            real::set_errno(libc::ETIMEDOUT);
+            return Some(-1);
+        }
+        Ok(false) => {}
+    }
     let deadline = deadline(ts, clock).ok()?;
-    let (tag, group_since) = THREAD
-        .try_with(|t| {
-            let g = if expected == PARKER_PARKED {
-                t.group_since(uaddr)
-            } else {
-                None
-            };
-            (t.tag, g)
-        })
-        .ok()?;
+    let (tag, parker) = THREAD.try_with(|t| (t.tag, t.parker())).ok()?;
     // SAFETY: a non-null, aligned futex word the caller waits on (its
     // contract with the kernel: valid for reads during the call).
     let word = unsafe { AtomicU32::from_ptr(uaddr as *mut u32) };
+    if uaddr == parker && expected == PARKER_PARKED {
+        return Some(wait_parker(word, deadline));
+    }
     let b = bucket(uaddr);
     b.count.fetch_add(1, Ordering::SeqCst);
     fence(Ordering::SeqCst);
     let mut list = b.locked();
-    let cur = word.load(Ordering::SeqCst);
-    let mut group = group_since.is_some();
-    let mut converted = Vec::new();
-    if cur != expected || group {
-        let local = |l: &Vec<Waiter>| l.iter().any(|w| w.addr == uaddr && w.thread == tag);
-        let parker_state = cur == PARKER_PARKED || cur == 0 || cur == PARKER_NOTIFIED;
-        let parker = expected == PARKER_PARKED
-            && if group {
-                parker_state || parker_overdrawn(cur)
-            } else {
-                parker_overdrawn(cur) && local(&list)
-            };
-        let escape = parker && (cur == PARKER_NOTIFIED || !repair_parker(word));
-        if !parker || escape {
-            if escape {
-                // A token is there: take it (std's loop consumes it) and let
-                // the other waiters of this thread re-check too.
-                take_waiters(&mut list, uaddr, usize::MAX, MATCH_ANY, &mut converted);
-            }
-            drop(list);
-            b.count.fetch_sub(1 + converted.len(), Ordering::SeqCst);
-            for u in converted {
-                u.unpark();
-            }
-            if escape {
-                return Some(0);
-            }
-            real::set_errno(libc::EAGAIN);
-            return Some(-1);
-        }
-        if !group {
-            // A second context of this thread entered std's thread parker:
-            // group mode for this address. The precise waiters re-enter.
-            group = true;
-            let _ = THREAD.try_with(|t| t.set_group(uaddr, true));
-            list.retain(|w| {
-                if w.addr == uaddr && w.thread == tag {
-                    converted.push(w.unparker.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-        }
+    if word.load(Ordering::SeqCst) != expected {
+        drop(list);
+        b.count.fetch_sub(1, Ordering::SeqCst);
+        real::set_errno(libc::EAGAIN);
+        return Some(-1);
     }
     let id = NEXT_WAIT.fetch_add(1, Ordering::Relaxed);
     list.push(Waiter {
@@ -621,26 +667,14 @@ fn wait(uaddr: usize, expected: u32, ts: *const timespec, bitset: u32, clock: Cl
         bitset,
         id,
         thread: tag,
-        group,
         unparker: park::unparker(),
     });
     drop(list);
-    b.count.fetch_sub(converted.len(), Ordering::SeqCst);
-    for u in converted.drain(..) {
-        u.unpark();
-    }
-    let park_until = if group {
-        let since = group_since.unwrap_or_else(Instant::now);
-        let recheck = Instant::now() + recheck_interval(since);
-        Some(deadline.map_or(recheck, |d| d.min(recheck)))
-    } else {
-        deadline
-    };
     let w = real::keep_errno(|| {
         if park::cancel_pending() {
-            park::park_shielded(park_until, WHAT)
+            park::park_shielded(deadline, WHAT)
         } else {
-            park::park(park_until, WHAT)
+            park::park(deadline, WHAT)
         }
     });
     let mut list = b.locked();
@@ -651,45 +685,17 @@ fn wait(uaddr: usize, expected: u32, ts: *const timespec, bitset: u32, clock: Cl
         }
         None => false,
     };
-    let mut alone = false;
-    if group {
-        // Leaving a shared parker: any other waiter of this thread on it
-        // must be in group mode (it now depends on re-checks), and the mode
-        // ends when nobody of this thread is left on it.
-        let others = list.iter().any(|w| w.addr == uaddr && w.thread == tag);
-        if others {
-            list.retain(|w| {
-                if w.addr == uaddr && w.thread == tag && !w.group {
-                    converted.push(w.unparker.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        alone = !others;
-    }
     drop(list);
-    b.count
-        .fetch_sub(usize::from(queued) + converted.len(), Ordering::SeqCst);
-    if group {
-        let _ = THREAD.try_with(|t| t.set_group(uaddr, !alone));
+    if !queued {
+        // A waker removed the entry: woken, whatever else happened.
+        return Some(0);
     }
-    for u in converted {
-        u.unpark();
-    }
-    let timed_out = queued
-        && w == Wakeup::TimedOut
-        && deadline.is_some_and(|d| Instant::now() >= d);
-    if timed_out {
+    b.count.fetch_sub(1, Ordering::SeqCst);
+    if w == Wakeup::TimedOut && deadline.is_some_and(|d| Instant::now() >= d) {
         real::set_errno(libc::ETIMEDOUT);
         return Some(-1);
     }
-    if group {
-        // Hand std's parker loop the "notified" state so it returns and
-        // its caller re-checks its condition.
-        word.store(PARKER_NOTIFIED, Ordering::SeqCst);
-    }
+    // Spurious (a cancellation, or a stray wake-up): std re-checks.
     Some(0)
 }
 

@@ -62,7 +62,11 @@ pub unsafe extern "C" fn pthread_join(thread: libc::pthread_t, retval: *mut *mut
             w.unpark();
         }
     };
-    let spawned = real::keep_errno(|| std::thread::Builder::new().name("moss-join".into()).spawn(job));
+    let spawned = real::keep_errno(|| {
+        std::thread::Builder::new()
+            .name("moss-join".into())
+            .spawn(job)
+    });
     if spawned.is_err() {
         // SAFETY: forwarded unchanged.
         return unsafe { real::pthread_join()(thread, retval) };

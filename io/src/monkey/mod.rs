@@ -81,8 +81,9 @@
 //! root runs its hub meanwhile), and a futex wake from any thread wakes
 //! those waiters as well as the kernel's (`hooks_futex.rs` has the
 //! protocol). So two coroutines of one hub can share a `std::sync::Mutex`
-//! held across a blocking call, pass values through `std::sync::mpsc`,
-//! wait on a `Condvar` or a `OnceLock` being initialised, and a crate's
+//! held across a blocking call, wait on a `Condvar`, a `Barrier` or a
+//! `OnceLock` being initialised, coroutines can receive from
+//! `std::sync::mpsc` channels fed by other threads, and a crate's
 //! internal locks and queues (tiny_http's request queue) stop freezing the
 //! hub. `std::thread::JoinHandle::join` (`pthread_join`) waits the same
 //! way. An uncontended lock never calls the futex, so it costs nothing.
@@ -106,13 +107,15 @@
 //! * all of it on targets other than x86_64 Linux (where a plain function
 //!   cannot stand in for the variadic `syscall`), except `pthread_join`.
 //!
-//! Limits: std's thread parker is one word per OS thread, made for one
-//! waiter. Several coroutines of one thread parked in it at once (each in
-//! `mpsc::Receiver::recv`, say) are supported by the hook (see
-//! `hooks_futex.rs`), at the price of periodic re-checks (every 1–50 ms)
-//! while it lasts. Libraries that keep a per-thread wait record besides the
-//! futex word (parking_lot's thread data) assume one blocked waiter per
-//! thread: do not block two coroutines of one thread in them at once.
+//! Limits: std's thread parker (`mpsc`, `thread::park`) is one word per
+//! OS thread: coroutines parked in it wait without precise wake-ups and
+//! re-check every 1–16 ms (see `hooks_futex.rs`). std's channels never
+//! wake a receiver on the sender's own thread, so a blocking `recv` in a
+//! coroutine fed by another coroutine of the same thread still waits
+//! forever (use `moss::sync::channel`). Libraries that keep a per-thread
+//! wait record besides the futex word (parking_lot's thread data) assume
+//! one blocked waiter per thread: do not block two coroutines of one
+//! thread in them at once.
 //! A coroutine blocked in a lock held by another coroutine of its own
 //! thread that never reaches a blocking point still waits forever, as a
 //! thread would.
