@@ -624,7 +624,7 @@ fn wait(
     bitset: u32,
     clock: Clock,
 ) -> Option<c_long> {
-    if !park::can_park() || uaddr == 0 || uaddr % 4 != 0 || bitset == 0 {
+    if !park::can_park() || uaddr == 0 || !uaddr.is_multiple_of(4) || bitset == 0 {
         return None;
     }
     let probing = THREAD.try_with(|t| {
