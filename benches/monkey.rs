@@ -8,7 +8,11 @@
 //!   `EINVAL` before any syscall, so this isolates the hook's overhead;
 //! * `recv(MSG_DONTWAIT)` on an empty socket (`EAGAIN`): a real syscall;
 //! * `recv` on a cooperative socket of a hub thread, with data ready (the
-//!   fd-table lookup of the patched fast path).
+//!   fd-table lookup of the patched fast path);
+//! * std's uncontended `Mutex` lock+unlock and an `mpsc` send+recv (no
+//!   futex call at all: these must not change), and, on x86_64, `syscall`
+//!   itself: `getpid` passed straight through and a `FUTEX_WAKE` that
+//!   finds no waiter (the wake path's table check), against libc's.
 //!
 //! Stages run in order: before `patch_all`, after it on a thread without a
 //! hub, after it on a thread with a hub. Run: `cargo bench --bench monkey`.
@@ -29,6 +33,50 @@ type ClockNanosleep = unsafe extern "C" fn(
     *mut libc::timespec,
 ) -> c_int;
 type Recv = unsafe extern "C" fn(c_int, *mut libc::c_void, usize, c_int) -> isize;
+type Syscall = unsafe extern "C" fn(libc::c_long, ...) -> libc::c_long;
+
+fn libc_syscall() -> Syscall {
+    // SAFETY: valid pseudo-handle and name; `syscall` has this prototype.
+    unsafe {
+        let p = libc::dlsym(libc::RTLD_NEXT, c"syscall".as_ptr());
+        assert!(!p.is_null());
+        std::mem::transmute::<*mut libc::c_void, Syscall>(p)
+    }
+}
+
+/// std's synchronisation without contention, and `syscall` itself.
+fn sync_rows(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let m = std::sync::Mutex::new(0u64);
+    g.bench_function("std Mutex lock+unlock", |b| {
+        b.iter(|| *black_box(&m).lock().unwrap() += 1)
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    g.bench_function("std mpsc send+recv", |b| {
+        b.iter(|| {
+            tx.send(black_box(1)).unwrap();
+            rx.recv().unwrap()
+        })
+    });
+    let raw = libc_syscall();
+    let word = std::sync::atomic::AtomicU32::new(0);
+    let wake = libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG;
+    g.bench_function("syscall(getpid) libc", |b| {
+        // SAFETY: getpid takes no arguments.
+        b.iter(|| unsafe { raw(black_box(libc::SYS_getpid)) })
+    });
+    g.bench_function("syscall(getpid) hooked", |b| {
+        // SAFETY: as above, through the hook.
+        b.iter(|| unsafe { libc::syscall(black_box(libc::SYS_getpid)) })
+    });
+    g.bench_function("futex wake, no waiter, libc", |b| {
+        // SAFETY: a valid futex word.
+        b.iter(|| unsafe { raw(libc::SYS_futex, word.as_ptr(), black_box(wake), 1) })
+    });
+    g.bench_function("futex wake, no waiter, hooked", |b| {
+        // SAFETY: a valid futex word, through the hook.
+        b.iter(|| unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), black_box(wake), 1) })
+    });
+}
 
 fn libc_fns() -> (ClockNanosleep, Recv) {
     // SAFETY: valid pseudo-handle and names; the symbols have these C
@@ -112,6 +160,7 @@ fn stage(c: &mut Criterion, name: &str) {
             )
         })
     });
+    sync_rows(&mut g);
     g.finish();
 }
 
@@ -134,6 +183,7 @@ fn cooperative_fast_path(c: &mut Criterion) {
         // SAFETY: valid fd and buffer, through the hook.
         bn.iter(|| unsafe { libc::recv(black_box(fd), buf.as_mut_ptr().cast(), 1, libc::MSG_PEEK) })
     });
+    sync_rows(&mut g);
     g.finish();
 }
 
