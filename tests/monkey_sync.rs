@@ -8,8 +8,6 @@
 
 mod util;
 
-use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex, OnceLock, RwLock, mpsc};
 use std::time::{Duration, Instant};
@@ -27,26 +25,13 @@ fn in_child(case: &str, body: impl FnOnce()) {
     assert!(r.success(), "{case} failed in its child process: {r:#?}");
 }
 
-/// A coroutine that counts ticks every 5 ms until killed.
-fn ticker() -> (Rc<Cell<u32>>, moss::JoinHandle<()>) {
-    let ticks = Rc::new(Cell::new(0));
-    let t = ticks.clone();
-    let h = moss::spawn(move || {
-        loop {
-            moss::sleep(Duration::from_millis(5));
-            t.set(t.get() + 1);
-        }
-    });
-    (ticks, h)
-}
-
 #[test]
 fn std_mutex_held_across_a_sleep_is_shared_by_two_coroutines() {
     in_child(
         "std_mutex_held_across_a_sleep_is_shared_by_two_coroutines",
         || {
             let m = Arc::new(Mutex::new(Vec::new()));
-            let (ticks, tk) = ticker();
+            let (ticks, tk) = util::ticker();
             let hs: Vec<_> = (0..2)
                 .map(|i| {
                     let m = m.clone();
@@ -85,7 +70,7 @@ fn mpsc_consumer_coroutine_fed_by_a_coroutine_of_another_hub() {
         "mpsc_consumer_coroutine_fed_by_a_coroutine_of_another_hub",
         || {
             let (tx, rx) = mpsc::sync_channel::<u32>(2);
-            let (ticks, tk) = ticker();
+            let (ticks, tk) = util::ticker();
             let consumer = moss::spawn(move || rx.iter().collect::<Vec<_>>());
             let producer = std::thread::spawn(move || {
                 moss::run(move || {
@@ -203,7 +188,7 @@ fn condvar_wait_and_notify_between_coroutines() {
 #[test]
 fn condvar_wait_timeout_times_out_while_others_run() {
     in_child("condvar_wait_timeout_times_out_while_others_run", || {
-        let (ticks, tk) = ticker();
+        let (ticks, tk) = util::ticker();
         let h = moss::spawn(|| {
             let m = Mutex::new(());
             let cv = Condvar::new();
@@ -282,7 +267,7 @@ fn std_thread_joined_from_a_coroutine_while_others_run() {
     in_child(
         "std_thread_joined_from_a_coroutine_while_others_run",
         || {
-            let (ticks, tk) = ticker();
+            let (ticks, tk) = util::ticker();
             let h = moss::spawn(|| {
                 let th = std::thread::spawn(|| {
                     std::thread::sleep(Duration::from_millis(150));
@@ -342,7 +327,7 @@ fn tiny_http_server_loop_in_a_coroutine_serves_ureq_coroutines() {
 fn wake_ups_from_a_plain_thread_and_from_another_hub() {
     in_child("wake_ups_from_a_plain_thread_and_from_another_hub", || {
         let pair = Arc::new((Mutex::new(0u32), Condvar::new()));
-        let (ticks, tk) = ticker();
+        let (ticks, tk) = util::ticker();
         let waiter = {
             let pair = pair.clone();
             moss::spawn(move || {
@@ -395,7 +380,7 @@ fn the_root_runs_its_hub_while_it_waits_for_a_std_mutex() {
                     *g = 9;
                 })
             };
-            let (ticks, tk) = ticker();
+            let (ticks, tk) = util::ticker();
             moss::yield_now(); // the holder takes the lock
             // The root blocks in Mutex::lock: the hub runs the holder (which
             // releases it) and the ticker meanwhile.
@@ -548,7 +533,7 @@ fn a_raw_futex_wait_is_woken_by_a_wake_from_a_plain_thread() {
         "a_raw_futex_wait_is_woken_by_a_wake_from_a_plain_thread",
         || {
             let word = Arc::new(AtomicU32::new(0));
-            let (ticks, tk) = ticker();
+            let (ticks, tk) = util::ticker();
             let w = word.clone();
             let h = moss::spawn(move || {
                 let mut spurious = 0;
