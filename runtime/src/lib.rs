@@ -7,6 +7,8 @@
 //! * [`coroutine`](crate::spawn) API — `spawn`, `join`, `kill`, `sleep`,
 //!   `timeout`, `run`, `wait`, `dump` (module `coroutine`, re-exported here).
 //! * [`greenlet`] — raw symmetric coroutines without a hub.
+//! * [`block_on`] — a coroutine waits for a future (async Rust), polling it
+//!   on its own stack while the hub runs the others.
 //! * [`park`] — the blocking primitive every waiting moss call is built on,
 //!   for sync primitives and pools.
 //! * [`reactor`] — fd registration for I/O types.
@@ -20,6 +22,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
+mod block_on;
 mod cancel;
 mod coroutine;
 pub mod greenlet;
@@ -76,6 +79,7 @@ pub mod reactor {
     }
 }
 
+pub use block_on::block_on;
 pub use cancel::Cancelled;
 pub use coroutine::{
     Builder, Current, Elapsed, JoinHandle, current, dump, join_all, run, run_per_core, sleep,

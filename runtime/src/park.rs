@@ -50,13 +50,25 @@ impl Unparker {
     /// Ends the wait this unparker was created for, if it is still going on.
     #[inline]
     pub fn unpark(&self) {
+        self.unpark_wait(self.token.seq);
+    }
+
+    /// Ends wait number `wait` (see [`next_wait`]) of this unparker's
+    /// context instead, if it is still going on: for a waker that outlives
+    /// several waits of one context (`block_on`'s).
+    #[inline]
+    pub(crate) fn unpark_wait(&self, wait: u64) {
+        let token = Token {
+            seq: wait,
+            ..self.token
+        };
         if let Some(hub) = Hub::try_current()
             && Arc::ptr_eq(&hub.remote, &self.remote)
         {
-            hub.wake(self.token, Wakeup::Notified);
+            hub.wake(token, Wakeup::Notified);
             return;
         }
-        self.remote.push(self.token);
+        self.remote.push(token);
     }
 
     /// Whether this unparker wakes a context of the calling thread.
@@ -91,6 +103,14 @@ pub fn unparker() -> Unparker {
         remote: hub.remote.clone(),
         token: hub.current_header().token(),
     }
+}
+
+/// The number of the calling context's next wait: its waits are numbered in
+/// order, and a wait that really parked (did not return at once) is over once
+/// [`park`] returns, so a later wait never has the same number.
+#[inline]
+pub(crate) fn next_wait() -> u64 {
+    Hub::current().current_header().park_seq.get()
 }
 
 /// Parks the calling context until an unparker of this wait fires
