@@ -7,6 +7,11 @@
 //!   hand-off (a put that wakes the blocked getter, plus the switch to it).
 //! * `pingpong_two_threads`: the same between two OS threads (a plain thread
 //!   parks in its hub's `epoll_wait`), vs `std::sync::mpsc::sync_channel(1)`.
+//! * `block_on`: `moss::block_on(std::future::ready(x))` vs
+//!   `futures::executor::block_on`; and a `futures` oneshot ping-pong between
+//!   two coroutines of one hub, each side waiting in `moss::block_on` (per
+//!   hand-off, beside the `Queue(1)` row), vs the same two async tasks on a
+//!   `futures` `LocalPool` and on a current-thread tokio runtime.
 //!
 //! Run: `cargo bench --bench sync` (well under a minute).
 
@@ -15,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures::channel::oneshot;
 use moss::sync::{Mutex, Queue, bounded};
 
 fn mutex_uncontended(c: &mut Criterion) {
@@ -152,6 +158,111 @@ fn pingpong_two_threads(c: &mut Criterion) {
     g.finish();
 }
 
+/// One message of the oneshot ping-pong: the value, the channel the next
+/// request comes on, and where to answer.
+struct Ping(u64, oneshot::Receiver<Ping>, oneshot::Sender<u64>);
+
+/// `n` round trips (2n hand-offs): the pinger sends a value with the
+/// receiver of its next request and a sender for the answer; the echo
+/// answers and waits on the next receiver. `wait` is how each side awaits.
+async fn oneshot_pinger(n: u64, mut next: oneshot::Sender<Ping>) {
+    for i in 0..n {
+        let (tx, rx) = oneshot::channel();
+        let (back_tx, back_rx) = oneshot::channel();
+        if next.send(Ping(i, rx, back_tx)).is_err() {
+            panic!("echo gone");
+        }
+        next = tx;
+        black_box(back_rx.await.unwrap());
+    }
+}
+
+async fn oneshot_echo(mut rx: oneshot::Receiver<Ping>) {
+    while let Ok(Ping(v, next, back)) = rx.await {
+        let _ = back.send(v);
+        rx = next;
+    }
+}
+
+fn oneshot_pingpong_coroutines(n: u64) -> Duration {
+    let (tx, rx) = oneshot::channel();
+    let echo = moss::spawn(move || {
+        let mut rx: oneshot::Receiver<Ping> = rx;
+        while let Ok(Ping(v, next, back)) = moss::block_on(rx) {
+            let _ = back.send(v);
+            rx = next;
+        }
+    });
+    let t = Instant::now();
+    let pinger = moss::spawn(move || {
+        let mut next = tx;
+        for i in 0..n {
+            let (tx, rx) = oneshot::channel();
+            let (back_tx, back_rx) = oneshot::channel();
+            if next.send(Ping(i, rx, back_tx)).is_err() {
+                panic!("echo gone");
+            }
+            next = tx;
+            black_box(moss::block_on(back_rx).unwrap());
+        }
+    });
+    pinger.join().unwrap();
+    let el = t.elapsed();
+    echo.join().unwrap();
+    el
+}
+
+fn oneshot_pingpong_local_pool(n: u64) -> Duration {
+    use futures::task::LocalSpawnExt;
+    let mut pool = futures::executor::LocalPool::new();
+    let (tx, rx) = oneshot::channel();
+    pool.spawner().spawn_local(oneshot_echo(rx)).unwrap();
+    let t = Instant::now();
+    pool.run_until(oneshot_pinger(n, tx));
+    let el = t.elapsed();
+    pool.run();
+    el
+}
+
+fn oneshot_pingpong_tokio(n: u64) -> Duration {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (tx, rx) = oneshot::channel();
+    rt.block_on(async move {
+        let echo = tokio::spawn(oneshot_echo(rx));
+        let t = Instant::now();
+        tokio::spawn(oneshot_pinger(n, tx)).await.unwrap();
+        let el = t.elapsed();
+        echo.await.unwrap();
+        el
+    })
+}
+
+fn block_on(c: &mut Criterion) {
+    let mut g = c.benchmark_group("block_on");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("moss::block_on(ready(x))", |b| {
+        b.iter(|| moss::block_on(std::future::ready(black_box(7u64))))
+    });
+    g.bench_function("futures::executor::block_on(ready(x)) (baseline)", |b| {
+        b.iter(|| futures::executor::block_on(std::future::ready(black_box(7u64))))
+    });
+    g.bench_function(
+        "moss oneshot via block_on, 2 coroutines, per hand-off",
+        |b| b.iter_custom(|iters| oneshot_pingpong_coroutines(iters.div_ceil(2))),
+    );
+    g.bench_function(
+        "futures LocalPool oneshot, 2 tasks, per hand-off (peer)",
+        |b| b.iter_custom(|iters| oneshot_pingpong_local_pool(iters.div_ceil(2))),
+    );
+    g.bench_function(
+        "tokio current-thread oneshot, 2 tasks, per hand-off (peer)",
+        |b| b.iter_custom(|iters| oneshot_pingpong_tokio(iters.div_ceil(2))),
+    );
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -162,6 +273,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = mutex_uncontended, pingpong_one_hub, pingpong_two_threads
+    targets = mutex_uncontended, pingpong_one_hub, block_on, pingpong_two_threads
 }
 criterion_main!(benches);

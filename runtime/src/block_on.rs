@@ -56,12 +56,12 @@
 //! destructor that blocks blocks normally). A panic inside `poll` unwinds the
 //! same way and surfaces as a panic of the calling coroutine.
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::future::Future;
 use std::mem::ManuallyDrop;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use crate::park::{self, Unparker};
@@ -73,28 +73,58 @@ const NOTIFIED: u64 = u64::MAX - 1;
 // Any other value: the caller is parked (or about to be) on that wait number.
 
 /// What a `block_on` waker points at. See the module docs.
+///
+/// # Invariants
+/// `target` is written only by the `block_on` that leases the signal, and
+/// only (a) while the state is not `PARKED` (then no waker reads it: a waker
+/// reads it only after swapping a `PARKED(S)` out of the state, and the
+/// owner's release of `PARKED(S)` orders its earlier write before that read)
+/// and the target is `None`, or (b) while the owner holds the only reference
+/// (no waker exists at all). Once set during a lease it stays set until (b).
 struct Signal {
     state: AtomicU64,
-    /// The waiting context; set before a wait is published (so a waker that
-    /// reads `PARKED(S)` finds it), cleared only while no waker exists.
-    target: OnceLock<Unparker>,
+    /// The waiting context, set before its first wait is published.
+    target: UnsafeCell<Option<Unparker>>,
 }
+
+// SAFETY: `state` is atomic; `target` is an `Unparker` (Send + Sync) behind
+// the write discipline of the invariants, so wakers on any thread only ever
+// read it while nobody writes it.
+unsafe impl Sync for Signal {}
+// SAFETY: as above; the `Unparker` it holds is `Send`.
+unsafe impl Send for Signal {}
 
 impl Signal {
     fn new() -> Signal {
         Signal {
             state: AtomicU64::new(IDLE),
-            target: OnceLock::new(),
+            target: UnsafeCell::new(None),
         }
     }
 
     #[inline]
     fn wake(&self) {
         let prev = self.state.swap(NOTIFIED, Ordering::AcqRel);
-        if prev < NOTIFIED
-            && let Some(u) = self.target.get()
-        {
-            u.unpark_wait(prev);
+        if prev < NOTIFIED {
+            // SAFETY: we took `PARKED(prev)` out of the state, so the owner
+            // set the target before publishing it and writes it no more
+            // while we (holding a reference) can read it (invariant (a)).
+            if let Some(u) = unsafe { &*self.target.get() } {
+                u.unpark_wait(prev);
+            }
+        }
+    }
+
+    /// Sets the target if it is not set (owner only, before publishing a
+    /// wait: invariant (a)).
+    #[inline]
+    fn aim(&self) {
+        // SAFETY: a shared read; only the owner (the caller) ever writes.
+        if unsafe { (*self.target.get()).is_none() } {
+            // SAFETY: unset, so no waker reads it (a waker of an earlier
+            // wait of this lease would have found it set, and it stays set),
+            // and the state is not `PARKED` (the owner publishes waits).
+            unsafe { *self.target.get() = Some(park::unparker()) };
         }
     }
 }
@@ -125,18 +155,32 @@ impl Lease {
 impl Drop for Lease {
     #[inline]
     fn drop(&mut self) {
-        let Some(mut sig) = self.0.take() else { return };
-        match Arc::get_mut(&mut sig) {
-            Some(s) => {
-                // No waker is left: reset it and keep it for the next call.
-                *s.state.get_mut() = IDLE;
-                s.target.take();
-                let _ = SPARE.try_with(|c| c.set(Some(sig)));
-            }
+        let Some(sig) = self.0.take() else { return };
+        if Arc::strong_count(&sig) != 1 {
             // Wakers outlive this call: make their wakes plain no-ops.
-            None => sig.state.store(IDLE, Ordering::Release),
+            sig.state.store(IDLE, Ordering::Release);
+            return;
         }
+        // No waker is left, and no `Weak` is ever made: the signal is ours
+        // alone. Pairs with the release of the last waker's count.
+        fence(Ordering::Acquire);
+        // SAFETY: unique (invariant (b)): nobody else reads the target.
+        if unsafe { (*sig.target.get()).is_some() } || sig.state.load(Ordering::Relaxed) != IDLE {
+            return reset_and_keep(sig);
+        }
+        let _ = SPARE.try_with(|c| c.set(Some(sig)));
     }
+}
+
+/// Resets a used signal no waker points at and keeps it for the next
+/// `block_on` of this thread.
+#[cold]
+fn reset_and_keep(sig: Arc<Signal>) {
+    sig.state.store(IDLE, Ordering::Relaxed);
+    // SAFETY: the caller checked that `sig` is the only reference
+    // (invariant (b)). Dropping the unparker runs no user code.
+    unsafe { *sig.target.get() = None };
+    let _ = SPARE.try_with(|c| c.set(Some(sig)));
 }
 
 /// Runs the future `f` to completion on the calling coroutine's stack and
@@ -191,7 +235,7 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 
 /// Parks until the signal is woken (or yields once if it already was).
 #[inline(never)]
-fn wait_for_wake(sig: &mut Arc<Signal>) {
+fn wait_for_wake(sig: &Arc<Signal>) {
     if park::hub_exists() && !park::can_park() {
         panic!(
             "moss::block_on: a greenlet started from a coroutine cannot wait for a pending \
@@ -201,18 +245,21 @@ fn wait_for_wake(sig: &mut Arc<Signal>) {
     // Delivered before a wait is published: see the module docs.
     park::check_cancel();
     let wait = park::next_wait();
-    if let Some(s) = Arc::get_mut(sig) {
+    if Arc::strong_count(sig) == 1 {
         // The future kept no waker: only a wake during the poll (by
         // reference) or a cancellation can end this wait.
-        if *s.state.get_mut() == NOTIFIED {
+        fence(Ordering::Acquire);
+        if sig.state.load(Ordering::Relaxed) == NOTIFIED {
             crate::yield_now();
             return;
         }
-        s.target.take();
+        // SAFETY: unique (invariant (b)). Without the unparker the hub can
+        // tell that no other thread can wake this wait.
+        unsafe { *sig.target.get() = None };
         park::park_cancellable(None, "block_on (the future kept no waker)");
         return;
     }
-    sig.target.get_or_init(park::unparker);
+    sig.aim();
     match sig
         .state
         .compare_exchange(IDLE, wait, Ordering::AcqRel, Ordering::Acquire)
