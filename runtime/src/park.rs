@@ -110,7 +110,7 @@ pub fn unparker() -> Unparker {
 /// [`park`] returns, so a later wait never has the same number.
 #[inline]
 pub(crate) fn next_wait() -> u64 {
-    Hub::current().current_header().park_seq.get()
+    Hub::current().current_header().state.park_seq()
 }
 
 /// Parks the calling context until an unparker of this wait fires
