@@ -115,3 +115,119 @@ fn select_with_a_negative_timeout_fails_with_einval_at_once() {
         .unwrap();
     });
 }
+
+/// C code with separate read and write interests lists one fd twice. Both
+/// entries are watched: the fd turning writable (the other end drains it
+/// after 100 ms) ends a poll without timeout, with only that entry set.
+#[test]
+fn poll_watches_every_entry_of_an_fd_listed_twice() {
+    util::on_patched_thread(Duration::from_secs(20), || {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        // Fill a's send path so it is not writable.
+        let chunk = [7u8; 64 * 1024];
+        loop {
+            match (&a).write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let drainer = moss::spawn(move || {
+            moss::sleep(Duration::from_millis(100));
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0;
+            loop {
+                match (&b).read(&mut buf) {
+                    Ok(n) => total += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            (b, total)
+        });
+        let fd = a.as_raw_fd();
+        let mut p = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+        ];
+        let t = Instant::now();
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(p.as_mut_ptr(), 2, -1) };
+        assert_eq!(n, 1, "revents {:?}", (p[0].revents, p[1].revents));
+        assert_eq!(p[0].revents, 0);
+        assert_eq!(p[1].revents & libc::POLLOUT, libc::POLLOUT);
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+        let (_b, drained) = drainer.join().unwrap();
+        assert!(drained > 0);
+    });
+}
+
+/// An fd that turns ready just before the deadline is reported, as the
+/// real call would: a coroutine whose timer expires a moment before the
+/// polling coroutine's runs first and writes, so the poll's own wait ends
+/// by its deadline (no readiness event seen yet) with the data there.
+#[test]
+fn poll_and_select_report_what_is_ready_at_the_deadline() {
+    util::on_patched_thread(Duration::from_secs(20), || {
+        moss::spawn(poll_at_the_deadline).join().unwrap();
+    });
+}
+
+fn poll_at_the_deadline() {
+    {
+        for round in 0..6 {
+            let (a, b) = UnixStream::pair().unwrap();
+            let fd = a.as_raw_fd();
+            let d = Instant::now() + Duration::from_millis(100);
+            let writer = moss::spawn(move || {
+                moss::sleep(d.saturating_duration_since(Instant::now()));
+                (&b).write_all(b"x").unwrap();
+                b
+            });
+            if round % 2 == 0 {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                let n = unsafe { libc::poll(&mut p, 1, 100) };
+                assert_eq!(
+                    (n, p.revents & libc::POLLIN),
+                    (1, libc::POLLIN),
+                    "round {round}"
+                );
+            } else {
+                // SAFETY: a zeroed fd_set is empty; fd < FD_SETSIZE.
+                let mut set: libc::fd_set = unsafe { std::mem::zeroed() };
+                // SAFETY: as above.
+                unsafe { libc::FD_SET(fd, &mut set) };
+                let mut tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 100_000,
+                };
+                let null = std::ptr::null_mut();
+                // SAFETY: valid sets and timeval.
+                let n = unsafe { libc::select(fd + 1, &mut set, null, null, &mut tv) };
+                assert_eq!(n, 1, "round {round}");
+                // SAFETY: as above.
+                assert!(unsafe { libc::FD_ISSET(fd, &set) });
+            }
+            writer.join().unwrap();
+        }
+    }
+}

@@ -12,6 +12,10 @@
 //! per fd per blocking call, which is fine for `poll`/`select` users
 //! (std uses `poll` only for `connect_timeout`).
 //!
+//! An fd listed in several entries (separate read and write interests, as
+//! C code often does) is watched once with the union of their events. When
+//! the deadline passes, the zero-timeout call runs once more, so an fd that
+//! turned ready just before is reported, as the real call would.
 //! fds epoll refuses (regular files are always ready anyway) are skipped;
 //! if the temporary epoll cannot be made, the real blocking call is used.
 //! A pending `kill`/`timeout` fails the call with `ECANCELED` (not `EINTR`,
@@ -50,22 +54,14 @@ fn wait_any(
         }
     }
     let ep = Ep(ep);
-    for &(fd, events) in fds {
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        if events & (libc::POLLIN | libc::POLLRDNORM | libc::POLLRDBAND) != 0 {
-            ev.events |= libc::EPOLLIN as u32;
-        }
-        if events & libc::POLLPRI != 0 {
-            ev.events |= libc::EPOLLPRI as u32;
-        }
-        if events & (libc::POLLOUT | libc::POLLWRNORM | libc::POLLWRBAND) != 0 {
-            ev.events |= libc::EPOLLOUT as u32;
-        }
-        if events & libc::POLLRDHUP != 0 {
-            ev.events |= libc::EPOLLRDHUP as u32;
-        }
-        // SAFETY: `ev` is a valid epoll_event; failures (EPERM for regular
-        // files, EEXIST for a duplicate fd) just skip the fd.
+    for (fd, events) in merge_interests(fds) {
+        let mut ev = libc::epoll_event {
+            events: epoll_events(events),
+            u64: 0,
+        };
+        // SAFETY: `ev` is a valid epoll_event; each fd is added once (the
+        // interests of duplicate entries were merged); a failure (EPERM
+        // for a regular file, which is always ready anyway) skips the fd.
         unsafe { libc::epoll_ctl(ep.0, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     }
     let reg = Registration::new(ep.0).ok()?;
@@ -80,13 +76,49 @@ fn wait_any(
                     return Some(0);
                 }
             }
-            Err(WaitError::TimedOut) => return Some(0),
+            // The kernel's own answer at the deadline: an fd that turned
+            // ready just before it counts, as it would for the real call.
+            Err(WaitError::TimedOut) => return Some(check()),
             Err(WaitError::Cancelled) => {
                 real::set_errno(libc::ECANCELED);
                 return Some(-1);
             }
         }
     }
+}
+
+/// The fds of `fds` once each, with the poll events of all their entries
+/// OR-ed together: `poll` may list one fd several times (separate read and
+/// write interests), but an epoll instance takes each fd once.
+fn merge_interests(fds: &[(c_int, i16)]) -> Vec<(c_int, i16)> {
+    let mut sorted = fds.to_vec();
+    sorted.sort_unstable_by_key(|&(fd, _)| fd);
+    let mut merged: Vec<(c_int, i16)> = Vec::with_capacity(sorted.len());
+    for (fd, events) in sorted {
+        match merged.last_mut() {
+            Some((f, e)) if *f == fd => *e |= events,
+            _ => merged.push((fd, events)),
+        }
+    }
+    merged
+}
+
+/// epoll's events for `poll` events.
+fn epoll_events(events: i16) -> u32 {
+    let mut ev = 0;
+    if events & (libc::POLLIN | libc::POLLRDNORM | libc::POLLRDBAND) != 0 {
+        ev |= libc::EPOLLIN as u32;
+    }
+    if events & libc::POLLPRI != 0 {
+        ev |= libc::EPOLLPRI as u32;
+    }
+    if events & (libc::POLLOUT | libc::POLLWRNORM | libc::POLLWRBAND) != 0 {
+        ev |= libc::EPOLLOUT as u32;
+    }
+    if events & libc::POLLRDHUP != 0 {
+        ev |= libc::EPOLLRDHUP as u32;
+    }
+    ev
 }
 
 /// Hook for `poll(2)`.
