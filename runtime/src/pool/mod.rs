@@ -17,6 +17,7 @@
 //! The process protocols share one length-prefixed frame codec (module
 //! `frame`).
 
+mod callback;
 mod error;
 mod frame;
 mod group;

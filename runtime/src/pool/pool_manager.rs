@@ -391,6 +391,7 @@ impl Manager {
             self.shared.finished(n);
         }
         self.complete_failed(failed);
+        self.shared.run_orphans();
         None
     }
 

@@ -7,7 +7,9 @@
 //! (`[len][status: u8][postcard result or message]`) as soon as the task
 //! returns, so the manager always knows which task a dying worker was
 //! running. A request shorter than 16 bytes (the manager sends an empty
-//! one) or EOF makes it `_exit(0)`.
+//! one) or EOF makes it `_exit(0)`. A task that forks, with both processes
+//! returning from it, is answered by the worker alone: the child leaves
+//! with `_exit(0)` before touching the socket.
 
 use std::os::fd::RawFd;
 
@@ -22,6 +24,7 @@ use crate::sys::process;
 /// the manager always knows which task a dying worker was running. Never
 /// returns.
 pub(crate) fn worker_main(sock: RawFd) -> ! {
+    let me = std::process::id();
     let mut inbuf = FrameBuf::new();
     loop {
         let body = loop {
@@ -43,6 +46,11 @@ pub(crate) fn worker_main(sock: RawFd) -> ! {
         // forked from: the same code at the same address.
         let call = unsafe { std::mem::transmute::<usize, Trampoline>(call) };
         let reply = call(f, &body[16..]);
+        if std::process::id() != me {
+            // The task forked and its child returned here too: only the
+            // worker itself may answer on the socket.
+            process::exit_now(0);
+        }
         if !write_all(sock, &reply) {
             process::exit_now(0);
         }

@@ -60,7 +60,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -68,6 +68,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::PoolError;
+use super::callback;
 use super::frame;
 use super::pool_manager;
 use crate::park::{self, Unparker};
@@ -132,6 +133,9 @@ pub(crate) struct State {
     pub(crate) manager_done: bool,
     pub(crate) pids: Vec<u32>,
     joiners: Vec<Unparker>,
+    /// Callbacks abandoned by their exited thread before their task's
+    /// reply arrived: the manager sets their results (module `callback`).
+    orphans: Vec<Arc<callback::Slot>>,
 }
 
 impl ProcessPool {
@@ -160,6 +164,7 @@ impl ProcessPool {
                 manager_done: false,
                 pids: Vec::new(),
                 joiners: Vec::new(),
+                orphans: Vec::new(),
             }),
             wake_w,
             wake_pending: AtomicBool::new(false),
@@ -206,6 +211,13 @@ impl ProcessPool {
     ///
     /// The callback runs when the caller's hub runs, that is whenever the
     /// caller blocks on a moss call (`get`, `join`, a sleep, I/O).
+    ///
+    /// If the caller's thread exits before the callback ran, the callback
+    /// is dropped without running (it need not be `Send`, so it cannot run
+    /// on another thread); the `AsyncResult` still becomes ready with the
+    /// task's result, and [`join`](Self::join) does not wait for it. A
+    /// callback interrupted by its thread's exit leaves the task's result
+    /// in the `AsyncResult` too.
     pub fn apply_async<A, R, C>(
         &self,
         f: fn(A) -> R,
@@ -226,19 +238,51 @@ impl ProcessPool {
                 return result;
             }
         };
+        let slot = {
+            let (ready, reply, r) = (reply.clone(), reply.clone(), result.clone());
+            callback::Slot::register(
+                self.shared.clone(),
+                move || ready.is_set(),
+                Box::new(move || r.set(decode_reply::<R>(&reply))),
+            )
+        };
         let r = result.clone();
-        let shared = self.shared.clone();
+        let guard = callback::Guard {
+            slot: slot.clone(),
+            interrupted: Some(move || {
+                r.set(Err(PoolError::Panicked {
+                    message: "the callback was interrupted: its thread exited".into(),
+                }))
+            }),
+        };
+        let r = result.clone();
         crate::spawn(move || {
-            let v = wait_reply::<R>(&reply);
-            if let Ok(v) = &v
-                && let Err(p) = catch_unwind(AssertUnwindSafe(|| callback(v)))
-            {
-                r.set(Err(PoolError::from_panic(&*p)));
-                shared.finished(1);
+            // Declared first: dropped (abandoning the slot) if this
+            // coroutine is dropped unstarted or unwound before the end.
+            let mut guard = guard;
+            reply.wait(None, "process pool task");
+            if !slot.begin() {
+                guard.interrupted = None; // abandoned: the slot finishes itself
                 return;
             }
-            r.set(v);
-            shared.finished(1);
+            let v = decode_reply::<R>(&reply);
+            let outcome = match &v {
+                Ok(v) => catch_unwind(AssertUnwindSafe(|| callback(v))),
+                Err(_) => Ok(()),
+            };
+            guard.interrupted = None;
+            match outcome {
+                Ok(()) => r.set(v),
+                // Killed inside the callback (its thread exits): the task's
+                // value is still the result; the unwind goes on.
+                Err(p) if p.is::<crate::Cancelled>() => {
+                    r.set(v);
+                    slot.done();
+                    resume_unwind(p);
+                }
+                Err(p) => r.set(Err(PoolError::from_panic(&*p))),
+            }
+            slot.done();
         });
         result
     }
@@ -403,8 +447,34 @@ impl Shared {
         joiners.into_iter().for_each(|u| u.unpark());
     }
 
-    /// The manager has exited.
+    /// Hands an abandoned callback to the manager, which sets its result
+    /// once the reply is there ([`run_orphans`](Self::run_orphans)).
+    pub(crate) fn add_orphan(&self, slot: Arc<callback::Slot>) {
+        self.lock().orphans.push(slot.clone());
+        // The reply may have arrived after the abandoning thread looked and
+        // before the manager's last scan: look again.
+        slot.try_finish();
+    }
+
+    /// Sets the results of abandoned callbacks whose replies have arrived
+    /// (the manager calls it after completing replies).
+    pub(crate) fn run_orphans(&self) {
+        let orphans = {
+            let mut s = self.lock();
+            if s.orphans.is_empty() {
+                return;
+            }
+            std::mem::take(&mut s.orphans)
+        };
+        let left: Vec<_> = orphans.into_iter().filter(|o| !o.try_finish()).collect();
+        if !left.is_empty() {
+            self.lock().orphans.extend(left);
+        }
+    }
+
+    /// The manager has exited (every reply is set by then).
     pub(crate) fn manager_exited(&self) {
+        self.run_orphans();
         let joiners = {
             let mut s = self.lock();
             s.manager_done = true;
@@ -417,6 +487,11 @@ impl Shared {
 
 fn wait_reply<R: DeserializeOwned>(reply: &Reply) -> Result<R, PoolError> {
     reply.wait(None, "process pool task");
+    decode_reply(reply)
+}
+
+/// The result in a reply that has arrived (taken: once per reply).
+fn decode_reply<R: DeserializeOwned>(reply: &Reply) -> Result<R, PoolError> {
     let bytes = reply.take().expect("a reply is taken once")?;
     match bytes.split_first() {
         Some((&REPLY_OK, rest)) => {

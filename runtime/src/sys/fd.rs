@@ -3,7 +3,8 @@
 //! Contract for `pool::*`: each function is one syscall (or a short fixed
 //! sequence) reporting failure as `io::Error`, never panicking. Fds come
 //! back as [`OwnedFd`] with `O_CLOEXEC` set, so an `exec` in some child
-//! never leaks them. `read` and `write` retry `EINTR`; on a non-blocking
+//! never leaks them, and numbered 3 or above, so they never stand in for a
+//! stdio stream the user closed. `read` and `write` retry `EINTR`; on a non-blocking
 //! fd they report `WouldBlock` and the caller waits through the hub.
 
 use std::io;
@@ -11,25 +12,44 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use super::cvt::{cvt, cvt_r};
 
+/// The lowest fd number moss's private fds (pipes, socket pairs, pidfds,
+/// duplicates) get: 0–2 are stdio, and a protocol fd that lands there
+/// (because the user closed stdout, say) would receive whatever a
+/// `println!` writes, in this process or in a child.
+const LOWEST_PRIVATE_FD: RawFd = 3;
+
+/// Takes ownership of a fresh fd the kernel just returned, moving it to 3 or
+/// above first (see [`LOWEST_PRIVATE_FD`]); the low number is closed.
+pub(crate) fn own(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: the kernel just returned `fd` to the caller, and nothing else
+    // owns this number.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if fd >= LOWEST_PRIVATE_FD {
+        return Ok(owned);
+    }
+    dup(fd)
+}
+
 /// A pipe `(read end, write end)`, both `O_CLOEXEC`, optionally
-/// non-blocking.
+/// non-blocking, numbered 3 or above.
 pub(crate) fn pipe(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
     // SAFETY: `fds` has room for the two fds pipe2 writes.
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (r, w) = (own(fds[0]), own(fds[1]));
+    Ok((r?, w?))
 }
 
-/// A connected `AF_UNIX` stream socket pair, `O_CLOEXEC`, blocking.
+/// A connected `AF_UNIX` stream socket pair, `O_CLOEXEC`, blocking,
+/// numbered 3 or above.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     let ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
     // SAFETY: `fds` has room for the two fds socketpair writes.
     cvt(unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) })?;
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (a, b) = (own(fds[0]), own(fds[1]));
+    Ok((a?, b?))
 }
 
 /// Sets or clears `O_NONBLOCK` on `fd`; returns whether it was set before.
@@ -59,10 +79,10 @@ pub(crate) fn set_pipe_size(fd: RawFd, bytes: usize) -> io::Result<usize> {
     Ok(r as usize)
 }
 
-/// `dup(fd)` with `O_CLOEXEC`.
+/// `dup(fd)` with `O_CLOEXEC`, numbered 3 or above.
 pub(crate) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: as in `set_nonblocking`.
-    let r = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    let r = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, LOWEST_PRIVATE_FD) })?;
     // SAFETY: the new fd is ours alone.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }

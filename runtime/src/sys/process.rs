@@ -19,7 +19,7 @@
 //!   parent.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 use super::cvt::{cvt, cvt_r};
 
@@ -114,12 +114,11 @@ pub(crate) fn signal(pid: libc::pid_t, sig: i32) -> io::Result<()> {
 }
 
 /// `pidfd_open(pid, 0)` (Linux 5.3+): an fd that polls readable once the
-/// process has exited. `Unsupported`-like errors (`ENOSYS`) are returned as
+/// process has exited, numbered 3 or above. `Unsupported`-like errors (`ENOSYS`) are returned as
 /// they are, so callers can fall back to polling `waitpid`.
 pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // SAFETY: the raw syscall takes two integers and returns an fd or -1.
     let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     // pidfds are created with O_CLOEXEC by the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    super::fd::own(fd as RawFd)
 }

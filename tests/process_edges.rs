@@ -1,0 +1,194 @@
+//! ProcessPool and ProcessQueue at their edges: closed stdio, tasks that
+//! fork, callers whose thread exits, items cancelled in the middle of a
+//! frame. Each case that could hang runs in a child process of this test
+//! binary, bounded in time.
+
+mod util;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use moss::pool::{Process, ProcessPool, ProcessQueue};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn print_and_square(x: u64) -> u64 {
+    println!("a task printing to a closed stdout");
+    x * x
+}
+
+fn slow_double(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(300));
+    x * 2
+}
+
+/// Runs `case` (a test of this binary) in a child process; it must exit 0
+/// within `limit`.
+fn in_child_ok(case: &str, limit: Duration) {
+    let r = util::run_in_child(case, limit);
+    assert!(
+        r.success() && !r.timed_out,
+        "{case}: {r:?}\n--- stderr ---\n{}",
+        r.stderr
+    );
+}
+
+/// Whether `fd` is open in this process.
+fn is_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only queries the fd.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// With stdin and stdout closed, the pool's and the queue's fds must not
+/// take numbers 0 and 1: a `println!` would write into the protocol. (The
+/// thread's hub is made first: its own epoll and eventfd are not protocol
+/// fds.)
+#[test]
+fn protocol_fds_stay_off_closed_stdio() {
+    const CASE: &str = "protocol_fds_stay_off_closed_stdio";
+    if util::in_child(CASE) {
+        moss::yield_now();
+        // SAFETY: this child process gives up its stdin and stdout; nothing
+        // else in it owns them.
+        unsafe {
+            libc::close(0);
+            libc::close(1);
+        }
+        let q = Arc::new(ProcessQueue::<u32>::new(2).unwrap());
+        let pool = ProcessPool::new(1).unwrap();
+        let child = {
+            let q = q.clone();
+            Process::new(move || q.put(7)).start().unwrap()
+        };
+        for fd in 0..2 {
+            assert!(!is_open(fd), "fd {fd} was taken by a pool or queue fd");
+        }
+        assert_eq!(q.get_timeout(Duration::from_secs(20)), Ok(7));
+        assert_eq!(child.join().unwrap(), 0);
+        assert_eq!(pool.apply(print_and_square, 5).unwrap(), 25);
+        // 1 MB of output from the parent must not disturb the pool either.
+        for _ in 0..10_000 {
+            println!("{}", "x".repeat(100));
+        }
+        assert_eq!(pool.apply(square, 6).unwrap(), 36);
+        pool.close();
+        pool.join();
+        return;
+    }
+    in_child_ok(CASE, Duration::from_secs(60));
+}
+
+/// A task that forks, with both processes returning from it: only the
+/// worker answers (the child used to write a second reply, which the
+/// manager gave to the next task).
+fn fork_and_return(x: u64) -> u64 {
+    // SAFETY: the worker is single-threaded (forked from the manager
+    // thread), so the child may run any code.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        return x + 1000; // the child returns into the worker's loop
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a valid out-pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    x * 2
+}
+
+#[test]
+fn a_task_that_forks_is_answered_once() {
+    let _wd = util::watchdog("a task that forks", Duration::from_secs(60));
+    let pool = ProcessPool::new(1).unwrap();
+    for i in 1..=3u64 {
+        assert_eq!(pool.apply(fork_and_return, i).unwrap(), i * 2);
+        assert_eq!(pool.apply(square, i + 10).unwrap(), (i + 10) * (i + 10));
+    }
+    pool.close();
+    pool.join();
+}
+
+/// `apply_async` from a thread that exits without ever running its hub
+/// again: its callback can never run. `join` and `terminate` must still
+/// return, and the `AsyncResult` must hold the task's result. `slow` makes
+/// the reply arrive after the thread has gone (the manager finishes the
+/// result); otherwise it is there before the thread exits.
+fn apply_async_from_an_exiting_thread(slow: bool) {
+    let pool = ProcessPool::new(1).unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let t = {
+        let (pool, ran) = (pool.clone(), ran.clone());
+        std::thread::spawn(move || {
+            let f = if slow { slow_double } else { square };
+            let r = pool.apply_async(f, 21, move |_| ran.store(true, Ordering::SeqCst));
+            if !slow {
+                // The reply arrives while this thread sleeps without its hub.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            r
+        })
+    };
+    let result = t.join().unwrap();
+    let t0 = Instant::now();
+    pool.join();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    let want = if slow { 42 } else { 441 };
+    assert_eq!(
+        result.get_timeout(Duration::from_secs(10)).unwrap(),
+        Ok(want)
+    );
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "the callback ran without its thread"
+    );
+    pool.terminate();
+}
+
+#[test]
+fn apply_async_from_an_exiting_thread_reply_after_exit() {
+    const CASE: &str = "apply_async_from_an_exiting_thread_reply_after_exit";
+    if util::in_child(CASE) {
+        apply_async_from_an_exiting_thread(true);
+        return;
+    }
+    in_child_ok(CASE, Duration::from_secs(30));
+}
+
+#[test]
+fn apply_async_from_an_exiting_thread_reply_before_exit() {
+    const CASE: &str = "apply_async_from_an_exiting_thread_reply_before_exit";
+    if util::in_child(CASE) {
+        apply_async_from_an_exiting_thread(false);
+        return;
+    }
+    in_child_ok(CASE, Duration::from_secs(30));
+}
+
+/// A callback on a live hub still runs before its result is ready, and a
+/// thread that runs its hub before exiting runs its callbacks.
+#[test]
+fn apply_async_callbacks_still_run_on_live_hubs() {
+    let _wd = util::watchdog("callbacks on live hubs", Duration::from_secs(60));
+    let pool = ProcessPool::new(2).unwrap();
+    let seen = Rc::new(Cell::new(0u64));
+    let s = seen.clone();
+    let r = pool.apply_async(square, 9, move |v| s.set(*v));
+    assert_eq!(r.get(), Ok(81));
+    assert_eq!(seen.get(), 81);
+    let ran = Arc::new(AtomicBool::new(false));
+    let t = {
+        let (pool, ran) = (pool.clone(), ran.clone());
+        std::thread::spawn(move || {
+            let r = pool.apply_async(square, 3, move |_| ran.store(true, Ordering::SeqCst));
+            moss::wait();
+            r
+        })
+    };
+    assert_eq!(t.join().unwrap().get(), Ok(9));
+    assert!(ran.load(Ordering::SeqCst));
+    pool.close();
+    pool.join();
+}
