@@ -192,3 +192,134 @@ fn apply_async_callbacks_still_run_on_live_hubs() {
     pool.close();
     pool.join();
 }
+
+/// A put cancelled in the middle of an item larger than the pipe, whose
+/// consumer is a coroutine of the same thread that starts only later: the
+/// put used to block the whole thread in `poll(2)`, so the consumer never
+/// ran. Now the unwinding put finishes its item by parking; the consumer
+/// gets it whole and the queue stays usable.
+#[test]
+fn put_cancelled_mid_item_with_a_same_thread_consumer() {
+    const CASE: &str = "put_cancelled_mid_item_with_a_same_thread_consumer";
+    if util::in_child(CASE) {
+        let q = Rc::new(ProcessQueue::<Vec<u8>>::new(2).unwrap());
+        let item = vec![7u8; 4 << 20];
+        let consumer = {
+            let q = q.clone();
+            moss::spawn(move || {
+                moss::sleep(Duration::from_millis(200));
+                q.get()
+            })
+        };
+        let t0 = Instant::now();
+        let r = moss::timeout(Duration::from_millis(50), || q.put(item.clone()));
+        assert!(r.is_err(), "the put should have been cancelled");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(consumer.join().unwrap() == item, "the item arrived torn");
+        q.put(vec![1, 2, 3]);
+        assert_eq!(q.get(), vec![1, 2, 3]);
+        assert_eq!(q.len(), 0);
+        return;
+    }
+    in_child_ok(CASE, Duration::from_secs(30));
+}
+
+/// A get cancelled in the middle of an item whose producer is a coroutine
+/// of the same thread (parked on the full pipe): the unwinding get reads
+/// the item to its end (the producer runs meanwhile) and keeps it for the
+/// next get, which returns it whole.
+#[test]
+fn get_cancelled_mid_item_with_a_same_thread_producer() {
+    const CASE: &str = "get_cancelled_mid_item_with_a_same_thread_producer";
+    if util::in_child(CASE) {
+        let q = Rc::new(ProcessQueue::<Vec<u8>>::new(2).unwrap());
+        let item = vec![9u8; 8 << 20];
+        let producer = {
+            let (q, item) = (q.clone(), item.clone());
+            moss::spawn(move || q.put(item))
+        };
+        util::until_parked(producer.id());
+        // Fires at the get's first wait: the pipe buffer is read at once,
+        // then the get waits in the middle of the item.
+        let r = moss::timeout(Duration::ZERO, || q.get());
+        assert!(r.is_err(), "the get should have been cancelled");
+        producer.join().unwrap();
+        assert_eq!(q.len(), 1, "the item stays in the queue");
+        assert!(q.get_nowait().unwrap() == item, "the rescued item is torn");
+        assert_eq!(q.len(), 0);
+        q.put(vec![4]);
+        assert_eq!(q.get(), vec![4]);
+        return;
+    }
+    in_child_ok(CASE, Duration::from_secs(30));
+}
+
+/// A put whose unwinding finish is cancelled again (no consumer, then a
+/// kill) cannot complete its item: the queue reports itself broken to
+/// every later call instead of hanging or handing out a torn item.
+#[test]
+fn an_item_that_can_never_be_finished_breaks_the_queue() {
+    const CASE: &str = "an_item_that_can_never_be_finished_breaks_the_queue";
+    if util::in_child(CASE) {
+        let q = Rc::new(ProcessQueue::<Vec<u8>>::new(2).unwrap());
+        let putter = {
+            let q = q.clone();
+            moss::spawn(move || {
+                // Cancelled at its first wait, in the middle of the item;
+                // the unwinding put then waits for a consumer that never
+                // comes, until the kill below.
+                let r = moss::timeout(Duration::ZERO, || q.put(vec![5u8; 4 << 20]));
+                assert!(r.is_err());
+            })
+        };
+        util::until_parked(putter.id());
+        putter.kill();
+        let _ = putter.join();
+        let e = q.checked_get(Some(Duration::from_secs(5))).unwrap_err();
+        assert!(e.to_string().contains("broken"), "{e}");
+        let e = q
+            .checked_put(vec![1], Some(Duration::from_secs(5)))
+            .unwrap_err();
+        assert!(e.to_string().contains("broken"), "{e}");
+        return;
+    }
+    in_child_ok(CASE, Duration::from_secs(30));
+}
+
+/// A producer process killed in the middle of a large item: the consumer
+/// waiting for the rest of it fails instead of waiting forever.
+#[test]
+fn a_producer_killed_mid_item_fails_the_consumer() {
+    const CASE: &str = "a_producer_killed_mid_item_fails_the_consumer";
+    if util::in_child(CASE) {
+        let q = Arc::new(ProcessQueue::<Vec<u8>>::new(2).unwrap());
+        let child = {
+            let q = q.clone();
+            Process::new(move || q.put(vec![3u8; 8 << 20]))
+                .start()
+                .unwrap()
+        };
+        // The producer fills the pipe with the start of its item and waits
+        // for a reader; it dies there. The consumer reads that part, then
+        // waits for the rest.
+        while q.is_empty() {
+            moss::sleep(Duration::from_millis(5));
+        }
+        moss::sleep(Duration::from_millis(200));
+        child.kill().unwrap();
+        let t0 = Instant::now();
+        let e = match q.checked_get(None) {
+            Ok(v) => panic!("got an item of {} bytes from a dead producer", v.len()),
+            Err(e) => e,
+        };
+        assert!(e.to_string().contains("broken"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        drop(child);
+        return;
+    }
+    in_child_ok(CASE, Duration::from_secs(30));
+}

@@ -11,7 +11,8 @@
 //! * [`ProcessPool`] — worker processes for CPU-bound `fn(A) -> R` tasks
 //!   (modules `process_pool`, `pool_manager` for its manager thread and
 //!   `pool_worker` for the workers' loop).
-//! * [`ProcessQueue`] — `multiprocessing.Queue` (module `process_queue`).
+//! * [`ProcessQueue`] — `multiprocessing.Queue` (modules `process_queue`,
+//!   and `queue_wire` for its pipes and frames).
 //! * [`PoolError`] — why a pool task produced no result (module `error`).
 //!
 //! The process protocols share one length-prefixed frame codec (module
@@ -26,6 +27,7 @@ mod pool_worker;
 mod process;
 mod process_pool;
 mod process_queue;
+mod queue_wire;
 mod thread_pool;
 
 pub use error::PoolError;

@@ -4,39 +4,39 @@
 //!
 //! Everything lives in kernel objects that `fork` shares: four pipes and one
 //! page of `MAP_SHARED` memory, all created by [`ProcessQueue::new`] before
-//! the children are forked.
-//!
-//! ```text
-//!   data   pipe: frames  [len: u32 LE][postcard bytes]  (FIFO of items)
-//!   slots  pipe: one byte per free slot   (starts with `capacity` bytes)
-//!   wlock  pipe: one byte = the writers' lock on `data`
-//!   rlock  pipe: one byte = the readers' lock on `data`
-//!   shared page: `len`, the number of items written or being written
-//! ```
-//!
-//! A pipe holding *k* one-byte tokens is a counting semaphore that works
-//! across processes: reading one byte is atomic (exactly one reader gets each
-//! byte), and "a token is available" is plain readability, which the hub can
-//! wait for. All fds are non-blocking; a waiter tries the read first and on
-//! `EAGAIN` waits for readiness through its hub (a coroutine yields, a root or
-//! plain thread blocks in `epoll_wait`).
+//! the children are forked (see `queue_wire.rs` for the layout).
 //!
 //! * `put`: take a slot token (this is what makes the queue bounded), take
-//!   the write lock, write the whole frame (waiting for pipe space while a
-//!   reader drains it, so an item larger than the pipe buffer still arrives
-//!   whole and contiguous), release the write lock. The slot token now
-//!   belongs to the item.
-//! * `get`: take the read lock, read one whole frame (waiting for data),
-//!   release the read lock, give the slot token back.
+//!   the writers' lock, write the whole frame `[len][postcard bytes]`
+//!   (waiting for pipe space while a reader drains it, so an item larger
+//!   than the pipe buffer still arrives whole and contiguous), release the
+//!   lock. The slot token now belongs to the item.
+//! * `get`: take the readers' lock, read one whole frame (waiting for
+//!   data), release the lock, give the slot token back.
 //!
 //! One writer at a time means frames never interleave; one reader at a time
 //! means each frame is read whole by exactly one reader: every item is
-//! delivered exactly once. Lock and slot tokens are held by guards, so a
-//! timed-out or cancelled call gives them back. Once the first byte of a
-//! frame has been written or read, the call finishes that frame whatever
-//! happens (a cancellation waits for the frame to complete, blocking the
-//! thread if it must, and is delivered at the next blocking point): a frame
-//! is never torn.
+//! delivered exactly once. Waits go through the hub: a coroutine parks, a
+//! root runs its hub.
+//!
+//! # Cancellation
+//!
+//! A `kill` or `timeout` that reaches a call before its first byte leaves
+//! the queue as it was (the tokens go back). Once a frame has started it
+//! must be finished, or every later reader would read garbage: the
+//! cancellation is delivered as usual and the unwinding call finishes the
+//! frame on its way out, parking (so a peer that is a coroutine of the same
+//! thread, such as the consumer of a large item, runs meanwhile):
+//!
+//! * a put cancelled in the middle of its item still delivers the item;
+//! * a get cancelled in the middle of an item reads it to the end and keeps
+//!   it for the next get of the same process (on any thread): no item is
+//!   lost, though its place in the order may change.
+//!
+//! If the frame can never be finished (the unwinding call is cancelled
+//! again, or the process on the other side died in the middle of its put
+//! or get), the queue is marked broken and every call, in every process,
+//! fails with an error saying so, instead of waiting forever.
 //!
 //! `len`, `is_empty` and `is_full` read the shared counter: exact when the
 //! queue is quiet, approximate while others put and get (as in Python).
@@ -49,11 +49,10 @@
 //! [`checked_get`](ProcessQueue::checked_get) report those as `io::Error`
 //! instead.
 //!
-//! Limits (as with Python's queue): a process killed in the middle of a
-//! `put` or `get` may leave a torn frame or take a lock token with it, after
-//! which the queue is unusable; an item larger than the data pipe's buffer
-//! (grown to 1 MiB where the system allows) is written while a consumer
-//! reads it, so its `put` waits for a consumer.
+//! Limits: an item larger than the data pipe's buffer (grown to 1 MiB where
+//! the system allows) is written while a consumer reads it, so its `put`
+//! waits for a consumer; a process that died holding a lock is noticed
+//! within 200 ms unless its pid was recycled meanwhile.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -74,36 +73,20 @@
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::frame;
-use super::process::{poll_wait, wait_fd};
-use crate::reactor::{Interest, Registration, WaitError};
+use super::queue_wire::{Wait, Wire};
 use crate::sync::{Empty, Full, Timeout};
-use crate::sys::fd;
-use crate::sys::shm::SharedMem;
-
-/// The data pipe's buffer is grown to this where the system allows.
-const DATA_PIPE_SIZE: usize = 1 << 20;
 
 /// A bounded queue of `T` shared by a parent and its forked children.
 /// `Send + Sync`; share it with an `Arc` captured by the child's closure.
 pub struct ProcessQueue<T> {
     capacity: usize,
-    data_r: OwnedFd,
-    data_w: OwnedFd,
-    slots_r: OwnedFd,
-    slots_w: OwnedFd,
-    wlock_r: OwnedFd,
-    wlock_w: OwnedFd,
-    rlock_r: OwnedFd,
-    rlock_w: OwnedFd,
-    shared: SharedMem,
+    wire: Wire,
     _items: PhantomData<fn(T) -> T>,
 }
 
@@ -117,46 +100,11 @@ impl<T: Serialize + DeserializeOwned> ProcessQueue<T> {
                 "ProcessQueue capacity must be at least 1",
             ));
         }
-        let (data_r, data_w) = fd::pipe(true)?;
-        let (slots_r, slots_w) = fd::pipe(true)?;
-        let (wlock_r, wlock_w) = fd::pipe(true)?;
-        let (rlock_r, rlock_w) = fd::pipe(true)?;
-        // Best effort: a bigger buffer lets bigger items be put without a
-        // consumer reading at the same time.
-        let _ = fd::set_pipe_size(data_w.as_raw_fd(), DATA_PIPE_SIZE);
-        if capacity > 65536 {
-            let got = fd::set_pipe_size(slots_w.as_raw_fd(), capacity).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("ProcessQueue capacity {capacity} needs a pipe buffer that large: {e}"),
-                )
-            })?;
-            debug_assert!(got >= capacity);
-        }
-        fill(slots_w.as_raw_fd(), capacity)?;
-        fill(wlock_w.as_raw_fd(), 1)?;
-        fill(rlock_w.as_raw_fd(), 1)?;
-        let shared = SharedMem::new(4096)?;
         Ok(ProcessQueue {
             capacity,
-            data_r,
-            data_w,
-            slots_r,
-            slots_w,
-            wlock_r,
-            wlock_w,
-            rlock_r,
-            rlock_w,
-            shared,
+            wire: Wire::new(capacity)?,
             _items: PhantomData,
         })
-    }
-
-    fn count(&self) -> &AtomicUsize {
-        // SAFETY: the mapping is page aligned, at least one page long, zeroed
-        // at creation (a valid AtomicUsize of 0), lives as long as `self`, and
-        // is only ever accessed through atomics, in every process.
-        unsafe { &*self.shared.as_ptr().cast::<AtomicUsize>() }
     }
 
     /// The capacity given at creation.
@@ -166,7 +114,7 @@ impl<T: Serialize + DeserializeOwned> ProcessQueue<T> {
 
     /// Items in the queue (approximate while other processes use it).
     pub fn len(&self) -> usize {
-        self.count().load(Ordering::SeqCst)
+        self.wire.len()
     }
 
     /// Whether the queue looks empty (approximate, see [`len`](Self::len)).
@@ -295,39 +243,18 @@ impl<T: Serialize + DeserializeOwned> ProcessQueue<T> {
         if let Err(e) = frame::finish(&mut frame, "a serialized item") {
             return Err(Put::Io(e));
         }
-
-        let slot = match acquire(&self.slots_r, &self.slots_w, wait) {
-            Ok(Some(t)) => t,
-            Ok(None) => return Err(Put::Full(v)),
-            Err(e) => return Err(Put::Io(e)),
-        };
-        // The slot is ours: wait for the writers' lock as long as it takes
-        // (another writer is busy writing a frame).
-        let lock = match acquire(&self.wlock_r, &self.wlock_w, Wait::Forever) {
-            Ok(t) => t.expect("no deadline"),
-            Err(e) => return Err(Put::Io(e)),
-        };
-        self.count().fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = write_frame(self.data_w.as_raw_fd(), &frame) {
-            self.count().fetch_sub(1, Ordering::SeqCst);
-            return Err(Put::Io(e));
+        match self.wire.put(&frame, wait) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Put::Full(v)),
+            Err(e) => Err(Put::Io(e)),
         }
-        drop(lock);
-        std::mem::forget(slot); // the slot now belongs to the item
-        Ok(())
     }
 
     /// `Ok(None)`: empty (nothing came before the wait ran out).
     fn get_deadline(&self, wait: Wait) -> io::Result<Option<T>> {
-        let Some(lock) = acquire(&self.rlock_r, &self.rlock_w, wait)? else {
+        let Some(payload) = self.wire.get(wait)? else {
             return Ok(None);
         };
-        let Some(payload) = read_frame(self.data_r.as_raw_fd(), wait)? else {
-            return Ok(None);
-        };
-        self.count().fetch_sub(1, Ordering::SeqCst);
-        drop(lock);
-        release(self.slots_w.as_raw_fd())?;
         postcard::from_bytes(&payload).map(Some).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -348,194 +275,7 @@ impl<T> fmt::Debug for ProcessQueue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessQueue")
             .field("capacity", &self.capacity)
-            .field("len", &self.shared_len())
+            .field("len", &self.wire.len())
             .finish()
-    }
-}
-
-impl<T> ProcessQueue<T> {
-    fn shared_len(&self) -> usize {
-        // SAFETY: as in `count`.
-        unsafe { &*self.shared.as_ptr().cast::<AtomicUsize>() }.load(Ordering::SeqCst)
-    }
-}
-
-/// How long a call may wait.
-#[derive(Clone, Copy)]
-enum Wait {
-    No,
-    Until(Instant),
-    Forever,
-}
-
-impl From<Option<Duration>> for Wait {
-    fn from(t: Option<Duration>) -> Wait {
-        match t {
-            None => Wait::Forever,
-            Some(Duration::ZERO) => Wait::No,
-            Some(d) => Wait::until(d),
-        }
-    }
-}
-
-impl Wait {
-    fn until(d: Duration) -> Wait {
-        match Instant::now().checked_add(d) {
-            Some(t) => Wait::Until(t),
-            None => Wait::Forever,
-        }
-    }
-
-    fn error(self, full_or_empty: &str, timed_out: &str) -> io::Error {
-        match self {
-            Wait::No => io::Error::new(io::ErrorKind::WouldBlock, full_or_empty.to_owned()),
-            _ => io::Error::new(io::ErrorKind::TimedOut, timed_out.to_owned()),
-        }
-    }
-
-    /// Waits for `fd`; false when the wait is over (no waiting, or deadline).
-    fn wait_for(self, fd: RawFd, interest: Interest) -> io::Result<bool> {
-        match self {
-            Wait::No => Ok(false),
-            Wait::Until(t) => wait_fd(fd, interest, Some(t)),
-            Wait::Forever => wait_fd(fd, interest, None),
-        }
-    }
-}
-
-/// A token taken from a token pipe; given back on drop.
-struct Token {
-    w: RawFd,
-}
-
-impl Drop for Token {
-    fn drop(&mut self) {
-        // A token pipe always has room for the tokens taken from it.
-        let _ = release(self.w);
-    }
-}
-
-/// Takes one token from the pipe `r` (whose write end is `w`): `None` if
-/// the wait ran out.
-fn acquire(r: &OwnedFd, w: &OwnedFd, wait: Wait) -> io::Result<Option<Token>> {
-    let mut b = [0u8; 1];
-    loop {
-        match fd::read(r.as_raw_fd(), &mut b) {
-            Ok(1) => return Ok(Some(Token { w: w.as_raw_fd() })),
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "token pipe closed",
-                ));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !wait.wait_for(r.as_raw_fd(), Interest::Readable)? {
-                    return Ok(None);
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn release(w: RawFd) -> io::Result<()> {
-    match fd::write(w, &[0], false)? {
-        1 => Ok(()),
-        _ => Err(io::Error::other("token pipe refused a token")),
-    }
-}
-
-fn fill(w: RawFd, n: usize) -> io::Result<()> {
-    let zeros = [0u8; 4096];
-    let mut left = n;
-    while left > 0 {
-        let k = fd::write(w, &zeros[..left.min(zeros.len())], false)?;
-        left -= k;
-    }
-    Ok(())
-}
-
-/// Writes a whole frame; once the first byte is out, it finishes whatever
-/// happens (see the module docs).
-fn write_frame(fd: RawFd, frame: &[u8]) -> io::Result<()> {
-    let mut done = 0;
-    while done < frame.len() {
-        match fd::write(fd, &frame[done..], false) {
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if done == 0 {
-                    wait_fd(fd, Interest::Writable, None)?;
-                } else {
-                    wait_committed(fd, Interest::Writable)?;
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Reads one whole frame's payload: `None` if `wait` ran out before its
-/// first byte arrived.
-fn read_frame(fd: RawFd, wait: Wait) -> io::Result<Option<Vec<u8>>> {
-    let mut header = [0u8; frame::HEADER];
-    let mut got = 0;
-    while got < frame::HEADER {
-        match fd::read(fd, &mut header[got..]) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "queue pipe closed",
-                ));
-            }
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if got > 0 {
-                    wait_committed(fd, Interest::Readable)?;
-                } else if !wait.wait_for(fd, Interest::Readable)? {
-                    return Ok(None);
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let len = frame::body_len(header);
-    let mut payload = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match fd::read(fd, &mut payload[got..]) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "queue pipe closed",
-                ));
-            }
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_committed(fd, Interest::Readable)?
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Some(payload))
-}
-
-/// Waits for `fd` in the middle of a frame: a pending cancellation must not
-/// tear it, so it is left pending and the wait finishes by blocking the
-/// thread in `poll` (the peer is mid-frame too and will make progress).
-fn wait_committed(fd: RawFd, interest: Interest) -> io::Result<()> {
-    let Ok(dup) = fd::dup(fd) else {
-        return poll_wait(fd, interest, None).map(drop);
-    };
-    let Ok(reg) = Registration::new(dup.as_raw_fd()) else {
-        return poll_wait(fd, interest, None).map(drop);
-    };
-    match reg.wait_raw(interest, None) {
-        Ok(()) => Ok(()),
-        Err(WaitError::Cancelled) => {
-            drop(reg);
-            poll_wait(fd, interest, None).map(drop)
-        }
-        Err(e) => Err(io::Error::other(e)),
     }
 }

@@ -122,3 +122,23 @@ pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // pidfds are created with O_CLOEXEC by the kernel.
     super::fd::own(fd as RawFd)
 }
+
+/// Whether process `pid` has ended: it no longer exists, or it is a zombie
+/// waiting to be reaped (or being reaped). A recycled pid reads as alive.
+pub(crate) fn is_gone(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    if let Err(e) = cvt(unsafe { libc::kill(pid, 0) }) {
+        return e.raw_os_error() == Some(libc::ESRCH);
+    }
+    // `/proc/PID/stat` is "PID (COMM) STATE ...", and COMM may contain ')'.
+    match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .iter()
+                .rposition(|&b| b == b')')
+                .and_then(|i| stat.get(i + 2));
+            matches!(state, Some(b'Z' | b'X'))
+        }
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
