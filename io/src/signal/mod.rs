@@ -34,6 +34,10 @@
 //!   stack-overflow report uses the first two, and a handler that returns
 //!   from a fault re-runs the faulting instruction), and 32, 33 (reserved by
 //!   the C library's threads).
+//! * `f` runs when the handler's hub runs: whenever a coroutine of that
+//!   thread, or its root, blocks in a moss call. A thread that installs a
+//!   handler and then blocks outside moss (an unpatched `std` call) runs it
+//!   only afterwards.
 //! * A handler's dispatcher is a coroutine of its thread: while a handler is
 //!   alive, [`moss::run`](moss_runtime::run) and [`moss::wait`](moss_runtime::wait)
 //!   on that thread keep waiting, as for any other coroutine. Drop the
