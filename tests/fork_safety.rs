@@ -97,18 +97,35 @@ fn subprocess_reaping_in_a_child_after_the_parent_used_the_reaper() {
     let _wd = util::watchdog("reaper in a child", Duration::from_secs(60));
     let gone = |pid: u32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
     // The parent's reaper thread exists (a dropped, running child).
-    let c = moss::subprocess::Command::new("sleep").arg("0.05").spawn().unwrap();
+    let c = moss::subprocess::Command::new("sleep")
+        .arg("0.05")
+        .spawn()
+        .unwrap();
     let pid = c.id();
     drop(c);
-    util::until("the parent's orphan to be reaped", Duration::from_secs(20), || gone(pid));
+    util::until(
+        "the parent's orphan to be reaped",
+        Duration::from_secs(20),
+        || gone(pid),
+    );
     let code = in_process(move || {
         // The child's own orphan goes to a reaper of its own.
-        let c = moss::subprocess::Command::new("sleep").arg("0.05").spawn().unwrap();
+        let c = moss::subprocess::Command::new("sleep")
+            .arg("0.05")
+            .spawn()
+            .unwrap();
         let pid = c.id();
         drop(c);
-        util::until("the child's orphan to be reaped", Duration::from_secs(10), || gone(pid));
+        util::until(
+            "the child's orphan to be reaped",
+            Duration::from_secs(10),
+            || gone(pid),
+        );
         // And waits there work as usual.
-        let out = moss::subprocess::Command::new("echo").arg("hi").output().unwrap();
+        let out = moss::subprocess::Command::new("echo")
+            .arg("hi")
+            .output()
+            .unwrap();
         assert_eq!(out.stdout, b"hi\n");
     });
     assert_eq!(code, 0);
