@@ -20,15 +20,15 @@
 //!
 //! To add a server kind: one variant and one function in `servers.rs`.
 
+#[path = "../common/bench.rs"]
+mod bench;
 mod load;
 mod servers;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
+use bench::{Server, median, pin_self, raise_nofile, start_self, stop};
 use load::{Load, LoadResult};
 use servers::Kind;
 
@@ -151,7 +151,7 @@ fn main() {
         );
         return;
     }
-    pin_self(1);
+    pin_self(bench::LOAD_CPU);
     if o.strace {
         return strace_report(&o);
     }
@@ -162,135 +162,16 @@ fn main() {
 
 /// `--serve`: bind, report the port on stdout, serve until stdin closes.
 fn serve_child(kind: Kind, port: u16, buf: usize) {
-    let l = bind(port).unwrap_or_else(|e| die(&format!("bind: {e}")));
-    println!("PORT {}", l.local_addr().unwrap().port());
-    std::io::stdout().flush().unwrap();
-    std::thread::spawn(|| {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-        std::process::exit(0);
-    });
-    kind.serve(l, buf);
-}
-
-/// A loopback listener with a deep backlog (hundreds of connections arrive
-/// at once), handed to every server kind alike.
-fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())?;
-    s.listen(4096)?;
-    Ok(s.into())
-}
-
-fn pin_self(cpu: usize) {
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        return;
-    }
-    if let Err(e) = set_affinity(cpu) {
-        eprintln!("echo_bench: cannot pin to CPU {cpu}: {e}");
-    }
-}
-
-fn set_affinity(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside
-    // it (cpu < CPU_SETSIZE); sched_setaffinity only reads it.
-    let r = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Raises this process's soft fd limit to the hard one (children inherit
-/// it): 10,000 connections need 10,000 fds on each side.
-fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit read/write the rlimit struct we own.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
+    let l = bench::bind(port).unwrap_or_else(|e| die(&format!("bind: {e}")));
+    kind.serve(bench::serve_child(l), buf);
 }
 
 /// Starts `exe --serve kind` (optionally under `wrapper`), pinned to CPU 0.
 fn start(kind: Kind, buf: usize, wrapper: &[&str]) -> Server {
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = if let Some((w, rest)) = wrapper.split_first() {
-        let mut c = Command::new(w);
-        c.args(rest).arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    cmd.args(["--serve", kind.key(), "--buf", &buf.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls sched_setaffinity (async-signal-safe) on a stack value.
-        unsafe {
-            cmd.pre_exec(|| set_affinity(0));
-        }
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| die(&format!("cannot start server: {e}")));
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .strip_prefix("PORT ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| die(&format!("{} did not report its port: {line:?}", kind.key())));
-    Server {
-        child,
-        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-    }
-}
-
-/// Closes the server's stdin (it exits), reaps it and returns its total
-/// (user, system) CPU time from `wait4`'s rusage: microsecond resolution,
-/// where `/proc/PID/stat` counts 10 ms ticks (too coarse for a few
-/// milliseconds of user time per run).
-fn stop(mut s: Server) -> (Duration, Duration) {
-    drop(s.child.stdin.take());
-    let pid = s.child.id() as libc::pid_t;
-    let t = Instant::now();
-    loop {
-        let late = t.elapsed() >= Duration::from_secs(10);
-        if late {
-            let _ = s.child.kill();
-        }
-        // SAFETY: a zeroed rusage is valid; wait4 writes into our locals.
-        let (r, ru) = unsafe {
-            let mut status = 0;
-            let mut ru: libc::rusage = std::mem::zeroed();
-            let flags = if late { 0 } else { libc::WNOHANG };
-            (libc::wait4(pid, &mut status, flags, &mut ru), ru)
-        };
-        if r == pid {
-            let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-            return (tv(ru.ru_utime), tv(ru.ru_stime));
-        }
-        if r < 0 {
-            return (Duration::ZERO, Duration::ZERO);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    start_self(
+        &["--serve", kind.key(), "--buf", &buf.to_string()],
+        wrapper,
+    )
 }
 
 // ---------------------------------------------------------------- harness
@@ -308,11 +189,6 @@ fn one_run(kind: Kind, l: Load, buf: usize) -> Sample {
     // message it echoed: start-up is well under 1% of a run.
     let (user, sys) = stop(s);
     Sample { load, user, sys }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
 fn harness(o: &Opts) {

@@ -162,7 +162,8 @@ fn path_of(target: &str) -> &str {
     t.split(['?', '#']).next().unwrap_or(t)
 }
 
-fn route(method: &str, path: &str) -> Route {
+/// The route of `method` on `path` (a path without its query).
+pub fn route(method: &str, path: &str) -> Route {
     let get = method == "GET" || method == "HEAD";
     match path {
         "/" if get => Route::Hello,

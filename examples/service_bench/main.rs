@@ -1,0 +1,420 @@
+//! The service benchmark: the two example services against the servers a
+//! user would compare them with, driven by clients nobody here wrote.
+//!
+//! ```sh
+//! cargo run --release --example service_bench            # the whole table (~8 min)
+//! cargo run --release --example service_bench -- --only redis --rounds 1
+//! cargo run --release --example service_bench -- --serve hyper --port 8080   # one server alone
+//! ```
+//!
+//! * `redis-benchmark -t ping,set,get -n 200000 -c 50` with `-P 1` and
+//!   `-P 16` against the real `redis-server` (persistence off) and against
+//!   examples/kv_server on one hub.
+//! * `wrk -t1 --latency` for 5 s on `GET /` with 64 and 512 connections
+//!   against examples/http_server on one hub and a hyper HTTP/1.1 server on
+//!   a tokio current-thread runtime doing the same routes with the same
+//!   header read timeout (`servers.rs`).
+//! * User-space instructions per request: each server again under
+//!   `valgrind --tool=callgrind`; after a warm-up the counters are zeroed,
+//!   a fixed number of requests is sent (redis-benchmark `-n`, or
+//!   `load.rs`'s keep-alive GETs with wrk's request bytes), and the counts
+//!   are dumped. Instruction counts do not depend on the machine's load,
+//!   unlike every wall-clock number here.
+//!
+//! As in echo_bench (whose pieces live in `examples/common/bench.rs`),
+//! servers run as child processes pinned to CPU 0 and the load runs pinned
+//! to CPU 1; peer and moss alternate within each round and the table shows
+//! medians over rounds. Each server's CPU time (from `wait4`) is divided by
+//! the requests it served: what a request costs the server, which req/s
+//! hides once a client saturates its CPU.
+//!
+//! Missing tools (Debian packages redis-server, redis-tools, wrk, valgrind)
+//! are reported and their rows skipped.
+
+#[path = "../common/bench.rs"]
+mod bench;
+#[allow(dead_code)]
+#[path = "../http_server"]
+mod http {
+    pub mod conn;
+    pub mod request;
+}
+#[allow(dead_code)]
+#[path = "../kv_server"]
+mod kv {
+    pub mod commands;
+    pub mod conn;
+    pub mod resp;
+    pub mod store;
+}
+mod load;
+mod servers;
+mod tools;
+
+use std::time::Duration;
+
+use servers::Kind;
+
+const USAGE: &str = "usage:
+  service_bench [--rounds 3] [--requests 200000] [--clients 50] [--pipelines 1,16]
+                [--conns 64,512] [--secs 5] [--cg-requests 20000] [--only redis|http|callgrind]
+  service_bench --serve kv|http|hyper [--port 0]";
+
+fn die(msg: &str) -> ! {
+    eprintln!("service_bench: {msg}\n{USAGE}");
+    std::process::exit(2)
+}
+
+struct Opts {
+    rounds: usize,
+    requests: usize,
+    clients: usize,
+    pipelines: Vec<usize>,
+    conns: Vec<usize>,
+    secs: f64,
+    cg_requests: usize,
+    only: Option<String>,
+}
+
+fn list<T: std::str::FromStr>(v: &str) -> Vec<T> {
+    v.split(',')
+        .map(|x| x.trim().parse().unwrap_or_else(|_| die(&format!("bad value {x:?}"))))
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut o = Opts {
+        rounds: 3,
+        requests: 200_000,
+        clients: 50,
+        pipelines: vec![1, 16],
+        conns: vec![64, 512],
+        secs: 5.0,
+        cg_requests: 20_000,
+        only: None,
+    };
+    let (mut serve, mut port) = (None, 0u16);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--rounds" => o.rounds = list(&val())[0],
+            "--requests" => o.requests = list(&val())[0],
+            "--clients" => o.clients = list(&val())[0],
+            "--pipelines" => o.pipelines = list(&val()),
+            "--conns" => o.conns = list(&val()),
+            "--secs" => o.secs = list(&val())[0],
+            "--cg-requests" => o.cg_requests = list(&val())[0],
+            "--only" => o.only = Some(val()),
+            "--serve" => {
+                let k = val();
+                serve = Some(Kind::parse(&k).unwrap_or_else(|| die(&format!("unknown server {k}"))))
+            }
+            "--port" => port = list(&val())[0],
+            _ => die(&format!("unknown argument {a}")),
+        }
+    }
+    if let Some(kind) = serve {
+        let l = bench::bind(port).unwrap_or_else(|e| die(&format!("bind: {e}")));
+        return kind.serve(bench::serve_child(l));
+    }
+    o.rounds = o.rounds.max(1);
+    bench::raise_nofile();
+    bench::pin_self(bench::LOAD_CPU);
+    let want = |s: &str| o.only.as_deref().is_none_or(|x| x == s);
+    let mut table = Table::default();
+    if want("redis") {
+        match missing(&["redis-server", "redis-benchmark"]) {
+            None => redis_rows(&o, &mut table),
+            Some(m) => table.skipped(format!("redis rows: {m}")),
+        }
+    }
+    if want("http") {
+        match missing(&["wrk"]) {
+            None => http_rows(&o, &mut table),
+            Some(m) => table.skipped(format!("wrk rows: {m}")),
+        }
+    }
+    if want("callgrind") {
+        match missing(&["valgrind", "callgrind_control"]) {
+            None => callgrind_rows(&o, &mut table),
+            Some(m) => table.skipped(format!("instruction counts: {m}")),
+        }
+    }
+    table.print(&o);
+}
+
+/// `None` if every program is installed, else which are not.
+fn missing(progs: &[&str]) -> Option<String> {
+    let m: Vec<&str> = progs.iter().copied().filter(|p| !tools::have(p)).collect();
+    (!m.is_empty()).then(|| {
+        format!(
+            "{} not installed (apt-get install redis-server redis-tools wrk valgrind)",
+            m.join(", ")
+        )
+    })
+}
+
+// ------------------------------------------------------------ measurements
+
+/// One server's result of one run.
+struct Run {
+    /// Requests per second by test name (redis) or "GET /" (wrk).
+    rows: Vec<(String, f64, f64, f64)>,
+    /// Requests the server answered and the CPU it spent in its whole life.
+    requests: f64,
+    user: Duration,
+    sys: Duration,
+}
+
+fn redis_rows(o: &Opts, table: &mut Table) {
+    let tests = "ping,set,get";
+    for &p in &o.pipelines {
+        let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..o.rounds {
+            for (i, runs) in runs.iter_mut().enumerate() {
+                let (rows, (user, sys)) = if i == 0 {
+                    let r = tools::Redis::start(&[]);
+                    let rows = tools::redis_benchmark(r.addr, tests, o.requests, o.clients, p);
+                    (rows, r.stop())
+                } else {
+                    let s = bench::start_self(&["--serve", "kv"], &[]);
+                    let rows = tools::redis_benchmark(s.addr, tests, o.requests, o.clients, p);
+                    (rows, bench::stop(s))
+                };
+                let name = ["redis-server", "kv_server"][i];
+                for r in &rows {
+                    eprintln!(
+                        "  -P {p:<2} round {} {name:<13} {:<12} {:>9.0} req/s  p50 {:.3} p99 {:.3} ms",
+                        round + 1,
+                        r.test,
+                        r.rps,
+                        r.p50_ms,
+                        r.p99_ms
+                    );
+                }
+                runs.push(Run {
+                    requests: (o.requests * rows.len()) as f64,
+                    rows: rows
+                        .into_iter()
+                        .map(|r| (r.test, r.rps, r.p50_ms, r.p99_ms))
+                        .collect(),
+                    user,
+                    sys,
+                });
+            }
+        }
+        table.compare(
+            &format!("redis-benchmark -P {p}"),
+            "redis-server",
+            &runs[0],
+            &runs[1],
+        );
+    }
+}
+
+fn http_rows(o: &Opts, table: &mut Table) {
+    for &c in &o.conns {
+        let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..o.rounds {
+            for (i, kind) in [Kind::Hyper, Kind::Http].into_iter().enumerate() {
+                let s = bench::start_self(&["--serve", kind.key()], &[]);
+                let w = tools::wrk(s.addr, c, o.secs, "/");
+                let (user, sys) = bench::stop(s);
+                eprintln!(
+                    "  wrk -c {c:<4} round {} {:<11} {:>9.0} req/s  p50 {:.3} p99 {:.3} ms  errors {}",
+                    round + 1,
+                    kind.key(),
+                    w.rps,
+                    w.p50_ms,
+                    w.p99_ms,
+                    w.errors
+                );
+                assert_eq!(w.errors, 0, "{} answered wrk with errors", kind.key());
+                runs[i].push(Run {
+                    rows: vec![("GET /".into(), w.rps, w.p50_ms, w.p99_ms)],
+                    requests: w.requests as f64,
+                    user,
+                    sys,
+                });
+            }
+        }
+        table.compare(&format!("wrk -c {c}"), "hyper-ct", &runs[0], &runs[1]);
+    }
+}
+
+fn callgrind_rows(o: &Opts, table: &mut Table) {
+    let dir = std::env::temp_dir();
+    let out = |tag: &str| {
+        dir.join(format!("service_bench.{tag}.{}.%p", std::process::id()))
+            .to_string_lossy()
+            .into_owned()
+    };
+    let n = o.cg_requests;
+    if missing(&["redis-server", "redis-benchmark"]).is_none() {
+        let tests = "ping,set,get";
+        for &p in &o.pipelines {
+            let mut ir = [0.0; 2];
+            for (i, tag) in ["redis", "kv"].into_iter().enumerate() {
+                let file = out(tag);
+                let wrapper = tools::callgrind_wrapper(&file);
+                let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+                let measure = |addr, pid| {
+                    tools::redis_benchmark(addr, "set,get", 2000, o.clients, p);
+                    tools::callgrind_zero(pid);
+                    let rows = tools::redis_benchmark(addr, tests, n, o.clients, p);
+                    tools::callgrind_dump(pid, &file) as f64 / (n * rows.len()) as f64
+                };
+                ir[i] = if i == 0 {
+                    let r = tools::Redis::start(&w);
+                    let v = measure(r.addr, r.child.id());
+                    r.stop();
+                    v
+                } else {
+                    let s = bench::start_self(&["--serve", "kv"], &w);
+                    tools::wait_for_ping(s.addr, Duration::from_secs(60));
+                    let v = measure(s.addr, s.child.id());
+                    bench::stop(s);
+                    v
+                };
+                remove_profiles(&file);
+                eprintln!("  callgrind -P {p:<2} {tag:<6} {:>8.0} instructions/request", ir[i]);
+            }
+            table.instructions(&format!("redis-benchmark -P {p}, {tests}"), "redis-server", ir);
+        }
+    }
+    let mut ir = [0.0; 2];
+    for (i, kind) in [Kind::Hyper, Kind::Http].into_iter().enumerate() {
+        let file = out(kind.key());
+        let wrapper = tools::callgrind_wrapper(&file);
+        let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let s = bench::start_self(&["--serve", kind.key()], &w);
+        let pid = s.child.id();
+        let warm = moss::run(|| load::http_gets(s.addr, "/", 64, 2000));
+        assert_eq!(warm, 2000, "{} failed the warm-up", kind.key());
+        tools::callgrind_zero(pid);
+        let done = moss::run(|| load::http_gets(s.addr, "/", 64, n));
+        assert_eq!(done, n, "{} failed requests", kind.key());
+        ir[i] = tools::callgrind_dump(pid, &file) as f64 / n as f64;
+        bench::stop(s);
+        remove_profiles(&file);
+        eprintln!("  callgrind http {:<6} {:>8.0} instructions/request", kind.key(), ir[i]);
+    }
+    table.instructions("GET /, 64 keep-alive connections", "hyper-ct", ir);
+}
+
+/// Deletes the profiles callgrind wrote for `pattern` (`...%p`).
+fn remove_profiles(pattern: &str) {
+    let path = std::path::Path::new(pattern);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = name.to_string_lossy().replace("%p", "");
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ table
+
+#[derive(Default)]
+struct Table {
+    lines: Vec<[String; 6]>,
+    notes: Vec<String>,
+}
+
+impl Table {
+    fn skipped(&mut self, why: String) {
+        eprintln!("service_bench: skipping {why}");
+        self.notes.push(format!("skipped {why}"));
+    }
+
+    fn row(&mut self, cells: [&str; 6]) {
+        self.lines.push(cells.map(str::to_string));
+    }
+
+    /// Rows for runs of a peer (index 0) and moss (index 1): req/s and
+    /// latency per test, then CPU per request.
+    fn compare(&mut self, workload: &str, peer: &str, p: &[Run], m: &[Run]) {
+        let tests: Vec<String> = p[0].rows.iter().map(|r| r.0.clone()).collect();
+        for (t, test) in tests.iter().enumerate() {
+            let med = |runs: &[Run], f: fn(&(String, f64, f64, f64)) -> f64| {
+                bench::median(runs.iter().filter_map(|r| r.rows.get(t)).map(f).collect())
+            };
+            let (pr, mr) = (med(p, |r| r.1), med(m, |r| r.1));
+            let w = format!("{workload} {test}");
+            self.row([&w, peer, "req/s", &format!("{pr:.0}"), &format!("{mr:.0}"), &format!("{:.2}", mr / pr)]);
+            let lat = |runs: &[Run]| format!("{:.3} / {:.3}", med(runs, |r| r.2), med(runs, |r| r.3));
+            self.row([&w, peer, "p50 / p99 ms", &lat(p), &lat(m), ""]);
+        }
+        let cpu = |runs: &[Run], f: fn(&Run) -> Duration| {
+            bench::median(
+                runs.iter()
+                    .map(|r| f(r).as_secs_f64() * 1e6 / r.requests.max(1.0))
+                    .collect(),
+            )
+        };
+        for (what, f) in [
+            ("server user µs/req", (|r: &Run| r.user) as fn(&Run) -> Duration),
+            ("server sys µs/req", |r: &Run| r.sys),
+        ] {
+            let (pc, mc) = (cpu(p, f), cpu(m, f));
+            self.row([workload, peer, what, &format!("{pc:.2}"), &format!("{mc:.2}"), &format!("{:.2}", mc / pc)]);
+        }
+    }
+
+    fn instructions(&mut self, workload: &str, peer: &str, ir: [f64; 2]) {
+        self.row([
+            workload,
+            peer,
+            "user instr/req",
+            &format!("{:.0}", ir[0]),
+            &format!("{:.0}", ir[1]),
+            &format!("{:.2}", ir[1] / ir[0]),
+        ]);
+    }
+
+    fn print(&self, o: &Opts) {
+        println!();
+        println!(
+            "service benchmark: medians of {} interleaved rounds; servers pinned to CPU 0, load to CPU 1; \
+             redis-benchmark -n {} -c {}; wrk -t1 -d {}s; callgrind over {} requests",
+            o.rounds, o.requests, o.clients, o.secs, o.cg_requests
+        );
+        let head = ["workload", "peer", "measure", "peer", "moss", "moss/peer"];
+        let mut w = head.map(|h| h.chars().count());
+        for l in &self.lines {
+            for (i, c) in l.iter().enumerate() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+        let line = |cells: [&str; 6]| {
+            let mut s = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                let pad = w[i] - c.chars().count();
+                if i >= 3 {
+                    s.push_str(&" ".repeat(pad));
+                    s.push_str(c);
+                } else {
+                    s.push_str(c);
+                    s.push_str(&" ".repeat(pad));
+                }
+                s.push_str("  ");
+            }
+            println!("{}", s.trim_end());
+        };
+        line(head);
+        for l in &self.lines {
+            line([&l[0], &l[1], &l[2], &l[3], &l[4], &l[5]]);
+        }
+        println!("(moss = kv_server or http_server on one hub; moss/peer > 1 is better for req/s, < 1 for costs)");
+        for n in &self.notes {
+            println!("{n}");
+        }
+    }
+}
