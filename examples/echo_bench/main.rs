@@ -168,10 +168,7 @@ fn serve_child(kind: Kind, port: u16, buf: usize) {
 
 /// Starts `exe --serve kind` (optionally under `wrapper`), pinned to CPU 0.
 fn start(kind: Kind, buf: usize, wrapper: &[&str]) -> Server {
-    start_self(
-        &["--serve", kind.key(), "--buf", &buf.to_string()],
-        wrapper,
-    )
+    start_self(&["--serve", kind.key(), "--buf", &buf.to_string()], wrapper)
 }
 
 // ---------------------------------------------------------------- harness

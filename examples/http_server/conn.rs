@@ -12,10 +12,8 @@
 //!   [`MAX_HEADERS`](super::request::MAX_HEADERS) fields: 431. A body
 //!   (declared or, when chunked, as it arrives) longer than `max_body`: 413,
 //!   sent before the body is read. Malformed: 400.
-//! * After an error response the server stops writing, then reads and
-//!   drops what the client still sends for a moment (bounded in bytes and
-//!   time) before closing: closing with unread input would make the kernel
-//!   reset the connection and could destroy the response in flight.
+//! * After an error response the connection closes the way
+//!   `common/linger.rs` describes, so the response is not lost.
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
@@ -56,9 +54,6 @@ const INITIAL: usize = 4096;
 const FLUSH_AT: usize = 64 * 1024;
 /// Longest chunk-size line (extensions included) and trailer section.
 const MAX_CHUNK_LINE: usize = 4096;
-/// After an error: drop at most this much more input, for at most LINGER.
-const LINGER_BYTES: usize = 256 * 1024;
-const LINGER: Duration = Duration::from_secs(1);
 
 /// `/bytes/N` bodies: byte `i` is `b'a' + i % 26`; the pattern's length is
 /// a multiple of 26, so it repeats seamlessly.
@@ -133,7 +128,7 @@ impl Conn {
             }
             End::Reject => {
                 if self.flush().is_ok() {
-                    self.linger();
+                    super::linger::linger_close(&self.s);
                 }
             }
         }
@@ -445,23 +440,6 @@ impl Conn {
             n => {
                 self.end += n;
                 Ok(n)
-            }
-        }
-    }
-
-    /// After an error response: no more output, drop input for a moment.
-    fn linger(&mut self) {
-        let _ = self.s.shutdown(Shutdown::Write);
-        let until = Instant::now() + LINGER;
-        let mut dropped = 0;
-        while dropped < LINGER_BYTES {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.s.set_read_timeout(Some(left)).is_err() {
-                return;
-            }
-            match self.s.read(&mut self.buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => dropped += n,
             }
         }
     }

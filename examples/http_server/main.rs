@@ -25,6 +25,8 @@
 //! (64 MiB, the largest `/bytes/N`).
 
 mod conn;
+#[path = "../common/linger.rs"]
+mod linger;
 #[path = "../common/listen.rs"]
 mod listen;
 mod request;

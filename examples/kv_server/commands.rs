@@ -116,7 +116,7 @@ pub fn execute(store: &Store, a: Args<'_>, out: &mut Vec<u8>) -> Next {
         }
         b"mset" => {
             arity!("mset", -3);
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 resp::error(out, "ERR wrong number of arguments for 'mset' command");
                 return Next::Continue;
             }

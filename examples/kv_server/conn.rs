@@ -7,7 +7,8 @@
 //! grows (doubling, only as bytes arrive) up to `max_query`; the reply
 //! buffer is flushed whenever it passes 64 KiB; both shrink back once idle.
 //! A command that cannot fit, or any protocol error, gets Redis's error and
-//! the connection closes. A client that vanishes mid-command or mid-reply
+//! the connection closes (without losing that reply: `common/linger.rs`).
+//! A client that vanishes mid-command or mid-reply
 //! just ends its coroutine.
 
 use std::io::{self, Read, Write};
@@ -137,7 +138,8 @@ pub fn handle(mut s: TcpStream, store: &Store, cfg: &Config) {
     let mut parser = Parser::new(cfg.max_bulk);
     let mut out = Vec::new();
     loop {
-        let mut close = false;
+        // QUIT, or `broken`: a protocol error (unread input may follow).
+        let (mut close, mut broken) = (false, false);
         loop {
             let pending = buf.pending();
             match parser.parse(pending) {
@@ -159,7 +161,7 @@ pub fn handle(mut s: TcpStream, store: &Store, cfg: &Config) {
                 Ok(Parsed::Incomplete(_)) => break,
                 Err(e) => {
                     resp::error(&mut out, &format!("ERR {e}"));
-                    close = true;
+                    (close, broken) = (true, true);
                     break;
                 }
             }
@@ -174,6 +176,9 @@ pub fn handle(mut s: TcpStream, store: &Store, cfg: &Config) {
             }
         }
         if close {
+            if broken {
+                super::linger::linger_close(&s);
+            }
             return;
         }
         if !buf.make_room(cfg.max_query) {
@@ -181,7 +186,9 @@ pub fn handle(mut s: TcpStream, store: &Store, cfg: &Config) {
                 &mut out,
                 "ERR Protocol error: the command is longer than the query buffer limit",
             );
-            let _ = s.write_all(&out);
+            if s.write_all(&out).is_ok() {
+                super::linger::linger_close(&s);
+            }
             return;
         }
         let end = buf.end;

@@ -29,6 +29,8 @@
 
 mod commands;
 mod conn;
+#[path = "../common/linger.rs"]
+mod linger;
 #[path = "../common/listen.rs"]
 mod listen;
 mod resp;

@@ -268,10 +268,15 @@ pub fn parse_i64(s: &[u8]) -> Option<i64> {
 /// Splits an inline line into arguments the way Redis's `sdssplitargs`
 /// does. Writes the bytes to `out` and their ranges to `ranges`; `None` on
 /// unbalanced quotes (or a closing quote not followed by a space).
+///
+/// `sdssplitargs` reads a C string, so a NUL byte ends the line there.
 fn split_args(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<(usize, usize)>) -> Option<()> {
+    let line = &line[..line.iter().position(|&b| b == 0).unwrap_or(line.len())];
+    // C's isspace.
+    let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r');
     let mut i = 0;
     loop {
-        while i < line.len() && line[i].is_ascii_whitespace() {
+        while i < line.len() && space(line[i]) {
             i += 1;
         }
         if i == line.len() {
@@ -287,12 +292,14 @@ fn split_args(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<(usize, usize)>) 
                 break;
             };
             if dq {
-                if c == b'\\' && i + 3 < line.len() && line[i + 1] == b'x' {
-                    if let (Some(h), Some(l)) = (hex(line[i + 2]), hex(line[i + 3])) {
-                        out.push(h * 16 + l);
-                        i += 4;
-                        continue;
-                    }
+                if c == b'\\'
+                    && i + 3 < line.len()
+                    && line[i + 1] == b'x'
+                    && let (Some(h), Some(l)) = (hex(line[i + 2]), hex(line[i + 3]))
+                {
+                    out.push(h * 16 + l);
+                    i += 4;
+                    continue;
                 }
                 if c == b'\\' && i + 1 < line.len() {
                     i += 1;
@@ -306,7 +313,7 @@ fn split_args(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<(usize, usize)>) 
                     });
                 } else if c == b'"' {
                     // The closing quote must end the argument.
-                    if line.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace()) {
+                    if line.get(i + 1).is_some_and(|&b| !space(b)) {
                         return None;
                     }
                     i += 1;
@@ -319,7 +326,7 @@ fn split_args(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<(usize, usize)>) 
                     i += 1;
                     out.push(b'\'');
                 } else if c == b'\'' {
-                    if line.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace()) {
+                    if line.get(i + 1).is_some_and(|&b| !space(b)) {
                         return None;
                     }
                     i += 1;
@@ -329,7 +336,8 @@ fn split_args(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<(usize, usize)>) 
                 }
             } else {
                 match c {
-                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    // Each of these is a space, skipped by the loop above.
+                    b' ' | b'\n' | b'\r' | b'\t' => break,
                     b'"' => dq = true,
                     b'\'' => sq = true,
                     _ => out.push(c),
@@ -491,6 +499,10 @@ mod tests {
         assert_eq!(p.parse(b"   \r\n"), Ok(Parsed::Empty(5)));
         assert_eq!(p.parse(b"PING\n"), Ok(Parsed::Command(5)));
         assert!(p.parse(b"\"a\"b\r\n").is_err());
+        // A NUL ends the line, as in C (it once looped forever here).
+        assert_eq!(p.parse(b"SET a\0b c\r\n"), Ok(Parsed::Command(11)));
+        assert_eq!(args(&p, b""), [&b"SET"[..], b"a"]);
+        assert_eq!(p.parse(b"\0\r\n"), Ok(Parsed::Empty(3)));
     }
 
     #[test]

@@ -259,6 +259,12 @@ impl Store {
             .sum()
     }
 
+    /// Keys held, expired or not (what the sweeper has not reclaimed yet).
+    #[cfg(test)]
+    pub fn stored(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).map.len()).sum()
+    }
+
     /// Reclaims expired keys of shards `first, first + step, ...`, at most
     /// a fixed budget per shard. Returns how many it removed.
     pub fn sweep(&self, first: usize, step: usize) -> usize {

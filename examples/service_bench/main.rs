@@ -33,10 +33,13 @@
 
 #[path = "../common/bench.rs"]
 mod bench;
+#[path = "../common/linger.rs"]
+mod linger;
 #[allow(dead_code)]
 #[path = "../http_server"]
 mod http {
     pub mod conn;
+    pub use crate::linger;
     pub mod request;
 }
 #[allow(dead_code)]
@@ -44,6 +47,7 @@ mod http {
 mod kv {
     pub mod commands;
     pub mod conn;
+    pub use crate::linger;
     pub mod resp;
     pub mod store;
 }
@@ -78,7 +82,11 @@ struct Opts {
 
 fn list<T: std::str::FromStr>(v: &str) -> Vec<T> {
     v.split(',')
-        .map(|x| x.trim().parse().unwrap_or_else(|_| die(&format!("bad value {x:?}"))))
+        .map(|x| {
+            x.trim()
+                .parse()
+                .unwrap_or_else(|_| die(&format!("bad value {x:?}")))
+        })
         .collect()
 }
 
@@ -97,7 +105,11 @@ fn main() {
     let (mut serve, mut port) = (None, 0u16);
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .unwrap_or_else(|| die(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--rounds" => o.rounds = list(&val())[0],
             "--requests" => o.requests = list(&val())[0],
@@ -279,9 +291,16 @@ fn callgrind_rows(o: &Opts, table: &mut Table) {
                     v
                 };
                 remove_profiles(&file);
-                eprintln!("  callgrind -P {p:<2} {tag:<6} {:>8.0} instructions/request", ir[i]);
+                eprintln!(
+                    "  callgrind -P {p:<2} {tag:<6} {:>8.0} instructions/request",
+                    ir[i]
+                );
             }
-            table.instructions(&format!("redis-benchmark -P {p}, {tests}"), "redis-server", ir);
+            table.instructions(
+                &format!("redis-benchmark -P {p}, {tests}"),
+                "redis-server",
+                ir,
+            );
         }
     }
     let mut ir = [0.0; 2];
@@ -299,7 +318,11 @@ fn callgrind_rows(o: &Opts, table: &mut Table) {
         ir[i] = tools::callgrind_dump(pid, &file) as f64 / n as f64;
         bench::stop(s);
         remove_profiles(&file);
-        eprintln!("  callgrind http {:<6} {:>8.0} instructions/request", kind.key(), ir[i]);
+        eprintln!(
+            "  callgrind http {:<6} {:>8.0} instructions/request",
+            kind.key(),
+            ir[i]
+        );
     }
     table.instructions("GET /, 64 keep-alive connections", "hyper-ct", ir);
 }
@@ -348,8 +371,16 @@ impl Table {
             };
             let (pr, mr) = (med(p, |r| r.1), med(m, |r| r.1));
             let w = format!("{workload} {test}");
-            self.row([&w, peer, "req/s", &format!("{pr:.0}"), &format!("{mr:.0}"), &format!("{:.2}", mr / pr)]);
-            let lat = |runs: &[Run]| format!("{:.3} / {:.3}", med(runs, |r| r.2), med(runs, |r| r.3));
+            self.row([
+                &w,
+                peer,
+                "req/s",
+                &format!("{pr:.0}"),
+                &format!("{mr:.0}"),
+                &format!("{:.2}", mr / pr),
+            ]);
+            let lat =
+                |runs: &[Run]| format!("{:.3} / {:.3}", med(runs, |r| r.2), med(runs, |r| r.3));
             self.row([&w, peer, "p50 / p99 ms", &lat(p), &lat(m), ""]);
         }
         let cpu = |runs: &[Run], f: fn(&Run) -> Duration| {
@@ -360,11 +391,21 @@ impl Table {
             )
         };
         for (what, f) in [
-            ("server user µs/req", (|r: &Run| r.user) as fn(&Run) -> Duration),
+            (
+                "server user µs/req",
+                (|r: &Run| r.user) as fn(&Run) -> Duration,
+            ),
             ("server sys µs/req", |r: &Run| r.sys),
         ] {
             let (pc, mc) = (cpu(p, f), cpu(m, f));
-            self.row([workload, peer, what, &format!("{pc:.2}"), &format!("{mc:.2}"), &format!("{:.2}", mc / pc)]);
+            self.row([
+                workload,
+                peer,
+                what,
+                &format!("{pc:.2}"),
+                &format!("{mc:.2}"),
+                &format!("{:.2}", mc / pc),
+            ]);
         }
     }
 
@@ -412,7 +453,9 @@ impl Table {
         for l in &self.lines {
             line([&l[0], &l[1], &l[2], &l[3], &l[4], &l[5]]);
         }
-        println!("(moss = kv_server or http_server on one hub; moss/peer > 1 is better for req/s, < 1 for costs)");
+        println!(
+            "(moss = kv_server or http_server on one hub; moss/peer > 1 is better for req/s, < 1 for costs)"
+        );
         for n in &self.notes {
             println!("{n}");
         }

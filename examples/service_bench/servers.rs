@@ -48,8 +48,8 @@ impl Kind {
 
 fn serve_kv(l: TcpListener) {
     let store = Arc::new(kv::store::Store::new(64));
-    let server = kv::conn::server(l.into(), store.clone(), kv::conn::Config::default())
-        .expect("kv server");
+    let server =
+        kv::conn::server(l.into(), store.clone(), kv::conn::Config::default()).expect("kv server");
     moss::run(|| kv::conn::run(&server, &store, 0, 1)).expect("kv serve");
 }
 
@@ -93,7 +93,11 @@ fn serve_hyper(l: TcpListener) {
 
 type Body = http_body_util::Full<hyper::body::Bytes>;
 
-fn reply(status: u16, ty: &'static str, body: impl Into<hyper::body::Bytes>) -> hyper::Response<Body> {
+fn reply(
+    status: u16,
+    ty: &'static str,
+    body: impl Into<hyper::body::Bytes>,
+) -> hyper::Response<Body> {
     hyper::Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, ty)

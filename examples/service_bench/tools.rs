@@ -10,9 +10,8 @@ use super::bench;
 
 /// True if `prog` is on PATH.
 pub fn have(prog: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join(prog).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }
 
 /// A free loopback port (bound, then released for a child to take).
@@ -102,7 +101,14 @@ pub fn redis_benchmark(
 ) -> Vec<RedisRow> {
     let out = Command::new("redis-benchmark")
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-        .args(["-t", tests, "-n", &n.to_string(), "-c", &clients.to_string()])
+        .args([
+            "-t",
+            tests,
+            "-n",
+            &n.to_string(),
+            "-c",
+            &clients.to_string(),
+        ])
         .args(["-P", &pipeline.to_string(), "--csv"])
         .stdin(Stdio::null())
         .output()
@@ -169,7 +175,11 @@ pub fn wrk(addr: SocketAddr, conns: usize, secs: f64, path: &str) -> WrkResult {
             _ => {}
         }
     }
-    assert!(r.requests > 0, "wrk printed no result:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        r.requests > 0,
+        "wrk printed no result:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     r
 }
 

@@ -1,10 +1,12 @@
 //! Helpers shared by the integration tests (mio's `tests/util` is the model):
 //! a watchdog instead of unbounded waits, a child-process runner for cases
-//! that crash or hang, a drop counter, and "until parked" instead of ordering
-//! sleeps.
+//! that crash or hang, a drop counter, "until parked" instead of ordering
+//! sleeps, and a server on a thread of its own (`serve`).
 //!
 //! Each test binary includes it with `mod util;` and uses what it needs.
 #![allow(dead_code)]
+
+pub mod serve;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
