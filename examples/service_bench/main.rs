@@ -39,7 +39,7 @@ mod linger;
 #[path = "../http_server"]
 mod http {
     pub mod conn;
-    pub use crate::linger;
+    use crate::linger;
     pub mod request;
 }
 #[allow(dead_code)]
@@ -47,7 +47,7 @@ mod http {
 mod kv {
     pub mod commands;
     pub mod conn;
-    pub use crate::linger;
+    use crate::linger;
     pub mod resp;
     pub mod store;
 }
