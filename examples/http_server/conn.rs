@@ -155,7 +155,8 @@ impl Conn {
     fn head(&mut self) -> Result<Head, End> {
         loop {
             match request::parse(self.pending()) {
-                Ok(Some(h)) => return Ok(h),
+                Ok(Some(h)) if h.len <= self.cfg.max_head => return Ok(h),
+                Ok(Some(_)) => return Err(self.reject(431, "request head too large")),
                 Ok(None) if self.pending().len() >= self.cfg.max_head => {
                     return Err(self.reject(431, "request head too large"));
                 }
@@ -164,12 +165,11 @@ impl Conn {
             }
             // Answer what was pipelined before waiting for more.
             self.flush().map_err(|_| End::Close)?;
+            // Idle (nothing of a request yet): a timeout closes quietly.
+            let idle = self.pending().is_empty();
             match self.fill(self.cfg.max_head) {
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) && !self.pending().is_empty() => {
-                    return Err(self.reject(408, "request head not received in time"));
-                }
-                Err(_) => return Err(End::Close),
+                Err(e) if idle && is_timeout(&e) => return Err(End::Close),
+                r => self.more(r)?,
             }
         }
     }
@@ -189,7 +189,8 @@ impl Conn {
                 let mut left = n;
                 while left > 0 {
                     if self.pending().is_empty() {
-                        self.fill(self.cfg.max_head).map_err(|_| End::Close)?;
+                        let r = self.fill(self.cfg.max_head);
+                        self.more(r)?;
                     }
                     let take = left.min(self.pending().len());
                     if keep {
@@ -231,7 +232,8 @@ impl Conn {
                         break size;
                     }
                     Ok(httparse::Status::Partial) if p.len() < MAX_CHUNK_LINE => {
-                        self.fill(self.cfg.max_head).map_err(|_| End::Close)?;
+                        let r = self.fill(self.cfg.max_head);
+                        self.more(r)?;
                     }
                     _ => return Err(self.reject(400, "bad chunk size line")),
                 }
@@ -246,7 +248,8 @@ impl Conn {
             let mut left = size as usize;
             while left > 0 {
                 if self.pending().is_empty() {
-                    self.fill(self.cfg.max_head).map_err(|_| End::Close)?;
+                    let r = self.fill(self.cfg.max_head);
+                    self.more(r)?;
                 }
                 let take = left.min(self.pending().len());
                 if keep {
@@ -255,13 +258,18 @@ impl Conn {
                 self.start += take;
                 left -= take;
             }
-            while self.pending().len() < 2 {
-                self.fill(self.cfg.max_head).map_err(|_| End::Close)?;
+            loop {
+                let p = self.pending();
+                if p.len() >= 2 && &p[..2] == b"\r\n" {
+                    self.start += 2;
+                    break;
+                }
+                if p.first().is_some_and(|&b| b != b'\r') || p.len() >= 2 {
+                    return Err(self.reject(400, "chunk data not followed by CRLF"));
+                }
+                let r = self.fill(self.cfg.max_head);
+                self.more(r)?;
             }
-            if &self.pending()[..2] != b"\r\n" {
-                return Err(self.reject(400, "chunk data not followed by CRLF"));
-            }
-            self.start += 2;
         }
     }
 
@@ -282,7 +290,8 @@ impl Conn {
                     if self.pending().len() + seen > MAX_CHUNK_LINE {
                         return Err(self.reject(431, "trailer section too large"));
                     }
-                    self.fill(self.cfg.max_head).map_err(|_| End::Close)?;
+                    let r = self.fill(self.cfg.max_head);
+                    self.more(r)?;
                 }
             }
             if seen > MAX_CHUNK_LINE {
@@ -404,6 +413,17 @@ impl Conn {
             self.out = Vec::new();
         }
         r
+    }
+
+    /// What a failed read in the middle of a request means: at the
+    /// deadline, 408 (the client sent part of a request); otherwise the
+    /// client left or the connection broke.
+    fn more(&mut self, r: io::Result<usize>) -> Result<(), End> {
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_timeout(&e) => Err(self.reject(408, "request not received in time")),
+            Err(_) => Err(End::Close),
+        }
     }
 
     /// Reads more input before the request's deadline, growing the buffer
