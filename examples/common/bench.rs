@@ -62,6 +62,26 @@ pub fn on_server_cpu(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// Lets `cmd`'s process run on every CPU (undoing an inherited pin).
+pub fn on_all_cpus(cmd: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls sched_setaffinity (async-signal-safe) on a stack value.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for cpu in 0..libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
+}
+
 /// Raises this process's soft fd limit to the hard one (children inherit
 /// it): 10,000 connections need 10,000 fds on each side.
 pub fn raise_nofile() {
@@ -89,13 +109,19 @@ pub fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
 /// In a serving child: reports `l`'s port on stdout, arranges for the
 /// process to exit when stdin closes, and returns `l` to serve.
 pub fn serve_child(l: std::net::TcpListener) -> std::net::TcpListener {
-    println!("PORT {}", l.local_addr().expect("bound").port());
+    announce(l.local_addr().expect("bound").port());
+    l
+}
+
+/// In a serving child: reports `port` on stdout and arranges for the
+/// process to exit when stdin closes.
+pub fn announce(port: u16) {
+    println!("PORT {port}");
     std::io::stdout().flush().expect("stdout");
     std::thread::spawn(|| {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(0);
     });
-    l
 }
 
 /// A server child process and the address it serves.
@@ -107,6 +133,15 @@ pub struct Server {
 /// Starts this binary with `args` (optionally under `wrapper`, e.g.
 /// valgrind), pinned to [`SERVER_CPU`], and waits for its `PORT N` line.
 pub fn start_self(args: &[&str], wrapper: &[&str]) -> Server {
+    start_self_with(args, wrapper, on_server_cpu)
+}
+
+/// [`start_self`] with another placement (e.g. [`on_all_cpus`]).
+pub fn start_self_with(
+    args: &[&str],
+    wrapper: &[&str],
+    place: fn(&mut Command) -> &mut Command,
+) -> Server {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = if let Some((w, rest)) = wrapper.split_first() {
         let mut c = Command::new(w);
@@ -116,7 +151,7 @@ pub fn start_self(args: &[&str], wrapper: &[&str]) -> Server {
         Command::new(&exe)
     };
     cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut child = on_server_cpu(&mut cmd)
+    let mut child = place(&mut cmd)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {exe:?} {args:?}: {e}"));
     let mut line = String::new();

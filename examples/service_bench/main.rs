@@ -36,6 +36,9 @@ mod bench;
 #[path = "../common/linger.rs"]
 mod linger;
 #[allow(dead_code)]
+#[path = "../common/listen.rs"]
+mod listen;
+#[allow(dead_code)]
 #[path = "../http_server"]
 mod http {
     pub mod conn;
@@ -61,8 +64,10 @@ use servers::Kind;
 
 const USAGE: &str = "usage:
   service_bench [--rounds 3] [--requests 200000] [--clients 50] [--pipelines 1,16]
-                [--conns 64,512] [--secs 5] [--cg-requests 20000] [--only redis|http|callgrind]
-  service_bench --serve kv|http|hyper [--port 0]";
+                [--conns 64,512] [--secs 5] [--cg-requests 20000]
+                [--only redis|http|callgrind|shards]
+  service_bench --serve kv|http|hyper [--port 0]
+  service_bench --serve kv --threads N --shards N";
 
 fn die(msg: &str) -> ! {
     eprintln!("service_bench: {msg}\n{USAGE}");
@@ -102,7 +107,7 @@ fn main() {
         cg_requests: 20_000,
         only: None,
     };
-    let (mut serve, mut port) = (None, 0u16);
+    let (mut serve, mut port, mut threads, mut shards) = (None, 0u16, 1usize, 64usize);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -124,10 +129,15 @@ fn main() {
                 serve = Some(Kind::parse(&k).unwrap_or_else(|| die(&format!("unknown server {k}"))))
             }
             "--port" => port = list(&val())[0],
+            "--threads" => threads = list(&val())[0],
+            "--shards" => shards = list(&val())[0],
             _ => die(&format!("unknown argument {a}")),
         }
     }
     if let Some(kind) = serve {
+        if kind == Kind::Kv && threads > 1 {
+            return servers::serve_kv_threads(threads, shards);
+        }
         let l = bench::bind(port).unwrap_or_else(|e| die(&format!("bind: {e}")));
         return kind.serve(bench::serve_child(l));
     }
@@ -146,6 +156,13 @@ fn main() {
         match missing(&["wrk"]) {
             None => http_rows(&o, &mut table),
             Some(m) => table.skipped(format!("wrk rows: {m}")),
+        }
+    }
+    // Not in the default table: how kv_server's store is shared.
+    if o.only.as_deref() == Some("shards") {
+        match missing(&["redis-benchmark"]) {
+            None => shard_rows(&o, &mut table),
+            Some(m) => table.skipped(format!("shard rows: {m}")),
         }
     }
     if want("callgrind") {
@@ -254,6 +271,145 @@ fn http_rows(o: &Opts, table: &mut Table) {
         }
         table.compare(&format!("wrk -c {c}"), "hyper-ct", &runs[0], &runs[1]);
     }
+}
+
+/// kv_server with 2 hubs and 1, 8 or 64 store shards under redis-benchmark
+/// with 2 threads on random keys, -P 16 (where a request costs the server
+/// least, so lock contention weighs most). Nothing is pinned: the two hubs
+/// need both CPUs, so the load competes with them.
+fn shard_rows(o: &Opts, table: &mut Table) {
+    let counts = [1usize, 8, 64];
+    let mut rps = vec![vec![Vec::new(); 2]; counts.len()];
+    let args: Vec<String> = [
+        "-t",
+        "set,get",
+        "-n",
+        &(o.requests * 5).to_string(),
+        "-r",
+        "1000000",
+        "-c",
+        "50",
+        "-P",
+        "16",
+        "--threads",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for round in 0..o.rounds {
+        for (i, &n) in counts.iter().enumerate() {
+            let s = bench::start_self_with(
+                &[
+                    "--serve",
+                    "kv",
+                    "--threads",
+                    "2",
+                    "--shards",
+                    &n.to_string(),
+                ],
+                &[],
+                bench::on_all_cpus,
+            );
+            let rows = tools::redis_benchmark_with(s.addr, &args, bench::on_all_cpus);
+            bench::stop(s);
+            for (t, r) in rows.iter().enumerate().take(2) {
+                eprintln!(
+                    "  shards {n:<3} round {} {:<4} {:>9.0} req/s",
+                    round + 1,
+                    r.test,
+                    r.rps
+                );
+                rps[i][t].push(r.rps);
+            }
+        }
+    }
+    // The store alone: 2 threads, each 1,000,000 GETs and SETs of random
+    // keys, no I/O: the most contention the locks can see.
+    let mut ns = vec![Vec::new(); counts.len()];
+    for _ in 0..o.rounds {
+        for (i, &n) in counts.iter().enumerate() {
+            ns[i].push(store_ns_per_op(n));
+        }
+    }
+    let base = bench::median(ns[0].clone());
+    for (i, &n) in counts.iter().enumerate().skip(1) {
+        let v = bench::median(ns[i].clone());
+        table.row([
+            "Store alone, 2 threads, GET+SET of random keys",
+            "1 shard",
+            &format!("CPU ns/op, {n} shards"),
+            &format!("{base:.0}"),
+            &format!("{v:.0}"),
+            &format!("{:.2}", v / base),
+        ]);
+    }
+    for (t, test) in ["SET", "GET"].iter().enumerate() {
+        let base = bench::median(rps[0][t].clone());
+        for (i, &n) in counts.iter().enumerate().skip(1) {
+            let v = bench::median(rps[i][t].clone());
+            table.row([
+                &format!("kv_server 2 hubs, redis-benchmark --threads 2 -r 1e6 -P 16 {test}"),
+                "1 shard",
+                &format!("req/s, {n} shards"),
+                &format!("{base:.0}"),
+                &format!("{v:.0}"),
+                &format!("{:.2}", v / base),
+            ]);
+        }
+    }
+}
+
+/// CPU ns per store operation (both threads' CPU time over all their
+/// operations) with 2 threads hammering one store. CPU time, not wall
+/// time: a loaded machine preempts the threads, which wall time would
+/// count, while the cost of contention (cache-line transfers, futex
+/// waits) is CPU time either way.
+fn store_ns_per_op(shards: usize) -> f64 {
+    const OPS: u64 = 1_000_000;
+    let store = std::sync::Arc::new(kv::store::Store::new(shards));
+    let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let hs: Vec<_> = (0..2u64)
+        .map(|th| {
+            let (store, start) = (store.clone(), start.clone());
+            std::thread::spawn(move || {
+                bench::pin_self(th as usize);
+                start.wait();
+                let t0 = thread_cpu();
+                let mut out = Vec::with_capacity(64);
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ th;
+                for _ in 0..OPS {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let key = (x % 100_000).to_le_bytes();
+                    if x & 1 == 0 {
+                        store.set(&key, b"xxx", Default::default());
+                    } else {
+                        out.clear();
+                        store.get_into(&key, &mut out);
+                    }
+                }
+                thread_cpu() - t0
+            })
+        })
+        .collect();
+    let cpu: std::time::Duration = hs
+        .into_iter()
+        .map(|h| h.join().expect("store thread"))
+        .sum();
+    cpu.as_nanos() as f64 / (2 * OPS) as f64
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> std::time::Duration {
+    // SAFETY: clock_gettime writes a timespec we own.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        ts
+    };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn callgrind_rows(o: &Opts, table: &mut Table) {

@@ -46,6 +46,20 @@ impl Kind {
     }
 }
 
+/// kv_server on `threads` hubs sharing a store of `shards` shards, on
+/// `SO_REUSEPORT` listeners of one port (as the example runs with
+/// `--threads`); reports the port like every serving child.
+pub fn serve_kv_threads(threads: usize, shards: usize) {
+    let ls = Arc::new(super::listen::Listeners::bind(0).expect("bind"));
+    super::bench::announce(ls.addr().port());
+    let store = Arc::new(kv::store::Store::new(shards));
+    moss::run_per_core(threads, move |hub| {
+        let server = kv::conn::server(ls.take().expect("bind"), store.clone(), Default::default())
+            .expect("kv server");
+        kv::conn::run(&server, &store, hub, threads).expect("kv serve");
+    });
+}
+
 fn serve_kv(l: TcpListener) {
     let store = Arc::new(kv::store::Store::new(64));
     let server =

@@ -99,20 +99,31 @@ pub fn redis_benchmark(
     clients: usize,
     pipeline: usize,
 ) -> Vec<RedisRow> {
-    let out = Command::new("redis-benchmark")
-        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-        .args([
-            "-t",
-            tests,
-            "-n",
-            &n.to_string(),
-            "-c",
-            &clients.to_string(),
-        ])
-        .args(["-P", &pipeline.to_string(), "--csv"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run redis-benchmark");
+    let args = [
+        "-t".to_string(),
+        tests.to_string(),
+        "-n".to_string(),
+        n.to_string(),
+        "-c".to_string(),
+        clients.to_string(),
+        "-P".to_string(),
+        pipeline.to_string(),
+    ];
+    redis_benchmark_with(addr, &args, |c| c)
+}
+
+/// redis-benchmark with `args` (and `--csv`), placed on CPUs by `place`.
+pub fn redis_benchmark_with(
+    addr: SocketAddr,
+    args: &[String],
+    place: fn(&mut Command) -> &mut Command,
+) -> Vec<RedisRow> {
+    let mut cmd = Command::new("redis-benchmark");
+    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(args)
+        .arg("--csv")
+        .stdin(Stdio::null());
+    let out = place(&mut cmd).output().expect("run redis-benchmark");
     let text = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<RedisRow> = text
         .lines()
