@@ -6,6 +6,8 @@
 //! A child started with [`start_self`] is this same binary in a serving
 //! mode: it binds, prints `PORT N` (see [`serve_child`]) and serves until
 //! its stdin closes, which is how [`stop`] ends it.
+// Each benchmark includes this file and uses a part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
