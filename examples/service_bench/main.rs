@@ -65,7 +65,7 @@ use servers::Kind;
 const USAGE: &str = "usage:
   service_bench [--rounds 3] [--requests 200000] [--clients 50] [--pipelines 1,16]
                 [--conns 64,512] [--secs 5] [--cg-requests 20000]
-                [--only redis|http|callgrind|shards]
+                [--only redis|http|callgrind|shards] [--keep-profiles]
   service_bench --serve kv|http|hyper [--port 0]
   service_bench --serve kv --threads N --shards N";
 
@@ -83,6 +83,7 @@ struct Opts {
     secs: f64,
     cg_requests: usize,
     only: Option<String>,
+    keep_profiles: bool,
 }
 
 fn list<T: std::str::FromStr>(v: &str) -> Vec<T> {
@@ -106,6 +107,7 @@ fn main() {
         secs: 5.0,
         cg_requests: 20_000,
         only: None,
+        keep_profiles: false,
     };
     let (mut serve, mut port, mut threads, mut shards) = (None, 0u16, 1usize, 64usize);
     let mut it = args.iter();
@@ -124,6 +126,7 @@ fn main() {
             "--secs" => o.secs = list(&val())[0],
             "--cg-requests" => o.cg_requests = list(&val())[0],
             "--only" => o.only = Some(val()),
+            "--keep-profiles" => o.keep_profiles = true,
             "--serve" => {
                 let k = val();
                 serve = Some(Kind::parse(&k).unwrap_or_else(|| die(&format!("unknown server {k}"))))
@@ -446,7 +449,7 @@ fn callgrind_rows(o: &Opts, table: &mut Table) {
                     bench::stop(s);
                     v
                 };
-                remove_profiles(&file);
+                keep_or_remove(o, &file);
                 eprintln!(
                     "  callgrind -P {p:<2} {tag:<6} {:>8.0} instructions/request",
                     ir[i]
@@ -473,7 +476,7 @@ fn callgrind_rows(o: &Opts, table: &mut Table) {
         assert_eq!(done, n, "{} failed requests", kind.key());
         ir[i] = tools::callgrind_dump(pid, &file) as f64 / n as f64;
         bench::stop(s);
-        remove_profiles(&file);
+        keep_or_remove(o, &file);
         eprintln!(
             "  callgrind http {:<6} {:>8.0} instructions/request",
             kind.key(),
@@ -483,8 +486,13 @@ fn callgrind_rows(o: &Opts, table: &mut Table) {
     table.instructions("GET /, 64 keep-alive connections", "hyper-ct", ir);
 }
 
-/// Deletes the profiles callgrind wrote for `pattern` (`...%p`).
-fn remove_profiles(pattern: &str) {
+/// Deletes the profiles callgrind wrote for `pattern` (`...%p`), or says
+/// where they are (`--keep-profiles`; read them with callgrind_annotate).
+fn keep_or_remove(o: &Opts, pattern: &str) {
+    if o.keep_profiles {
+        eprintln!("  profiles kept: {}*", pattern.replace("%p", ""));
+        return;
+    }
     let path = std::path::Path::new(pattern);
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
