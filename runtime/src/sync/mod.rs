@@ -3,7 +3,9 @@
 //! [`BoundedSemaphore`], [`Queue`] and its variants ([`LifoQueue`],
 //! [`PriorityQueue`], [`JoinableQueue`]), channels ([`channel`],
 //! [`bounded`]), and waiting for the first of several things ([`wait_any`],
-//! [`iwait`], [`select`]).
+//! [`iwait`], [`select`]); and Python's `threading` ones in std's shapes:
+//! [`RLock`], [`Condvar`] (Python's `Condition`), [`Barrier`], [`RwLock`]
+//! and [`OnceCell`] (std's `OnceLock`).
 //!
 //! # One design for every primitive
 //!
@@ -45,25 +47,35 @@
 //! `std::error::Error` with a clear message.
 
 mod async_result;
+mod barrier;
 mod channel;
+mod condvar;
 mod error;
 mod event;
 mod lock;
 mod mutex;
+mod once_cell;
 mod queue;
 mod queue_core;
+mod rlock;
+mod rwlock;
 mod semaphore;
 mod wait;
 mod waitlist;
 
 pub use async_result::AsyncResult;
+pub use barrier::{Barrier, BarrierWaitResult};
 pub use channel::{IntoIter, Iter, Receiver, Sender, bounded, channel};
+pub use condvar::{Condvar, WaitTimeoutResult};
 pub use error::{
     Empty, Full, RecvError, RecvTimeoutError, ReleaseError, SendError, TaskDoneError, Timeout,
     TryRecvError, TrySendError,
 };
 pub use event::Event;
 pub use mutex::{Mutex, MutexGuard};
+pub use once_cell::OnceCell;
 pub use queue::{JoinableQueue, LifoQueue, PriorityQueue, Queue};
+pub use rlock::{RLock, RLockGuard};
+pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore};
 pub use wait::{IWait, Waitable, Watch, iwait, select, select_timeout, wait_any, wait_any_timeout};

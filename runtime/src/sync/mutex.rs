@@ -70,8 +70,7 @@ const QUEUED: u8 = 2;
 /// assert_eq!(*total.lock(), 45);
 /// ```
 pub struct Mutex<T: ?Sized> {
-    state: AtomicU8,
-    waiters: Lock<WaitList<()>>,
+    raw: RawMutex,
     value: UnsafeCell<T>,
 }
 
@@ -86,8 +85,7 @@ impl<T> Mutex<T> {
     /// An unlocked mutex holding `v`.
     pub const fn new(v: T) -> Mutex<T> {
         Mutex {
-            state: AtomicU8::new(0),
-            waiters: Lock::new(WaitList::new()),
+            raw: RawMutex::new(),
             value: UnsafeCell::new(v),
         }
     }
@@ -103,12 +101,7 @@ impl<T: ?Sized> Mutex<T> {
     /// order they asked. A `kill` or `timeout` of the waiter unwinds it
     /// (without the lock).
     pub fn lock(&self) -> MutexGuard<'_, T> {
-        let fast = self
-            .state
-            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed);
-        if fast.is_err() && self.lock_slow(None).is_err() {
-            unreachable!("no deadline");
-        }
+        self.raw.lock("Mutex::lock");
         MutexGuard {
             mutex: self,
             _marker: PhantomData,
@@ -117,13 +110,10 @@ impl<T: ?Sized> Mutex<T> {
 
     /// Acquires the lock if it is free now (and nobody waits for it).
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        self.state
-            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(|_| MutexGuard {
-                mutex: self,
-                _marker: PhantomData,
-            })
+        self.raw.try_lock().then_some(MutexGuard {
+            mutex: self,
+            _marker: PhantomData,
+        })
     }
 
     /// Acquires the lock, giving up after `d` (`Duration::ZERO` is
@@ -139,10 +129,7 @@ impl<T: ?Sized> Mutex<T> {
     /// assert!(m.lock_timeout(Duration::from_millis(5)).is_ok());
     /// ```
     pub fn lock_timeout(&self, d: Duration) -> Result<MutexGuard<'_, T>, Timeout> {
-        if let Some(g) = self.try_lock() {
-            return Ok(g);
-        }
-        self.lock_slow(deadline_in(d))?;
+        self.raw.lock_until(deadline_in(d), "Mutex::lock")?;
         Ok(MutexGuard {
             mutex: self,
             _marker: PhantomData,
@@ -151,16 +138,67 @@ impl<T: ?Sized> Mutex<T> {
 
     /// Whether some owner holds the lock now.
     pub fn is_locked(&self) -> bool {
-        self.state.load(Ordering::Relaxed) & LOCKED != 0
+        self.raw.is_locked()
     }
 
     /// The value, through the exclusive borrow (no locking needed).
     pub fn get_mut(&mut self) -> &mut T {
         self.value.get_mut()
     }
+}
+
+/// The lock word and wait list of a [`Mutex`], without the value: also the
+/// lock under [`RLock`](super::RLock) and what a
+/// [`Condvar`](super::Condvar) releases and re-takes.
+pub(crate) struct RawMutex {
+    state: AtomicU8,
+    waiters: Lock<WaitList<()>>,
+}
+
+impl RawMutex {
+    pub(crate) const fn new() -> RawMutex {
+        RawMutex {
+            state: AtomicU8::new(0),
+            waiters: Lock::new(WaitList::new()),
+        }
+    }
+
+    /// Acquires the lock, waiting as long as it takes (a `kill` or `timeout`
+    /// unwinds the caller without it).
+    /// `what` names the wait in `moss::dump`.
+    #[inline]
+    pub(crate) fn lock(&self, what: &'static str) {
+        if !self.try_lock() && self.lock_slow(None, what).is_err() {
+            unreachable!("no deadline");
+        }
+    }
+
+    /// Acquires the lock if it is free now (and nobody waits for it).
+    #[inline]
+    pub(crate) fn try_lock(&self) -> bool {
+        self.state
+            .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Acquires the lock unless `deadline` passes first.
+    pub(crate) fn lock_until(
+        &self,
+        deadline: Option<Instant>,
+        what: &'static str,
+    ) -> Result<(), Timeout> {
+        if self.try_lock() {
+            return Ok(());
+        }
+        self.lock_slow(deadline, what)
+    }
+
+    pub(crate) fn is_locked(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & LOCKED != 0
+    }
 
     #[cold]
-    fn lock_slow(&self, deadline: Option<Instant>) -> Result<(), Timeout> {
+    fn lock_slow(&self, deadline: Option<Instant>, what: &'static str) -> Result<(), Timeout> {
         let mut g = lock(&self.waiters);
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
@@ -196,10 +234,11 @@ impl<T: ?Sized> Mutex<T> {
         // SAFETY: `w` stays in this frame and `park_waiter` follows at once.
         unsafe { g.push(&w) };
         drop(g);
-        let (outcome, why) = park_waiter(&w, deadline, "Mutex::lock", &self.waiters, |g| g);
+        let (outcome, why) = park_waiter(&w, deadline, what, &self.waiters, |g| g);
         match (outcome, why) {
             (Outcome::Handed, Wakeup::Cancelled) => {
-                self.unlock(); // pass it on
+                // SAFETY: it was handed to us: we own it.
+                unsafe { self.unlock() }; // pass it on
                 park::deliver_cancel()
             }
             (Outcome::Handed, _) => Ok(()),
@@ -208,7 +247,12 @@ impl<T: ?Sized> Mutex<T> {
         }
     }
 
-    fn unlock(&self) {
+    /// Releases the lock: hands it to the oldest waiter, if any.
+    ///
+    /// # Safety
+    /// The caller owns the lock (it acquired it and has not released it).
+    #[inline]
+    pub(crate) unsafe fn unlock(&self) {
         if self
             .state
             .compare_exchange(LOCKED, 0, Ordering::Release, Ordering::Relaxed)
@@ -289,7 +333,35 @@ impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
 
 impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
-        self.mutex.unlock();
+        // SAFETY: the guard proves we own the lock; this is its one release.
+        unsafe { self.mutex.raw.unlock() };
+    }
+}
+
+impl<'a, T: ?Sized> MutexGuard<'a, T> {
+    /// Takes the guard apart without unlocking: the caller now owns the
+    /// lock and must release it (a [`Condvar`](super::Condvar) wait).
+    pub(crate) fn into_mutex(self) -> &'a Mutex<T> {
+        let m = self.mutex;
+        std::mem::forget(self);
+        m
+    }
+
+    /// The guard of a lock the caller owns.
+    ///
+    /// # Safety
+    /// The caller owns `mutex`'s lock and gives that ownership to the guard.
+    pub(crate) unsafe fn from_owned(mutex: &'a Mutex<T>) -> MutexGuard<'a, T> {
+        MutexGuard {
+            mutex,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T: ?Sized> Mutex<T> {
+    pub(crate) fn raw(&self) -> &RawMutex {
+        &self.raw
     }
 }
 

@@ -160,6 +160,11 @@ impl<T> WaitList<T> {
         self.q.is_empty()
     }
 
+    /// How many waiters are queued.
+    pub(crate) fn len(&self) -> usize {
+        self.q.len()
+    }
+
     /// Queues `w` at the back, for the calling context's next park.
     ///
     /// # Safety
