@@ -2,6 +2,10 @@
 //!
 //! * `mutex_uncontended`: lock + unlock of `moss::sync::Mutex` vs
 //!   `std::sync::Mutex`, from one thread, nobody else around.
+//! * `threading_uncontended`: the same for `RLock` (first entry, and
+//!   re-entry while held), `RwLock` read and write vs `std::sync::RwLock`,
+//!   `OnceCell::get` vs `std::sync::OnceLock::get`, and a `notify_one`
+//!   nobody waits for vs `std::sync::Condvar`'s.
 //! * `pingpong_one_hub`: two coroutines of one hub bounce a value through two
 //!   capacity-1 queues (`Queue`, and `bounded(1)` channels); reported per
 //!   hand-off (a put that wakes the blocked getter, plus the switch to it).
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::channel::oneshot;
-use moss::sync::{Mutex, Queue, bounded};
+use moss::sync::{Condvar, Mutex, OnceCell, Queue, RLock, RwLock, bounded};
 
 fn mutex_uncontended(c: &mut Criterion) {
     let mut g = c.benchmark_group("mutex_uncontended");
@@ -33,6 +37,56 @@ fn mutex_uncontended(c: &mut Criterion) {
     let s = std::sync::Mutex::new(0u64);
     g.bench_function("std::sync::Mutex lock+unlock (baseline)", |b| {
         b.iter(|| *black_box(&s).lock().unwrap() += 1)
+    });
+    g.finish();
+}
+
+fn threading_uncontended(c: &mut Criterion) {
+    let mut g = c.benchmark_group("threading_uncontended");
+    g.throughput(Throughput::Elements(1));
+    let r = RLock::new(std::cell::Cell::new(0u64));
+    g.bench_function("moss::sync::RLock lock+unlock", |b| {
+        b.iter(|| {
+            let g = black_box(&r).lock();
+            g.set(g.get() + 1);
+        })
+    });
+    g.bench_function("moss::sync::RLock re-entry while held", |b| {
+        let _held = r.lock();
+        b.iter(|| {
+            let g = black_box(&r).lock();
+            g.set(g.get() + 1);
+        })
+    });
+    let l = RwLock::new(0u64);
+    g.bench_function("moss::sync::RwLock read+unlock", |b| {
+        b.iter(|| *black_box(&l).read())
+    });
+    let s = std::sync::RwLock::new(0u64);
+    g.bench_function("std::sync::RwLock read+unlock (baseline)", |b| {
+        b.iter(|| *black_box(&s).read().unwrap())
+    });
+    g.bench_function("moss::sync::RwLock write+unlock", |b| {
+        b.iter(|| *black_box(&l).write() += 1)
+    });
+    g.bench_function("std::sync::RwLock write+unlock (baseline)", |b| {
+        b.iter(|| *black_box(&s).write().unwrap() += 1)
+    });
+    let once = OnceCell::from(7u64);
+    g.bench_function("moss::sync::OnceCell get", |b| {
+        b.iter(|| *black_box(&once).get().unwrap())
+    });
+    let std_once = std::sync::OnceLock::from(7u64);
+    g.bench_function("std::sync::OnceLock get (baseline)", |b| {
+        b.iter(|| *black_box(&std_once).get().unwrap())
+    });
+    let cv = Condvar::new();
+    g.bench_function("moss::sync::Condvar notify_one, no waiter", |b| {
+        b.iter(|| black_box(&cv).notify_one())
+    });
+    let std_cv = std::sync::Condvar::new();
+    g.bench_function("std::sync::Condvar notify_one, no waiter (baseline)", |b| {
+        b.iter(|| black_box(&std_cv).notify_one())
     });
     g.finish();
 }
@@ -273,6 +327,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = mutex_uncontended, pingpong_one_hub, block_on, pingpong_two_threads
+    targets = mutex_uncontended, threading_uncontended, pingpong_one_hub, block_on, pingpong_two_threads
 }
 criterion_main!(benches);

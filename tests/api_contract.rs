@@ -136,6 +136,60 @@ fn sync_api() {
 }
 
 #[test]
+fn threading_sync_api() {
+    use moss::sync::*;
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<RLock<std::cell::Cell<u8>>>();
+    send_sync::<Condvar>();
+    send_sync::<Barrier>();
+    send_sync::<RwLock<u8>>();
+    send_sync::<OnceCell<u8>>();
+
+    let r: RLock<u8> = RLock::new(1);
+    let g: RLockGuard<'_, u8> = r.lock();
+    assert_eq!(*r.lock(), 1); // re-entry
+    assert!(r.try_lock().is_some() && r.lock_timeout(Duration::ZERO).is_ok());
+    drop(g);
+    assert_eq!(r.into_inner(), 1);
+
+    let m = Mutex::new(0);
+    let cv = Condvar::new();
+    let g: MutexGuard<'_, i32> = m.lock();
+    let (g, res): (MutexGuard<'_, i32>, WaitTimeoutResult) = cv.wait_timeout(g, Duration::ZERO);
+    assert!(res.timed_out());
+    let g = cv.wait_while(g, |v| *v != 0);
+    let (g, res) = cv.wait_timeout_while(g, Duration::ZERO, |v| *v != 0);
+    assert!(!res.timed_out());
+    drop(g);
+    cv.notify_one();
+    cv.notify_all();
+    let _ = Condvar::wait::<i32>;
+
+    let b = Barrier::new(1);
+    let res: BarrierWaitResult = b.wait();
+    assert!(res.is_leader());
+    assert!(b.wait_timeout(Duration::ZERO).unwrap().is_leader());
+
+    let l: RwLock<u8> = RwLock::new(1);
+    let r1: RwLockReadGuard<'_, u8> = l.read();
+    assert!(l.try_read().is_some() && l.try_write().is_none());
+    drop(r1);
+    let mut w: RwLockWriteGuard<'_, u8> = l.write();
+    *w += 1;
+    drop(w);
+    assert!(l.read_timeout(Duration::ZERO).is_ok() && l.write_timeout(Duration::ZERO).is_ok());
+    assert_eq!(l.into_inner(), 2);
+
+    let c: OnceCell<u8> = OnceCell::new();
+    assert_eq!(c.get(), None);
+    assert_eq!(*c.get_or_init(|| 4), 4);
+    assert_eq!(c.set(5), Err(5));
+    assert_eq!(c.get_or_try_init(|| Err::<u8, ()>(())), Ok(&4));
+    assert_eq!(*c.wait(), 4);
+    assert_eq!(c.into_inner(), Some(4));
+}
+
+#[test]
 fn coroutine_pools_api() {
     use moss::pool::{Group, Pool};
     let p = Pool::new(2);

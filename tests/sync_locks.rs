@@ -352,7 +352,7 @@ fn rwlock_counter_across_hubs_and_threads_is_exact() {
     let l = Arc::new(RwLock::new((0u64, 0u64)));
     let bad = Arc::new(AtomicUsize::new(0));
     let work = |l: &RwLock<(u64, u64)>, bad: &AtomicUsize, i: u64| {
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             let mut g = l.write();
             g.0 += 1;
             moss::yield_now();
@@ -375,8 +375,8 @@ fn rwlock_counter_across_hubs_and_threads_is_exact() {
         for _ in 0..8 {
             let (l, bad) = (l2.clone(), b2.clone());
             moss::spawn(move || {
-                for i in 0..100 {
-                    if i % 3 == 0 {
+                for i in 0..100u64 {
+                    if i.is_multiple_of(3) {
                         let _ = l.read_timeout(Duration::from_micros(50));
                         let _ = l.write_timeout(Duration::from_micros(50)).map(|mut g| {
                             g.0 += 1;

@@ -36,9 +36,11 @@
 //! re-locks and either removes itself (nothing was handed to it) or finds
 //! that it was handed something just before. Then a timed
 //! out call succeeds after all (the hand-off wins), and a cancelled one
-//! passes what it got on — the item goes back to the front of the queue or
-//! to the next waiter, the permit or lock to the next acquirer — before it
-//! unwinds. Nothing is lost.
+//! passes what it got on — the item goes back to the next waiter or to the
+//! head of the queue's line (never past its capacity: as if it had never
+//! been handed over), the permit or lock to the next acquirer, a condition
+//! variable's notification to the next waiter, the right to initialize a
+//! [`OnceCell`] to the next caller — before it unwinds. Nothing is lost.
 //!
 //! # Errors, not panics
 //!

@@ -41,7 +41,8 @@ const NONE: u64 = 0;
 /// one too); unique in the process, never reused, never 0.
 #[inline]
 pub(super) fn context_id() -> u64 {
-    let id = crate::current().id().as_u64();
+    // `crate::current()` would also clone the coroutine's name.
+    let id = crate::hub::Hub::current().current_header().id.as_u64();
     debug_assert_ne!(id, NONE);
     id
 }
@@ -107,6 +108,7 @@ impl<T: ?Sized> RLock<T> {
     /// Acquires the lock, or enters it again if the caller holds it; waits
     /// as long as it takes otherwise. A `kill` or `timeout` of the waiter
     /// unwinds it (without the lock).
+    #[inline]
     pub fn lock(&self) -> RLockGuard<'_, T> {
         let me = context_id();
         if !self.reenter(me) {
@@ -205,7 +207,18 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RLock<T> {
 }
 
 /// Shared access to an [`RLock`]'s value; the lock is released when the
-/// owner's last guard is dropped. `!Send`.
+/// owner's last guard is dropped.
+///
+/// `!Send`: the lock belongs to the coroutine (or thread) that took it, so
+/// its guard cannot move to another thread:
+///
+/// ```compile_fail,E0277
+/// let l = moss_runtime::sync::RLock::new(0);
+/// let g = l.lock();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(g));
+/// });
+/// ```
 pub struct RLockGuard<'a, T: ?Sized> {
     lock: &'a RLock<T>,
     /// The owner is the coroutine that locked: the guard stays on its thread.
@@ -223,6 +236,7 @@ impl<T: ?Sized> Deref for RLockGuard<'_, T> {
 }
 
 impl<T: ?Sized> Drop for RLockGuard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         let l = self.lock;
         // SAFETY: the guard proves the caller's context owns the lock, on
