@@ -565,3 +565,115 @@ fn killed_and_timed_out_condvar_waiters_unwind_without_the_mutex() {
     state.1.notify_one();
     assert_eq!(w.join().unwrap(), 3);
 }
+
+// ---------------------------------------------------------- during unwinds
+
+/// Runs `f` from the destructor of a value owned by a coroutine that is
+/// then killed: the kill is delivered once, so the destructor's waits block
+/// normally until `release` (run on a plain thread after `delay`) lets them
+/// through.
+fn blocking_destructor_of_a_killed_coroutine(
+    f: impl FnOnce() + 'static,
+    release: impl FnOnce() + Send + 'static,
+) {
+    struct OnDrop<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for OnDrop<F> {
+        fn drop(&mut self) {
+            (self.0.take().unwrap())();
+        }
+    }
+    let done = Rc::new(Cell::new(false));
+    let d = done.clone();
+    let victim = moss::spawn(move || {
+        let _guard = OnDrop(Some(move || {
+            f();
+            d.set(true);
+        }));
+        moss::sleep(Duration::from_secs(60));
+    });
+    util::until_parked(victim.id());
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        release();
+    });
+    victim.kill(); // returns once the destructor got through
+    assert!(victim.join().unwrap_err().is_killed());
+    assert!(done.get(), "the destructor finished its blocking calls");
+    releaser.join().unwrap();
+}
+
+#[test]
+fn destructors_of_killed_coroutines_may_wait_on_each_primitive() {
+    let _wd = util::watchdog("blocking destructors", Duration::from_secs(60));
+    // RwLock: write behind a reader of another thread.
+    let l = Arc::new(RwLock::new(0));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let l2 = l.clone();
+    let reader = std::thread::spawn(move || {
+        let _r = l2.read();
+        rx.recv().unwrap();
+    });
+    while l.reader_count() == 0 {
+        std::thread::yield_now();
+    }
+    let l3 = l.clone();
+    blocking_destructor_of_a_killed_coroutine(
+        move || *l3.write() += 1,
+        move || tx.send(()).unwrap(),
+    );
+    reader.join().unwrap();
+    assert_eq!(*l.read(), 1);
+    // RLock held by a plain thread.
+    let r = Arc::new(RLock::new(Cell::new(0)));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let r2 = r.clone();
+    let holder = std::thread::spawn(move || {
+        let _g = r2.lock();
+        rx.recv().unwrap();
+    });
+    while !r.is_locked() {
+        std::thread::yield_now();
+    }
+    let r3 = r.clone();
+    blocking_destructor_of_a_killed_coroutine(
+        move || {
+            let g = r3.lock();
+            g.set(g.get() + 1);
+        },
+        move || tx.send(()).unwrap(),
+    );
+    holder.join().unwrap();
+    assert_eq!(r.lock().get(), 1);
+    // Condvar: waits for a notification from another thread.
+    let pair = Arc::new((Mutex::new(false), Condvar::new()));
+    let (p1, p2) = (pair.clone(), pair.clone());
+    blocking_destructor_of_a_killed_coroutine(
+        move || drop(p1.1.wait_while(p1.0.lock(), |ready| !*ready)),
+        move || {
+            *p2.0.lock() = true;
+            p2.1.notify_all();
+        },
+    );
+    // Barrier: the destructor is the second party.
+    let b = Arc::new(moss::sync::Barrier::new(2));
+    let (b1, b2) = (b.clone(), b.clone());
+    blocking_destructor_of_a_killed_coroutine(move || drop(b1.wait()), move || drop(b2.wait()));
+    // OnceCell: waits for another thread's initializer.
+    let cell = Arc::new(moss::sync::OnceCell::new());
+    let (c1, c2) = (cell.clone(), cell.clone());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let initializer = std::thread::spawn(move || {
+        c2.get_or_init(|| {
+            started_tx.send(()).unwrap();
+            rx.recv().unwrap();
+            5
+        });
+    });
+    started.recv().unwrap(); // the initializer runs: the destructor must wait
+    blocking_destructor_of_a_killed_coroutine(
+        move || assert_eq!(*c1.get_or_init(|| 6), 5),
+        move || tx.send(()).unwrap(),
+    );
+    initializer.join().unwrap();
+}

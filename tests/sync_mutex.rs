@@ -179,3 +179,24 @@ fn guard_can_move_to_another_thread() {
     assert!(!m.is_locked());
     assert_eq!(format!("{m:?}"), "Mutex { value: 5 }");
 }
+
+/// A failed `try_lock` leaves the lock with its owner (and its waiters).
+#[test]
+fn a_failed_try_lock_changes_nothing() {
+    let m = Arc::new(Mutex::new(0));
+    let mut g = m.lock();
+    for _ in 0..3 {
+        assert!(m.try_lock().is_none());
+        assert!(m.lock_timeout(Duration::ZERO).is_err());
+    }
+    assert!(m.is_locked(), "still held by its owner");
+    let m2 = m.clone();
+    let waiter = moss::spawn(move || *m2.lock() += 10);
+    moss::yield_now();
+    assert!(m.try_lock().is_none());
+    assert!(!waiter.is_finished(), "the waiter still waits");
+    *g += 1;
+    drop(g);
+    waiter.join().unwrap();
+    assert_eq!(*m.lock(), 11);
+}

@@ -110,7 +110,10 @@ impl<T: ?Sized> Mutex<T> {
 
     /// Acquires the lock if it is free now (and nobody waits for it).
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        self.raw.try_lock().then_some(MutexGuard {
+        if !self.raw.try_lock() {
+            return None;
+        }
+        Some(MutexGuard {
             mutex: self,
             _marker: PhantomData,
         })
