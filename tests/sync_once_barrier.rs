@@ -301,3 +301,64 @@ fn a_killed_or_timed_out_party_withdraws_its_arrival() {
     assert!(rs.all(|r| !r.unwrap()));
     assert!(Barrier::new(0).wait().is_leader() && Barrier::new(1).wait().is_leader());
 }
+
+/// Many cells, each raced by initializers that sleep, fail or panic, with
+/// random kills: a cell is initialized at most once, every caller that
+/// returns sees that value, and a cell is never left "being initialized"
+/// with nobody running (a late `get_or_init` always gets through).
+#[test]
+fn initializers_killed_failing_and_panicking_at_random_never_wedge_a_cell() {
+    let _wd = util::watchdog("OnceCell storm", Duration::from_secs(120));
+    let mut seed = 0x5eed_u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for k in 0..300u64 {
+        let cell = Rc::new(OnceCell::new());
+        let inits = Rc::new(Cell::new(0));
+        let hs: Vec<_> = (0..6u64)
+            .map(|i| {
+                let (cell, inits) = (cell.clone(), inits.clone());
+                let (pause, fate) = (rnd(300), rnd(4));
+                moss::spawn(move || {
+                    let r = cell.get_or_try_init(|| {
+                        moss::sleep(Duration::from_micros(pause));
+                        match fate {
+                            0 => Err("failed"),
+                            // A panic, without the hook's message.
+                            1 => std::panic::resume_unwind(Box::new("initializer panicked")),
+                            _ => {
+                                inits.set(inits.get() + 1);
+                                Ok(k * 10 + i)
+                            }
+                        }
+                    });
+                    r.ok().copied()
+                })
+            })
+            .collect();
+        for _ in 0..rnd(6) {
+            moss::sleep(Duration::from_micros(rnd(200)));
+            let victim = &hs[rnd(hs.len() as u64) as usize];
+            victim.kill();
+        }
+        let results: Vec<_> = moss::join_all(hs)
+            .into_iter()
+            .filter_map(|r| r.ok().flatten())
+            .collect();
+        assert!(
+            inits.get() <= 1,
+            "cell {k} initialized {} times",
+            inits.get()
+        );
+        let v = *cell.get_or_init(|| 1_000_000 + k); // never waits for a ghost
+        assert!(
+            results.iter().all(|r| *r == v),
+            "cell {k}: {results:?} vs {v}"
+        );
+        assert_eq!(inits.get() == 1, v < 1_000_000);
+    }
+}
