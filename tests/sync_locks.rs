@@ -657,7 +657,14 @@ fn destructors_of_killed_coroutines_may_wait_on_each_primitive() {
     // Barrier: the destructor is the second party.
     let b = Arc::new(moss::sync::Barrier::new(2));
     let (b1, b2) = (b.clone(), b.clone());
-    blocking_destructor_of_a_killed_coroutine(move || drop(b1.wait()), move || drop(b2.wait()));
+    blocking_destructor_of_a_killed_coroutine(
+        move || {
+            b1.wait();
+        },
+        move || {
+            b2.wait();
+        },
+    );
     // OnceCell: waits for another thread's initializer.
     let cell = Arc::new(moss::sync::OnceCell::new());
     let (c1, c2) = (cell.clone(), cell.clone());
