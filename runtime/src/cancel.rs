@@ -32,28 +32,42 @@
 //!   reaching one, a kill it observed that way still makes `join` report
 //!   `is_killed()` (and a `timeout` reports `Elapsed`).
 
+use std::fmt;
+use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::coroutine::Elapsed;
 use crate::hub::Hub;
-use crate::task::{Header, State, Task, Wakeup};
+pub use crate::task::Cancelled;
+use crate::task::{Cancel, Header, State, Task, Wakeup};
 use crate::timer::Action;
 
-/// A pending cancellation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cancel {
-    Kill,
-    /// The `timeout` scope with this number expired.
-    Timeout(u64),
+/// The error of a [`timeout`](crate::timeout) that fired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elapsed {
+    after: Duration,
 }
 
-/// The unwinding payload of a delivered cancellation.
-///
-/// User code that catches panics may see it; it should resume the unwind.
-#[derive(Debug)]
-pub struct Cancelled(pub(crate) Cancel);
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "operation timed out after {:?}", self.after)
+    }
+}
+
+impl Elapsed {
+    pub(crate) fn new(after: Duration) -> Elapsed {
+        Elapsed { after }
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl From<Elapsed> for io::Error {
+    fn from(e: Elapsed) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, e)
+    }
+}
 
 /// Requests cancellation of the task `t`: records it and wakes `t` if it is
 /// parked. Nothing happens if a cancellation that wins is already pending.
@@ -79,6 +93,15 @@ pub(crate) fn deliver(hub: &Hub) -> ! {
         .take_cancel()
         .expect("deliver_cancel without a pending cancellation");
     resume_unwind(Box::new(Cancelled(c)))
+}
+
+/// A cancellation point: unwinds the current context `h` if a cancellation
+/// is pending for it.
+#[inline(always)]
+pub(crate) fn check(hub: &Hub, h: &Header) {
+    if h.state.cancel_pending() {
+        deliver(hub);
+    }
 }
 
 /// Kills the task whose control block is `h` and waits until it has died

@@ -10,6 +10,7 @@ use std::panic::Location;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+pub use crate::cancel::Elapsed;
 use crate::hub::Hub;
 use crate::stack_pool::{DEFAULT_STACK_SIZE, normalize_size};
 use crate::task::{CoroutineId, Header, JoinError, JoinSlot, State, TaskCell, Wakeup};
@@ -284,9 +285,15 @@ pub fn sleep(d: Duration) {
 
 /// Lets every other ready coroutine run once (gevent's `sleep(0)`); the
 /// caller goes to the back of the run queue.
-#[inline]
+///
+/// Inlined into callers on purpose (see the hub's `yield_now`).
+#[inline(always)]
 pub fn yield_now() {
-    Hub::current().yield_now();
+    let hub = Hub::current();
+    let h = hub.current_header();
+    crate::cancel::check(hub, h);
+    hub.yield_now(h);
+    crate::cancel::check(hub, h);
 }
 
 /// The identity of the running coroutine (or of the thread's root).
@@ -319,32 +326,6 @@ pub fn current() -> Current {
     Current {
         id: h.id,
         name: h.name.clone(),
-    }
-}
-
-/// The error of a [`timeout`] that fired.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Elapsed {
-    after: Duration,
-}
-
-impl fmt::Display for Elapsed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "operation timed out after {:?}", self.after)
-    }
-}
-
-impl Elapsed {
-    pub(crate) fn new(after: Duration) -> Elapsed {
-        Elapsed { after }
-    }
-}
-
-impl std::error::Error for Elapsed {}
-
-impl From<Elapsed> for io::Error {
-    fn from(e: Elapsed) -> io::Error {
-        io::Error::new(io::ErrorKind::TimedOut, e)
     }
 }
 

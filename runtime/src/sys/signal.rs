@@ -1,42 +1,48 @@
 //! Stack-overflow reports.
 //!
 //! A SIGSEGV/SIGBUS handler, installed once per process on first hub creation
-//! with `SA_ONSTACK`, checks whether the faulting address lies in the guard
-//! page of the coroutine running on this thread. If so it writes one line —
-//! `moss: coroutine 'NAME' (#ID) has overflowed its stack of N KiB` — with
-//! `write(2)` only, and aborts. Any other fault goes to the handler that was
-//! installed before ours (std's own overflow handler for thread stacks, or the
-//! default action).
+//! with `SA_ONSTACK`, asks the scheduler (the `describe` function given to
+//! [`install`]) whether the faulting address lies in the guard page of a
+//! stack it runs on this thread. If so, the scheduler writes one line — e.g.
+//! `moss: coroutine 'NAME' (#ID) has overflowed its stack of N KiB` — into a
+//! [`Report`], the handler writes it with `write(2)` and aborts. Any other
+//! fault goes to the handler that was installed before ours (std's own
+//! overflow handler for thread stacks, or the default action).
 //!
 //! The handler runs on the thread's alternate signal stack: std installs one
-//! on the threads it creates; a hub created on a thread without one installs
-//! its own (freed when the hub is dropped).
+//! on the threads it creates; [`install`] installs one on a thread without
+//! (the caller frees it with [`remove_altstack`]).
 //!
-//! Async-signal safety: the handler reads the hub pointer from a `const`
-//! thread-local (a plain TLS load, no lazy initialisation), then the running
-//! task's header fields, formats into a stack buffer, and calls `write` and
-//! `abort`. It allocates nothing and takes no lock.
+//! Async-signal safety: the handler formats into a stack buffer and calls
+//! `write` and `abort`; it allocates nothing and takes no lock. `describe`
+//! must obey the same rules (plain loads of thread-local and task data).
 
 use std::mem::MaybeUninit;
 use std::sync::Once;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use crate::hub::Hub;
+/// Answers the handler's question for a fault at `addr`: if it overflowed a
+/// stack the scheduler knows, write the message into the report, return true.
+pub(crate) type Describe = fn(addr: usize, out: &mut Report) -> bool;
 
 static INSTALL: Once = Once::new();
+/// The `Describe` function, as an address (0 until installed).
+static DESCRIBE: AtomicUsize = AtomicUsize::new(0);
 static PREV_SEGV: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
 static PREV_BUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
 
 const ALTSTACK_SIZE: usize = 64 * 1024;
 
-/// Installs the process-wide handler (once) and this thread's altstack if it
-/// has none.
-pub(crate) fn install(hub: &Hub) {
+/// Installs the process-wide handler (once, with `describe`) and this
+/// thread's altstack if it has none; returns the altstack it installed, for
+/// [`remove_altstack`].
+pub(crate) fn install(describe: Describe) -> Option<(usize, usize)> {
     INSTALL.call_once(|| {
+        DESCRIBE.store(describe as usize, Ordering::Release);
         install_for(libc::SIGSEGV, &PREV_SEGV);
         install_for(libc::SIGBUS, &PREV_BUS);
     });
-    ensure_altstack(hub);
+    ensure_altstack()
 }
 
 fn install_for(sig: libc::c_int, prev: &AtomicPtr<libc::sigaction>) {
@@ -59,16 +65,16 @@ fn install_for(sig: libc::c_int, prev: &AtomicPtr<libc::sigaction>) {
     }
 }
 
-fn ensure_altstack(hub: &Hub) {
+fn ensure_altstack() -> Option<(usize, usize)> {
     // SAFETY: querying the current altstack with a null new-stack pointer only
-    // writes `old`.
+    // writes `old`; a new altstack is a fresh private mapping we own.
     unsafe {
         let mut old: libc::stack_t = std::mem::zeroed();
         if libc::sigaltstack(std::ptr::null(), &mut old) != 0 {
-            return;
+            return None;
         }
         if old.ss_flags & libc::SS_DISABLE == 0 {
-            return; // std (or someone) already installed one
+            return None; // std (or someone) already installed one
         }
         let p = libc::mmap(
             std::ptr::null_mut(),
@@ -79,7 +85,7 @@ fn ensure_altstack(hub: &Hub) {
             0,
         );
         if p == libc::MAP_FAILED {
-            return;
+            return None;
         }
         let st = libc::stack_t {
             ss_sp: p,
@@ -87,9 +93,10 @@ fn ensure_altstack(hub: &Hub) {
             ss_size: ALTSTACK_SIZE,
         };
         if libc::sigaltstack(&st, std::ptr::null_mut()) == 0 {
-            hub.set_altstack((p as usize, ALTSTACK_SIZE));
+            Some((p as usize, ALTSTACK_SIZE))
         } else {
             libc::munmap(p, ALTSTACK_SIZE);
+            None
         }
     }
 }
@@ -111,20 +118,22 @@ pub(crate) fn remove_altstack((addr, len): (usize, usize)) {
     }
 }
 
-/// A fixed buffer for formatting without allocation.
-struct Buf {
+/// A fixed buffer for formatting without allocation (in a signal handler).
+pub(crate) struct Report {
     data: [u8; 512],
     len: usize,
 }
 
-impl Buf {
-    fn push(&mut self, s: &[u8]) {
+impl Report {
+    /// Appends bytes (silently truncated at the buffer's end).
+    pub(crate) fn push(&mut self, s: &[u8]) {
         let n = s.len().min(self.data.len() - self.len);
         self.data[self.len..self.len + n].copy_from_slice(&s[..n]);
         self.len += n;
     }
 
-    fn push_num(&mut self, mut v: u64) {
+    /// Appends `v` in decimal.
+    pub(crate) fn push_num(&mut self, mut v: u64) {
         let mut tmp = [0u8; 20];
         let mut i = tmp.len();
         loop {
@@ -142,33 +151,20 @@ impl Buf {
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
-    if let Some(hub) = Hub::try_current() {
-        let h = hub.current_header();
-        let lo = h.guard.get();
-        let hi = lo + crate::sys::stack::page_size();
-        if !h.is_root() && addr >= lo && addr < hi {
-            let mut b = Buf {
-                data: [0; 512],
-                len: 0,
-            };
-            b.push(b"moss: coroutine ");
-            match &h.name {
-                Some(n) => {
-                    b.push(b"'");
-                    b.push(n.as_bytes());
-                    b.push(b"' ");
-                }
-                None => b.push(b"<unnamed> "),
-            }
-            b.push(b"(#");
-            b.push_num(h.id.0);
-            b.push(b") has overflowed its stack of ");
-            b.push_num((h.stack_size / 1024) as u64);
-            b.push(b" KiB\n");
+    let describe = DESCRIBE.load(Ordering::Acquire);
+    if describe != 0 {
+        // SAFETY: a non-zero `DESCRIBE` was stored from a `Describe` fn
+        // pointer in `install`.
+        let describe: Describe = unsafe { std::mem::transmute::<usize, Describe>(describe) };
+        let mut report = Report {
+            data: [0; 512],
+            len: 0,
+        };
+        if describe(addr, &mut report) {
             // SAFETY: write(2) and abort(3) are async-signal-safe; the buffer
-            // is a valid local array of `b.len` initialised bytes.
+            // is a valid local array of `report.len` initialised bytes.
             unsafe {
-                libc::write(2, b.data.as_ptr().cast(), b.len);
+                libc::write(2, report.data.as_ptr().cast(), report.len);
                 libc::abort();
             }
         }

@@ -1,13 +1,18 @@
-//! Why a join returned no value: [`JoinError`].
+//! How a coroutine can end without a value: [`JoinError`], and the
+//! [`Cancelled`] payload a delivered cancellation unwinds with.
 
 use std::any::Any;
 use std::fmt;
 use std::io;
 use std::sync::Mutex;
 
-use super::Header;
-use crate::cancel::Cancelled;
-use crate::task::CoroutineId;
+use super::{Cancel, CoroutineId, Header};
+
+/// The unwinding payload of a delivered cancellation (`kill`, `timeout`).
+///
+/// User code that catches panics may see it; it should resume the unwind.
+#[derive(Debug)]
+pub struct Cancelled(pub(crate) Cancel);
 
 /// A panic payload made `Sync`, so that `JoinError` can be sent and shared
 /// like any error.

@@ -11,9 +11,9 @@
 mod error;
 mod state;
 
-pub use error::JoinError;
+pub use error::{Cancelled, JoinError};
 pub use state::Wakeup;
-pub(crate) use state::{State, TaskState};
+pub(crate) use state::{Cancel, State, TaskState};
 
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
@@ -23,7 +23,6 @@ use std::rc::Rc;
 
 use corosensei::{Coroutine, Yielder};
 
-use crate::cancel::Cancel;
 use crate::sys::stack::Stack;
 use crate::timer::TimerKey;
 use error::Repr;

@@ -47,8 +47,6 @@
 
 use std::cell::Cell;
 
-use crate::cancel::Cancel;
-
 /// Where a context is in its life cycle (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
@@ -75,6 +73,14 @@ pub enum Wakeup {
     /// A `kill` or an enclosing `timeout` wants this coroutine to unwind.
     /// The cancellation stays pending until it is delivered.
     Cancelled,
+}
+
+/// A pending cancellation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cancel {
+    Kill,
+    /// The `timeout` scope with this number expired.
+    Timeout(u64),
 }
 
 /// `cancel` encoding: no cancellation pending.

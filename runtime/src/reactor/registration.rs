@@ -1,19 +1,5 @@
-//! Per-fd readiness state of the hub, and the registration API for I/O types.
-//!
-//! Every fd is registered with the hub's epoll once, edge-triggered, for both
-//! directions (Go's netpoller is the model). Each direction has a `ready` bit
-//! and a list of parked waiters:
-//!
-//! * an edge with waiters wakes them all (each retries its syscall);
-//! * an edge with no waiter sets `ready`, so the next `wait` returns at once;
-//! * `wait` consumes `ready` (clears it) or parks.
-//!
-//! Callers follow "try the syscall first; on `EAGAIN`, wait, then retry". A
-//! stale `ready` bit costs one extra `EAGAIN`, never a missed wake-up: any
-//! edge after the failed syscall is delivered to the waiter list or the bit.
-//! Deadlines and cancellation remove the waiter again, so the slot stays
-//! consistent; dropping the registration wakes waiters, which then see
-//! [`WaitError::Closed`].
+//! [`Registration`]: an fd registered with the calling thread's reactor, and
+//! waiting for its readiness.
 
 use std::fmt;
 use std::io;
@@ -22,85 +8,7 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use crate::hub::Hub;
-use crate::task::{Token, Wakeup};
-
-pub(crate) struct IoSlot {
-    fd: RawFd,
-    generation: u64,
-    readers: Waiters,
-    writers: Waiters,
-    read_ready: bool,
-    write_ready: bool,
-    /// The latest event reported the read side closed (peer hang-up, reset).
-    /// A level, not an edge: `wait(Readable)` returns at once while it is
-    /// set, so a reader that skips a syscall on a hint (a short read drained
-    /// the queue) still sees an EOF that arrived together with its data.
-    read_hup: bool,
-}
-
-impl IoSlot {
-    /// Records the latest event's read-closed state (see `read_hup`).
-    pub(crate) fn set_read_hup(&mut self, hup: bool) {
-        self.read_hup = hup;
-    }
-
-    /// Records an edge in one direction; returns the waiters to wake.
-    pub(crate) fn on_event(&mut self, ready: bool, read: bool) -> Waiters {
-        if !ready {
-            return Waiters::default();
-        }
-        let (waiters, flag) = if read {
-            (&mut self.readers, &mut self.read_ready)
-        } else {
-            (&mut self.writers, &mut self.write_ready)
-        };
-        if waiters.is_empty() {
-            *flag = true;
-            Waiters::default()
-        } else {
-            std::mem::take(waiters)
-        }
-    }
-}
-
-/// The coroutines parked on one direction of an fd. Almost always zero or
-/// one, which costs no allocation.
-#[derive(Default)]
-pub(crate) struct Waiters {
-    first: Option<Token>,
-    rest: Vec<Token>,
-}
-
-impl Waiters {
-    fn push(&mut self, t: Token) {
-        if self.first.is_none() {
-            self.first = Some(t);
-        } else {
-            self.rest.push(t);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.first.is_none()
-    }
-
-    /// Removes `t` if present (a timed out or cancelled waiter).
-    fn remove(&mut self, t: Token) {
-        if self.first == Some(t) {
-            self.first = if self.rest.is_empty() {
-                None
-            } else {
-                Some(self.rest.remove(0))
-            };
-        } else {
-            self.rest.retain(|x| *x != t);
-        }
-    }
-
-    pub(crate) fn into_iter(self) -> impl Iterator<Item = Token> {
-        self.first.into_iter().chain(self.rest)
-    }
-}
+use crate::task::Wakeup;
 
 /// Which readiness to wait for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,19 +88,7 @@ impl Registration {
     pub fn new(fd: RawFd) -> io::Result<Registration> {
         let hub = Hub::current();
         let generation = NEXT_GEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let key = hub.io.borrow_mut().insert(IoSlot {
-            fd,
-            generation,
-            readers: Waiters::default(),
-            writers: Waiters::default(),
-            read_ready: false,
-            write_ready: false,
-            read_hup: false,
-        });
-        if let Err(e) = hub.registry_register(fd, key) {
-            hub.io.borrow_mut().remove(key);
-            return Err(e);
-        }
+        let key = hub.reactor.register(fd, generation)?;
         Ok(Registration {
             key,
             generation,
@@ -207,7 +103,7 @@ impl Registration {
         self.fd
     }
 
-    /// The id of the hub this registration belongs to (see [`crate::reactor::hub_id`]).
+    /// The id of the hub this registration belongs to (see [`hub_id`](super::hub_id)).
     pub fn hub_id(&self) -> u64 {
         self.hub_id
     }
@@ -247,8 +143,8 @@ impl Registration {
         // another coroutine) stays sound and reports `Closed`.
         let (key, generation) = (self.key, self.generation);
         {
-            let mut io = hub.io.borrow_mut();
-            let slot = match io.get_mut(key) {
+            let mut slots = hub.reactor.slots.borrow_mut();
+            let slot = match slots.get_mut(key) {
                 Some(s) if s.generation == generation => s,
                 _ => return Err(WaitError::Closed),
             };
@@ -267,11 +163,12 @@ impl Registration {
             waiters.push(h.token());
         }
         let token = h.token();
-        hub.io_waiters.set(hub.io_waiters.get() + 1);
+        let waiting = &hub.reactor.waiters;
+        waiting.set(waiting.get() + 1);
         let w = hub.park(deadline, "I/O readiness");
-        hub.io_waiters.set(hub.io_waiters.get() - 1);
-        let mut io = hub.io.borrow_mut();
-        let slot = match io.get_mut(key) {
+        waiting.set(waiting.get() - 1);
+        let mut slots = hub.reactor.slots.borrow_mut();
+        let slot = match slots.get_mut(key) {
             Some(s) if s.generation == generation => s,
             _ => return Err(WaitError::Closed),
         };
@@ -296,16 +193,8 @@ impl Drop for Registration {
         if hub.remote.hub_id != self.hub_id {
             return;
         }
-        let slot = {
-            let mut io = hub.io.borrow_mut();
-            match io.get(self.key) {
-                Some(s) if s.generation == self.generation => Some(io.remove(self.key)),
-                _ => None,
-            }
-        };
-        if let Some(slot) = slot {
-            let _ = hub.registry_deregister(slot.fd);
-            for t in slot.readers.into_iter().chain(slot.writers.into_iter()) {
+        if let Some(waiters) = hub.reactor.deregister(self.key, self.generation) {
+            for t in waiters.into_iter() {
                 hub.wake(t, Wakeup::Notified);
             }
         }

@@ -1,0 +1,288 @@
+//! The hub: one scheduler per OS thread.
+//!
+//! A hub owns everything that runs coroutines on its thread: the task table
+//! and run queue, the timers, the reactor (epoll) and the stack pool. It is
+//! created on the thread's first moss call and lives until the thread exits.
+//! Its parts:
+//!
+//! * `run.rs` — the loop (`run_until`): resume ready tasks, poll I/O and
+//!   the cross-thread queue, fire timers; the module header draws it.
+//! * `park.rs` — parking and waking: how a context (a coroutine, or the
+//!   root) leaves the CPU at a blocking point and how it gets it back.
+//! * `remote.rs` — the part other threads touch: the cross-thread wake-up
+//!   queue and its eventfd.
+//! * `dump.rs` — `moss::dump`.
+//!
+//! A context's life cycle and its cancellation state are owned by
+//! `task/state.rs`; the hub changes them only through its transitions.
+
+mod dump;
+mod park;
+mod remote;
+mod run;
+
+pub(crate) use remote::Remote;
+pub(crate) use run::Until;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use slab::Slab;
+
+use crate::reactor::poller::Reactor;
+use crate::stack_pool::StackPool;
+use crate::sys::signal::Report;
+use crate::task::{CoroutineId, Header, ROOT_KEY, RootTask, Task};
+use crate::timer::{Action, Timers};
+use run::RunQueue;
+
+/// Tasks resumed between two polls of I/O and timers when tasks keep yielding.
+const BATCH: u32 = 64;
+
+/// Ids are handed out to hubs in blocks so spawning touches no shared counter.
+static NEXT_ID_BLOCK: AtomicU64 = AtomicU64::new(1);
+const ID_BLOCK: u64 = 4096;
+static NEXT_HUB_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) struct Hub {
+    pub(crate) tasks: RefCell<Slab<Rc<dyn Task>>>,
+    run_queue: RunQueue,
+    pub(crate) timers: RefCell<Timers>,
+    pub(crate) reactor: Reactor,
+    pub(crate) remote: Arc<Remote>,
+    pub(crate) stacks: RefCell<StackPool>,
+    pub(crate) root: Rc<RootTask>,
+    /// The running task's header, or the root's.
+    current: Cell<*const Header>,
+    next_id: Cell<u64>,
+    id_end: Cell<u64>,
+    /// Tasks resumed (or fast yields) since the last poll.
+    since_poll: Cell<u32>,
+    /// Waiters of `wait()` called from coroutines.
+    pub(crate) idle_waiters: RefCell<Vec<crate::task::Token>>,
+    next_scope: Cell<u64>,
+    /// An alternate signal stack this hub installed (freed on drop).
+    altstack: Cell<Option<(usize, usize)>>,
+    /// The root's park (by sequence number) that ends when its entry in the
+    /// run queue comes up (`yield_now` on the root).
+    root_turn: Cell<Option<u64>>,
+}
+
+thread_local! {
+    static HUB: Cell<*const Hub> = const { Cell::new(std::ptr::null()) };
+    static OWNER: HubOwner = const { HubOwner(Cell::new(std::ptr::null_mut())) };
+}
+
+/// Owns the thread's hub; dropping it at thread exit frees the hub.
+struct HubOwner(Cell<*mut Hub>);
+
+impl Drop for HubOwner {
+    fn drop(&mut self) {
+        let p = self.0.replace(std::ptr::null_mut());
+        if !p.is_null() {
+            HUB.with(|h| h.set(std::ptr::null()));
+            // SAFETY: `p` came from `Box::into_raw` in `Hub::current` and is
+            // freed only here, once; `HUB` no longer points at it.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+impl Hub {
+    fn new() -> io::Result<Hub> {
+        let reactor = Reactor::new()?;
+        let hub_id = NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed);
+        let remote = Arc::new(Remote::new(hub_id, reactor.new_waker()?));
+        let first = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
+        let root = Rc::new(RootTask(Header::new_root(CoroutineId(first))));
+        Ok(Hub {
+            tasks: RefCell::new(Slab::new()),
+            run_queue: RunQueue::default(),
+            timers: RefCell::new(Timers::default()),
+            reactor,
+            remote,
+            stacks: RefCell::new(StackPool::default()),
+            root,
+            current: Cell::new(std::ptr::null()),
+            next_id: Cell::new(first + 1),
+            id_end: Cell::new(first + ID_BLOCK),
+            since_poll: Cell::new(0),
+            idle_waiters: RefCell::new(Vec::new()),
+            next_scope: Cell::new(1),
+            altstack: Cell::new(None),
+            root_turn: Cell::new(None),
+        })
+    }
+
+    /// The calling thread's hub, created on first use.
+    ///
+    /// # Panics
+    /// If the hub cannot be created (no file descriptors left for its epoll
+    /// instance and eventfd).
+    #[inline]
+    pub(crate) fn current() -> &'static Hub {
+        let p = HUB.with(|h| h.get());
+        if !p.is_null() {
+            // SAFETY: `HUB` points at this thread's live, boxed (never moved)
+            // hub; it is cleared before the hub is freed at thread exit, and
+            // the reference is used only on this thread during its life.
+            return unsafe { &*p };
+        }
+        Self::create()
+    }
+
+    #[cold]
+    fn create() -> &'static Hub {
+        let hub = match Hub::new() {
+            Ok(h) => h,
+            Err(e) => panic!("moss: cannot create the hub of this thread: {e}"),
+        };
+        let p = Box::into_raw(Box::new(hub));
+        OWNER.with(|o| o.0.set(p));
+        HUB.with(|h| h.set(p));
+        // SAFETY: just allocated and published; see `current`.
+        let hub = unsafe { &*p };
+        hub.current.set(&hub.root.0);
+        hub.altstack
+            .set(crate::sys::signal::install(describe_fault));
+        hub
+    }
+
+    /// The hub of this thread if it exists (never creates one).
+    #[inline]
+    pub(crate) fn try_current() -> Option<&'static Hub> {
+        let p = HUB.with(|h| h.get());
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: as in `current`: a non-null `HUB` is this thread's live hub.
+        Some(unsafe { &*p })
+    }
+
+    /// In a freshly forked child: abandons the hub inherited from the parent
+    /// (leaked, never touched again: its epoll instance and eventfd are shared
+    /// with the parent, its coroutines are the parent's), so that the next
+    /// moss call on this thread creates a fresh hub.
+    pub(crate) fn forget_after_fork() {
+        OWNER.with(|o| o.0.set(std::ptr::null_mut()));
+        HUB.with(|h| h.set(std::ptr::null()));
+    }
+
+    /// The header of whatever runs now: a coroutine or the root.
+    #[inline]
+    pub(crate) fn current_header(&self) -> &Header {
+        // SAFETY: `current` points at the root's header (owned by the hub) or
+        // at the header of the running task, which the task slab keeps alive
+        // until it is done; it is reset before a finished task is released.
+        unsafe { &*self.current.get() }
+    }
+
+    pub(crate) fn in_coroutine(&self) -> bool {
+        !self.current_header().is_root()
+    }
+
+    pub(crate) fn new_id(&self) -> CoroutineId {
+        let id = self.next_id.get();
+        if id == self.id_end.get() {
+            let first = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            self.next_id.set(first + 1);
+            self.id_end.set(first + ID_BLOCK);
+            return CoroutineId(first);
+        }
+        self.next_id.set(id + 1);
+        CoroutineId(id)
+    }
+
+    pub(crate) fn new_scope(&self) -> u64 {
+        let s = self.next_scope.get();
+        self.next_scope.set(s + 1);
+        s
+    }
+
+    /// Adds a new task; it starts at `start` or as soon as possible.
+    pub(crate) fn spawn(&self, task: Rc<dyn Task>, start: Option<Instant>) {
+        let key = self.tasks.borrow_mut().insert(task.clone());
+        let h = task.header();
+        h.key.set(key as u32);
+        match start {
+            Some(at) => {
+                let k = self
+                    .timers
+                    .borrow_mut()
+                    .insert(at, Action::Start(h.token()));
+                h.timer.set(Some(k));
+            }
+            None => self.run_queue.push(task),
+        }
+    }
+
+    pub(crate) fn task(&self, key: u32, id: u64) -> Option<Rc<dyn Task>> {
+        if key == ROOT_KEY {
+            return (self.root.0.id.0 == id).then(|| self.root.clone() as Rc<dyn Task>);
+        }
+        let tasks = self.tasks.borrow();
+        let t = tasks.get(key as usize)?;
+        (t.header().id.0 == id).then(|| t.clone())
+    }
+
+    pub(crate) fn live_tasks(&self) -> usize {
+        self.tasks.borrow().len()
+    }
+}
+
+/// The stack-overflow report for a fault at `addr` (the SIGSEGV handler's
+/// question, see `sys/signal.rs`): if `addr` is in the guard page of the
+/// coroutine running on this thread, writes the one-line message and
+/// returns true.
+///
+/// Async-signal-safe: reads the hub pointer from a `const` thread-local (a
+/// plain TLS load, no lazy initialisation) and the running task's header
+/// fields; allocates nothing, takes no lock.
+fn describe_fault(addr: usize, out: &mut Report) -> bool {
+    let Some(hub) = Hub::try_current() else {
+        return false;
+    };
+    let h = hub.current_header();
+    let lo = h.guard.get();
+    let hi = lo + crate::sys::stack::page_size();
+    if h.is_root() || addr < lo || addr >= hi {
+        return false;
+    }
+    out.push(b"moss: coroutine ");
+    match &h.name {
+        Some(n) => {
+            out.push(b"'");
+            out.push(n.as_bytes());
+            out.push(b"' ");
+        }
+        None => out.push(b"<unnamed> "),
+    }
+    out.push(b"(#");
+    out.push_num(h.id.0);
+    out.push(b") has overflowed its stack of ");
+    out.push_num((h.stack_size / 1024) as u64);
+    out.push(b" KiB\n");
+    true
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // Unfinished coroutines are leaked, not unwound: their destructors
+        // would run during thread-local destruction, when moss itself is
+        // gone. Their stacks stay mapped (and unused) for the process's life.
+        for t in self.tasks.get_mut().drain() {
+            // SAFETY: the hub loop is not running (we are in its destructor),
+            // so nothing else references the coroutine cell.
+            if let Some(c) = unsafe { &mut *t.header().coroutine.get() }.take() {
+                std::mem::forget(c);
+            }
+        }
+        if let Some(range) = self.altstack.take() {
+            crate::sys::signal::remove_altstack(range);
+        }
+    }
+}

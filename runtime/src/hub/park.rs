@@ -1,0 +1,178 @@
+//! Parking and waking: how a context leaves the CPU and how it gets it back.
+//!
+//! ```text
+//!   coroutine                                  root (the thread's own stack)
+//!   ─────────                                  ─────────────────────────────
+//!   park: state Running → Parked               park: state Running → Parked
+//!         suspend: switch to the hub loop            run_until(RootReady): the hub
+//!         ... (resumed by the loop) ...              loop runs right here until the
+//!         end_park                                   root is Ready, then end_park
+//!
+//!   wake(token): the park `token` names still going on? → Ready, into the run
+//!                queue (a root needs no queue: its loop sees the state)
+//! ```
+//!
+//! A coroutine's suspend is a corosensei `suspend` on its own stack back into
+//! the loop's `resume`; the loop always runs on the root's stack. A switch
+//! from one coroutine to another is therefore suspend + resume, with no hub
+//! stack in between.
+
+use std::time::{Duration, Instant};
+
+use super::{BATCH, Hub, Until};
+use crate::task::{Header, State, Task, Token, Wakeup, header_of};
+use crate::timer::Action;
+use std::rc::Rc;
+
+impl Hub {
+    /// Ends the wait `token` with `why`; false if that wait is already over.
+    pub(crate) fn wake(&self, token: Token, why: Wakeup) -> bool {
+        let Some(t) = self.task(token.key, token.id) else {
+            return false;
+        };
+        if !t.header().state.wake(token.seq, why) {
+            return false;
+        }
+        self.schedule(t);
+        true
+    }
+
+    /// Ends whatever park `t` is in with `why` (a cancellation); false if it
+    /// is not parked.
+    pub(crate) fn wake_parked(&self, t: &Rc<dyn Task>, why: Wakeup) -> bool {
+        if !t.header().state.wake_parked(why) {
+            return false;
+        }
+        self.schedule(t.clone());
+        true
+    }
+
+    /// Queues a task that became Ready (a woken root needs no queue: its
+    /// loop sees the state).
+    #[inline]
+    pub(super) fn schedule(&self, t: Rc<dyn Task>) {
+        if !header_of(&t).is_root() {
+            self.run_queue.push(t);
+        }
+    }
+
+    /// Suspends the current context until woken, the deadline passes, or a
+    /// cancellation is requested. Never unwinds.
+    ///
+    /// Inlined (with its rare paths out of line) for the reason given at
+    /// `yield_now`: fewer returns between a resume and user code.
+    #[inline(always)]
+    pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str) -> Wakeup {
+        let h = self.current_header();
+        if h.state.cancel_pending() {
+            h.state.mark_seen();
+            return Wakeup::Cancelled;
+        }
+        self.park_now(h, deadline, what)
+    }
+
+    /// [`park`](Self::park) for a wait that cannot fail: a cancellation
+    /// already pending does not end it (it stays pending, marked seen). Only
+    /// a new, stronger one (a kill over a pending timeout) ends it early.
+    pub(crate) fn park_shielded(&self, deadline: Option<Instant>, what: &'static str) -> Wakeup {
+        let h = self.current_header();
+        if h.state.cancel_pending() {
+            h.state.mark_seen();
+        }
+        self.park_now(h, deadline, what)
+    }
+
+    /// Whether the current context runs its own code: false while the hub
+    /// loop runs on the root's stack (the root is parked then), where a park
+    /// would re-enter the loop.
+    pub(crate) fn context_running(&self) -> bool {
+        self.current_header().state.is(State::Running)
+    }
+
+    #[inline(always)]
+    fn park_now(&self, h: &Header, deadline: Option<Instant>, what: &'static str) -> Wakeup {
+        if !h.is_root() {
+            // Before any state changes: a failed check leaves nothing behind.
+            crate::greenlet::assert_not_in_greenlet();
+        }
+        if deadline.is_some() && !self.arm_park_timer(h, deadline) {
+            return Wakeup::TimedOut;
+        }
+        h.waiting_on.set(what);
+        h.state.park();
+        if h.is_root() {
+            self.run_until(Until::RootReady, true);
+        } else {
+            self.suspend(h);
+        }
+        let w = h.state.end_park();
+        if h.timer.get().is_some() {
+            self.disarm_park_timer(h);
+        }
+        if w == Wakeup::Cancelled {
+            h.state.mark_seen();
+        }
+        w
+    }
+
+    /// Arms the timer of a timed park; false if the deadline already passed.
+    #[inline(never)]
+    fn arm_park_timer(&self, h: &Header, deadline: Option<Instant>) -> bool {
+        let Some(d) = deadline else { return true };
+        if d <= Instant::now() {
+            return false;
+        }
+        let k = self.timers.borrow_mut().insert(d, Action::Wake(h.token()));
+        h.timer.set(Some(k));
+        true
+    }
+
+    #[inline(never)]
+    fn disarm_park_timer(&self, h: &Header) {
+        if let Some(k) = h.timer.take() {
+            self.timers.borrow_mut().cancel(k);
+        }
+    }
+
+    /// Switches from the running coroutine back to the hub loop.
+    #[inline(always)]
+    fn suspend(&self, h: &Header) {
+        let y = h.yielder.get();
+        debug_assert!(!y.is_null(), "suspend outside a coroutine");
+        // SAFETY: `yielder` is the `&Yielder` corosensei gave this task's body,
+        // alive on its stack while the body runs; we run on that stack now
+        // (current is this task), so it is alive and ours to suspend.
+        unsafe { (*y).suspend(()) };
+    }
+
+    /// Lets every other ready context run once; the caller `h` (the current
+    /// context) goes to the back of the run queue. Cancellation is the
+    /// caller's business (`moss::yield_now` is a cancellation point).
+    ///
+    /// Inlined into callers on purpose: a switch from a shallow call depth
+    /// keeps the CPU's return-stack predictions intact (each `ret` between
+    /// the resume point and user code mispredicts after a stack switch).
+    #[inline(always)]
+    pub(crate) fn yield_now(&self, h: &Header) {
+        if h.is_root() {
+            // Let every task that is ready now run once, then poll: the root
+            // parks until its own turn in the run queue comes.
+            self.root_turn.set(Some(h.state.park_seq()));
+            h.state.park();
+            self.run_queue.push(self.root.clone());
+            self.run_until(Until::RootReady, true);
+            h.state.end_park();
+            self.poll_once(Some(Duration::ZERO));
+        } else {
+            let n = self.since_poll.get() + 1;
+            self.since_poll.set(n);
+            if n < BATCH && self.run_queue.is_empty() {
+                return;
+            }
+            crate::greenlet::assert_not_in_greenlet();
+            // The hub loop requeues a task that suspends in state Ready.
+            h.state.yield_();
+            self.suspend(h);
+        }
+    }
+}

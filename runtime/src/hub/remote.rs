@@ -1,0 +1,88 @@
+//! The part of a hub other threads may touch: its cross-thread wake-up queue.
+//!
+//! ```text
+//!   other thread                          the hub's thread
+//!   ────────────                          ────────────────
+//!   Unparker::unpark ─▶ push(token):      poll_once:
+//!     lock, append, unlock                  sleeping = true; items? → timeout 0
+//!     has_items = true                      epoll_wait(...)
+//!     sleeping? → write the eventfd         sleeping = false
+//!                                           has_items? → take the list, wake each
+//! ```
+//!
+//! The eventfd (a mio `Waker` in the hub's epoll set) is written only when
+//! the hub is (about to be) asleep in `epoll_wait`, so a busy hub costs a
+//! waker no syscall. Both flags are `SeqCst`: either the pusher sees
+//! `sleeping` and writes the eventfd, or the hub sees `has_items` before it
+//! sleeps.
+//!
+//! A `Remote` is shared through an `Arc` by the hub and every `Unparker` of
+//! its contexts; the hub counts those references to know whether another
+//! thread could still wake it ("would block forever" is reported only when
+//! none can).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::task::Token;
+
+pub(crate) struct Remote {
+    pub(crate) hub_id: u64,
+    queue: Mutex<Vec<Token>>,
+    has_items: AtomicBool,
+    /// The hub is in (or about to enter) a blocking `epoll_wait`.
+    sleeping: AtomicBool,
+    waker: mio::Waker,
+}
+
+impl Remote {
+    pub(super) fn new(hub_id: u64, waker: mio::Waker) -> Remote {
+        Remote {
+            hub_id,
+            queue: Mutex::new(Vec::new()),
+            has_items: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            waker,
+        }
+    }
+
+    /// Queues a wake-up of `token` for the hub (from any thread).
+    pub(crate) fn push(&self, token: Token) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(token);
+        self.has_items.store(true, Ordering::SeqCst);
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            // A failed wake leaves the hub to its timeout; nothing to report.
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Whether wake-ups are queued.
+    pub(super) fn has_items(&self) -> bool {
+        self.has_items.load(Ordering::SeqCst)
+    }
+
+    /// The hub is about to sleep in `epoll_wait`: from now on pushers write
+    /// the eventfd. Returns false if items are already queued (then the hub
+    /// must not sleep).
+    pub(super) fn begin_sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        !self.has_items()
+    }
+
+    /// The hub is back from `epoll_wait`.
+    pub(super) fn end_sleep(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Takes every queued wake-up (on the hub's thread).
+    pub(super) fn drain(&self) -> Vec<Token> {
+        if !self.has_items() {
+            return Vec::new();
+        }
+        self.has_items.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}

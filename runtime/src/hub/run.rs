@@ -1,0 +1,281 @@
+//! The hub loop.
+//!
+//! ```text
+//!             ┌──────────────────────── run_until(done) on the root stack ──┐
+//!             │                                                             │
+//!   ┌────────▶│ pop the run queue, resume the task (stack switch); it runs  │
+//!   │         │ until it parks, yields or returns; stop if done()           │
+//!   │         │ ... at most BATCH tasks, then:                              │
+//!   │         │ poll: epoll_wait (0 if tasks are ready, else until the next │
+//!   │         │       timer; skipped when nothing can produce an event)     │
+//!   │         │       → wake I/O waiters, drain the cross-thread queue,     │
+//!   │         │       → fire due timers (wakes, timeouts, delayed starts)   │
+//!   └─────────┤ nothing ready, no timer, no I/O waiter, no cross-thread     │
+//!             │ waker: "would block forever"                                │
+//!             └─────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! The loop runs on the root (the thread's own stack) whenever the root blocks
+//! on a moss call; coroutines always suspend back into it. There is no
+//! separate hub stack: a coroutine-to-coroutine switch is suspend + resume.
+//! A coroutine's stack is bound when it first runs and returned to the pool
+//! as soon as its body returns.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corosensei::CoroutineResult;
+
+use super::{BATCH, Hub};
+use crate::task::{State, Task, Wakeup, header_of};
+use crate::timer::Action;
+
+/// When the root's hub loop returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// The root was woken (its park or yield ended).
+    RootReady,
+    /// No task of this hub is left.
+    NoTasks,
+}
+
+/// FIFO of ready tasks.
+///
+/// # Invariants
+/// The deque is only accessed through these three methods, none of which
+/// calls out to code that could touch the queue again (no user code, no
+/// drops of tasks: `pop` moves the task out), so no two references to the
+/// deque are ever alive at once. The hub is `!Sync` (one thread).
+#[derive(Default)]
+pub(super) struct RunQueue(std::cell::UnsafeCell<VecDeque<Rc<dyn Task>>>);
+
+impl RunQueue {
+    #[inline]
+    pub(super) fn push(&self, t: Rc<dyn Task>) {
+        // SAFETY: see the type's invariants: no other reference is alive.
+        unsafe { (*self.0.get()).push_back(t) }
+    }
+
+    #[inline]
+    pub(super) fn pop(&self) -> Option<Rc<dyn Task>> {
+        // SAFETY: see the type's invariants.
+        unsafe { (*self.0.get()).pop_front() }
+    }
+
+    #[inline]
+    pub(super) fn is_empty(&self) -> bool {
+        // SAFETY: see the type's invariants.
+        unsafe { (*self.0.get()).is_empty() }
+    }
+}
+
+impl Hub {
+    /// Runs the loop on the root stack until `done()` holds. When nothing can
+    /// ever make progress: panics if `strict`, else returns false.
+    pub(crate) fn run_until(&self, until: Until, strict: bool) -> bool {
+        debug_assert!(!self.in_coroutine(), "the hub loop runs on the root only");
+        let done = || match until {
+            Until::RootReady => !self.root.0.state.is(State::Parked),
+            Until::NoTasks => self.tasks.borrow().is_empty(),
+        };
+        loop {
+            if done() {
+                return true;
+            }
+            let mut n = 0;
+            loop {
+                let next = self.run_queue.pop();
+                let Some(t) = next else { break };
+                self.resume(t);
+                if done() {
+                    return true;
+                }
+                n += 1;
+                if n == BATCH {
+                    break;
+                }
+            }
+            let timeout = if !self.run_queue.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                match self.timers.borrow().next_deadline() {
+                    Some(d) => Some(d.saturating_duration_since(Instant::now())),
+                    None if self.can_be_woken() => None,
+                    None if strict => self.block_forever(),
+                    None => return false,
+                }
+            };
+            self.poll_once(timeout);
+        }
+    }
+
+    #[cold]
+    fn block_forever(&self) -> ! {
+        panic!(
+            "moss: this operation would block forever: the {} is waiting on '{}', and no \
+             coroutine is runnable, no timer is pending, no I/O is awaited and nothing on \
+             another thread can wake this hub ({} coroutines blocked)",
+            if self.in_coroutine() {
+                "coroutine"
+            } else {
+                "root"
+            },
+            self.current_header().waiting_on.get(),
+            self.live_tasks(),
+        )
+    }
+
+    fn can_be_woken(&self) -> bool {
+        self.reactor.has_waiters()
+            // Every live `Unparker` holds a clone of `remote` (the hub holds
+            // one): a waiter that another thread could wake.
+            || Arc::strong_count(&self.remote) > 1
+            || self.remote.has_items()
+    }
+
+    /// Runs one task until it parks, yields or returns.
+    fn resume(&self, t: Rc<dyn Task>) {
+        self.since_poll.set(self.since_poll.get() + 1);
+        let h = header_of(&t);
+        if h.is_root() {
+            // The root queued itself in `yield_now`: its turn ends that park
+            // (unless something else ended it first).
+            if let Some(seq) = self.root_turn.take() {
+                h.state.wake(seq, Wakeup::Notified);
+            }
+            return;
+        }
+        match h.state.get() {
+            State::Ready | State::New => {}
+            State::Done => return, // killed while queued
+            s => unreachable!("resume of a task in state {s:?}"),
+        }
+        // SAFETY: the coroutine cell is only touched here and in `finish`,
+        // on the hub loop (root stack), never by the task's own code; no other
+        // reference to it is alive during this call.
+        let coro = unsafe { &mut *h.coroutine.get() };
+        if coro.is_none() {
+            let stack = self.stacks.borrow_mut().take(h.stack_size);
+            let stack = match stack {
+                Ok(s) => s,
+                Err(e) => {
+                    t.finish_unstarted(Some(e));
+                    self.finish(&t);
+                    return;
+                }
+            };
+            h.guard.set(stack.guard_range().0);
+            let body = t.clone();
+            *coro = Some(corosensei::Coroutine::with_stack(stack, move |y, ()| {
+                body.header().yielder.set(y);
+                body.run();
+            }));
+        }
+        h.state.resume();
+        let prev = self.current.replace(h);
+        let r = coro.as_mut().expect("bound above").resume(());
+        self.current.set(prev);
+        match r {
+            CoroutineResult::Yield(()) => {
+                if h.state.is(State::Ready) {
+                    // It yielded: back of the queue, no refcount traffic.
+                    self.run_queue.push(t);
+                }
+            }
+            CoroutineResult::Return(()) => {
+                let stack = coro.take().expect("coroutine present").into_stack();
+                self.stacks.borrow_mut().give(stack);
+                self.finish(&t);
+            }
+        }
+    }
+
+    /// Marks `t` done, releases its slab entry and wakes its joiners.
+    pub(crate) fn finish(&self, t: &Rc<dyn Task>) {
+        let h = t.header();
+        h.state.complete();
+        if let Some(k) = h.timer.take() {
+            self.timers.borrow_mut().cancel(k);
+        }
+        self.tasks.borrow_mut().try_remove(h.key.get() as usize);
+        if let Some(j) = h.joiner.take() {
+            self.wake(j, Wakeup::Notified);
+        }
+        if let Some(more) = h.more_joiners.take() {
+            for j in *more {
+                self.wake(j, Wakeup::Notified);
+            }
+        }
+        if !self.idle_waiters.borrow().is_empty() {
+            let waiters = std::mem::take(&mut *self.idle_waiters.borrow_mut());
+            for w in waiters {
+                self.wake(w, Wakeup::Notified);
+            }
+        }
+    }
+
+    /// Polls I/O and the cross-thread queue, waiting at most `timeout`
+    /// (`None`: until an event), then fires due timers.
+    pub(crate) fn poll_once(&self, timeout: Option<Duration>) {
+        self.since_poll.set(0);
+        let sleeping = timeout != Some(Duration::ZERO);
+        if sleeping || self.reactor.has_registrations() {
+            let mut timeout = timeout;
+            if sleeping && !self.remote.begin_sleep() {
+                timeout = Some(Duration::ZERO);
+            }
+            self.reactor.poll(timeout, |t| {
+                self.wake(t, Wakeup::Notified);
+            });
+            if sleeping {
+                self.remote.end_sleep();
+            }
+        }
+        for t in self.remote.drain() {
+            self.wake(t, Wakeup::Notified);
+        }
+        self.fire_timers();
+    }
+
+    fn fire_timers(&self) {
+        let mut now = None;
+        loop {
+            if self.timers.borrow().len() == 0 {
+                return;
+            }
+            let now = *now.get_or_insert_with(Instant::now);
+            let action = self.timers.borrow_mut().pop_due(now);
+            let Some(action) = action else { return };
+            match action {
+                Action::Wake(tok) => {
+                    if let Some(t) = self.task(tok.key, tok.id) {
+                        let h = t.header();
+                        if h.state.wake(tok.seq, Wakeup::TimedOut) {
+                            // The timer has fired: nothing to disarm.
+                            h.timer.set(None);
+                            self.schedule(t);
+                        }
+                    }
+                }
+                Action::Timeout(tok, scope) => {
+                    if let Some(t) = self.task(tok.key, tok.id)
+                        && t.header().state.request_timeout(scope)
+                    {
+                        self.wake_parked(&t, Wakeup::Cancelled);
+                    }
+                }
+                Action::Start(tok) => {
+                    if let Some(t) = self.task(tok.key, tok.id) {
+                        let h = t.header();
+                        h.timer.set(None);
+                        if h.state.is(State::New) {
+                            self.run_queue.push(t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

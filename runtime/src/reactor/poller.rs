@@ -1,0 +1,208 @@
+//! The reactor proper: one hub's epoll instance and the readiness state of
+//! its fds (see the module above for the protocol). It knows nothing of the
+//! scheduler: the hub polls it and wakes the contexts whose tokens it
+//! reports.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use slab::Slab;
+
+use crate::task::Token;
+
+/// The token of the hub's cross-thread waker in the epoll set.
+const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
+
+/// One hub's epoll instance and the readiness state of its fds.
+pub(crate) struct Reactor {
+    poll: RefCell<mio::Poll>,
+    events: RefCell<mio::Events>,
+    pub(super) slots: RefCell<Slab<IoSlot>>,
+    /// Contexts parked on I/O readiness (they can be woken by the kernel).
+    pub(super) waiters: Cell<usize>,
+}
+
+impl Reactor {
+    pub(crate) fn new() -> io::Result<Reactor> {
+        Ok(Reactor {
+            poll: RefCell::new(mio::Poll::new()?),
+            events: RefCell::new(mio::Events::with_capacity(1024)),
+            slots: RefCell::new(Slab::new()),
+            waiters: Cell::new(0),
+        })
+    }
+
+    /// An eventfd in this epoll set that makes `poll` return.
+    pub(crate) fn new_waker(&self) -> io::Result<mio::Waker> {
+        mio::Waker::new(self.poll.borrow().registry(), WAKER_TOKEN)
+    }
+
+    /// Whether any fd is registered (otherwise a zero-timeout poll is
+    /// pointless).
+    pub(crate) fn has_registrations(&self) -> bool {
+        !self.slots.borrow().is_empty()
+    }
+
+    /// Whether a context is parked on I/O (the kernel may wake the hub).
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.waiters.get() > 0
+    }
+
+    /// Waits up to `timeout` (`None`: until an event) in `epoll_wait` and
+    /// calls `wake` for every waiter an event concerns.
+    ///
+    /// # Panics
+    /// If `epoll_wait` fails with anything but `EINTR` (a broken epoll fd:
+    /// the hub cannot work any more).
+    pub(crate) fn poll(&self, timeout: Option<Duration>, mut wake: impl FnMut(Token)) {
+        let mut events = self.events.borrow_mut();
+        if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout)
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            panic!("moss: epoll_wait failed: {e}");
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKER_TOKEN {
+                continue;
+            }
+            let (readers, writers) = {
+                let mut slots = self.slots.borrow_mut();
+                let Some(slot) = slots.get_mut(ev.token().0) else {
+                    continue;
+                };
+                let err = ev.is_error();
+                let r = ev.is_readable() || ev.is_read_closed() || err;
+                let w = ev.is_writable() || ev.is_write_closed() || err;
+                slot.read_hup = ev.is_read_closed();
+                (slot.on_event(r, true), slot.on_event(w, false))
+            };
+            for t in readers.into_iter().chain(writers.into_iter()) {
+                wake(t);
+            }
+        }
+    }
+
+    pub(super) fn register(&self, fd: RawFd, generation: u64) -> io::Result<usize> {
+        let key = self.slots.borrow_mut().insert(IoSlot {
+            fd,
+            generation,
+            readers: Waiters::default(),
+            writers: Waiters::default(),
+            read_ready: false,
+            write_ready: false,
+            read_hup: false,
+        });
+        let r = self.poll.borrow().registry().register(
+            &mut mio::unix::SourceFd(&fd),
+            mio::Token(key),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        );
+        match r {
+            Ok(()) => Ok(key),
+            Err(e) => {
+                self.slots.borrow_mut().remove(key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the slot `key` if it still belongs to `generation`, and
+    /// deregisters its fd; returns the waiters to wake.
+    pub(super) fn deregister(&self, key: usize, generation: u64) -> Option<Waiters> {
+        let slot = {
+            let mut slots = self.slots.borrow_mut();
+            match slots.get(key) {
+                Some(s) if s.generation == generation => slots.remove(key),
+                _ => return None,
+            }
+        };
+        // The fd may be closed already (a racing close): nothing to undo.
+        let _ = self
+            .poll
+            .borrow()
+            .registry()
+            .deregister(&mut mio::unix::SourceFd(&slot.fd));
+        let mut all = slot.readers;
+        for t in slot.writers.into_iter() {
+            all.push(t);
+        }
+        Some(all)
+    }
+}
+
+/// Per-fd readiness state.
+pub(super) struct IoSlot {
+    fd: RawFd,
+    /// Tells a reused slab key from the registration that made it.
+    pub(super) generation: u64,
+    pub(super) readers: Waiters,
+    pub(super) writers: Waiters,
+    pub(super) read_ready: bool,
+    pub(super) write_ready: bool,
+    /// The latest event reported the read side closed (peer hang-up, reset).
+    /// A level, not an edge: `wait(Readable)` returns at once while it is
+    /// set, so a reader that skips a syscall on a hint (a short read drained
+    /// the queue) still sees an EOF that arrived together with its data.
+    pub(super) read_hup: bool,
+}
+
+impl IoSlot {
+    /// Records an edge in one direction; returns the waiters to wake.
+    fn on_event(&mut self, ready: bool, read: bool) -> Waiters {
+        if !ready {
+            return Waiters::default();
+        }
+        let (waiters, flag) = if read {
+            (&mut self.readers, &mut self.read_ready)
+        } else {
+            (&mut self.writers, &mut self.write_ready)
+        };
+        if waiters.is_empty() {
+            *flag = true;
+            Waiters::default()
+        } else {
+            std::mem::take(waiters)
+        }
+    }
+}
+
+/// The contexts parked on one direction of an fd. Almost always zero or
+/// one, which costs no allocation.
+#[derive(Default)]
+pub(super) struct Waiters {
+    first: Option<Token>,
+    rest: Vec<Token>,
+}
+
+impl Waiters {
+    pub(super) fn push(&mut self, t: Token) {
+        if self.first.is_none() {
+            self.first = Some(t);
+        } else {
+            self.rest.push(t);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Removes `t` if present (a timed out or cancelled waiter).
+    pub(super) fn remove(&mut self, t: Token) {
+        if self.first == Some(t) {
+            self.first = if self.rest.is_empty() {
+                None
+            } else {
+                Some(self.rest.remove(0))
+            };
+        } else {
+            self.rest.retain(|x| *x != t);
+        }
+    }
+
+    pub(super) fn into_iter(self) -> impl Iterator<Item = Token> {
+        self.first.into_iter().chain(self.rest)
+    }
+}
