@@ -591,3 +591,59 @@ fn a_raw_futex_wait_is_woken_by_a_wake_from_a_plain_thread() {
         },
     );
 }
+
+#[test]
+fn futex_waits_on_thread_local_words_block_the_thread_parking_lot() {
+    // parking_lot parks each *thread* on a futex word in a thread-local
+    // record that it links into its wait queues: two coroutines of one
+    // thread parked there at once would share (and corrupt) that record.
+    // Waits on words in the calling thread's TLS therefore block the thread,
+    // as without patching: correct, if not cooperative.
+    in_child(
+        "futex_waits_on_thread_local_words_block_the_thread_parking_lot",
+        || {
+            let m = Arc::new(parking_lot::Mutex::new(0u64));
+            let held = Arc::new(std::sync::Barrier::new(2));
+            let holder = {
+                let (m, held) = (m.clone(), held.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        let mut g = m.lock();
+                        held.wait();
+                        // Both coroutines below are now trying to lock.
+                        std::thread::sleep(Duration::from_millis(5));
+                        *g += 1;
+                        drop(g);
+                        held.wait();
+                    }
+                })
+            };
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let (m, stop) = (m.clone(), stop.clone());
+                    moss::spawn(move || {
+                        let mut n = 0;
+                        while !stop.load(Ordering::SeqCst) {
+                            *m.lock() += 1;
+                            n += 1;
+                            moss::yield_now();
+                        }
+                        n
+                    })
+                })
+                .collect();
+            // Drive the holder's rounds from the root: each round every
+            // coroutine may be waiting in parking_lot at once.
+            for _ in 0..20 {
+                held.wait();
+                moss::sleep(Duration::from_millis(2));
+                held.wait();
+            }
+            holder.join().unwrap();
+            stop.store(true, Ordering::SeqCst);
+            let total: u64 = moss::join_all(hs).into_iter().map(|r| r.unwrap()).sum();
+            assert_eq!(*m.lock(), 20 + total);
+        },
+    );
+}

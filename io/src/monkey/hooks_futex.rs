@@ -13,7 +13,10 @@
 //!   `park::can_park`) parks that context on a moss-side wait table instead
 //!   of the thread: a coroutine suspends, a root runs its hub meanwhile.
 //!   Elsewhere (a thread without a hub, the hub loop itself, a greenlet
-//!   driven by a coroutine) the real syscall blocks the thread as before.
+//!   driven by a coroutine) the real syscall blocks the thread as before,
+//!   and so does a wait on a word in the calling thread's thread-local
+//!   storage: that word belongs to the thread, not to one of its contexts
+//!   (parking_lot's per-thread wait records; see `in_thread_tls`).
 //! * `FUTEX_WAKE`/`FUTEX_WAKE_BITSET` from anywhere wakes up to `val`
 //!   moss-side waiters of that address (and bitset), then asks the kernel
 //!   for the rest, so threads blocked in the kernel still wake. A wake-up
@@ -90,7 +93,7 @@
 //! channels, or `recv_timeout` (which retries the channel at its deadline).
 
 use std::cell::{Cell, RefCell, UnsafeCell};
-use std::ffi::{c_int, c_long};
+use std::ffi::{c_int, c_long, c_void};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::time::{Duration, Instant};
 
@@ -627,6 +630,9 @@ fn wait(
     if !park::can_park() || uaddr == 0 || !uaddr.is_multiple_of(4) || bitset == 0 {
         return None;
     }
+    if in_thread_tls(uaddr) {
+        return None;
+    }
     let probing = THREAD.try_with(|t| {
         if t.probe.get().is_some() {
             t.probe.set(Some(uaddr));
@@ -697,6 +703,57 @@ fn wait(
     }
     // Spurious (a cancellation, or a stray wake-up): std re-checks.
     Some(0)
+}
+
+/// Whether `addr` lies in one of the calling thread's thread-local storage
+/// blocks (one per loaded object with a TLS segment).
+///
+/// A futex word there belongs to the *thread*, not to the context waiting
+/// on it: a lock library that keeps a per-thread wait record (parking_lot's
+/// `ThreadData`, linked into its wait queues while the thread waits) would
+/// have two coroutines of one thread share, and corrupt, that record. So
+/// such waits block the thread, exactly as without patching. std's own
+/// primitives never wait on thread-local words (their futexes live in the
+/// lock, and the thread parker's word is on the heap).
+///
+/// `dl_iterate_phdr` reports the calling thread's block of each object
+/// (`dlpi_tls_data`; null where this thread has not allocated it yet, and
+/// then no word can be there either). It takes the loader's lock, which
+/// is never held around a `syscall()` futex wait; the cost (well under a
+/// microsecond) is paid only by waits that are about to park.
+fn in_thread_tls(addr: usize) -> bool {
+    struct Probe {
+        addr: usize,
+        hit: bool,
+    }
+    extern "C" fn each(info: *mut libc::dl_phdr_info, _: usize, data: *mut c_void) -> c_int {
+        // SAFETY: glibc passes a valid `dl_phdr_info` for the duration of
+        // the callback, and `data` is the `Probe` below, borrowed
+        // exclusively by this walk.
+        let (info, probe) = unsafe { (&*info, &mut *data.cast::<Probe>()) };
+        let base = info.dlpi_tls_data as usize;
+        if base == 0 || info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: `dlpi_phdr` points at `dlpi_phnum` program headers of
+        // the object, valid during the callback.
+        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum.into()) };
+        for ph in phdrs {
+            if ph.p_type == libc::PT_TLS
+                && probe.addr >= base
+                && probe.addr - base < ph.p_memsz as usize
+            {
+                probe.hit = true;
+                return 1;
+            }
+        }
+        0
+    }
+    let mut probe = Probe { addr, hit: false };
+    // SAFETY: `each` matches the callback type and only reads what glibc
+    // hands it; `probe` outlives the walk.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut probe).cast()) };
+    probe.hit
 }
 
 static FORK_HANDLER: AtomicBool = AtomicBool::new(false);

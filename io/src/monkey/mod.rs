@@ -103,6 +103,10 @@
 //!   `pthread_mutex_lock`, `pthread_cond_wait`, `sem_wait`,
 //!   `pthread_once`, C libraries built on them, and any inline `syscall`
 //!   instruction;
+//! * futex words in the waiting thread's thread-local storage: they belong
+//!   to the thread, not to a coroutine (parking_lot keeps a per-thread wait
+//!   record there, which two coroutines of one thread would share), so a
+//!   `parking_lot` lock blocks the thread as without patching;
 //! * `pthread_timedjoin_np`/`pthread_clockjoin_np`;
 //! * all of it on targets other than x86_64 Linux (where a plain function
 //!   cannot stand in for the variadic `syscall`), except `pthread_join`.
@@ -112,10 +116,7 @@
 //! re-check every 1–16 ms (see `hooks_futex.rs`). std's channels never
 //! wake a receiver on the sender's own thread, so a blocking `recv` in a
 //! coroutine fed by another coroutine of the same thread still waits
-//! forever (use `moss::sync::channel`). Libraries that keep a per-thread
-//! wait record besides the futex word (parking_lot's thread data) assume
-//! one blocked waiter per thread: do not block two coroutines of one
-//! thread in them at once.
+//! forever (use `moss::sync::channel`).
 //! A coroutine blocked in a lock held by another coroutine of its own
 //! thread that never reaches a blocking point still waits forever, as a
 //! thread would.
