@@ -99,11 +99,12 @@ fn a_stalled_handshake_does_not_block_other_connections() {
             msg
         );
     }
-    moss::sleep(Duration::from_millis(100));
-    assert!(
-        ticks.get() >= before + 5,
-        "the ticker stalled: {} ticks",
-        ticks.get() - before
+    // A stalled handshake blocking the hub would stop the ticker for good;
+    // a loaded machine only slows it, so wait for progress, not a rate.
+    util::until(
+        "the ticker to keep ticking",
+        Duration::from_secs(10),
+        || ticks.get() >= before + 5,
     );
     assert!(t.elapsed() < Duration::from_secs(10));
     // The idle timeout drops the stalled peers (their reads see EOF).
