@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use moss::net::{TcpListener, TcpStream};
 use moss::server::StreamServer;
 
+mod util;
+
 fn echo(mut s: TcpStream, _peer: std::net::SocketAddr) {
     let mut b = [0u8; 1024];
     while let Ok(n @ 1..) = s.read(&mut b) {
@@ -352,4 +354,68 @@ fn serve_forever_cancelled_by_timeout_then_served_again() {
     assert_eq!(first.join().unwrap(), b"first");
     server.stop(Duration::from_secs(1));
     serving.join().unwrap().unwrap();
+}
+
+/// A handler that catches the cancellation and keeps running: `stop`
+/// returns at its timeout anyway (it used to wait for it without bound),
+/// names it, and `connections()` keeps counting it until it ends. A handler
+/// that ends when killed is not reported.
+#[test]
+fn stop_returns_at_its_timeout_and_names_handlers_it_could_not_end() {
+    util::on_thread(Duration::from_secs(30), || {
+        let release = Rc::new(Cell::new(false));
+        let r = release.clone();
+        let server = StreamServer::bind("127.0.0.1:0", move |s, _| {
+            if s.peer_addr().unwrap().port() % 2 == 0 {
+                // Stubborn: survives its kill until released.
+                while !r.get() {
+                    let _ = std::panic::catch_unwind(|| moss::sleep(Duration::from_millis(10)));
+                }
+            } else {
+                moss::sleep(Duration::from_secs(3600));
+            }
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let srv = server.clone();
+        let serving = moss::spawn(move || srv.serve_forever());
+        // One stubborn client (even local port) and one plain one (odd).
+        let mut clients = Vec::new();
+        let (mut stubborn, mut plain) = (None, None);
+        while stubborn.is_none() || plain.is_none() {
+            let c = TcpStream::connect(addr).unwrap();
+            let port = c.local_addr().unwrap().port();
+            match (port % 2, &stubborn, &plain) {
+                (0, None, _) => stubborn = Some(c.local_addr().unwrap()),
+                (1, _, None) => plain = Some(c.local_addr().unwrap()),
+                _ => continue, // dropped: its handler ends at once... or sleeps
+            }
+            clients.push(c);
+        }
+        util::until("two handlers", Duration::from_secs(10), || {
+            server.connections() >= 2
+        });
+        let t = Instant::now();
+        let unfinished = server.stop(Duration::from_millis(200));
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(190), "{took:?}");
+        // 200 ms, then at most 50 ms for the killed to unwind; generous
+        // for a loaded machine, far below "without bound".
+        assert!(
+            took < Duration::from_secs(2),
+            "stop overran its timeout: {took:?}"
+        );
+        let peers: Vec<_> = unfinished.iter().map(|u| u.peer).collect();
+        assert!(peers.contains(&stubborn.unwrap()), "{unfinished:?}");
+        assert!(!peers.contains(&plain.unwrap()), "{unfinished:?}");
+        assert_eq!(server.connections(), unfinished.len());
+        assert!(serving.join().unwrap().is_ok());
+        release.set(true);
+        util::until(
+            "the stubborn handler to end",
+            Duration::from_secs(10),
+            || server.connections() == 0,
+        );
+        drop(clients);
+    });
 }

@@ -7,7 +7,9 @@
 //!  Ok(()) after stop / Err(fatal accept error)
 //!
 //!  stop(timeout): stopped ← true; kill the acceptor; close the listener;
-//!                 wait for handlers until the timeout, then kill the rest
+//!                 wait for handlers until the timeout; kill the rest; give
+//!                 them 50 ms at most to unwind; return, naming the
+//!                 handlers still running
 //! ```
 //!
 //! Everything lives on one thread's hub (the handle is `Clone` but not
@@ -30,12 +32,15 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use moss_runtime::park::{self, Unparker};
-use moss_runtime::{Cancelled, JoinHandle};
+use moss_runtime::{Cancelled, CoroutineId, JoinHandle};
 
 use crate::net::{TcpListener, TcpStream, ToSocketAddrs};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long `stop` waits for killed handlers to unwind (at most its
+/// timeout again).
+const KILL_GRACE: Duration = Duration::from_millis(50);
 
 type Handler = dyn Fn(TcpStream, SocketAddr);
 
@@ -85,7 +90,7 @@ struct Inner {
     local_addr: SocketAddr,
     handler: Box<Handler>,
     max_connections: Cell<Option<usize>>,
-    handlers: RefCell<HashMap<u64, JoinHandle<()>>>,
+    handlers: RefCell<HashMap<u64, Conn>>,
     next_id: Cell<u64>,
     stopped: Cell<bool>,
     acceptor: RefCell<Option<JoinHandle<()>>>,
@@ -96,6 +101,26 @@ struct Inner {
     serve_waiter: RefCell<Option<Unparker>>,
     room_waiter: RefCell<Option<Unparker>>,
     idle_waiter: RefCell<Option<Unparker>>,
+}
+
+/// A running handler.
+struct Conn {
+    /// `None` once `stop` has handed it to a killer coroutine.
+    handle: Option<JoinHandle<()>>,
+    id: CoroutineId,
+    peer: SocketAddr,
+}
+
+/// A connection handler that [`StreamServer::stop`] could not end within
+/// its timeout: it was killed and is still running (it may be in a
+/// destructor that blocks, or it caught the cancellation and went on). It
+/// still counts in [`StreamServer::connections`] until it ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unfinished {
+    /// The handler's coroutine.
+    pub id: CoroutineId,
+    /// The client it serves.
+    pub peer: SocketAddr,
 }
 
 fn wake(slot: &RefCell<Option<Unparker>>) {
@@ -154,7 +179,8 @@ impl StreamServer {
         wake(&self.inner.room_waiter);
     }
 
-    /// The number of connections being handled now.
+    /// The number of connections being handled now (handlers that a
+    /// `stop` killed count until they have ended).
     pub fn connections(&self) -> usize {
         self.inner.handlers.borrow().len()
     }
@@ -205,11 +231,23 @@ impl StreamServer {
         }
     }
 
-    /// Stops accepting (the listening socket is closed), then waits up to
-    /// `timeout` for running handlers to finish and kills the rest. Returns
-    /// when every handler has ended. A handler may call it; it does not wait
-    /// for itself.
-    pub fn stop(&self, timeout: Duration) {
+    /// Stops accepting (the listening socket is closed), waits up to
+    /// `timeout` for running handlers to finish, kills the rest and gives
+    /// them 50 ms (no more than `timeout`) to unwind, then returns, naming
+    /// the handlers that have not ended yet: one that catches the
+    /// cancellation and goes on, or blocks in a destructor. Those keep
+    /// running, and counting in [`connections`](Self::connections), until
+    /// they end. `stop(Duration::ZERO)` kills every handler and returns at
+    /// once. A handler may call `stop`; it does not wait for itself.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use moss_io::server::StreamServer;
+    ///
+    /// let server = StreamServer::bind("127.0.0.1:0", |_s, _peer| {}).unwrap();
+    /// assert!(server.stop(Duration::from_millis(100)).is_empty());
+    /// ```
+    pub fn stop(&self, timeout: Duration) -> Vec<Unfinished> {
         let inner = &self.inner;
         inner.stopped.set(true);
         let acceptor = inner.acceptor.borrow_mut().take();
@@ -220,31 +258,46 @@ impl StreamServer {
         inner.listener.borrow_mut().take();
         wake(&inner.room_waiter);
         let me = moss_runtime::current().id();
-        let others = |inner: &Inner| inner.handlers.borrow().values().any(|h| h.id() != me);
-        let deadline = Instant::now().checked_add(timeout);
-        while others(inner) {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                let hs: Vec<JoinHandle<()>> = {
-                    let mut map = inner.handlers.borrow_mut();
-                    let ids: Vec<u64> = map
-                        .iter()
-                        .filter(|(_, h)| h.id() != me)
-                        .map(|(k, _)| *k)
-                        .collect();
-                    ids.iter().filter_map(|k| map.remove(k)).collect()
-                };
-                for h in hs {
-                    h.kill();
-                }
-                break;
-            }
-            *inner.idle_waiter.borrow_mut() = Some(park::unparker());
-            park::park_cancellable(deadline, "StreamServer::stop");
+        let kill_at = Instant::now().checked_add(timeout);
+        inner.wait_for_handlers(me, kill_at);
+        let to_kill: Vec<JoinHandle<()>> = inner
+            .handlers
+            .borrow_mut()
+            .values_mut()
+            .filter(|c| c.id != me)
+            .filter_map(|c| c.handle.take())
+            .collect();
+        for h in to_kill {
+            // `kill` waits for the end, which may never come: each waits in
+            // a coroutine of its own, and stop only for the grace period.
+            moss_runtime::spawn(move || h.kill());
         }
+        inner.wait_for_handlers(me, Some(Instant::now() + timeout.min(KILL_GRACE)));
+        inner
+            .handlers
+            .borrow()
+            .values()
+            .filter(|c| c.id != me)
+            .map(|c| Unfinished {
+                id: c.id,
+                peer: c.peer,
+            })
+            .collect()
     }
 }
 
 impl Inner {
+    /// Waits until no handler but `me` runs, or `until`.
+    fn wait_for_handlers(&self, me: CoroutineId, until: Option<Instant>) {
+        while self.handlers.borrow().values().any(|c| c.id != me) {
+            if until.is_some_and(|d| Instant::now() >= d) {
+                return;
+            }
+            *self.idle_waiter.borrow_mut() = Some(park::unparker());
+            park::park_cancellable(until, "StreamServer::stop");
+        }
+    }
+
     fn accept_loop(self: &Rc<Inner>, listener: &TcpListener) -> io::Result<()> {
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -301,7 +354,12 @@ impl Inner {
                 );
             }
         });
-        self.handlers.borrow_mut().insert(id, h);
+        let conn = Conn {
+            id: h.id(),
+            handle: Some(h),
+            peer,
+        };
+        self.handlers.borrow_mut().insert(id, conn);
         Ok(())
     }
 }
