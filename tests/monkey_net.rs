@@ -352,3 +352,31 @@ fn close_wakes_a_waiter_with_ebadf() {
         unsafe { libc::close(sv[1]) };
     });
 }
+
+/// `dup2` onto an fd a coroutine waits on: the waiter fails with `EBADF`,
+/// as after `close` (Linux would keep the blocked call on the old file).
+/// It never reads the new file's data, which stays for the next reader.
+#[test]
+fn dup2_over_a_waited_fd_wakes_the_waiter_with_ebadf() {
+    util::on_patched_thread(Duration::from_secs(20), || {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (c, d) = UnixStream::pair().unwrap();
+        (&d).write_all(b"new").unwrap();
+        let fd = a.as_raw_fd();
+        let reader = moss::spawn(move || {
+            let mut buf = [0u8; 8];
+            // SAFETY: a valid buffer; the fd is replaced by dup2 meanwhile.
+            let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            (r, std::io::Error::last_os_error().raw_os_error())
+        });
+        util::until_parked(reader.id());
+        // SAFETY: replaces `a`'s fd number with a duplicate of `c` (the
+        // point of the test); `a` then owns (and later closes) that dup.
+        assert_eq!(unsafe { libc::dup2(c.as_raw_fd(), fd) }, fd);
+        assert_eq!(reader.join().unwrap(), (-1, Some(libc::EBADF)));
+        let mut buf = [0u8; 3];
+        (&a).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"new");
+        drop((a, b, c, d));
+    });
+}
