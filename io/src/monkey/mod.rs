@@ -151,6 +151,19 @@
 //! point keeps getting these errors instead of dying: it is up to it to
 //! stop on them.
 //!
+//! # Where a hooked wait differs from a blocked thread
+//!
+//! In a context with a hub (threads without one are unchanged):
+//!
+//! | while the call waits | after `patch_all` | a blocked thread on Linux |
+//! |---|---|---|
+//! | a signal handler runs, with or without `SA_RESTART` | the handler runs; the call keeps waiting (gevent's choice). To end a wait from a signal, kill the coroutine from a `moss::signal` handler, or use `moss::timeout` or `SO_RCVTIMEO` | restarted (`SA_RESTART`) or -1 with `EINTR` |
+//! | another coroutine `close`s the fd | -1 with `EBADF` at once | goes on with the old file |
+//! | another coroutine `dup2`s/`dup3`s onto the fd | -1 with `EBADF` at once; the new file's data stays for the next reader | goes on with the old file |
+//! | `poll` lists one fd in several entries | watched once with the union of their events; each entry gets its own `revents` | the same |
+//! | `poll`/`select` reach their timeout | one more zero-timeout check: what is ready then is reported | the same |
+//! | `kill`/`timeout` of the coroutine | -1 with `ECANCELED` (see above) | (no equivalent) |
+//!
 //! # Limits
 //!
 //! * An fd made cooperative stays non-blocking at the kernel level, also
