@@ -103,3 +103,120 @@ fn cross_thread_wakeups_still_work_after_patching() {
     assert!(t.elapsed() < Duration::from_secs(5));
     setter.join().unwrap();
 }
+
+/// On another thread, in a coroutine of its own hub.
+fn elsewhere<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || moss::spawn(f).join().unwrap())
+        .join()
+        .unwrap()
+}
+
+/// A `moss::net` socket that waited on this thread, converted to std on
+/// another thread and read back here by hooked std code: the hooks used to
+/// collide with the old registration (`EEXIST`) and block the whole thread
+/// in `poll(2)` (no tick got through). Now the read parks.
+#[test]
+fn a_moss_socket_back_as_std_code_on_its_first_thread_parks() {
+    util::on_patched_thread(Duration::from_secs(20), || {
+        let (a, b) = moss::net::UnixStream::pair().unwrap();
+        let b = std::rc::Rc::new(b);
+        let w = b.clone();
+        let first = moss::spawn(move || {
+            moss::sleep(Duration::from_millis(20));
+            (&*w).write_all(b"1").unwrap();
+        });
+        let mut one = [0u8; 1];
+        (&a).read_exact(&mut one).unwrap(); // waits: registers here
+        first.join().unwrap();
+        let a: UnixStream = elsewhere(move || UnixStream::from(a));
+        let (ticks, ticker) = util::ticker();
+        let w = b.clone();
+        let late = moss::spawn(move || {
+            moss::sleep(Duration::from_millis(200));
+            (&*w).write_all(b"2").unwrap();
+        });
+        (&a).read_exact(&mut one).unwrap(); // hooked: must park
+        assert_eq!(&one, b"2");
+        assert!(ticks.get() >= 5, "the hub stalled: {} ticks", ticks.get());
+        late.join().unwrap();
+        ticker.kill();
+    });
+}
+
+/// The reverse: a std socket that waited in a coroutine here, converted to
+/// `moss::net` on another thread and used back here: every blocking read
+/// used to fail with `AlreadyExists` ("File exists").
+#[test]
+fn a_std_socket_back_as_moss_socket_on_its_first_thread_works() {
+    util::on_patched_thread(Duration::from_secs(20), || {
+        let (a, b) = UnixStream::pair().unwrap();
+        let b = std::rc::Rc::new(b);
+        let w = b.clone();
+        let a = moss::spawn(move || {
+            let writer = moss::spawn(move || {
+                moss::sleep(Duration::from_millis(20));
+                (&*w).write_all(b"1").unwrap();
+            });
+            let mut one = [0u8; 1];
+            (&a).read_exact(&mut one).unwrap(); // hooked wait: registers here
+            writer.join().unwrap();
+            a
+        })
+        .join()
+        .unwrap();
+        let a: moss::net::UnixStream = elsewhere(move || moss::net::UnixStream::from(a));
+        for round in 0..3u8 {
+            let w = b.clone();
+            let late = moss::spawn(move || {
+                moss::sleep(Duration::from_millis(20));
+                (&*w).write_all(&[round]).unwrap();
+            });
+            let mut one = [0u8; 1];
+            (&a).read_exact(&mut one).unwrap();
+            assert_eq!(one[0], round);
+            late.join().unwrap();
+        }
+    });
+}
+
+/// Both at once on one thread: a `moss::net` read waits on a socket while
+/// hooked std code writes to the same fd until it must wait too. The two
+/// share the fd's registration (the std write used to get `EEXIST` and
+/// block the thread in `poll(2)`, so the drainer never ran).
+#[test]
+fn moss_net_and_hooked_std_code_share_a_socket_on_one_thread() {
+    util::on_patched_thread(Duration::from_secs(20), || {
+        use std::os::fd::FromRawFd;
+        let (a, b) = moss::net::UnixStream::pair().unwrap();
+        let a = std::rc::Rc::new(a);
+        let b = std::rc::Rc::new(b);
+        let r = a.clone();
+        let reader = moss::spawn(move || {
+            let mut one = [0u8; 1];
+            (&*r).read_exact(&mut one).unwrap();
+            one[0]
+        });
+        util::until_parked(reader.id());
+        let fd = a.as_raw_fd();
+        let writer = moss::spawn(move || {
+            // SAFETY: a std view of `a`'s fd that never closes it.
+            let s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+            // moss::net set O_NONBLOCK; the std view wants blocking writes
+            // (moss::net itself never depends on the flag).
+            s.set_nonblocking(false).unwrap();
+            (&*s).write_all(&vec![5u8; 4 << 20]).unwrap(); // fills the buffer, waits
+        });
+        let d = b.clone();
+        let drainer = moss::spawn(move || {
+            moss::sleep(Duration::from_millis(50));
+            let mut got = vec![0u8; 4 << 20];
+            (&*d).read_exact(&mut got).unwrap();
+            assert!(got.iter().all(|&x| x == 5));
+            (&*d).write_all(b"!").unwrap();
+        });
+        writer.join().unwrap();
+        drainer.join().unwrap();
+        assert_eq!(reader.join().unwrap(), b'!');
+        drop(a);
+    });
+}

@@ -19,6 +19,7 @@
 mod dns;
 pub mod monkey;
 pub mod net;
+mod registry;
 pub mod server;
 pub mod signal;
 pub mod subprocess;

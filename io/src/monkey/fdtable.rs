@@ -32,16 +32,18 @@
 //!
 //! # Per-thread registrations
 //!
-//! A [`Registration`] belongs to one hub, so each thread keeps its own map
-//! fd → (generation, registration), made on the first wait of that fd on
-//! that thread (edge-triggered, both directions: one `epoll_ctl` per fd and
-//! thread, none per wait). `close` on the owning thread drops it (the
-//! reactor deregisters the fd and its waiters wake up and report `EBADF`).
-//! A registration found stale (the fd was closed on another thread, or
-//! while a coroutine was waiting on it, or it belongs to a hub this thread
-//! no longer has, as in a forked child) is leaked rather than dropped: the
-//! kernel already removed the closed file from epoll, and deregistering by
-//! fd number could remove a newer file that reuses the number.
+//! A [`Registration`](moss_runtime::reactor::Registration) belongs to one
+//! hub, so each thread waits through its own: one per fd, kept in the
+//! table the hooks share with `moss::net` (`registry.rs`), claimed for the
+//! fd's generation and made on the first wait of that fd on that thread
+//! (edge-triggered, both directions: one `epoll_ctl` per fd and thread,
+//! none per wait). Beside it, each thread keeps the hooks' own state of
+//! the fd: its waits in progress (woken by `close`) and the drained hint.
+//! `close` on the owning thread wakes those waits (they report `EBADF`)
+//! and gives up the claim, which deregisters the fd while it is still open.
+//! A registration whose fd was closed on another thread, or while a
+//! coroutine was waiting on it, is replaced when its number comes back, and
+//! never deregistered by number once a newer file has taken it.
 
 use std::cell::RefCell;
 use std::ffi::c_int;
@@ -51,9 +53,10 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moss_runtime::park::{self, Unparker};
-use moss_runtime::reactor::{self, Interest, Registration, WaitError};
+use moss_runtime::reactor::{Interest, WaitError};
 
 use super::real;
+use crate::registry::{self, Owner, Reg};
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 4096;
@@ -372,13 +375,13 @@ pub(crate) enum Outcome {
 
 struct Local {
     generation: u64,
-    reg: Rc<Registration>,
     /// Unparkers of the waits in progress (by wait number), woken by `close`.
     waiters: Vec<(u64, Unparker)>,
     /// The last read on this thread was short on a stream: the kernel's
     /// queue was empty then, so any later data comes with a readiness edge
     /// and the next read may wait first (see [`take_drained`]). Cleared by
-    /// every readable wait, since a wait consumes the edge it returns on.
+    /// every readable wait, since a wait consumes the edge it returns on,
+    /// and ignored while `moss::net` shares the registration.
     drained: bool,
 }
 
@@ -387,21 +390,10 @@ thread_local! {
     static NEXT_WAIT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Releases a registration that may be stale: see the module docs.
-fn release(reg: Rc<Registration>, stale: bool) {
-    if stale {
-        match Rc::try_unwrap(reg) {
-            Ok(r) => std::mem::forget(r),
-            Err(rc) => drop(rc),
-        }
-    } else {
-        drop(reg);
-    }
-}
-
-/// Drops this thread's registration of `fd` (before it is closed, or when
-/// it goes non-blocking), waking its waiters: they re-check the fd and
-/// report `EBADF` if it was closed.
+/// Forgets this thread's waits on `fd` (before it is closed, or when it
+/// goes non-blocking), waking them: they re-check the fd and report `EBADF`
+/// if it was closed. The hooks' claim on the shared registration goes too
+/// (deregistering the fd now if nobody else uses it).
 fn drop_local(fd: c_int) {
     let taken = LOCAL
         .try_with(|l| {
@@ -412,65 +404,40 @@ fn drop_local(fd: c_int) {
         .ok()
         .flatten();
     let Some(local) = taken else { return };
-    if Rc::strong_count(&local.reg) == 1 {
-        // Nobody waits: deregister now, while the fd is still open.
-        drop(local.reg);
-    } else {
-        for (_, u) in &local.waiters {
-            u.unpark();
-        }
-        release(local.reg, true);
+    for (_, u) in &local.waiters {
+        u.unpark();
     }
+    registry::release(fd, Owner::Hook(local.generation));
 }
 
-/// This thread's registration of `fd` for generation `generation`, made now
-/// if needed, with an unparker of the caller's coming wait (number `wait`)
-/// enlisted for `close`; `None` if the reactor refuses the fd.
-fn local_registration(
-    fd: c_int,
-    generation: u64,
-    wait: u64,
-    readable: bool,
-) -> Option<Rc<Registration>> {
+/// This thread's registration of `fd` for generation `generation` (from the
+/// table shared with `moss::net`), with an unparker of the caller's coming
+/// wait (number `wait`) enlisted for `close`; `None` if the reactor refuses
+/// the fd.
+fn local_registration(fd: c_int, generation: u64, wait: u64, readable: bool) -> Option<Rc<Reg>> {
     let idx = usize::try_from(fd).ok()?;
-    let (found, stale) = LOCAL
+    let got = real::keep_errno(|| registry::get(fd, Owner::Hook(generation))).ok()?;
+    LOCAL
         .try_with(|l| {
             let mut l = l.try_borrow_mut().ok()?;
             if l.len() <= idx {
                 l.resize_with(idx + 1, || None);
             }
-            match &mut l[idx] {
-                Some(x) if x.generation == generation && x.reg.hub_id() == reactor::hub_id() => {
-                    x.waiters.push((wait, park::unparker()));
-                    x.drained &= !readable;
-                    Some((Some(x.reg.clone()), None))
-                }
-                Some(_) => Some((None, l[idx].take())),
-                None => Some((None, None)),
-            }
+            let local = match &mut l[idx] {
+                Some(x) if x.generation == generation => x,
+                slot => slot.insert(Local {
+                    generation,
+                    waiters: Vec::new(),
+                    drained: false,
+                }),
+            };
+            local.waiters.push((wait, park::unparker()));
+            local.drained &= !readable && !got.shared && !got.fresh;
+            Some(())
         })
         .ok()
         .flatten()?;
-    if let Some(old) = stale {
-        release(old.reg, true);
-    }
-    if let Some(r) = found {
-        return Some(r);
-    }
-    let reg = Rc::new(real::keep_errno(|| Registration::new(fd)).ok()?);
-    LOCAL
-        .try_with(|l| {
-            if let Ok(mut l) = l.try_borrow_mut() {
-                l[idx] = Some(Local {
-                    generation,
-                    reg: reg.clone(),
-                    waiters: vec![(wait, park::unparker())],
-                    drained: false,
-                });
-            }
-        })
-        .ok()?;
-    Some(reg)
+    Some(got.reg)
 }
 
 fn with_local(fd: c_int, generation: u64, f: impl FnOnce(&mut Local)) {
@@ -527,7 +494,8 @@ fn wait_hub(
     let r = real::keep_errno(|| reg.wait_raw(dir, deadline));
     with_local(fd, generation, |l| l.waiters.retain(|(w, _)| *w != wait));
     let closed = get(fd).generation() != generation;
-    release(reg, closed);
+    // Deregisters late if the fd was closed meanwhile (see `registry.rs`).
+    real::keep_errno(|| drop(reg));
     if closed {
         return Some(Outcome::Closed);
     }

@@ -193,8 +193,11 @@
 //! * A futex wait on an unmapped address faults in the hook (the kernel
 //!   would return `EFAULT`); null and misaligned addresses go to the
 //!   kernel, which reports them.
-//! * If the hub refuses to register an fd (someone else registered it with
-//!   this hub already), that call waits in `poll(2)`, blocking the thread.
+//! * The hooks and `moss::net` share one registration per fd and hub, so a
+//!   socket may go back and forth between std and moss types (and threads).
+//!   If the hub refuses to register an fd anyway (registered with this hub
+//!   outside moss's types, through `moss_runtime::reactor::Registration`
+//!   directly), that call waits in `poll(2)`, blocking the thread.
 //! * Reads of datagram and seqpacket sockets and ttys always try the
 //!   syscall first; only byte streams (stream sockets, pipes) use the
 //!   "drained" hint that skips the `EAGAIN` after a short read.

@@ -18,20 +18,23 @@
 //! # Registration: per thread, lazy
 //!
 //! moss sockets are `Send + Sync` like their std twins, but a
-//! [`Registration`] belongs to one thread's hub. So the socket holds no
-//! registration; each thread keeps a table indexed by fd number, and an
-//! entry records which socket (a process-unique `uid`) it was made for. The
-//! first wait of a socket on a thread registers it there (edge-triggered,
-//! both directions, once); later waits on that thread find it in O(1).
+//! `Registration` belongs to one thread's hub. So the socket holds no
+//! registration; each thread keeps a table indexed by fd number, shared
+//! with the monkey hooks (`registry.rs`), and an entry records which socket
+//! (a process-unique `uid`) it was made for. The first wait of a socket on
+//! a thread registers it there (edge-triggered, both directions, once);
+//! later waits on that thread find it in O(1).
 //!
-//! * Dropping a socket removes its entry on the dropping thread (which
-//!   deregisters it and wakes any waiter with an error) before the fd is
-//!   closed.
+//! * Dropping a socket releases its entry on the dropping thread (which
+//!   deregisters it) before the fd is closed.
 //! * A socket that moved to another thread leaves its old entry behind. The
 //!   kernel drops the epoll interest when the fd is closed, and the stale
 //!   entry is replaced (by uid mismatch) when that thread next sees the same
 //!   fd number. Events it receives meanwhile only set readiness bits nobody
 //!   reads.
+//! * Hooked std code using the same fd on the same thread shares the entry
+//!   (or takes it over), so a socket can go back and forth between std and
+//!   moss types, and threads, without colliding with its own registration.
 //!
 //! # The drained hint (2 syscalls per echoed message)
 //!
@@ -41,29 +44,20 @@
 //! `EAGAIN`. No wake-up can be lost: any data arriving after the drain raises
 //! a new edge, which either wakes the waiter or sets the slot's ready bit
 //! (then the wait returns at once). A stale ready bit costs one `EAGAIN`.
+//! The hint is ignored while the hooks share the registration (their waits
+//! may consume the edge).
 
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use moss_runtime::reactor::{Interest, Registration};
+use moss_runtime::reactor::Interest;
 
 use super::sys;
+use crate::registry::{self, Got, Owner};
 
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
-
-struct Entry {
-    uid: u64,
-    reg: Rc<Registration>,
-}
-
-thread_local! {
-    /// This thread's registrations, indexed by fd number.
-    static TABLE: RefCell<Vec<Option<Entry>>> = const { RefCell::new(Vec::new()) };
-}
 
 /// The moss-side state of one socket fd. Field order matters in [`Evented`]:
 /// this is dropped (deregistered) before the fd is closed.
@@ -162,8 +156,11 @@ impl<S: AsRawFd> Evented<S> {
         let nonblocking = st.nonblocking.load(Ordering::Relaxed);
         let mut deadline = None;
         if stream.is_some() && !nonblocking && st.drained.load(Ordering::Relaxed) {
-            deadline = self.deadline(&st.read_timeout);
-            self.wait(Interest::Readable, deadline)?;
+            let got = self.registration()?;
+            if !got.shared {
+                deadline = self.deadline(&st.read_timeout);
+                wait_for(&got, Interest::Readable, deadline)?;
+            }
         }
         loop {
             match op(&self.io) {
@@ -219,7 +216,7 @@ impl<S: AsRawFd> Evented<S> {
         interest: Interest,
         deadline: Option<Instant>,
     ) -> io::Result<()> {
-        self.registration()?.wait(interest, deadline)
+        self.registration()?.reg.wait(interest, deadline)
     }
 
     pub(crate) fn is_nonblocking(&self) -> bool {
@@ -237,66 +234,39 @@ impl<S: AsRawFd> Evented<S> {
     /// expired `SO_RCVTIMEO`/`SO_SNDTIMEO` does for std on Linux.
     #[inline]
     fn wait(&self, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
-        match self.registration()?.wait(interest, deadline) {
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                Err(io::Error::from_raw_os_error(libc::EAGAIN))
-            }
-            r => r,
-        }
+        wait_for(&self.registration()?, interest, deadline)
     }
 
     /// This thread's registration of the socket, made on first use.
-    fn registration(&self) -> io::Result<Rc<Registration>> {
+    #[inline]
+    fn registration(&self) -> io::Result<Got> {
         let st = &self.state;
-        let fd = st.fd as usize;
-        // The hub check matters in a forked child: it inherits this table
-        // but runs a fresh hub (see `moss::pool::Process`).
-        let hub = moss_runtime::reactor::hub_id();
-        let found = TABLE.with(|t| match t.borrow().get(fd) {
-            Some(Some(e)) if e.uid == st.uid && e.reg.hub_id() == hub => Some(e.reg.clone()),
-            _ => None,
-        });
-        if let Some(r) = found {
-            return Ok(r);
+        let got = registry::get(st.fd, Owner::Net(st.uid))?;
+        if got.fresh {
+            // A fresh registration knows nothing about past edges: try the
+            // syscall before trusting the drained hint again.
+            st.drained.store(false, Ordering::Relaxed);
         }
-        // Drop a stale entry for a previous socket with this fd number first:
-        // its deregistration must not hit the new registration.
-        let stale = TABLE.with(|t| t.borrow_mut().get_mut(fd).and_then(Option::take));
-        drop(stale);
-        let reg = Rc::new(Registration::new(st.fd)?);
-        // A fresh registration knows nothing about past edges: try the
-        // syscall before trusting the drained hint again.
-        st.drained.store(false, Ordering::Relaxed);
-        TABLE.with(|t| {
-            let mut t = t.borrow_mut();
-            if t.len() <= fd {
-                t.resize_with(fd + 1, || None);
-            }
-            t[fd] = Some(Entry {
-                uid: st.uid,
-                reg: reg.clone(),
-            });
-        });
-        Ok(reg)
+        Ok(got)
+    }
+}
+
+/// Waits on `got`; an expired deadline reads as `EAGAIN` (see `wait`).
+#[inline]
+fn wait_for(got: &Got, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
+    match got.reg.wait(interest, deadline) {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            Err(io::Error::from_raw_os_error(libc::EAGAIN))
+        }
+        r => r,
     }
 }
 
 impl Drop for IoState {
     fn drop(&mut self) {
-        let fd = self.fd as usize;
-        // `try_with`: a socket dropped during thread-local destruction.
-        let entry = TABLE
-            .try_with(|t| {
-                let mut t = t.try_borrow_mut().ok()?;
-                match t.get_mut(fd) {
-                    Some(slot) if slot.as_ref().is_some_and(|e| e.uid == self.uid) => slot.take(),
-                    _ => None,
-                }
-            })
-            .ok()
-            .flatten();
-        // Dropping the registration deregisters the fd and wakes waiters.
-        drop(entry);
+        // Deregisters the fd (unless the hooks still use it) before it is
+        // closed.
+        registry::release(self.fd, Owner::Net(self.uid));
     }
 }
 
