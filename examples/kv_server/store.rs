@@ -142,25 +142,44 @@ impl Store {
     pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) {
         let big = {
             let mut sh = self.shard(key);
-            match sh.live(key, self) {
-                None => {
-                    super::resp::nil(out);
-                    return;
+            // One lookup on the usual paths; a second only to remove an
+            // expired key.
+            match sh.map.get(key) {
+                None => return super::resp::nil(out),
+                Some(e) if !self.expired(e) => {
+                    if e.value.len() <= COPY_UNDER_LOCK {
+                        return super::resp::bulk(out, &e.value);
+                    }
+                    e.value.clone()
                 }
-                Some(e) if e.value.len() <= COPY_UNDER_LOCK => {
-                    super::resp::bulk(out, &e.value);
-                    return;
+                Some(_) => {
+                    sh.remove(key);
+                    return super::resp::nil(out);
                 }
-                Some(e) => e.value.clone(),
             }
         };
         super::resp::bulk(out, &big);
     }
 
+    fn expired(&self, e: &Entry) -> bool {
+        e.expires != 0 && e.expires <= self.now()
+    }
+
     /// SET: returns whether the value was stored (NX/XX may refuse).
     pub fn set(&self, key: &[u8], value: &[u8], o: SetOptions) -> bool {
         let deadline = o.ttl_ms.map(|ms| self.now().saturating_add(ms));
-        let mut sh = self.shard(key);
+        let mut guard = self.shard(key);
+        let sh = &mut *guard;
+        // The usual case, a live key without a deadline replaced by a
+        // value without one: one lookup, no heap work.
+        if let Some(e) = sh.map.get_mut(key)
+            && e.expires == 0
+            && deadline.is_none()
+            && !o.if_missing
+        {
+            e.value = Arc::from(value);
+            return true;
+        }
         let old = sh.live(key, self).map(|e| e.expires);
         if (o.if_missing && old.is_some()) || (o.if_present && old.is_none()) {
             return false;
