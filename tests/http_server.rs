@@ -231,6 +231,7 @@ fn pipelined_requests_are_answered_in_order() {
           GET /bytes/30 HTTP/1.1\r\nHost: a\r\n\r\n\
           POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
           HEAD /bytes/7 HTTP/1.1\r\nHost: a\r\n\r\n\
+          HEAD /nope HTTP/1.1\r\nHost: a\r\n\r\n\
           POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
           3;ext=1\r\nabc\r\n1\r\nd\r\n0\r\nTrailer: x\r\n\r\n\
           GET /bytes/3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -251,6 +252,10 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
     let r = next(true);
     assert_eq!((r.status, r.header("content-length")), (200, Some("7")));
+    // HEAD of a missing page: headers only too (a body would break the
+    // next response's framing).
+    let r = next(true);
+    assert_eq!((r.status, r.header("content-length")), (404, Some("10")));
     let r = next(false);
     assert_eq!((r.status, &r.body[..]), (200, &b"abcd"[..]));
     let r = next(false);

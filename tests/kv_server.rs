@@ -341,6 +341,23 @@ fn inline_commands() {
 }
 
 #[test]
+fn quit_answers_what_came_before_and_closes() {
+    let srv = start();
+    let mut s = raw(srv.addr);
+    // Commands behind QUIT are never run, and their bytes left unread do
+    // not reset the connection under the replies.
+    let mut input = b"PING\r\nSET q 1\r\nQUIT\r\n".to_vec();
+    for _ in 0..2000 {
+        input.extend_from_slice(b"SET q 2\r\n");
+    }
+    s.write_all(&input).unwrap();
+    assert_eq!(read_to_close(&mut s), b"+PONG\r\n+OK\r\n+OK\r\n");
+    let mut c = client(srv.addr);
+    let v: String = redis::cmd("GET").arg("q").query(&mut c).unwrap();
+    assert_eq!(v, "1");
+}
+
+#[test]
 fn protocol_errors_reply_then_close() {
     let srv = start();
     let cases: &[(&[u8], &[u8])] = &[

@@ -122,8 +122,14 @@ impl Conn {
         };
         match end {
             End::Close => {
+                // Unread requests after a `Connection: close` one: close
+                // without resetting the connection under the response.
                 if self.flush().is_ok() {
-                    let _ = self.s.shutdown(Shutdown::Write);
+                    if self.pending().is_empty() {
+                        let _ = self.s.shutdown(Shutdown::Write);
+                    } else {
+                        super::linger::linger_close(&self.s);
+                    }
                 }
             }
             End::Reject => {
@@ -304,47 +310,32 @@ impl Conn {
     fn respond(&mut self, head: &Head, body: &[u8]) {
         let close = !head.keep_alive;
         let keep10 = head.http10 && head.keep_alive;
-        match head.route {
-            Route::Hello => {
-                self.status_line(200, "text/plain", HELLO.len() as u64, close, keep10, None);
-                if !head.head_only {
-                    self.out.extend_from_slice(HELLO);
-                }
-            }
-            Route::Echo => {
-                let ty = "application/octet-stream";
-                self.status_line(200, ty, body.len() as u64, close, keep10, None);
-                self.out.extend_from_slice(body);
-            }
-            Route::Bytes(n) if n > self.cfg.max_bytes => {
-                let why = b"N is larger than the server's limit\n";
-                self.status_line(400, "text/plain", why.len() as u64, close, keep10, None);
-                self.out.extend_from_slice(why);
-            }
+        let octets = "application/octet-stream";
+        let (status, ty, body, allow): (u16, &str, &[u8], _) = match head.route {
+            Route::Hello => (200, "text/plain", HELLO, None),
+            Route::Echo => (200, octets, body, None),
+            Route::Bytes(n) if n > self.cfg.max_bytes => (
+                400,
+                "text/plain",
+                &b"N is larger than the server's limit\n"[..],
+                None,
+            ),
             Route::Bytes(n) => {
-                let ty = "application/octet-stream";
-                self.status_line(200, ty, n, close, keep10, None);
+                self.status_line(200, octets, n, close, keep10, None);
                 if !head.head_only {
                     self.pattern(n as usize);
                 }
+                return;
             }
             Route::MethodNotAllowed(allow) => {
-                let why = b"method not allowed\n";
-                self.status_line(
-                    405,
-                    "text/plain",
-                    why.len() as u64,
-                    close,
-                    keep10,
-                    Some(allow),
-                );
-                self.out.extend_from_slice(why);
+                (405, "text/plain", &b"method not allowed\n"[..], Some(allow))
             }
-            Route::NotFound => {
-                let why = b"not found\n";
-                self.status_line(404, "text/plain", why.len() as u64, close, keep10, None);
-                self.out.extend_from_slice(why);
-            }
+            Route::NotFound => (404, "text/plain", &b"not found\n"[..], None),
+        };
+        self.status_line(status, ty, body.len() as u64, close, keep10, allow);
+        // A response to HEAD has the headers of GET's and no body.
+        if !head.head_only {
+            self.out.extend_from_slice(body);
         }
     }
 

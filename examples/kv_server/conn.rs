@@ -176,7 +176,10 @@ pub fn handle(mut s: TcpStream, store: &Store, cfg: &Config) {
             }
         }
         if close {
-            if broken {
+            // After a protocol error, or a QUIT with more commands behind
+            // it, input is left unread: close without resetting the
+            // connection under the last replies.
+            if broken || !buf.pending().is_empty() {
                 super::linger::linger_close(&s);
             }
             return;
