@@ -12,19 +12,31 @@
 //! share one store (`store.rs`). `--port 0` picks a free port; the address
 //! is printed either way.
 //!
-//! # Why sharded `std::sync::Mutex` maps
+//! # How the store is shared
 //!
-//! Measured with `redis-benchmark -t set,get -r 100000 -n 2000000 -c 50
-//! -P 16 --threads 2` against `--threads 2` on this project's 2-core
-//! machine (see the README's "Measured" rows and `--shards`): one lock for
-//! the whole map loses to a few dozen shards once two hubs contend, and
-//! more shards than that buy nothing measurable; with one hub the shard
-//! count makes no difference. Per-hub private maps (no sharing) would need
-//! a hub to forward every foreign key to its owner: a cross-thread hop per
-//! command, where a contended uncontended-in-practice lock costs ~20 ns.
+//! One store for all hubs, split into `--shards` `HashMap`s each behind a
+//! `std::sync::Mutex` (`store.rs` says why a thread lock and not a
+//! coroutine one). Per-hub private maps would need every command on a
+//! foreign key to hop to its owner thread, a cross-thread wake-up per
+//! command where a lock costs tens of nanoseconds.
+//!
+//! The shard count was chosen by `cargo run --release --example
+//! service_bench -- --only shards` on this project's 2-core machine:
+//!
+//! * the store alone, 2 pinned threads doing random GETs and SETs: one
+//!   shard cost the least CPU per operation (119 ns, against 135 ns for 8
+//!   shards and 166 ns for 64: one map and one lock stay in cache);
+//! * two hubs under `redis-benchmark --threads 2 -P 16 -r 1000000`: no
+//!   difference between 1, 8 and 64 shards that rose above run-to-run noise
+//!   (the machine is shared; the rounds swung by 2x).
+//!
+//! So one hub gets one shard (the default `--shards 0` means: 1 for one
+//! thread), and several hubs get 16 per hub: the measurements could not
+//! show contention on 2 cores, but nothing bounds it on more cores except
+//! splitting the lock, and splitting cost little here.
 //!
 //! Flags: `--port N` (6380; 0 = any), `--threads N` (1), `--shards N`
-//! (64), `--max-bulk BYTES`, `--max-query BYTES` (64 MiB, 128 MiB: an
+//! (0: 1 for one thread, 16 per thread otherwise), `--max-bulk BYTES`, `--max-query BYTES` (64 MiB, 128 MiB: an
 //! eighth of Redis's limits), `--timeout SECS` (0: idle clients stay).
 
 mod commands;
@@ -41,7 +53,7 @@ use std::time::Duration;
 
 use listen::{Args, Listeners};
 
-const USAGE: &str = "[--port 6380] [--threads 1] [--shards 64] [--max-bulk BYTES] \
+const USAGE: &str = "[--port 6380] [--threads 1] [--shards 0] [--max-bulk BYTES] \
                      [--max-query BYTES] [--timeout SECS]";
 
 fn main() {
@@ -56,7 +68,11 @@ fn main() {
     ]);
     let port: u16 = args.get("port", 6380);
     let threads = args.get("threads", 1usize).max(1);
-    let shards = args.get("shards", 64usize);
+    let shards = match args.get("shards", 0usize) {
+        0 if threads == 1 => 1,
+        0 => 16 * threads,
+        n => n,
+    };
     let defaults = conn::Config::default();
     let timeout: u64 = args.get("timeout", 0);
     let cfg = conn::Config {

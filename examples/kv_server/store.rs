@@ -12,7 +12,7 @@
 //! thread-blocking `std::sync::Mutex` is right here and a coroutine-parking
 //! `moss::sync::Mutex` is not: a holder never waits on anything, so a
 //! contended lock is released within nanoseconds, sooner than a park and
-//! wake-up would take. The shard count is chosen by measurement (see the
+//! wake-up would take. The shard count was chosen by measurement (see the
 //! example's module docs).
 //!
 //! Values are `Arc<[u8]>`: a GET copies a small value out under the lock,

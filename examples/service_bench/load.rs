@@ -68,3 +68,45 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
         }
     }
 }
+
+/// Opens `n` connections to `addr`, and once all are open sends `req` on
+/// each and reads until the reply ends with `want`; returns how many did.
+/// Every connection stays open until all have answered.
+pub fn hold(addr: SocketAddr, n: usize, req: &'static [u8], want: &'static [u8]) -> usize {
+    let ok = Rc::new(Cell::new(0));
+    let gate = Rc::new(Cell::new(0));
+    let hs: Vec<_> = (0..n)
+        .map(|_| {
+            let (ok, gate) = (ok.clone(), gate.clone());
+            moss::spawn(move || {
+                let s = TcpStream::connect(addr);
+                gate.set(gate.get() + 1);
+                while gate.get() < n {
+                    moss::sleep(std::time::Duration::from_millis(5));
+                }
+                if let Ok(mut s) = s {
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+                    let mut got = Vec::new();
+                    let mut b = [0u8; 512];
+                    if s.write_all(req).is_ok() {
+                        while !got.ends_with(want) && got.len() < 4096 {
+                            match s.read(&mut b) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => got.extend_from_slice(&b[..k]),
+                            }
+                        }
+                    }
+                    ok.set(ok.get() + usize::from(got.ends_with(want)));
+                    gate.set(gate.get() + 1);
+                    while gate.get() < 2 * n {
+                        moss::sleep(std::time::Duration::from_millis(5));
+                    }
+                } else {
+                    gate.set(gate.get() + 1);
+                }
+            })
+        })
+        .collect();
+    moss::join_all(hs);
+    ok.get()
+}

@@ -65,7 +65,7 @@ use servers::Kind;
 const USAGE: &str = "usage:
   service_bench [--rounds 3] [--requests 200000] [--clients 50] [--pipelines 1,16]
                 [--conns 64,512] [--secs 5] [--cg-requests 20000]
-                [--only redis|http|callgrind|shards] [--keep-profiles]
+                [--hold 10000] [--only redis|http|callgrind|hold|shards] [--keep-profiles]
   service_bench --serve kv|http|hyper [--port 0]
   service_bench --serve kv --threads N --shards N";
 
@@ -84,6 +84,7 @@ struct Opts {
     cg_requests: usize,
     only: Option<String>,
     keep_profiles: bool,
+    hold: usize,
 }
 
 fn list<T: std::str::FromStr>(v: &str) -> Vec<T> {
@@ -108,6 +109,7 @@ fn main() {
         cg_requests: 20_000,
         only: None,
         keep_profiles: false,
+        hold: 10_000,
     };
     let (mut serve, mut port, mut threads, mut shards) = (None, 0u16, 1usize, 64usize);
     let mut it = args.iter();
@@ -127,6 +129,7 @@ fn main() {
             "--cg-requests" => o.cg_requests = list(&val())[0],
             "--only" => o.only = Some(val()),
             "--keep-profiles" => o.keep_profiles = true,
+            "--hold" => o.hold = list(&val())[0],
             "--serve" => {
                 let k = val();
                 serve = Some(Kind::parse(&k).unwrap_or_else(|| die(&format!("unknown server {k}"))))
@@ -160,6 +163,9 @@ fn main() {
             None => http_rows(&o, &mut table),
             Some(m) => table.skipped(format!("wrk rows: {m}")),
         }
+    }
+    if want("hold") {
+        hold_rows(&o, &mut table);
     }
     // Not in the default table: how kv_server's store is shared.
     if o.only.as_deref() == Some("shards") {
@@ -273,6 +279,49 @@ fn http_rows(o: &Opts, table: &mut Table) {
             }
         }
         table.compare(&format!("wrk -c {c}"), "hyper-ct", &runs[0], &runs[1]);
+    }
+}
+
+/// `--hold` connections open at once on each moss server (one hub), each
+/// answered once all are open; the server's RSS then.
+fn hold_rows(o: &Opts, table: &mut Table) {
+    if o.hold == 0 {
+        return;
+    }
+    let cases: [(Kind, &[u8], &[u8]); 2] = [
+        (Kind::Kv, b"PING\r\n", b"+PONG\r\n"),
+        (
+            Kind::Http,
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            http::conn::HELLO,
+        ),
+    ];
+    for (kind, req, want) in cases {
+        let s = bench::start_self(&["--serve", kind.key()], &[]);
+        let t = std::time::Instant::now();
+        let ok = moss::run(|| load::hold(s.addr, o.hold, req, want));
+        let secs = t.elapsed().as_secs_f64();
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", s.child.id()))
+            .ok()
+            .and_then(|st| {
+                let l = st.lines().find(|l| l.starts_with("VmHWM"))?.to_string();
+                l.split_whitespace().nth(1).map(str::to_string)
+            })
+            .unwrap_or_default();
+        bench::stop(s);
+        eprintln!(
+            "  hold {} {}: {ok} answered in {secs:.2} s, peak RSS {rss} kB",
+            o.hold,
+            kind.key()
+        );
+        table.row([
+            &format!("{} connections open at once, one hub", o.hold),
+            "",
+            &format!("{}: answered / peak RSS", kind.key()),
+            "",
+            &format!("{ok} / {} MB", rss.parse::<u64>().unwrap_or(0) / 1024),
+            "",
+        ]);
     }
 }
 

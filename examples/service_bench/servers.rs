@@ -61,7 +61,8 @@ pub fn serve_kv_threads(threads: usize, shards: usize) {
 }
 
 fn serve_kv(l: TcpListener) {
-    let store = Arc::new(kv::store::Store::new(64));
+    // One hub: one shard, as kv_server's default.
+    let store = Arc::new(kv::store::Store::new(1));
     let server =
         kv::conn::server(l.into(), store.clone(), kv::conn::Config::default()).expect("kv server");
     moss::run(|| kv::conn::run(&server, &store, 0, 1)).expect("kv serve");
