@@ -6,13 +6,17 @@
 //! ```
 //!
 //! Every thread of [`moss::run_per_core`] binds the same port with
-//! `SO_REUSEPORT`, so the kernel spreads connections over the threads. It
+//! `SO_REUSEPORT`, so the kernel spreads connections over the threads
+//! (`--port 0`: a free port, the same for all; the address is printed). It
 //! serves until killed.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+#[allow(dead_code)]
+#[path = "common/listen.rs"]
+mod listen;
 
-use moss::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+
+use moss::net::TcpStream;
 use moss::server::StreamServer;
 
 fn echo(mut s: TcpStream, buf: usize) {
@@ -52,10 +56,14 @@ fn main() {
             }
         }
     }
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listeners = listen::Listeners::bind(port).unwrap_or_else(|e| {
+        eprintln!("echo_server: cannot bind port {port}: {e}");
+        std::process::exit(1)
+    });
+    let addr = listeners.addr();
     println!("echo_server: {addr}, {threads} thread(s), {buf}-byte buffers");
     moss::run_per_core(threads, move |_| {
-        let l = TcpListener::bind_reuseport(addr).unwrap_or_else(|e| {
+        let l = listeners.take().unwrap_or_else(|e| {
             eprintln!("echo_server: cannot bind {addr}: {e}");
             std::process::exit(1)
         });
