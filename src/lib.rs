@@ -24,3 +24,7 @@ pub use moss_runtime::{
     run, run_per_core, sleep, spawn, spawn_later, timeout, wait, yield_now,
 };
 pub use moss_runtime::{pool, thread};
+
+/// Futures that need a particular async runtime (cargo feature `tokio`).
+#[cfg(feature = "tokio")]
+pub use moss_runtime::compat;

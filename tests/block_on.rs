@@ -543,16 +543,18 @@ fn in_a_forked_process() {
     let _wd = util::watchdog("block_on in a child process", Duration::from_secs(60));
     // Wakers and a spare signal exist in the parent before the fork.
     assert_eq!(moss::block_on(async { 1 }), 1);
-    let p = moss::pool::Process::new(|| {
-        let (tx, rx) = oneshot::channel::<i32>();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(10));
-            tx.send(42).unwrap();
-        });
-        let v = moss::block_on(rx).unwrap();
-        std::process::exit(v);
-    })
-    .start()
-    .unwrap();
-    assert_eq!(p.join().unwrap(), 42);
+    let p = util::Reap(
+        moss::pool::Process::new(|| {
+            let (tx, rx) = oneshot::channel::<i32>();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(10));
+                tx.send(42).unwrap();
+            });
+            let v = moss::block_on(rx).unwrap();
+            std::process::exit(v);
+        })
+        .start()
+        .unwrap(),
+    );
+    assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), Some(42));
 }

@@ -1,29 +1,15 @@
 //! Process / ProcessHandle / Runnable: forked children, exit codes, signals,
 //! joins that yield.
 
+mod util;
+
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moss::pool::{PANIC_EXIT_CODE, Process, ProcessHandle, ProcessQueue, Runnable};
-
-/// Kills and reaps the child if a test fails before doing so.
-struct Reap(ProcessHandle);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.join();
-    }
-}
-
-impl std::ops::Deref for Reap {
-    type Target = ProcessHandle;
-    fn deref(&self) -> &ProcessHandle {
-        &self.0
-    }
-}
+use moss::pool::{PANIC_EXIT_CODE, Process, ProcessQueue, Runnable};
+use util::Reap;
 
 #[test]
 fn exit_codes_for_return_panic_and_exit() {

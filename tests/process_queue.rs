@@ -1,22 +1,16 @@
 //! ProcessQueue: a bounded queue shared by forked processes.
 
+mod util;
+
 use std::cell::Cell;
 use std::io::ErrorKind;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moss::pool::{Process, ProcessHandle, ProcessQueue};
+use moss::pool::{Process, ProcessQueue};
 use moss::sync::{Empty, Timeout};
-
-struct Reap(ProcessHandle);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.join();
-    }
-}
+use util::Reap;
 
 fn start(f: impl FnOnce() + 'static) -> Reap {
     Reap(Process::new(f).start().unwrap())

@@ -2,19 +2,13 @@
 //! its own: no other test of this process forks (and so inherits this
 //! queue's pipes) while its frames are in flight.
 
+mod util;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use moss::pool::{Process, ProcessHandle, ProcessQueue};
-
-struct Reap(ProcessHandle);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.join();
-    }
-}
+use moss::pool::{Process, ProcessQueue};
+use util::Reap;
 
 fn start(f: impl FnOnce() + 'static) -> Reap {
     Reap(Process::new(f).start().unwrap())

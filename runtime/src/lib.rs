@@ -9,6 +9,8 @@
 //! * [`greenlet`] — raw symmetric coroutines without a hub.
 //! * [`block_on`] — a coroutine waits for a future (async Rust), polling it
 //!   on its own stack while the hub runs the others.
+//! * `compat` (cargo feature `tokio`) — futures that need tokio's reactor,
+//!   run on a tokio runtime moss owns.
 //! * [`park`] — the blocking primitive every waiting moss call is built on,
 //!   for sync primitives and pools.
 //! * [`reactor`] — fd registration for I/O types.
@@ -24,6 +26,8 @@
 
 mod block_on;
 mod cancel;
+#[cfg(feature = "tokio")]
+pub mod compat;
 mod coroutine;
 pub mod greenlet;
 mod hub;

@@ -259,3 +259,21 @@ pub fn std_echo_server(listener: std::net::TcpListener, conns: usize) -> moss::J
         }
     })
 }
+
+/// A started `moss::pool::Process` that is killed and reaped when dropped, so
+/// a test that fails before joining it leaves no child behind.
+pub struct Reap(pub moss::pool::ProcessHandle);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.join();
+    }
+}
+
+impl std::ops::Deref for Reap {
+    type Target = moss::pool::ProcessHandle;
+    fn deref(&self) -> &moss::pool::ProcessHandle {
+        &self.0
+    }
+}

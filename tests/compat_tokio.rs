@@ -1,0 +1,404 @@
+//! `moss::compat::tokio` (cargo feature `tokio`): futures that need tokio's
+//! reactor and timer run on moss's tokio runtime while the calling coroutine
+//! parks; cancellation aborts the task; panics come back; a forked child gets
+//! a fresh runtime; the runtime is shut down at exit; and a real client
+//! library (redis' async API) against a real `redis-server`.
+#![cfg(feature = "tokio")]
+
+mod util;
+
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use moss::compat;
+use util::DropCounter;
+
+#[test]
+fn tokio_sleeps_overlap_and_the_hub_keeps_running() {
+    let _wd = util::watchdog("tokio sleeps", Duration::from_secs(60));
+    let ticks = Rc::new(Cell::new(0u32));
+    let t = ticks.clone();
+    let ticker = moss::spawn(move || {
+        for _ in 0..20 {
+            t.set(t.get() + 1);
+            moss::sleep(Duration::from_millis(2));
+        }
+    });
+    let start = Instant::now();
+    let hs: Vec<_> = (0..50u64)
+        .map(|i| {
+            moss::spawn(move || {
+                compat::tokio(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    i
+                })
+            })
+        })
+        .collect();
+    let sum: u64 = moss::join_all(hs).into_iter().map(Result::unwrap).sum();
+    let took = start.elapsed();
+    assert_eq!(sum, (0..50).sum());
+    // 50 x 100 ms one after the other would take 5 s.
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    ticker.join().unwrap();
+    assert_eq!(ticks.get(), 20);
+}
+
+#[test]
+fn tokio_tcp_client_against_a_moss_server() {
+    let _wd = util::watchdog("tokio client, moss server", Duration::from_secs(60));
+    let listener = moss::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = moss::spawn(move || {
+        for _ in 0..10 {
+            let (mut s, _) = listener.accept().unwrap();
+            moss::spawn(move || {
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf).unwrap();
+                buf[..n].reverse();
+                s.write_all(&buf[..n]).unwrap();
+            });
+        }
+    });
+    let hs: Vec<_> = (0..10)
+        .map(|i| {
+            moss::spawn(move || {
+                compat::tokio(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    c.write_all(format!("abc{i}").as_bytes()).await.unwrap();
+                    let mut out = Vec::new();
+                    c.read_to_end(&mut out).await.unwrap();
+                    out
+                })
+            })
+        })
+        .collect();
+    for (i, r) in moss::join_all(hs).into_iter().enumerate() {
+        assert_eq!(r.unwrap(), format!("{i}cba").into_bytes());
+    }
+    server.join().unwrap();
+    moss::wait();
+}
+
+/// Holds a counted value; pending for an hour.
+async fn hold_for_an_hour(c: util::Counted) {
+    let _c = c;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+}
+
+#[test]
+fn kill_aborts_the_tokio_task() {
+    let _wd = util::watchdog("kill aborts", Duration::from_secs(60));
+    let drops = DropCounter::new();
+    let (tx, rx) = futures::channel::oneshot::channel::<()>();
+    let c = drops.token();
+    let h = moss::spawn(move || {
+        compat::tokio(async move {
+            let _ = tx.send(()); // running on tokio now
+            hold_for_an_hour(c).await
+        })
+    });
+    moss::block_on(rx).unwrap();
+    util::until_parked(h.id());
+    assert_eq!(drops.drops(), 0);
+    h.kill();
+    // Dropped by tokio before the kill returned.
+    assert_eq!(drops.drops(), 1);
+    assert!(h.join().unwrap_err().is_killed());
+}
+
+#[test]
+fn timeout_aborts_the_tokio_task() {
+    let _wd = util::watchdog("timeout aborts", Duration::from_secs(60));
+    let drops = DropCounter::new();
+    let c = drops.token();
+    let h = moss::spawn(move || {
+        let t = Instant::now();
+        let r = moss::timeout(Duration::from_millis(50), || {
+            compat::tokio(hold_for_an_hour(c))
+        });
+        (r.is_err(), t.elapsed())
+    });
+    let (elapsed, took) = h.join().unwrap();
+    assert!(elapsed);
+    assert!(took >= Duration::from_millis(50), "{took:?}");
+    assert_eq!(drops.drops(), 1);
+    // The root can time it out too.
+    let c = drops.token();
+    assert!(
+        moss::timeout(Duration::from_millis(20), || compat::tokio(
+            hold_for_an_hour(c)
+        ))
+        .is_err()
+    );
+    assert_eq!(drops.drops(), 2);
+}
+
+#[test]
+fn a_panic_in_the_future_is_resumed_in_the_caller() {
+    let h = moss::spawn(|| {
+        compat::tokio(async {
+            tokio::task::yield_now().await;
+            panic!("tokio side failed");
+        })
+    });
+    let e = h.join().unwrap_err();
+    assert!(e.is_panic());
+    assert_eq!(
+        e.into_panic().downcast_ref::<&str>(),
+        Some(&"tokio side failed")
+    );
+    // The runtime is still fine.
+    assert_eq!(compat::tokio(async { 5 }), 5);
+}
+
+#[test]
+fn on_the_root_and_on_a_plain_thread() {
+    let _wd = util::watchdog("root and plain thread", Duration::from_secs(60));
+    let ticks = Rc::new(Cell::new(0));
+    let t = ticks.clone();
+    let ticker = moss::spawn(move || {
+        for _ in 0..5 {
+            t.set(t.get() + 1);
+            moss::yield_now();
+        }
+    });
+    let v = compat::tokio(async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        "root"
+    });
+    assert_eq!(v, "root");
+    assert_eq!(ticks.get(), 5);
+    ticker.join().unwrap();
+    let t = std::thread::spawn(|| {
+        compat::tokio(async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            "thread"
+        })
+    });
+    assert_eq!(t.join().unwrap(), "thread");
+}
+
+#[test]
+fn calling_it_from_moss_s_own_tokio_threads_is_a_clear_error() {
+    let h = moss::spawn(|| compat::tokio(async { compat::tokio(async { 1 }) }));
+    let e = h.join().unwrap_err();
+    assert!(e.to_string().contains("own tokio runtime"), "{e}");
+}
+
+#[test]
+fn a_forked_child_gets_a_fresh_runtime() {
+    let _wd = util::watchdog("fork", Duration::from_secs(60));
+    // The parent's runtime is running (its threads do not exist in a child).
+    assert_eq!(compat::tokio(async { 1 }), 1);
+    let p = util::Reap(
+        moss::pool::Process::new(|| {
+            let v = compat::tokio(async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                let c = tokio::spawn(tokio::net::TcpStream::connect(addr));
+                l.accept().await.unwrap();
+                c.await.unwrap().unwrap();
+                42
+            });
+            std::process::exit(v);
+        })
+        .start()
+        .unwrap(),
+    );
+    assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), Some(42));
+    assert_eq!(compat::tokio(async { 2 }), 2);
+}
+
+#[test]
+fn the_runtime_is_shut_down_at_exit() {
+    struct Marker;
+    impl Drop for Marker {
+        fn drop(&mut self) {
+            eprintln!("moss-test: a tokio task was dropped at shutdown");
+        }
+    }
+    if util::in_child("the_runtime_is_shut_down_at_exit") {
+        // A task that outlives the call, pending when the process exits.
+        compat::tokio(async {
+            let m = Marker;
+            tokio::spawn(async move {
+                let _m = m;
+                std::future::pending::<()>().await
+            });
+        });
+        return;
+    }
+    let r = util::run_in_child("the_runtime_is_shut_down_at_exit", Duration::from_secs(60));
+    assert!(r.success(), "{r:?}");
+    assert!(
+        r.stderr.contains("a tokio task was dropped at shutdown"),
+        "{r:?}"
+    );
+}
+
+/// A `redis-server` on a free loopback port, persistence off, killed on drop.
+struct RedisServer {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl RedisServer {
+    /// None (after saying so) when `redis-server` is not installed outside
+    /// CI; CI installs it, so there its absence fails the test.
+    fn start() -> Option<RedisServer> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed (.ci/run installs it)"
+            );
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let dir = TempDir(std::env::temp_dir().join(format!("moss-redis-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        // The port is free when we look; another process could take it
+        // before redis binds it, so try a few.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if child.try_wait().unwrap().is_some() {
+                    break; // could not bind: next port
+                }
+                if ping(addr) {
+                    return Some(RedisServer {
+                        child,
+                        addr,
+                        _dir: dir,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
+    }
+}
+
+fn ping(addr: SocketAddr) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn hundred_coroutines_query_redis_concurrently() {
+    let _wd = util::watchdog("redis", Duration::from_secs(120));
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = format!("redis://{}/", server.addr);
+    let client = redis::Client::open(url).unwrap();
+    let ticks = Rc::new(Cell::new(0u32));
+    let done = Rc::new(Cell::new(false));
+    let (t, d) = (ticks.clone(), done.clone());
+    let ticker = moss::spawn(move || {
+        while !d.get() {
+            t.set(t.get() + 1);
+            moss::sleep(Duration::from_millis(5));
+        }
+    });
+    let start = Instant::now();
+    let hs: Vec<_> = (0..100)
+        .map(|i| {
+            let client = client.clone();
+            moss::spawn(move || {
+                compat::tokio(async move {
+                    let cfg = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(30)))
+                        .set_response_timeout(Some(Duration::from_secs(30)));
+                    let mut con = client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await?;
+                    let key = format!("moss:key:{i}");
+                    let () = redis::cmd("SET")
+                        .arg(&key)
+                        .arg(format!("value {i}"))
+                        .query_async(&mut con)
+                        .await?;
+                    let v: String = redis::cmd("GET").arg(&key).query_async(&mut con).await?;
+                    // The server waits 200 ms for an item that never comes,
+                    // without blocking its other clients.
+                    let popped: Option<(String, String)> = redis::cmd("BLPOP")
+                        .arg(format!("moss:empty:{i}"))
+                        .arg(0.2)
+                        .query_async(&mut con)
+                        .await?;
+                    Ok::<_, redis::RedisError>((v, popped))
+                })
+            })
+        })
+        .collect();
+    for (i, r) in moss::join_all(hs).into_iter().enumerate() {
+        let (v, popped) = r.unwrap().unwrap();
+        assert_eq!(v, format!("value {i}"));
+        assert_eq!(popped, None);
+    }
+    let took = start.elapsed();
+    done.set(true);
+    ticker.join().unwrap();
+    // One after the other, the waits alone would take 100 x 200 ms = 20 s.
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The hub ran its other coroutine throughout.
+    assert!(ticks.get() >= 10, "{}", ticks.get());
+    // The same connection type from the root, and a value set by a
+    // coroutine read back.
+    let n: usize = compat::tokio(async move {
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("DBSIZE").query_async(&mut con).await.unwrap()
+    });
+    assert_eq!(n, 100);
+}
