@@ -1,12 +1,13 @@
 //! `moss::block_on`: runtime-agnostic futures polled on a coroutine's stack,
 //! woken through the hub (same hub, other threads, themselves), cancelled by
 //! `kill`/`timeout`, panicking, on the root and on plain threads, nested, in
-//! greenlets, after fork, and wakers that outlive their `block_on`.
+//! greenlets, after fork, and wakers that outlive their `block_on`; and the
+//! other direction, async code awaiting a `moss::sync::AsyncResult`.
 
 mod util;
 
 use std::cell::Cell;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -557,4 +558,88 @@ fn in_a_forked_process() {
         .unwrap(),
     );
     assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), Some(42));
+}
+
+// The other direction: async code awaiting what coroutines produce.
+
+#[test]
+fn async_result_awaited_by_async_code_on_another_thread() {
+    let _wd = util::watchdog("AsyncResult awaited", Duration::from_secs(30));
+    let r = moss::sync::AsyncResult::new();
+    let awaited = r.clone();
+    let task =
+        std::thread::spawn(move || futures::executor::block_on(async move { awaited.await }));
+    let producer = moss::spawn(move || {
+        moss::sleep(Duration::from_millis(20));
+        r.set(vec![1u8, 2, 3]);
+    });
+    producer.join().unwrap();
+    assert_eq!(task.join().unwrap(), vec![1, 2, 3]);
+
+    // A stored panic is resumed in the awaiting task.
+    let r = moss::sync::AsyncResult::<u8>::new();
+    let awaited = r.clone();
+    let task = std::thread::spawn(move || futures::executor::block_on(awaited.into_future()));
+    moss::spawn(move || {
+        r.set_panic(Box::new("producer failed"));
+    })
+    .join()
+    .unwrap();
+    let p = task.join().unwrap_err();
+    assert_eq!(p.downcast_ref::<&str>(), Some(&"producer failed"));
+}
+
+#[test]
+fn async_result_awaited_in_block_on_by_coroutines() {
+    let r = moss::sync::AsyncResult::new();
+    let hs: Vec<_> = (0..10u32)
+        .map(|i| {
+            let r = r.clone();
+            moss::spawn(move || moss::block_on(async move { r.await + i }))
+        })
+        .collect();
+    moss::yield_now();
+    r.set(100);
+    let got: Vec<u32> = moss::join_all(hs).into_iter().map(Result::unwrap).collect();
+    assert_eq!(got, (100..110).collect::<Vec<_>>());
+}
+
+/// A waker whose clones can be counted.
+struct CountedWake;
+
+impl std::task::Wake for CountedWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+#[test]
+fn async_result_future_registers_one_waker_and_withdraws_it() {
+    use std::future::IntoFuture;
+    let r = moss::sync::AsyncResult::<u8>::new();
+    let mut fut = Box::pin(r.clone().into_future());
+    let (a, b) = (Arc::new(CountedWake), Arc::new(CountedWake));
+    let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&wa))
+            .is_pending()
+    );
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&wa))
+            .is_pending()
+    );
+    // Held by: `a`, `wa` and one registration, not one per poll.
+    assert_eq!(Arc::strong_count(&a), 3);
+    // A poll with another task's waker replaces the registration.
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&wb))
+            .is_pending()
+    );
+    assert_eq!((Arc::strong_count(&a), Arc::strong_count(&b)), (2, 3));
+    drop(fut);
+    assert_eq!(Arc::strong_count(&b), 2);
+    // Ready at once when the value is there.
+    r.set(8);
+    assert_eq!(futures::executor::block_on(r.into_future()), 8);
 }

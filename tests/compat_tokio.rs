@@ -402,3 +402,33 @@ fn hundred_coroutines_query_redis_concurrently() {
     });
     assert_eq!(n, 100);
 }
+
+#[test]
+fn tokio_tasks_await_results_that_coroutines_produce() {
+    let _wd = util::watchdog("tokio awaits coroutines", Duration::from_secs(60));
+    // Ten tasks on moss's tokio runtime each await an AsyncResult that a
+    // coroutine of this hub sets; the coroutines wait for the tasks with
+    // compat::tokio, the root sets the results.
+    let results: Vec<_> = (0..10)
+        .map(|_| moss::sync::AsyncResult::<u32>::new())
+        .collect();
+    let hs: Vec<_> = results
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, r)| {
+            moss::spawn(move || {
+                compat::tokio(async move {
+                    let handle = tokio::spawn(async move { r.await * 2 });
+                    handle.await.unwrap() + i as u32
+                })
+            })
+        })
+        .collect();
+    moss::sleep(Duration::from_millis(20));
+    for (i, r) in results.iter().enumerate() {
+        r.set(i as u32 * 10);
+    }
+    let got: Vec<u32> = moss::join_all(hs).into_iter().map(Result::unwrap).collect();
+    assert_eq!(got, (0..10).map(|i| i * 21).collect::<Vec<_>>());
+}

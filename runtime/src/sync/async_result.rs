@@ -10,12 +10,19 @@
 //! A stored panic is re-raised by `get`: the first `get` resumes the original
 //! payload (so `JoinError::into_panic` and `downcast` work on it), later ones
 //! a `String` with the same message.
+//!
+//! Async code awaits it (`result.await`, through `IntoFuture`): the future
+//! registers its task's waker as a watcher, like a `wait_any` round does, and
+//! `set` fires it after releasing the lock.
 
 use std::any::Any;
 use std::fmt;
+use std::future::{Future, IntoFuture};
 use std::panic::resume_unwind;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::error::Timeout;
@@ -99,14 +106,15 @@ impl<T> AsyncResult<T> {
     }
 
     fn store(&self, v: Value<T>) {
-        let (old, wakes) = {
+        let (old, wakes, watchers) = {
             let mut g = lock(&self.inner.state);
             let old = std::mem::replace(&mut g.value, v);
             self.inner.ready.store(true, Ordering::Release);
-            g.watchers.fire();
-            (old, g.waiters.wake_all(true))
+            (old, g.waiters.wake_all(true), g.watchers.take())
         };
         unpark_all(wakes);
+        // Outside the lock: an awaiting task's waker is user code.
+        watchers.iter().for_each(|s| s.fire());
         drop(old); // user code (Drop) runs outside the lock
     }
 
@@ -252,6 +260,98 @@ impl<T: Clone> AsyncResult<T> {
                 }
             }
         }
+    }
+}
+
+/// Async code awaits a result (a task on a tokio runtime, say, waiting for
+/// what coroutines produce): `result.await` gives a clone of the value, as
+/// [`get`](AsyncResult::get) does, or resumes a stored panic in the awaiting
+/// task.
+///
+/// ```
+/// use moss_runtime::sync::AsyncResult;
+/// let r = AsyncResult::new();
+/// let awaited = r.clone();
+/// // Async code on another thread (any executor) awaits the result...
+/// let task = std::thread::spawn(|| futures::executor::block_on(async move { awaited.await }));
+/// // ...that a coroutine produces.
+/// moss_runtime::spawn(move || {
+///     moss_runtime::sleep(std::time::Duration::from_millis(5));
+///     r.set("from a coroutine");
+/// })
+/// .join()
+/// .unwrap();
+/// assert_eq!(task.join().unwrap(), "from a coroutine");
+/// ```
+impl<T: Clone> IntoFuture for AsyncResult<T> {
+    type Output = T;
+    type IntoFuture = AsyncResultFuture<T>;
+
+    fn into_future(self) -> AsyncResultFuture<T> {
+        AsyncResultFuture {
+            result: self,
+            watch: None,
+        }
+    }
+}
+
+/// An [`AsyncResult`] being awaited (see its `IntoFuture` impl). Dropping it
+/// before the value is there withdraws its waker.
+#[must_use = "futures do nothing unless awaited"]
+pub struct AsyncResultFuture<T> {
+    result: AsyncResult<T>,
+    /// The waker registered by the last pending poll.
+    watch: Option<Arc<Signal>>,
+}
+
+impl<T: Clone> Future for AsyncResultFuture<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let this = &mut *self;
+        let mut g = lock(&this.result.inner.state);
+        match &mut g.value {
+            Value::Pending => {}
+            // A store fired (and dropped) every registered waker.
+            Value::Ok(v) => {
+                let v = v.clone();
+                drop(g);
+                this.watch = None;
+                return Poll::Ready(v);
+            }
+            Value::Panic { payload, message } => {
+                let p = reraise(payload.take(), message);
+                drop(g);
+                this.watch = None;
+                resume_unwind(p);
+            }
+        }
+        // Registered under the lock that `store` takes: no set slips past.
+        if !this.watch.as_ref().is_some_and(|s| s.will_wake(cx.waker())) {
+            if let Some(old) = this.watch.take() {
+                g.watchers.remove(&old);
+            }
+            let s = Signal::waking(cx.waker().clone());
+            g.watchers.add(&s);
+            this.watch = Some(s);
+        }
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for AsyncResultFuture<T> {
+    fn drop(&mut self) {
+        if let Some(s) = self.watch.take() {
+            self.result.unwatch(&s);
+        }
+    }
+}
+
+impl<T> fmt::Debug for AsyncResultFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResultFuture")
+            .field("result", &self.result)
+            .finish()
     }
 }
 

@@ -65,7 +65,7 @@ mod semaphore;
 mod wait;
 mod waitlist;
 
-pub use async_result::AsyncResult;
+pub use async_result::{AsyncResult, AsyncResultFuture};
 pub use barrier::{Barrier, BarrierWaitResult};
 pub use channel::{IntoIter, Iter, Receiver, Sender, bounded, channel};
 pub use condvar::{Condvar, WaitTimeoutResult};

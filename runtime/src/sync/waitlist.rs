@@ -41,6 +41,7 @@ use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::lock::{Lock, LockGuard};
@@ -316,10 +317,18 @@ fn outcome(state: u8) -> Option<Outcome> {
     }
 }
 
-/// A one-shot wake-up shared by the sources a `wait_any` watches.
+/// A one-shot wake-up shared by the sources a `wait_any` watches, or
+/// registered by a future awaiting one source (`AsyncResult`'s).
 pub(crate) struct Signal {
     fired: AtomicBool,
-    unparker: Unparker,
+    target: Target,
+}
+
+enum Target {
+    /// The next park of a `wait_any` caller.
+    Unpark(Unparker),
+    /// The task awaiting a future.
+    Wake(Waker),
 }
 
 impl Signal {
@@ -327,14 +336,31 @@ impl Signal {
     pub(crate) fn new() -> Arc<Signal> {
         Arc::new(Signal {
             fired: AtomicBool::new(false),
-            unparker: park::unparker(),
+            target: Target::Unpark(park::unparker()),
+        })
+    }
+
+    /// A signal that wakes the task of `w`.
+    pub(crate) fn waking(w: Waker) -> Arc<Signal> {
+        Arc::new(Signal {
+            fired: AtomicBool::new(false),
+            target: Target::Wake(w),
         })
     }
 
     pub(crate) fn fire(&self) {
         if !self.fired.swap(true, Ordering::AcqRel) {
-            self.unparker.unpark();
+            match &self.target {
+                Target::Unpark(u) => u.unpark(),
+                Target::Wake(w) => w.wake_by_ref(),
+            }
         }
+    }
+
+    /// Whether this signal still waits to wake the task of `w`.
+    pub(crate) fn will_wake(&self, w: &Waker) -> bool {
+        !self.fired.load(Ordering::Acquire)
+            && matches!(&self.target, Target::Wake(x) if x.will_wake(w))
     }
 }
 
@@ -365,5 +391,12 @@ impl Watchers {
                 s.fire();
             }
         }
+    }
+
+    /// Takes every watcher out, to fire after the owner's lock is released
+    /// (a task's waker is foreign code). No allocation.
+    #[inline]
+    pub(crate) fn take(&mut self) -> Vec<Arc<Signal>> {
+        std::mem::take(&mut self.list)
     }
 }
