@@ -95,11 +95,7 @@ fn main() {
         moss::sleep(Duration::from_millis(10));
         result.set(6 * 7);
     });
-    let v = compat::tokio(async move {
-        tokio::spawn(async move { awaited.await })
-            .await
-            .unwrap()
-    });
+    let v = compat::tokio(async move { tokio::spawn(async move { awaited.await }).await.unwrap() });
     producer.join().unwrap();
     println!("a tokio task awaited a coroutine's AsyncResult: {v}");
 }
@@ -132,7 +128,10 @@ fn start_redis() -> (String, RedisServer) {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let t = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "redis-server did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     (format!("redis://{addr}/"), server)

@@ -643,3 +643,91 @@ fn async_result_future_registers_one_waker_and_withdraws_it() {
     r.set(8);
     assert_eq!(futures::executor::block_on(r.into_future()), 8);
 }
+
+/// Wakes itself in every poll, forever.
+struct Restless(#[allow(dead_code)] util::Counted);
+
+impl Future for Restless {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[test]
+fn kill_and_timeout_of_a_future_that_keeps_waking_itself() {
+    let _wd = util::watchdog("restless future", Duration::from_secs(30));
+    let drops = DropCounter::new();
+    let fut = Restless(drops.token());
+    let h = moss::spawn(move || moss::block_on(fut));
+    for _ in 0..10 {
+        moss::yield_now(); // it polls, yields, polls again...
+    }
+    assert!(!h.is_finished());
+    h.kill();
+    assert_eq!(drops.drops(), 1);
+    assert!(h.join().unwrap_err().is_killed());
+    let fut = Restless(drops.token());
+    let r = moss::timeout(Duration::from_millis(20), || moss::block_on(fut));
+    assert!(r.is_err());
+    assert_eq!(drops.drops(), 2);
+}
+
+/// Ready once `target` wakes have been counted.
+struct CountTo {
+    count: Arc<AtomicUsize>,
+    target: usize,
+    waker: Arc<Mutex<Option<Waker>>>,
+    polls: usize,
+}
+
+impl Future for CountTo {
+    type Output = usize;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        self.polls += 1;
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        if self.count.load(Ordering::SeqCst) >= self.target {
+            Poll::Ready(self.polls)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[test]
+fn wakes_from_many_threads_at_once_are_never_lost() {
+    let _wd = util::watchdog("many wakers", Duration::from_secs(60));
+    for _ in 0..20 {
+        let count = Arc::new(AtomicUsize::new(0));
+        let slot = Arc::new(Mutex::new(None::<Waker>));
+        let fut = CountTo {
+            count: count.clone(),
+            target: 4 * 500,
+            waker: slot.clone(),
+            polls: 0,
+        };
+        let h = moss::spawn(move || moss::block_on(fut));
+        util::until_parked(h.id());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (count, slot) = (count.clone(), slot.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let w = slot.lock().unwrap().clone();
+                        if let Some(w) = w {
+                            w.wake();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let polls = h.join().unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // At most one poll per wake (plus the first): wakes coalesce.
+        assert!((2..=2001).contains(&polls), "{polls}");
+    }
+}

@@ -432,3 +432,99 @@ fn tokio_tasks_await_results_that_coroutines_produce() {
     let got: Vec<u32> = moss::join_all(hs).into_iter().map(Result::unwrap).collect();
     assert_eq!(got, (0..10).map(|i| i * 21).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_kill_while_tokio_drops_a_timed_out_future_does_not_unwind_twice() {
+    // The coroutine's timeout fires; while it waits (in its unwind) for
+    // tokio to drop the future, whose destructor is slow, it is killed.
+    struct SlowDrop(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        #[allow(dead_code)] util::Counted,
+    );
+    impl Drop for SlowDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    if util::in_child("a_kill_while_tokio_drops_a_timed_out_future_does_not_unwind_twice") {
+        let drops = DropCounter::new();
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let slow = SlowDrop(started.clone(), drops.token());
+        let h = moss::spawn(move || {
+            let r = moss::timeout(Duration::from_millis(20), || {
+                compat::tokio(async move {
+                    let _s = slow;
+                    std::future::pending::<()>().await
+                })
+            });
+            assert!(r.is_err());
+            moss::sleep(Duration::from_secs(10)); // the kill lands here
+        });
+        util::until("the slow drop to start", Duration::from_secs(10), || {
+            started.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        util::until_parked(h.id());
+        h.kill();
+        assert!(h.join().unwrap_err().is_killed());
+        util::until("tokio to drop the future", Duration::from_secs(10), || {
+            drops.drops() == 1
+        });
+        println!("moss-test: killed cleanly");
+        return;
+    }
+    let r = util::run_in_child(
+        "a_kill_while_tokio_drops_a_timed_out_future_does_not_unwind_twice",
+        Duration::from_secs(60),
+    );
+    assert!(
+        r.success() && r.stdout.contains("moss-test: killed cleanly"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn first_use_from_many_threads_at_once_starts_one_runtime() {
+    if util::in_child("first_use_from_many_threads_at_once_starts_one_runtime") {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let ts: Vec<_> = (0..8)
+            .map(|i| {
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    compat::tokio(async move {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        let name = std::thread::current().name().map(str::to_owned);
+                        (i, name)
+                    })
+                })
+            })
+            .collect();
+        for (i, t) in ts.into_iter().enumerate() {
+            let (j, name) = t.join().unwrap();
+            assert_eq!(i, j);
+            assert_eq!(name.as_deref(), Some("moss-tokio"));
+        }
+        let threads = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter(|e| {
+                let comm = e.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "moss-tokio")
+            })
+            .count();
+        println!("moss-test: moss-tokio threads: {threads}");
+        return;
+    }
+    let r = util::run_in_child(
+        "first_use_from_many_threads_at_once_starts_one_runtime",
+        Duration::from_secs(60),
+    );
+    assert!(r.success(), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!(
+            "moss-tokio threads: {}",
+            compat::TOKIO_WORKER_THREADS
+        )),
+        "{r:?}"
+    );
+}

@@ -211,6 +211,22 @@ fn reset_and_keep(sig: Arc<Signal>) {
 /// coroutine (which cannot suspend that coroutine; wait in the coroutine
 /// itself).
 pub fn block_on<F: Future>(f: F) -> F::Output {
+    match run(f, true) {
+        Some(v) => v,
+        None => unreachable!("a cancellation unwinds block_on"),
+    }
+}
+
+/// [`block_on`] for cleanup code that may already run in a cancellation's
+/// unwind: when a (further) cancellation is pending it stops waiting and
+/// returns `None`, leaving the cancellation pending, instead of unwinding.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn block_on_or_cancelled<F: Future>(f: F) -> Option<F::Output> {
+    run(f, false)
+}
+
+#[inline(always)]
+fn run<F: Future>(f: F, unwind: bool) -> Option<F::Output> {
     // Declared before the future, so dropped after it: a waker the future
     // drops with itself no longer counts when the lease is handed back.
     let mut lease = Lease::take();
@@ -225,50 +241,75 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
     let mut cx = Context::from_waker(&waker);
     loop {
         if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
+            return Some(v);
         }
         let sig = lease.signal();
-        wait_for_wake(sig);
+        if !wait_for_wake(sig, unwind) {
+            return None;
+        }
         sig.state.swap(IDLE, Ordering::Acquire);
     }
 }
 
 /// Parks until the signal is woken (or yields once if it already was).
+/// With `unwind`, a cancellation unwinds the caller; without, it ends the
+/// wait and this returns false (the cancellation stays pending).
 #[inline(never)]
-fn wait_for_wake(sig: &Arc<Signal>) {
+fn wait_for_wake(sig: &Arc<Signal>, unwind: bool) -> bool {
     if park::hub_exists() && !park::can_park() {
         panic!(
             "moss::block_on: a greenlet started from a coroutine cannot wait for a pending \
              future; wait in the coroutine itself, or use greenlets from the thread's root"
         );
     }
-    // Delivered before a wait is published: see the module docs.
-    park::check_cancel();
+    // Before a wait is published: see the module docs.
+    if park::cancel_pending() {
+        if unwind {
+            park::deliver_cancel();
+        }
+        return false;
+    }
     let wait = park::next_wait();
     if Arc::strong_count(sig) == 1 {
         // The future kept no waker: only a wake during the poll (by
         // reference) or a cancellation can end this wait.
         fence(Ordering::Acquire);
         if sig.state.load(Ordering::Relaxed) == NOTIFIED {
-            crate::yield_now();
-            return;
+            return poll_again(unwind);
         }
         // SAFETY: unique (invariant (b)). Without the unparker the hub can
         // tell that no other thread can wake this wait.
         unsafe { *sig.target.get() = None };
-        park::park_cancellable(None, "block_on (the future kept no waker)");
-        return;
+        return park_until_woken("block_on (the future kept no waker)", unwind);
     }
     sig.aim();
     match sig
         .state
         .compare_exchange(IDLE, wait, Ordering::AcqRel, Ordering::Acquire)
     {
-        Ok(_) => {
-            park::park_cancellable(None, "block_on");
-        }
-        // Woken while it was being polled: poll again after the others ran.
-        Err(_) => crate::yield_now(),
+        Ok(_) => park_until_woken("block_on", unwind),
+        // Woken while it was being polled.
+        Err(_) => poll_again(unwind),
+    }
+}
+
+/// After a wake during the poll: poll again once the other coroutines ran
+/// (only yield when a cancellation may unwind: cleanup polls at once).
+#[inline]
+fn poll_again(unwind: bool) -> bool {
+    if unwind {
+        crate::yield_now();
+    }
+    true
+}
+
+#[inline]
+fn park_until_woken(what: &'static str, unwind: bool) -> bool {
+    if unwind {
+        park::park_cancellable(None, what);
+        true
+    } else {
+        park::park(None, what) != park::Wakeup::Cancelled
     }
 }
 

@@ -120,7 +120,10 @@ impl<T> Drop for Task<T> {
             h.abort();
             // Resolves once tokio has dropped the future (or it finished
             // just before the abort): "cancel" means it is gone on return.
-            let _ = block_on(h);
+            // This runs in the unwind of the first cancellation; a second
+            // one (a kill while it waits) ends the wait early instead of
+            // unwinding again, and tokio drops the future on its own.
+            let _ = crate::block_on::block_on_or_cancelled(h);
         }
     }
 }
