@@ -1,6 +1,6 @@
 //! Running futures that need a particular async runtime.
 //!
-//! [`block_on`](crate::block_on) polls a future on the calling coroutine's
+//! [`block_on`] polls a future on the calling coroutine's
 //! stack, which is all a runtime-agnostic future needs. Futures of the tokio
 //! ecosystem (tokio's sockets and timers, and the clients built on them:
 //! hyper, reqwest, tokio-postgres, redis' async API, ...) also need tokio's
@@ -58,7 +58,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// (on a thread's root the hub runs; a plain thread blocks).
 ///
 /// Use it for futures that need tokio's reactor or timer; runtime-agnostic
-/// futures are cheaper with [`block_on`](crate::block_on), which polls them
+/// futures are cheaper with [`block_on`], which polls them
 /// on the caller's own stack.
 ///
 /// * A `kill` or `timeout` of the caller aborts the tokio task; the caller
