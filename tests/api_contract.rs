@@ -54,6 +54,23 @@ fn coroutine_api() {
 }
 
 #[test]
+fn greenlet_result_api() {
+    let h: moss::JoinHandle<u32> = moss::spawn(|| 1);
+    h.link(|r: &Result<u32, moss::JoinError>| assert_eq!(*r.as_ref().unwrap(), 1));
+    let ok: bool = h.is_successful();
+    assert!(!ok);
+    h.kill_nowait();
+    let dead: bool = h.kill_timeout(Duration::from_secs(1));
+    assert!(dead);
+    let out: Vec<moss::Joined<u32>> = moss::JoinAll::new(vec![moss::spawn(|| 2)])
+        .timeout(Duration::from_secs(5))
+        .stop_on_error()
+        .count(1)
+        .join();
+    assert!(matches!(out[0], moss::Joined::Finished(Ok(2))));
+}
+
+#[test]
 fn greenlet_api() {
     use moss::greenlet::{self, Greenlet};
     let g: Greenlet<i32> = Greenlet::new(|v| v + 1);

@@ -107,29 +107,54 @@ pub(crate) fn check(hub: &Hub, h: &Header) {
 /// Kills the task whose control block is `h` and waits until it has died
 /// (see `JoinHandle::kill`).
 pub(crate) fn kill(h: &Header) {
+    kill_until(h, None);
+}
+
+/// Requests the kill of the task whose control block is `h`, without waiting
+/// (see `JoinHandle::kill_nowait`): a task that never ran is finished at
+/// once; a running one unwinds at its next blocking point (the caller's own
+/// task included). Returns false if the task is done.
+pub(crate) fn kill_nowait(h: &Header) -> bool {
     let hub = Hub::current();
     let Some(t) = hub.task(h.key.get(), h.id.0) else {
-        return; // done
+        return false; // done
     };
     if h.state.is(State::New) {
         h.state.kill_unstarted();
         if let Some(k) = h.timer.take() {
             hub.timers.borrow_mut().cancel(k);
         }
-        t.finish_unstarted(None);
-        hub.finish(&t);
-        return;
+        hub.finish_unstarted(&t, None);
+        return false;
     }
     request(hub, &t, Cancel::Kill);
+    true
+}
+
+/// Kills the task whose control block is `h` and waits until it has died
+/// or `deadline` passed; returns whether it has died. Killing the caller
+/// itself unwinds it at once (if it is already unwinding from its kill,
+/// returns false: it cannot wait for its own end).
+pub(crate) fn kill_until(h: &Header, deadline: Option<Instant>) -> bool {
+    if !kill_nowait(h) {
+        return true;
+    }
+    let hub = Hub::current();
     if hub.current_header().id == h.id {
-        deliver(hub);
+        if h.state.cancel_pending() {
+            deliver(hub);
+        }
+        return false;
     }
     while !h.state.is(State::Done) {
         h.add_joiner(hub.current_header().token());
-        if hub.park(None, "kill") == Wakeup::Cancelled {
-            deliver(hub);
+        match hub.park(deadline, "kill") {
+            Wakeup::Cancelled => deliver(hub),
+            Wakeup::TimedOut => return h.state.is(State::Done),
+            Wakeup::Notified => {}
         }
     }
+    true
 }
 
 /// `moss::timeout`: runs `f` in a new timeout scope of the calling context.

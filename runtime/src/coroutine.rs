@@ -165,6 +165,11 @@ impl<T> JoinHandle<T> {
         self.task.header()
     }
 
+    /// The typed result slot (for the link API in `link.rs`).
+    pub(crate) fn slot(&self) -> &dyn JoinSlot<T> {
+        &*self.task
+    }
+
     /// Waits for the coroutine to finish and returns its value, or why it
     /// has none (panic, kill). From a coroutine this yields to the hub; from
     /// the root it runs the hub. Killing the *caller* while it waits unwinds

@@ -5,7 +5,10 @@
 //! a cross-thread wake-up queue.
 //!
 //! * [`coroutine`](crate::spawn) API — `spawn`, `join`, `kill`, `sleep`,
-//!   `timeout`, `run`, `wait`, `dump` (module `coroutine`, re-exported here).
+//!   `timeout`, `run`, `wait`, `dump` (module `coroutine`, re-exported here);
+//!   gevent's `Greenlet` result API on [`JoinHandle`] (`link`,
+//!   `is_successful`, `kill_nowait`, `kill_timeout`; module `link`) and
+//!   [`JoinAll`], `joinall` with a timeout, stop on error, or a count.
 //! * [`greenlet`] — raw symmetric coroutines without a hub.
 //! * [`block_on`] — a coroutine waits for a future (async Rust), polling it
 //!   on its own stack while the hub runs the others.
@@ -31,6 +34,8 @@ pub mod compat;
 mod coroutine;
 pub mod greenlet;
 mod hub;
+mod join_all;
+mod link;
 pub mod park;
 mod payload;
 pub mod pool;
@@ -49,6 +54,7 @@ pub use coroutine::{
     Builder, Current, Elapsed, JoinHandle, current, dump, join_all, run, run_per_core, sleep,
     spawn, spawn_later, timeout, wait, yield_now,
 };
+pub use join_all::{JoinAll, Joined};
 pub use payload::panic_message;
 pub use stack_pool::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE};
 pub use task::{CoroutineId, JoinError};

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use corosensei::CoroutineResult;
 
 use super::{BATCH, Hub};
-use crate::task::{State, Task, Wakeup, header_of};
+use crate::stack_pool::DEFAULT_STACK_SIZE;
+use crate::task::{Header, State, Task, TaskCell, Wakeup, header_of};
 use crate::timer::Action;
 
 /// When the root's hub loop returns.
@@ -161,8 +162,7 @@ impl Hub {
             let stack = match stack {
                 Ok(s) => s,
                 Err(e) => {
-                    t.finish_unstarted(Some(e));
-                    self.finish(&t);
+                    self.finish_unstarted(&t, Some(e));
                     return;
                 }
             };
@@ -213,6 +213,25 @@ impl Hub {
             for w in waiters {
                 self.wake(w, Wakeup::Notified);
             }
+        }
+    }
+
+    /// Completes a task that never ran (killed before its start, or no
+    /// stack: `err`), then starts its link callbacks, if it has any, in a
+    /// coroutine of their own (named "link"; if that one cannot get a stack
+    /// either, they are dropped without running).
+    pub(crate) fn finish_unstarted(&self, t: &Rc<dyn Task>, err: Option<std::io::Error>) {
+        let links = t.finish_unstarted(err);
+        self.finish(t);
+        if let Some(f) = links {
+            let site = t.header().spawn_site;
+            let h = Header::new(
+                self.new_id(),
+                Some(Rc::from("link")),
+                DEFAULT_STACK_SIZE,
+                site,
+            );
+            self.spawn(Rc::new(TaskCell::new(h, f)), None);
         }
     }
 

@@ -7,6 +7,19 @@
 //! The root (the thread's own stack) has a control block too; it is never
 //! `New` or `Done`, and "resuming" it means returning from the hub loop that
 //! runs on its stack.
+//!
+//! # Links
+//!
+//! `JoinHandle::link` callbacks live in the [`TaskCell`] next to the result
+//! they are given. A coroutine that ran calls them itself, on its own stack,
+//! after its body returned and before its result is stored: its joiners wake
+//! only once every callback has run, and a callback may block like any
+//! coroutine code. A coroutine that never ran (killed before its start, or no
+//! stack) has no stack to call them on: [`Task::finish_unstarted`] hands them
+//! back, with a copy of the error, for the hub to run in a coroutine of their
+//! own. A callback registered on a finished task runs at once, in the caller.
+//! A panicking callback is caught (the panic hook reports it) and the other
+//! callbacks still run.
 
 mod error;
 mod state;
@@ -18,7 +31,7 @@ pub(crate) use state::{Cancel, State, TaskState};
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::io;
-use std::panic::{AssertUnwindSafe, Location, catch_unwind};
+use std::panic::{AssertUnwindSafe, Location, catch_unwind, resume_unwind};
 use std::rc::Rc;
 
 use corosensei::{Coroutine, Yielder};
@@ -162,14 +175,26 @@ pub(crate) trait Task {
     fn header(&self) -> &Header;
     /// Runs the body to completion on the coroutine's stack, storing its result.
     fn run(&self);
-    /// Completes a task that never ran, as killed, dropping its closure.
-    fn finish_unstarted(&self, err: Option<io::Error>);
+    /// Completes a task that never ran, as killed (or unable to start with
+    /// `err`), dropping its closure. Returns its link callbacks, bound to a
+    /// copy of its result, for the caller to run in a coroutine of their own.
+    fn finish_unstarted(&self, err: Option<io::Error>) -> Option<LinkRunner>;
 }
+
+/// A `JoinHandle::link` callback.
+pub(crate) type LinkFn<T> = Box<dyn FnOnce(&Result<T, JoinError>)>;
+
+/// The link callbacks of a task that never ran, with their result.
+pub(crate) type LinkRunner = Box<dyn FnOnce()>;
 
 /// The typed side a `JoinHandle` reads.
 pub(crate) trait JoinSlot<T> {
     fn header(&self) -> &Header;
     fn take(&self) -> Option<Result<T, JoinError>>;
+    /// Registers a link callback; on a finished task, calls it now.
+    fn link(&self, f: LinkFn<T>);
+    /// `Some(true)` once the result is stored and is a value.
+    fn is_ok(&self) -> Option<bool>;
 }
 
 enum Slot<F, T> {
@@ -183,10 +208,20 @@ enum Slot<F, T> {
 ///
 /// `repr(C)` with the header first, so [`header_of`] can find the header of
 /// an erased task without a virtual call.
+///
+/// # Invariants
+/// `slot` goes `Pending → Running → Done → Taken` (or `Pending → Done` for a
+/// task that never ran). Once it is `Done`, only [`JoinSlot::take`] changes
+/// it, and only a `JoinHandle` consumed by value calls `take` (there is one
+/// handle per task): so while a `&JoinHandle` is alive, a `Done` result can
+/// be lent out (`link` on a finished task).
 #[repr(C)]
 pub(crate) struct TaskCell<F, T> {
     header: Header,
     slot: UnsafeCell<Slot<F, T>>,
+    /// Link callbacks not run yet (boxed: one word while there are none).
+    #[allow(clippy::box_collection)]
+    links: Cell<Option<Box<Vec<LinkFn<T>>>>>,
 }
 
 impl<F, T> TaskCell<F, T>
@@ -197,18 +232,33 @@ where
         TaskCell {
             header,
             slot: UnsafeCell::new(Slot::Pending(f)),
+            links: Cell::new(None),
+        }
+    }
+
+    /// Runs the link callbacks registered so far, and those they register.
+    fn run_links(&self, result: &Result<T, JoinError>) {
+        while let Some(links) = self.links.take() {
+            for f in *links {
+                // The finishing coroutine's own cancellation (a kill that
+                // reached a blocked callback) ends that callback only.
+                let _ = call_link(f, result);
+            }
         }
     }
 
     fn replace(&self, new: Slot<F, T>) -> Slot<F, T> {
-        // SAFETY: the slot is only accessed through this method and `take`,
-        // which never hold a reference across a call that could re-enter
-        // them: the hub is single threaded and both swap the value out at once.
+        // SAFETY: the slot is swapped only here (by `run`, `finish_unstarted`
+        // and `take`), which swap the value out at once and hold no reference
+        // across a call; the hub is single threaded. The shared looks of
+        // `is_ok` end before any call, and `link` lends a `Done` result only
+        // while the task's one `JoinHandle` is borrowed, when `take` (which
+        // consumes that handle) cannot run (see the type's invariants).
         unsafe { std::mem::replace(&mut *self.slot.get(), new) }
     }
 }
 
-impl<F, T> Task for TaskCell<F, T>
+impl<F, T: 'static> Task for TaskCell<F, T>
 where
     F: FnOnce() -> T,
 {
@@ -233,18 +283,66 @@ where
             Ok(v) => Ok(v),
             Err(payload) => Err(JoinError::from_payload(&self.header, payload)),
         };
+        if self.has_links() {
+            // The body is over: a cancellation it never reached has nothing
+            // left to cancel (a kill requested from now on still reaches a
+            // blocked callback).
+            self.header.state.take_cancel();
+            self.run_links(&result);
+        }
         self.replace(Slot::Done(result));
     }
 
-    fn finish_unstarted(&self, err: Option<io::Error>) {
-        let e = match err {
-            Some(e) => JoinError::new(&self.header, Repr::Spawn(e)),
+    fn finish_unstarted(&self, err: Option<io::Error>) -> Option<LinkRunner> {
+        let error = |err: Option<&io::Error>| match err {
+            Some(e) => JoinError::new(&self.header, Repr::Spawn(copy_io_error(e))),
             None => JoinError::new(&self.header, Repr::Killed),
         };
+        let runner = self.links.take().map(|links| {
+            let result = Err(error(err.as_ref()));
+            Box::new(move || {
+                for f in *links {
+                    let _ = call_link(f, &result);
+                }
+            }) as LinkRunner
+        });
         // Dropping the closure runs user destructors: do it after the slot
         // holds its final value.
-        let old = self.replace(Slot::Done(Err(e)));
+        let old = self.replace(Slot::Done(Err(error(err.as_ref()))));
         drop(old);
+        runner
+    }
+}
+
+impl<F, T> TaskCell<F, T> {
+    fn has_links(&self) -> bool {
+        let links = self.links.take();
+        let some = links.is_some();
+        self.links.set(links);
+        some
+    }
+}
+
+/// Calls one link callback, catching its panic (the panic hook has reported
+/// it). Returns the payload if it was a cancellation (of whoever runs the
+/// callback), for the caller to deliver or drop.
+fn call_link<T>(
+    f: LinkFn<T>,
+    result: &Result<T, JoinError>,
+) -> Option<Box<dyn std::any::Any + Send>> {
+    match catch_unwind(AssertUnwindSafe(move || f(result))) {
+        Ok(()) => None,
+        Err(p) if p.is::<Cancelled>() => Some(p),
+        Err(_) => None,
+    }
+}
+
+/// An equal `io::Error` (they are not `Clone`): the same OS error, or the
+/// same kind and message.
+fn copy_io_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 
@@ -263,6 +361,33 @@ where
                 self.replace(other);
                 None
             }
+        }
+    }
+
+    fn link(&self, f: LinkFn<T>) {
+        // SAFETY: a shared look at the slot. If it is `Done`, nothing changes
+        // it while the caller's `&JoinHandle` lives (see the type's
+        // invariants), even if the callback re-enters this task's methods
+        // through that handle; otherwise the reference ends before any call.
+        if let Slot::Done(r) = unsafe { &*self.slot.get() } {
+            // Finished: call it now. A cancellation of the caller that
+            // reached a blocked callback goes on to the caller.
+            if let Some(p) = call_link(f, r) {
+                resume_unwind(p);
+            }
+            return;
+        }
+        let mut links = self.links.take().unwrap_or_default();
+        links.push(f);
+        self.links.set(Some(links));
+    }
+
+    fn is_ok(&self) -> Option<bool> {
+        // SAFETY: a short shared look, no call while the reference lives
+        // (the hub is single threaded: nothing else runs meanwhile).
+        match unsafe { &*self.slot.get() } {
+            Slot::Done(r) => Some(r.is_ok()),
+            _ => None,
         }
     }
 }
@@ -287,7 +412,9 @@ impl Task for RootTask {
     fn run(&self) {
         unreachable!("the root is never resumed as a coroutine")
     }
-    fn finish_unstarted(&self, _: Option<io::Error>) {}
+    fn finish_unstarted(&self, _: Option<io::Error>) -> Option<LinkRunner> {
+        None
+    }
 }
 
 #[cfg(test)]
