@@ -89,7 +89,15 @@ pub fn in_child(case: &str) -> bool {
 /// kills and reaps it.
 pub fn spawn_child(case: &str) -> std::process::Child {
     Command::new(std::env::current_exe().expect("current_exe"))
-        .args([case, "--exact", "--nocapture", "--test-threads=1"])
+        // `--include-ignored`: the case may be an ignored reproduction run
+        // on purpose (the filter is exact, so nothing else runs).
+        .args([
+            case,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(CHILD_ENV, case)
         .env("RUST_BACKTRACE", "0")
         .stdout(std::process::Stdio::piped())

@@ -1,0 +1,179 @@
+//! Attacks: moss under file-descriptor exhaustion (EMFILE). Each case runs
+//! in a child process of this test binary that fills its fd table up to
+//! RLIMIT_NOFILE (20000 here) with duplicates of one fd.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+mod util;
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// Fills the fd table; returns the fds taken (close some to make room).
+fn exhaust_fds() -> Vec<i32> {
+    let mut v = Vec::new();
+    loop {
+        // SAFETY: dup of stdin; the result is owned by the caller.
+        let fd = unsafe { libc::dup(0) };
+        if fd < 0 {
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EMFILE)
+            );
+            return v;
+        }
+        v.push(fd);
+    }
+}
+
+fn child(case: &str, body: impl FnOnce()) {
+    if util::in_child(case) {
+        let _wd = util::watchdog(case, Duration::from_secs(30));
+        body();
+        println!("CHILD-OK");
+        return;
+    }
+    let r = util::run_in_child(case, Duration::from_secs(40));
+    assert!(
+        r.success() && r.stdout.contains("CHILD-OK"),
+        "{case} failed in its child: {r:#?}"
+    );
+}
+
+/// A plain thread that never used moss takes an uncontended `RLock` (or
+/// runs `OnceCell::get_or_init`) while the process is at its fd limit: the
+/// lazily created hub cannot get its epoll fd and the call panics.
+///
+/// Expected: the lock is taken (the call needs no fd), as on a thread that
+/// already had a hub, or a clear error. Got (debug and release):
+/// `panicked at runtime/src/hub/mod.rs: moss: cannot create the hub of this
+/// thread: Too many open files (os error 24)`.
+#[test]
+#[ignore = "reproduces: RLock::lock / OnceCell::get_or_init panic on a plain thread at EMFILE (hub creation)"]
+fn rlock_on_a_plain_thread_at_emfile() {
+    child("rlock_on_a_plain_thread_at_emfile", || {
+        let l = std::sync::Arc::new(moss::sync::RLock::new(5));
+        let cell = std::sync::Arc::new(moss::sync::OnceCell::new());
+        let fds = exhaust_fds();
+        let (l2, c2) = (l.clone(), cell.clone());
+        let r = std::thread::spawn(move || {
+            let a = *l2.lock();
+            let b = *c2.get_or_init(|| 7);
+            a + b
+        })
+        .join();
+        for fd in fds {
+            // SAFETY: our own dups.
+            unsafe { libc::close(fd) };
+        }
+        assert_eq!(r.expect("the plain thread panicked"), 12);
+    });
+}
+
+/// Under `patch_all`, `std::process::Child::wait` in a coroutine at the fd
+/// limit: `pidfd_open` fails, and the hook falls back to the real blocking
+/// `waitpid`, freezing the whole hub until the child exits.
+///
+/// Expected: the ticker coroutine keeps ticking (at worst a polling
+/// fallback, as `moss::subprocess::Child` does without a pidfd). Got: 0
+/// ticks during the 600 ms the child lives.
+#[test]
+#[ignore = "reproduces: patched waitpid at EMFILE blocks the whole hub for the child's lifetime"]
+fn patched_child_wait_at_emfile_blocks_the_hub() {
+    child("patched_child_wait_at_emfile_blocks_the_hub", || {
+        moss::monkey::patch_all();
+        let mut c = std::process::Command::new("sleep")
+            .arg("0.6")
+            .spawn()
+            .unwrap();
+        let (ticks, tk) = util::ticker(); // the hub exists before the fds run out
+        let fds = exhaust_fds();
+        let w = moss::spawn(move || c.wait().unwrap());
+        let st = w.join().unwrap();
+        let t = ticks.get();
+        tk.kill();
+        for fd in fds {
+            // SAFETY: our own dups.
+            unsafe { libc::close(fd) };
+        }
+        assert!(st.success());
+        assert!(
+            t >= 2,
+            "hub frozen while a coroutine waited for a child: {t} ticks"
+        );
+    });
+}
+
+/// Under `patch_all`, a hooked `poll` with a timeout at the fd limit: the
+/// temporary epoll cannot be made and the real `poll` blocks the whole hub
+/// for the full timeout (std's `TcpStream::connect_timeout` and every C
+/// library using `poll` go through it).
+///
+/// Expected: the other coroutines keep running. Got: 0 ticks in 500 ms.
+#[test]
+#[ignore = "reproduces: patched poll at EMFILE blocks the whole hub for its timeout"]
+fn patched_poll_at_emfile_blocks_the_hub() {
+    child("patched_poll_at_emfile_blocks_the_hub", || {
+        moss::monkey::patch_all();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let (ticks, tk) = util::ticker(); // the hub exists before the fds run out
+        let fds = exhaust_fds();
+        let p = moss::spawn(move || {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let t = Instant::now();
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, 500) };
+            (n, t.elapsed())
+        });
+        let (n, took) = p.join().unwrap();
+        let t = ticks.get();
+        tk.kill();
+        for fd in fds {
+            // SAFETY: our own dups.
+            unsafe { libc::close(fd) };
+        }
+        assert_eq!(n, 0);
+        assert!(took >= Duration::from_millis(450));
+        assert!(t >= 2, "hub frozen during a patched poll: {t} ticks");
+    });
+}
+
+/// Under `patch_all`, the `epoll_wait` hook for a loop whose epoll fd the
+/// hub already holds needs a `dup`; at EMFILE the hook runs the real call,
+/// blocking the hub for the timeout. (Here: two coroutines of one thread
+/// run the same mio-style loop; the second one falls back.)
+#[test]
+#[ignore = "reproduces: patched epoll_wait (second waiter on one epoll fd) at EMFILE blocks the hub"]
+fn patched_epoll_wait_second_waiter_at_emfile_blocks_the_hub() {
+    child(
+        "patched_epoll_wait_second_waiter_at_emfile_blocks_the_hub",
+        || {
+            moss::monkey::patch_all();
+            // SAFETY: plain syscall.
+            let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            assert!(ep >= 0);
+            let (ticks, tk) = util::ticker();
+            let fds = exhaust_fds();
+            let wait = move || {
+                let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+                // SAFETY: valid buffer of 4 events.
+                unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, 400) }
+            };
+            let a = moss::spawn(wait);
+            let b = moss::spawn(wait);
+            let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
+            let t = ticks.get();
+            tk.kill();
+            for fd in fds {
+                // SAFETY: our own dups.
+                unsafe { libc::close(fd) };
+            }
+            assert_eq!((ra, rb), (0, 0));
+            assert!(t >= 2, "hub frozen during patched epoll_wait: {t} ticks");
+        },
+    );
+}

@@ -1,0 +1,200 @@
+//! Attacks on `moss::monkey` under `patch_all`: the futex hook's thread
+//! parker emulation, and forked children that inherit the hub.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+mod util;
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+fn child(case: &str, limit: Duration, body: impl FnOnce()) {
+    if util::in_child(case) {
+        moss::monkey::patch_all();
+        let _wd = util::watchdog(case, limit);
+        body();
+        println!("CHILD-OK");
+        return;
+    }
+    let r = util::run_in_child(case, limit + Duration::from_secs(10));
+    assert!(
+        r.success() && r.stdout.contains("CHILD-OK"),
+        "{case} failed in its child: {r:#?}"
+    );
+}
+
+/// Every coroutine whose std thread-parker wait (`thread::park_timeout`,
+/// `mpsc::Receiver::recv_timeout`, a std `Condvar`... anything on the
+/// parker) ends without a token leaves an entry `(coroutine id, count)` in
+/// the thread's `ThreadSlot::idle` list (hooks_futex.rs `note_recheck`),
+/// which is only removed when that coroutine later finds a token. Ids are
+/// never reused, so the list grows by one entry per such coroutine forever,
+/// and every parker wait scans it linearly twice (`recheck_interval`,
+/// `note_recheck`): memory grows without bound and waits get O(n) slower.
+///
+/// Repro (each coroutine does one `park_timeout(0)`): the 8th batch of
+/// 3000 coroutines takes far longer than the first. Measured (debug, 5000
+/// per batch): first batch 1.9 s, tenth 18.1 s; it keeps growing linearly.
+#[test]
+#[ignore = "reproduces: futex hook's per-thread idle list leaks one entry per coroutine (O(n) parker waits)"]
+fn parker_idle_list_grows_with_dead_coroutines() {
+    child(
+        "parker_idle_list_grows_with_dead_coroutines",
+        Duration::from_secs(120),
+        || {
+            let batch = || {
+                let t = Instant::now();
+                for _ in 0..3000 {
+                    moss::spawn(|| std::thread::park_timeout(Duration::ZERO))
+                        .join()
+                        .unwrap();
+                }
+                t.elapsed()
+            };
+            let first = batch();
+            let mut last = first;
+            for _ in 0..7 {
+                last = batch();
+            }
+            println!("first batch {first:?}, eighth batch {last:?}");
+            assert!(
+                last < first * 4,
+                "parker waits slow down with the number of dead coroutines: first {first:?}, eighth {last:?}"
+            );
+        },
+    );
+}
+
+/// `std::process::Command` with a `pre_exec` hook forks (no posix_spawn).
+/// The forked child, before exec, is a copy of the calling coroutine with
+/// the parent's hub still in its thread-locals: a hooked blocking call in
+/// `pre_exec` (here `std::thread::sleep`, async-signal-safe nanosleep) parks
+/// that copy and runs the *parent's other coroutines* in the child, on the
+/// parent's shared epoll instance. Their side effects happen twice.
+///
+/// Expected: only the parent's pid ever writes a tick. Got: ticks written
+/// by the child's pid (the parent's ticker coroutine ran in the child for
+/// the 150 ms of the sleep).
+#[test]
+#[ignore = "reproduces: hooked call in Command::pre_exec runs the parent's coroutines in the forked child"]
+fn pre_exec_sleep_runs_parent_coroutines_in_child() {
+    child(
+        "pre_exec_sleep_runs_parent_coroutines_in_child",
+        Duration::from_secs(20),
+        || {
+            let (mut r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+            let ticker = moss::spawn(move || {
+                use std::io::Write;
+                let mut w = w;
+                loop {
+                    moss::sleep(Duration::from_millis(5));
+                    // SAFETY: getpid has no preconditions.
+                    let pid = unsafe { libc::getpid() };
+                    w.write_all(&pid.to_le_bytes()).unwrap();
+                }
+            });
+            let st = moss::spawn(|| {
+                // SAFETY: the hook only sleeps (nanosleep is async-signal-safe).
+                unsafe {
+                    std::process::Command::new("true")
+                        .pre_exec(|| {
+                            std::thread::sleep(Duration::from_millis(150));
+                            Ok(())
+                        })
+                        .status()
+                }
+            })
+            .join()
+            .unwrap()
+            .unwrap();
+            assert!(st.success());
+            ticker.kill();
+            r.set_nonblocking(true).unwrap();
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            // SAFETY: getpid has no preconditions.
+            let me = unsafe { libc::getpid() };
+            let foreign: Vec<i32> = buf
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                .filter(|&p| p != me)
+                .collect();
+            assert!(
+                foreign.is_empty(),
+                "{} ticks came from another process (the pre_exec child ran our coroutines): {:?}",
+                foreign.len(),
+                &foreign[..foreign.len().min(5)]
+            );
+        },
+    );
+}
+
+/// A raw `libc::fork()` from a coroutine (gevent's `os.fork` use case):
+/// the child keeps the parent's hub, whose epoll instance is *shared* with
+/// the parent. When the child blocks in a hooked call, its hub loop runs
+/// `epoll_wait` on the shared instance and consumes edge-triggered events
+/// meant for the parent: here the child's copy of a reader coroutine gets
+/// the readiness event and reads the parent's data; the parent's reader
+/// never wakes (hang).
+///
+/// Expected: the parent's reader gets "hello" (gevent re-initialises the
+/// loop in a forked child, so the child never touches the parent's events).
+/// Got: the parent's reader hangs (the child printed that it read "hello").
+#[test]
+#[ignore = "reproduces: a libc::fork child runs the inherited hub on the shared epoll and steals the parent's I/O"]
+fn raw_fork_child_steals_parent_io_events() {
+    child(
+        "raw_fork_child_steals_parent_io_events",
+        Duration::from_secs(20),
+        || {
+            let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let reader = moss::spawn(move || {
+                let mut buf = [0u8; 5];
+                a.read_exact(&mut buf).unwrap();
+                // SAFETY: getpid has no preconditions.
+                eprintln!("pid {} read {:?}", unsafe { libc::getpid() }, &buf);
+                buf
+            });
+            util::until_parked(reader.id());
+            let forker = moss::spawn(|| {
+                // SAFETY: the child only sleeps (hooked) and _exits.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    std::thread::sleep(Duration::from_millis(300));
+                    // SAFETY: ends the child without running the parent's atexit.
+                    unsafe { libc::_exit(0) };
+                }
+                pid
+            });
+            let pid = forker.join().unwrap();
+            // A plain thread writes while this process's hub is not polling
+            // (the root blocks in a raw, unhooked nanosleep).
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                use std::io::Write;
+                (&b).write_all(b"hello").unwrap();
+                b
+            });
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 200_000_000,
+            };
+            // SAFETY: raw nanosleep with a valid timespec (not hooked).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_nanosleep,
+                    &ts,
+                    std::ptr::null_mut::<libc::timespec>(),
+                )
+            };
+            let _b = writer.join().unwrap();
+            let mut st = 0;
+            // SAFETY: our child.
+            unsafe { libc::waitpid(pid, &mut st, 0) };
+            match reader.join_timeout(Duration::from_secs(2)) {
+                Ok(r) => assert_eq!(&r.unwrap(), b"hello"),
+                Err(_) => panic!("the parent's reader never got the data the child's hub took"),
+            }
+        },
+    );
+}

@@ -1,0 +1,347 @@
+//! Attacks on `moss::sync` (RLock, Condvar, Barrier, RwLock, OnceCell, the
+//! queues' give-back) and on `moss::block_on`.
+
+mod util;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn child(case: &str, limit: Duration, body: impl FnOnce()) {
+    if util::in_child(case) {
+        let _wd = util::watchdog(case, limit);
+        body();
+        println!("CHILD-OK");
+        return;
+    }
+    let r = util::run_in_child(case, limit + Duration::from_secs(10));
+    assert!(
+        r.success() && r.stdout.contains("CHILD-OK"),
+        "{case} failed in its child: {r:#?}"
+    );
+}
+
+/// A value whose destructor blocks cooperatively (think a `BufWriter` over
+/// a moss socket flushing, or a pool handle joining its workers).
+struct SleepsOnDrop(Rc<Cell<bool>>);
+
+impl Drop for SleepsOnDrop {
+    fn drop(&mut self) {
+        moss::sleep(Duration::from_millis(10));
+        self.0.set(true);
+    }
+}
+
+/// The result of a detached coroutine (its JoinHandle dropped) is dropped
+/// by the hub loop when the coroutine finishes (end of `Hub::resume`), on
+/// the root's stack while the root is parked. A destructor that blocks
+/// there parks "the root" a second time from inside the hub loop.
+///
+/// Expected: the drop runs somewhere it may block (or fails clearly).
+/// Got, debug: `panicked at runtime/src/task/state.rs:168:9: park from
+/// Parked` out of the hub loop. Release: no check; the nested park ends
+/// the root's own park early (see the two tests below).
+#[test]
+#[ignore = "reproduces: blocking Drop of a detached coroutine's result parks the root inside the hub loop (debug: 'park from Parked')"]
+fn detached_result_with_a_blocking_drop() {
+    child(
+        "detached_result_with_a_blocking_drop",
+        Duration::from_secs(20),
+        || {
+            let dropped = Rc::new(Cell::new(false));
+            let d = dropped.clone();
+            moss::run(move || {
+                drop(moss::spawn(move || SleepsOnDrop(d)));
+                moss::sleep(Duration::from_millis(50));
+            });
+            assert!(dropped.get());
+        },
+    );
+}
+
+/// As above with a moss `Mutex` held by another coroutine of the thread.
+/// Debug: "park from Parked", then the unwind drops the queued waiter:
+/// `moss: a sync waiter was dropped while still queued; aborting` (SIGABRT).
+#[test]
+#[ignore = "reproduces: contended moss Mutex in a detached result's Drop aborts (debug) 'a sync waiter was dropped while still queued'"]
+fn detached_result_drop_takes_a_contended_lock() {
+    child(
+        "detached_result_drop_takes_a_contended_lock",
+        Duration::from_secs(20),
+        || {
+            struct LocksOnDrop(Arc<moss::sync::Mutex<u32>>);
+            impl Drop for LocksOnDrop {
+                fn drop(&mut self) {
+                    *self.0.lock() += 1;
+                }
+            }
+            let m = Arc::new(moss::sync::Mutex::new(0));
+            let m2 = m.clone();
+            let holder = moss::spawn(move || {
+                let _g = m2.lock();
+                moss::sleep(Duration::from_millis(30));
+            });
+            moss::yield_now();
+            let m3 = m.clone();
+            drop(moss::spawn(move || LocksOnDrop(m3)));
+            holder.join().unwrap();
+            moss::wait();
+            assert_eq!(*m.lock(), 1);
+        },
+    );
+}
+
+/// Release-build consequence of the nested park above: the root's own
+/// `sleep(300 ms)` returns after the 10 ms of the destructor's sleep.
+#[test]
+#[ignore = "reproduces: (release) a blocking Drop of a detached result cuts the root's sleep short"]
+fn detached_result_drop_cuts_the_roots_sleep_short() {
+    child(
+        "detached_result_drop_cuts_the_roots_sleep_short",
+        Duration::from_secs(20),
+        || {
+            let dropped = Rc::new(Cell::new(false));
+            let d = dropped.clone();
+            drop(moss::spawn(move || SleepsOnDrop(d)));
+            let t = Instant::now();
+            moss::sleep(Duration::from_millis(300));
+            let slept = t.elapsed();
+            assert!(
+                slept >= Duration::from_millis(290),
+                "root's sleep cut short: {slept:?}"
+            );
+        },
+    );
+}
+
+/// Release-build consequence: the root blocked in `Queue::get()` (no
+/// deadline) comes back as if it had left the queue, and `get` hits its
+/// `unreachable!("no deadline, never closed")`.
+#[test]
+#[ignore = "reproduces: (release) a blocking Drop of a detached result makes the root's Queue::get panic 'unreachable'"]
+fn detached_result_drop_breaks_the_roots_queue_get() {
+    child(
+        "detached_result_drop_breaks_the_roots_queue_get",
+        Duration::from_secs(20),
+        || {
+            let q = Rc::new(moss::sync::Queue::<u32>::new(1));
+            let dropped = Rc::new(Cell::new(false));
+            let d = dropped.clone();
+            drop(moss::spawn(move || SleepsOnDrop(d)));
+            let q2 = q.clone();
+            moss::spawn(move || {
+                moss::sleep(Duration::from_millis(100));
+                q2.put(7);
+            });
+            assert_eq!(q.get(), 7);
+        },
+    );
+}
+
+/// `OnceCell::get_or_init` from its own initializer panics with a clear
+/// message (documented); `OnceCell::wait` from its own initializer waits
+/// for itself forever instead.
+#[test]
+#[ignore = "reproduces: OnceCell::wait inside its own initializer hangs (get_or_init panics clearly)"]
+fn once_cell_wait_inside_own_initializer() {
+    child(
+        "once_cell_wait_inside_own_initializer",
+        Duration::from_secs(5),
+        || {
+            let cell = Rc::new(moss::sync::OnceCell::<u32>::new());
+            let c = cell.clone();
+            let h = moss::spawn(move || *c.get_or_init(|| *c.wait() + 1));
+            let r = h.join();
+            assert!(
+                r.as_ref().is_err_and(|e| e.is_panic()),
+                "expected a clear panic, got {r:?}"
+            );
+        },
+    );
+}
+
+/// Rendezvous semantics after killed receivers, many rounds: every `send`
+/// returns only once a `recv` took a value, and values arrive in order.
+#[test]
+fn rendezvous_after_many_killed_receivers() {
+    let _wd = util::watchdog("rendezvous", Duration::from_secs(30));
+    moss::run(|| {
+        let (tx, rx) = moss::sync::bounded::<u32>(0);
+        let rx = Rc::new(rx);
+        let mut expect = Vec::new();
+        let mut got = Vec::new();
+        for round in 0..200u32 {
+            // A receiver parks, is handed a value, is killed before it runs.
+            let r1 = {
+                let rx = rx.clone();
+                moss::spawn(move || rx.recv())
+            };
+            util::until_parked(r1.id());
+            tx.try_send(round * 2).unwrap();
+            r1.kill();
+            expect.push(round * 2);
+            // A sender must now wait for a recv.
+            let sent = Rc::new(Cell::new(false));
+            let s = sent.clone();
+            let t = tx.clone();
+            let sh = moss::spawn(move || {
+                t.send(round * 2 + 1).unwrap();
+                s.set(true);
+            });
+            util::until_parked(sh.id());
+            assert!(!sent.get(), "round {round}: send returned before any recv");
+            assert!(
+                rx.len() == 0,
+                "round {round}: rendezvous buffered {}",
+                rx.len()
+            );
+            got.push(rx.recv().unwrap()); // the given-back value first
+            expect.push(round * 2 + 1);
+            got.push(rx.recv().unwrap());
+            sh.join().unwrap();
+            assert!(sent.get());
+        }
+        assert_eq!(got, expect);
+    });
+}
+
+/// A waker kept by a future after `block_on` returned, woken from another
+/// thread while the same coroutine sleeps: the sleep must not be cut
+/// short, and the hub must stay healthy.
+#[test]
+fn block_on_late_wake_does_not_cut_a_sleep() {
+    let _wd = util::watchdog("late wake", Duration::from_secs(30));
+    let kept: Arc<std::sync::Mutex<Option<std::task::Waker>>> = Default::default();
+    let k = kept.clone();
+    let h = moss::spawn(move || {
+        let mut first = true;
+        moss::block_on(std::future::poll_fn(|cx| {
+            *k.lock().unwrap() = Some(cx.waker().clone());
+            if first {
+                first = false;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        }));
+        let t = Instant::now();
+        moss::sleep(Duration::from_millis(300));
+        t.elapsed()
+    });
+    let w = kept.clone();
+    let waker_thread = std::thread::spawn(move || {
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(4));
+            if let Some(w) = w.lock().unwrap().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    });
+    let slept = h.join().unwrap();
+    waker_thread.join().unwrap();
+    assert!(
+        slept >= Duration::from_millis(290),
+        "sleep cut short: {slept:?}"
+    );
+}
+
+/// Many threads wake many `block_on`s of one hub (async-channel), with
+/// coroutines killed at random points: every item is received exactly once
+/// or was never taken from the channel.
+#[test]
+fn block_on_cross_thread_stress_with_kills() {
+    let _wd = util::watchdog("block_on stress", Duration::from_secs(60));
+    const PER: usize = 20_000;
+    const THREADS: usize = 4;
+    let (tx, rx) = async_channel::bounded::<usize>(16);
+    let producers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for i in 0..PER {
+                    futures::executor::block_on(tx.send(t * PER + i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let seen = Rc::new(std::cell::RefCell::new(vec![0u8; THREADS * PER]));
+    let total = Arc::new(AtomicUsize::new(0));
+    let mut consumers = Vec::new();
+    let mut round = 0u64;
+    loop {
+        // Keep 8 consumers alive; kill one now and then.
+        while consumers.len() < 8 {
+            let rx = rx.clone();
+            let seen = seen.clone();
+            let total = total.clone();
+            consumers.push(moss::spawn(move || {
+                while let Ok(v) = moss::block_on(rx.recv()) {
+                    seen.borrow_mut()[v] += 1;
+                    total.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        round += 1;
+        moss::sleep(Duration::from_micros(200));
+        if round % 3 == 0 {
+            let victim = consumers.swap_remove((round as usize / 3) % consumers.len());
+            victim.kill();
+        }
+        if consumers.iter().all(|c| c.is_finished())
+            || producers.iter().all(|p| p.is_finished()) && rx.is_empty()
+        {
+            break;
+        }
+    }
+    for p in producers {
+        p.join().unwrap();
+    }
+    for c in consumers {
+        let _ = c.join();
+    }
+    while let Ok(v) = rx.try_recv() {
+        seen.borrow_mut()[v] += 1;
+        total.fetch_add(1, Ordering::Relaxed);
+    }
+    let seen = seen.borrow();
+    let dup = seen.iter().filter(|&&c| c > 1).count();
+    let lost = seen.iter().filter(|&&c| c == 0).count();
+    assert_eq!((dup, lost), (0, 0), "duplicated or lost items");
+}
+
+/// A future that blocks in its destructor (async cleanup through
+/// `block_on`), dropped while its coroutine is killed out of `block_on`.
+#[test]
+fn block_on_in_drop_during_kill_unwind() {
+    child(
+        "block_on_in_drop_during_kill_unwind",
+        Duration::from_secs(20),
+        || {
+            let (tx, rx) = futures::channel::oneshot::channel::<u32>();
+            let rx = Rc::new(Cell::new(Some(rx)));
+            struct Cleanup(Rc<Cell<Option<futures::channel::oneshot::Receiver<u32>>>>);
+            impl Drop for Cleanup {
+                fn drop(&mut self) {
+                    let rx = self.0.take().unwrap();
+                    assert_eq!(moss::block_on(rx), Ok(9));
+                }
+            }
+            let r2 = rx.clone();
+            let h = moss::spawn(move || {
+                let _c = Cleanup(r2);
+                moss::block_on(std::future::pending::<()>());
+            });
+            util::until_parked(h.id());
+            moss::spawn(move || {
+                moss::sleep(Duration::from_millis(20));
+                tx.send(9).unwrap();
+            });
+            h.kill();
+            assert!(h.join().unwrap_err().is_killed());
+        },
+    );
+}
