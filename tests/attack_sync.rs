@@ -345,3 +345,66 @@ fn block_on_in_drop_during_kill_unwind() {
         },
     );
 }
+
+/// Barrier(n) shared by coroutines of 6 hubs and 2 plain threads, all with
+/// random `wait_timeout`s (withdrawn arrivals): every trip releases exactly
+/// n parties, one of them the leader, so the successful waits are exactly
+/// n times the leaders; and nothing hangs.
+#[test]
+fn barrier_trips_are_whole_across_hubs_with_timeouts() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let _wd = util::watchdog("barrier stress", Duration::from_secs(120));
+    const N: usize = 5;
+    let b = Arc::new(moss::sync::Barrier::new(N));
+    let ok = Arc::new(AtomicU64::new(0));
+    let leaders = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = {
+        let (ok, leaders) = (ok.clone(), leaders.clone());
+        move |r: Result<moss::sync::BarrierWaitResult, moss::sync::Timeout>| {
+            if let Ok(r) = r {
+                ok.fetch_add(1, Ordering::SeqCst);
+                if r.is_leader() {
+                    leaders.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    };
+    let mut threads = Vec::new();
+    for t in 0..8u64 {
+        let (b, stop, record) = (b.clone(), stop.clone(), record.clone());
+        threads.push(std::thread::spawn(move || {
+            if t >= 6 {
+                // A plain thread (its waits block the thread).
+                while !stop.load(Ordering::SeqCst) {
+                    record(b.wait_timeout(Duration::from_micros(300 + t * 500)));
+                }
+                return;
+            }
+            moss::run(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let hs: Vec<_> = (0..4)
+                        .map(|k| {
+                            let (b, record) = (b.clone(), record.clone());
+                            let d = Duration::from_micros(20 + ((i * 4 + k) * 37 + t * 11) % 700);
+                            moss::spawn(move || record(b.wait_timeout(d)))
+                        })
+                        .collect();
+                    for h in hs {
+                        h.join().unwrap();
+                    }
+                    i += 1;
+                }
+            });
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (ok, leaders) = (ok.load(Ordering::SeqCst), leaders.load(Ordering::SeqCst));
+    assert!(leaders > 10, "too few trips to mean anything: {leaders}");
+    assert_eq!(ok, leaders * N as u64, "successful waits vs leaders x {N}");
+}
