@@ -408,3 +408,67 @@ fn barrier_trips_are_whole_across_hubs_with_timeouts() {
     assert!(leaders > 10, "too few trips to mean anything: {leaders}");
     assert_eq!(ok, leaders * N as u64, "successful waits vs leaders x {N}");
 }
+
+/// Serial getters over Queue(cap) / JoinableQueue(cap), randomly killed
+/// (while parked, after being handed an item but before running, or
+/// after they got it), against a producer that blocks when full: the
+/// items that reach getters are exactly 0..N in order, `len()` never
+/// exceeds the capacity, and a joinable queue's count ends at 0.
+#[test]
+fn give_back_keeps_fifo_order_and_capacity() {
+    let _wd = util::watchdog("give-back model", Duration::from_secs(60));
+    for cap in [1usize, 2, 3, 5] {
+        for seed in 1..=20u64 {
+            moss::run(move || {
+                const N: u32 = 300;
+                let q = Rc::new(moss::sync::JoinableQueue::<u32>::new(cap));
+                let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut next = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                let yields: Vec<u64> = (0..N).map(|_| next() % 3).collect();
+                let p = {
+                    let q = q.clone();
+                    moss::spawn(move || {
+                        for i in 0..N {
+                            q.put(i);
+                            for _ in 0..yields[i as usize] {
+                                moss::yield_now();
+                            }
+                        }
+                    })
+                };
+                let mut got = Vec::new();
+                while got.len() < N as usize {
+                    let g = {
+                        let q = q.clone();
+                        moss::spawn(move || q.get())
+                    };
+                    for _ in 0..next() % 3 {
+                        moss::yield_now();
+                        assert!(q.len() <= cap, "len {} > cap {cap}", q.len());
+                    }
+                    if next() % 3 == 0 {
+                        g.kill();
+                    }
+                    match g.join() {
+                        Ok(v) => {
+                            got.push(v);
+                            q.task_done().unwrap();
+                        }
+                        Err(e) => assert!(e.is_killed()),
+                    }
+                    assert!(q.len() <= cap, "len {} > cap {cap}", q.len());
+                }
+                p.join().unwrap();
+                let want: Vec<u32> = (0..N).collect();
+                assert_eq!(got, want, "cap {cap} seed {seed}");
+                assert!(q.is_empty());
+                assert!(q.join_timeout(Duration::ZERO), "unfinished tasks left");
+            });
+        }
+    }
+}
