@@ -169,3 +169,42 @@ fn idle_std_receivers_burn_cpu() {
         assert!(share < 0.10, "idle receivers used {:.0}% of a core", share * 100.0);
     });
 }
+
+/// N coroutines of one hub contend one std Mutex held across a yield: each
+/// hand-off scans the futex bucket's whole waiter list twice
+/// (`take_waiters`' retain, the woken waiter's `position`), so N lock
+/// hand-offs cost O(N^2). Time for 4N against N.
+#[test]
+#[ignore = "reproduces: futex hook wait table is O(waiters) per wake: N contenders on one std Mutex cost O(N^2)"]
+fn std_mutex_contention_scales_quadratically() {
+    child(
+        "std_mutex_contention_scales_quadratically",
+        Duration::from_secs(240),
+        || {
+            let run = |n: usize| {
+                let m = Arc::new(Mutex::new(0u64));
+                let t = std::time::Instant::now();
+                let hs: Vec<_> = (0..n)
+                    .map(|_| {
+                        let m = m.clone();
+                        moss::spawn(move || {
+                            let mut g = m.lock().unwrap();
+                            moss::yield_now(); // the others queue on the futex
+                            *g += 1;
+                        })
+                    })
+                    .collect();
+                for r in moss::join_all(hs) {
+                    r.unwrap();
+                }
+                assert_eq!(*m.lock().unwrap(), n as u64);
+                t.elapsed()
+            };
+            let small = run(5_000);
+            let big = run(20_000);
+            println!("5000 contenders: {small:?}; 20000: {big:?}");
+            // Linear would be ~4x; allow 8x.
+            assert!(big < small * 8, "5000: {small:?}, 20000: {big:?}");
+        },
+    );
+}
