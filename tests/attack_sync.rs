@@ -472,3 +472,25 @@ fn give_back_keeps_fifo_order_and_capacity() {
         }
     }
 }
+
+/// A *first* cancellation (kill) that arrives while the coroutine unwinds
+/// from an ordinary panic, inside a destructor that sleeps: DESIGN says a
+/// cancellation arriving during an unwind is never delivered as a second
+/// unwind. (Variant of the known "second cancellation" abort: here the
+/// first unwind is a panic.)
+#[test]
+#[ignore = "reproduces: kill during a panic unwind's blocking destructor aborts the process"]
+fn kill_during_a_panic_unwind() {
+    child("kill_during_a_panic_unwind", Duration::from_secs(10), || {
+        let dropped = Rc::new(Cell::new(false));
+        let d = dropped.clone();
+        let h = moss::spawn(move || {
+            let _s = SleepsOnDrop(d);
+            panic!("boom");
+        });
+        util::until_parked(h.id());
+        h.kill();
+        let e = h.join().unwrap_err();
+        assert!(e.is_panic() || e.is_killed());
+    });
+}
