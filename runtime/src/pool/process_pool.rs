@@ -40,6 +40,10 @@
 //!   format: serde features that need a self-describing one (untagged
 //!   enums, `flatten`, `serde_json::Value`) fail with
 //!   [`PoolError::Serialize`].
+//! * Frames carry a `u32` length: arguments (or a chunk of `map` items)
+//!   that serialize to 4 GiB or more fail with [`PoolError::Io`]
+//!   (`InvalidInput`) before anything is sent, and a result that large
+//!   comes back as [`PoolError::Serialize`].
 //! * [`map`](ProcessPool::map) sends items in chunks (about four per worker,
 //!   as Python does), each chunk one task.
 //!

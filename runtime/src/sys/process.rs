@@ -139,6 +139,37 @@ pub(crate) fn is_gone(pid: libc::pid_t) -> bool {
                 .and_then(|i| stat.get(i + 2));
             matches!(state, Some(b'Z' | b'X'))
         }
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        // Gone from /proc, unless /proc itself is missing (not mounted).
+        Err(e) => {
+            e.kind() == std::io::ErrorKind::NotFound
+                && std::path::Path::new("/proc/self/stat").exists()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_gone_sees_live_zombie_and_reaped_processes() {
+        assert!(!is_gone(std::process::id() as libc::pid_t));
+        // SAFETY: the child only calls `_exit`, which is async-signal-safe,
+        // so forking this multithreaded test process is sound.
+        let pid = match unsafe { fork() }.unwrap() {
+            Forked::Child => exit_now(0),
+            Forked::Parent(pid) => pid,
+        };
+        // Exited, not yet reaped: a zombie.
+        let t = std::time::Instant::now();
+        while !is_gone(pid) {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "child never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(try_wait(pid).unwrap(), Some(Exit::Code(0)));
+        assert!(is_gone(pid));
     }
 }
