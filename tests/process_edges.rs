@@ -323,3 +323,64 @@ fn a_producer_killed_mid_item_fails_the_consumer() {
     }
     in_child_ok(CASE, Duration::from_secs(30));
 }
+
+/// A large item between a coroutine and a plain thread that never used
+/// moss (it waits in `poll`, having no hub), both ways.
+#[test]
+fn a_plain_thread_and_a_coroutine_exchange_large_items() {
+    let _wd = util::watchdog("plain thread and coroutine", Duration::from_secs(60));
+    let q = Arc::new(ProcessQueue::<Vec<u8>>::new(1).unwrap());
+    let item = vec![6u8; 8 << 20];
+    let t = {
+        let (q, item) = (q.clone(), item.clone());
+        std::thread::spawn(move || {
+            let got = q.get();
+            q.put(item);
+            got
+        })
+    };
+    let producer = {
+        let (q, item) = (q.clone(), item.clone());
+        moss::spawn(move || q.put(item))
+    };
+    producer.join().unwrap();
+    // The thread's put needs this reader while it writes.
+    let back = q.get();
+    assert!(t.join().unwrap() == item);
+    assert!(back == item);
+}
+
+/// With no fd left for a registration, waits in the middle of an item nap
+/// on a timer and retry instead of blocking the thread: a put and a get of
+/// a large item between two coroutines of one thread still complete.
+#[test]
+fn items_cross_between_coroutines_of_one_thread_with_no_fd_left() {
+    const CASE: &str = "items_cross_between_coroutines_of_one_thread_with_no_fd_left";
+    if util::in_child(CASE) {
+        let q = Rc::new(ProcessQueue::<Vec<u8>>::new(1).unwrap());
+        moss::yield_now(); // the hub's own fds first
+        // Use up every free fd number below a low limit.
+        let limit = 64;
+        let lim = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: a valid rlimit; lowering our own limit is always allowed.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+        let mut hog = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            hog.push(f);
+        }
+        let item = vec![8u8; 4 << 20];
+        let producer = {
+            let (q, item) = (q.clone(), item.clone());
+            moss::spawn(move || q.put(item))
+        };
+        let got = q.get();
+        producer.join().unwrap();
+        assert!(got == item);
+        drop(hog);
+        return;
+    }
+    in_child_ok(CASE, Duration::from_secs(60));
+}
