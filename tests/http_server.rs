@@ -486,6 +486,35 @@ fn slowloris_gets_408_at_the_deadline() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_dropped() {
+    let timeout = Duration::from_secs(2);
+    let srv = start_with(Config {
+        timeout,
+        ..Config::default()
+    });
+    // 64 MB asked for, none read, the socket kept open: the server's
+    // writes stall, and it gives up on the connection.
+    let mut s = raw(srv.addr);
+    s.write_all(b"GET /bytes/67108864 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // (Accepted first: the drop must not be mistaken for "not yet there".)
+    srv.until_connections(1, Duration::from_secs(20));
+    srv.until_connections(0, Duration::from_secs(30));
+    // What the kernel buffered, then the end: the body was cut short.
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("a clean close after the buffered part");
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(
+        got.len() < 64 << 20,
+        "{} bytes: the whole body was sent",
+        got.len()
+    );
+    let (r, _) = one(srv.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
 fn clients_that_vanish_mid_request() {
     let srv = start();
     for req in [

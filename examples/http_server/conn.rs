@@ -12,6 +12,8 @@
 //!   [`MAX_HEADERS`](super::request::MAX_HEADERS) fields: 431. A body
 //!   (declared or, when chunked, as it arrives) longer than `max_body`: 413,
 //!   sent before the body is read. Malformed: 400.
+//! * A write that makes no progress for `timeout` (a client that stopped
+//!   reading) ends the connection.
 //! * After an error response the connection closes the way
 //!   `common/linger.rs` describes, so the response is not lost.
 
@@ -97,6 +99,11 @@ struct Conn {
 impl Conn {
     fn new(s: TcpStream, cfg: Config) -> Conn {
         let _ = s.set_nodelay(true);
+        // A client that stops reading its response (a slow-read attack, or
+        // one that vanished without a reset) is dropped once a write makes
+        // no progress for `timeout`. The timer exists only while a write
+        // waits.
+        let _ = s.set_write_timeout(Some(cfg.timeout));
         Conn {
             s,
             cfg,
