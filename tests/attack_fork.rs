@@ -46,9 +46,8 @@ fn children_forked_while_pools_are_busy() {
                                     if (t + c) % 2 == 0 {
                                         n += pool.apply(|| 1u64).unwrap();
                                     } else {
-                                        n += moss::net::lookup_host("localhost:80")
-                                            .unwrap()
-                                            .count() as u64;
+                                        n += moss::net::lookup_host("localhost:80").unwrap().count()
+                                            as u64;
                                     }
                                 }
                                 n

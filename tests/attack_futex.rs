@@ -31,97 +31,116 @@ fn child(case: &str, limit: Duration, body: impl FnOnce()) {
 /// timed waits: exact counts, every item exactly once, no hang.
 #[test]
 fn std_sync_mixed_waiters_stress() {
-    child("std_sync_mixed_waiters_stress", Duration::from_secs(120), || {
-        const PER: u64 = 5000;
-        let counter = Arc::new(Mutex::new(0u64));
-        let rw = Arc::new(RwLock::new(0u64));
-        let buf = Arc::new((Mutex::new(VecDeque::<u64>::new()), Condvar::new(), Condvar::new()));
-        let got = Arc::new(Mutex::new(Vec::<u64>::new()));
-        let produced = Arc::new(AtomicU64::new(0));
-        let work = {
-            let (counter, rw, buf, got, produced) =
-                (counter.clone(), rw.clone(), buf.clone(), got.clone(), produced.clone());
-            move |who: u64, in_coroutine: bool| {
-                for i in 0..PER {
-                    {
-                        let mut g = counter.lock().unwrap();
-                        *g += 1;
-                        if i % 97 == 0 {
-                            if in_coroutine {
-                                moss::sleep(Duration::from_micros(200));
-                            } else {
-                                std::thread::yield_now();
+    child(
+        "std_sync_mixed_waiters_stress",
+        Duration::from_secs(120),
+        || {
+            const PER: u64 = 5000;
+            let counter = Arc::new(Mutex::new(0u64));
+            let rw = Arc::new(RwLock::new(0u64));
+            let buf = Arc::new((
+                Mutex::new(VecDeque::<u64>::new()),
+                Condvar::new(),
+                Condvar::new(),
+            ));
+            let got = Arc::new(Mutex::new(Vec::<u64>::new()));
+            let produced = Arc::new(AtomicU64::new(0));
+            let work = {
+                let (counter, rw, buf, got, produced) = (
+                    counter.clone(),
+                    rw.clone(),
+                    buf.clone(),
+                    got.clone(),
+                    produced.clone(),
+                );
+                move |who: u64, in_coroutine: bool| {
+                    for i in 0..PER {
+                        {
+                            let mut g = counter.lock().unwrap();
+                            *g += 1;
+                            if i % 97 == 0 {
+                                if in_coroutine {
+                                    moss::sleep(Duration::from_micros(200));
+                                } else {
+                                    std::thread::yield_now();
+                                }
                             }
                         }
-                    }
-                    if i % 5 == 0 {
-                        *rw.write().unwrap() += 1;
-                    } else {
-                        let _r = *rw.read().unwrap();
-                    }
-                    // Producers: even `who`; consumers: odd.
-                    let (m, not_full, not_empty) = &*buf;
-                    if who % 2 == 0 {
-                        let mut q = m.lock().unwrap();
-                        while q.len() >= 4 {
-                            q = not_full.wait_timeout(q, Duration::from_millis(3)).unwrap().0;
+                        if i % 5 == 0 {
+                            *rw.write().unwrap() += 1;
+                        } else {
+                            let _r = *rw.read().unwrap();
                         }
-                        q.push_back(who * PER + i);
-                        produced.fetch_add(1, Ordering::SeqCst);
-                        drop(q);
-                        not_empty.notify_one();
-                    } else {
-                        let mut q = m.lock().unwrap();
-                        loop {
-                            if let Some(v) = q.pop_front() {
-                                drop(q);
-                                not_full.notify_one();
-                                got.lock().unwrap().push(v);
-                                break;
+                        // Producers: even `who`; consumers: odd.
+                        let (m, not_full, not_empty) = &*buf;
+                        if who % 2 == 0 {
+                            let mut q = m.lock().unwrap();
+                            while q.len() >= 4 {
+                                q = not_full
+                                    .wait_timeout(q, Duration::from_millis(3))
+                                    .unwrap()
+                                    .0;
                             }
-                            q = not_empty.wait_timeout(q, Duration::from_millis(3)).unwrap().0;
+                            q.push_back(who * PER + i);
+                            produced.fetch_add(1, Ordering::SeqCst);
+                            drop(q);
+                            not_empty.notify_one();
+                        } else {
+                            let mut q = m.lock().unwrap();
+                            loop {
+                                if let Some(v) = q.pop_front() {
+                                    drop(q);
+                                    not_full.notify_one();
+                                    got.lock().unwrap().push(v);
+                                    break;
+                                }
+                                q = not_empty
+                                    .wait_timeout(q, Duration::from_millis(3))
+                                    .unwrap()
+                                    .0;
+                            }
                         }
                     }
                 }
+            };
+            let mut threads = Vec::new();
+            for h in 0..3u64 {
+                let work = work.clone();
+                threads.push(std::thread::spawn(move || {
+                    moss::run(move || {
+                        let hs: Vec<_> = (0..6u64)
+                            .map(|c| {
+                                let work = work.clone();
+                                moss::spawn(move || work(h * 6 + c, true))
+                            })
+                            .collect();
+                        for r in moss::join_all(hs) {
+                            r.unwrap();
+                        }
+                    })
+                }));
             }
-        };
-        let mut threads = Vec::new();
-        for h in 0..3u64 {
-            let work = work.clone();
-            threads.push(std::thread::spawn(move || {
-                moss::run(move || {
-                    let hs: Vec<_> = (0..6u64)
-                        .map(|c| {
-                            let work = work.clone();
-                            moss::spawn(move || work(h * 6 + c, true))
-                        })
-                        .collect();
-                    for r in moss::join_all(hs) {
-                        r.unwrap();
-                    }
-                })
-            }));
-        }
-        for t in 0..4u64 {
-            let work = work.clone();
-            threads.push(std::thread::spawn(move || work(18 + t, false)));
-        }
-        for t in threads {
-            t.join().unwrap();
-        }
-        let parties = 22u64;
-        assert_eq!(*counter.lock().unwrap(), parties * PER);
-        assert_eq!(*rw.read().unwrap(), parties * PER / 5);
-        let mut got = got.lock().unwrap().clone();
-        got.sort_unstable();
-        let mut want: Vec<u64> = (0..parties)
-            .filter(|w| w % 2 == 0)
-            .flat_map(|w| (0..PER).map(move |i| w * PER + i))
-            .collect();
-        want.sort_unstable();
-        assert_eq!(got.len(), want.len());
-        assert!(got == want, "items lost or duplicated");
-    });
+            for t in 0..4u64 {
+                let work = work.clone();
+                threads.push(std::thread::spawn(move || work(18 + t, false)));
+            }
+            for t in threads {
+                t.join().unwrap();
+            }
+            let parties = 22u64;
+            assert_eq!(*counter.lock().unwrap(), parties * PER);
+            assert_eq!(*rw.read().unwrap(), parties * PER / 5);
+            let mut got = got.lock().unwrap().clone();
+            got.sort_unstable();
+            let mut want: Vec<u64> = (0..parties)
+                .filter(|w| w % 2 == 0)
+                .flat_map(|w| (0..PER).map(move |i| w * PER + i))
+                .collect();
+            want.sort_unstable();
+            assert_eq!(got.len(), want.len());
+            assert!(got == want, "items lost or duplicated");
+        },
+    );
 }
 
 fn cpu_time() -> Duration {
@@ -142,32 +161,43 @@ fn cpu_time() -> Duration {
 #[test]
 #[ignore = "reproduces: 2000 coroutines idle in std mpsc recv burn most of a core (16 ms re-check timers + linear idle-list scans)"]
 fn idle_std_receivers_burn_cpu() {
-    child("idle_std_receivers_burn_cpu", Duration::from_secs(60), || {
-        let mut senders = Vec::new();
-        let mut hs = Vec::new();
-        for _ in 0..2000 {
-            let (tx, rx) = std::sync::mpsc::channel::<u32>();
-            senders.push(tx);
-            hs.push(moss::spawn(move || rx.recv().unwrap()));
-        }
-        moss::sleep(Duration::from_millis(500)); // all parked, back-off at its cap
-        let (c0, t0) = (cpu_time(), std::time::Instant::now());
-        moss::sleep(Duration::from_secs(2));
-        let (cpu, wall) = (cpu_time() - c0, t0.elapsed());
-        // Feed them from another thread so they finish.
-        let t = std::thread::spawn(move || {
-            for (i, tx) in senders.into_iter().enumerate() {
-                tx.send(i as u32).unwrap();
+    child(
+        "idle_std_receivers_burn_cpu",
+        Duration::from_secs(60),
+        || {
+            let mut senders = Vec::new();
+            let mut hs = Vec::new();
+            for _ in 0..2000 {
+                let (tx, rx) = std::sync::mpsc::channel::<u32>();
+                senders.push(tx);
+                hs.push(moss::spawn(move || rx.recv().unwrap()));
             }
-        });
-        for (i, r) in moss::join_all(hs).into_iter().enumerate() {
-            assert_eq!(r.unwrap(), i as u32);
-        }
-        t.join().unwrap();
-        let share = cpu.as_secs_f64() / wall.as_secs_f64();
-        println!("idle: {cpu:?} CPU in {wall:?} ({:.0}% of a core)", share * 100.0);
-        assert!(share < 0.10, "idle receivers used {:.0}% of a core", share * 100.0);
-    });
+            moss::sleep(Duration::from_millis(500)); // all parked, back-off at its cap
+            let (c0, t0) = (cpu_time(), std::time::Instant::now());
+            moss::sleep(Duration::from_secs(2));
+            let (cpu, wall) = (cpu_time() - c0, t0.elapsed());
+            // Feed them from another thread so they finish.
+            let t = std::thread::spawn(move || {
+                for (i, tx) in senders.into_iter().enumerate() {
+                    tx.send(i as u32).unwrap();
+                }
+            });
+            for (i, r) in moss::join_all(hs).into_iter().enumerate() {
+                assert_eq!(r.unwrap(), i as u32);
+            }
+            t.join().unwrap();
+            let share = cpu.as_secs_f64() / wall.as_secs_f64();
+            println!(
+                "idle: {cpu:?} CPU in {wall:?} ({:.0}% of a core)",
+                share * 100.0
+            );
+            assert!(
+                share < 0.10,
+                "idle receivers used {:.0}% of a core",
+                share * 100.0
+            );
+        },
+    );
 }
 
 /// N coroutines of one hub contend one std Mutex held across a yield: each

@@ -481,16 +481,20 @@ fn give_back_keeps_fifo_order_and_capacity() {
 #[test]
 #[ignore = "reproduces: kill during a panic unwind's blocking destructor aborts the process"]
 fn kill_during_a_panic_unwind() {
-    child("kill_during_a_panic_unwind", Duration::from_secs(10), || {
-        let dropped = Rc::new(Cell::new(false));
-        let d = dropped.clone();
-        let h = moss::spawn(move || {
-            let _s = SleepsOnDrop(d);
-            panic!("boom");
-        });
-        util::until_parked(h.id());
-        h.kill();
-        let e = h.join().unwrap_err();
-        assert!(e.is_panic() || e.is_killed());
-    });
+    child(
+        "kill_during_a_panic_unwind",
+        Duration::from_secs(10),
+        || {
+            let dropped = Rc::new(Cell::new(false));
+            let d = dropped.clone();
+            let h = moss::spawn(move || {
+                let _s = SleepsOnDrop(d);
+                panic!("boom");
+            });
+            util::until_parked(h.id());
+            h.kill();
+            let e = h.join().unwrap_err();
+            assert!(e.is_panic() || e.is_killed());
+        },
+    );
 }

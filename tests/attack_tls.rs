@@ -25,7 +25,10 @@ fn clients_killed_and_timed_out_everywhere() {
         moss::spawn(move || s.serve_forever())
     };
     // One clean round first, so lazily created state (hub, pools) exists.
-    assert_eq!(tls_echo::echo_client(tls.client.clone(), addr, b"x").unwrap(), b"x");
+    assert_eq!(
+        tls_echo::echo_client(tls.client.clone(), addr, b"x").unwrap(),
+        b"x"
+    );
     let fds0 = open_fds();
     for round in 0..150u64 {
         let cfg = tls.client.clone();
@@ -44,11 +47,16 @@ fn clients_killed_and_timed_out_everywhere() {
     // The server still serves, exactly.
     for i in 0..5u8 {
         let msg = vec![i; 100_000];
-        assert_eq!(tls_echo::echo_client(tls.client.clone(), addr, &msg).unwrap(), msg);
+        assert_eq!(
+            tls_echo::echo_client(tls.client.clone(), addr, &msg).unwrap(),
+            msg
+        );
     }
-    util::until("the server's connections to end", Duration::from_secs(10), || {
-        server.connections() == 0
-    });
+    util::until(
+        "the server's connections to end",
+        Duration::from_secs(10),
+        || server.connections() == 0,
+    );
     util::until("fds back", Duration::from_secs(10), || open_fds() <= fds0);
     server.stop(Duration::from_secs(5));
     serving.join().unwrap().unwrap();

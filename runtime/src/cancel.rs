@@ -1,13 +1,21 @@
 //! Cancellation: how `kill` and `timeout` reach a coroutine.
 //!
 //! ```text
-//!   kill / timeout fires          the target's blocking point            the catcher
-//!  ───────────────────────        ──────────────────────────────         ─────────────────
-//!   request: set the pending  ──▶ park returns Cancelled (or the    ──▶  timeout(): its own
-//!   cancellation; a parked        pending value is seen at entry)        scope → Elapsed
-//!   target is woken with          deliver: take it, unwind with          task body: a kill
-//!   Wakeup::Cancelled             Cancelled (resume_unwind: the          → JoinError::is_killed
-//!                                 panic hook stays silent)
+//!  request                      the target's next blocking point             catcher
+//!  ───────                      ────────────────────────────────             ───────
+//!  kill / timeout fires:        park ends (or returns at once) with
+//!  set the pending value  ───▶  Wakeup::Cancelled
+//!  (TaskState), wake the        │
+//!  target if it is parked       ├─ may unwind? ── yes ─▶ deliver: take the ──▶ timeout(): its own
+//!                               │                        pending value,        scope → Elapsed;
+//!                               │                        resume_unwind(        task body: a kill
+//!                               │                        Cancelled)            → is_killed()
+//!                               │
+//!                               └─ no (unwinding already) ─▶ the value stays pending:
+//!                                    fallible call (sleep, timed wait, I/O) → ends early
+//!                                    with its timeout/error; infallible call (join, lock,
+//!                                    untimed get) → the same park goes on; delivered at a
+//!                                    blocking point after the unwind
 //! ```
 //!
 //! A cancellation is *requested* by setting the target's pending cancel (its
@@ -20,7 +28,19 @@
 //! * Delivered once: the pending value is consumed on delivery; a second
 //!   `kill` of a coroutine already killed only waits for it to die. So a
 //!   destructor that blocks during the unwind blocks normally.
-//! * A kill takes precedence over a pending timeout.
+//! * Never a second unwind. A cancellation that arrives while the target is
+//!   unwinding already (a destructor blocked during a timeout's unwind, or
+//!   during a panic) would abort the process if delivered ("panic in a
+//!   destructor during cleanup"). It stays pending instead: a call that can
+//!   fail ends early with its error or timeout value (`sleep` returns, a
+//!   `*_timeout` call times out, I/O fails), a call that cannot fail keeps
+//!   waiting; it is delivered at a blocking point after the unwind.
+//!   std counts unwinds per *thread*: while any context of the thread is
+//!   suspended mid-unwind, moss cannot tell whether the target is the one
+//!   unwinding, and defers as well. Such waits are woken again by the hub
+//!   loop as soon as no context of the thread is unwinding, and then unwind.
+//! * A kill takes precedence over a pending timeout, an enclosing timeout
+//!   over an inner one (its unwind passes through the inner scope).
 //! * A coroutine killed before it first ran never runs (its closure is
 //!   dropped on the killer's stack).
 //! * `timeout(d, f)` catches only its own scope's payload (scopes are
@@ -29,8 +49,8 @@
 //! * Code that cannot unwind (an `extern "C"` hook) uses the raw park, sees
 //!   `Wakeup::Cancelled`, fails its call, and the cancellation is delivered at
 //!   the coroutine's next moss blocking point. If the coroutine ends before
-//!   reaching one, a kill it observed that way still makes `join` report
-//!   `is_killed()` (and a `timeout` reports `Elapsed`).
+//!   reaching one, a kill it observed that way (or that was deferred) still
+//!   makes `join` report `is_killed()` (and a `timeout` reports `Elapsed`).
 
 use std::fmt;
 use std::io;
@@ -38,9 +58,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Mode};
 pub use crate::task::Cancelled;
-use crate::task::{Cancel, Header, State, Task, Wakeup};
+use crate::task::{Cancel, Header, State, Task, Wakeup, may_unwind};
 use crate::timer::Action;
 
 /// The error of a [`timeout`](crate::timeout) that fired.
@@ -85,8 +105,13 @@ pub(crate) fn request(hub: &Hub, t: &Rc<dyn Task>, c: Cancel) {
 /// Unwinds the current context with its pending cancellation.
 ///
 /// # Panics
-/// If no cancellation is pending.
+/// If no cancellation is pending, or if the context may not unwind now (it
+/// is unwinding: the caller should have checked [`may_unwind`]).
 pub(crate) fn deliver(hub: &Hub) -> ! {
+    assert!(
+        may_unwind(),
+        "moss: a cancellation cannot be delivered while the coroutine is unwinding"
+    );
     let c = hub
         .current_header()
         .state
@@ -95,12 +120,22 @@ pub(crate) fn deliver(hub: &Hub) -> ! {
     resume_unwind(Box::new(Cancelled(c)))
 }
 
+/// A fallible call's park reported a cancellation: unwinds if the context
+/// may unwind now. Otherwise returns, and the caller ends early with its
+/// error or timeout value; the cancellation stays pending (and seen) for a
+/// later blocking point.
+pub(crate) fn deliver_or_fail(hub: &Hub) {
+    if may_unwind() {
+        deliver(hub);
+    }
+}
+
 /// A cancellation point: unwinds the current context `h` if a cancellation
-/// is pending for it.
+/// is pending for it and it may unwind.
 #[inline(always)]
 pub(crate) fn check(hub: &Hub, h: &Header) {
     if h.state.cancel_pending() {
-        deliver(hub);
+        deliver_or_fail(hub);
     }
 }
 
@@ -141,15 +176,26 @@ pub(crate) fn kill_until(h: &Header, deadline: Option<Instant>) -> bool {
     }
     let hub = Hub::current();
     if hub.current_header().id == h.id {
+        // Killing oneself unwinds at once (unless already unwinding: then
+        // the kill is delivered at a blocking point after the unwind).
         if h.state.cancel_pending() {
-            deliver(hub);
+            deliver_or_fail(hub);
         }
         return false;
     }
+    // `kill` cannot fail; `kill_timeout` can (it reports "not dead yet").
+    let mode = if deadline.is_some() {
+        Mode::Fallible
+    } else {
+        Mode::Infallible
+    };
     while !h.state.is(State::Done) {
         h.add_joiner(hub.current_header().token());
-        match hub.park(deadline, "kill") {
-            Wakeup::Cancelled => deliver(hub),
+        match hub.park(deadline, "kill", mode) {
+            Wakeup::Cancelled => {
+                deliver_or_fail(hub);
+                return h.state.is(State::Done);
+            }
             Wakeup::TimedOut => return h.state.is(State::Done),
             Wakeup::Notified => {}
         }

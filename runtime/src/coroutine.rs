@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 pub use crate::cancel::Elapsed;
-use crate::hub::Hub;
+use crate::hub::{Hub, Mode};
 use crate::stack_pool::{DEFAULT_STACK_SIZE, normalize_size};
 use crate::task::{CoroutineId, Header, JoinError, JoinSlot, State, TaskCell, Wakeup};
 
@@ -203,10 +203,19 @@ impl<T> JoinHandle<T> {
                 panic!("moss: coroutine {} cannot join itself", me.label());
             }
             self.header().add_joiner(me.token());
-            match hub.park(deadline, "join") {
+            // `join` cannot fail; `join_timeout` can (with its handle back).
+            let mode = if deadline.is_some() {
+                Mode::Fallible
+            } else {
+                Mode::Infallible
+            };
+            match hub.park(deadline, "join", mode) {
                 Wakeup::Notified => {}
                 Wakeup::TimedOut => return Err(self),
-                Wakeup::Cancelled => crate::cancel::deliver(hub),
+                Wakeup::Cancelled => {
+                    crate::cancel::deliver_or_fail(hub);
+                    return Err(self);
+                }
             }
         }
     }
@@ -275,9 +284,10 @@ pub fn sleep(d: Duration) {
     let hub = Hub::current();
     let deadline = Instant::now().checked_add(d);
     loop {
-        match hub.park(deadline, "sleep") {
+        match hub.park(deadline, "sleep", Mode::Fallible) {
             Wakeup::TimedOut => return,
-            Wakeup::Cancelled => crate::cancel::deliver(hub),
+            // Unwinds, or (while unwinding already) ends the sleep early.
+            Wakeup::Cancelled => return crate::cancel::deliver_or_fail(hub),
             // Nothing else wakes a sleep, but stay robust to stray wake-ups.
             Wakeup::Notified => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -378,7 +388,7 @@ pub fn wait() {
     while hub.live_tasks() > 1 {
         let me = hub.current_header();
         hub.idle_waiters.borrow_mut().push(me.token());
-        if hub.park(None, "wait") == Wakeup::Cancelled {
+        if hub.park(None, "wait", Mode::Infallible) == Wakeup::Cancelled {
             crate::cancel::deliver(hub);
         }
     }

@@ -161,7 +161,8 @@ impl<T: 'static> JoinAll<T> {
             for &i in &finishing {
                 handles[i].header().add_joiner(me);
             }
-            let w = hub.park(deadline, "join_all");
+            // `Cancelled` only when it can be delivered (see `park_until`).
+            let w = crate::park::park_until_on(hub, deadline, "join_all");
             news.waiter.set(None);
             match w {
                 Wakeup::Notified => {}

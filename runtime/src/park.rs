@@ -32,7 +32,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::hub::{Hub, Remote};
+use crate::hub::{Hub, Mode, Remote};
 use crate::task::Token;
 pub use crate::task::Wakeup;
 
@@ -117,38 +117,92 @@ pub(crate) fn next_wait() -> u64 {
 /// (`Notified`), `deadline` passes (`TimedOut`), or a cancellation is pending
 /// (`Cancelled`, returned at once if one is already pending). Never unwinds.
 /// `what` names the wait in [`dump`](crate::dump).
+///
+/// `Cancelled` is reported also while the caller is unwinding already (a
+/// destructor that blocks), when the cancellation must not be delivered as
+/// a second unwind, which would abort the process: a caller that can fail
+/// its call does so; one that wants to unwind calls [`deliver_cancel`],
+/// which waits until the cancellation can be delivered.
 #[inline]
 pub fn park(deadline: Option<Instant>, what: &'static str) -> Wakeup {
-    Hub::current().park(deadline, what)
+    Hub::current().park(deadline, what, Mode::Fallible)
+}
+
+/// [`park`] for a wait whose only way to fail is its deadline (an untimed
+/// one cannot fail): `Cancelled` only when the cancellation can be
+/// delivered. While the caller is unwinding already, a cancellation ends a
+/// timed wait early, as its deadline would (`TimedOut`), and leaves an
+/// untimed one waiting; it stays pending for a later blocking point.
+#[inline]
+pub(crate) fn park_until(deadline: Option<Instant>, what: &'static str) -> Wakeup {
+    park_until_on(Hub::current(), deadline, what)
+}
+
+/// [`park_until`] on this thread's `hub`.
+#[inline(always)]
+pub(crate) fn park_until_on(hub: &Hub, deadline: Option<Instant>, what: &'static str) -> Wakeup {
+    let mode = if deadline.is_some() {
+        Mode::Fallible
+    } else {
+        Mode::Infallible
+    };
+    match hub.park(deadline, what, mode) {
+        Wakeup::Cancelled if !crate::task::may_unwind() => Wakeup::TimedOut,
+        w => w,
+    }
 }
 
 /// [`park`], unwinding the caller on cancellation. Returns `Notified` or
-/// `TimedOut`.
+/// `TimedOut`. While the caller is unwinding (see [`park`]), a cancellation
+/// makes a wait with a `deadline` return `TimedOut` early; one without a
+/// deadline goes on.
 #[inline]
 pub fn park_cancellable(deadline: Option<Instant>, what: &'static str) -> Wakeup {
-    let hub = Hub::current();
-    match hub.park(deadline, what) {
-        Wakeup::Cancelled => crate::cancel::deliver(hub),
+    match park_until(deadline, what) {
+        Wakeup::Cancelled => crate::cancel::deliver(Hub::current()),
         w => w,
     }
 }
 
 /// Unwinds the calling coroutine with its pending cancellation.
 ///
+/// Call it after [`park`] returned `Cancelled` (and after cleaning up). A
+/// cancellation is never delivered while the thread is unwinding (see
+/// [`park`]): then this first waits until it can be delivered. That wait
+/// never ends if the caller itself is the one unwinding (a destructor), so
+/// code that can run in destructors fails its call on `Cancelled` instead,
+/// unless [`cancel_deliverable`] is true.
+///
 /// # Panics
 /// If no cancellation is pending.
 pub fn deliver_cancel() -> ! {
-    crate::cancel::deliver(Hub::current())
+    let hub = Hub::current();
+    while !crate::task::may_unwind() {
+        hub.park(
+            None,
+            "a cancellation, until an unwind ends",
+            Mode::Infallible,
+        );
+    }
+    crate::cancel::deliver(hub)
 }
 
-/// Whether a cancellation is pending for the calling context.
+/// Whether a cancellation is pending for the calling context ([`park`]
+/// returns `Cancelled` at once).
 pub fn cancel_pending() -> bool {
     Hub::try_current().is_some_and(|h| h.current_header().state.cancel_pending())
 }
 
-/// Unwinds now if a cancellation is pending: a cancellation point.
+/// Whether a cancellation is pending and can be delivered now: the thread
+/// is not unwinding (see [`park`]).
+pub fn cancel_deliverable() -> bool {
+    cancel_pending() && crate::task::may_unwind()
+}
+
+/// Unwinds now if a cancellation is pending and can be delivered: a
+/// cancellation point.
 pub fn check_cancel() {
-    if cancel_pending() {
+    if cancel_deliverable() {
         deliver_cancel();
     }
 }
@@ -179,7 +233,7 @@ pub fn can_park() -> bool {
 /// parked. Never unwinds.
 #[inline]
 pub fn park_shielded(deadline: Option<Instant>, what: &'static str) -> Wakeup {
-    Hub::current().park_shielded(deadline, what)
+    Hub::current().park(deadline, what, Mode::Shielded)
 }
 
 /// Whether the caller runs in a coroutine (not on a thread's root).

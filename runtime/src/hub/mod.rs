@@ -21,6 +21,7 @@ mod park;
 mod remote;
 mod run;
 
+pub(crate) use park::Mode;
 pub(crate) use remote::Remote;
 pub(crate) use run::Until;
 
@@ -70,6 +71,9 @@ pub(crate) struct Hub {
     /// The root's park (by sequence number) that ends when its entry in the
     /// run queue comes up (`yield_now` on the root).
     root_turn: Cell<Option<u64>>,
+    /// Infallible waits that keep waiting with a cancellation they could not
+    /// take (the thread was unwinding): woken once it no longer is.
+    deferred: RefCell<Vec<crate::task::Token>>,
 }
 
 thread_local! {
@@ -115,6 +119,7 @@ impl Hub {
             next_scope: Cell::new(1),
             altstack: Cell::new(None),
             root_turn: Cell::new(None),
+            deferred: RefCell::new(Vec::new()),
         })
     }
 

@@ -20,9 +20,29 @@
 use std::time::{Duration, Instant};
 
 use super::{BATCH, Hub, Until};
-use crate::task::{Header, State, Task, Token, Wakeup, header_of};
+use crate::task::{Header, State, Task, Token, Wakeup, header_of, may_unwind};
 use crate::timer::Action;
 use std::rc::Rc;
+
+/// How a park treats a cancellation (a `kill`, an expired `timeout`).
+///
+/// A cancellation is delivered as an unwind, never while the context is
+/// already unwinding (`may_unwind`): that would abort the process.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Mode {
+    /// A call that can fail (sleep, a timed wait, I/O): any pending
+    /// cancellation ends the park with `Cancelled`; the caller unwinds if it
+    /// may, else ends early with its error or timeout value.
+    Fallible,
+    /// A call that cannot fail (join, a lock, an untimed get): `Cancelled`
+    /// only when the context may unwind; otherwise it keeps waiting, and the
+    /// cancellation stays pending for a later blocking point.
+    Infallible,
+    /// A wait that must not be ended by a cancellation already pending (a C
+    /// hook acquiring a lock): only a new, stronger one (a kill over a
+    /// pending timeout) ends it with `Cancelled`.
+    Shielded,
+}
 
 impl Hub {
     /// Ends the wait `token` with `why`; false if that wait is already over.
@@ -57,29 +77,39 @@ impl Hub {
     }
 
     /// Suspends the current context until woken, the deadline passes, or a
-    /// cancellation is requested. Never unwinds.
+    /// cancellation is requested (how a pending one counts: see [`Mode`]).
+    /// Never unwinds.
     ///
     /// Inlined (with its rare paths out of line) for the reason given at
     /// `yield_now`: fewer returns between a resume and user code.
     #[inline(always)]
-    pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str) -> Wakeup {
+    pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str, mode: Mode) -> Wakeup {
         let h = self.current_header();
         if h.state.cancel_pending() {
-            h.state.mark_seen();
-            return Wakeup::Cancelled;
+            return self.park_cancel_pending(h, deadline, what, mode);
         }
-        self.park_now(h, deadline, what)
+        self.park_now(h, deadline, what, mode)
     }
 
-    /// [`park`](Self::park) for a wait that cannot fail: a cancellation
-    /// already pending does not end it (it stays pending, marked seen). Only
-    /// a new, stronger one (a kill over a pending timeout) ends it early.
-    pub(crate) fn park_shielded(&self, deadline: Option<Instant>, what: &'static str) -> Wakeup {
-        let h = self.current_header();
-        if h.state.cancel_pending() {
-            h.state.mark_seen();
+    /// `park` entered with a cancellation pending.
+    #[cold]
+    fn park_cancel_pending(
+        &self,
+        h: &Header,
+        deadline: Option<Instant>,
+        what: &'static str,
+        mode: Mode,
+    ) -> Wakeup {
+        h.state.mark_seen();
+        match mode {
+            Mode::Fallible => Wakeup::Cancelled,
+            Mode::Infallible if may_unwind() => Wakeup::Cancelled,
+            Mode::Infallible => {
+                self.deferred.borrow_mut().push(h.token());
+                self.park_now(h, deadline, what, mode)
+            }
+            Mode::Shielded => self.park_now(h, deadline, what, mode),
         }
-        self.park_now(h, deadline, what)
     }
 
     /// Whether the current context runs its own code: false while the hub
@@ -89,8 +119,16 @@ impl Hub {
         self.current_header().state.is(State::Running)
     }
 
+    /// Parks `h` (the current context) until a wake of this park, the
+    /// deadline or a cancellation request (see [`Mode`]).
     #[inline(always)]
-    fn park_now(&self, h: &Header, deadline: Option<Instant>, what: &'static str) -> Wakeup {
+    fn park_now(
+        &self,
+        h: &Header,
+        deadline: Option<Instant>,
+        what: &'static str,
+        mode: Mode,
+    ) -> Wakeup {
         if !h.is_root() {
             // Before any state changes: a failed check leaves nothing behind.
             crate::greenlet::assert_not_in_greenlet();
@@ -100,10 +138,9 @@ impl Hub {
         }
         h.waiting_on.set(what);
         h.state.park();
-        if h.is_root() {
-            self.run_until(Until::RootReady, true);
-        } else {
-            self.suspend(h);
+        self.switch_out(h);
+        if mode == Mode::Infallible && h.state.woken_by() == Wakeup::Cancelled {
+            self.hold_cancel(h);
         }
         let w = h.state.end_park();
         if h.timer.get().is_some() {
@@ -113,6 +150,35 @@ impl Hub {
             h.state.mark_seen();
         }
         w
+    }
+
+    /// Leaves the CPU until the parked context `h` is woken: a coroutine
+    /// suspends to the hub loop, the root runs the loop.
+    #[inline(always)]
+    fn switch_out(&self, h: &Header) {
+        if h.is_root() {
+            self.run_until(Until::RootReady, true);
+        } else {
+            self.suspend(h);
+        }
+    }
+
+    /// An infallible wait was ended by a cancellation: if the context may
+    /// not unwind now (it is unwinding, or cannot tell: see `cancel.rs`), the
+    /// same park goes on as if none were pending. The hub loop wakes such
+    /// waits again once no context of the thread is unwinding; a wake that
+    /// is not a cancellation ends the park as usual.
+    #[inline(never)]
+    fn hold_cancel(&self, h: &Header) {
+        while !may_unwind() {
+            h.state.mark_seen();
+            self.deferred.borrow_mut().push(h.token());
+            h.state.repark();
+            self.switch_out(h);
+            if h.state.woken_by() != Wakeup::Cancelled {
+                return;
+            }
+        }
     }
 
     /// Arms the timer of a timed park; false if the deadline already passed.

@@ -30,7 +30,7 @@ use corosensei::CoroutineResult;
 
 use super::{BATCH, Hub};
 use crate::stack_pool::DEFAULT_STACK_SIZE;
-use crate::task::{Header, State, Task, TaskCell, Wakeup, header_of};
+use crate::task::{Header, State, Task, TaskCell, Wakeup, header_of, may_unwind};
 use crate::timer::Action;
 
 /// When the root's hub loop returns.
@@ -98,6 +98,9 @@ impl Hub {
                     break;
                 }
             }
+            if !self.deferred.borrow().is_empty() {
+                self.wake_deferred();
+            }
             let timeout = if !self.run_queue.is_empty() {
                 Some(Duration::ZERO)
             } else {
@@ -109,6 +112,19 @@ impl Hub {
                 }
             };
             self.poll_once(timeout);
+        }
+    }
+
+    /// Wakes the infallible waits that deferred a cancellation, once no
+    /// context of this thread is unwinding (they then take it).
+    #[cold]
+    fn wake_deferred(&self) {
+        if !may_unwind() {
+            return;
+        }
+        let waits = std::mem::take(&mut *self.deferred.borrow_mut());
+        for t in waits {
+            self.wake(t, Wakeup::Cancelled);
         }
     }
 

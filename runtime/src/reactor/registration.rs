@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Mode};
 use crate::task::Wakeup;
 
 /// Which readiness to wait for.
@@ -110,28 +110,47 @@ impl Registration {
 
     /// Waits until the fd is ready for `interest`, or `deadline` passes
     /// (`ErrorKind::TimedOut`). A pending `kill`/`timeout` of the calling
-    /// coroutine unwinds it from here.
+    /// coroutine unwinds it from here; while the coroutine is unwinding
+    /// already (a destructor doing I/O), the cancellation instead ends the
+    /// wait early with an error (`ErrorKind::Other`, [`WaitError::Cancelled`]).
     #[inline]
     pub fn wait(&self, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
-        match self.wait_raw(interest, deadline) {
+        match self.wait_in(interest, deadline, Mode::Fallible) {
             Ok(()) => Ok(()),
             Err(WaitError::TimedOut) => Err(io::Error::from(io::ErrorKind::TimedOut)),
             Err(WaitError::Closed) => Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 WaitError::Closed,
             )),
-            Err(WaitError::Cancelled) => crate::cancel::deliver(Hub::current()),
+            Err(WaitError::Cancelled) => {
+                crate::cancel::deliver_or_fail(Hub::current());
+                Err(io::Error::other(WaitError::Cancelled))
+            }
         }
     }
 
     /// Like [`wait`](Self::wait) but never unwinds: for code that cannot
-    /// unwind (C ABI hooks). On `Cancelled` the cancellation stays pending.
+    /// unwind (C ABI hooks) and fails its call instead. On `Cancelled` the
+    /// cancellation stays pending. It is reported also while the caller is
+    /// unwinding already (a destructor doing I/O), when it must not be
+    /// delivered: see [`park::deliver_cancel`](crate::park::deliver_cancel).
+    #[inline]
+    pub fn wait_raw(&self, interest: Interest, deadline: Option<Instant>) -> Result<(), WaitError> {
+        self.wait_in(interest, deadline, Mode::Fallible)
+    }
+
+    /// The wait, with `mode` saying how a cancellation counts.
     ///
     /// Inlined into I/O types on purpose: every return between the switch
     /// and the retried syscall mispredicts after a stack switch (see the hub's
     /// `yield_now`).
-    #[inline]
-    pub fn wait_raw(&self, interest: Interest, deadline: Option<Instant>) -> Result<(), WaitError> {
+    #[inline(always)]
+    fn wait_in(
+        &self,
+        interest: Interest,
+        deadline: Option<Instant>,
+        mode: Mode,
+    ) -> Result<(), WaitError> {
         let hub = Hub::current();
         debug_assert_eq!(
             hub.remote.hub_id, self.hub_id,
@@ -156,16 +175,13 @@ impl Registration {
             if std::mem::take(flag) || hup {
                 return Ok(());
             }
-            if h.state.cancel_pending() {
-                h.state.mark_seen();
-                return Err(WaitError::Cancelled);
-            }
+            // (A pending cancellation ends the park below at once.)
             waiters.push(h.token());
         }
         let token = h.token();
         let waiting = &hub.reactor.waiters;
         waiting.set(waiting.get() + 1);
-        let w = hub.park(deadline, "I/O readiness");
+        let w = hub.park(deadline, "I/O readiness", mode);
         waiting.set(waiting.get() - 1);
         let mut slots = hub.reactor.slots.borrow_mut();
         let slot = match slots.get_mut(key) {

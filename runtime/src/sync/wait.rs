@@ -179,7 +179,7 @@ fn wait_any_until(
         }
         let ready = first_ready(objects);
         let why = if ready.is_none() {
-            park::park(deadline, "wait_any")
+            park::park_until(deadline, "wait_any")
         } else {
             Wakeup::Notified
         };

@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 
 use super::lock::{Lock, LockGuard};
 use crate::hub::Hub;
+use crate::task::may_unwind;
+
 use crate::park::{self, Unparker, Wakeup};
 
 const IDLE: u8 = 0;
@@ -248,7 +250,10 @@ pub(crate) enum Outcome {
 /// when this returns. Also returns why the last park ended: with
 /// `Wakeup::Cancelled` (also reported when a cancellation arrived after the
 /// hand-off but before the waiter ran) the caller must pass on anything it
-/// was handed, then call [`park::deliver_cancel`].
+/// was handed, then call [`park::deliver_cancel`]. `Cancelled` comes only
+/// when the caller may unwind; while it is unwinding already, a cancellation
+/// ends a timed wait as its deadline would (`TimedOut`) and leaves an untimed
+/// one waiting.
 pub(crate) fn park_waiter<T, G>(
     w: &Waiter<T>,
     deadline: Option<Instant>,
@@ -258,8 +263,9 @@ pub(crate) fn park_waiter<T, G>(
 ) -> (Outcome, Wakeup) {
     let hub = Hub::current();
     loop {
-        let mut why = hub.park(deadline, what);
-        if why != Wakeup::Cancelled && hub.current_header().state.cancel_pending() {
+        // `Cancelled` only when it can be delivered (see `park_until`).
+        let mut why = park::park_until_on(hub, deadline, what);
+        if why != Wakeup::Cancelled && hub.current_header().state.cancel_pending() && may_unwind() {
             // Woken by a hand-off, then killed before it ran: the kill takes
             // effect at this blocking point, so what was handed is passed on.
             why = Wakeup::Cancelled;

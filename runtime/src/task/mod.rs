@@ -26,7 +26,7 @@ mod state;
 
 pub use error::{Cancelled, JoinError};
 pub use state::Wakeup;
-pub(crate) use state::{Cancel, State, TaskState};
+pub(crate) use state::{Cancel, State, TaskState, may_unwind};
 
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;

@@ -29,6 +29,7 @@
 //! | `park`                | Running         | Parked  | the context itself               |
 //! | `wake`, `wake_parked` | Parked          | Ready   | a waker (same park only), timer, cancel |
 //! | `end_park`            | Running, Ready  | Running | the context, back from its park (a root is not resumed: its loop returns) |
+//! | `repark`              | Running, Ready  | Parked  | the context, back from a park a cancellation ended that it may not take now: the same park goes on |
 //! | `yield_`              | Running         | Ready   | a coroutine's `yield_now`        |
 //! | `complete`            | Running, New    | Done    | the hub, when the body returned or a never-run task is dropped |
 //!
@@ -73,6 +74,19 @@ pub enum Wakeup {
     /// A `kill` or an enclosing `timeout` wants this coroutine to unwind.
     /// The cancellation stays pending until it is delivered.
     Cancelled,
+}
+
+/// Whether a cancellation may be delivered to the running context now, as an
+/// unwind: not while any context of this thread is unwinding.
+///
+/// A second unwind out of a destructor that runs during an unwind aborts the
+/// process, so a context that is unwinding must not get one. std counts the
+/// panics in flight per thread, not per coroutine, so moss cannot tell
+/// whether *this* context is the one unwinding when another context of the
+/// thread is suspended mid-unwind: it then defers as well (see `cancel.rs`).
+#[inline]
+pub(crate) fn may_unwind() -> bool {
+    !std::thread::panicking()
 }
 
 /// A pending cancellation.
@@ -193,6 +207,26 @@ impl TaskState {
         true
     }
 
+    /// How the current park was ended (read before `end_park`).
+    #[inline]
+    pub(crate) fn woken_by(&self) -> Wakeup {
+        self.wakeup.get()
+    }
+
+    /// Back from a park that a cancellation ended, which the context does
+    /// not take (it is unwinding: see `cancel.rs`): Running/Ready → Parked
+    /// again, in the *same* park, so the wakers of this wait still work.
+    #[inline]
+    pub(crate) fn repark(&self) {
+        debug_assert!(
+            matches!(self.get(), State::Running | State::Ready),
+            "repark from {:?}",
+            self.get()
+        );
+        debug_assert_eq!(self.wakeup.get(), Wakeup::Cancelled);
+        self.lifecycle.set(State::Parked);
+    }
+
     /// Back from a park: Running (a resumed coroutine) or Ready (a woken root
     /// whose hub loop returned) → Running; ends this park (its wakers go
     /// stale) and returns how it ended.
@@ -241,12 +275,17 @@ impl TaskState {
         true
     }
 
-    /// Records the expiry of the `timeout` scope `scope`; false if a
-    /// cancellation is already pending (that one is delivered first).
+    /// Records the expiry of the `timeout` scope `scope`. Returns false if
+    /// what is pending already wins: a kill, or the timeout of `scope` or of
+    /// an enclosing scope (scopes are numbered in the order they are entered,
+    /// so an enclosing one has a smaller number: unwinding to it passes
+    /// through the inner one too). An inner scope's pending timeout is
+    /// replaced by an enclosing one's, so neither is lost.
     #[inline]
     pub(crate) fn request_timeout(&self, scope: u64) -> bool {
         debug_assert!(scope != NO_CANCEL && scope != KILL);
-        if self.cancel.get() != NO_CANCEL {
+        let pending = self.cancel.get();
+        if pending != NO_CANCEL && pending <= scope {
             return false;
         }
         self.cancel.set(scope);
@@ -336,6 +375,21 @@ mod tests {
     }
 
     #[test]
+    fn a_repark_keeps_the_wakers_of_its_park() {
+        let s = TaskState::new();
+        s.resume();
+        let seq = s.park_seq();
+        s.park();
+        assert!(s.wake_parked(Wakeup::Cancelled));
+        s.resume();
+        s.repark();
+        assert!(s.wake(seq, Wakeup::Notified), "the same park");
+        s.resume();
+        assert_eq!(s.end_park(), Wakeup::Notified);
+        assert_eq!(s.park_seq(), seq + 1);
+    }
+
+    #[test]
     fn a_kill_is_requested_once_and_beats_a_timeout() {
         let s = TaskState::new_root();
         assert!(s.request_timeout(3));
@@ -348,6 +402,17 @@ mod tests {
         assert_eq!(s.take_cancel(), Some(Cancel::Kill));
         assert!(!s.seen() && !s.cancel_pending() && s.killed.get());
         assert!(!s.request_kill(), "killed once");
+    }
+
+    #[test]
+    fn an_enclosing_timeout_replaces_an_inner_one() {
+        let s = TaskState::new_root();
+        assert!(s.request_timeout(5));
+        assert!(!s.request_timeout(9), "an inner scope does not replace");
+        assert!(s.request_timeout(2), "an enclosing scope does");
+        assert_eq!(s.pending(), Some(Cancel::Timeout(2)));
+        assert!(!s.end_timeout(5), "the inner scope ends: not its timeout");
+        assert_eq!(s.pending(), Some(Cancel::Timeout(2)));
     }
 
     #[test]
