@@ -16,8 +16,11 @@
 //!   two coroutines of one hub, each side waiting in `moss::block_on` (per
 //!   hand-off, beside the `Queue(1)` row), vs the same two async tasks on a
 //!   `futures` `LocalPool` and on a current-thread tokio runtime.
+//! * `compat_tokio` (with `--features tokio`): a `moss::compat::tokio` round
+//!   trip from a coroutine vs tokio's `Handle::block_on(spawn(..))` from a
+//!   thread.
 //!
-//! Run: `cargo bench --bench sync` (well under a minute).
+//! Run: `cargo bench --bench sync --features tokio` (well under a minute).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -317,6 +320,47 @@ fn block_on(c: &mut Criterion) {
     g.finish();
 }
 
+/// `moss::compat::tokio` round trip (spawn on moss's tokio runtime, wake the
+/// coroutine back through its hub) vs a plain thread doing the same with
+/// tokio's own `Handle::block_on` on a runtime of the same size. Only with
+/// `--features tokio`.
+fn compat_tokio(c: &mut Criterion) {
+    #[cfg(not(feature = "tokio"))]
+    let _ = c;
+    #[cfg(feature = "tokio")]
+    {
+        let mut g = c.benchmark_group("compat_tokio");
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("moss::compat::tokio(async { x }) from a coroutine", |b| {
+            b.iter_custom(|iters| {
+                moss::spawn(move || {
+                    let t = Instant::now();
+                    for i in 0..iters {
+                        black_box(moss::compat::tokio(async move { black_box(i) }));
+                    }
+                    t.elapsed()
+                })
+                .join()
+                .unwrap()
+            })
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(moss::compat::TOKIO_WORKER_THREADS)
+            .build()
+            .unwrap();
+        g.bench_function(
+            "tokio Handle::block_on(spawn(async { x })) from a thread (peer)",
+            |b| {
+                b.iter(|| {
+                    let x = black_box(7u64);
+                    rt.block_on(rt.spawn(async move { black_box(x) })).unwrap()
+                })
+            },
+        );
+        g.finish();
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -327,6 +371,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = mutex_uncontended, threading_uncontended, pingpong_one_hub, block_on, pingpong_two_threads
+    targets = mutex_uncontended, threading_uncontended, pingpong_one_hub, block_on, compat_tokio, pingpong_two_threads
 }
 criterion_main!(benches);
