@@ -528,3 +528,36 @@ fn first_use_from_many_threads_at_once_starts_one_runtime() {
         "{r:?}"
     );
 }
+
+#[test]
+fn works_under_patch_all() {
+    // Patching is process-wide: in a child of its own.
+    if util::in_child("works_under_patch_all") {
+        moss::monkey::patch_all();
+        let start = Instant::now();
+        let hs: Vec<_> = (0..20u64)
+            .map(|i| {
+                moss::spawn(move || {
+                    // Blocking std code in the coroutine, async code on tokio.
+                    std::thread::sleep(Duration::from_millis(20));
+                    compat::tokio(async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        i
+                    })
+                })
+            })
+            .collect();
+        let sum: u64 = moss::join_all(hs).into_iter().map(Result::unwrap).sum();
+        assert_eq!(sum, 190);
+        let took = start.elapsed();
+        // One after the other: 20 x 70 ms = 1.4 s.
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        println!("moss-test: patched ok");
+        return;
+    }
+    let r = util::run_in_child("works_under_patch_all", Duration::from_secs(60));
+    assert!(
+        r.success() && r.stdout.contains("moss-test: patched ok"),
+        "{r:?}"
+    );
+}

@@ -21,8 +21,10 @@
 //!
 //! The output comes back through the future's `JoinHandle`, whose waker ends
 //! the caller's park through its hub's cross-thread wake-up. A `kill` or
-//! `timeout` of the caller aborts the tokio task and waits until tokio has
-//! dropped the future, then unwinds the caller.
+//! `timeout` of the caller aborts the tokio task and, while the caller
+//! unwinds, waits until tokio has dropped the future (a second cancellation
+//! during that wait ends it early rather than unwinding twice; tokio then
+//! drops the future on its own).
 //!
 //! # The other direction
 //!
