@@ -197,6 +197,8 @@ fn reset_and_keep(sig: Arc<Signal>) {
 ///   spawned anything, it simply blocks the thread.
 /// * A `kill` or `timeout` of the caller drops the future at once and
 ///   unwinds as usual; a panic inside the future is a panic of the caller.
+/// * Like any blocking call, it does not belong in async code: called on an
+///   executor's thread (inside a tokio task, say) it blocks that thread.
 ///
 /// ```
 /// use futures::channel::oneshot;
