@@ -731,3 +731,52 @@ fn wakes_from_many_threads_at_once_are_never_lost() {
         assert!((2..=2001).contains(&polls), "{polls}");
     }
 }
+
+#[test]
+fn block_on_in_a_destructor_keeps_waiting_through_a_second_cancellation() {
+    // A timeout unwinds the coroutine; a destructor waits for a future in
+    // that unwind and is killed meanwhile: it must not unwind twice (an
+    // abort) but get its value, and the kill lands afterwards.
+    if util::in_child("block_on_in_a_destructor_keeps_waiting_through_a_second_cancellation") {
+        struct Cleanup(Option<oneshot::Receiver<u32>>, Rc<Cell<Option<u32>>>);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let rx = self.0.take().unwrap();
+                self.1.set(moss::block_on(rx).ok());
+            }
+        }
+        let (tx, rx) = oneshot::channel::<u32>();
+        let got = Rc::new(Cell::new(None));
+        let g = got.clone();
+        let h = moss::spawn(move || {
+            let c = Cleanup(Some(rx), g);
+            let r = moss::timeout(Duration::from_millis(10), move || {
+                let _c = c;
+                moss::block_on(std::future::pending::<()>())
+            });
+            assert!(r.is_err());
+            moss::sleep(Duration::from_secs(10)); // the kill lands here
+        });
+        util::until("the cleanup to wait", Duration::from_secs(10), || {
+            moss::dump().contains("waiting on block_on") && !moss::dump().contains("kept no waker")
+        });
+        h.kill_nowait();
+        for _ in 0..20 {
+            moss::yield_now();
+        }
+        assert!(!h.is_finished());
+        tx.send(9).unwrap();
+        assert!(h.join().unwrap_err().is_killed());
+        assert_eq!(got.get(), Some(9));
+        println!("moss-test: waited through the kill");
+        return;
+    }
+    let r = util::run_in_child(
+        "block_on_in_a_destructor_keeps_waiting_through_a_second_cancellation",
+        Duration::from_secs(60),
+    );
+    assert!(
+        r.success() && r.stdout.contains("moss-test: waited through the kill"),
+        "{r:?}"
+    );
+}

@@ -33,9 +33,11 @@
 //!   would if the future had been rescheduled by an executor) and polls
 //!   again. A future that keeps waking itself therefore shares the hub
 //!   fairly instead of spinning on it.
-//! * A published wait is always really parked on (a pending cancellation is
-//!   delivered before publishing, and `park` without deadline only returns
-//!   once the context was suspended), and it is over once `park` returns. So
+//! * A published wait is always really parked on (a deliverable
+//!   cancellation is delivered before publishing; an untimed cancellable
+//!   park returns only once the context was suspended, and one that cannot
+//!   be delivered yet leaves it waiting), and it is over once `park`
+//!   returns. So
 //!   a waker kept after `block_on` returned, or woken late, can only unpark a
 //!   wait that is already over: a no-op.
 //! * Ordering: every transition is a read-modify-write of the one atomic
@@ -54,7 +56,9 @@
 //! A `kill` or `timeout` unwinds the caller from its park; the future is a
 //! local of `block_on`, so it is dropped first, during that unwind (a
 //! destructor that blocks blocks normally). A panic inside `poll` unwinds the
-//! same way and surfaces as a panic of the calling coroutine.
+//! same way and surfaces as a panic of the calling coroutine. `block_on`
+//! cannot fail, so in a destructor that runs during an unwind it keeps
+//! waiting through a further cancellation (which stays pending).
 
 use std::cell::{Cell, UnsafeCell};
 use std::future::Future;
@@ -213,22 +217,6 @@ fn reset_and_keep(sig: Arc<Signal>) {
 /// coroutine (which cannot suspend that coroutine; wait in the coroutine
 /// itself).
 pub fn block_on<F: Future>(f: F) -> F::Output {
-    match run(f, true) {
-        Some(v) => v,
-        None => unreachable!("a cancellation unwinds block_on"),
-    }
-}
-
-/// [`block_on`] for cleanup code that may already run in a cancellation's
-/// unwind: when a (further) cancellation is pending it stops waiting and
-/// returns `None`, leaving the cancellation pending, instead of unwinding.
-#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-pub(crate) fn block_on_or_cancelled<F: Future>(f: F) -> Option<F::Output> {
-    run(f, false)
-}
-
-#[inline(always)]
-fn run<F: Future>(f: F, unwind: bool) -> Option<F::Output> {
     // Declared before the future, so dropped after it: a waker the future
     // drops with itself no longer counts when the lease is handed back.
     let mut lease = Lease::take();
@@ -243,75 +231,52 @@ fn run<F: Future>(f: F, unwind: bool) -> Option<F::Output> {
     let mut cx = Context::from_waker(&waker);
     loop {
         if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return Some(v);
+            return v;
         }
         let sig = lease.signal();
-        if !wait_for_wake(sig, unwind) {
-            return None;
-        }
+        wait_for_wake(sig);
         sig.state.swap(IDLE, Ordering::Acquire);
     }
 }
 
 /// Parks until the signal is woken (or yields once if it already was).
-/// With `unwind`, a cancellation unwinds the caller; without, it ends the
-/// wait and this returns false (the cancellation stays pending).
 #[inline(never)]
-fn wait_for_wake(sig: &Arc<Signal>, unwind: bool) -> bool {
+fn wait_for_wake(sig: &Arc<Signal>) {
     if park::hub_exists() && !park::can_park() {
         panic!(
             "moss::block_on: a greenlet started from a coroutine cannot wait for a pending \
              future; wait in the coroutine itself, or use greenlets from the thread's root"
         );
     }
-    // Before a wait is published: see the module docs.
-    if park::cancel_pending() {
-        if unwind {
-            park::deliver_cancel();
-        }
-        return false;
-    }
+    // Before a wait is published (see the module docs). A cancellation that
+    // cannot be delivered yet (the caller already unwinds: a destructor)
+    // leaves the park below waiting on: `block_on` cannot fail.
+    park::check_cancel();
     let wait = park::next_wait();
     if Arc::strong_count(sig) == 1 {
         // The future kept no waker: only a wake during the poll (by
         // reference) or a cancellation can end this wait.
         fence(Ordering::Acquire);
         if sig.state.load(Ordering::Relaxed) == NOTIFIED {
-            return poll_again(unwind);
+            crate::yield_now();
+            return;
         }
         // SAFETY: unique (invariant (b)). Without the unparker the hub can
         // tell that no other thread can wake this wait.
         unsafe { *sig.target.get() = None };
-        return park_until_woken("block_on (the future kept no waker)", unwind);
+        park::park_cancellable(None, "block_on (the future kept no waker)");
+        return;
     }
     sig.aim();
     match sig
         .state
         .compare_exchange(IDLE, wait, Ordering::AcqRel, Ordering::Acquire)
     {
-        Ok(_) => park_until_woken("block_on", unwind),
-        // Woken while it was being polled.
-        Err(_) => poll_again(unwind),
-    }
-}
-
-/// After a wake during the poll: poll again once the other coroutines ran
-/// (only yield when a cancellation may unwind: cleanup polls at once).
-#[inline]
-fn poll_again(unwind: bool) -> bool {
-    if unwind {
-        crate::yield_now();
-    }
-    true
-}
-
-#[inline]
-fn park_until_woken(what: &'static str, unwind: bool) -> bool {
-    if unwind {
-        park::park_cancellable(None, what);
-        true
-    } else {
-        park::park(None, what) != park::Wakeup::Cancelled
+        Ok(_) => {
+            park::park_cancellable(None, "block_on");
+        }
+        // Woken while it was being polled: poll again after the others ran.
+        Err(_) => crate::yield_now(),
     }
 }
 

@@ -23,8 +23,7 @@
 //! the caller's park through its hub's cross-thread wake-up. A `kill` or
 //! `timeout` of the caller aborts the tokio task and, while the caller
 //! unwinds, waits until tokio has dropped the future (a second cancellation
-//! during that wait ends it early rather than unwinding twice; tokio then
-//! drops the future on its own).
+//! during that wait stays pending until it ends).
 //!
 //! # The other direction
 //!
@@ -123,9 +122,8 @@ impl<T> Drop for Task<T> {
             // Resolves once tokio has dropped the future (or it finished
             // just before the abort): "cancel" means it is gone on return.
             // This runs in the unwind of the first cancellation; a second
-            // one (a kill while it waits) ends the wait early instead of
-            // unwinding again, and tokio drops the future on its own.
-            let _ = crate::block_on::block_on_or_cancelled(h);
+            // one (a kill while it waits) stays pending until it ends.
+            let _ = block_on(h);
         }
     }
 }
