@@ -9,13 +9,12 @@ mod util;
 
 use std::cell::Cell;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use moss::compat;
 use util::DropCounter;
+use util::redis::RedisServer;
 
 #[test]
 fn tokio_sleeps_overlap_and_the_hub_keeps_running() {
@@ -242,95 +241,6 @@ fn the_runtime_is_shut_down_at_exit() {
         r.stderr.contains("a tokio task was dropped at shutdown"),
         "{r:?}"
     );
-}
-
-/// A `redis-server` on a free loopback port, persistence off, killed on drop.
-struct RedisServer {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl RedisServer {
-    /// None (after saying so) when `redis-server` is not installed outside
-    /// CI; CI installs it, so there its absence fails the test.
-    fn start() -> Option<RedisServer> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed (.ci/run installs it)"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-            return None;
-        }
-        let dir = TempDir(std::env::temp_dir().join(format!("moss-redis-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).unwrap();
-        // The port is free when we look; another process could take it
-        // before redis binds it, so try a few.
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&dir.0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if child.try_wait().unwrap().is_some() {
-                    break; // could not bind: next port
-                }
-                if ping(addr) {
-                    return Some(RedisServer {
-                        child,
-                        addr,
-                        _dir: dir,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start");
-    }
-}
-
-fn ping(addr: SocketAddr) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use kv::conn::Config;
 use kv::store::Store;
+use util::redis::{RedisServer, have_or_skip};
 use util::serve::{ServerThread, server_thread};
 
 fn start_with(cfg: Config, store: Arc<Store>) -> ServerThread {
@@ -760,65 +761,4 @@ fn redis_cli_and_its_pipe_mode() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("errors: 0, replies: 20000"), "{text}");
     assert_eq!(cli(&["DBSIZE"]), "20001\n");
-}
-
-fn have_or_skip(prog: &str) -> bool {
-    let found = Command::new(prog)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{prog} is missing, but CI installs it (.ci/run)"
-        );
-        eprintln!("SKIPPED: {prog} is not installed (apt-get install redis-server redis-tools)");
-    }
-    found
-}
-
-/// A real redis-server on a free loopback port, persistence off.
-struct RedisServer {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl RedisServer {
-    fn start() -> Option<RedisServer> {
-        if !have_or_skip("redis-server") {
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let r = RedisServer { child, addr };
-        let t = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(r)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

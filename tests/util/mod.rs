@@ -6,6 +6,7 @@
 //! Each test binary includes it with `mod util;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod serve;
 
 use std::os::unix::process::ExitStatusExt;
