@@ -20,8 +20,9 @@
 //! passes it on the same way, so the cell never stays `RUNNING` with nobody
 //! running.
 //!
-//! Calling `get_or_init` on the same cell from inside its own initializer
-//! would wait for itself: that panics with a clear message instead.
+//! Calling `get_or_init` or `wait` on the same cell from inside its own
+//! initializer would wait for itself: that panics with a clear message
+//! instead (`wait_timeout` there simply times out).
 
 use std::cell::UnsafeCell;
 use std::fmt;
@@ -178,6 +179,10 @@ impl<T> OnceCell<T> {
 
     /// Waits until the cell has a value (set by someone else). A `kill` or
     /// `timeout` of the waiter unwinds it.
+    ///
+    /// # Panics
+    /// If called from inside this cell's own initializer (it would wait
+    /// for itself).
     pub fn wait(&self) -> &T {
         match self.wait_until(None) {
             Ok(v) => v,
@@ -214,6 +219,12 @@ impl<T> OnceCell<T> {
         let g = lock(&self.inner);
         if let Some(v) = self.get() {
             return Ok(v);
+        }
+        if deadline.is_none() && g.initializer != 0 && g.initializer == context_id() {
+            drop(g);
+            panic!(
+                "moss: OnceCell::wait called from its own initializer (it would wait for itself)"
+            );
         }
         wait_notified(g, &self.inner, deadline, "OnceCell::wait", |i| {
             &mut i.waiters
