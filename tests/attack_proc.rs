@@ -199,15 +199,11 @@ fn signal_storm() {
     });
 }
 
-/// `Command::output` ignores stdio set through `as_std_mut` (or on a std
-/// command converted with `From`): std's `output` keeps an explicitly set
-/// stdout, moss's replaces it with a pipe, and afterwards resets it to
-/// `inherit` (the user's setting is gone for the next run too).
-///
-/// Expected (std semantics): `stdout` is empty, the output went to
-/// /dev/null. Got: `stdout == b"hi\n"`.
+/// `Command::output` keeps stdio set through `as_std_mut` (or on a std
+/// command converted with `From`), as std's `output` keeps an explicitly
+/// set stdout (it used to replace it with a pipe, and afterwards reset it
+/// to `inherit`). Unset streams are piped on every run of the command.
 #[test]
-#[ignore = "reproduces: Command::output overrides (and then clobbers) stdio set via as_std_mut / From<std::process::Command>"]
 fn output_keeps_stdio_set_on_the_std_command() {
     let mut std_cmd = std::process::Command::new("echo");
     std_cmd.arg("hi").stdout(std::process::Stdio::null());
@@ -226,6 +222,33 @@ fn output_keeps_stdio_set_on_the_std_command() {
         b"",
         "as_std_mut().stdout(null) ignored"
     );
+    assert_eq!(c.output().unwrap().stdout, b"", "forgotten on the next run");
+    // Unset streams: piped on every run, also after a run reset them.
+    let mut c = Command::new("sh");
+    c.args(["-c", "echo out; echo err >&2"]);
+    for _ in 0..2 {
+        let out = c.output().unwrap();
+        assert_eq!(
+            (&out.stdout[..], &out.stderr[..]),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+    }
+    // Set after a run: honoured.
+    c.as_std_mut().stderr(std::process::Stdio::null());
+    let out = c.output().unwrap();
+    assert_eq!(
+        (&out.stdout[..], &out.stderr[..]),
+        (&b"out\n"[..], &b""[..])
+    );
+    // stdin piped on the std command: `output` keeps the pipe (std's does
+    // too) instead of its default /dev/null.
+    let mut std_cmd = std::process::Command::new("sh");
+    std_cmd
+        .args(["-c", "test -p /dev/stdin && echo pipe"])
+        .stdin(std::process::Stdio::piped());
+    assert_eq!(std_cmd.output().unwrap().stdout, b"pipe\n");
+    let out = Command::from(std_cmd).output().unwrap();
+    assert_eq!(out.stdout, b"pipe\n");
 }
 
 /// Big data both ways through `communicate`, and big stdout + stderr

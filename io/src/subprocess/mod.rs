@@ -80,9 +80,12 @@ pub use std::process::{ExitStatus, Output, Stdio};
 /// ```
 pub struct Command {
     inner: std::process::Command,
-    /// Whether stdin/stdout/stderr were configured through this type
-    /// (otherwise `output` uses its own defaults, as std's does).
+    /// Whether stdin/stdout/stderr were configured through this type.
     set: [bool; 3],
+    /// Whether the std command's stdin/stdout/stderr is the `inherit` that
+    /// `output` put back after overriding an unset stream (std cannot unset
+    /// a stream again): it still counts as unset.
+    restored: [bool; 3],
 }
 
 impl Command {
@@ -146,6 +149,7 @@ impl Command {
     pub fn stdin(&mut self, cfg: impl Into<Stdio>) -> &mut Command {
         self.inner.stdin(cfg);
         self.set[0] = true;
+        self.restored[0] = false;
         self
     }
 
@@ -153,6 +157,7 @@ impl Command {
     pub fn stdout(&mut self, cfg: impl Into<Stdio>) -> &mut Command {
         self.inner.stdout(cfg);
         self.set[1] = true;
+        self.restored[1] = false;
         self
     }
 
@@ -160,6 +165,7 @@ impl Command {
     pub fn stderr(&mut self, cfg: impl Into<Stdio>) -> &mut Command {
         self.inner.stderr(cfg);
         self.set[2] = true;
+        self.restored[2] = false;
         self
     }
 
@@ -170,30 +176,42 @@ impl Command {
     }
 
     /// Runs the process to completion and collects its output, as std's
-    /// `output`: stdout and stderr are piped and stdin is null unless set.
-    /// Both pipes are read concurrently while the caller's hub keeps
-    /// running.
+    /// `output`: stdout and stderr are piped and stdin is null unless set
+    /// (here or on the std command: through [`as_std_mut`](Self::as_std_mut)
+    /// or before [`From`]). Both pipes are read concurrently while the
+    /// caller's hub keeps running.
     pub fn output(&mut self) -> io::Result<Output> {
-        let [i, o, e] = self.set;
-        if !i {
+        let on_std = std_stdio(&self.inner);
+        let unset: [bool; 3] = std::array::from_fn(|i| {
+            !self.set[i]
+                && match on_std.map(|s| s[i]) {
+                    Some(None) | None => true,
+                    Some(Some(inherit)) => inherit && self.restored[i],
+                }
+        });
+        let [i, o, e] = unset;
+        if i {
             self.inner.stdin(Stdio::null());
         }
-        if !o {
+        if o {
             self.inner.stdout(Stdio::piped());
         }
-        if !e {
+        if e {
             self.inner.stderr(Stdio::piped());
         }
         let spawned = self.inner.spawn();
         // Back to the defaults of `spawn` for the next use of this command.
-        if !i {
+        if i {
             self.inner.stdin(Stdio::inherit());
         }
-        if !o {
+        if o {
             self.inner.stdout(Stdio::inherit());
         }
-        if !e {
+        if e {
             self.inner.stderr(Stdio::inherit());
+        }
+        for (r, u) in self.restored.iter_mut().zip(unset) {
+            *r |= u;
         }
         Child::from_std(spawned?)?.wait_with_output()
     }
@@ -206,20 +224,58 @@ impl Command {
 
     /// The std command inside, for settings this type does not mirror
     /// (`std::os::unix::process::CommandExt`: `uid`, `process_group`, ...).
+    /// Stdio set here counts as set for [`output`](Self::output), except
+    /// `inherit` on a stream that an earlier `output` of this command
+    /// piped by default (std cannot unset a stream, so `output` leaves
+    /// `inherit` there, and keeps treating it as unset).
     pub fn as_std_mut(&mut self) -> &mut std::process::Command {
         &mut self.inner
     }
 }
 
-/// Wraps a std command; its stdio settings count as unset for
-/// [`Command::output`].
+/// Wraps a std command, keeping all its settings (a stdio stream set on it
+/// counts as set for [`Command::output`], as with std).
 impl From<std::process::Command> for Command {
     fn from(inner: std::process::Command) -> Command {
         Command {
             inner,
             set: [false; 3],
+            restored: [false; 3],
         }
     }
+}
+
+/// What the std command has for stdin, stdout and stderr: `None` unset,
+/// `Some(true)` inherit, `Some(false)` anything else; `None` as a whole if
+/// that cannot be told.
+///
+/// std has no getter for them, but its alternate `Debug` output lists every
+/// stream that is set (`stdout: Some(` then the setting on the next line)
+/// and omits the unset ones. Only the struct's own fields start with
+/// exactly four spaces of indentation: the program, the arguments and the
+/// environment print as quoted strings with escaped newlines, nested
+/// deeper, so their text cannot pass for a field. Output of another shape
+/// (a future std) is not guessed at: then only the settings made through
+/// [`Command`]'s own methods count.
+fn std_stdio(cmd: &std::process::Command) -> Option<[Option<bool>; 3]> {
+    const FIELDS: [&str; 3] = ["stdin: Some(", "stdout: Some(", "stderr: Some("];
+    let text = format!("{cmd:#?}");
+    let mut lines = text.lines();
+    if lines.next()? != "Command {" {
+        return None;
+    }
+    let mut found = [None; 3];
+    let mut program = false;
+    while let Some(line) = lines.next() {
+        let Some(field) = line.strip_prefix("    ").filter(|f| !f.starts_with(' ')) else {
+            continue;
+        };
+        program |= field.starts_with("program: ");
+        if let Some(i) = FIELDS.iter().position(|f| field == *f) {
+            found[i] = Some(lines.next()?.trim() == "Inherit,");
+        }
+    }
+    program.then_some(found)
 }
 
 impl fmt::Debug for Command {
