@@ -70,14 +70,11 @@ fn rlock_on_a_plain_thread_at_emfile() {
 }
 
 /// Under `patch_all`, `std::process::Child::wait` in a coroutine at the fd
-/// limit: `pidfd_open` fails, and the hook falls back to the real blocking
-/// `waitpid`, freezing the whole hub until the child exits.
-///
-/// Expected: the ticker coroutine keeps ticking (at worst a polling
-/// fallback, as `moss::subprocess::Child` does without a pidfd). Got: 0
-/// ticks during the 600 ms the child lives.
+/// limit: `pidfd_open` fails, and the hook polls the non-blocking
+/// `waitpid` with growing naps instead (it used to fall back to the real
+/// blocking `waitpid`, freezing the whole hub until the child exited: 0
+/// ticks while the child lived).
 #[test]
-#[ignore = "reproduces: patched waitpid at EMFILE blocks the whole hub for the child's lifetime"]
 fn patched_child_wait_at_emfile_blocks_the_hub() {
     child("patched_child_wait_at_emfile_blocks_the_hub", || {
         moss::monkey::patch_all();
@@ -103,22 +100,52 @@ fn patched_child_wait_at_emfile_blocks_the_hub() {
     });
 }
 
-/// Under `patch_all`, a hooked `poll` with a timeout at the fd limit: the
-/// temporary epoll cannot be made and the real `poll` blocks the whole hub
-/// for the full timeout (std's `TcpStream::connect_timeout` and every C
-/// library using `poll` go through it).
-///
-/// Expected: the other coroutines keep running. Got: 0 ticks in 500 ms.
+/// `moss::subprocess::Child::wait` at the fd limit: the child's pidfd
+/// (opened at spawn) cannot be duplicated for the hub, so the wait polls
+/// the pidfd with growing naps while the hub keeps running (the fallback
+/// used to block the thread in `poll`). `wait_timeout` still times out.
 #[test]
-#[ignore = "reproduces: patched poll at EMFILE blocks the whole hub for its timeout"]
+fn subprocess_wait_at_emfile_keeps_the_hub_running() {
+    child("subprocess_wait_at_emfile_keeps_the_hub_running", || {
+        let mut c = moss::subprocess::Command::new("sleep")
+            .arg("0.6")
+            .spawn()
+            .unwrap();
+        let (ticks, tk) = util::ticker();
+        let fds = exhaust_fds();
+        let w = moss::spawn(move || {
+            let t = Instant::now();
+            let early = c.wait_timeout(Duration::from_millis(100)).unwrap();
+            (early, t.elapsed(), c.wait().unwrap())
+        });
+        let (early, took, st) = w.join().unwrap();
+        let t = ticks.get();
+        tk.kill();
+        for fd in fds {
+            // SAFETY: our own dups.
+            unsafe { libc::close(fd) };
+        }
+        assert!(early.is_none() && took >= Duration::from_millis(100));
+        assert!(st.success());
+        assert!(t >= 2, "hub frozen while Child::wait ran: {t} ticks");
+    });
+}
+
+/// Under `patch_all`, a hooked `poll` with a timeout at the fd limit: the
+/// temporary epoll cannot be made, so the hook repeats the zero-timeout
+/// `poll` with growing naps (it used to run the real `poll`, blocking the
+/// whole hub for the full timeout: 0 ticks in 500 ms). std's
+/// `TcpStream::connect_timeout` and every C library using `poll` go
+/// through it. The timeout is kept, and readiness is still reported.
+#[test]
 fn patched_poll_at_emfile_blocks_the_hub() {
     child("patched_poll_at_emfile_blocks_the_hub", || {
         moss::monkey::patch_all();
-        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = a.as_raw_fd();
         let (ticks, tk) = util::ticker(); // the hub exists before the fds run out
         let fds = exhaust_fds();
-        let p = moss::spawn(move || {
+        let poll = move |timeout| {
             let mut pfd = libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -126,11 +153,19 @@ fn patched_poll_at_emfile_blocks_the_hub() {
             };
             let t = Instant::now();
             // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, 500) };
-            (n, t.elapsed())
-        });
-        let (n, took) = p.join().unwrap();
+            let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
+            (n, pfd.revents, t.elapsed())
+        };
+        let (n, _, took) = moss::spawn(move || poll(500)).join().unwrap();
         let t = ticks.get();
+        // Readiness from another coroutine, with no timeout.
+        let writer = moss::spawn(move || {
+            moss::sleep(Duration::from_millis(100));
+            std::io::Write::write_all(&mut &b, b"x").unwrap();
+            b
+        });
+        let (n2, revents, _) = moss::spawn(move || poll(-1)).join().unwrap();
+        let _b = writer.join().unwrap();
         tk.kill();
         for fd in fds {
             // SAFETY: our own dups.
@@ -139,15 +174,58 @@ fn patched_poll_at_emfile_blocks_the_hub() {
         assert_eq!(n, 0);
         assert!(took >= Duration::from_millis(450));
         assert!(t >= 2, "hub frozen during a patched poll: {t} ticks");
+        assert_eq!((n2, revents), (1, libc::POLLIN));
+    });
+}
+
+/// `select` at the fd limit takes the same path as `poll`: the hub keeps
+/// running through its timeout.
+#[test]
+fn patched_select_at_emfile_keeps_the_hub_running() {
+    child("patched_select_at_emfile_keeps_the_hub_running", || {
+        moss::monkey::patch_all();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let (ticks, tk) = util::ticker();
+        let fds = exhaust_fds();
+        let n = moss::spawn(move || {
+            // SAFETY: an fd_set and a timeval on this stack; fd < FD_SETSIZE
+            // (the pair was made before the table filled up).
+            unsafe {
+                let mut set: libc::fd_set = std::mem::zeroed();
+                libc::FD_SET(fd, &mut set);
+                let mut tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 300_000,
+                };
+                libc::select(
+                    fd + 1,
+                    &mut set,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    &mut tv,
+                )
+            }
+        })
+        .join()
+        .unwrap();
+        let t = ticks.get();
+        tk.kill();
+        for fd in fds {
+            // SAFETY: our own dups.
+            unsafe { libc::close(fd) };
+        }
+        assert_eq!(n, 0);
+        assert!(t >= 2, "hub frozen during a patched select: {t} ticks");
     });
 }
 
 /// Under `patch_all`, the `epoll_wait` hook for a loop whose epoll fd the
-/// hub already holds needs a `dup`; at EMFILE the hook runs the real call,
-/// blocking the hub for the timeout. (Here: two coroutines of one thread
-/// run the same mio-style loop; the second one falls back.)
+/// hub already holds needs a `dup`; at EMFILE the hook repeats the
+/// zero-timeout call with growing naps (it used to run the real call,
+/// blocking the hub for the timeout). Here two coroutines of one thread
+/// run the same mio-style loop; the second one falls back.
 #[test]
-#[ignore = "reproduces: patched epoll_wait (second waiter on one epoll fd) at EMFILE blocks the hub"]
 fn patched_epoll_wait_second_waiter_at_emfile_blocks_the_hub() {
     child(
         "patched_epoll_wait_second_waiter_at_emfile_blocks_the_hub",

@@ -73,7 +73,7 @@ fn std_sync_mixed_waiters_stress() {
                         }
                         // Producers: even `who`; consumers: odd.
                         let (m, not_full, not_empty) = &*buf;
-                        if who % 2 == 0 {
+                        if who.is_multiple_of(2) {
                             let mut q = m.lock().unwrap();
                             while q.len() >= 4 {
                                 q = not_full

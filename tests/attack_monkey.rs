@@ -198,3 +198,88 @@ fn raw_fork_child_steals_parent_io_events() {
         },
     );
 }
+
+/// A hooked read on a socket the hub refuses to register for the hooks
+/// (registered with the hub directly, through the reactor's own API): the
+/// wait polls the fd with growing naps on hub timers, so another coroutine
+/// of the thread can write the data (the fallback used to block the
+/// thread in `poll(2)`, and with the writer on the same thread, forever).
+#[test]
+fn hooked_read_on_an_fd_the_hub_refuses_keeps_the_hub_running() {
+    child(
+        "hooked_read_on_an_fd_the_hub_refuses_keeps_the_hub_running",
+        Duration::from_secs(20),
+        || {
+            use std::os::fd::AsRawFd;
+            let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let _taken = moss_runtime::reactor::Registration::new(a.as_raw_fd()).unwrap();
+            let (ticks, tk) = util::ticker();
+            let writer = moss::spawn(move || {
+                moss::sleep(Duration::from_millis(200));
+                std::io::Write::write_all(&mut &b, b"hello").unwrap();
+                b
+            });
+            let reader = moss::spawn(move || {
+                let mut buf = [0u8; 5];
+                a.read_exact(&mut buf).unwrap();
+                buf
+            });
+            assert_eq!(&reader.join().unwrap(), b"hello");
+            let _b = writer.join().unwrap();
+            let t = ticks.get();
+            tk.kill();
+            assert!(t >= 2, "hub frozen during the read: {t} ticks");
+        },
+    );
+}
+
+/// `std::thread::JoinHandle::join` in a coroutine when no helper thread
+/// can be started (here: the address-space limit leaves no room for a
+/// thread stack): the hook polls `pthread_tryjoin_np` with growing naps,
+/// and the hub keeps running (it used to block the thread in the real
+/// `pthread_join`).
+#[test]
+fn thread_join_without_a_helper_thread_keeps_the_hub_running() {
+    child(
+        "thread_join_without_a_helper_thread_keeps_the_hub_running",
+        Duration::from_secs(20),
+        || {
+            let t = std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_millis(400));
+                7
+            });
+            let (ticks, tk) = util::ticker();
+            let j = moss::spawn(move || {
+                // No room for another thread's stack (8 MiB by default; a
+                // 2 MiB Rust one): the mapped size now, plus 1 MiB for the
+                // heap to grow.
+                let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+                let pages: u64 = statm.split(' ').next().unwrap().parse().unwrap();
+                // SAFETY: sysconf has no preconditions.
+                let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+                let lim = libc::rlimit {
+                    rlim_cur: pages * page + (1 << 20),
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                // SAFETY: a valid rlimit; lowers only the soft limit.
+                assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+                assert!(
+                    std::thread::Builder::new().spawn(|| ()).is_err(),
+                    "the limit should leave no room for a thread"
+                );
+                let r = t.join().unwrap();
+                let inf = libc::rlimit {
+                    rlim_cur: libc::RLIM_INFINITY,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                // SAFETY: as above.
+                unsafe { libc::setrlimit(libc::RLIMIT_AS, &inf) };
+                r
+            });
+            assert_eq!(j.join().unwrap(), 7);
+            let t = ticks.get();
+            tk.kill();
+            assert!(t >= 2, "hub frozen during the join: {t} ticks");
+        },
+    );
+}

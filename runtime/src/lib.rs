@@ -15,7 +15,8 @@
 //! * `compat` (cargo feature `tokio`) — futures that need tokio's reactor,
 //!   run on a tokio runtime moss owns.
 //! * [`park`] — the blocking primitive every waiting moss call is built on,
-//!   for sync primitives and pools.
+//!   for sync primitives and pools; [`backoff`] — polling with growing naps
+//!   for waits with nothing to park on (no pidfd, no fd left).
 //! * [`reactor`] — fd registration for I/O types.
 //! * [`sync`] — events, results, locks, semaphores, queues and channels
 //!   shared by coroutines and threads.
@@ -27,6 +28,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
+pub mod backoff;
 mod block_on;
 mod cancel;
 #[cfg(feature = "tokio")]

@@ -52,6 +52,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use moss_runtime::backoff::{Polled, poll_until};
 use moss_runtime::park::{self, Unparker};
 use moss_runtime::reactor::{Interest, WaitError};
 
@@ -469,13 +470,13 @@ pub(crate) fn set_drained(fd: c_int, st: FdState) {
 /// Waits until `fd` (in state `st`) is ready for `dir`, or `deadline`.
 ///
 /// On a thread with a hub: parks on the fd's registration (a coroutine
-/// suspends; the root runs the hub). Elsewhere, or if the reactor refuses
-/// the fd: blocks the thread in `poll(2)`.
+/// suspends; the root runs the hub), or, if the reactor refuses the fd,
+/// polls it with growing naps on hub timers. Elsewhere: blocks the thread
+/// in `poll(2)`.
 pub(crate) fn wait(fd: c_int, st: FdState, dir: Interest, deadline: Option<Instant>) -> Outcome {
-    if park::can_park()
-        && let Some(o) = wait_hub(fd, st.generation(), dir, deadline)
-    {
-        return o;
+    if park::can_park() {
+        return wait_hub(fd, st.generation(), dir, deadline)
+            .unwrap_or_else(|| wait_napping(fd, st.generation(), dir, deadline));
     }
     wait_poll(fd, dir, deadline)
 }
@@ -507,8 +508,44 @@ fn wait_hub(
     })
 }
 
+/// [`wait`] on a thread with a hub for an fd the reactor refuses (see the
+/// module docs of `moss_runtime::backoff`): zero-timeout `poll(2)`s with
+/// growing naps in between, so the hub keeps running. A `close` or `dup2`
+/// onto the fd by another coroutine ends the wait within one nap.
+fn wait_napping(fd: c_int, generation: u64, dir: Interest, deadline: Option<Instant>) -> Outcome {
+    let events = match dir {
+        Interest::Readable => libc::POLLIN,
+        Interest::Writable => libc::POLLOUT,
+    };
+    let ready = || {
+        if get(fd).generation() != generation {
+            return Some(Outcome::Closed);
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { real::poll()(&mut p, 1, 0) };
+        let closed = p.revents & libc::POLLNVAL != 0;
+        (r > 0).then_some(if closed {
+            Outcome::Closed
+        } else {
+            Outcome::Ready
+        })
+    };
+    real::keep_errno(
+        || match poll_until(deadline, "fd wait (monkey, not registered)", ready) {
+            Polled::Ready(o) => o,
+            Polled::TimedOut => Outcome::TimedOut,
+            Polled::Cancelled => Outcome::Cancelled,
+        },
+    )
+}
+
 /// Milliseconds for `poll(2)` until `deadline` (rounded up), -1 for none.
-pub(crate) fn poll_timeout(deadline: Option<Instant>) -> Option<c_int> {
+fn poll_timeout(deadline: Option<Instant>) -> Option<c_int> {
     match deadline {
         None => Some(-1),
         Some(d) => {

@@ -16,8 +16,11 @@
 //! hook too and must block. `epoll_pwait` with a signal mask also runs the
 //! real call, since the mask must be in force while the thread sleeps.
 //! A pending `kill`/`timeout` fails the call with `ECANCELED` (see the
-//! module docs); if the fd cannot be registered (not an epoll fd, no fds
-//! left), the real call runs.
+//! module docs). If the epoll fd cannot be registered with the hub (it has
+//! it already and no fd is left for the duplicate, `EMFILE`; or the hub
+//! refuses it), the zero-timeout call is repeated with growing naps on hub
+//! timers in between (1 ms doubling to 50 ms, `moss_runtime::backoff`):
+//! the hub keeps running, and events are noticed up to one nap late.
 
 use std::ffi::c_int;
 use std::time::{Duration, Instant};
@@ -26,6 +29,7 @@ use libc::{epoll_event, sigset_t};
 use moss_runtime::park;
 use moss_runtime::reactor::{Interest, Registration, WaitError};
 
+use super::hooks_poll::wait_napping;
 use super::{patched, real};
 
 /// Whether a call with this timeout should wait through the hub.
@@ -35,9 +39,8 @@ fn cooperative(timeout: c_int) -> bool {
 }
 
 /// Parks until `check()` (a zero-timeout `epoll_wait` on `epfd`) reports
-/// events or an error, or the timeout passes. `None` if `epfd` cannot be
-/// registered with the hub: the caller runs the real call.
-fn coop_wait(epfd: c_int, timeout: c_int, check: &mut dyn FnMut() -> c_int) -> Option<c_int> {
+/// events or an error, or the timeout passes.
+fn coop_wait(epfd: c_int, timeout: c_int, check: &mut dyn FnMut() -> c_int) -> c_int {
     let deadline = if timeout < 0 {
         None
     } else {
@@ -65,20 +68,23 @@ fn coop_wait(epfd: c_int, timeout: c_int, check: &mut dyn FnMut() -> c_int) -> O
                 .flatten()
         }
         Err(_) => None,
-    })?;
+    });
+    let Some(reg) = reg else {
+        return wait_napping(deadline, "epoll_wait (monkey, no fd left)", check);
+    };
     loop {
         match real::keep_errno(|| reg.wait_raw(Interest::Readable, deadline)) {
             Ok(()) | Err(WaitError::Closed) => {
                 let r = check();
                 if r != 0 || deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Some(r);
+                    return r;
                 }
             }
             // What became ready at the deadline is still reported.
-            Err(WaitError::TimedOut) => return Some(check()),
+            Err(WaitError::TimedOut) => return check(),
             Err(WaitError::Cancelled) => {
                 real::set_errno(libc::ECANCELED);
-                return Some(-1);
+                return -1;
             }
         }
     }
@@ -90,15 +96,11 @@ fn wait_with(timeout: c_int, epfd: c_int, op: &mut dyn FnMut(c_int) -> c_int) ->
     if r != 0 {
         return r;
     }
-    match coop_wait(epfd, timeout, &mut || op(0)) {
-        Some(r) => {
-            if r >= 0 {
-                real::set_errno(saved);
-            }
-            r
-        }
-        None => op(timeout),
+    let r = coop_wait(epfd, timeout, &mut || op(0));
+    if r >= 0 {
+        real::set_errno(saved);
     }
+    r
 }
 
 /// Hook for `epoll_wait(2)`.

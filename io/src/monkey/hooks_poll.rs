@@ -16,8 +16,12 @@
 //! C code often does) is watched once with the union of their events. When
 //! the deadline passes, the zero-timeout call runs once more, so an fd that
 //! turned ready just before is reported, as the real call would.
-//! fds epoll refuses (regular files are always ready anyway) are skipped;
-//! if the temporary epoll cannot be made, the real blocking call is used.
+//! fds epoll refuses (regular files are always ready anyway) are skipped.
+//! If the temporary epoll cannot be made (no fd left: `EMFILE`/`ENFILE`)
+//! or registered, the zero-timeout call is repeated with growing naps on
+//! hub timers in between (1 ms doubling to 50 ms, see
+//! `moss_runtime::backoff`): the hub keeps running, and readiness is
+//! noticed up to one nap late.
 //! A pending `kill`/`timeout` fails the call with `ECANCELED` (not `EINTR`,
 //! which std's `connect_timeout` would retry at once, spinning).
 //! Elsewhere (not patched, no hub, zero timeout) the real call runs.
@@ -26,6 +30,7 @@ use std::ffi::c_int;
 use std::time::{Duration, Instant};
 
 use libc::{fd_set, nfds_t, pollfd, timeval};
+use moss_runtime::backoff::{Polled, poll_until};
 use moss_runtime::park;
 use moss_runtime::reactor::{Interest, Registration, WaitError};
 
@@ -33,17 +38,16 @@ use super::{patched, real};
 
 /// Waits cooperatively until `check()` returns non-zero (its result is
 /// returned), `deadline` passes (0) or a cancellation is pending (-1,
-/// `ECANCELED`). `fds` are the (fd, poll events) to watch. `None` if the
-/// cooperative wait could not be set up.
+/// `ECANCELED`). `fds` are the (fd, poll events) to watch.
 fn wait_any(
     fds: &[(c_int, i16)],
     deadline: Option<Instant>,
     check: &mut dyn FnMut() -> c_int,
-) -> Option<c_int> {
+) -> c_int {
     // SAFETY: plain syscall; the fd is closed below on every path.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
-        return None;
+        return wait_napping(deadline, "poll (monkey, no fd left)", check);
     }
     struct Ep(c_int);
     impl Drop for Ep {
@@ -64,25 +68,52 @@ fn wait_any(
         // for a regular file, which is always ready anyway) skips the fd.
         unsafe { libc::epoll_ctl(ep.0, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     }
-    let reg = Registration::new(ep.0).ok()?;
+    let Ok(reg) = Registration::new(ep.0) else {
+        return wait_napping(deadline, "poll (monkey, no fd left)", check);
+    };
     loop {
         match reg.wait_raw(Interest::Readable, deadline) {
             Ok(()) | Err(WaitError::Closed) => {
                 let r = check();
                 if r != 0 {
-                    return Some(r);
+                    return r;
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Some(0);
+                    return 0;
                 }
             }
             // The kernel's own answer at the deadline: an fd that turned
             // ready just before it counts, as it would for the real call.
-            Err(WaitError::TimedOut) => return Some(check()),
+            Err(WaitError::TimedOut) => return check(),
             Err(WaitError::Cancelled) => {
                 real::set_errno(libc::ECANCELED);
-                return Some(-1);
+                return -1;
             }
+        }
+    }
+}
+
+/// A cooperative wait with no fd of its own to park on (none left, or the
+/// hub refuses it): calls `check()` until it returns non-zero (returned,
+/// errno as it left it), napping on hub timers in between
+/// (`moss_runtime::backoff`: 1 ms doubling to 50 ms); 0 once `deadline`
+/// passed and one last check found nothing; -1 with `ECANCELED` on a
+/// pending cancellation. The caller must be able to park.
+pub(super) fn wait_napping(
+    deadline: Option<Instant>,
+    what: &'static str,
+    check: &mut dyn FnMut() -> c_int,
+) -> c_int {
+    let ready = || {
+        let r = check();
+        (r != 0).then_some(r)
+    };
+    match poll_until(deadline, what, ready) {
+        Polled::Ready(r) => r,
+        Polled::TimedOut => 0,
+        Polled::Cancelled => {
+            real::set_errno(libc::ECANCELED);
+            -1
         }
     }
 }
@@ -148,14 +179,11 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) ->
         .filter(|p| p.fd >= 0)
         .map(|p| (p.fd, p.events))
         .collect();
-    match wait_any(&watch, deadline, &mut || op(0)) {
-        Some(r) if r >= 0 => {
-            real::set_errno(saved);
-            r
-        }
-        Some(r) => r,
-        None => op(super::fdtable::poll_timeout(deadline).unwrap_or(0)),
+    let r = wait_any(&watch, deadline, &mut || op(0));
+    if r >= 0 {
+        real::set_errno(saved);
     }
+    r
 }
 
 /// Hook for `select(2)`.
@@ -239,18 +267,7 @@ pub unsafe extern "C" fn select(
                 watch.push((fd, ev));
             }
         }
-        n = match wait_any(&watch, deadline, &mut attempt) {
-            Some(n) => n,
-            None => {
-                let mut t = remaining(deadline);
-                let tp = if deadline.is_some() {
-                    &raw mut t
-                } else {
-                    std::ptr::null_mut()
-                };
-                real_select(readfds, writefds, exceptfds, tp)
-            }
-        };
+        n = wait_any(&watch, deadline, &mut attempt);
         if n == 0 {
             for s in [readfds, writefds, exceptfds] {
                 if !s.is_null() {

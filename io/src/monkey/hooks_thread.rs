@@ -13,15 +13,22 @@
 //! `pthread_join` cannot fail with a cancellation (std would panic on an
 //! error), so a `kill` or `timeout` of the joining coroutine does not end
 //! the join: it keeps waiting and the cancellation is delivered at the next
-//! moss blocking point after it. Everywhere else, or if no helper thread
-//! can be started, the real `pthread_join` blocks the thread as before.
+//! moss blocking point after it. If no helper thread can be started (the
+//! thread limit, no memory), the caller polls `pthread_tryjoin_np` with
+//! growing naps on hub timers in between (1 ms doubling to 50 ms,
+//! `moss_runtime::backoff`): the hub keeps running, and the end of the
+//! thread is noticed up to one nap late. Everywhere else the real
+//! `pthread_join` blocks the thread as before.
 
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
 
+use moss_runtime::backoff::Backoff;
 use moss_runtime::park::{self, Unparker};
 
 use super::{patched, real};
+
+const WHAT: &str = "thread join (monkey)";
 
 #[derive(Default)]
 struct State {
@@ -68,8 +75,7 @@ pub unsafe extern "C" fn pthread_join(thread: libc::pthread_t, retval: *mut *mut
             .spawn(job)
     });
     if spawned.is_err() {
-        // SAFETY: forwarded unchanged.
-        return unsafe { real::pthread_join()(thread, retval) };
+        return join_napping(thread, retval);
     }
     real::keep_errno(|| {
         loop {
@@ -85,13 +91,34 @@ pub unsafe extern "C" fn pthread_join(thread: libc::pthread_t, retval: *mut *mut
                 }
                 st.waker = Some(park::unparker());
             }
-            // A join cannot fail: a cancellation only makes this a
-            // spurious wake-up, and later parks ignore it (see above).
-            if park::cancel_pending() {
-                park::park_shielded(None, "thread join (monkey)");
-            } else {
-                park::park(None, "thread join (monkey)");
+            park_join(None);
+        }
+    })
+}
+
+/// A join cannot fail: a cancellation only makes this a spurious wake-up,
+/// and later parks ignore it (see the module docs).
+fn park_join(until: Option<std::time::Instant>) {
+    if park::cancel_pending() {
+        park::park_shielded(until, WHAT);
+    } else {
+        park::park(until, WHAT);
+    }
+}
+
+/// The join without a helper thread: `pthread_tryjoin_np` with growing
+/// naps in between.
+fn join_napping(thread: libc::pthread_t, retval: *mut *mut c_void) -> c_int {
+    let mut naps = Backoff::new();
+    real::keep_errno(|| {
+        loop {
+            // SAFETY: as in `pthread_join`: joins only a thread that has
+            // ended, else returns EBUSY without touching either argument.
+            let r = unsafe { libc::pthread_tryjoin_np(thread, retval) };
+            if r != libc::EBUSY {
+                return r;
             }
+            park_join(Some(naps.next_wake(None)));
         }
     })
 }

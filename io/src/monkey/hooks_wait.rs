@@ -10,9 +10,14 @@
 //! caller's own, so any number of coroutines can wait for different
 //! children at once.
 //!
+//! If no pidfd can be had for a child that still runs (no fd left:
+//! `EMFILE`/`ENFILE`; a kernel before 5.3) or the hub refuses it, the
+//! caller polls the non-blocking `waitpid` with growing naps on hub timers
+//! in between (1 ms doubling to 50 ms, `moss_runtime::backoff`): the hub
+//! keeps running, and the exit is noticed up to one nap late.
+//!
 //! Everything else runs the real call: `pid <= 0` (any child, a process
-//! group), stop/continue reports, `WNOHANG`, threads without a hub, and a
-//! child whose pidfd cannot be opened (not our child, or an old kernel). A
+//! group), stop/continue reports, `WNOHANG`, and threads without a hub. A
 //! pending `kill`/`timeout` fails the call with `ECANCELED` (see the module
 //! docs); the child is then left unreaped, as after any failed wait.
 
@@ -23,6 +28,7 @@ use libc::{c_int, pid_t, rusage};
 use moss_runtime::park::{self, Wakeup};
 use moss_runtime::reactor::{self, Interest, Registration, WaitError};
 
+use super::hooks_poll::wait_napping;
 use super::{patched, real};
 
 /// Whether a wait with these arguments should park through the hub.
@@ -35,19 +41,25 @@ fn cooperative(pid: pid_t, options: c_int) -> bool {
 }
 
 /// Parks until `try_reap()` (the caller's call with `WNOHANG` added)
-/// returns non-zero, and returns that. `None` if the child cannot be
-/// watched: the caller runs the real blocking call.
-fn coop_wait(pid: pid_t, try_reap: &mut dyn FnMut() -> pid_t) -> Option<pid_t> {
+/// returns non-zero, and returns that.
+fn coop_wait(pid: pid_t, try_reap: &mut dyn FnMut() -> pid_t) -> pid_t {
     let saved = real::errno();
     let r = try_reap();
     if r != 0 {
-        return Some(r);
+        return r;
     }
-    let (pidfd, reg) = real::keep_errno(|| {
+    let watched = real::keep_errno(|| {
         let fd = reactor::pidfd_open(pid).ok()?;
         let reg = Registration::new(fd.as_raw_fd()).ok()?;
         Some((fd, reg))
-    })?;
+    });
+    let Some((pidfd, reg)) = watched else {
+        let r = wait_napping(None, "waitpid (monkey, no pidfd)", try_reap);
+        if r > 0 {
+            real::set_errno(saved);
+        }
+        return r;
+    };
     let mut readable = false;
     let r = loop {
         let cancelled = real::keep_errno(|| {
@@ -63,7 +75,7 @@ fn coop_wait(pid: pid_t, try_reap: &mut dyn FnMut() -> pid_t) -> Option<pid_t> {
         if cancelled {
             real::keep_errno(|| drop((reg, pidfd)));
             real::set_errno(libc::ECANCELED);
-            return Some(-1);
+            return -1;
         }
         readable = true;
         let r = try_reap();
@@ -75,7 +87,7 @@ fn coop_wait(pid: pid_t, try_reap: &mut dyn FnMut() -> pid_t) -> Option<pid_t> {
     if r > 0 {
         real::set_errno(saved);
     }
-    Some(r)
+    r
 }
 
 /// Hook for `waitpid(2)`.
@@ -89,7 +101,7 @@ pub unsafe extern "C" fn waitpid(pid: pid_t, status: *mut c_int, options: c_int)
     if !cooperative(pid, options) {
         return op(options);
     }
-    coop_wait(pid, &mut || op(options | libc::WNOHANG)).unwrap_or_else(|| op(options))
+    coop_wait(pid, &mut || op(options | libc::WNOHANG))
 }
 
 /// Hook for `wait4(2)`.
@@ -108,5 +120,5 @@ pub unsafe extern "C" fn wait4(
     if !cooperative(pid, options) {
         return op(options);
     }
-    coop_wait(pid, &mut || op(options | libc::WNOHANG)).unwrap_or_else(|| op(options))
+    coop_wait(pid, &mut || op(options | libc::WNOHANG))
 }

@@ -129,6 +129,25 @@
 //! so do fds 0–2: making them non-blocking would change file descriptions
 //! shared with other processes (the shell's terminal).
 //!
+//! # When no fd can be had (`EMFILE`)
+//!
+//! A few cooperative waits need a new fd: `poll`/`select` a temporary
+//! epoll instance, `waitpid`/`wait4` a pidfd, a second coroutine in
+//! `epoll_wait` on one epoll fd a duplicate of it. At the process's fd
+//! limit (`EMFILE`, or `ENFILE` system-wide), or if the hub refuses the
+//! fd, these calls do not block the thread: they repeat their
+//! non-blocking form (a zero-timeout `poll`/`select`/`epoll_wait`,
+//! `waitpid` with `WNOHANG`) with naps on hub timers in between, 1 ms
+//! doubling to 50 ms, so the hub keeps running the other coroutines. What
+//! they wait for is noticed up to one nap late (at most 50 ms); results,
+//! timeouts, errno and cancellation are as usual. `pthread_join` does the
+//! same with `pthread_tryjoin_np` when no helper thread can be started,
+//! and so does hooked I/O on a socket, pipe or tty that the hub refuses
+//! (its registration is an `epoll_ctl`, which needs no new fd, so it
+//! normally works at the limit too). Only `getaddrinfo` without a helper
+//! thread runs inline, blocking the thread for the lookup. The hooks
+//! never create a hub, so none of this needs an fd for one.
+//!
 //! # errno and cancellation
 //!
 //! Every hook leaves errno exactly as the real call did; its own
@@ -184,7 +203,8 @@
 //!   (no shared pool, so it also works in a forked child).
 //! * `epoll_wait`/`epoll_pwait` block the thread on a root (only coroutines
 //!   park), and so does `epoll_pwait` with a signal mask. `waitpid`/`wait4`
-//!   park only for one child of ours with a pidfd; `wait`, `waitid`,
+//!   park only for one child of ours (on its pidfd, or polling without
+//!   one); `wait`, `waitid`,
 //!   `epoll_pwait2` and file-system calls are not hooked: they block the
 //!   thread as before.
 //! * A coroutine killed inside `std::process::Child::wait` gets an error
@@ -197,7 +217,8 @@
 //!   socket may go back and forth between std and moss types (and threads).
 //!   If the hub refuses to register an fd anyway (registered with this hub
 //!   outside moss's types, through `moss_runtime::reactor::Registration`
-//!   directly), that call waits in `poll(2)`, blocking the thread.
+//!   directly), that call polls the fd with growing naps (see "When no fd
+//!   can be had").
 //! * Reads of datagram and seqpacket sockets and ttys always try the
 //!   syscall first; only byte streams (stream sockets, pipes) use the
 //!   "drained" hint that skips the `EAGAIN` after a short read.

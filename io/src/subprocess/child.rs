@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use moss_runtime::backoff::Backoff;
 use moss_runtime::reactor::{self, Interest};
 
 use super::reaper;
@@ -93,7 +94,8 @@ impl Child {
     }
 
     fn wait_until(&mut self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
-        let mut nap = Duration::from_millis(1);
+        let mut pidfd = self.pidfd.as_ref().map(AsRawFd::as_raw_fd);
+        let mut naps = Backoff::new();
         loop {
             if let Some(s) = self.std().try_wait()? {
                 return Ok(Some(s));
@@ -101,24 +103,17 @@ impl Child {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
-            let fd = self.pidfd.as_ref().map(AsRawFd::as_raw_fd);
-            if let Some(fd) = fd.filter(|_| nap == Duration::from_millis(1)) {
-                if !reactor::wait_fd(fd, Interest::Readable, deadline)? {
-                    return self.std().try_wait();
+            match pidfd {
+                Some(fd) => {
+                    if !reactor::wait_fd(fd, Interest::Readable, deadline)? {
+                        return self.std().try_wait();
+                    }
+                    // Readable means exited; should `try_wait` still see it
+                    // running, poll from now on rather than spin.
+                    pidfd = None;
                 }
-                // Readable means exited; should `try_wait` still see it
-                // running, fall back to polling rather than spin.
-                if self.std().try_wait()?.is_none() {
-                    nap *= 2;
-                }
-                continue;
+                None => naps.sleep(deadline)?,
             }
-            let mut d = nap;
-            if let Some(end) = deadline {
-                d = d.min(end.saturating_duration_since(Instant::now()));
-            }
-            moss_runtime::sleep(d);
-            nap = (nap * 2).min(Duration::from_millis(50));
         }
     }
 

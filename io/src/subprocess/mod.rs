@@ -30,7 +30,9 @@
 //! * Waiting for the exit: at spawn the child gets a pidfd (Linux 5.3+), an
 //!   fd that polls readable once the child has exited; a wait parks on it
 //!   through the hub, then reaps the child with a non-blocking `waitpid`.
-//!   Without pidfds it polls `waitpid` with a growing sleep (1 to 50 ms).
+//!   Without pidfds (an old kernel, or no fd left at spawn), or when the
+//!   pidfd cannot be watched (no fd left for the hub's duplicate), it
+//!   polls with a growing sleep (1 to 50 ms) while the hub keeps running.
 //! * Pipes: the parent's ends are switched to non-blocking mode (the
 //!   child's ends are other file descriptions and stay blocking) and wait
 //!   for readiness through the hub, as `moss::net` sockets do.

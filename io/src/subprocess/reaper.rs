@@ -12,12 +12,11 @@
 //! process of its own starts its own reaper. The inherited handle is leaked,
 //! never used (its channel's lock may be held by the parent's reaper).
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::time::Duration;
-
+use moss_runtime::backoff::Backoff;
 use moss_runtime::reactor::{self, Interest};
 use moss_runtime::sync::{Receiver, Sender, channel};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 struct Orphan {
     child: std::process::Child,
@@ -77,25 +76,21 @@ fn serve(rx: Receiver<Orphan>) {
 }
 
 fn reap(mut o: Orphan) {
-    let mut nap = Duration::from_millis(1);
+    let mut naps = Backoff::new();
     loop {
         match o.child.try_wait() {
             Ok(None) => {}
             // Reaped, or someone else reaped it (ECHILD): done either way.
             _ => return,
         }
-        match &o.pidfd {
-            Some(fd) if nap == Duration::from_millis(1) => {
-                if reactor::wait_fd(fd.as_raw_fd(), Interest::Readable, None).is_err() {
-                    nap *= 2;
-                }
-                if matches!(o.child.try_wait(), Ok(None)) {
-                    nap *= 2;
-                }
+        match o.pidfd.take() {
+            // Readable means exited: should it still run after that (or
+            // the wait fail), poll from then on rather than spin.
+            Some(fd) => {
+                let _ = reactor::wait_fd(fd.as_raw_fd(), Interest::Readable, None);
             }
-            _ => {
-                moss_runtime::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(50));
+            None => {
+                let _ = naps.sleep(None);
             }
         }
     }

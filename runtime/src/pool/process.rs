@@ -62,6 +62,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::backoff::{Backoff, Polled};
 use crate::hub::Hub;
 use crate::reactor::{Interest, Registration};
 use crate::sys::fd;
@@ -263,7 +264,7 @@ impl ProcessHandle {
     }
 
     fn wait(&self, deadline: Option<Instant>) -> io::Result<Option<i32>> {
-        let mut nap = Duration::from_millis(1);
+        let mut naps = Backoff::new();
         loop {
             if let Some(c) = self.poll_exit()? {
                 return Ok(Some(c));
@@ -277,14 +278,7 @@ impl ProcessHandle {
                         return self.poll_exit();
                     }
                 }
-                None => {
-                    let mut d = nap;
-                    if let Some(end) = deadline {
-                        d = d.min(end.saturating_duration_since(Instant::now()));
-                    }
-                    crate::sleep(d);
-                    nap = (nap * 2).min(Duration::from_millis(50));
-                }
+                None => naps.sleep(deadline)?,
             }
         }
     }
@@ -371,8 +365,9 @@ impl fmt::Debug for ProcessHandle {
 /// thread blocks in its hub. The fd is duplicated for the wait so that any
 /// number of waiters of one hub can wait on it at once (epoll accepts each
 /// fd number once). A `kill` of the calling coroutine unwinds it. If the fd
-/// cannot be duplicated or registered (no fds left), the wait falls back to
-/// a blocking `poll`: it still ends, at the cost of blocking the thread.
+/// cannot be duplicated or registered (no fds left), the caller polls the
+/// fd with growing naps on the hub's timers ([`crate::backoff`]), so the
+/// hub keeps running; a thread without a hub blocks in `poll`.
 pub(crate) fn wait_fd(
     fd: RawFd,
     interest: Interest,
@@ -381,15 +376,40 @@ pub(crate) fn wait_fd(
     // Declared in this order so that `reg` (deregistration) drops before
     // `dup` (close), also when unwinding.
     let Ok(dup) = fd::dup(fd) else {
-        return poll_wait(fd, interest, deadline);
+        return nap_wait(fd, interest, deadline);
     };
     let Ok(reg) = Registration::new(dup.as_raw_fd()) else {
-        return poll_wait(fd, interest, deadline);
+        return nap_wait(fd, interest, deadline);
     };
     match reg.wait(interest, deadline) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// The fallback of [`wait_fd`] without an fd to register: zero-timeout
+/// `poll`s with growing naps in between (a thread without a hub, which has
+/// nothing else to run, blocks in `poll`).
+fn nap_wait(fd: RawFd, interest: Interest, deadline: Option<Instant>) -> io::Result<bool> {
+    if !crate::park::hub_exists() {
+        return poll_wait(fd, interest, deadline);
+    }
+    let w = interest == Interest::Writable;
+    let ready = || {
+        let mut p = [poll::poll_raw_fd(fd, !w, w)];
+        match poll::poll(&mut p, Some(Duration::ZERO)) {
+            Ok(0) => None,
+            r => Some(r.map(|_| true)),
+        }
+    };
+    match crate::backoff::poll_until(deadline, "wait_fd (no fd left)", ready) {
+        Polled::Ready(r) => r,
+        Polled::TimedOut => Ok(false),
+        Polled::Cancelled => {
+            crate::cancel::deliver_or_fail(Hub::current());
+            Err(io::Error::other(crate::reactor::WaitError::Cancelled))
+        }
     }
 }
 

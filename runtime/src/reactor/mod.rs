@@ -37,7 +37,8 @@ pub fn hub_id() -> u64 {
 /// root or plain thread runs its hub. The fd is duplicated for the wait,
 /// so any number of waiters may wait on one fd, and it need not stay
 /// registered. A `kill`/`timeout` of the calling coroutine unwinds it.
-/// Falls back to a thread-blocking `poll` if no fd is left to duplicate.
+/// If no fd is left to duplicate, polls the fd with growing naps
+/// ([`crate::backoff`]): the hub keeps running.
 pub fn wait_fd(
     fd: std::os::fd::RawFd,
     interest: Interest,
