@@ -71,6 +71,64 @@ fn greenlet_result_api() {
 }
 
 #[test]
+fn cross_process_primitives_api() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    let (a, b): (
+        moss::pool::Connection<String>,
+        moss::pool::Connection<String>,
+    ) = moss::pool::pipe::<String>().unwrap();
+    send_sync(&a);
+    let sent: std::io::Result<()> = a.send(&"x".to_string());
+    sent.unwrap();
+    let polled: bool = b.poll(Duration::ZERO);
+    assert!(polled);
+    let got: std::io::Result<String> = b.recv();
+    assert_eq!(got.unwrap(), "x");
+    let timed: std::io::Result<String> = b.recv_timeout(Duration::ZERO);
+    assert!(timed.is_err());
+
+    let lock: moss::pool::ProcessLock = moss::pool::ProcessLock::new().unwrap();
+    send_sync(&lock);
+    let g: moss::pool::ProcessLockGuard<'_> = lock.lock();
+    assert!(!g.owner_died());
+    drop(g);
+    let t: Option<moss::pool::ProcessLockGuard<'_>> = lock.try_lock();
+    drop(t);
+    let r: Result<moss::pool::ProcessLockGuard<'_>, moss::sync::Timeout> =
+        lock.lock_timeout(Duration::ZERO);
+    drop(r);
+
+    let sem = moss::pool::ProcessSemaphore::new(1).unwrap();
+    send_sync(&sem);
+    sem.acquire();
+    let ok: bool = sem.try_acquire();
+    assert!(!ok);
+    let r: Result<(), moss::sync::Timeout> = sem.acquire_timeout(Duration::ZERO);
+    assert!(r.is_err());
+    sem.release();
+
+    let ev = moss::pool::ProcessEvent::new().unwrap();
+    send_sync(&ev);
+    ev.set();
+    ev.clear();
+    let set: bool = ev.is_set();
+    assert!(!set);
+    let waited: bool = ev.wait_timeout(Duration::ZERO);
+    assert!(!waited);
+    ev.set();
+    ev.wait();
+
+    let v: moss::pool::SharedValue<i64> = moss::pool::SharedValue::new(1i64).unwrap();
+    send_sync(&v);
+    v.set(2);
+    let r: i64 = v.update(|x| {
+        *x += 1;
+        *x
+    });
+    assert_eq!((r, v.get()), (3, 3));
+}
+
+#[test]
 fn greenlet_api() {
     use moss::greenlet::{self, Greenlet};
     let g: Greenlet<i32> = Greenlet::new(|v| v + 1);

@@ -8,13 +8,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moss::pool::{Process, ProcessQueue};
+use moss::pool::ProcessQueue;
 use moss::sync::{Empty, Timeout};
-use util::Reap;
-
-fn start(f: impl FnOnce() + 'static) -> Reap {
-    Reap(Process::new(f).start().unwrap())
-}
+use util::{Reap, start};
 
 #[test]
 fn two_child_producers_every_item_exactly_once_in_order() {

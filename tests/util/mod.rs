@@ -286,3 +286,24 @@ impl std::ops::Deref for Reap {
         &self.0
     }
 }
+
+/// Runs `body` as the test `case` (its full name in this binary) in a fresh
+/// child process of the test binary, and asserts that it passed there
+/// within `limit`. For tests that must not share the process with the
+/// others: a test that waits for end-of-file on a pipe would wait for every
+/// child that another test forked meanwhile (forked children inherit every
+/// fd of the process).
+pub fn isolated(case: &str, limit: Duration, body: impl FnOnce()) {
+    if in_child(case) {
+        let _wd = watchdog(case, limit);
+        body();
+        return;
+    }
+    let r = run_in_child(case, limit + Duration::from_secs(10));
+    assert!(r.success(), "{case} failed in its child process: {r:#?}");
+}
+
+/// Starts `f` in a child process, reaped when the result is dropped.
+pub fn start(f: impl FnOnce() + 'static) -> Reap {
+    Reap(moss::pool::Process::new(f).start().unwrap())
+}

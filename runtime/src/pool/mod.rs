@@ -13,28 +13,43 @@
 //!   `pool_worker` for the workers' loop).
 //! * [`ProcessQueue`] — `multiprocessing.Queue` (modules `process_queue`,
 //!   and `queue_wire` for its pipes and frames).
+//! * [`pipe`], [`Connection`] — `multiprocessing.Pipe` (module
+//!   `connection`).
+//! * [`ProcessLock`], [`ProcessSemaphore`], [`ProcessEvent`],
+//!   [`SharedValue`] — `multiprocessing.Lock`, `Semaphore`, `Event` and
+//!   `Value` (modules `process_lock`, `process_sync`, `shared_value`; their
+//!   waiters in other processes are woken through `doorbell`).
 //! * [`PoolError`] — why a pool task produced no result (module `error`).
 //!
 //! The process protocols share one length-prefixed frame codec (module
 //! `frame`).
 
 mod callback;
+mod connection;
+mod doorbell;
 mod error;
 mod frame;
 mod group;
 mod pool_manager;
 mod pool_worker;
 mod process;
+mod process_lock;
 mod process_pool;
 mod process_queue;
+mod process_sync;
 mod queue_wire;
+mod shared_value;
 mod thread_pool;
 
+pub use connection::{Connection, pipe};
 pub use error::PoolError;
 pub use group::{Group, ImapUnordered, Pool};
 pub use process::{CHILD_STACK_SIZE, PANIC_EXIT_CODE, Process, ProcessHandle, Runnable};
+pub use process_lock::{ProcessLock, ProcessLockGuard};
 pub use process_pool::ProcessPool;
 pub use process_queue::ProcessQueue;
+pub use process_sync::{ProcessEvent, ProcessSemaphore};
+pub use shared_value::{Plain, SharedValue};
 pub use thread_pool::{Imap, ThreadPool};
 
 pub(crate) use process::wait_fd;

@@ -49,19 +49,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::doorbell::{SLICE, Waited, wait_fd};
 use super::frame;
-use super::process::poll_wait;
-use crate::park::{self, Wakeup};
-use crate::reactor::{Interest, Registration, WaitError};
+use crate::park;
+use crate::reactor::Interest;
 use crate::sys::fd;
 use crate::sys::process;
 use crate::sys::shm::SharedMem;
 
 /// The data pipe's buffer is grown to this where the system allows.
 const DATA_PIPE_SIZE: usize = 1 << 20;
-
-/// How often a wait that depends on another process checks that it lives.
-const SLICE: Duration = Duration::from_millis(200);
 
 /// The shared page's layout.
 ///
@@ -124,13 +121,6 @@ impl Wait {
             _ => None,
         }
     }
-}
-
-/// How a wait for readiness ended.
-enum Waited {
-    Ready,
-    TimedOut,
-    Cancelled,
 }
 
 /// The pipes and the shared page of one queue, plus this process's items
@@ -385,35 +375,6 @@ fn my_pid() -> i32 {
 fn holder_gone(holder: &AtomicI32) -> bool {
     let pid = holder.load(Ordering::SeqCst);
     pid != 0 && pid != my_pid() && process::is_gone(pid)
-}
-
-/// Waits for `fd` through this thread's hub (a dup of it is registered,
-/// so any number of waiters of one hub can wait on one fd), never
-/// unwinding. A thread without a hub blocks in `poll`; when no fd is left
-/// to register, the caller naps on a timer and retries.
-fn wait_fd(fd: RawFd, interest: Interest, deadline: Option<Instant>) -> Waited {
-    if !park::hub_exists() {
-        return match poll_wait(fd, interest, deadline) {
-            Ok(false) => Waited::TimedOut,
-            _ => Waited::Ready, // ready, or an error the retried call reports
-        };
-    }
-    // `reg` is dropped (deregistered) before `dup` is closed.
-    let registered = fd::dup(fd).and_then(|d| Ok((Registration::new(d.as_raw_fd())?, d)));
-    match registered {
-        Ok((reg, _dup)) => match reg.wait_raw(interest, deadline) {
-            Ok(()) | Err(WaitError::Closed) => Waited::Ready,
-            Err(WaitError::TimedOut) => Waited::TimedOut,
-            Err(WaitError::Cancelled) => Waited::Cancelled,
-        },
-        Err(_) => {
-            let nap = Instant::now() + Duration::from_millis(5);
-            match park::park(Some(deadline.map_or(nap, |d| d.min(nap))), "ProcessQueue") {
-                Wakeup::Cancelled => Waited::Cancelled,
-                _ => Waited::Ready,
-            }
-        }
-    }
 }
 
 /// A token taken from a token pipe; given back on drop (and the lock's

@@ -123,3 +123,18 @@ pub(crate) fn write(fd: RawFd, buf: &[u8], socket: bool) -> io::Result<usize> {
     })
     .map(|n| n as usize)
 }
+
+/// `shutdown(2)`: after `Write`, the peer of a stream socket reads
+/// end-of-file once it has read what was sent before; after `Read`, the
+/// peer's sends fail with `EPIPE`. It acts on the socket itself, in every
+/// process sharing it.
+pub(crate) fn shutdown(fd: RawFd, how: std::net::Shutdown) -> io::Result<()> {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown on an fd number has no memory-safety preconditions;
+    // a bad fd is reported as EBADF/ENOTSOCK.
+    cvt(unsafe { libc::shutdown(fd, how) }).map(drop)
+}

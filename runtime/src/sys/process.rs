@@ -130,21 +130,88 @@ pub(crate) fn is_gone(pid: libc::pid_t) -> bool {
     if let Err(e) = cvt(unsafe { libc::kill(pid, 0) }) {
         return e.raw_os_error() == Some(libc::ESRCH);
     }
-    // `/proc/PID/stat` is "PID (COMM) STATE ...", and COMM may contain ')'.
-    match std::fs::read(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .iter()
-                .rposition(|&b| b == b')')
-                .and_then(|i| stat.get(i + 2));
-            matches!(state, Some(b'Z' | b'X'))
-        }
+    match stat(pid) {
+        Ok(s) => s.ended(),
         // Gone from /proc, unless /proc itself is missing (not mounted).
         Err(e) => {
             e.kind() == std::io::ErrorKind::NotFound
                 && std::path::Path::new("/proc/self/stat").exists()
         }
     }
+}
+
+/// What moss reads of `/proc/PID/stat`.
+struct Stat {
+    /// Field 3: `R`, `S`, ..., `Z` (zombie), `X` (dead).
+    state: u8,
+    /// Field 22: clock ticks after boot when the process started.
+    start_time: u64,
+}
+
+impl Stat {
+    fn ended(&self) -> bool {
+        matches!(self.state, b'Z' | b'X')
+    }
+}
+
+fn stat(pid: libc::pid_t) -> io::Result<Stat> {
+    let raw = std::fs::read(format!("/proc/{pid}/stat"))?;
+    // "PID (COMM) STATE ...", and COMM may contain ')' and spaces.
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/PID/stat");
+    let rest = raw
+        .iter()
+        .rposition(|&b| b == b')')
+        .and_then(|i| raw.get(i + 2..))
+        .ok_or_else(bad)?;
+    let mut fields = rest.split(|&b| b == b' ');
+    let state = *fields.next().and_then(|f| f.first()).ok_or_else(bad)?;
+    // Fields 4 to 21 come before the start time.
+    let start = fields.nth(18).ok_or_else(bad)?;
+    let start_time = std::str::from_utf8(start)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    Ok(Stat { state, start_time })
+}
+
+/// A process identity that survives pid reuse, as one nonzero `u64` (it
+/// fits an atomic in shared memory): the pid in the low 32 bits and the low
+/// 32 bits of the process's start time above (0 where `/proc` cannot be
+/// read). Two processes that had the same pid differ unless they started a
+/// multiple of 2^32 clock ticks (497 days at 100 Hz) apart.
+pub(crate) fn identity(pid: libc::pid_t) -> u64 {
+    let start = stat(pid).map_or(0, |s| s.start_time);
+    (start << 32) | u64::from(pid as u32)
+}
+
+/// [`identity`] of the calling process, computed once per process (a forked
+/// child computes its own: the cache is tagged with the fork generation).
+pub(crate) fn own_identity() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // (generation + 1) of the cached value, 0 for none.
+    static CACHED_GEN: AtomicU64 = AtomicU64::new(0);
+    static CACHED: AtomicU64 = AtomicU64::new(0);
+    let generation = super::atfork::generation() + 1;
+    if CACHED_GEN.load(Ordering::Acquire) == generation {
+        return CACHED.load(Ordering::Relaxed);
+    }
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let id = identity(unsafe { libc::getpid() });
+    CACHED.store(id, Ordering::Relaxed);
+    CACHED_GEN.store(generation, Ordering::Release);
+    id
+}
+
+/// Whether the process an [`identity`] names has ended: it is gone or a
+/// zombie, or its pid now belongs to a process that started at another
+/// time.
+pub(crate) fn identity_gone(id: u64) -> bool {
+    let pid = (id & 0xffff_ffff) as u32 as libc::pid_t;
+    if is_gone(pid) {
+        return true;
+    }
+    let start = id >> 32;
+    start != 0 && stat(pid).is_ok_and(|s| s.start_time & 0xffff_ffff != start)
 }
 
 #[cfg(test)]
@@ -171,5 +238,16 @@ mod tests {
         }
         assert_eq!(try_wait(pid).unwrap(), Some(Exit::Code(0)));
         assert!(is_gone(pid));
+    }
+
+    #[test]
+    fn an_identity_tells_a_recycled_pid_from_its_holder() {
+        let me = own_identity();
+        assert_eq!(me & 0xffff_ffff, u64::from(std::process::id()));
+        assert_ne!(me >> 32, 0, "the start time is read from /proc");
+        assert_eq!(me, own_identity(), "cached");
+        assert!(!identity_gone(me));
+        // The same pid with another start time: the pid was recycled.
+        assert!(identity_gone(me ^ (1 << 32)));
     }
 }

@@ -56,3 +56,43 @@ impl Drop for SharedMem {
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
+
+/// Types that may live in a [`Shared`] mapping.
+///
+/// # Safety
+/// The all-zero bit pattern is a valid value, and every field is an atomic
+/// (or made of atomics), so that processes and threads may share it through
+/// `&T` at once.
+pub(crate) unsafe trait SharedState: Sync {}
+
+/// One zeroed `T` alone in a [`SharedMem`] mapping of its own: shared with
+/// every child forked after it was created.
+pub(crate) struct Shared<T> {
+    mem: SharedMem,
+    _state: std::marker::PhantomData<T>,
+}
+
+impl<T: SharedState> Shared<T> {
+    /// Maps a zeroed `T` (at least one page).
+    pub(crate) fn new() -> io::Result<Shared<T>> {
+        const {
+            assert!(
+                std::mem::align_of::<T>() <= 4096,
+                "mappings are page aligned"
+            )
+        };
+        Ok(Shared {
+            mem: SharedMem::new(std::mem::size_of::<T>().max(1))?,
+            _state: std::marker::PhantomData,
+        })
+    }
+
+    /// The shared value.
+    pub(crate) fn get(&self) -> &T {
+        // SAFETY: the mapping is page aligned (enough for `T`, checked at
+        // compile time in `new`), at least `size_of::<T>()` long, zeroed at creation (a valid
+        // `T`, per `SharedState`), lives as long as `self`, and is only
+        // accessed through `&T`, whose fields are atomics.
+        unsafe { &*self.mem.as_ptr().cast::<T>() }
+    }
+}

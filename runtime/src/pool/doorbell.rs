@@ -1,0 +1,178 @@
+//! Waking waiters in other processes: the [`Doorbell`] every cross-process
+//! primitive ([`ProcessLock`](super::ProcessLock),
+//! [`ProcessSemaphore`](super::ProcessSemaphore),
+//! [`ProcessEvent`](super::ProcessEvent), [`SharedValue`](super::SharedValue),
+//! a [`Connection`](super::Connection)'s locks) waits on, and the one
+//! waiting loop they share ([`Doorbell::wait_for`]).
+//!
+//! The state of a primitive is a few atomics in a page of `MAP_SHARED`
+//! memory; changing it is a compare-and-swap, with no syscall when nobody
+//! waits. A doorbell is a non-blocking pipe created with the primitive, so
+//! that every process forked afterwards holds it: "something changed" is
+//! one byte written to it, and a waiter waits for readability, through its
+//! hub (a coroutine parks, a root runs its hub, a thread without a hub
+//! blocks in `poll`).
+//!
+//! # The protocol
+//!
+//! ```text
+//!   waiter                                    whoever makes progress possible
+//!   ──────                                    ───────────────────────────────
+//!   waiters += 1                              change the state (unlock, release, set)
+//!   loop {                                    if waiters > 0: ring (write 1 byte)
+//!       drain the bell (read all bytes)
+//!       attempt (CAS on the state) → done
+//!       wait until readable, or a slice ends
+//!   }
+//!   waiters -= 1
+//! ```
+//!
+//! The waiter counts itself before its attempt and the changer changes the
+//! state before it reads the count (both `SeqCst`), so a change that the
+//! attempt missed always rings, after the attempt. The byte stays in the
+//! pipe until a waiter drains it, so the ring cannot be missed by a waiter
+//! that registers late either: readiness is checked when it registers.
+//!
+//! A waiter drains *before* its attempt, so a byte it takes is never one
+//! rung after its attempt. Draining can take bytes another waiter has not
+//! seen yet (its wake-up is lost), so whoever drains is responsible for
+//! what those bytes announced: a waiter that then gets the lock holds it
+//! (and rings when it unlocks); one that fails finds the state taken by
+//! someone who will ring; one that takes a permit or sees an event set and
+//! leaves more behind rings again for the others ([`Doorbell::ring`] after
+//! its attempt: "pass it on").
+//!
+//! Every wait also ends after [`SLICE`] to attempt again: that is how a
+//! lock notices that its holder died, and it bounds the damage of the one
+//! thing the protocol cannot account for, a waiter process killed between
+//! its drain and its attempt.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::process::poll_wait;
+use crate::park::{self, Wakeup};
+use crate::reactor::{Interest, Registration, WaitError};
+use crate::sys::fd;
+
+/// How long a wait on another process goes without attempting again.
+pub(crate) const SLICE: Duration = Duration::from_millis(200);
+
+/// How a wait for readiness ended.
+pub(crate) enum Waited {
+    Ready,
+    TimedOut,
+    Cancelled,
+}
+
+/// A pipe that announces "the state may have changed" to every process
+/// holding it (see the module docs).
+pub(crate) struct Doorbell {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+impl Doorbell {
+    /// A new doorbell: a non-blocking pipe, inherited by forked children.
+    pub(crate) fn new() -> io::Result<Doorbell> {
+        let (r, w) = fd::pipe(true)?;
+        Ok(Doorbell { r, w })
+    }
+
+    /// Rings: one byte. A full pipe rings already, so `EAGAIN` is fine.
+    pub(crate) fn ring(&self) {
+        let _ = fd::write(self.w.as_raw_fd(), &[1], false);
+    }
+
+    /// Rings if anyone waits (`waiters`, the primitive's count).
+    pub(crate) fn ring_if_waited(&self, waiters: &AtomicU32) {
+        if waiters.load(Ordering::SeqCst) > 0 {
+            self.ring();
+        }
+    }
+
+    /// Reads every byte that is there.
+    fn drain(&self) {
+        let mut buf = [0u8; 256];
+        while matches!(fd::read(self.r.as_raw_fd(), &mut buf), Ok(n) if n == buf.len()) {}
+    }
+
+    /// Waits until `attempt` succeeds, following the protocol of the module
+    /// docs; `None` if `deadline` passes first. `attempt(slice_ended)` is
+    /// told whether a [`SLICE`] ended without a ring (the time to check
+    /// that a lock's holder still lives). `waiters` is the primitive's count
+    /// of waiters. A `kill` or `timeout` of the caller unwinds it (it has
+    /// taken nothing).
+    pub(crate) fn wait_for<R>(
+        &self,
+        waiters: &AtomicU32,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut(bool) -> Option<R>,
+    ) -> Option<R> {
+        let _counted = Counted::new(waiters);
+        let mut slice_ended = false;
+        loop {
+            self.drain();
+            if let Some(r) = attempt(slice_ended) {
+                return Some(r);
+            }
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return None;
+            }
+            let slice = Instant::now() + SLICE;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            slice_ended = match wait_fd(self.r.as_raw_fd(), Interest::Readable, Some(until)) {
+                Waited::Ready => false,
+                Waited::TimedOut => true,
+                Waited::Cancelled => park::deliver_cancel(),
+            };
+        }
+    }
+}
+
+/// One waiter counted in a primitive's `waiters` while it lives.
+struct Counted<'a>(&'a AtomicU32);
+
+impl<'a> Counted<'a> {
+    fn new(waiters: &'a AtomicU32) -> Counted<'a> {
+        waiters.fetch_add(1, Ordering::SeqCst);
+        Counted(waiters)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits for `fd` through this thread's hub (a dup of it is registered,
+/// so any number of waiters of one hub can wait on one fd), never
+/// unwinding. A thread without a hub blocks in `poll`; when no fd is left
+/// to register, the caller naps on a timer and retries.
+pub(crate) fn wait_fd(fd: RawFd, interest: Interest, deadline: Option<Instant>) -> Waited {
+    if !park::hub_exists() {
+        return match poll_wait(fd, interest, deadline) {
+            Ok(false) => Waited::TimedOut,
+            _ => Waited::Ready, // ready, or an error the retried call reports
+        };
+    }
+    // `reg` is dropped (deregistered) before `dup` is closed.
+    let registered = fd::dup(fd).and_then(|d| Ok((Registration::new(d.as_raw_fd())?, d)));
+    match registered {
+        Ok((reg, _dup)) => match reg.wait_raw(interest, deadline) {
+            Ok(()) | Err(WaitError::Closed) => Waited::Ready,
+            Err(WaitError::TimedOut) => Waited::TimedOut,
+            Err(WaitError::Cancelled) => Waited::Cancelled,
+        },
+        Err(_) => {
+            let nap = Instant::now() + Duration::from_millis(5);
+            match park::park(Some(deadline.map_or(nap, |d| d.min(nap))), "process wait") {
+                Wakeup::Cancelled => Waited::Cancelled,
+                _ => Waited::Ready,
+            }
+        }
+    }
+}
