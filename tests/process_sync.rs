@@ -593,3 +593,70 @@ fn a_process_killed_inside_an_update_leaves_the_last_whole_value() {
     v.set((3, 'z', false));
     assert_eq!(v.get(), (3, 'z', false));
 }
+
+/// Locks (or tries to, with a timeout) in its destructor, which runs while
+/// its coroutine unwinds from a panic; records what happened.
+struct LocksOnDrop {
+    lock: Rc<ProcessLock>,
+    timed: bool,
+    log: Rc<std::cell::RefCell<Vec<String>>>,
+}
+
+impl Drop for LocksOnDrop {
+    fn drop(&mut self) {
+        self.log.borrow_mut().push("dropping".into());
+        let got = if self.timed {
+            self.lock.lock_timeout(Duration::from_secs(3600)).is_ok()
+        } else {
+            drop(self.lock.lock());
+            true
+        };
+        self.log.borrow_mut().push(format!("got the lock: {got}"));
+    }
+}
+
+#[test]
+fn a_kill_during_an_unwind_neither_aborts_nor_breaks_a_lock_wait() {
+    // Run in a child: the failure mode would be an abort.
+    util::isolated(
+        "a_kill_during_an_unwind_neither_aborts_nor_breaks_a_lock_wait",
+        Duration::from_secs(60),
+        || {
+            let lock = Rc::new(ProcessLock::new().unwrap());
+            for timed in [false, true] {
+                let g = lock.lock();
+                let log = Rc::new(std::cell::RefCell::new(Vec::new()));
+                let d = LocksOnDrop {
+                    lock: lock.clone(),
+                    timed,
+                    log: log.clone(),
+                };
+                let h = moss::spawn(move || {
+                    let _d = d;
+                    panic!("unwinding");
+                });
+                util::until("the destructor waits", Duration::from_secs(10), || {
+                    log.borrow().len() == 1
+                });
+                // The kill cannot be delivered during the unwind.
+                h.kill_nowait();
+                if timed {
+                    // A timed wait ends early, as at its deadline.
+                    assert!(h.kill_timeout(Duration::from_secs(10)));
+                    drop(g);
+                } else {
+                    // An untimed lock keeps waiting until the lock is free.
+                    assert!(!h.kill_timeout(Duration::from_millis(100)));
+                    drop(g);
+                    assert!(h.kill_timeout(Duration::from_secs(10)));
+                }
+                assert!(h.join().unwrap_err().is_panic());
+                assert_eq!(
+                    *log.borrow(),
+                    ["dropping".to_string(), format!("got the lock: {}", !timed)]
+                );
+                assert!(lock.try_lock().is_some(), "nothing held it afterwards");
+            }
+        },
+    );
+}

@@ -301,6 +301,11 @@ pub fn isolated(case: &str, limit: Duration, body: impl FnOnce()) {
     }
     let r = run_in_child(case, limit + Duration::from_secs(10));
     assert!(r.success(), "{case} failed in its child process: {r:#?}");
+    // A misspelt case would run no test at all, and pass.
+    assert!(
+        r.stdout.contains("1 passed"),
+        "{case} did not run in its child process: {r:#?}"
+    );
 }
 
 /// Starts `f` in a child process, reaped when the result is dropped.

@@ -30,7 +30,8 @@
 //! cancelled in its middle still delivers its message; a recv cancelled in
 //! its middle reads the message to its end and keeps it for the next
 //! `recv` of this process (any thread): nothing is lost, though its place
-//! in the order may change.
+//! in the order may change. A call made by a destructor while its thread
+//! unwinds is not unwound again: it fails with an error instead.
 //!
 //! # Failing instead of hanging
 //!
@@ -67,6 +68,7 @@ use super::doorbell::{Doorbell, SLICE, Waited, wait_fd};
 use super::frame;
 use super::process::poll_wait;
 use super::process_lock::LockWord;
+use crate::hub::Mode;
 use crate::park;
 use crate::reactor::Interest;
 use crate::sys::atfork;
@@ -352,7 +354,8 @@ impl End {
                 Ok(false) => {}
                 Err(e) => return Err(e),
             }
-            match wait_fd(self.fd(), Interest::Writable, Some(Instant::now() + SLICE)) {
+            let slice = Some(Instant::now() + SLICE);
+            match wait_fd(self.fd(), Interest::Writable, slice, Mode::Fallible) {
                 Waited::Ready => {}
                 Waited::TimedOut => {
                     if self.peer_died(dir, Role::Recv) {
@@ -367,7 +370,7 @@ impl End {
                         std::mem::forget(held);
                         crate::spawn(move || w.finish());
                     }
-                    park::deliver_cancel();
+                    return Err(cancelled());
                 }
             }
         }
@@ -417,7 +420,7 @@ impl End {
                 Some(d) if !started => d.min(slice),
                 _ => slice,
             };
-            match wait_fd(self.fd(), Interest::Readable, Some(until)) {
+            match wait_fd(self.fd(), Interest::Readable, Some(until), Mode::Fallible) {
                 Waited::Ready => {}
                 Waited::TimedOut => {
                     if !started && deadline.is_some_and(|d| d <= Instant::now()) {
@@ -433,7 +436,7 @@ impl End {
                         std::mem::forget(held);
                         crate::spawn(move || r.finish());
                     }
-                    park::deliver_cancel();
+                    return Err(cancelled());
                 }
             }
         }
@@ -454,10 +457,11 @@ impl End {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return false;
         }
-        match wait_fd(self.fd(), Interest::Readable, deadline) {
+        match wait_fd(self.fd(), Interest::Readable, deadline, Mode::Fallible) {
             Waited::Ready => true,
             Waited::TimedOut => false,
-            Waited::Cancelled => park::deliver_cancel(),
+            Waited::Cancelled if park::cancel_deliverable() => park::deliver_cancel(),
+            Waited::Cancelled => false, // in a destructor during an unwind
         }
     }
 }
@@ -468,6 +472,15 @@ fn torn_error() -> io::Error {
         "the pipe is broken: a message was left half-sent or half-received \
          (a process died in its middle, or finishing it was cancelled)",
     )
+}
+
+/// A `send` or `recv` cancelled: unwinds the caller (which may unwind),
+/// else the error of a call cancelled in a destructor during an unwind.
+fn cancelled() -> io::Error {
+    if park::cancel_deliverable() {
+        park::deliver_cancel();
+    }
+    io::Error::other("cancelled (a kill or timeout reached a call made while unwinding)")
 }
 
 fn eof_error(started: bool) -> io::Error {
@@ -541,6 +554,7 @@ impl FrameWrite {
                 self.end.fd(),
                 Interest::Writable,
                 Some(Instant::now() + SLICE),
+                Mode::Fallible,
             ) {
                 Waited::Ready => {}
                 Waited::TimedOut if !self.end.peer_died(dir, Role::Recv) => {}
@@ -644,7 +658,12 @@ impl FrameRead {
                 Err(_) => return,
                 Ok(false) => {}
             }
-            match wait_fd(end.fd(), Interest::Readable, Some(Instant::now() + SLICE)) {
+            match wait_fd(
+                end.fd(),
+                Interest::Readable,
+                Some(Instant::now() + SLICE),
+                Mode::Fallible,
+            ) {
                 Waited::Ready => {}
                 Waited::TimedOut if !end.peer_died(dir, Role::Send) => {}
                 Waited::TimedOut | Waited::Cancelled => {

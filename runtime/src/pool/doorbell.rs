@@ -53,6 +53,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::process::poll_wait;
+use crate::hub::{Hub, Mode};
 use crate::park::{self, Wakeup};
 use crate::reactor::{Interest, Registration, WaitError};
 use crate::sys::fd;
@@ -104,7 +105,9 @@ impl Doorbell {
     /// told whether a [`SLICE`] ended without a ring (the time to check
     /// that a lock's holder still lives). `waiters` is the primitive's count
     /// of waiters. A `kill` or `timeout` of the caller unwinds it (it has
-    /// taken nothing).
+    /// taken nothing); while the caller is unwinding already (a destructor),
+    /// a timed wait ends early (`None`, as at its deadline) and an untimed
+    /// one keeps waiting, the cancellation left pending.
     pub(crate) fn wait_for<R>(
         &self,
         waiters: &AtomicU32,
@@ -112,6 +115,7 @@ impl Doorbell {
         mut attempt: impl FnMut(bool) -> Option<R>,
     ) -> Option<R> {
         let _counted = Counted::new(waiters);
+        let mode = mode_for(deadline);
         let mut slice_ended = false;
         loop {
             self.drain();
@@ -123,10 +127,11 @@ impl Doorbell {
             }
             let slice = Instant::now() + SLICE;
             let until = deadline.map_or(slice, |d| d.min(slice));
-            slice_ended = match wait_fd(self.r.as_raw_fd(), Interest::Readable, Some(until)) {
+            slice_ended = match wait_fd(self.r.as_raw_fd(), Interest::Readable, Some(until), mode) {
                 Waited::Ready => false,
                 Waited::TimedOut => true,
-                Waited::Cancelled => park::deliver_cancel(),
+                Waited::Cancelled if park::cancel_deliverable() => park::deliver_cancel(),
+                Waited::Cancelled => return None,
             };
         }
     }
@@ -148,11 +153,27 @@ impl Drop for Counted<'_> {
     }
 }
 
+/// How a wait treats a cancellation, from the caller's own deadline: a call
+/// without one cannot fail (see [`Mode`]).
+pub(crate) fn mode_for(deadline: Option<Instant>) -> Mode {
+    if deadline.is_some() {
+        Mode::Fallible
+    } else {
+        Mode::Infallible
+    }
+}
+
 /// Waits for `fd` through this thread's hub (a dup of it is registered,
 /// so any number of waiters of one hub can wait on one fd), never
-/// unwinding. A thread without a hub blocks in `poll`; when no fd is left
-/// to register, the caller naps on a timer and retries.
-pub(crate) fn wait_fd(fd: RawFd, interest: Interest, deadline: Option<Instant>) -> Waited {
+/// unwinding; `mode` says how a cancellation counts (`deadline` may be a
+/// slice of a longer wait). A thread without a hub blocks in `poll`; when no
+/// fd is left to register, the caller naps on a timer and retries.
+pub(crate) fn wait_fd(
+    fd: RawFd,
+    interest: Interest,
+    deadline: Option<Instant>,
+    mode: Mode,
+) -> Waited {
     if !park::hub_exists() {
         return match poll_wait(fd, interest, deadline) {
             Ok(false) => Waited::TimedOut,
@@ -162,14 +183,15 @@ pub(crate) fn wait_fd(fd: RawFd, interest: Interest, deadline: Option<Instant>) 
     // `reg` is dropped (deregistered) before `dup` is closed.
     let registered = fd::dup(fd).and_then(|d| Ok((Registration::new(d.as_raw_fd())?, d)));
     match registered {
-        Ok((reg, _dup)) => match reg.wait_raw(interest, deadline) {
+        Ok((reg, _dup)) => match reg.wait_mode(interest, deadline, mode) {
             Ok(()) | Err(WaitError::Closed) => Waited::Ready,
             Err(WaitError::TimedOut) => Waited::TimedOut,
             Err(WaitError::Cancelled) => Waited::Cancelled,
         },
         Err(_) => {
             let nap = Instant::now() + Duration::from_millis(5);
-            match park::park(Some(deadline.map_or(nap, |d| d.min(nap))), "process wait") {
+            let until = Some(deadline.map_or(nap, |d| d.min(nap)));
+            match Hub::current().park(until, "process wait", mode) {
                 Wakeup::Cancelled => Waited::Cancelled,
                 _ => Waited::Ready,
             }

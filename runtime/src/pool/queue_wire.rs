@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use super::doorbell::{SLICE, Waited, wait_fd};
 use super::frame;
+use crate::hub::Mode;
 use crate::park;
 use crate::reactor::Interest;
 use crate::sys::fd;
@@ -336,7 +337,7 @@ impl Wire {
                     Some(deadline.map_or(slice, |d| d.min(slice)))
                 }
             };
-            match wait_fd(fd, interest, until) {
+            match wait_fd(fd, interest, until, Mode::Fallible) {
                 Waited::TimedOut => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(Waited::TimedOut);

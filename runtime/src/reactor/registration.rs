@@ -139,6 +139,19 @@ impl Registration {
         self.wait_in(interest, deadline, Mode::Fallible)
     }
 
+    /// [`wait_raw`](Self::wait_raw) with `mode` saying how a cancellation
+    /// counts (for a caller whose own deadline, not `deadline`, decides
+    /// whether it can fail: a wait cut into slices).
+    #[inline]
+    pub(crate) fn wait_mode(
+        &self,
+        interest: Interest,
+        deadline: Option<Instant>,
+        mode: Mode,
+    ) -> Result<(), WaitError> {
+        self.wait_in(interest, deadline, mode)
+    }
+
     /// The wait, with `mode` saying how a cancellation counts.
     ///
     /// Inlined into I/O types on purpose: every return between the switch
