@@ -31,7 +31,7 @@ where
     F: FnOnce() -> T + 'static,
     T: 'static,
 {
-    spawn_inner(None, DEFAULT_STACK_SIZE, None, Location::caller(), f)
+    spawn_inner(Spawn::default(), None, Location::caller(), f)
 }
 
 /// Spawns a coroutine that starts after `delay`.
@@ -51,9 +51,9 @@ where
     let start = Instant::now().checked_add(delay);
     let site = Location::caller();
     match start {
-        Some(at) => spawn_inner(None, DEFAULT_STACK_SIZE, Some(at), site, f),
+        Some(at) => spawn_inner(Spawn::default(), Some(at), site, f),
         // A delay past the end of time: the coroutine never starts on its own.
-        None => spawn_inner(None, DEFAULT_STACK_SIZE, Some(far_future()), site, f),
+        None => spawn_inner(Spawn::default(), Some(far_future()), site, f),
     }
 }
 
@@ -61,9 +61,25 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
-fn spawn_inner<F, T>(
+/// What a [`Builder`] configures, resolved.
+struct Spawn {
     name: Option<Rc<str>>,
     stack_size: usize,
+    background: bool,
+}
+
+impl Default for Spawn {
+    fn default() -> Spawn {
+        Spawn {
+            name: None,
+            stack_size: DEFAULT_STACK_SIZE,
+            background: false,
+        }
+    }
+}
+
+fn spawn_inner<F, T>(
+    cfg: Spawn,
     start: Option<Instant>,
     site: &'static Location<'static>,
     f: F,
@@ -73,7 +89,8 @@ where
     T: 'static,
 {
     let hub = Hub::current();
-    let header = Header::new(hub.new_id(), name, stack_size, site);
+    let mut header = Header::new(hub.new_id(), cfg.name, cfg.stack_size, site);
+    header.background = cfg.background;
     let cell = Rc::new(TaskCell::new(header, f));
     hub.spawn(cell.clone(), start);
     JoinHandle {
@@ -97,6 +114,7 @@ where
 pub struct Builder {
     name: Option<String>,
     stack_size: Option<usize>,
+    background: bool,
 }
 
 impl Builder {
@@ -120,6 +138,31 @@ impl Builder {
         self
     }
 
+    /// Marks the coroutine as a background one (a daemon thread, in
+    /// Python's words): [`run`] and [`wait`] do not wait for it, so a
+    /// housekeeping loop (a metrics flusher, a signal handler's
+    /// dispatcher) does not keep a program from finishing. In every other
+    /// way it is an ordinary coroutine: it runs whenever its hub runs,
+    /// `join` and `kill` work, and `dump` lists it. A background coroutine
+    /// still alive when its thread exits is abandoned without running its
+    /// destructors, like a daemon thread at process exit.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let flusher = moss_runtime::Builder::new()
+    ///     .name("flusher")
+    ///     .background(true)
+    ///     .spawn(|| loop { moss_runtime::sleep(Duration::from_secs(60)) })
+    ///     .unwrap();
+    /// moss_runtime::run(|| moss_runtime::spawn(|| ()).join().unwrap()); // returns at once
+    /// assert!(!flusher.is_finished());
+    /// flusher.kill();
+    /// ```
+    pub fn background(mut self, on: bool) -> Builder {
+        self.background = on;
+        self
+    }
+
     /// Spawns the coroutine. Fails with `InvalidInput` for a stack size out of
     /// bounds, and with the OS error if no stack of that size can be mapped.
     /// The stack itself is bound when the coroutine first runs (if mapping
@@ -137,13 +180,12 @@ impl Builder {
         // Binding is lazy, but an address space that cannot hold one more
         // stack of this size is reported here, not at the first run.
         Hub::current().stacks.borrow_mut().reserve(size)?;
-        Ok(spawn_inner(
-            self.name.map(Rc::from),
-            size,
-            None,
-            Location::caller(),
-            f,
-        ))
+        let cfg = Spawn {
+            name: self.name.map(Rc::from),
+            stack_size: size,
+            background: self.background,
+        };
+        Ok(spawn_inner(cfg, None, Location::caller(), f))
     }
 }
 
@@ -360,7 +402,8 @@ pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
 }
 
 /// Runs `f` on this thread, then runs the hub until every coroutine of this
-/// thread has finished (or nothing can make progress any more).
+/// thread has finished (or nothing can make progress any more). Background
+/// coroutines ([`Builder::background`]) are not waited for.
 ///
 /// ```
 /// use std::cell::Cell;
@@ -375,7 +418,8 @@ pub fn run<T>(f: impl FnOnce() -> T) -> T {
     v
 }
 
-/// Runs the hub until no other coroutine of this thread is pending. Returns
+/// Runs the hub until no other coroutine of this thread is pending
+/// (background ones, see [`Builder::background`], do not count). Returns
 /// early when the remaining ones can never be woken (they wait on something
 /// nobody holds), as gevent's `wait` does.
 pub fn wait() {
@@ -384,8 +428,9 @@ pub fn wait() {
         hub.run_until(crate::hub::Until::NoTasks, false);
         return;
     }
-    // In a coroutine: wait for every *other* coroutine.
-    while hub.live_tasks() > 1 {
+    // In a coroutine: wait for every *other* foreground coroutine.
+    let me = usize::from(!hub.current_header().background);
+    while hub.foreground_tasks() > me {
         let me = hub.current_header();
         hub.idle_waiters.borrow_mut().push(me.token());
         if hub.park(None, "wait", Mode::Infallible) == Wakeup::Cancelled {

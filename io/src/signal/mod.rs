@@ -38,10 +38,12 @@
 //!   thread, or its root, blocks in a moss call. A thread that installs a
 //!   handler and then blocks outside moss (an unpatched `std` call) runs it
 //!   only afterwards.
-//! * A handler's dispatcher is a coroutine of its thread: while a handler is
-//!   alive, [`moss::run`](moss_runtime::run) and [`moss::wait`](moss_runtime::wait)
-//!   on that thread keep waiting, as for any other coroutine. Drop the
-//!   handler when the service stops.
+//! * A handler's dispatcher is a background coroutine of its thread
+//!   ([`Builder::background`](moss_runtime::Builder::background)): like
+//!   gevent's signal watchers, it does not keep
+//!   [`moss::run`](moss_runtime::run) or [`moss::wait`](moss_runtime::wait)
+//!   waiting. The runs of `f` it starts are ordinary coroutines, which
+//!   they do wait for.
 //!
 //! # How
 //!
@@ -245,6 +247,7 @@ pub fn handler(signal: i32, f: impl Fn() + 'static) -> io::Result<SignalHandler>
     let f = Rc::new(f);
     let dispatcher = moss_runtime::Builder::new()
         .name(format!("signal {signal} handler"))
+        .background(true)
         .spawn(move || {
             let mut seen = start;
             loop {

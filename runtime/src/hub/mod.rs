@@ -61,6 +61,8 @@ pub(crate) struct Hub {
     current: Cell<*const Header>,
     next_id: Cell<u64>,
     id_end: Cell<u64>,
+    /// Live background tasks (counted in `tasks`, ignored by `run`/`wait`).
+    background: Cell<usize>,
     /// Tasks resumed (or fast yields) since the last poll.
     since_poll: Cell<u32>,
     /// Waiters of `wait()` called from coroutines.
@@ -114,6 +116,7 @@ impl Hub {
             current: Cell::new(std::ptr::null()),
             next_id: Cell::new(first + 1),
             id_end: Cell::new(first + ID_BLOCK),
+            background: Cell::new(0),
             since_poll: Cell::new(0),
             idle_waiters: RefCell::new(Vec::new()),
             next_scope: Cell::new(1),
@@ -213,6 +216,9 @@ impl Hub {
         let key = self.tasks.borrow_mut().insert(task.clone());
         let h = task.header();
         h.key.set(key as u32);
+        if h.background {
+            self.background.set(self.background.get() + 1);
+        }
         match start {
             Some(at) => {
                 let k = self
@@ -236,6 +242,16 @@ impl Hub {
 
     pub(crate) fn live_tasks(&self) -> usize {
         self.tasks.borrow().len()
+    }
+
+    /// Live tasks that `run` and `wait` wait for (not background ones).
+    pub(crate) fn foreground_tasks(&self) -> usize {
+        self.live_tasks() - self.background.get()
+    }
+
+    /// A background task left the table.
+    pub(super) fn background_done(&self) {
+        self.background.set(self.background.get() - 1);
     }
 }
 

@@ -38,7 +38,7 @@ use crate::timer::Action;
 pub(crate) enum Until {
     /// The root was woken (its park or yield ended).
     RootReady,
-    /// No task of this hub is left.
+    /// No task of this hub is left but background ones.
     NoTasks,
 }
 
@@ -79,7 +79,7 @@ impl Hub {
         debug_assert!(!self.in_coroutine(), "the hub loop runs on the root only");
         let done = || match until {
             Until::RootReady => !self.root.0.state.is(State::Parked),
-            Until::NoTasks => self.tasks.borrow().is_empty(),
+            Until::NoTasks => self.foreground_tasks() == 0,
         };
         loop {
             if done() {
@@ -215,7 +215,15 @@ impl Hub {
         if let Some(k) = h.timer.take() {
             self.timers.borrow_mut().cancel(k);
         }
-        self.tasks.borrow_mut().try_remove(h.key.get() as usize);
+        if self
+            .tasks
+            .borrow_mut()
+            .try_remove(h.key.get() as usize)
+            .is_some()
+            && h.background
+        {
+            self.background_done();
+        }
         if let Some(j) = h.joiner.take() {
             self.wake(j, Wakeup::Notified);
         }

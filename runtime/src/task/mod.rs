@@ -84,6 +84,8 @@ pub(crate) struct Header {
     pub name: Option<Rc<str>>,
     pub stack_size: usize,
     pub spawn_site: &'static Location<'static>,
+    /// A background coroutine: `run` and `wait` do not wait for it.
+    pub background: bool,
     /// Life cycle and cancellation: changed only through its transitions.
     pub state: TaskState,
     /// What a parked task waits on, for `dump`.
@@ -116,6 +118,7 @@ impl Header {
             name,
             stack_size,
             spawn_site,
+            background: false,
             state: TaskState::new(),
             waiting_on: Cell::new(""),
             timer: Cell::new(None),
