@@ -19,12 +19,12 @@ pub use moss_io::monkey;
 pub use moss_io::{net, server, signal, subprocess};
 pub use moss_runtime::sync;
 pub use moss_runtime::{
-    Builder, Cancelled, CoroutineId, Current, DEFAULT_STACK_SIZE, Elapsed, JoinAll, JoinError,
-    JoinHandle, Joined, MAX_STACK_SIZE, MIN_STACK_SIZE, block_on, current, dump, greenlet,
-    join_all, panic_message, run, run_per_core, sleep, spawn, spawn_later, timeout, wait,
+    Builder, Cancelled, CoroutineId, CoroutineLocal, Current, DEFAULT_STACK_SIZE, Elapsed, JoinAll,
+    JoinError, JoinHandle, Joined, MAX_STACK_SIZE, MIN_STACK_SIZE, block_on, current, dump,
+    greenlet, join_all, panic_message, run, run_per_core, sleep, spawn, spawn_later, timeout, wait,
     yield_now,
 };
-pub use moss_runtime::{pool, thread};
+pub use moss_runtime::{coroutine_local, pool, thread};
 
 /// Futures that need a particular async runtime (cargo feature `tokio`).
 #[cfg(feature = "tokio")]

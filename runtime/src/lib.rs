@@ -9,6 +9,7 @@
 //!   gevent's `Greenlet` result API on [`JoinHandle`] (`link`,
 //!   `is_successful`, `kill_nowait`, `kill_timeout`; module `link`) and
 //!   [`JoinAll`], `joinall` with a timeout, stop on error, or a count.
+//! * [`coroutine_local!`] — per-coroutine values (gevent's `local`).
 //! * [`greenlet`] — raw symmetric coroutines without a hub.
 //! * [`block_on`] — a coroutine waits for a future (async Rust), polling it
 //!   on its own stack while the hub runs the others.
@@ -38,6 +39,7 @@ pub mod greenlet;
 mod hub;
 mod join_all;
 mod link;
+mod local;
 pub mod park;
 mod payload;
 pub mod pool;
@@ -57,6 +59,7 @@ pub use coroutine::{
     spawn, spawn_later, timeout, wait, yield_now,
 };
 pub use join_all::{JoinAll, Joined};
+pub use local::CoroutineLocal;
 pub use payload::panic_message;
 pub use stack_pool::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE};
 pub use task::{CoroutineId, JoinError};

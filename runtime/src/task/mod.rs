@@ -103,6 +103,10 @@ pub(crate) struct Header {
     /// Lowest address of the bound stack's guard page (one page), for the
     /// overflow handler; 0 while no stack is bound.
     pub guard: Cell<usize>,
+    /// Coroutine-local values (`local.rs` owns the pointer): null until the
+    /// coroutine first uses a local. No drop glue: the map is freed at the
+    /// end of the body, or leaked with a coroutine that never ends.
+    pub locals: Cell<*mut crate::local::LocalMap>,
 }
 
 impl Header {
@@ -127,6 +131,7 @@ impl Header {
             coroutine: UnsafeCell::new(None),
             yielder: Cell::new(std::ptr::null()),
             guard: Cell::new(0),
+            locals: Cell::new(std::ptr::null_mut()),
         }
     }
 
@@ -293,6 +298,13 @@ where
             self.header.state.take_cancel();
             self.run_links(&result);
         }
+        // Still on the coroutine's stack, after the links (which may use
+        // them): its locals' destructors may block.
+        let result = if !self.header.locals.get().is_null() {
+            crate::local::end(&self.header, result)
+        } else {
+            result
+        };
         self.replace(Slot::Done(result));
     }
 
