@@ -34,7 +34,7 @@ use super::waitlist::{Signal, WaitList, Watchers, deadline_in, lock, unpark_all,
 /// `Send + Sync` for `T: Send`; `Clone` shares the same result.
 ///
 /// ```
-/// use moss_runtime::sync::AsyncResult;
+/// use moss::sync::AsyncResult;
 /// let r = AsyncResult::new();
 /// let setter = r.clone();
 /// let t = std::thread::spawn(move || setter.set(6 * 7));
@@ -90,7 +90,7 @@ impl<T> AsyncResult<T> {
     /// every caller; wakes every waiter.
     ///
     /// ```
-    /// use moss_runtime::sync::AsyncResult;
+    /// use moss::sync::AsyncResult;
     /// let r = AsyncResult::<u32>::new();
     /// r.set_panic(std::panic::catch_unwind(|| panic!("worker failed")).unwrap_err());
     /// let caught = std::panic::catch_unwind(|| r.get()).unwrap_err();
@@ -144,7 +144,7 @@ impl<T> AsyncResult<T> {
     /// keep waiting for the next `set`). Re-raises a stored panic.
     ///
     /// ```
-    /// let r = moss_runtime::sync::AsyncResult::new();
+    /// let r = moss::sync::AsyncResult::new();
     /// r.set(vec![1, 2, 3]);
     /// assert_eq!(r.take(), vec![1, 2, 3]);
     /// assert!(!r.ready());
@@ -226,7 +226,7 @@ impl<T: Clone> AsyncResult<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use moss_runtime::sync::{AsyncResult, Timeout};
+    /// use moss::sync::{AsyncResult, Timeout};
     /// let r = AsyncResult::new();
     /// assert_eq!(r.get_timeout(Duration::from_millis(5)), Err(Timeout));
     /// r.set("done");
@@ -269,14 +269,14 @@ impl<T: Clone> AsyncResult<T> {
 /// task.
 ///
 /// ```
-/// use moss_runtime::sync::AsyncResult;
+/// use moss::sync::AsyncResult;
 /// let r = AsyncResult::new();
 /// let awaited = r.clone();
 /// // Async code on another thread (any executor) awaits the result...
 /// let task = std::thread::spawn(|| futures::executor::block_on(async move { awaited.await }));
 /// // ...that a coroutine produces.
-/// moss_runtime::spawn(move || {
-///     moss_runtime::sleep(std::time::Duration::from_millis(5));
+/// moss::spawn(move || {
+///     moss::sleep(std::time::Duration::from_millis(5));
 ///     r.set("from a coroutine");
 /// })
 /// .join()

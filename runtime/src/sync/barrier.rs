@@ -38,14 +38,14 @@ use crate::park::{self, Wakeup};
 /// use std::cell::Cell;
 /// use std::rc::Rc;
 /// use std::sync::Arc;
-/// use moss_runtime::sync::Barrier;
+/// use moss::sync::Barrier;
 /// let b = Arc::new(Barrier::new(3));
 /// let leaders = Rc::new(Cell::new(0));
 /// let hs: Vec<_> = (0..3).map(|_| {
 ///     let (b, leaders) = (b.clone(), leaders.clone());
-///     moss_runtime::spawn(move || if b.wait().is_leader() { leaders.set(leaders.get() + 1) })
+///     moss::spawn(move || if b.wait().is_leader() { leaders.set(leaders.get() + 1) })
 /// }).collect();
-/// moss_runtime::join_all(hs);
+/// moss::join_all(hs);
 /// assert_eq!(leaders.get(), 1);
 /// ```
 pub struct Barrier {
@@ -89,7 +89,7 @@ impl Barrier {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use moss_runtime::sync::{Barrier, Timeout};
+    /// use moss::sync::{Barrier, Timeout};
     /// let b = Barrier::new(2);
     /// assert_eq!(b.wait_timeout(Duration::from_millis(5)), Err(Timeout));
     /// ```

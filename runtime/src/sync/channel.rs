@@ -28,10 +28,10 @@ struct Chan<T> {
 /// Creates an unbounded channel: `send` never waits.
 ///
 /// ```
-/// let (tx, rx) = moss_runtime::sync::channel();
+/// let (tx, rx) = moss::sync::channel();
 /// let tx2 = tx.clone();
-/// moss_runtime::spawn(move || tx.send("a").unwrap());
-/// moss_runtime::spawn(move || tx2.send("b").unwrap());
+/// moss::spawn(move || tx.send("a").unwrap());
+/// moss::spawn(move || tx2.send("b").unwrap());
 /// let mut got: Vec<_> = rx.iter().collect(); // ends when both senders are gone
 /// got.sort();
 /// assert_eq!(got, ["a", "b"]);
@@ -45,7 +45,7 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
 ///
 /// ```
 /// use std::time::Duration;
-/// use moss_runtime::sync::{bounded, TrySendError};
+/// use moss::sync::{bounded, TrySendError};
 /// let (tx, rx) = bounded(1);
 /// tx.send(1).unwrap();
 /// assert!(matches!(tx.try_send(2), Err(TrySendError::Full(2))));

@@ -42,7 +42,7 @@ use crate::park::{self, Wakeup};
 ///
 /// ```
 /// use std::sync::Arc;
-/// use moss_runtime::sync::{Condvar, Mutex};
+/// use moss::sync::{Condvar, Mutex};
 /// let pair = Arc::new((Mutex::new(false), Condvar::new()));
 /// let p2 = pair.clone();
 /// let t = std::thread::spawn(move || {
@@ -110,7 +110,7 @@ impl Condvar {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use moss_runtime::sync::{Condvar, Mutex};
+    /// use moss::sync::{Condvar, Mutex};
     /// let (m, cv) = (Mutex::new(0), Condvar::new());
     /// let (g, r) = cv.wait_timeout(m.lock(), Duration::from_millis(5));
     /// assert!(r.timed_out());

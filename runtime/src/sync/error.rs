@@ -1,4 +1,4 @@
-//! The error values of `moss_runtime::sync`: timeouts, full and empty queues, closed
+//! The error values of `moss::sync`: timeouts, full and empty queues, closed
 //! channels, over-released semaphores. Each is a `std::error::Error` with a
 //! message that says what happened; those that carry an item give it back.
 
@@ -9,10 +9,10 @@ use std::io;
 ///
 /// ```
 /// use std::time::Duration;
-/// let ev = moss_runtime::sync::Event::new();
-/// let r = moss_runtime::sync::AsyncResult::<u32>::new();
+/// let ev = moss::sync::Event::new();
+/// let r = moss::sync::AsyncResult::<u32>::new();
 /// assert!(!ev.wait_timeout(Duration::from_millis(1)));
-/// assert_eq!(r.get_timeout(Duration::from_millis(1)), Err(moss_runtime::sync::Timeout));
+/// assert_eq!(r.get_timeout(Duration::from_millis(1)), Err(moss::sync::Timeout));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Timeout;

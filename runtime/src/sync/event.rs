@@ -21,10 +21,10 @@ use super::waitlist::{WaitList, Watchers, deadline_in, lock, unpark_all, wait_no
 ///
 /// ```
 /// use std::sync::Arc;
-/// use moss_runtime::sync::Event;
+/// use moss::sync::Event;
 /// let ready = Arc::new(Event::new());
 /// let r = ready.clone();
-/// let waiter = moss_runtime::spawn(move || { r.wait(); "go" });
+/// let waiter = moss::spawn(move || { r.wait(); "go" });
 /// ready.set();
 /// assert_eq!(waiter.join().unwrap(), "go");
 /// assert!(ready.is_set());
@@ -88,7 +88,7 @@ impl Event {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let ev = moss_runtime::sync::Event::new();
+    /// let ev = moss::sync::Event::new();
     /// assert!(!ev.wait_timeout(Duration::from_millis(5)));
     /// ev.set();
     /// assert!(ev.wait_timeout(Duration::ZERO));

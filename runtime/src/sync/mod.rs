@@ -11,15 +11,13 @@
 //!
 //! Every type here is `Send + Sync` (for `T: Send`) and works the same
 //! between coroutines of one hub, coroutines of different threads, and plain
-//! threads. Each keeps its state under a small internal lock (`lock.rs`)
-//! together with a FIFO wait list (`waitlist.rs`). A call that cannot
-//! proceed queues a waiter that lives on its own stack and parks through
-//! [`crate::park`];
+//! threads. Each keeps its state under a small internal lock together with
+//! a FIFO wait list. A call that cannot proceed queues a waiter and parks:
 //! a coroutine parks by switching to its hub, a thread's root (or a plain
 //! thread) by running its hub loop, which blocks in `epoll_wait` when it has
-//! nothing else to do. Waking goes through the waiter's `Unparker`: a
-//! same-hub wake is a push on the run queue, a wake of another thread goes
-//! through that hub's cross-thread queue (and its eventfd only if it sleeps).
+//! nothing else to do. A wake-up of a coroutine of the same hub is a push on
+//! its run queue; a wake-up of another thread goes through that hub's
+//! cross-thread queue (and its eventfd only if it sleeps).
 //! The uncontended path of every operation is an uncontended lock (a
 //! compare-and-swap and a store): no syscall, no allocation.
 //!
@@ -41,6 +39,21 @@
 //! been handed over), the permit or lock to the next acquirer, a condition
 //! variable's notification to the next waiter, the right to initialize a
 //! [`OnceCell`] to the next caller — before it unwinds. Nothing is lost.
+//!
+//! # `moss::sync` or `std::sync`?
+//!
+//! Use these types for anything a coroutine waits on. Without
+//! `moss::monkey::patch_all`, a coroutine that blocks in a
+//! `std::sync::Mutex`, `Condvar` or `mpsc::Receiver::recv` blocks its whole
+//! thread: no other coroutine of that hub runs until it returns, and if
+//! what it waits for is another coroutine of the same thread, it waits
+//! forever. After `patch_all`, std's locks and channels park the coroutine
+//! instead (on Linux x86_64), but a std channel still never wakes a
+//! receiver fed by a coroutine of its own thread, and std's channels wake
+//! parked coroutines only after a delay of a few milliseconds. The types
+//! here have neither limit, add timeouts, and behave the same with or
+//! without patching. A `std::sync::Mutex` that is never held across a
+//! blocking call is fine in coroutines either way.
 //!
 //! # Errors, not panics
 //!

@@ -54,19 +54,19 @@ const QUEUED: u8 = 2;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use moss_runtime::sync::Mutex;
+/// use moss::sync::Mutex;
 /// let total = Arc::new(Mutex::new(0));
 /// let hs: Vec<_> = (0..10)
 ///     .map(|i| {
 ///         let total = total.clone();
-///         moss_runtime::spawn(move || {
+///         moss::spawn(move || {
 ///             let mut t = total.lock();
-///             moss_runtime::yield_now(); // others run, but wait for the lock
+///             moss::yield_now(); // others run, but wait for the lock
 ///             *t += i;
 ///         })
 ///     })
 ///     .collect();
-/// moss_runtime::join_all(hs);
+/// moss::join_all(hs);
 /// assert_eq!(*total.lock(), 45);
 /// ```
 pub struct Mutex<T: ?Sized> {
@@ -124,7 +124,7 @@ impl<T: ?Sized> Mutex<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use moss_runtime::sync::{Mutex, Timeout};
+    /// use moss::sync::{Mutex, Timeout};
     /// let m = Mutex::new(());
     /// let held = m.lock();
     /// assert_eq!(m.lock_timeout(Duration::from_millis(5)).err(), Some(Timeout));
@@ -305,7 +305,7 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for Mutex<T> {
 /// coroutine holding it while it waits only delays the other waiters.
 ///
 /// ```
-/// let m = moss_runtime::sync::Mutex::new(vec![1]);
+/// let m = moss::sync::Mutex::new(vec![1]);
 /// std::thread::scope(|s| {
 ///     let mut g = m.lock();
 ///     s.spawn(move || g.push(2)); // the guard moves; the lock is released there

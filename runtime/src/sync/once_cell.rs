@@ -62,18 +62,18 @@ struct Inner {
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use moss_runtime::sync::OnceCell;
+/// use moss::sync::OnceCell;
 /// let config = Arc::new(OnceCell::new());
 /// let hs: Vec<_> = (0..3).map(|i| {
 ///     let config = config.clone();
-///     moss_runtime::spawn(move || {
+///     moss::spawn(move || {
 ///         *config.get_or_init(|| {
-///             moss_runtime::sleep(Duration::from_millis(10)); // others wait, the hub runs
+///             moss::sleep(Duration::from_millis(10)); // others wait, the hub runs
 ///             format!("loaded by {i}")
 ///         }) == "loaded by 0"
 ///     })
 /// }).collect();
-/// assert!(moss_runtime::join_all(hs).into_iter().all(|r| r.unwrap()));
+/// assert!(moss::join_all(hs).into_iter().all(|r| r.unwrap()));
 /// assert_eq!(config.get().map(String::as_str), Some("loaded by 0"));
 /// ```
 pub struct OnceCell<T> {
@@ -166,7 +166,7 @@ impl<T> OnceCell<T> {
     /// returned.
     ///
     /// ```
-    /// let cell = moss_runtime::sync::OnceCell::new();
+    /// let cell = moss::sync::OnceCell::new();
     /// assert_eq!(cell.get_or_try_init(|| "42x".parse::<u32>()).ok(), None);
     /// assert_eq!(cell.get_or_try_init(|| "42".parse::<u32>()), Ok(&42));
     /// ```

@@ -144,10 +144,10 @@ macro_rules! queue_api {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use moss_runtime::sync::Queue;
+/// use moss::sync::Queue;
 /// let q = Arc::new(Queue::new(2));
 /// let tx = q.clone();
-/// let producer = moss_runtime::spawn(move || for i in 0..5 { tx.put(i) }); // waits when full
+/// let producer = moss::spawn(move || for i in 0..5 { tx.put(i) }); // waits when full
 /// let got: Vec<i32> = (0..5).map(|_| q.get()).collect();
 /// producer.join().unwrap();
 /// assert_eq!(got, [0, 1, 2, 3, 4]);
@@ -161,7 +161,7 @@ queue_api!(Queue, Fifo, false, []);
 /// A LIFO queue (a stack): `get` returns the newest item.
 ///
 /// ```
-/// let q = moss_runtime::sync::LifoQueue::unbounded();
+/// let q = moss::sync::LifoQueue::unbounded();
 /// for i in 0..3 { q.put(i) }
 /// assert_eq!([q.get(), q.get(), q.get()], [2, 1, 0]);
 /// ```
@@ -177,7 +177,7 @@ queue_api!(LifoQueue, Lifo, false, []);
 /// must not block or call into moss.
 ///
 /// ```
-/// let q = moss_runtime::sync::PriorityQueue::new(10);
+/// let q = moss::sync::PriorityQueue::new(10);
 /// for v in [5, 1, 4] { q.put(v) }
 /// assert_eq!([q.get(), q.get(), q.get()], [1, 4, 5]);
 /// ```
@@ -192,11 +192,11 @@ queue_api!(PriorityQueue, Priority, false, [: Ord]);
 ///
 /// ```
 /// use std::sync::Arc;
-/// use moss_runtime::sync::JoinableQueue;
+/// use moss::sync::JoinableQueue;
 /// let q = Arc::new(JoinableQueue::unbounded());
 /// for i in 0..10 { q.put(i) }
 /// let w = q.clone();
-/// moss_runtime::spawn(move || for _ in 0..10 { let _job = w.get(); w.task_done().unwrap(); });
+/// moss::spawn(move || for _ in 0..10 { let _job = w.get(); w.task_done().unwrap(); });
 /// q.join(); // every job was processed
 /// assert_eq!(q.unfinished_tasks(), 0);
 /// ```

@@ -57,7 +57,7 @@ pub(super) fn context_id() -> u64 {
 ///
 /// ```
 /// use std::cell::RefCell;
-/// use moss_runtime::sync::RLock;
+/// use moss::sync::RLock;
 /// let log = RLock::new(RefCell::new(Vec::new()));
 /// fn outer(log: &RLock<RefCell<Vec<&'static str>>>) {
 ///     let g = log.lock();
@@ -213,7 +213,7 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RLock<T> {
 /// its guard cannot move to another thread:
 ///
 /// ```compile_fail,E0277
-/// let l = moss_runtime::sync::RLock::new(0);
+/// let l = moss::sync::RLock::new(0);
 /// let g = l.lock();
 /// std::thread::scope(|s| {
 ///     s.spawn(move || drop(g));

@@ -84,10 +84,10 @@ impl Queues {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use moss_runtime::sync::RwLock;
+/// use moss::sync::RwLock;
 /// let config = Arc::new(RwLock::new(String::from("v1")));
 /// let c = config.clone();
-/// let reader = moss_runtime::spawn(move || c.read().clone());
+/// let reader = moss::spawn(move || c.read().clone());
 /// *config.write() = String::from("v2");
 /// assert_eq!(reader.join().unwrap(), "v2"); // the reader ran after the write
 /// let (a, b) = (config.read(), config.read()); // readers share the lock
@@ -174,7 +174,7 @@ impl<T: ?Sized> RwLock<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use moss_runtime::sync::{RwLock, Timeout};
+    /// use moss::sync::{RwLock, Timeout};
     /// let l = RwLock::new(0);
     /// let r = l.read();
     /// assert_eq!(l.write_timeout(Duration::from_millis(5)).err(), Some(Timeout));

@@ -140,21 +140,21 @@ impl Core {
 /// use std::cell::Cell;
 /// use std::rc::Rc;
 /// use std::sync::Arc;
-/// use moss_runtime::sync::Semaphore;
+/// use moss::sync::Semaphore;
 /// let sem = Arc::new(Semaphore::new(2));
 /// let (now, max) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
 /// let hs: Vec<_> = (0..6).map(|_| {
 ///     let (sem, now, max) = (sem.clone(), now.clone(), max.clone());
-///     moss_runtime::spawn(move || {
+///     moss::spawn(move || {
 ///         sem.acquire();
 ///         now.set(now.get() + 1);
 ///         max.set(max.get().max(now.get()));
-///         moss_runtime::sleep(std::time::Duration::from_millis(5));
+///         moss::sleep(std::time::Duration::from_millis(5));
 ///         now.set(now.get() - 1);
 ///         sem.release();
 ///     })
 /// }).collect();
-/// moss_runtime::join_all(hs);
+/// moss::join_all(hs);
 /// assert_eq!(max.get(), 2);
 /// ```
 pub struct Semaphore {
@@ -213,7 +213,7 @@ impl fmt::Debug for Semaphore {
 /// a `release` is a bug in the caller and returns [`ReleaseError`].
 ///
 /// ```
-/// use moss_runtime::sync::BoundedSemaphore;
+/// use moss::sync::BoundedSemaphore;
 /// let sem = BoundedSemaphore::new(1);
 /// sem.acquire();
 /// assert!(sem.release().is_ok());

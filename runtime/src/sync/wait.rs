@@ -135,10 +135,10 @@ impl<T> Waitable for JoinHandle<T> {
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use moss_runtime::sync::{wait_any, Event};
+/// use moss::sync::{wait_any, Event};
 /// let (a, b) = (Arc::new(Event::new()), Arc::new(Event::new()));
 /// let b2 = b.clone();
-/// moss_runtime::spawn(move || { moss_runtime::sleep(Duration::from_millis(5)); b2.set() });
+/// moss::spawn(move || { moss::sleep(Duration::from_millis(5)); b2.set() });
 /// assert_eq!(wait_any(&[&*a, &*b]), Some(1));
 /// ```
 pub fn wait_any(objects: &[&dyn Waitable]) -> Option<usize> {
@@ -201,10 +201,10 @@ fn wait_any_until(
 /// use std::time::Duration;
 /// let hs: Vec<_> = [90u64, 10, 50]
 ///     .into_iter()
-///     .map(|ms| moss_runtime::spawn(move || moss_runtime::sleep(Duration::from_millis(ms))))
+///     .map(|ms| moss::spawn(move || moss::sleep(Duration::from_millis(ms))))
 ///     .collect();
-/// let objs: Vec<&dyn moss_runtime::sync::Waitable> = hs.iter().map(|h| h as _).collect();
-/// let order: Vec<usize> = moss_runtime::sync::iwait(&objs).collect();
+/// let objs: Vec<&dyn moss::sync::Waitable> = hs.iter().map(|h| h as _).collect();
+/// let order: Vec<usize> = moss::sync::iwait(&objs).collect();
 /// assert_eq!(order, [1, 2, 0]);
 /// ```
 pub fn iwait<'a>(objects: &'a [&'a dyn Waitable]) -> IWait<'a> {
@@ -240,13 +240,13 @@ pub type Selected<T> = (usize, Result<T, RecvError>);
 /// win ties. `None` for an empty slice.
 ///
 /// ```
-/// use moss_runtime::sync::{channel, select};
+/// use moss::sync::{channel, select};
 /// let (tx1, rx1) = channel::<&str>();
 /// let (tx2, rx2) = channel();
-/// moss_runtime::spawn(move || tx2.send("from 2").unwrap());
+/// moss::spawn(move || tx2.send("from 2").unwrap());
 /// assert_eq!(select(&[&rx1, &rx2]), Some((1, Ok("from 2"))));
 /// drop(tx1);
-/// assert_eq!(select(&[&rx1]), Some((0, Err(moss_runtime::sync::RecvError))));
+/// assert_eq!(select(&[&rx1]), Some((0, Err(moss::sync::RecvError))));
 /// ```
 pub fn select<T>(receivers: &[&Receiver<T>]) -> Option<Selected<T>> {
     match select_until(receivers, None) {
