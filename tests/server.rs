@@ -419,3 +419,71 @@ fn stop_returns_at_its_timeout_and_names_handlers_it_could_not_end() {
         drop(clients);
     });
 }
+
+/// `start` serves in the background: the root's own blocking calls run the
+/// accept loop and the handlers; `serve_forever` after `start` waits for
+/// the running loop (and returns after `stop`); a second `start` is
+/// refused while accepting, and both fail once stopped.
+#[test]
+fn start_serves_in_the_background() {
+    util::on_thread(Duration::from_secs(30), || {
+        let server = StreamServer::bind("127.0.0.1:0", echo).unwrap();
+        let addr = server.local_addr();
+        server.start().unwrap();
+        assert_eq!(server.start().unwrap_err().kind(), ErrorKind::AlreadyExists);
+        // Nothing but the root: its read runs the hub, which accepts.
+        assert_eq!(roundtrip(addr, b"root").unwrap(), b"root");
+
+        let srv = server.clone();
+        let serving = moss::spawn(move || srv.serve_forever());
+        moss::yield_now();
+        assert_eq!(
+            server.serve_forever().unwrap_err().kind(),
+            ErrorKind::AlreadyExists,
+            "one serve_forever waits already"
+        );
+        assert_eq!(roundtrip(addr, b"again").unwrap(), b"again");
+        assert!(server.stop(Duration::from_secs(5)).is_empty());
+        serving.join().unwrap().unwrap();
+        assert_eq!(server.start().unwrap_err().kind(), ErrorKind::NotConnected);
+        let e = TcpStream::connect(addr).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    });
+}
+
+/// A started server with nobody in `serve_forever`: `stop` alone ends it,
+/// and `moss::run` does not wait for it afterwards.
+#[test]
+fn a_started_server_is_stopped_by_stop_alone() {
+    util::on_thread(Duration::from_secs(30), || {
+        let server = StreamServer::bind("127.0.0.1:0", echo).unwrap();
+        let addr = server.local_addr();
+        moss::run(|| {
+            server.start().unwrap();
+            let srv = server.clone();
+            moss::spawn(move || {
+                assert_eq!(roundtrip(addr, b"x").unwrap(), b"x");
+                assert!(srv.stop(Duration::from_secs(5)).is_empty());
+            });
+        });
+        assert_eq!(server.connections(), 0);
+        assert!(TcpStream::connect(addr).is_err());
+    });
+}
+
+/// `serve_forever` cancelled while a `start`ed loop runs takes the loop
+/// down with it; `start` then resumes accepting.
+#[test]
+fn start_after_a_cancelled_serve_forever_resumes() {
+    util::on_thread(Duration::from_secs(30), || {
+        let server = StreamServer::bind("127.0.0.1:0", echo).unwrap();
+        let addr = server.local_addr();
+        server.start().unwrap();
+        let srv = server.clone();
+        let r = moss::timeout(Duration::from_millis(50), || srv.serve_forever());
+        assert!(r.is_err(), "the timeout cancelled serve_forever");
+        server.start().unwrap();
+        assert_eq!(roundtrip(addr, b"back").unwrap(), b"back");
+        assert!(server.stop(Duration::from_secs(5)).is_empty());
+    });
+}

@@ -42,7 +42,7 @@ pub(crate) fn resolve(host_port: String) -> io::Result<std::vec::IntoIter<Socket
 /// while the calling coroutine is parked.
 ///
 /// ```
-/// let addrs: Vec<_> = moss_io::net::lookup_host("localhost:80").unwrap().collect();
+/// let addrs: Vec<_> = moss::net::lookup_host("localhost:80").unwrap().collect();
 /// assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 80));
 /// ```
 pub fn lookup_host(host_port: &str) -> io::Result<impl Iterator<Item = SocketAddr> + use<>> {

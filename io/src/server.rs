@@ -1,26 +1,26 @@
 //! `StreamServer`: gevent's StreamServer — a coroutine per connection.
 //!
 //! ```text
-//!  serve_forever ──spawns──▶ acceptor coroutine ──accept──▶ handler coroutine (one per connection)
-//!       │ parks until the acceptor ends      │ pauses while the connection limit is reached
-//!       ▼                                    │ backs off 10 ms → 1 s on EMFILE/ENFILE/ENOBUFS/ENOMEM
-//!  Ok(()) after stop / Err(fatal accept error)
+//!  start() ─────────▶ accept loop (a coroutine) ──accept──▶ handler(stream, peer) in a new coroutine
+//!  serve_forever():    start() if needed, then     │ pauses while the connection limit is reached
+//!                      wait until stop()           │ backs off 10 ms → 1 s on EMFILE/ENFILE/ENOBUFS
 //!
-//!  stop(timeout): stopped ← true; kill the acceptor; close the listener;
-//!                 wait for handlers until the timeout; kill the rest; give
-//!                 them 50 ms at most to unwind; return, naming the
-//!                 handlers still running
+//!  stop(timeout): stop accepting; close the listener; wait for handlers
+//!                 until the timeout; kill the rest; give them 50 ms at
+//!                 most to unwind; return, naming the handlers still running
 //! ```
 //!
 //! Everything lives on one thread's hub (the handle is `Clone` but not
 //! `Send`, so the handler need not be `Send` either). For several cores, run
-//! one server per thread with [`moss_runtime::run_per_core`] on listeners
-//! bound with [`TcpListener::bind_reuseport`].
+//! one server per thread with [`moss::run_per_core`](moss_runtime::run_per_core) on listeners bound with
+//! [`TcpListener::bind_reuseport`].
 //!
 //! A handler that panics ends its own connection only: the panic is logged
-//! (the standard panic hook prints it, this module adds the peer address)
-//! and the server keeps serving. Cancellation unwinds (`kill`, `timeout`)
-//! pass through as they must.
+//! (the standard panic hook prints it, moss adds the peer address) and the
+//! server keeps serving. See [`StreamServer`] for how handlers end, and the
+//! `chat_server` example in moss's repository (`cargo run --example
+//! chat_server`) for a complete server: a broadcast chat with a writer
+//! coroutine per client and a clean shutdown on Ctrl-C.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -45,13 +45,21 @@ const KILL_GRACE: Duration = Duration::from_millis(50);
 type Handler = dyn Fn(TcpStream, SocketAddr);
 
 /// A TCP server running `handler(stream, peer)` in a new coroutine for
-/// every connection. The handle is cheap to clone; all clones control the
-/// same server.
+/// every connection (gevent's `StreamServer`). The handle is cheap to
+/// clone; all clones control the same server.
+///
+/// * [`serve_forever`](Self::serve_forever) serves until [`stop`](Self::stop)
+///   (gevent's `serve_forever`);
+/// * [`start`](Self::start) serves in the background and returns at once
+///   (gevent's `start`): the server runs whenever this thread blocks in a
+///   moss call (in a coroutine, or on the thread's root);
+/// * [`stop`](Self::stop) stops accepting and ends the handlers still
+///   running, waiting for them up to a timeout.
 ///
 /// ```
 /// use std::io::{Read, Write};
 /// use std::time::Duration;
-/// use moss_io::server::StreamServer;
+/// use moss::server::StreamServer;
 ///
 /// let server = StreamServer::bind("127.0.0.1:0", |mut s, _peer| {
 ///     let mut b = [0; 5];
@@ -59,26 +67,77 @@ type Handler = dyn Fn(TcpStream, SocketAddr);
 ///     s.write_all(&b).unwrap();
 /// })
 /// .unwrap();
-/// let addr = server.local_addr();
-/// let srv = server.clone();
-/// let serving = moss_runtime::spawn(move || srv.serve_forever());
+/// server.start().unwrap(); // accepts while this thread waits below
 ///
-/// let mut c = moss_io::net::TcpStream::connect(addr).unwrap();
+/// let mut c = moss::net::TcpStream::connect(server.local_addr()).unwrap();
 /// c.write_all(b"hello").unwrap();
 /// let mut b = [0; 5];
-/// c.read_exact(&mut b).unwrap();
+/// c.read_exact(&mut b).unwrap(); // the hub runs the handler meanwhile
 /// assert_eq!(&b, b"hello");
 ///
-/// server.stop(Duration::from_secs(1));
-/// serving.join().unwrap().unwrap();
+/// assert!(server.stop(Duration::from_secs(1)).is_empty());
 /// ```
+///
+/// # How a handler ends
+///
+/// A handler ends when it returns; dropping its [`TcpStream`] closes the
+/// connection. [`stop`](Self::stop) ends the handlers that are still
+/// running at its timeout by *killing* them: the kill unwinds the handler
+/// from the moss call it is blocked in (a read, a sleep, a lock), running
+/// destructors on the way, as gevent raises `GreenletExit` in a greenlet.
+/// A panic ends a handler the same way. So cleanup that must happen however
+/// the handler ends (leaving a chat room, unregistering a client, flushing
+/// a log) belongs in a `Drop` guard, Rust's `finally`; code after the
+/// handler's loop does not run when it is killed:
+///
+/// ```
+/// use std::cell::Cell;
+/// use std::io::Read;
+/// use std::rc::Rc;
+/// use std::time::Duration;
+/// use moss::server::StreamServer;
+///
+/// /// Counts a client as online while its handler runs, however it ends.
+/// struct Online(Rc<Cell<usize>>);
+/// impl Drop for Online {
+///     fn drop(&mut self) {
+///         self.0.set(self.0.get() - 1); // also when the handler is killed
+///     }
+/// }
+///
+/// let online = Rc::new(Cell::new(0));
+/// let counter = online.clone();
+/// let server = StreamServer::bind("127.0.0.1:0", move |mut stream, _peer| {
+///     counter.set(counter.get() + 1);
+///     let _online = Online(counter.clone());
+///     let _ = stream.read(&mut [0; 1]); // a client that says nothing: waits here
+///     println!("not reached when killed");
+/// })
+/// .unwrap();
+/// server.start().unwrap();
+/// let _client = moss::net::TcpStream::connect(server.local_addr()).unwrap();
+/// while online.get() == 0 {
+///     moss::sleep(Duration::from_millis(1));
+/// }
+/// server.stop(Duration::from_millis(10)); // kills the handler in its read
+/// while online.get() > 0 {
+///     moss::sleep(Duration::from_millis(1));
+/// }
+/// ```
+///
+/// Coroutines a handler spawns are *detached*, as in gevent: they are not
+/// killed with it. To tie them to the handler, spawn them through a
+/// [`Group`](moss_runtime::pool::Group) and hold its
+/// [`kill_on_drop`](moss_runtime::pool::Group::kill_on_drop) guard: they are
+/// killed when the handler ends, however it ends. The `chat_server`
+/// example does this for each client's writer coroutine.
 ///
 /// The handle belongs to the thread that made it (its handler need not be
 /// `Send`):
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// fn assert_send<T: Send>() {}
-/// assert_send::<moss_io::server::StreamServer>();
+/// assert_send::<moss::server::StreamServer>();
 /// ```
 #[derive(Clone)]
 pub struct StreamServer {
@@ -93,9 +152,13 @@ struct Inner {
     handlers: RefCell<HashMap<u64, Conn>>,
     next_id: Cell<u64>,
     stopped: Cell<bool>,
+    /// The accept loop's coroutine, from `start` until `serve_forever`
+    /// collects its result (or `stop`).
     acceptor: RefCell<Option<JoinHandle<()>>>,
     /// The acceptor's result, once it ended (`None` while it runs).
     result: RefCell<Option<io::Result<()>>>,
+    /// A `serve_forever` is waiting.
+    serving: Cell<bool>,
     /// Waiters: serve_forever (acceptor ended), the acceptor (room under
     /// the limit), stop (handlers finished).
     serve_waiter: RefCell<Option<Unparker>>,
@@ -131,7 +194,9 @@ fn wake(slot: &RefCell<Option<Unparker>>) {
 
 impl StreamServer {
     /// Binds a listener on `addr` (see [`TcpListener::bind`]) for `handler`.
-    /// Nothing is accepted until [`serve_forever`](Self::serve_forever).
+    /// Nothing is accepted until [`start`](Self::start) or
+    /// [`serve_forever`](Self::serve_forever); connections that arrive
+    /// before wait in the listen backlog.
     pub fn bind<A, F>(addr: A, handler: F) -> io::Result<StreamServer>
     where
         A: ToSocketAddrs,
@@ -159,6 +224,7 @@ impl StreamServer {
                 stopped: Cell::new(false),
                 acceptor: RefCell::new(None),
                 result: RefCell::new(None),
+                serving: Cell::new(false),
                 serve_waiter: RefCell::new(None),
                 room_waiter: RefCell::new(None),
                 idle_waiter: RefCell::new(None),
@@ -185,15 +251,34 @@ impl StreamServer {
         self.inner.handlers.borrow().len()
     }
 
-    /// Accepts connections until [`stop`](Self::stop), running the handler
-    /// of each in its own coroutine. Returns `Ok(())` after `stop`, or the
-    /// error of a failed `accept` that is not transient. Resource
-    /// exhaustion (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) pauses accepting
-    /// for 10 ms, doubling up to 1 s, while existing connections go on.
+    /// Starts accepting in the background and returns at once (gevent's
+    /// `start`): a coroutine of this thread accepts connections and spawns
+    /// their handlers until [`stop`](Self::stop). It runs whenever this
+    /// thread blocks in a moss call, so after `start` the caller goes on
+    /// with other work, for example waiting for a signal:
     ///
-    /// Fails with `ErrorKind::NotConnected` once the server was stopped, and
-    /// with `ErrorKind::AlreadyExists` if it is already serving.
-    pub fn serve_forever(&self) -> io::Result<()> {
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use moss::server::StreamServer;
+    /// use moss::signal;
+    ///
+    /// let server = StreamServer::bind("127.0.0.1:7000", |_stream, _peer| { /* ... */ })?;
+    /// server.start()?;
+    /// signal::wait(&[signal::SIGINT, signal::SIGTERM])?; // serves meanwhile
+    /// server.stop(Duration::from_secs(5));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// The accept loop keeps `moss::run` and `moss::wait` waiting until
+    /// the server is stopped. If `accept` fails with an error that is not
+    /// transient (see [`serve_forever`](Self::serve_forever)), the loop
+    /// ends: a waiting `serve_forever` returns the error; otherwise it is
+    /// printed to stderr and the next `serve_forever` returns it.
+    ///
+    /// # Errors
+    /// `ErrorKind::NotConnected` once the server was stopped;
+    /// `ErrorKind::AlreadyExists` if it is already accepting.
+    pub fn start(&self) -> io::Result<()> {
         let inner = &self.inner;
         let Some(listener) = inner.listener.borrow().clone() else {
             return Err(io::Error::new(
@@ -201,12 +286,14 @@ impl StreamServer {
                 "the server was stopped",
             ));
         };
-        if inner.acceptor.borrow().is_some() {
+        if inner.acceptor.borrow().is_some() && inner.result.borrow().is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 "the server is already serving",
             ));
         }
+        // A previous accept loop that failed on its own was reported when
+        // it ended (nobody waited for it); this one replaces it.
         *inner.result.borrow_mut() = None;
         let me = self.inner.clone();
         let acceptor = moss_runtime::Builder::new()
@@ -214,9 +301,52 @@ impl StreamServer {
             .spawn(move || {
                 let _done = AcceptorDone(me.clone());
                 let r = me.accept_loop(&listener);
+                match &r {
+                    Err(e) if !me.serving.get() => {
+                        eprintln!("moss::server {}: stopped accepting: {e}", me.local_addr)
+                    }
+                    _ => {}
+                }
                 *me.result.borrow_mut() = Some(r);
             })?;
         *inner.acceptor.borrow_mut() = Some(acceptor);
+        Ok(())
+    }
+
+    /// Accepts connections until [`stop`](Self::stop), running the handler
+    /// of each in its own coroutine ([`start`](Self::start) if the server
+    /// is not accepting yet, then wait). Returns `Ok(())` after `stop`, or
+    /// the error of a failed `accept` that is not transient. Resource
+    /// exhaustion (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) pauses accepting
+    /// for 10 ms, doubling up to 1 s, while existing connections go on;
+    /// errors about one connection (`ECONNABORTED`, `EPERM`, ...) are
+    /// skipped.
+    ///
+    /// If the caller is killed (or its `timeout` fires) while it waits,
+    /// accepting stops with it; a later `start` or `serve_forever` resumes.
+    ///
+    /// # Errors
+    /// `ErrorKind::NotConnected` once the server was stopped;
+    /// `ErrorKind::AlreadyExists` if another `serve_forever` is waiting.
+    pub fn serve_forever(&self) -> io::Result<()> {
+        let inner = &self.inner;
+        if inner.serving.get() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the server is already serving",
+            ));
+        }
+        if inner.acceptor.borrow().is_some() {
+            // Started: collect the result of an accept loop that already
+            // ended on its own, or wait for the running one below.
+            if let Some(r) = inner.result.borrow_mut().take() {
+                inner.acceptor.borrow_mut().take();
+                return r;
+            }
+        } else {
+            self.start()?;
+        }
+        inner.serving.set(true);
         // If the caller is cancelled while serving, take the acceptor down.
         let guard = KillAcceptor(self.inner.clone());
         loop {
@@ -231,7 +361,8 @@ impl StreamServer {
         }
     }
 
-    /// Stops accepting (the listening socket is closed), waits up to
+    /// Stops accepting (the listening socket is closed; a waiting
+    /// [`serve_forever`](Self::serve_forever) returns `Ok(())`), waits up to
     /// `timeout` for running handlers to finish, kills the rest and gives
     /// them 50 ms (no more than `timeout`) to unwind, then returns, naming
     /// the handlers that have not ended yet: one that catches the
@@ -240,9 +371,15 @@ impl StreamServer {
     /// they end. `stop(Duration::ZERO)` kills every handler and returns at
     /// once. A handler may call `stop`; it does not wait for itself.
     ///
+    /// A killed handler unwinds from its blocking call: its `Drop` guards
+    /// run, the code after that call does not (see [how a handler
+    /// ends](StreamServer#how-a-handler-ends)). Coroutines the handlers
+    /// spawned are not stopped, unless they were tied to their handler with
+    /// [`Group::kill_on_drop`](moss_runtime::pool::Group::kill_on_drop).
+    ///
     /// ```
     /// use std::time::Duration;
-    /// use moss_io::server::StreamServer;
+    /// use moss::server::StreamServer;
     ///
     /// let server = StreamServer::bind("127.0.0.1:0", |_s, _peer| {}).unwrap();
     /// assert!(server.stop(Duration::from_millis(100)).is_empty());
@@ -420,11 +557,13 @@ impl Drop for AcceptorDone {
     }
 }
 
-/// Kills the acceptor if serve_forever unwinds (its caller was cancelled).
+/// Ends serve_forever's wait; kills the acceptor if serve_forever unwinds
+/// (its caller was cancelled).
 struct KillAcceptor(Rc<Inner>);
 
 impl Drop for KillAcceptor {
     fn drop(&mut self) {
+        self.0.serving.set(false);
         let a = self.0.acceptor.borrow_mut().take();
         if let Some(a) = a {
             a.kill();

@@ -32,7 +32,7 @@
 //!
 //! # Per-thread registrations
 //!
-//! A [`Registration`](moss_runtime::reactor::Registration) belongs to one
+//! A [`Registration`](moss::reactor::Registration) belongs to one
 //! hub, so each thread waits through its own: one per fd, kept in the
 //! table the hooks share with `moss::net` (`registry.rs`), claimed for the
 //! fd's generation and made on the first wait of that fd on that thread

@@ -7,9 +7,9 @@
 //!
 //! ```no_run
 //! use std::io::{Read, Write};
-//! moss_io::monkey::patch_all();
+//! moss::monkey::patch_all();
 //! let hs: Vec<_> = (0..10)
-//!     .map(|_| moss_runtime::spawn(|| {
+//!     .map(|_| moss::spawn(|| {
 //!         // Plain std code: the connect and the read park this coroutine.
 //!         let mut s = std::net::TcpStream::connect("127.0.0.1:8080")?;
 //!         s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
@@ -18,7 +18,7 @@
 //!         Ok::<_, std::io::Error>(body.len())
 //!     }))
 //!     .collect();
-//! for r in moss_runtime::join_all(hs) {
+//! for r in moss::join_all(hs) {
 //!     println!("{:?}", r.unwrap());
 //! }
 //! ```
@@ -303,9 +303,9 @@ static HOOKS: Hooks = Hooks([
 /// no unpatch. See the [module docs](self) for what changes and what not.
 ///
 /// ```
-/// moss_io::monkey::patch_all();
-/// assert!(moss_io::monkey::is_patched());
-/// moss_io::monkey::patch_all(); // idempotent
+/// moss::monkey::patch_all();
+/// assert!(moss::monkey::is_patched());
+/// moss::monkey::patch_all(); // idempotent
 /// ```
 pub fn patch_all() {
     std::hint::black_box(&HOOKS.0);

@@ -17,7 +17,7 @@ use crate::dns;
 /// [`std::net::ToSocketAddrs`], resolving names without blocking the hub.
 ///
 /// ```
-/// use moss_io::net::ToSocketAddrs;
+/// use moss::net::ToSocketAddrs;
 /// let v: Vec<_> = ("127.0.0.1", 80).to_socket_addrs().unwrap().collect();
 /// assert_eq!(v, ["127.0.0.1:80".parse().unwrap()]);
 /// ```

@@ -25,9 +25,9 @@
 //! `Read + Write` transport, such as rustls' `StreamOwned`, runs over a
 //! [`TcpStream`], and its handshake and record I/O then park only the
 //! calling coroutine. Set a read timeout on the socket to bound how long a
-//! peer that stalls mid-handshake can hold its coroutine. The repository's
-//! `examples/tls_echo.rs` shows a TLS [`StreamServer`](crate::server::StreamServer)
-//! and client.
+//! peer that stalls mid-handshake can hold its coroutine. The example
+//! `tls_echo` in moss's repository (`cargo run --example tls_echo`) shows a
+//! TLS [`StreamServer`](crate::server::StreamServer) and client.
 //!
 //! # Threads
 //!
@@ -35,16 +35,15 @@
 //! of the thread that first waits on it, and again with another thread's
 //! hub when it is used there; no rule to follow. Moving sockets between
 //! threads constantly costs an `epoll_ctl` per move and leaves a stale
-//! entry on the old thread until its fd number is reused there (see
-//! `fd.rs` for the design).
+//! entry on the old thread until its fd number is reused there.
 //!
 //! ```
 //! use std::io::{Read, Write};
-//! let l = moss_io::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! let l = moss::net::TcpListener::bind("127.0.0.1:0").unwrap();
 //! let addr = l.local_addr().unwrap();
 //! // Accepted here, served on another thread.
 //! let client = std::thread::spawn(move || {
-//!     let mut c = moss_io::net::TcpStream::connect(addr).unwrap();
+//!     let mut c = moss::net::TcpStream::connect(addr).unwrap();
 //!     c.write_all(b"ping").unwrap();
 //!     let mut b = [0; 4];
 //!     c.read_exact(&mut b).unwrap();

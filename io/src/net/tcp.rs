@@ -32,15 +32,15 @@ use super::sys::{self, Recv};
 ///
 /// ```
 /// use std::io::{Read, Write};
-/// let l = moss_io::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let l = moss::net::TcpListener::bind("127.0.0.1:0").unwrap();
 /// let addr = l.local_addr().unwrap();
-/// let server = moss_runtime::spawn(move || {
+/// let server = moss::spawn(move || {
 ///     let (mut s, _) = l.accept().unwrap();
 ///     let mut b = [0; 5];
 ///     s.read_exact(&mut b).unwrap();
 ///     s.write_all(&b).unwrap();
 /// });
-/// let mut c = moss_io::net::TcpStream::connect(addr).unwrap();
+/// let mut c = moss::net::TcpStream::connect(addr).unwrap();
 /// c.write_all(b"hello").unwrap();
 /// let mut b = [0; 5];
 /// c.read_exact(&mut b).unwrap();
@@ -284,8 +284,8 @@ impl TcpListener {
     /// and the kernel spreads incoming connections over them.
     ///
     /// ```
-    /// let a = moss_io::net::TcpListener::bind_reuseport("127.0.0.1:0").unwrap();
-    /// let b = moss_io::net::TcpListener::bind_reuseport(a.local_addr().unwrap()).unwrap();
+    /// let a = moss::net::TcpListener::bind_reuseport("127.0.0.1:0").unwrap();
+    /// let b = moss::net::TcpListener::bind_reuseport(a.local_addr().unwrap()).unwrap();
     /// assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
     /// ```
     pub fn bind_reuseport<A: ToSocketAddrs>(addr: A) -> io::Result<TcpListener> {

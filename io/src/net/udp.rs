@@ -19,8 +19,8 @@ use super::sys::{self, Recv};
 /// A UDP socket; [`std::net::UdpSocket`] for coroutines.
 ///
 /// ```
-/// let a = moss_io::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-/// let b = moss_io::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+/// let a = moss::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+/// let b = moss::net::UdpSocket::bind("127.0.0.1:0").unwrap();
 /// b.send_to(b"ping", a.local_addr().unwrap()).unwrap();
 /// let mut buf = [0; 8];
 /// let (n, from) = a.recv_from(&mut buf).unwrap();

@@ -24,8 +24,8 @@ use super::sys::{self, Recv};
 ///
 /// ```
 /// use std::io::{Read, Write};
-/// let (mut a, mut b) = moss_io::net::UnixStream::pair().unwrap();
-/// let h = moss_runtime::spawn(move || { let mut s = String::new(); b.read_to_string(&mut s).unwrap(); s });
+/// let (mut a, mut b) = moss::net::UnixStream::pair().unwrap();
+/// let h = moss::spawn(move || { let mut s = String::new(); b.read_to_string(&mut s).unwrap(); s });
 /// a.write_all(b"over the socket").unwrap();
 /// drop(a);
 /// assert_eq!(h.join().unwrap(), "over the socket");

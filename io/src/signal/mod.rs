@@ -2,11 +2,11 @@
 //! each delivery (gevent's `gevent.signal_handler`).
 //!
 //! ```
-//! use moss_io::signal;
+//! use moss::signal;
 //! use std::time::Duration;
 //!
-//! let waiter = moss_runtime::spawn(|| signal::wait(&[signal::SIGUSR2]).unwrap());
-//! moss_runtime::sleep(Duration::from_millis(10)); // let it start waiting
+//! let waiter = moss::spawn(|| signal::wait(&[signal::SIGUSR2]).unwrap());
+//! moss::sleep(Duration::from_millis(10)); // let it start waiting
 //! // SAFETY: sending a signal to this process; moss catches it.
 //! unsafe { libc::kill(libc::getpid(), signal::SIGUSR2) };
 //! assert_eq!(waiter.join().unwrap(), signal::SIGUSR2);
@@ -222,7 +222,7 @@ fn wait_until(signals: &[i32], deadline: Option<Instant>) -> io::Result<Option<i
 /// ```
 /// use std::cell::Cell;
 /// use std::rc::Rc;
-/// use moss_io::signal;
+/// use moss::signal;
 ///
 /// let hits = Rc::new(Cell::new(0));
 /// let h = hits.clone();
@@ -230,7 +230,7 @@ fn wait_until(signals: &[i32], deadline: Option<Instant>) -> io::Result<Option<i
 /// // SAFETY: sending a signal to this process; moss catches it.
 /// unsafe { libc::kill(libc::getpid(), signal::SIGUSR1) };
 /// while hits.get() == 0 {
-///     moss_runtime::sleep(std::time::Duration::from_millis(1));
+///     moss::sleep(std::time::Duration::from_millis(1));
 /// }
 /// drop(handler); // the previous disposition is back
 /// ```

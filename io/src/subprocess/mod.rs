@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use std::io::{Read, Write};
-//! use moss_io::subprocess::{Command, Stdio};
+//! use moss::subprocess::{Command, Stdio};
 //!
 //! let mut child = Command::new("tr")
 //!     .arg("a-z")
@@ -72,7 +72,7 @@ pub use std::process::{ExitStatus, Output, Stdio};
 /// pipe through the hub.
 ///
 /// ```
-/// let out = moss_io::subprocess::Command::new("sh")
+/// let out = moss::subprocess::Command::new("sh")
 ///     .args(["-c", "echo out; echo err >&2; exit 3"])
 ///     .output()
 ///     .unwrap();

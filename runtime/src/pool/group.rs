@@ -164,6 +164,55 @@ impl Members {
         ImapUnordered { rx, feeder }
     }
 
+    fn imap<I, R, F>(
+        self: &Rc<Self>,
+        f: F,
+        items: impl IntoIterator<Item = I> + 'static,
+    ) -> ImapOrdered<R>
+    where
+        F: Fn(I) -> R + 'static,
+        I: 'static,
+        R: 'static,
+    {
+        let (tx, rx) = channel::<JoinHandle<R>>();
+        let set = self.clone();
+        let f = Rc::new(f);
+        let feeder = spawn(move || {
+            for item in items {
+                let f = f.clone();
+                if tx.send(set.spawn(move || f(item))).is_err() {
+                    return; // the iterator is gone
+                }
+            }
+        });
+        ImapOrdered { rx, feeder }
+    }
+
+    fn apply<F, T>(self: &Rc<Self>, f: F) -> T
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        match self.spawn(f).join() {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => resume_unwind(e.into_panic()),
+            Err(e) => panic!("moss: an apply task failed: {e}"),
+        }
+    }
+
+    fn apply_async<F, T, C>(self: &Rc<Self>, f: F, callback: C) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+        C: FnOnce(&T) + 'static,
+    {
+        self.spawn(move || {
+            let v = f();
+            callback(&v);
+            v
+        })
+    }
+
     fn join(&self, d: Option<Duration>) -> bool {
         match d {
             None => {
@@ -181,6 +230,14 @@ impl Members {
         tasks.sort_by_key(|t| t.header().id == me);
         for t in tasks {
             kill_task(t.header());
+        }
+    }
+
+    /// Requests every member's death without waiting for it.
+    fn kill_nowait(&self) {
+        let tasks: Vec<Rc<dyn Task>> = self.live.borrow().values().cloned().collect();
+        for t in tasks {
+            crate::cancel::kill_nowait(t.header());
         }
     }
 
@@ -224,6 +281,82 @@ impl<R> fmt::Debug for ImapUnordered<R> {
     }
 }
 
+/// An iterator of results in input order; see [`Pool::imap`].
+///
+/// Dropping it stops spawning further items (tasks already running finish,
+/// their results are discarded).
+pub struct ImapOrdered<R> {
+    rx: Receiver<JoinHandle<R>>,
+    feeder: JoinHandle<()>,
+}
+
+impl<R> Iterator for ImapOrdered<R> {
+    type Item = R;
+    /// The result of the next item, waiting for it if it is still running;
+    /// re-raises its panic. If its task was killed (by the pool's `kill`),
+    /// the iteration ends: the items spawned since are killed too, and no
+    /// further item is spawned.
+    fn next(&mut self) -> Option<R> {
+        let h = self.rx.recv().ok()?;
+        match h.join() {
+            Ok(v) => Some(v),
+            Err(e) if e.is_panic() => resume_unwind(e.into_panic()),
+            Err(_) => {
+                // Items spawned after the kill die too.
+                self.feeder.kill();
+                while let Ok(h) = self.rx.try_recv() {
+                    h.kill();
+                }
+                None
+            }
+        }
+    }
+}
+
+impl<R> Drop for ImapOrdered<R> {
+    fn drop(&mut self) {
+        self.feeder.kill();
+    }
+}
+
+impl<R> fmt::Debug for ImapOrdered<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImapOrdered")
+            .field("spawned", &self.rx.len())
+            .finish()
+    }
+}
+
+/// Kills the members of a [`Pool`] or [`Group`] when dropped: see
+/// [`Group::kill_on_drop`].
+#[must_use = "the members are killed when this guard is dropped"]
+pub struct KillOnDrop {
+    set: Rc<Members>,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // This thread is unwinding (its coroutine was killed, or
+            // panicked): a kill is not delivered while any context of the
+            // thread unwinds, so waiting for the members' deaths here would
+            // wait for ever. Request them; they are delivered once the
+            // unwinding is over.
+            self.set.kill_nowait();
+        } else {
+            self.set.kill();
+        }
+    }
+}
+
+impl fmt::Debug for KillOnDrop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KillOnDrop")
+            .field("running", &self.set.len())
+            .finish()
+    }
+}
+
 /// Runs at most `size` coroutines at once (gevent's `Pool`): [`spawn`](Self::spawn)
 /// waits for a free slot.
 ///
@@ -232,15 +365,15 @@ impl<R> fmt::Debug for ImapUnordered<R> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use moss_runtime::pool::Pool;
+/// use moss::pool::Pool;
 /// let pool = Pool::new(5);
-/// let squares = pool.map(|i: u64| { moss_runtime::sleep(Duration::from_millis(5)); i * i }, 0..20);
+/// let squares = pool.map(|i: u64| { moss::sleep(Duration::from_millis(5)); i * i }, 0..20);
 /// assert_eq!(squares[19], 361); // in input order
 /// assert_eq!(pool.free_count(), 5);
 /// ```
 ///
-/// ```compile_fail
-/// let pool = moss_runtime::pool::Pool::new(2);
+/// ```compile_fail,E0277
+/// let pool = moss::pool::Pool::new(2);
 /// std::thread::spawn(move || pool.join()); // Pool is !Send
 /// ```
 #[derive(Clone)]
@@ -280,8 +413,8 @@ impl Pool {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let pool = moss_runtime::pool::Pool::new(1);
-    /// let busy = pool.spawn(|| moss_runtime::sleep(Duration::from_millis(50)));
+    /// let pool = moss::pool::Pool::new(1);
+    /// let busy = pool.spawn(|| moss::sleep(Duration::from_millis(50)));
     /// assert!(pool.spawn_timeout(Duration::ZERO, || ()).is_err());
     /// busy.join().unwrap();
     /// assert!(pool.spawn_timeout(Duration::ZERO, || ()).is_ok());
@@ -314,8 +447,8 @@ impl Pool {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let pool = moss_runtime::pool::Pool::new(3);
-    /// let it = pool.imap_unordered(|ms: u64| { moss_runtime::sleep(Duration::from_millis(ms)); ms }, [90, 10, 50]);
+    /// let pool = moss::pool::Pool::new(3);
+    /// let it = pool.imap_unordered(|ms: u64| { moss::sleep(Duration::from_millis(ms)); ms }, [90, 10, 50]);
     /// assert_eq!(it.collect::<Vec<_>>(), [10, 50, 90]);
     /// ```
     pub fn imap_unordered<I, R, F>(
@@ -331,6 +464,76 @@ impl Pool {
         self.set.imap_unordered(f, items)
     }
 
+    /// Runs `f` on every item through the pool, yielding the results in
+    /// input order (gevent's `imap`): the next result as soon as it and
+    /// those before it are done, while later items still run. Items are
+    /// spawned by a feeder coroutine as slots free up; iterating re-raises
+    /// a task's panic.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = moss::pool::Pool::new(3);
+    /// let it = pool.imap(|ms: u64| { moss::sleep(Duration::from_millis(ms)); ms }, [90, 10, 50]);
+    /// assert_eq!(it.collect::<Vec<_>>(), [90, 10, 50]);
+    /// ```
+    pub fn imap<I, R, F>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = I> + 'static,
+    ) -> ImapOrdered<R>
+    where
+        F: Fn(I) -> R + 'static,
+        I: 'static,
+        R: 'static,
+    {
+        self.set.imap(f, items)
+    }
+
+    /// Runs `f` in the pool (waiting for a free slot first) and returns its
+    /// result (gevent's `apply`); a panic in `f` is re-raised here. The
+    /// caller waits, letting other coroutines run. If the caller is killed
+    /// meanwhile, `f` goes on running as a detached member.
+    ///
+    /// ```
+    /// let pool = moss::pool::Pool::new(2);
+    /// assert_eq!(pool.apply(|| 6 * 7), 42);
+    /// ```
+    ///
+    /// # Panics
+    /// If `f` panics, or its coroutine was killed (by [`kill`](Self::kill)).
+    pub fn apply<F, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        self.set.apply(f)
+    }
+
+    /// Spawns `f` in the pool (waiting for a free slot first, as gevent's
+    /// `apply_async` does when the pool is full); when `f` returns,
+    /// `callback(&value)` runs in the same coroutine, then its
+    /// [`JoinHandle`] gives the value. A panic in `f` skips the callback; a
+    /// panic in either is returned by `join`.
+    ///
+    /// ```
+    /// use std::cell::Cell;
+    /// use std::rc::Rc;
+    /// let pool = moss::pool::Pool::new(2);
+    /// let seen = Rc::new(Cell::new(0));
+    /// let s = seen.clone();
+    /// let h = pool.apply_async(|| 6 * 7, move |v| s.set(*v));
+    /// assert_eq!(h.join().unwrap(), 42);
+    /// assert_eq!(seen.get(), 42);
+    /// ```
+    pub fn apply_async<F, T, C>(&self, f: F, callback: C) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+        C: FnOnce(&T) + 'static,
+    {
+        self.set.apply_async(f, callback)
+    }
+
     /// Waits until no member is running.
     pub fn join(&self) {
         self.set.join(None);
@@ -344,6 +547,14 @@ impl Pool {
     /// Kills every member and waits until they are gone.
     pub fn kill(&self) {
         self.set.kill();
+    }
+
+    /// A guard that [`kill`](Self::kill)s every member when it is dropped;
+    /// see [`Group::kill_on_drop`].
+    pub fn kill_on_drop(&self) -> KillOnDrop {
+        KillOnDrop {
+            set: self.set.clone(),
+        }
     }
 
     /// Members running (or spawned and not started) now.
@@ -405,11 +616,11 @@ impl fmt::Debug for Pool {
 /// through it, then `join` or `kill` them all.
 ///
 /// ```
-/// let group = moss_runtime::pool::Group::new();
+/// let group = moss::pool::Group::new();
 /// let hs: Vec<_> = (0..3).map(|i| group.spawn(move || i * 10)).collect();
 /// group.join();
 /// assert!(group.is_empty());
-/// assert_eq!(moss_runtime::join_all(hs).into_iter().map(Result::unwrap).sum::<i32>(), 30);
+/// assert_eq!(moss::join_all(hs).into_iter().map(Result::unwrap).sum::<i32>(), 30);
 /// ```
 #[derive(Clone)]
 pub struct Group {
@@ -457,6 +668,41 @@ impl Group {
         self.set.imap_unordered(f, items)
     }
 
+    /// [`Pool::imap`] without a limit: one coroutine per item, results in
+    /// input order.
+    pub fn imap<I, R, F>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = I> + 'static,
+    ) -> ImapOrdered<R>
+    where
+        F: Fn(I) -> R + 'static,
+        I: 'static,
+        R: 'static,
+    {
+        self.set.imap(f, items)
+    }
+
+    /// [`Pool::apply`] without a limit: runs `f` in a member and returns its
+    /// result, re-raising its panic.
+    pub fn apply<F, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        self.set.apply(f)
+    }
+
+    /// [`Pool::apply_async`] without a limit (never waits).
+    pub fn apply_async<F, T, C>(&self, f: F, callback: C) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+        C: FnOnce(&T) + 'static,
+    {
+        self.set.apply_async(f, callback)
+    }
+
     /// Waits until no member is running.
     pub fn join(&self) {
         self.set.join(None);
@@ -470,6 +716,50 @@ impl Group {
     /// Kills every member and waits until they are gone.
     pub fn kill(&self) {
         self.set.kill();
+    }
+
+    /// A guard that [`kill`](Self::kill)s every member when it is dropped,
+    /// including when the scope that holds it unwinds (a panic, or a
+    /// `kill` or `timeout` of its coroutine). Coroutines are detached when
+    /// their `JoinHandle` is dropped (as in gevent and std); spawned through
+    /// a group with this guard, they cannot outlive the code that needs
+    /// them, such as a connection handler's writer coroutine:
+    ///
+    /// ```
+    /// use std::cell::Cell;
+    /// use std::rc::Rc;
+    /// use std::time::Duration;
+    ///
+    /// let ticks = Rc::new(Cell::new(0));
+    /// let t = ticks.clone();
+    /// let handler = moss::spawn(move || {
+    ///     let children = moss::pool::Group::new();
+    ///     let _kill = children.kill_on_drop();
+    ///     children.spawn(move || loop {
+    ///         t.set(t.get() + 1);
+    ///         moss::sleep(Duration::from_millis(1));
+    ///     });
+    ///     moss::sleep(Duration::from_secs(3600)); // the handler's work
+    /// });
+    /// while ticks.get() == 0 {
+    ///     moss::yield_now();
+    /// }
+    /// handler.kill(); // the ticker dies with its handler
+    /// let n = ticks.get();
+    /// moss::sleep(Duration::from_millis(20));
+    /// assert_eq!(ticks.get(), n);
+    /// ```
+    ///
+    /// Dropped normally, the guard waits until every member has died, so a
+    /// member that blocks in a destructor keeps the guard's owner waiting
+    /// too. Dropped while its coroutine unwinds, it only requests the kills:
+    /// they are delivered as soon as the unwinding is over (a coroutine
+    /// cannot start unwinding while another one of its thread is
+    /// mid-unwind).
+    pub fn kill_on_drop(&self) -> KillOnDrop {
+        KillOnDrop {
+            set: self.set.clone(),
+        }
     }
 
     /// Members running (or spawned and not started) now.

@@ -43,7 +43,7 @@ mod thread_pool;
 
 pub use connection::{Connection, pipe};
 pub use error::PoolError;
-pub use group::{Group, ImapUnordered, Pool};
+pub use group::{Group, ImapOrdered, ImapUnordered, KillOnDrop, Pool};
 pub use process::{CHILD_STACK_SIZE, PANIC_EXIT_CODE, Process, ProcessHandle, Runnable};
 pub use process_lock::{ProcessLock, ProcessLockGuard};
 pub use process_pool::ProcessPool;
