@@ -1,9 +1,13 @@
 //! Monkey patching: unmodified blocking code yields inside coroutines.
 //!
-//! After [`patch_all`], code written for plain threads — `std::net`,
-//! `std::os::unix::net`, `std::thread::sleep`, and third-party crates built
-//! on them — yields to the hub when it would block in a coroutine, without
-//! being changed or rebuilt against moss types.
+//! After [`patch_all`], code written for plain threads yields to the hub
+//! when it would block in a coroutine, without being changed or rebuilt
+//! against moss types (gevent's `monkey.patch_all()`): `std::net` and
+//! `std::os::unix::net` sockets, pipes, `std::thread::sleep`, name lookups,
+//! `std::process` waits and pipes, `std::thread::JoinHandle::join`, std's
+//! locks and channels (`Mutex`, `Condvar`, `RwLock`, `OnceLock`, `mpsc`, on
+//! Linux x86_64), and the third-party crates built on them (HTTP clients
+//! such as `ureq`, database drivers, mio-based event loops).
 //!
 //! ```no_run
 //! use std::io::{Read, Write};
@@ -23,31 +27,67 @@
 //! }
 //! ```
 //!
+//! # What `patch_all` does not cover
+//!
+//! moss never preempts a coroutine: every other coroutine of its thread
+//! waits until it reaches a blocking point that moss sees. The calls below
+//! still block the whole thread in a coroutine (or, worse, wait forever),
+//! patched or not:
+//!
+//! | in a coroutine | what happens | instead |
+//! |---|---|---|
+//! | CPU-bound work: a long loop, compression, hashing, parsing a big document | runs to its end while the thread's other coroutines wait | `moss::pool::ThreadPool::apply` or `moss::pool::ProcessPool`; or `moss::yield_now()` inside the loop |
+//! | regular files: `std::fs` reads and writes, `open`, `stat`, `fsync` | block the thread (a file is always "ready", as in gevent) | `ThreadPool::apply(move \|\| std::fs::read(path))` |
+//! | reading stdin, or writing to a terminal or pipe on fds 0–2 | blocks the thread (fds 0–2 are shared with the shell and stay as they are) | read stdin on a thread (`moss::thread::Builder`) and hand lines over through a `moss::sync::channel` |
+//! | `parking_lot` locks, and crates built on them | block the thread (their wait records are per thread) | `moss::sync::Mutex`, `RwLock`, `Condvar` |
+//! | C libraries' own locks and waits (`pthread_mutex_lock`, `pthread_cond_wait`, `sem_wait`) | block the thread | `moss::sync`, or call the library on a `ThreadPool` |
+//! | a `std::sync::mpsc` receiver fed by another coroutine of the *same* thread | waits forever (std wakes only other threads) | `moss::sync::channel` (or `bounded`) |
+//! | crates that make system calls without libc (`rustix`'s default `linux_raw` backend, and what uses it) | block the thread | the same crate with its libc backend (`rustix`'s `use-libc` feature), or a `ThreadPool` |
+//! | `std::sync` on targets other than x86_64 Linux | blocks the thread | `moss::sync` |
+//! | `wait`, `waitid`, `epoll_pwait2`; `epoll_wait` on a thread's root | block the thread | `moss::subprocess`; run the loop in a coroutine |
+//! | a patched blocking call inside a raw `moss::greenlet` | aborts the process (a greenlet cannot park) | call it from a coroutine |
+//!
+//! std's channels and `thread::park` also wake parked coroutines with a
+//! delay of up to a few milliseconds; `moss::sync` wakes them at once.
+//!
+//! # Finding the calls that block
+//!
+//! A call that blocks the thread shows as a service that stalls for every
+//! client at once. A thread stuck in such a call runs no coroutine, so it
+//! cannot report on itself: look at it from outside (`gdb -p PID`, then
+//! `thread apply all bt`, shows the blocking call and who made it).
+//!
+//! A program that hangs while its hub still runs (every coroutine parked,
+//! for example on a `Queue` nobody fills) is diagnosed with `moss::dump()`:
+//! it lists every coroutine of the thread with its state, what it waits
+//! on and where it was spawned. Call it from a `moss::signal::handler`
+//! (on `SIGUSR1`, say) to see a hung service.
+//!
 //! # Mechanism
 //!
 //! moss-io defines the libc functions below as `#[no_mangle] extern "C"`
 //! symbols. In the final binary the linker binds every call to those names
 //! — std's, other crates', and (through dynamic symbol export) other shared
 //! libraries' — to these definitions instead of libc's; the hooks reach
-//! libc's own definitions through `dlsym(RTLD_NEXT)` (`real.rs`).
+//! libc's own definitions through `dlsym(RTLD_NEXT)`.
 //!
-//! | group | hooks | file |
-//! |---|---|---|
-//! | data | `read readv write writev recv recvfrom recvmsg send sendto sendmsg sendfile sendfile64 splice` | `hooks_io.rs` |
-//! | sockets and fd state | `socket socketpair connect accept accept4 shutdown close dup dup2 dup3 fcntl ioctl setsockopt getsockopt` | `hooks_sock.rs` |
-//! | readiness | `poll select` | `hooks_poll.rs` |
-//! | event loops | `epoll_wait epoll_pwait` (coroutines only) | `hooks_epoll.rs` |
-//! | child processes | `waitpid wait4` (one child, by pidfd) | `hooks_wait.rs` |
-//! | sleeping | `nanosleep clock_nanosleep usleep sleep` | `hooks_time.rs` |
-//! | names | `getaddrinfo` | `hooks_dns.rs` |
-//! | std::sync (x86_64 only) | `syscall` (private `FUTEX_WAIT`/`WAKE`, their `_BITSET` forms, `REQUEUE`, `CMP_REQUEUE`, `WAKE_OP`) | `hooks_futex.rs` |
-//! | thread joins | `pthread_join` | `hooks_thread.rs` |
+//! | group | hooks |
+//! |---|---|
+//! | data | `read readv write writev recv recvfrom recvmsg send sendto sendmsg sendfile sendfile64 splice` |
+//! | sockets and fd state | `socket socketpair connect accept accept4 shutdown close dup dup2 dup3 fcntl ioctl setsockopt getsockopt` |
+//! | readiness | `poll select` |
+//! | event loops | `epoll_wait epoll_pwait` (coroutines only) |
+//! | child processes | `waitpid wait4` (one child, by pidfd) |
+//! | sleeping | `nanosleep clock_nanosleep usleep sleep` |
+//! | names | `getaddrinfo` |
+//! | std::sync (x86_64 only) | `syscall` (private `FUTEX_WAIT`/`WAKE`, their `_BITSET` forms, `REQUEUE`, `CMP_REQUEUE`, `WAKE_OP`) |
+//! | thread joins | `pthread_join` |
 //!
 //! **Linking.** An archive member nothing references is silently dropped by
 //! the linker, and with it the hooks. [`patch_all`] therefore references a
 //! static table of every hook through `std::hint::black_box`, so any binary
-//! that calls it links all of them (`tests/monkey_passthrough.rs` checks
-//! that `dlsym(RTLD_DEFAULT)` finds them ahead of libc's). Binaries that
+//! that calls it links all of them (moss's tests check that
+//! `dlsym(RTLD_DEFAULT)` finds them ahead of libc's). Binaries that
 //! never call it usually get them too (rustc keeps exported symbols), which
 //! is why the unpatched path must be, and is, exact.
 //!
@@ -62,7 +102,7 @@
 //!   thread still sees blocking semantics (and the emulated timeouts).
 //! * **Patched, thread with a hub** (a coroutine, or a root that has used
 //!   moss): sockets, pipes and ttys (fd 3 and up) become cooperative
-//!   (`fdtable.rs`: kernel fd
+//!   (kernel fd
 //!   non-blocking, the user's `O_NONBLOCK` kept virtual, `SO_RCVTIMEO`/
 //!   `SO_SNDTIMEO` emulated with deadlines, expiring with `EAGAIN` as Linux
 //!   does). A call that would block parks: a coroutine suspends; the root
@@ -79,8 +119,7 @@
 //! `syscall(SYS_futex, ...)`. After `patch_all`, a private futex wait from
 //! a context with a hub parks that context on a moss-side wait table (a
 //! root runs its hub meanwhile), and a futex wake from any thread wakes
-//! those waiters as well as the kernel's (`hooks_futex.rs` has the
-//! protocol). So two coroutines of one hub can share a `std::sync::Mutex`
+//! those waiters as well as the kernel's. So two coroutines of one hub can share a `std::sync::Mutex`
 //! held across a blocking call, wait on a `Condvar`, a `Barrier` or a
 //! `OnceLock` being initialised, coroutines can receive from
 //! `std::sync::mpsc` channels fed by other threads, and a crate's
@@ -215,10 +254,9 @@
 //!   kernel, which reports them.
 //! * The hooks and `moss::net` share one registration per fd and hub, so a
 //!   socket may go back and forth between std and moss types (and threads).
-//!   If the hub refuses to register an fd anyway (registered with this hub
-//!   outside moss's types, through `moss_runtime::reactor::Registration`
-//!   directly), that call polls the fd with growing naps (see "When no fd
-//!   can be had").
+//!   If the hub refuses to register an fd anyway (other code registered
+//!   it with this hub directly), that call polls the fd with growing naps
+//!   (see "When no fd can be had").
 //! * Reads of datagram and seqpacket sockets and ttys always try the
 //!   syscall first; only byte streams (stream sockets, pipes) use the
 //!   "drained" hint that skips the `EAGAIN` after a short read.
