@@ -110,13 +110,24 @@ fn signal_handler_drop_restores_a_siginfo_handler() {
             });
             assert_eq!(USER_HITS.load(Ordering::SeqCst), 0);
             drop(h);
+            // kill(2) to the process may run the handler on another thread
+            // (the test harness' main thread) after `raise` returns: wait
+            // for it rather than assume it ran on this one.
             raise(libc::SIGUSR1);
-            assert_eq!(USER_HITS.load(Ordering::SeqCst), 1);
+            util::until("the user's handler ran", Duration::from_secs(5), || {
+                USER_HITS.load(Ordering::SeqCst) >= 1
+            });
             // Twice more: a second install/drop cycle restores it again.
             let h = signal::handler(libc::SIGUSR1, || ()).unwrap();
             drop(h);
             raise(libc::SIGUSR1);
+            util::until(
+                "the user's handler ran again",
+                Duration::from_secs(5),
+                || USER_HITS.load(Ordering::SeqCst) >= 2,
+            );
             assert_eq!(USER_HITS.load(Ordering::SeqCst), 2);
+            assert_eq!(hits.get(), 1, "the dropped moss handler ran again");
         },
     );
 }
