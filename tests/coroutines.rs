@@ -349,6 +349,50 @@ fn dump_lists_state_and_spawn_site() {
     h.kill();
 }
 
+/// The seconds in "for N.NNNs" of a dump line.
+fn waited(line: &str) -> f64 {
+    let rest = &line[line.find(" for ").expect(line) + 5..];
+    rest[..rest.find('s').unwrap()].parse().expect(line)
+}
+
+/// `dump` shows how long each context has been waiting (and, for a timed
+/// wait, the time left): untimed waits on an event and a join, a timed
+/// sleep, and the root itself.
+#[test]
+fn dump_shows_how_long_each_coroutine_has_waited() {
+    let ev = std::sync::Arc::new(moss::sync::Event::new());
+    let e = ev.clone();
+    let waiter = moss::Builder::new()
+        .name("waiter")
+        .spawn(move || e.wait())
+        .unwrap();
+    let sleeper = moss::Builder::new()
+        .name("sleeper")
+        .spawn(|| moss::sleep(Duration::from_secs(60)))
+        .unwrap();
+    moss::sleep(Duration::from_millis(300));
+    let d = moss::Builder::new()
+        .name("dumper")
+        .spawn(moss::dump)
+        .unwrap()
+        .join()
+        .unwrap();
+    let line = |name: &str| d.lines().find(|l| l.contains(name)).unwrap().to_owned();
+    let w = line("waiter");
+    assert!(w.contains("waiting on Event::wait for "), "{d}");
+    assert!(waited(&w) >= 0.29, "{d}");
+    let s = line("sleeper");
+    assert!(waited(&s) >= 0.29, "{d}");
+    assert!(s.contains("s left)"), "{d}");
+    // The root waits for the dumper's join, since just now.
+    let root = line("the thread's root");
+    assert!(root.contains("waiting on join for "), "{d}");
+    assert!(waited(&root) < waited(&w), "{d}");
+    ev.set();
+    waiter.join().unwrap();
+    sleeper.kill();
+}
+
 #[test]
 fn busy_yielders_do_not_starve_timers() {
     let stop = Rc::new(Cell::new(false));

@@ -496,14 +496,32 @@ where
     }
 }
 
-/// Every live coroutine of this thread: id, name, state (what it waits on
-/// and for how long) and where it was spawned, one per line. gevent's
-/// `print_run_info`.
+/// Every live coroutine of this thread, the root first, one per line: id,
+/// name, state and where it was spawned. gevent's `print_run_info`.
+///
+/// A parked coroutine's state says what it waits on, for how long it has
+/// been waiting, and for a timed wait the time left, as in
+/// `waiting on Event::wait for 12.034s` or
+/// `waiting on sleep for 0.500s (59.500s left)`. The waiting time is
+/// measured on a clock the thread reads once per turn of its scheduler: it
+/// is exact to within one turn, and a wait that began right after a long
+/// stretch of CPU work without a yield looks older by up to that stretch.
+///
+/// Call it from a coroutine, or from a watchdog of your own, when a program
+/// seems stuck: the longest waits are usually the ones to look at.
 ///
 /// ```
-/// let _h = moss_runtime::Builder::new().name("idle").spawn(|| ()).unwrap();
-/// let d = moss_runtime::dump();
-/// assert!(d.contains("idle") && d.contains("not started"));
+/// use std::time::Duration;
+///
+/// let _idle = moss::Builder::new().name("idle").spawn(|| ()).unwrap();
+/// let _nap = moss::Builder::new()
+///     .name("nap")
+///     .spawn(|| moss::sleep(Duration::from_secs(60)))
+///     .unwrap();
+/// moss::yield_now(); // both start: idle ends, nap sleeps
+/// let d = moss::dump();
+/// let nap = d.lines().find(|l| l.contains("nap")).unwrap();
+/// assert!(nap.contains("waiting on sleep for ") && nap.contains("s left)"));
 /// ```
 pub fn dump() -> String {
     Hub::current().dump()

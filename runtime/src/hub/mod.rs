@@ -45,6 +45,7 @@ use run::RunQueue;
 const BATCH: u32 = 64;
 
 /// Ids are handed out to hubs in blocks so spawning touches no shared counter.
+// From 1: no coroutine has id 0 (`Token::NONE` relies on it).
 static NEXT_ID_BLOCK: AtomicU64 = AtomicU64::new(1);
 const ID_BLOCK: u64 = 4096;
 static NEXT_HUB_ID: AtomicU64 = AtomicU64::new(1);
@@ -76,6 +77,8 @@ pub(crate) struct Hub {
     /// Infallible waits that keep waiting with a cancellation they could not
     /// take (the thread was unwinding): woken once it no longer is.
     deferred: RefCell<Vec<crate::task::Token>>,
+    /// The coarse clock `dump` measures waits with (see `dump.rs`).
+    pub(crate) clock: dump::Clock,
 }
 
 thread_local! {
@@ -123,6 +126,7 @@ impl Hub {
             altstack: Cell::new(None),
             root_turn: Cell::new(None),
             deferred: RefCell::new(Vec::new()),
+            clock: dump::Clock::new(),
         })
     }
 
@@ -285,7 +289,7 @@ fn describe_fault(addr: usize, out: &mut Report) -> bool {
     out.push(b"(#");
     out.push_num(h.id.0);
     out.push(b") has overflowed its stack of ");
-    out.push_num((h.stack_size / 1024) as u64);
+    out.push_num((h.stack_size() / 1024) as u64);
     out.push(b" KiB\n");
     true
 }

@@ -137,6 +137,7 @@ impl Hub {
             return Wakeup::TimedOut;
         }
         h.waiting_on.set(what);
+        h.parked_at.set(self.clock.stamp());
         h.state.park();
         self.switch_out(h);
         if mode == Mode::Infallible && h.state.woken_by() == Wakeup::Cancelled {

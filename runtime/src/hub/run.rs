@@ -30,7 +30,7 @@ use corosensei::CoroutineResult;
 
 use super::{BATCH, Hub};
 use crate::stack_pool::DEFAULT_STACK_SIZE;
-use crate::task::{Header, State, Task, TaskCell, Wakeup, header_of, may_unwind};
+use crate::task::{Header, State, Task, TaskCell, Token, Wakeup, header_of, may_unwind};
 use crate::timer::Action;
 
 /// When the root's hub loop returns.
@@ -174,7 +174,7 @@ impl Hub {
         // reference to it is alive during this call.
         let coro = unsafe { &mut *h.coroutine.get() };
         if coro.is_none() {
-            let stack = self.stacks.borrow_mut().take(h.stack_size);
+            let stack = self.stacks.borrow_mut().take(h.stack_size());
             let stack = match stack {
                 Ok(s) => s,
                 Err(e) => {
@@ -224,7 +224,8 @@ impl Hub {
         {
             self.background_done();
         }
-        if let Some(j) = h.joiner.take() {
+        let j = h.joiner.replace(Token::NONE);
+        if j != Token::NONE {
             self.wake(j, Wakeup::Notified);
         }
         if let Some(more) = h.more_joiners.take() {
@@ -279,6 +280,7 @@ impl Hub {
         for t in self.remote.drain() {
             self.wake(t, Wakeup::Notified);
         }
+        self.clock.tick();
         self.fire_timers();
     }
 

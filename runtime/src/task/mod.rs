@@ -77,12 +77,24 @@ pub(crate) struct Token {
     pub seq: u64,
 }
 
+impl Token {
+    /// No waiter (no coroutine has id 0): an empty `Header::joiner` without
+    /// the eight bytes an `Option` would add to every control block.
+    pub(crate) const NONE: Token = Token {
+        key: 0,
+        id: 0,
+        seq: 0,
+    };
+}
+
 /// The control block shared by the hub, the coroutine and its `JoinHandle`.
 pub(crate) struct Header {
     pub id: CoroutineId,
     pub key: Cell<u32>,
     pub name: Option<Rc<str>>,
-    pub stack_size: usize,
+    /// In bytes (at most `MAX_STACK_SIZE`, so a `u32`: it shares a word with
+    /// `parked_at`); read through [`Header::stack_size`].
+    stack_size: u32,
     pub spawn_site: &'static Location<'static>,
     /// A background coroutine: `run` and `wait` do not wait for it.
     pub background: bool,
@@ -90,9 +102,12 @@ pub(crate) struct Header {
     pub state: TaskState,
     /// What a parked task waits on, for `dump`.
     pub waiting_on: Cell<&'static str>,
+    /// When its current park began, on the hub's coarse clock (for `dump`).
+    pub parked_at: Cell<u32>,
     pub timer: Cell<Option<TimerKey>>,
-    /// The first waiter for this task to finish (the usual single `join`).
-    pub joiner: Cell<Option<Token>>,
+    /// The first waiter for this task to finish (the usual single `join`),
+    /// or `Token::NONE`.
+    pub joiner: Cell<Token>,
     /// Further waiters (a `kill` and a `join` at once, say).
     /// Boxed so the rare case costs the header one word, not three.
     #[allow(clippy::box_collection)]
@@ -120,13 +135,14 @@ impl Header {
             id,
             key: Cell::new(ROOT_KEY),
             name,
-            stack_size,
+            stack_size: u32::try_from(stack_size).expect("stack sizes are at most 1 GiB"),
             spawn_site,
             background: false,
             state: TaskState::new(),
             waiting_on: Cell::new(""),
+            parked_at: Cell::new(0),
             timer: Cell::new(None),
-            joiner: Cell::new(None),
+            joiner: Cell::new(Token::NONE),
             more_joiners: Cell::new(None),
             coroutine: UnsafeCell::new(None),
             yielder: Cell::new(std::ptr::null()),
@@ -143,17 +159,21 @@ impl Header {
         }
     }
 
+    /// The size of the stack it runs on, in bytes.
+    pub(crate) fn stack_size(&self) -> usize {
+        self.stack_size as usize
+    }
+
     /// Registers `t` to be woken when this task finishes.
     pub(crate) fn add_joiner(&self, t: Token) {
-        match self.joiner.get() {
-            None => self.joiner.set(Some(t)),
-            // The same context re-registering for its next wait.
-            Some(old) if old.key == t.key && old.id == t.id => self.joiner.set(Some(t)),
-            Some(_) => {
-                let mut more = self.more_joiners.take().unwrap_or_default();
-                more.push(t);
-                self.more_joiners.set(Some(more));
-            }
+        let old = self.joiner.get();
+        // None yet, or the same context re-registering for its next wait.
+        if old == Token::NONE || (old.key == t.key && old.id == t.id) {
+            self.joiner.set(t);
+        } else {
+            let mut more = self.more_joiners.take().unwrap_or_default();
+            more.push(t);
+            self.more_joiners.set(Some(more));
         }
     }
 
