@@ -24,7 +24,7 @@
 //!
 //! moss: `pipe::<T>()` gives two ends; each can `send(&T)` and `recv()`
 //! (any serde type), `recv_timeout(d)` and `poll(d)`. The child gets its end
-//! by moving it into its closure (the seeds' `args=(child_conn,)`). When the
+//! by moving it into its closure (Python's `args=(child_conn,)`). When the
 //! child exits, its end closes and the parent's `recv` reports end-of-file
 //! (Python's `EOFError`).
 //!

@@ -58,7 +58,8 @@ fn main() -> std::io::Result<()> {
                         counter.set(v + 1);
                     }
                     // The same read-add-write without the lock loses updates
-                    // when processes interleave (the seeds' GIL note).
+                    // when processes interleave (separate processes share no
+                    // GIL, in Python as here).
                     let v = unsafe_counter.get();
                     std::thread::yield_now();
                     unsafe_counter.set(v + 1);

@@ -207,8 +207,8 @@ fn reset_and_keep(sig: Arc<Signal>) {
 /// ```
 /// use futures::channel::oneshot;
 /// let (tx, rx) = oneshot::channel();
-/// let h = moss_runtime::spawn(move || moss_runtime::block_on(rx).unwrap() * 2);
-/// moss_runtime::spawn(move || tx.send(21).unwrap());
+/// let h = moss::spawn(move || moss::block_on(rx).unwrap() * 2);
+/// moss::spawn(move || tx.send(21).unwrap());
 /// assert_eq!(h.join().unwrap(), 42);
 /// ```
 ///

@@ -71,15 +71,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// let t = Instant::now();
 /// let hs: Vec<_> = (0..10)
 ///     .map(|i| {
-///         moss_runtime::spawn(move || {
-///             moss_runtime::compat::tokio(async move {
+///         moss::spawn(move || {
+///             moss::compat::tokio(async move {
 ///                 tokio::time::sleep(Duration::from_millis(50)).await;
 ///                 i
 ///             })
 ///         })
 ///     })
 ///     .collect();
-/// let sum: u32 = moss_runtime::join_all(hs).into_iter().map(Result::unwrap).sum();
+/// let sum: u32 = moss::join_all(hs).into_iter().map(Result::unwrap).sum();
 /// assert_eq!(sum, 45);
 /// assert!(t.elapsed() < Duration::from_millis(450)); // the ten sleeps overlapped
 /// ```

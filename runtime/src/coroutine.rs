@@ -22,7 +22,7 @@ use crate::task::{CoroutineId, Header, JoinError, JoinSlot, State, TaskCell, Wak
 /// Dropping the handle detaches the coroutine.
 ///
 /// ```
-/// let h = moss_runtime::spawn(|| 6 * 7);
+/// let h = moss::spawn(|| 6 * 7);
 /// assert_eq!(h.join().unwrap(), 42);
 /// ```
 #[track_caller]
@@ -39,7 +39,7 @@ where
 /// ```
 /// use std::time::{Duration, Instant};
 /// let t = Instant::now();
-/// let h = moss_runtime::spawn_later(Duration::from_millis(20), move || t.elapsed());
+/// let h = moss::spawn_later(Duration::from_millis(20), move || t.elapsed());
 /// assert!(h.join().unwrap() >= Duration::from_millis(20));
 /// ```
 #[track_caller]
@@ -102,10 +102,10 @@ where
 /// Configures a coroutine before spawning it, like `std::thread::Builder`.
 ///
 /// ```
-/// let h = moss_runtime::Builder::new()
+/// let h = moss::Builder::new()
 ///     .name("worker")
 ///     .stack_size(64 * 1024)
-///     .spawn(|| moss_runtime::current().name().map(str::to_owned))
+///     .spawn(|| moss::current().name().map(str::to_owned))
 ///     .unwrap();
 /// assert_eq!(h.name(), Some("worker"));
 /// assert_eq!(h.join().unwrap().as_deref(), Some("worker"));
@@ -149,12 +149,12 @@ impl Builder {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let flusher = moss_runtime::Builder::new()
+    /// let flusher = moss::Builder::new()
     ///     .name("flusher")
     ///     .background(true)
-    ///     .spawn(|| loop { moss_runtime::sleep(Duration::from_secs(60)) })
+    ///     .spawn(|| loop { moss::sleep(Duration::from_secs(60)) })
     ///     .unwrap();
-    /// moss_runtime::run(|| moss_runtime::spawn(|| ()).join().unwrap()); // returns at once
+    /// moss::run(|| moss::spawn(|| ()).join().unwrap()); // returns at once
     /// assert!(!flusher.is_finished());
     /// flusher.kill();
     /// ```
@@ -193,7 +193,7 @@ impl Builder {
 /// whose hub runs the coroutine.
 ///
 /// ```compile_fail,E0277
-/// let h = moss_runtime::spawn(|| 1);
+/// let h = moss::spawn(|| 1);
 /// std::thread::spawn(move || h.join()); // JoinHandle is !Send
 /// ```
 pub struct JoinHandle<T> {
@@ -269,8 +269,8 @@ impl<T> JoinHandle<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let h = moss_runtime::spawn(|| moss_runtime::sleep(Duration::from_secs(3600)));
-    /// moss_runtime::yield_now(); // let it start sleeping
+    /// let h = moss::spawn(|| moss::sleep(Duration::from_secs(3600)));
+    /// moss::yield_now(); // let it start sleeping
     /// h.kill();
     /// assert!(h.join().unwrap_err().is_killed());
     /// ```
@@ -309,8 +309,8 @@ pub(crate) use crate::cancel::kill as kill_task;
 /// Joins every handle, returning the results in input order.
 ///
 /// ```
-/// let hs: Vec<_> = (0..10).map(|i| moss_runtime::spawn(move || i * i)).collect();
-/// let squares: Vec<u32> = moss_runtime::join_all(hs).into_iter().map(Result::unwrap).collect();
+/// let hs: Vec<_> = (0..10).map(|i| moss::spawn(move || i * i)).collect();
+/// let squares: Vec<u32> = moss::join_all(hs).into_iter().map(Result::unwrap).collect();
 /// assert_eq!(squares[9], 81);
 /// ```
 pub fn join_all<T>(hs: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<Result<T, JoinError>> {
@@ -376,7 +376,7 @@ impl Current {
 /// Who is running now.
 ///
 /// ```
-/// assert_eq!(moss_runtime::current().name(), Some("main"));
+/// assert_eq!(moss::current().name(), Some("main"));
 /// ```
 pub fn current() -> Current {
     let h = Hub::current().current_header();
@@ -393,9 +393,9 @@ pub fn current() -> Current {
 ///
 /// ```
 /// use std::time::Duration;
-/// let r = moss_runtime::timeout(Duration::from_millis(10), || moss_runtime::sleep(Duration::from_secs(5)));
+/// let r = moss::timeout(Duration::from_millis(10), || moss::sleep(Duration::from_secs(5)));
 /// assert!(r.is_err());
-/// assert_eq!(moss_runtime::timeout(Duration::from_secs(5), || 7), Ok(7));
+/// assert_eq!(moss::timeout(Duration::from_secs(5), || 7), Ok(7));
 /// ```
 pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     crate::cancel::timeout(d, f)
@@ -409,7 +409,7 @@ pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
 /// use std::cell::Cell;
 /// use std::rc::Rc;
 /// let n = Rc::new(Cell::new(0));
-/// moss_runtime::run(|| for _ in 0..3 { let n = n.clone(); moss_runtime::spawn(move || n.set(n.get() + 1)); });
+/// moss::run(|| for _ in 0..3 { let n = n.clone(); moss::spawn(move || n.set(n.get() + 1)); });
 /// assert_eq!(n.get(), 3);
 /// ```
 pub fn run<T>(f: impl FnOnce() -> T) -> T {
@@ -452,7 +452,7 @@ pub fn wait() {
 /// use std::sync::Arc;
 /// let n = Arc::new(AtomicUsize::new(0));
 /// let m = n.clone();
-/// moss_runtime::run_per_core(2, move |_| { m.fetch_add(1, Ordering::SeqCst); });
+/// moss::run_per_core(2, move |_| { m.fetch_add(1, Ordering::SeqCst); });
 /// assert_eq!(n.load(Ordering::SeqCst), 2);
 /// ```
 pub fn run_per_core<F>(threads: usize, f: F)

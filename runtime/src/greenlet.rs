@@ -15,7 +15,7 @@
 //! `Greenlet<String>` of one thread never meet, each family has its own root.
 //!
 //! ```
-//! use moss_runtime::greenlet::{self, Greenlet};
+//! use moss::greenlet::{self, Greenlet};
 //! let ping = Greenlet::new(|mut n: u32| {
 //!     let root = greenlet::current::<u32>().parent().unwrap();
 //!     while n < 5 { n = root.switch(n + 1); }
@@ -29,7 +29,7 @@
 //!
 //! Handles are `!Send`:
 //! ```compile_fail,E0277
-//! let g = moss_runtime::greenlet::Greenlet::new(|v: u32| v);
+//! let g = moss::greenlet::Greenlet::new(|v: u32| v);
 //! std::thread::spawn(move || g.switch(1));
 //! ```
 

@@ -34,10 +34,10 @@ use crate::task::{JoinError, Token, Wakeup};
 ///
 /// ```
 /// use std::time::Duration;
-/// use moss_runtime::{JoinAll, Joined};
+/// use moss::{JoinAll, Joined};
 /// let hs = vec![
-///     moss_runtime::spawn(|| { moss_runtime::sleep(Duration::from_millis(1)); 1 }),
-///     moss_runtime::spawn(|| { moss_runtime::sleep(Duration::from_secs(3600)); 2 }),
+///     moss::spawn(|| { moss::sleep(Duration::from_millis(1)); 1 }),
+///     moss::spawn(|| { moss::sleep(Duration::from_secs(3600)); 2 }),
 /// ];
 /// let out = JoinAll::new(hs).timeout(Duration::from_millis(200)).join();
 /// assert!(matches!(out[0], Joined::Finished(Ok(1))));

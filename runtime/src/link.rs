@@ -44,7 +44,7 @@ impl<T: 'static> JoinHandle<T> {
     /// use std::cell::Cell;
     /// use std::rc::Rc;
     /// let seen = Rc::new(Cell::new(0));
-    /// let h = moss_runtime::spawn(|| 6 * 7);
+    /// let h = moss::spawn(|| 6 * 7);
     /// let s = seen.clone();
     /// h.link(move |r| s.set(*r.as_ref().unwrap()));
     /// assert_eq!(h.join().unwrap(), 42);
@@ -60,10 +60,10 @@ impl<T: 'static> JoinHandle<T> {
     /// reports a kill as an error, as `join` does).
     ///
     /// ```
-    /// let ok = moss_runtime::spawn(|| 1);
-    /// let bad = moss_runtime::spawn(|| -> u32 { panic!("boom") });
+    /// let ok = moss::spawn(|| 1);
+    /// let bad = moss::spawn(|| -> u32 { panic!("boom") });
     /// assert!(!ok.is_successful()); // not started yet
-    /// moss_runtime::wait();
+    /// moss::wait();
     /// assert!(ok.is_successful() && !bad.is_successful() && bad.is_finished());
     /// ```
     pub fn is_successful(&self) -> bool {
@@ -78,8 +78,8 @@ impl<T: 'static> JoinHandle<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let h = moss_runtime::spawn(|| moss_runtime::sleep(Duration::from_secs(3600)));
-    /// moss_runtime::yield_now(); // let it start sleeping
+    /// let h = moss::spawn(|| moss::sleep(Duration::from_secs(3600)));
+    /// moss::yield_now(); // let it start sleeping
     /// h.kill_nowait();
     /// assert!(!h.is_finished()); // it unwinds when it next runs
     /// assert!(h.join().unwrap_err().is_killed());
@@ -97,8 +97,8 @@ impl<T: 'static> JoinHandle<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let h = moss_runtime::spawn(|| moss_runtime::sleep(Duration::from_secs(3600)));
-    /// moss_runtime::yield_now();
+    /// let h = moss::spawn(|| moss::sleep(Duration::from_secs(3600)));
+    /// moss::yield_now();
     /// assert!(h.kill_timeout(Duration::from_secs(5)));
     /// assert!(h.is_finished());
     /// ```

@@ -68,13 +68,13 @@ use crate::task::{Header, JoinError};
 ///
 /// ```
 /// use std::cell::Cell;
-/// moss_runtime::coroutine_local! {
+/// moss::coroutine_local! {
 ///     /// The request this coroutine serves.
 ///     static REQUEST_ID: Cell<u64> = Cell::new(0);
 /// }
 ///
 /// REQUEST_ID.with(|v| v.set(7)); // the root's value
-/// let h = moss_runtime::spawn(|| {
+/// let h = moss::spawn(|| {
 ///     let before = REQUEST_ID.get(); // this coroutine's own value
 ///     REQUEST_ID.set(42);
 ///     (before, REQUEST_ID.get())

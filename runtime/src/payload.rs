@@ -11,9 +11,9 @@ use std::any::Any;
 ///
 /// ```
 /// let p = std::panic::catch_unwind(|| panic!("code {}", 7)).unwrap_err();
-/// assert_eq!(moss_runtime::panic_message(&*p), Some("code 7"));
+/// assert_eq!(moss::panic_message(&*p), Some("code 7"));
 /// let p = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
-/// assert_eq!(moss_runtime::panic_message(&*p), None);
+/// assert_eq!(moss::panic_message(&*p), None);
 /// ```
 pub fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
     payload

@@ -1,4 +1,4 @@
-//! OS threads whose `join` yields: the seeds' `threading.Thread(target, name,
+//! OS threads whose `join` yields: Python's `threading.Thread(target, name,
 //! args)`.
 //!
 //! [`spawn`] and [`Builder`] wrap `std::thread`. The new thread stores its
@@ -19,7 +19,7 @@
 //! let hs: Vec<_> = (0..4)
 //!     .map(|_| {
 //!         let c = counter.clone();
-//!         moss_runtime::thread::spawn(move || *c.lock().unwrap() += 1)
+//!         moss::thread::spawn(move || *c.lock().unwrap() += 1)
 //!     })
 //!     .collect();
 //! for h in hs {
@@ -120,18 +120,18 @@ where
 {
     match Builder::new().spawn(f) {
         Ok(h) => h,
-        Err(e) => panic!("moss_runtime::thread::spawn: failed to spawn thread: {e}"),
+        Err(e) => panic!("moss::thread::spawn: failed to spawn thread: {e}"),
     }
 }
 
-/// A user type that is a thread body: the seeds' "custom Thread class
-/// overriding `run`". Implement [`run`](Runnable::run) (and optionally
+/// A user type that is a thread body: Python's subclass of `threading.Thread`
+/// that overrides `run`. Implement [`run`](Runnable::run) (and optionally
 /// [`name`](Runnable::name)), then call [`start`](Runnable::start).
 ///
 /// ```
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU64, Ordering};
-/// use moss_runtime::thread::Runnable;
+/// use moss::thread::Runnable;
 ///
 /// struct Summer { upto: u64, out: Arc<AtomicU64> }
 ///
@@ -172,7 +172,7 @@ pub trait Runnable: Sized + Send + 'static {
 /// Configures a thread before spawning it, like `std::thread::Builder`.
 ///
 /// ```
-/// let h = moss_runtime::thread::Builder::new()
+/// let h = moss::thread::Builder::new()
 ///     .name("cruncher")
 ///     .stack_size(256 * 1024)
 ///     .spawn(|| std::thread::current().name().map(str::to_owned))

@@ -152,7 +152,7 @@
 //!
 //! Limits: std's thread parker (`mpsc`, `thread::park`) is one word per
 //! OS thread: coroutines parked in it wait without precise wake-ups and
-//! re-check every 1–16 ms (see `hooks_futex.rs`). std's channels never
+//! re-check every 1–16 ms. std's channels never
 //! wake a receiver on the sender's own thread, so a blocking `recv` in a
 //! coroutine fed by another coroutine of the same thread still waits
 //! forever (use `moss::sync::channel`).

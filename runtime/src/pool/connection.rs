@@ -122,7 +122,7 @@ struct End {
 /// the other.
 ///
 /// ```
-/// use moss_runtime::pool::{pipe, Process};
+/// use moss::pool::{pipe, Process};
 ///
 /// let (parent, child) = pipe::<String>().unwrap();
 /// let p = Process::new(move || {

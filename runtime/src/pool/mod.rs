@@ -3,26 +3,22 @@
 //! processes.
 //!
 //! * [`Pool`], [`Group`] — sets of coroutines of one thread, bounded or not
-//!   (gevent's `Pool` and `Group`; module `group`).
+//!   (gevent's `Pool` and `Group`).
 //! * [`ThreadPool`] — OS threads for blocking or CPU-bound closures
-//!   (module `thread_pool`).
-//! * [`Process`], [`ProcessHandle`], [`Runnable`] — `multiprocessing.Process`
-//!   (module `process`).
+//!   (`concurrent.futures.ThreadPoolExecutor`, gevent's `ThreadPool`).
+//! * [`Process`], [`ProcessHandle`], [`Runnable`] — `multiprocessing.Process`.
 //! * [`ProcessPool`] — worker processes for CPU-bound `fn(A) -> R` tasks
-//!   (modules `process_pool`, `pool_manager` for its manager thread and
-//!   `pool_worker` for the workers' loop).
-//! * [`ProcessQueue`] — `multiprocessing.Queue` (modules `process_queue`,
-//!   and `queue_wire` for its pipes and frames).
-//! * [`pipe`], [`Connection`] — `multiprocessing.Pipe` (module
-//!   `connection`).
+//!   (`multiprocessing.Pool`).
+//! * [`ProcessQueue`] — `multiprocessing.Queue`.
+//! * [`pipe`], [`Connection`] — `multiprocessing.Pipe`.
 //! * [`ProcessLock`], [`ProcessSemaphore`], [`ProcessEvent`],
 //!   [`SharedValue`] — `multiprocessing.Lock`, `Semaphore`, `Event` and
-//!   `Value` (modules `process_lock`, `process_sync`, `shared_value`; their
-//!   waiters in other processes are woken through `doorbell`).
-//! * [`PoolError`] — why a pool task produced no result (module `error`).
+//!   `Value`.
+//! * [`PoolError`] — why a pool task produced no result.
 //!
-//! The process protocols share one length-prefixed frame codec (module
-//! `frame`).
+//! Values that cross a process boundary (arguments, results, queue items,
+//! pipe messages) are serialized with serde: any type that derives
+//! `Serialize` and `Deserialize` works.
 
 mod callback;
 mod connection;

@@ -41,7 +41,7 @@
 //! accumulates.
 //!
 //! ```
-//! use moss_runtime::pool::Process;
+//! use moss::pool::Process;
 //! let p = Process::new(|| {
 //!     // in the child
 //!     let s: u64 = (1..=10).sum();
@@ -84,8 +84,8 @@ static ORPHANS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 /// A process body that has not been started: a closure and a name.
 ///
 /// ```
-/// let p = moss_runtime::pool::Process::new(|| panic!("boom")).start().unwrap();
-/// assert_eq!(p.join().unwrap(), moss_runtime::pool::PANIC_EXIT_CODE);
+/// let p = moss::pool::Process::new(|| panic!("boom")).start().unwrap();
+/// assert_eq!(p.join().unwrap(), moss::pool::PANIC_EXIT_CODE);
 /// ```
 pub struct Process<F> {
     body: F,
@@ -93,8 +93,8 @@ pub struct Process<F> {
 }
 
 impl<F: FnOnce() + 'static> Process<F> {
-    /// A process that will run `f` (the seeds' `target`; its arguments are
-    /// what it captures).
+    /// A process that will run `f` (Python's `Process(target=...)`; its
+    /// arguments are what it captures).
     pub fn new(f: F) -> Process<F> {
         Process {
             body: f,
@@ -116,8 +116,8 @@ impl<F: FnOnce() + 'static> Process<F> {
         spawn_child(name, self.body)
     }
 
-    /// Runs the body in the calling process, without starting a child (the
-    /// seeds' `Process.run()`).
+    /// Runs the body in the calling process, without starting a child
+    /// (Python's `Process.run()`).
     pub fn run(self) {
         (self.body)()
     }
@@ -131,12 +131,12 @@ impl<F> fmt::Debug for Process<F> {
     }
 }
 
-/// A user type that is a process body: the seeds' "custom Process class
-/// overriding `run`". Implement [`run`](Runnable::run) (and optionally
+/// A user type that is a process body: Python's subclass of
+/// `multiprocessing.Process` that overrides `run`. Implement [`run`](Runnable::run) (and optionally
 /// [`name`](Runnable::name)), then call [`start`](Runnable::start).
 ///
 /// ```
-/// use moss_runtime::pool::Runnable;
+/// use moss::pool::Runnable;
 ///
 /// struct Squarer { n: u64 }
 ///

@@ -131,7 +131,7 @@ impl LockWord {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use moss_runtime::pool::{Process, ProcessLock, SharedValue};
+/// use moss::pool::{Process, ProcessLock, SharedValue};
 ///
 /// let lock = Arc::new(ProcessLock::new().unwrap());
 /// let total = Arc::new(SharedValue::new(0u64).unwrap());

@@ -56,7 +56,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use moss_runtime::pool::{Process, ProcessQueue};
+//! use moss::pool::{Process, ProcessQueue};
 //!
 //! let q = Arc::new(ProcessQueue::<String>::new(4).unwrap());
 //! let child = {

@@ -36,7 +36,7 @@ unsafe impl SharedState for Permits {}
 ///
 /// ```
 /// use std::sync::Arc;
-/// use moss_runtime::pool::{Process, ProcessSemaphore};
+/// use moss::pool::{Process, ProcessSemaphore};
 ///
 /// let sem = Arc::new(ProcessSemaphore::new(0).unwrap());
 /// let s = sem.clone();
@@ -160,7 +160,7 @@ unsafe impl SharedState for Flag {}
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use moss_runtime::pool::{Process, ProcessEvent};
+/// use moss::pool::{Process, ProcessEvent};
 ///
 /// let go = Arc::new(ProcessEvent::new().unwrap());
 /// let g = go.clone();

@@ -53,9 +53,9 @@ use crate::sys::shm::SharedMem;
 /// #[derive(Clone, Copy, Debug, PartialEq)]
 /// struct Point { x: f64, y: f64 }
 /// // SAFETY: two floats, nothing that points anywhere.
-/// unsafe impl moss_runtime::pool::Plain for Point {}
+/// unsafe impl moss::pool::Plain for Point {}
 ///
-/// let p = moss_runtime::pool::SharedValue::new(Point { x: 1.0, y: 2.0 }).unwrap();
+/// let p = moss::pool::SharedValue::new(Point { x: 1.0, y: 2.0 }).unwrap();
 /// p.update(|p| p.x += 1.0);
 /// assert_eq!(p.get(), Point { x: 2.0, y: 2.0 });
 /// ```
@@ -63,7 +63,7 @@ use crate::sys::shm::SharedMem;
 /// A reference does not:
 ///
 /// ```compile_fail,E0277
-/// let s = moss_runtime::pool::SharedValue::new("text").unwrap(); // &str is not Plain
+/// let s = moss::pool::SharedValue::new("text").unwrap(); // &str is not Plain
 /// ```
 pub unsafe trait Plain: Copy + Send + 'static {}
 
@@ -134,7 +134,7 @@ struct Head {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use moss_runtime::pool::{Process, SharedValue};
+/// use moss::pool::{Process, SharedValue};
 ///
 /// let hits = Arc::new(SharedValue::new(0u32).unwrap());
 /// let children: Vec<_> = (0..3)

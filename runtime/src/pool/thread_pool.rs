@@ -30,16 +30,16 @@
 //! the parent's; a closed pool stays closed.
 //!
 //! ```
-//! use moss_runtime::pool::ThreadPool;
+//! use moss::pool::ThreadPool;
 //! let pool = ThreadPool::new(4);
 //! let hs: Vec<_> = (0..8u64)
 //!     .map(|i| {
 //!         let pool = pool.clone();
 //!         // Each coroutine waits for its task; the hub runs the others.
-//!         moss_runtime::spawn(move || pool.apply(move || i * i).unwrap())
+//!         moss::spawn(move || pool.apply(move || i * i).unwrap())
 //!     })
 //!     .collect();
-//! let squares: Vec<u64> = moss_runtime::join_all(hs).into_iter().map(Result::unwrap).collect();
+//! let squares: Vec<u64> = moss::join_all(hs).into_iter().map(Result::unwrap).collect();
 //! assert_eq!(squares, vec![0, 1, 4, 9, 16, 25, 36, 49]);
 //! assert_eq!(pool.map(|s: &str| s.len(), vec!["a", "bb", "ccc"]).unwrap(), vec![1, 2, 3]);
 //! pool.close();

@@ -28,7 +28,7 @@ pub(crate) enum Repr {
 /// stack could not be allocated.
 ///
 /// ```
-/// let h = moss_runtime::spawn(|| -> u32 { panic!("boom") });
+/// let h = moss::spawn(|| -> u32 { panic!("boom") });
 /// let err = h.join().unwrap_err();
 /// assert!(err.is_panic());
 /// assert!(err.to_string().contains("boom"));

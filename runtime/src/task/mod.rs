@@ -49,7 +49,7 @@ pub(crate) const ROOT_KEY: u32 = u32::MAX;
 /// A coroutine's identity, unique within the process.
 ///
 /// ```
-/// let h = moss_runtime::spawn(|| moss_runtime::current().id());
+/// let h = moss::spawn(|| moss::current().id());
 /// let id = h.id();
 /// assert_eq!(h.join().unwrap(), id);
 /// ```
