@@ -19,6 +19,80 @@
 //! Values that cross a process boundary (arguments, results, queue items,
 //! pipe messages) are serialized with serde: any type that derives
 //! `Serialize` and `Deserialize` works.
+//!
+//! # A process pool, as in Python
+//!
+//! [`ProcessPool::new(n)`](ProcessPool::new) forks `n` workers (`n >= 1`;
+//! for one per CPU pass `std::thread::available_parallelism()`, Python's
+//! `cpu_count()`). What a newcomer from `multiprocessing.Pool` needs to know:
+//!
+//! * **A task is a `fn(A) -> R` item, not a closure.** Like Python's rule
+//!   that tasks must pickle, the function has to exist in the worker: pass
+//!   a named function; a closure that captures nothing also coerces to a
+//!   `fn` pointer, one that captures does not compile.
+//! * **One argument.** Several go in one tuple: write `fn f((lo, hi): (u64,
+//!   u64))` and call `pool.apply(f, (1, 10))`. A Python-style `fn f(lo: u64,
+//!   hi: u64)` is a `fn(u64, u64)`, not a `fn(A) -> R`, and rustc's E0308
+//!   about mismatched fn pointers is what that looks like. `map` with tuple
+//!   items is Python's `starmap`.
+//! * **Your own types** derive serde's traits; add
+//!   `serde = { version = "1", features = ["derive"] }` to your
+//!   `Cargo.toml`.
+//! * **Callbacks run on the caller's thread**, in a coroutine of its hub:
+//!   `apply_async`'s callback runs when the caller next blocks on a moss
+//!   call (`get`, `join`, a sleep, I/O), never on a thread of its own.
+//! * Waiting is cooperative: a coroutine in `apply` or `map` lets the other
+//!   coroutines of its thread run.
+//!
+//! ```
+//! use std::cell::Cell;
+//! use std::rc::Rc;
+//!
+//! use moss::pool::{PoolError, ProcessPool};
+//! use serde::{Deserialize, Serialize};
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! // Two arguments travel as one tuple.
+//! fn count_primes((lo, hi): (u64, u64)) -> usize {
+//!     (lo..hi).filter(|&n| n > 1 && (2..n).take_while(|d| d * d <= n).all(|d| n % d != 0)).count()
+//! }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Job {
+//!     id: u32,
+//!     text: String,
+//! }
+//!
+//! fn words(job: Job) -> (u32, usize) {
+//!     (job.id, job.text.split_whitespace().count())
+//! }
+//!
+//! fn fails(_: ()) -> u32 {
+//!     panic!("no luck")
+//! }
+//!
+//! let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+//! let pool = ProcessPool::new(cpus.min(4))?;
+//! assert_eq!(pool.apply(square, 7)?, 49);
+//! assert_eq!(pool.map(count_primes, [(0, 10), (10, 20)])?, vec![4, 4]);
+//! let job = Job { id: 1, text: "to be or not to be".into() };
+//! assert_eq!(pool.apply(words, job)?, (1, 6));
+//! assert!(matches!(pool.apply(fails, ()), Err(PoolError::Panicked { .. })));
+//!
+//! // The callback runs here, in a coroutine, while `get` waits.
+//! let seen = Rc::new(Cell::new(0));
+//! let s = seen.clone();
+//! let r = pool.apply_async(square, 9, move |v: &u64| s.set(*v));
+//! assert_eq!(r.get()?, 81);
+//! assert_eq!(seen.get(), 81);
+//!
+//! pool.close(); // no new tasks
+//! pool.join(); // the workers finish what was queued and exit
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod callback;
 mod connection;
