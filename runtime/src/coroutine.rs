@@ -218,8 +218,13 @@ impl<T> JoinHandle<T> {
     /// the caller.
     ///
     /// # Panics
-    /// On the root, if the coroutine can never finish because nothing can run
-    /// ("this operation would block forever").
+    /// On the root, if the coroutine can never finish: nothing is ready, no
+    /// timer is pending, no I/O is awaited, and no other thread could wake
+    /// anything (the test [`wait`](crate::wait) describes). The message says
+    /// "this operation would block forever" and lists what each coroutine
+    /// waits on, as [`dump`](crate::dump) does. A coroutine stuck on a
+    /// `moss::sync` object while the process has other threads is not
+    /// detected: the join then waits.
     pub fn join(self) -> Result<T, JoinError> {
         match self.wait(None) {
             Ok(r) => r,
@@ -419,9 +424,33 @@ pub fn run<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Runs the hub until no other coroutine of this thread is pending
-/// (background ones, see [`Builder::background`], do not count). Returns
-/// early when the remaining ones can never be woken (they wait on something
-/// nobody holds), as gevent's `wait` does.
+/// (background ones, see [`Builder::background`], do not count).
+///
+/// On the root it also returns, as gevent's `wait` does, when the remaining
+/// coroutines can never be woken, leaving them parked: none is ready, no
+/// timer is pending (a sleep, a timeout), no I/O is awaited, and no other
+/// thread could wake them, because nothing another thread could use to wake
+/// them is alive, or because the process has no other thread.
+///
+/// A wait on a [`moss::sync`](crate::sync) object (an `Event`, a `Queue`,
+/// a `Mutex`...) can end by any thread that reaches the object, and moss
+/// cannot tell which threads do: while the process has another thread, such
+/// a wait counts as one that may still end, even if no other thread holds
+/// the object, and `wait` keeps waiting (moss checks about once a second
+/// whether that thread has gone). A program that seems stuck there:
+/// [`dump`] lists what each coroutine waits on, and for how long.
+///
+/// Called from a coroutine, it waits for every other foreground coroutine
+/// of its thread; if they can never finish, the root's own wait decides
+/// (a [`join`](JoinHandle::join) on the root panics, see there).
+///
+/// ```
+/// use std::time::Duration;
+/// for i in 0..3 {
+///     moss::spawn(move || moss::sleep(Duration::from_millis(10 * i)));
+/// }
+/// moss::wait(); // all three have finished
+/// ```
 pub fn wait() {
     let hub = Hub::current();
     if !hub.in_coroutine() {

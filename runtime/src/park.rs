@@ -94,8 +94,9 @@ impl fmt::Debug for Unparker {
 
 /// An unparker for the calling context's next (or current) wait.
 ///
-/// While it exists, the hub of this thread counts as wakeable from outside,
-/// so a root blocked on it does not report "would block forever".
+/// While it exists, the hub of this thread counts as wakeable from another
+/// thread, so a root blocked on it does not report "would block forever"
+/// (unless the process has no other thread).
 #[inline]
 pub fn unparker() -> Unparker {
     let hub = Hub::current();

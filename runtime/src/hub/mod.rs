@@ -79,6 +79,9 @@ pub(crate) struct Hub {
     deferred: RefCell<Vec<crate::task::Token>>,
     /// The coarse clock `dump` measures waits with (see `dump.rs`).
     pub(crate) clock: dump::Clock,
+    /// When (on `clock`) an idle hub that only other threads could wake next
+    /// asks whether any other thread is left (`run.rs`).
+    alone_check_at: Cell<u32>,
 }
 
 thread_local! {
@@ -127,6 +130,7 @@ impl Hub {
             root_turn: Cell::new(None),
             deferred: RefCell::new(Vec::new()),
             clock: dump::Clock::new(),
+            alone_check_at: Cell::new(0),
         })
     }
 

@@ -19,7 +19,7 @@
 //! A `Remote` is shared through an `Arc` by the hub and every `Unparker` of
 //! its contexts; the hub counts those references to know whether another
 //! thread could still wake it ("would block forever" is reported only when
-//! none can).
+//! none can, or when no other thread exists).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -10,8 +10,8 @@
 //!   │         │       timer; skipped when nothing can produce an event)     │
 //!   │         │       → wake I/O waiters, drain the cross-thread queue,     │
 //!   │         │       → fire due timers (wakes, timeouts, delayed starts)   │
-//!   └─────────┤ nothing ready, no timer, no I/O waiter, no cross-thread     │
-//!             │ waker: "would block forever"                                │
+//!   └─────────┤ nothing ready, no timer, no I/O waiter, and no cross-thread │
+//!             │ waker or no other thread: "would block forever"             │
 //!             └─────────────────────────────────────────────────────────────┘
 //! ```
 //!
@@ -106,9 +106,12 @@ impl Hub {
             } else {
                 match self.timers.borrow().next_deadline() {
                     Some(d) => Some(d.saturating_duration_since(Instant::now())),
-                    None if self.can_be_woken() => None,
-                    None if strict => self.block_forever(),
-                    None => return false,
+                    None if self.reactor.has_waiters() || self.remote.has_items() => None,
+                    None => match self.until_alone_check() {
+                        Some(d) => Some(d),
+                        None if strict => self.block_forever(),
+                        None => return false,
+                    },
                 }
             };
             self.poll_once(timeout);
@@ -133,7 +136,8 @@ impl Hub {
         panic!(
             "moss: this operation would block forever: the {} is waiting on '{}', and no \
              coroutine is runnable, no timer is pending, no I/O is awaited and nothing on \
-             another thread can wake this hub ({} coroutines blocked)",
+             another thread can wake this hub ({} coroutines blocked). What each one waits \
+             on:\n{}",
             if self.in_coroutine() {
                 "coroutine"
             } else {
@@ -141,15 +145,50 @@ impl Hub {
             },
             self.current_header().waiting_on.get(),
             self.live_tasks(),
+            self.dump(),
         )
     }
 
-    fn can_be_woken(&self) -> bool {
-        self.reactor.has_waiters()
-            // Every live `Unparker` holds a clone of `remote` (the hub holds
-            // one): a waiter that another thread could wake.
-            || Arc::strong_count(&self.remote) > 1
-            || self.remote.has_items()
+    /// For a hub about to sleep with nothing ready, no timer, no I/O waiter
+    /// and no wake-up queued: how long it may sleep before it looks again
+    /// whether anything could still wake it, or `None` if nothing can.
+    ///
+    /// Only an `Unparker` could: every live one holds a clone of `remote`
+    /// (the hub holds one more). Every `moss::sync` waiter holds one, and
+    /// whether another thread can still reach that object is unknowable; but
+    /// with no other thread in the process, nothing can use it: this
+    /// thread's coroutines are all parked, other processes reach it only
+    /// through fds (I/O waiters), and signals through moss's eventfd (one
+    /// too). The thread count is read at most once per `ALONE_CHECK_MS`, so
+    /// a hub that other threads wake often does not read `/proc` per sleep,
+    /// and a hub whose last other thread ended finds out within that time.
+    fn until_alone_check(&self) -> Option<Duration> {
+        const ALONE_CHECK_MS: u32 = 1000;
+        let no_unparker = Arc::strong_count(&self.remote) == 1;
+        // With the Release of the decrement that dropped the last clone: a
+        // wake-up pushed before that `Unparker` was dropped is seen below.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        if no_unparker && !self.remote.has_items() {
+            return None;
+        }
+        let now = self.clock.stamp();
+        let left = self.alone_check_at.get().wrapping_sub(now);
+        if left > 0 && left <= ALONE_CHECK_MS {
+            return Some(Duration::from_millis(left.into()));
+        }
+        if self.alone() {
+            return None;
+        }
+        self.alone_check_at.set(now.wrapping_add(ALONE_CHECK_MS));
+        Some(Duration::from_millis(ALONE_CHECK_MS.into()))
+    }
+
+    /// No other thread exists, and none left a wake-up behind before it
+    /// ended (read after the count: a thread's last push happens before its
+    /// exit).
+    #[cold]
+    fn alone(&self) -> bool {
+        crate::sys::process::thread_count() == Some(1) && !self.remote.has_items()
     }
 
     /// Runs one task until it parks, yields or returns.

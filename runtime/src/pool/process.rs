@@ -57,7 +57,7 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::panic::catch_unwind;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -213,9 +213,11 @@ fn run_child(name: String, body: impl FnOnce() + 'static) -> ! {
         .spawn(body)
     {
         Ok(h) => {
-            let r = h.join();
+            // Caught: a root that would block forever panics, and this
+            // stack must not unwind into the parent's code that forked it.
+            let r = catch_unwind(AssertUnwindSafe(|| h.join()));
             let rest = catch_unwind(crate::wait);
-            r.is_ok() && rest.is_ok()
+            matches!(r, Ok(Ok(_))) && rest.is_ok()
         }
         // Only an invalid stack size fails, and the constant is valid.
         Err(_) => false,

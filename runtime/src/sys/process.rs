@@ -144,6 +144,8 @@ pub(crate) fn is_gone(pid: libc::pid_t) -> bool {
 struct Stat {
     /// Field 3: `R`, `S`, ..., `Z` (zombie), `X` (dead).
     state: u8,
+    /// Field 20: how many threads it has.
+    num_threads: usize,
     /// Field 22: clock ticks after boot when the process started.
     start_time: u64,
 }
@@ -165,13 +167,29 @@ fn stat(pid: libc::pid_t) -> io::Result<Stat> {
         .ok_or_else(bad)?;
     let mut fields = rest.split(|&b| b == b' ');
     let state = *fields.next().and_then(|f| f.first()).ok_or_else(bad)?;
-    // Fields 4 to 21 come before the start time.
-    let start = fields.nth(18).ok_or_else(bad)?;
-    let start_time = std::str::from_utf8(start)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    Ok(Stat { state, start_time })
+    let mut number = |nth| {
+        let f = fields.nth(nth)?;
+        std::str::from_utf8(f).ok()?.parse().ok()
+    };
+    // Fields 4 to 19 come before the thread count, 21 before the start time.
+    let num_threads = number(16).ok_or_else(bad)?;
+    let start_time = number(1).ok_or_else(bad)?;
+    Ok(Stat {
+        state,
+        num_threads: usize::try_from(num_threads).map_err(|_| bad())?,
+        start_time,
+    })
+}
+
+/// How many threads this process has now, or `None` if `/proc` cannot be
+/// read.
+///
+/// A count of 1 stays 1 until the caller itself starts a thread: no other
+/// thread exists to start one.
+pub(crate) fn thread_count() -> Option<usize> {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    stat(me).ok().map(|s| s.num_threads)
 }
 
 /// A process identity that survives pid reuse, as one nonzero `u64` (it
@@ -249,5 +267,30 @@ mod tests {
         assert!(!identity_gone(me));
         // The same pid with another start time: the pid was recycled.
         assert!(identity_gone(me ^ (1 << 32)));
+    }
+
+    #[test]
+    fn a_forked_child_counts_one_thread() {
+        let here = thread_count().unwrap();
+        assert!(here >= 2, "the test harness's main thread and this one");
+        // SAFETY: the child only reads /proc with std (no lock another
+        // thread could hold but the allocator's, which glibc resets at fork)
+        // and calls `_exit`.
+        let pid = match unsafe { fork() }.unwrap() {
+            Forked::Child => exit_now(if thread_count() == Some(1) { 0 } else { 1 }),
+            Forked::Parent(pid) => pid,
+        };
+        let t = std::time::Instant::now();
+        let exit = loop {
+            if let Some(e) = try_wait(pid).unwrap() {
+                break e;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "child never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_eq!(exit, Exit::Code(0));
     }
 }
