@@ -51,6 +51,10 @@
 //!   blocking call; destructors run, so cleanup goes in `Drop` guards.
 //!   Dropping a `JoinHandle` detaches the coroutine; tie coroutines to
 //!   their owner with [`pool::Group::kill_on_drop`].
+//! * A program that seems stuck: [`dump`] lists every coroutine of the
+//!   thread, what it waits on and for how long. A `main` that waits on
+//!   something nothing can ever wake panics with "this operation would
+//!   block forever" and that list ([`wait`] says what is detected).
 //!
 //! This crate only re-exports: the runtime lives in `moss-runtime`, the I/O
 //! layer in `moss-io`; use them through `moss::`.
