@@ -17,7 +17,7 @@
 //! | you want | look at |
 //! |---|---|
 //! | coroutines: spawn, join, kill, sleep, timeouts | [`spawn`], [`JoinHandle`], [`sleep`], [`timeout`], [`Builder`], [`run`], [`wait`] |
-//! | what is everyone waiting on? | [`dump`] |
+//! | what is everyone waiting on? which coroutine blocks its thread? | [`dump`], [`dump_all`], [`monitor`] |
 //! | events, locks, queues, channels, waiting for the first of several | [`sync`] |
 //! | a bounded set of coroutines (gevent's `Pool`), thread pools, processes, process pools | [`pool`] |
 //! | sockets, name lookups | [`net`] |
@@ -27,6 +27,7 @@
 //! | Unix signals: wait for one, or run a handler | [`signal`] |
 //! | OS threads whose `join` yields | [`thread`] |
 //! | per-coroutine values (gevent's `local`) | [`coroutine_local!`] |
+//! | fairness: the budget after which a busy coroutine yields | [`coop`] |
 //! | raw symmetric coroutines (the `greenlet` package) | [`greenlet`] |
 //! | async Rust from coroutines | [`block_on`], `compat::tokio` (cargo feature `tokio`) |
 //!
@@ -36,7 +37,9 @@
 //! # Things to know on the first day
 //!
 //! * A coroutine gives the thread to others only when it blocks in a moss
-//!   call (or, after [`monkey::patch_all`], in a std call). Work that
+//!   call (or, after [`monkey::patch_all`], in a std call), or after a
+//!   budget of such calls in a row that completed at once ([`coop`]: a
+//!   connection that always has data cannot starve the others). Work that
 //!   computes, or blocks somewhere moss does not see, holds up every
 //!   coroutine of the thread: CPU work belongs in a
 //!   [`ThreadPool`](pool::ThreadPool) or [`ProcessPool`](pool::ProcessPool).
@@ -65,10 +68,10 @@ pub use moss_runtime::sync;
 pub use moss_runtime::{
     Builder, Cancelled, CoroutineId, CoroutineLocal, Current, DEFAULT_STACK_SIZE, Elapsed, JoinAll,
     JoinError, JoinHandle, Joined, MAX_STACK_SIZE, MIN_STACK_SIZE, block_on, current, dump,
-    greenlet, join_all, panic_message, run, run_per_core, sleep, spawn, spawn_later, timeout, wait,
-    yield_now,
+    dump_all, greenlet, join_all, panic_message, run, run_per_core, sleep, spawn, spawn_later,
+    timeout, wait, yield_now,
 };
-pub use moss_runtime::{coroutine_local, pool, thread};
+pub use moss_runtime::{coop, coroutine_local, monitor, pool, thread};
 
 /// Futures that need a particular async runtime (cargo feature `tokio`).
 #[cfg(feature = "tokio")]

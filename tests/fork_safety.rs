@@ -5,24 +5,9 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use moss::pool::{Process, ThreadPool};
+use moss::pool::ThreadPool;
 
 mod util;
-
-/// Runs `body` in a `Process` child and returns its exit code; the parent
-/// gives up (kills it) after 20 s, so a hang fails the test instead of
-/// freezing it.
-fn in_process(body: impl FnOnce() + 'static) -> i32 {
-    let p = Process::new(body).start().unwrap();
-    match p.join_timeout(Duration::from_secs(20)).unwrap() {
-        Some(code) => code,
-        None => {
-            p.kill().unwrap();
-            p.join().unwrap();
-            panic!("the child hung");
-        }
-    }
-}
 
 #[test]
 fn lookup_host_in_a_child_after_the_parent_resolved() {
@@ -32,7 +17,7 @@ fn lookup_host_in_a_child_after_the_parent_resolved() {
     // Let the resolver thread go idle: a child that inherits an idle worker
     // count would hand its lookup to a thread that does not exist there.
     std::thread::sleep(Duration::from_millis(100));
-    let code = in_process(move || {
+    let code = util::in_process(move || {
         let r = moss::timeout(Duration::from_secs(10), || {
             moss::net::lookup_host("localhost:80").map(|i| i.collect::<Vec<_>>())
         });
@@ -53,7 +38,7 @@ fn thread_pool_apply_in_a_child_after_use_in_the_parent() {
     let g = gate.clone();
     let busy = pool.apply_async(move || g.wait().is_leader(), |_| ());
     let p2 = pool.clone();
-    let code = in_process(move || {
+    let code = util::in_process(move || {
         let r = moss::timeout(Duration::from_secs(10), || {
             let hs: Vec<_> = (0..4u64)
                 .map(|i| {
@@ -83,7 +68,7 @@ fn a_pool_closed_in_the_parent_stays_closed_in_the_child() {
     let pool = ThreadPool::new(1);
     assert_eq!(pool.apply(|| 1).unwrap(), 1);
     pool.close();
-    let code = in_process(move || {
+    let code = util::in_process(move || {
         assert!(matches!(
             pool.apply(|| 1),
             Err(moss::pool::PoolError::Closed)
@@ -108,7 +93,7 @@ fn subprocess_reaping_in_a_child_after_the_parent_used_the_reaper() {
         Duration::from_secs(20),
         || gone(pid),
     );
-    let code = in_process(move || {
+    let code = util::in_process(move || {
         // The child's own orphan goes to a reaper of its own.
         let c = moss::subprocess::Command::new("sleep")
             .arg("0.05")

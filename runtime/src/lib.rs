@@ -15,6 +15,10 @@
 //!   on its own stack while the hub runs the others.
 //! * `compat` (cargo feature `tokio`) — futures that need tokio's reactor,
 //!   run on a tokio runtime moss owns.
+//! * [`coop`] — fairness: a coroutine whose blocking calls keep completing
+//!   without parking yields after a budget of them.
+//! * [`monitor`] — a thread that reports a hub blocked by one coroutine;
+//!   [`dump_all`] — `dump` for every hub of the process.
 //! * [`park`] — the blocking primitive every waiting moss call is built on,
 //!   for sync primitives and pools; [`backoff`] — polling with growing naps
 //!   for waits with nothing to park on (no pidfd, no fd left).
@@ -34,12 +38,14 @@ mod block_on;
 mod cancel;
 #[cfg(feature = "tokio")]
 pub mod compat;
+pub mod coop;
 mod coroutine;
 pub mod greenlet;
 mod hub;
 mod join_all;
 mod link;
 mod local;
+pub mod monitor;
 pub mod park;
 mod payload;
 pub mod pool;
@@ -60,6 +66,7 @@ pub use coroutine::{
 };
 pub use join_all::{JoinAll, Joined};
 pub use local::CoroutineLocal;
+pub use monitor::dump_all;
 pub use payload::panic_message;
 pub use stack_pool::{DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE};
 pub use task::{CoroutineId, JoinError};

@@ -221,6 +221,21 @@ pub fn on_thread<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Sen
     }
 }
 
+/// Runs `body` in a `moss::pool::Process` child (a fork) and returns its
+/// exit code; the parent gives up (kills it) after 20 s, so a hang fails
+/// the test instead of freezing it.
+pub fn in_process(body: impl FnOnce() + 'static) -> i32 {
+    let p = moss::pool::Process::new(body).start().unwrap();
+    match p.join_timeout(Duration::from_secs(20)).unwrap() {
+        Some(code) => code,
+        None => {
+            p.kill().unwrap();
+            p.join().unwrap();
+            panic!("the child hung");
+        }
+    }
+}
+
 /// [`on_thread`] after `moss::monkey::patch_all()` (idempotent).
 pub fn on_patched_thread<T: Send + 'static>(
     limit: Duration,

@@ -41,6 +41,9 @@ pub(crate) fn io(fd: c_int, dir: Interest, mut op: impl FnMut() -> ssize_t) -> s
     // A call that succeeds after waiting leaves errno as the caller had it,
     // as the blocking call would have.
     let saved = real::errno();
+    if !take_turn(fd, saved) {
+        return -1;
+    }
     let r = op();
     if r >= 0 || real::errno() != libc::EAGAIN {
         return r;
@@ -60,6 +63,9 @@ pub(crate) fn io_read(fd: c_int, len: usize, mut op: impl FnMut() -> ssize_t) ->
         return op();
     }
     let saved = real::errno();
+    if !take_turn(fd, saved) {
+        return -1;
+    }
     let stream = st.is_stream();
     let r = if stream && fdtable::take_drained(fd, st) {
         io_wait(fd, st, Interest::Readable, saved, &mut op)
@@ -75,6 +81,29 @@ pub(crate) fn io_read(fd: c_int, len: usize, mut op: impl FnMut() -> ssize_t) ->
         fdtable::set_drained(fd, st);
     }
     r
+}
+
+/// Fairness (`moss_runtime::coop`): a call on a cooperative fd spends a
+/// unit of the coroutine's budget and may yield first. False (errno set to
+/// `ECANCELED`) if a cancellation arrived meanwhile. Not for the standard
+/// streams: std reads and writes them under a lock whose buffer another
+/// coroutine of the thread would find borrowed.
+#[inline]
+fn take_turn(fd: c_int, saved: c_int) -> bool {
+    if fd <= 2 {
+        return true;
+    }
+    match moss_runtime::coop::proceed_raw() {
+        moss_runtime::coop::Proceed::Go => true,
+        moss_runtime::coop::Proceed::Yielded => {
+            real::set_errno(saved);
+            true
+        }
+        moss_runtime::coop::Proceed::Cancelled => {
+            real::set_errno(libc::ECANCELED);
+            false
+        }
+    }
 }
 
 /// The first try said `EAGAIN`: wait and retry until done.

@@ -154,6 +154,12 @@ impl<S: AsRawFd> Evented<S> {
     ) -> io::Result<T> {
         let st = &self.state;
         let nonblocking = st.nonblocking.load(Ordering::Relaxed);
+        if !nonblocking {
+            // Fairness: a reader that always finds data yields now and then
+            // (see moss_runtime::coop); before the syscall, so a kill
+            // delivered there loses no data.
+            moss_runtime::coop::proceed();
+        }
         let mut deadline = None;
         if stream.is_some() && !nonblocking && st.drained.load(Ordering::Relaxed) {
             let got = self.registration()?;
@@ -187,6 +193,9 @@ impl<S: AsRawFd> Evented<S> {
     pub(crate) fn write_op<T>(&self, mut op: impl FnMut(&S) -> io::Result<T>) -> io::Result<T> {
         let st = &self.state;
         let nonblocking = st.nonblocking.load(Ordering::Relaxed);
+        if !nonblocking {
+            moss_runtime::coop::proceed();
+        }
         let mut deadline = None;
         loop {
             match op(&self.io) {

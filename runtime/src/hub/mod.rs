@@ -56,6 +56,11 @@ pub(crate) struct Hub {
     pub(crate) timers: RefCell<Timers>,
     pub(crate) reactor: Reactor,
     pub(crate) remote: Arc<Remote>,
+    /// What the blocked-hub monitor reads (`monitor.rs`).
+    pub(crate) watch: Arc<crate::monitor::Watch>,
+    /// Hub loops running on the root's stack (more than one when the loop
+    /// ran a destructor that blocked): for the monitor.
+    loop_depth: Cell<u32>,
     pub(crate) stacks: RefCell<StackPool>,
     pub(crate) root: Rc<RootTask>,
     /// The running task's header, or the root's.
@@ -66,6 +71,11 @@ pub(crate) struct Hub {
     background: Cell<usize>,
     /// Tasks resumed (or fast yields) since the last poll.
     since_poll: Cell<u32>,
+    /// Operations the running context may still complete without parking
+    /// before it yields (`coop.rs`); refilled at every switch into a task.
+    budget: Cell<u32>,
+    /// When a spent budget last made the hub poll (`coop.rs`).
+    forced_poll: Cell<Instant>,
     /// Waiters of `wait()` called from coroutines.
     pub(crate) idle_waiters: RefCell<Vec<crate::task::Token>>,
     next_scope: Cell<u64>,
@@ -108,7 +118,8 @@ impl Hub {
     fn new() -> io::Result<Hub> {
         let reactor = Reactor::new()?;
         let hub_id = NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed);
-        let remote = Arc::new(Remote::new(hub_id, reactor.new_waker()?));
+        let waker = Arc::new(reactor.new_waker()?);
+        let remote = Arc::new(Remote::new(hub_id, waker.clone()));
         let first = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
         let root = Rc::new(RootTask(Header::new_root(CoroutineId(first))));
         Ok(Hub {
@@ -124,6 +135,8 @@ impl Hub {
             id_end: Cell::new(first + ID_BLOCK),
             background: Cell::new(0),
             since_poll: Cell::new(0),
+            budget: Cell::new(crate::coop::BUDGET),
+            forced_poll: Cell::new(Instant::now()),
             idle_waiters: RefCell::new(Vec::new()),
             next_scope: Cell::new(1),
             altstack: Cell::new(None),
@@ -131,6 +144,8 @@ impl Hub {
             deferred: RefCell::new(Vec::new()),
             clock: dump::Clock::new(),
             alone_check_at: Cell::new(0),
+            loop_depth: Cell::new(0),
+            watch: crate::monitor::Watch::register(waker),
         })
     }
 
@@ -224,6 +239,10 @@ impl Hub {
         let key = self.tasks.borrow_mut().insert(task.clone());
         let h = task.header();
         h.key.set(key as u32);
+        if self.current_header().is_root() && self.context_running() {
+            // The root, running, now has a coroutine it could block.
+            self.watch.company(&self.root.0);
+        }
         if h.background {
             self.background.set(self.background.get() + 1);
         }
@@ -300,6 +319,8 @@ fn describe_fault(addr: usize, out: &mut Report) -> bool {
 
 impl Drop for Hub {
     fn drop(&mut self) {
+        // Before any control block is freed: the monitor may be reading one.
+        self.watch.retire();
         // Unfinished coroutines are leaked, not unwound: their destructors
         // would run during thread-local destruction, when moss itself is
         // gone. Their stacks stay mapped (and unused) for the process's life.

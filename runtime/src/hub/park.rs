@@ -212,6 +212,59 @@ impl Hub {
         unsafe { (*y).suspend(()) };
     }
 
+    /// The start of a blocking call (`coop.rs`): spends a unit of the
+    /// running context's budget; when it is gone, yields. Returns whether it
+    /// yielded (then the running context may check for a cancellation).
+    #[inline(always)]
+    pub(crate) fn spend_budget(&self) -> bool {
+        let b = self.budget.get();
+        if b == 0 {
+            return self.budget_spent();
+        }
+        self.budget.set(b - 1);
+        false
+    }
+
+    /// The running context spent its budget (`coop.rs`): it goes to the
+    /// back of the run queue if other contexts are ready, and the hub polls
+    /// I/O and fires timers before resuming anyone if it has not done so
+    /// for `POLL_EVERY`. Never unwinds; returns whether it switched (false
+    /// where no switch is possible or useful).
+    #[cold]
+    #[inline(never)]
+    fn budget_spent(&self) -> bool {
+        self.budget.set(crate::coop::BUDGET);
+        if !self.context_running() || crate::greenlet::in_coroutine_driven_greenlet() {
+            return false;
+        }
+        let h = self.current_header();
+        // Nothing to be fair to on a thread without coroutines.
+        if h.is_root() && self.live_tasks() == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let poll_due =
+            now.saturating_duration_since(self.forced_poll.get()) >= crate::coop::POLL_EVERY;
+        if !poll_due && self.run_queue.is_empty() {
+            return false;
+        }
+        if poll_due {
+            self.forced_poll.set(now);
+        }
+        if h.is_root() {
+            // Runs the ready coroutines once, then polls.
+            self.yield_now(h);
+        } else {
+            if poll_due {
+                // The loop polls before it resumes anyone.
+                self.since_poll.set(BATCH);
+            }
+            h.state.yield_();
+            self.suspend(h);
+        }
+        true
+    }
+
     /// Lets every other ready context run once; the caller `h` (the current
     /// context) goes to the back of the run queue. Cancellation is the
     /// caller's business (`moss::yield_now` is a cancellation point).

@@ -21,8 +21,8 @@
 //! thread could still wake it ("would block forever" is reported only when
 //! none can, or when no other thread exists).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::task::Token;
 
@@ -32,11 +32,11 @@ pub(crate) struct Remote {
     has_items: AtomicBool,
     /// The hub is in (or about to enter) a blocking `epoll_wait`.
     sleeping: AtomicBool,
-    waker: mio::Waker,
+    waker: Arc<mio::Waker>,
 }
 
 impl Remote {
-    pub(super) fn new(hub_id: u64, waker: mio::Waker) -> Remote {
+    pub(super) fn new(hub_id: u64, waker: Arc<mio::Waker>) -> Remote {
         Remote {
             hub_id,
             queue: Mutex::new(Vec::new()),

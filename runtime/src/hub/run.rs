@@ -72,11 +72,47 @@ impl RunQueue {
     }
 }
 
+/// One more hub loop on the root's stack while alive (also when the loop
+/// panics).
+struct Nested<'a>(&'a std::cell::Cell<u32>);
+
+impl<'a> Nested<'a> {
+    fn enter(depth: &'a std::cell::Cell<u32>) -> Nested<'a> {
+        depth.set(depth.get() + 1);
+        Nested(depth)
+    }
+}
+
+impl Drop for Nested<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 impl Hub {
     /// Runs the loop on the root stack until `done()` holds. When nothing can
     /// ever make progress: panics if `strict`, else returns false.
     pub(crate) fn run_until(&self, until: Until, strict: bool) -> bool {
         debug_assert!(!self.in_coroutine(), "the hub loop runs on the root only");
+        // The monitor: the loop blocks nobody; the root after it does if
+        // the hub has coroutines, unless this loop ran inside another (a
+        // destructor run by the loop blocked). After a panic here nobody
+        // is blamed.
+        self.watch.switch_to(std::ptr::null());
+        let r = {
+            let _depth = Nested::enter(&self.loop_depth);
+            self.run_loop(until, strict)
+        };
+        let blame_root = self.loop_depth.get() == 0 && self.live_tasks() > 0;
+        self.watch.switch_to(if blame_root {
+            &self.root.0
+        } else {
+            std::ptr::null()
+        });
+        r
+    }
+
+    fn run_loop(&self, until: Until, strict: bool) -> bool {
         let done = || match until {
             Until::RootReady => !self.root.0.state.is(State::Parked),
             Until::NoTasks => self.foreground_tasks() == 0,
@@ -85,7 +121,6 @@ impl Hub {
             if done() {
                 return true;
             }
-            let mut n = 0;
             loop {
                 let next = self.run_queue.pop();
                 let Some(t) = next else { break };
@@ -93,8 +128,9 @@ impl Hub {
                 if done() {
                     return true;
                 }
-                n += 1;
-                if n == BATCH {
+                // BATCH resumes (or fast yields) since the last poll, or a
+                // context that spent its budget: poll before going on.
+                if self.since_poll.get() >= BATCH {
                     break;
                 }
             }
@@ -229,8 +265,11 @@ impl Hub {
             }));
         }
         h.state.resume();
+        self.budget.set(crate::coop::BUDGET);
         let prev = self.current.replace(h);
+        self.watch.switch_to(h);
         let r = coro.as_mut().expect("bound above").resume(());
+        self.watch.switch_to(std::ptr::null());
         self.current.set(prev);
         match r {
             CoroutineResult::Yield(()) => {
@@ -249,6 +288,8 @@ impl Hub {
 
     /// Marks `t` done, releases its slab entry and wakes its joiners.
     pub(crate) fn finish(&self, t: &Rc<dyn Task>) {
+        // Its control block may be freed from now on.
+        self.watch.before_free();
         let h = t.header();
         h.state.complete();
         if let Some(k) = h.timer.take() {
@@ -320,6 +361,9 @@ impl Hub {
             self.wake(t, Wakeup::Notified);
         }
         self.clock.tick();
+        if self.watch.dump_wanted() {
+            self.watch.answer_dumps(|| self.dump());
+        }
         self.fire_timers();
     }
 

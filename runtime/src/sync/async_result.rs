@@ -131,11 +131,13 @@ impl<T> AsyncResult<T> {
     /// Blocks until the result is ready (value or panic), without taking it.
     /// A `kill` or `timeout` of the waiter unwinds it.
     pub fn wait(&self) {
+        crate::coop::proceed();
         self.wait_until(None);
     }
 
     /// [`wait`](Self::wait) for at most `d`: true if ready. `Duration::ZERO` polls.
     pub fn wait_timeout(&self, d: Duration) -> bool {
+        crate::coop::proceed();
         self.wait_until(deadline_in(d))
     }
 
@@ -216,6 +218,7 @@ impl<T: Clone> AsyncResult<T> {
     /// `std::panic::resume_unwind`). A `kill` or `timeout` of the waiter
     /// unwinds it.
     pub fn get(&self) -> T {
+        crate::coop::proceed();
         match self.get_until(None) {
             Ok(v) => v,
             Err(Timeout) => unreachable!("no deadline"),
@@ -233,6 +236,7 @@ impl<T: Clone> AsyncResult<T> {
     /// assert_eq!(r.get_timeout(Duration::ZERO), Ok("done"));
     /// ```
     pub fn get_timeout(&self, d: Duration) -> Result<T, Timeout> {
+        crate::coop::proceed();
         self.get_until(deadline_in(d))
     }
 

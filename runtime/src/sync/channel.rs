@@ -76,6 +76,7 @@ impl<T> Sender<T> {
     /// back) if the receiver is gone, also while waiting. A `kill` or
     /// `timeout` of the waiter unwinds it.
     pub fn send(&self, v: T) -> Result<(), SendError<T>> {
+        crate::coop::proceed();
         match self.chan.core.put(v, None) {
             Ok(()) => Ok(()),
             Err(PutError::Closed(v)) => Err(SendError(v)),
@@ -90,6 +91,7 @@ impl<T> Sender<T> {
 
     /// Sends `v`, waiting at most `d` for room ([`TrySendError::Full`] then).
     pub fn send_timeout(&self, v: T, d: Duration) -> Result<(), TrySendError<T>> {
+        crate::coop::proceed();
         self.send_until(v, deadline_in(d))
     }
 
@@ -145,6 +147,7 @@ impl<T> Receiver<T> {
     /// it is drained and every sender is gone. A `kill` or `timeout` of the
     /// waiter unwinds it; a value handed to it just before is passed on.
     pub fn recv(&self) -> Result<T, RecvError> {
+        crate::coop::proceed();
         self.chan.core.get(None).map_err(|_| RecvError)
     }
 
@@ -161,6 +164,7 @@ impl<T> Receiver<T> {
 
     /// The next value, waiting at most `d`.
     pub fn recv_timeout(&self, d: Duration) -> Result<T, RecvTimeoutError> {
+        crate::coop::proceed();
         self.chan.core.get(deadline_in(d)).map_err(|e| match e {
             GetError::Empty => RecvTimeoutError::Timeout,
             GetError::Closed => RecvTimeoutError::Disconnected,

@@ -80,6 +80,7 @@ impl Event {
     /// thread's root or a plain thread, it runs that thread's hub (or just
     /// blocks the thread). A `kill` or `timeout` of the waiter unwinds it.
     pub fn wait(&self) {
+        crate::coop::proceed();
         self.wait_until(None);
     }
 
@@ -94,6 +95,7 @@ impl Event {
     /// assert!(ev.wait_timeout(Duration::ZERO));
     /// ```
     pub fn wait_timeout(&self, d: Duration) -> bool {
+        crate::coop::proceed();
         self.wait_until(deadline_in(d))
     }
 

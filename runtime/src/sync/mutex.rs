@@ -101,6 +101,7 @@ impl<T: ?Sized> Mutex<T> {
     /// order they asked. A `kill` or `timeout` of the waiter unwinds it
     /// (without the lock).
     pub fn lock(&self) -> MutexGuard<'_, T> {
+        crate::coop::proceed();
         self.raw.lock("Mutex::lock");
         MutexGuard {
             mutex: self,
@@ -132,6 +133,7 @@ impl<T: ?Sized> Mutex<T> {
     /// assert!(m.lock_timeout(Duration::from_millis(5)).is_ok());
     /// ```
     pub fn lock_timeout(&self, d: Duration) -> Result<MutexGuard<'_, T>, Timeout> {
+        crate::coop::proceed();
         self.raw.lock_until(deadline_in(d), "Mutex::lock")?;
         Ok(MutexGuard {
             mutex: self,

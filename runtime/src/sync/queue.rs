@@ -58,6 +58,7 @@ macro_rules! queue_api {
             /// Adds `v`, waiting while the queue is full. A `kill` or
             /// `timeout` of the waiter unwinds it (and drops `v`).
             pub fn put(&self, v: T) {
+                crate::coop::proceed();
                 if put_result(self.core.put(v, None)).is_err() {
                     unreachable!("no deadline");
                 }
@@ -66,6 +67,7 @@ macro_rules! queue_api {
             /// Adds `v`, waiting at most `d` for room; gives `v` back in
             /// [`Full`] if the queue stayed full.
             pub fn put_timeout(&self, v: T, d: Duration) -> Result<(), Full<T>> {
+                crate::coop::proceed();
                 put_result(self.core.put(v, deadline_in(d)))
             }
 
@@ -78,6 +80,7 @@ macro_rules! queue_api {
             /// empty. A `kill` or `timeout` of the waiter unwinds it; an item
             /// handed to it just before is passed on, not lost.
             pub fn get(&self) -> T {
+                crate::coop::proceed();
                 match self.core.get(None) {
                     Ok(v) => v,
                     Err(_) => unreachable!("no deadline, never closed"),
@@ -86,6 +89,7 @@ macro_rules! queue_api {
 
             /// The next item, waiting at most `d` (`Duration::ZERO` polls).
             pub fn get_timeout(&self, d: Duration) -> Result<T, Timeout> {
+                crate::coop::proceed();
                 self.core.get(deadline_in(d)).map_err(|e| {
                     debug_assert_eq!(e, GetError::Empty);
                     Timeout

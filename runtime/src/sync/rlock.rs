@@ -110,6 +110,7 @@ impl<T: ?Sized> RLock<T> {
     /// unwinds it (without the lock).
     #[inline]
     pub fn lock(&self) -> RLockGuard<'_, T> {
+        crate::coop::proceed();
         let me = context_id();
         if !self.reenter(me) {
             self.raw.lock("RLock::lock");
@@ -139,6 +140,7 @@ impl<T: ?Sized> RLock<T> {
     /// [`lock`](Self::lock), giving up after `d` (`Duration::ZERO` is
     /// [`try_lock`](Self::try_lock)). Re-entry never waits.
     pub fn lock_timeout(&self, d: Duration) -> Result<RLockGuard<'_, T>, Timeout> {
+        crate::coop::proceed();
         let me = context_id();
         if !self.reenter(me) {
             self.raw.lock_until(deadline_in(d), "RLock::lock")?;

@@ -131,6 +131,7 @@ impl<T: ?Sized> RwLock<T> {
     /// it. A `kill` or `timeout` of the waiter unwinds it.
     #[inline]
     pub fn read(&self) -> RwLockReadGuard<'_, T> {
+        crate::coop::proceed();
         if !self.try_read_fast() && self.read_slow(None).is_err() {
             unreachable!("no deadline");
         }
@@ -148,6 +149,7 @@ impl<T: ?Sized> RwLock<T> {
 
     /// [`read`](Self::read), giving up after `d`.
     pub fn read_timeout(&self, d: Duration) -> Result<RwLockReadGuard<'_, T>, Timeout> {
+        crate::coop::proceed();
         self.read_until(deadline_in(d))
     }
 
@@ -156,6 +158,7 @@ impl<T: ?Sized> RwLock<T> {
     /// unwinds it.
     #[inline]
     pub fn write(&self) -> RwLockWriteGuard<'_, T> {
+        crate::coop::proceed();
         if !self.try_write_fast() && self.write_slow(None).is_err() {
             unreachable!("no deadline");
         }
@@ -183,6 +186,7 @@ impl<T: ?Sized> RwLock<T> {
     /// assert_eq!(*l.read(), 1);
     /// ```
     pub fn write_timeout(&self, d: Duration) -> Result<RwLockWriteGuard<'_, T>, Timeout> {
+        crate::coop::proceed();
         self.write_until(deadline_in(d))
     }
 

@@ -172,6 +172,7 @@ impl Semaphore {
     /// Takes a permit, waiting as long as it takes. A `kill` or `timeout` of
     /// the waiter unwinds it (without a permit).
     pub fn acquire(&self) {
+        crate::coop::proceed();
         if let Err(Timeout) = self.core.acquire_until(None) {
             unreachable!("no deadline");
         }
@@ -184,6 +185,7 @@ impl Semaphore {
 
     /// Takes a permit, giving up after `d` (`Duration::ZERO` polls).
     pub fn acquire_timeout(&self, d: Duration) -> Result<(), Timeout> {
+        crate::coop::proceed();
         self.core.acquire_until(deadline_in(d))
     }
 
@@ -236,6 +238,7 @@ impl BoundedSemaphore {
     /// Takes a permit, waiting as long as it takes. A `kill` or `timeout` of
     /// the waiter unwinds it (without a permit).
     pub fn acquire(&self) {
+        crate::coop::proceed();
         if let Err(Timeout) = self.core.acquire_until(None) {
             unreachable!("no deadline");
         }
@@ -248,6 +251,7 @@ impl BoundedSemaphore {
 
     /// Takes a permit, giving up after `d` (`Duration::ZERO` polls).
     pub fn acquire_timeout(&self, d: Duration) -> Result<(), Timeout> {
+        crate::coop::proceed();
         self.core.acquire_until(deadline_in(d))
     }
 

@@ -1,0 +1,288 @@
+//! `moss::monitor` (a hub blocked by one coroutine is reported once, with
+//! the coroutine's id, name and spawn site) and `moss::dump_all`.
+//!
+//! The monitor and its report function are the process's: every case here
+//! shares them, so each looks only at reports naming its own coroutines
+//! or threads (the names are unique per case).
+
+mod util;
+
+use std::panic::Location;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use moss::monitor::BlockReport;
+
+/// The threshold: well under the 300 ms blocks the cases cause, so the
+/// monitor sees each block on a loaded machine.
+const MAX_BLOCKING: Duration = Duration::from_millis(50);
+
+static REPORTS: Mutex<Vec<BlockReport>> = Mutex::new(Vec::new());
+
+fn enable() {
+    moss::monitor::set_report(|r| REPORTS.lock().unwrap().push(r.clone()));
+    moss::monitor::enable(MAX_BLOCKING);
+}
+
+/// The reports so far for which `f` holds.
+fn reports(f: impl Fn(&BlockReport) -> bool) -> Vec<BlockReport> {
+    REPORTS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| f(r))
+        .cloned()
+        .collect()
+}
+
+/// Waits (up to 20 s) for a report that `f` accepts, then a little longer
+/// for any second one; returns them all.
+fn wait_for_reports(what: &str, f: impl Fn(&BlockReport) -> bool) -> Vec<BlockReport> {
+    let t = Instant::now();
+    while reports(&f).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no report for {what}; all reports: {:?}",
+            REPORTS.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Several looks of the monitor: a second report would come now.
+    std::thread::sleep(MAX_BLOCKING * 8);
+    reports(f)
+}
+
+fn named(name: &'static str) -> impl Fn(&BlockReport) -> bool {
+    move |r| r.coroutine_name.as_deref() == Some(name)
+}
+
+#[test]
+fn a_coroutine_that_blocks_its_thread_is_named_in_exactly_one_report() {
+    let _wd = util::watchdog("blocking coroutine", Duration::from_secs(60));
+    enable();
+    let (site, id) = util::on_thread(Duration::from_secs(30), || {
+        // A ticker to be held up, and the culprit: std's sleep, unpatched.
+        let (ticks, ticker) = util::ticker();
+        let site = Location::caller();
+        let h = moss::Builder::new()
+            .name("the-sleeper")
+            .spawn(|| std::thread::sleep(Duration::from_millis(300)))
+            .unwrap();
+        let id = h.id();
+        h.join().unwrap();
+        // The episode ended: the ticker runs again.
+        let before = ticks.get();
+        util::until("a tick after the block", Duration::from_secs(10), || {
+            ticks.get() > before
+        });
+        ticker.kill();
+        (site, id)
+    });
+    let rs = wait_for_reports("the sleeper", named("the-sleeper"));
+    assert_eq!(rs.len(), 1, "one episode, one report: {rs:?}");
+    let r = &rs[0];
+    assert_eq!(r.coroutine_id, id);
+    let s = r.spawn_site.expect("a spawned coroutine has a spawn site");
+    assert_eq!(s.file(), site.file());
+    assert_eq!(s.line(), site.line() + 3, "the line of spawn(): {s}");
+    assert!(r.blocked_for > MAX_BLOCKING, "{:?}", r.blocked_for);
+    assert!(
+        r.blocked_for < Duration::from_secs(10),
+        "{:?}",
+        r.blocked_for
+    );
+    let line = r.to_string();
+    assert!(
+        line.contains("the-sleeper") && line.contains(&format!("#{id}")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("{}:{}", s.file(), s.line())),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_root_that_blocks_its_coroutines_is_reported_as_the_root() {
+    let _wd = util::watchdog("blocking root", Duration::from_secs(60));
+    enable();
+    let t = std::thread::Builder::new()
+        .name("blocking-root".into())
+        .spawn(|| {
+            let (_ticks, ticker) = util::ticker();
+            // The root runs with a coroutine to hold up, and blocks.
+            std::thread::sleep(Duration::from_millis(300));
+            ticker.kill();
+            ticker.join().unwrap_err();
+        })
+        .unwrap();
+    t.join().unwrap();
+    let rs = wait_for_reports("the root", |r| {
+        r.thread_name.as_deref() == Some("blocking-root")
+    });
+    assert_eq!(rs.len(), 1, "{rs:?}");
+    assert_eq!(rs[0].coroutine_name.as_deref(), Some("main"));
+    assert_eq!(rs[0].spawn_site, None);
+    assert!(rs[0].to_string().contains("the thread's root"), "{}", rs[0]);
+}
+
+#[test]
+fn hubs_that_wait_or_switch_are_not_reported() {
+    let _wd = util::watchdog("quiet hubs", Duration::from_secs(60));
+    enable();
+    // A coroutine that waits (its hub sleeps in its loop), one that keeps
+    // switching, and a root alone (nobody to block) doing a blocking call.
+    let t = std::thread::Builder::new()
+        .name("quiet-hub".into())
+        .spawn(|| {
+            let waiter = moss::Builder::new()
+                .name("quiet-waiter")
+                .spawn(|| moss::sleep(Duration::from_millis(400)))
+                .unwrap();
+            let switcher = moss::Builder::new()
+                .name("quiet-switcher")
+                .spawn(|| {
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_millis(400) {
+                        std::thread::sleep(Duration::from_micros(200));
+                        moss::yield_now();
+                    }
+                })
+                .unwrap();
+            waiter.join().unwrap();
+            switcher.join().unwrap();
+            // Nothing left on this hub: the root blocking is nobody's wait.
+            std::thread::sleep(Duration::from_millis(300));
+        })
+        .unwrap();
+    t.join().unwrap();
+    // A blocker elsewhere at the same time proves the monitor was looking.
+    util::on_thread(Duration::from_secs(30), || {
+        moss::Builder::new()
+            .name("quiet-control")
+            .spawn(|| std::thread::sleep(Duration::from_millis(300)))
+            .unwrap()
+            .join()
+            .unwrap();
+    });
+    wait_for_reports("the control", named("quiet-control"));
+    let wrong = reports(|r| {
+        r.thread_name.as_deref() == Some("quiet-hub")
+            || r.coroutine_name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("quiet-") && n != "quiet-control")
+    });
+    // A loaded machine can deschedule the switcher's thread for longer than
+    // the threshold between two of its yields: that would be a true block
+    // of its hub, so only the waiter and the lone root must never appear.
+    assert!(
+        wrong
+            .iter()
+            .all(|r| r.coroutine_name.as_deref() == Some("quiet-switcher")),
+        "{wrong:?}"
+    );
+}
+
+#[test]
+fn dump_all_lists_every_hub_and_names_a_blocked_one() {
+    let _wd = util::watchdog("dump_all", Duration::from_secs(60));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::new();
+    for (name, blocks) in [("dumped-waiter", false), ("dumped-blocker", true)] {
+        let tx = tx.clone();
+        threads.push(std::thread::spawn(move || {
+            moss::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    tx.send(()).unwrap();
+                    if blocks {
+                        std::thread::sleep(Duration::from_secs(3));
+                    } else {
+                        moss::sleep(Duration::from_secs(3));
+                    }
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        }));
+    }
+    rx.recv().unwrap();
+    rx.recv().unwrap();
+    // From a plain thread, and from a coroutine of a third hub.
+    let plain = moss::dump_all();
+    let from_hub = util::on_thread(Duration::from_secs(30), || {
+        let _h = moss::Builder::new()
+            .name("dumped-own")
+            .spawn(|| moss::sleep(Duration::from_millis(500)))
+            .unwrap();
+        moss::spawn(moss::dump_all).join().unwrap()
+    });
+    for t in threads {
+        t.join().unwrap();
+    }
+    for d in [&plain, &from_hub] {
+        let waiter = d.lines().find(|l| l.contains("dumped-waiter"));
+        assert!(
+            waiter.is_some_and(|l| l.contains("waiting on")),
+            "the waiter's hub answered with its dump:\n{d}"
+        );
+        let blocker = d.lines().find(|l| l.contains("dumped-blocker"));
+        assert!(
+            blocker.is_some_and(|l| l.contains("no answer") && l.contains("running #")),
+            "the blocked hub is described by what it runs:\n{d}"
+        );
+    }
+    assert!(from_hub.contains("dumped-own"), "{from_hub}");
+}
+
+#[test]
+fn the_monitor_works_in_a_forked_child_after_use_in_the_parent() {
+    let _wd = util::watchdog("monitor in a child", Duration::from_secs(60));
+    enable();
+    // The parent's monitor runs and has seen hubs.
+    util::on_thread(Duration::from_secs(30), || {
+        moss::Builder::new()
+            .name("parent-blocker")
+            .spawn(|| std::thread::sleep(Duration::from_millis(300)))
+            .unwrap()
+            .join()
+            .unwrap();
+    });
+    wait_for_reports("the parent's blocker", named("parent-blocker"));
+    let code = util::in_process(|| {
+        // The child's own monitor thread and registry; its report here.
+        static SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        moss::monitor::set_report(|r| {
+            if r.coroutine_name.as_deref() == Some("child-blocker") {
+                SEEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let (_ticks, ticker) = util::ticker();
+        moss::Builder::new()
+            .name("child-blocker")
+            .spawn(|| std::thread::sleep(Duration::from_millis(300)))
+            .unwrap()
+            .join()
+            .unwrap();
+        ticker.kill();
+        let t = Instant::now();
+        while SEEN.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no report in the child"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(moss::dump_all().contains("main"));
+    });
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn bad_input() {
+    let r = std::panic::catch_unwind(|| moss::monitor::enable(Duration::ZERO));
+    let msg = moss::panic_message(&*r.unwrap_err())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(msg.contains("max_blocking"), "{msg}");
+}
