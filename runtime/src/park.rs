@@ -80,6 +80,13 @@ impl Unparker {
     pub fn same_wait(&self, other: &Unparker) -> bool {
         Arc::ptr_eq(&self.remote, &other.remote) && self.token == other.token
     }
+
+    /// Whether two unparkers wake the same context (in any of its waits).
+    pub(crate) fn same_context(&self, other: &Unparker) -> bool {
+        Arc::ptr_eq(&self.remote, &other.remote)
+            && self.token.key == other.token.key
+            && self.token.id == other.token.id
+    }
 }
 
 impl fmt::Debug for Unparker {

@@ -104,6 +104,20 @@ impl<T> Oneshot<T> {
         }
     }
 
+    /// Registers `u` to be woken when the value is set, for a caller that
+    /// waits on several at once; true (and `u` is not kept) if it is set
+    /// already. Earlier registrations of `u`'s context are dropped (their
+    /// waits are over), so watching round after round keeps one entry.
+    pub(crate) fn watch(&self, u: &Unparker) -> bool {
+        let mut s = self.lock();
+        if s.set {
+            return true;
+        }
+        s.waiters.retain(|w| !w.same_context(u));
+        s.waiters.push(u.clone());
+        false
+    }
+
     /// Takes the value if it is there.
     pub(crate) fn take(&self) -> Option<T> {
         self.lock().value.take()

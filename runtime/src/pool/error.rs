@@ -30,6 +30,13 @@ pub enum PoolError {
     Terminated,
     /// Arguments or result could not be (de)serialized for the worker process.
     Serialize(String),
+    /// The pool's initializer panicked (or killed the worker) in a worker
+    /// forked to replace another: the pool forks no more workers, and every
+    /// task queued then or submitted later fails with this.
+    Initializer {
+        /// Why: the initializer's panic message, or how the worker died.
+        message: String,
+    },
     /// The pool could not start a worker or talk to one.
     Io {
         /// The kind of the underlying I/O error.
@@ -79,6 +86,12 @@ impl fmt::Display for PoolError {
                 f.write_str("the pool was terminated before the task finished")
             }
             PoolError::Serialize(m) => write!(f, "pool task data could not be serialized: {m}"),
+            PoolError::Initializer { message } => {
+                write!(
+                    f,
+                    "the pool's initializer failed in a new worker: {message}"
+                )
+            }
             PoolError::Io { message, .. } => write!(f, "pool I/O error: {message}"),
         }
     }

@@ -7,7 +7,13 @@
 //!
 //! 1. forks a replacement for every dead worker (retrying every 100 ms if a
 //!    fork fails; with no worker left at all, queued tasks fail instead of
-//!    waiting forever);
+//!    waiting forever). With an initializer, a new worker gets no task
+//!    before its `READY` frame; one whose initializer failed (an
+//!    `INIT_FAILED` frame, or death before `READY`) fails the start of the
+//!    pool, or, later, breaks it: queued and later tasks fail with
+//!    [`PoolError::Initializer`] and no more workers are forked. A worker
+//!    that reaches `max_tasks_per_child` exits on its own and is replaced
+//!    like a dead one (it had no task left, so nothing fails);
 //! 2. hands queued tasks to the least loaded workers, and fails everything
 //!    on `terminate`. A worker may hold several tasks (it runs them in
 //!    order): up to 1 ms worth by a moving average of task times, at most
@@ -43,7 +49,7 @@ use std::time::{Duration, Instant};
 use super::PoolError;
 use super::frame::{self, FrameBuf};
 use super::pool_worker::worker_main;
-use super::process_pool::{Reply, Shared, Task};
+use super::process_pool::{REPLY_INIT_FAILED, REPLY_READY, Reply, Shared, Task};
 use crate::hub::Hub;
 use crate::sys::fd;
 use crate::sys::poll;
@@ -108,6 +114,8 @@ pub(crate) fn start(
                 workers: Vec::new(),
                 retry_at: None,
                 service: Ewma(Duration::from_millis(1)),
+                starting: true,
+                init_failure: None,
             };
             m.run(&started);
             unregister(m.wake_r.as_raw_fd());
@@ -138,6 +146,12 @@ struct Worker {
     out_pos: usize,
     inbuf: FrameBuf,
     dead: bool,
+    /// It may get tasks: its initializer (if any) has returned.
+    ready: bool,
+    /// Tasks it may still be sent (`max_tasks_per_child`), if limited.
+    budget: Option<usize>,
+    /// Its initializer's panic message.
+    init_failed: Option<String>,
 }
 
 impl Worker {
@@ -145,7 +159,15 @@ impl Worker {
         std::iter::once(self.sock.as_raw_fd()).chain(self.pidfd.as_ref().map(|f| f.as_raw_fd()))
     }
 
+    /// Whether it can take one more task now (`depth`: see [`Ewma`]).
+    fn can_take(&self, depth: usize) -> bool {
+        !self.dead && self.ready && self.budget != Some(0) && self.in_flight.len() < depth
+    }
+
     fn send(&mut self, t: Task) {
+        if let Some(b) = &mut self.budget {
+            *b -= 1;
+        }
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
@@ -191,6 +213,19 @@ impl Worker {
         }
         let now = Instant::now();
         while let Some(body) = self.inbuf.frame() {
+            if !self.ready {
+                // The initializer's report comes first.
+                let report = &self.inbuf.buf[body];
+                match report.first() {
+                    Some(&REPLY_READY) => self.ready = true,
+                    Some(&REPLY_INIT_FAILED) => {
+                        self.init_failed = Some(String::from_utf8_lossy(&report[1..]).into_owned());
+                        self.dead = true;
+                    }
+                    _ => self.dead = true, // a protocol error
+                }
+                continue;
+            }
             // A reply without a task would be a protocol error; drop it.
             if let Some(t) = self.in_flight.pop_front() {
                 service.add(now.saturating_duration_since(self.started_at));
@@ -225,6 +260,10 @@ struct Manager {
     workers: Vec<Option<Worker>>,
     retry_at: Option<Instant>,
     service: Ewma,
+    /// Until the first workers are ready (`ProcessPool::new` waits).
+    starting: bool,
+    /// Why an initializer failed while `starting`.
+    init_failure: Option<String>,
 }
 
 impl Manager {
@@ -240,11 +279,22 @@ impl Manager {
             }
         }
         self.publish_pids();
-        started.set(Ok(()));
         let terminated = loop {
-            match self.round() {
-                Some(terminated) => break terminated,
-                None => continue,
+            if self.starting {
+                if let Some(why) = self.init_failure.take() {
+                    self.kill_all(&PoolError::Terminated);
+                    started.set(Err(io::Error::other(format!(
+                        "the ProcessPool initializer failed in a worker: {why}"
+                    ))));
+                    return;
+                }
+                if self.workers.iter().flatten().all(|w| w.ready) {
+                    self.starting = false;
+                    started.set(Ok(()));
+                }
+            }
+            if let Some(terminated) = self.round() {
+                break terminated;
             }
         };
         if terminated {
@@ -281,7 +331,7 @@ impl Manager {
                     .workers
                     .iter_mut()
                     .flatten()
-                    .filter(|w| !w.dead && w.in_flight.len() < depth)
+                    .filter(|w| w.can_take(depth))
                     .min_by_key(|w| w.in_flight.len());
                 let Some(w) = best else { break };
                 w.send(s.queue.pop_front().expect("not empty"));
@@ -351,12 +401,21 @@ impl Manager {
         }
         let mut failed = Vec::new();
         let mut requeue = Vec::new();
+        let mut init_failures = Vec::new();
         for slot in &mut self.workers {
             if slot.as_ref().is_some_and(|w| w.dead) {
                 let mut w = slot.take().expect("checked");
                 // Replies sent just before dying count.
                 w.read(&mut done, &mut self.service);
                 let (exit, mut tasks) = reap(&mut w);
+                if !w.ready {
+                    let why = w.init_failed.take().unwrap_or_else(|| match exit {
+                        Some(Exit::Signal(s)) => format!("the worker died from signal {s}"),
+                        Some(Exit::Code(c)) => format!("the worker exited with code {c}"),
+                        None => "the worker died".to_owned(),
+                    });
+                    init_failures.push(why);
+                }
                 if let Some(t) = tasks.pop_front() {
                     let (signal, exit_code) = match exit {
                         Some(Exit::Signal(s)) => (Some(s), None),
@@ -383,6 +442,17 @@ impl Manager {
                 s.queue.push_front(t);
             }
         }
+        if let Some(why) = init_failures.pop() {
+            if self.starting {
+                self.init_failure = Some(why);
+            } else {
+                // Forking more workers would fail the same way, forever.
+                let e = PoolError::Initializer { message: why };
+                let mut s = self.shared.lock();
+                failed.extend(s.queue.drain(..).map(|t| (t.reply, e.clone())));
+                s.broken = Some(e);
+            }
+        }
         let n = done.len();
         for (r, body) in done {
             r.set(Ok(body));
@@ -406,7 +476,10 @@ impl Manager {
     }
 
     fn fill_vacancies(&mut self, failed: &mut Vec<(Arc<Reply>, PoolError)>) {
-        if !self.workers.iter().any(Option::is_none) {
+        if !self.workers.iter().any(Option::is_none) || self.init_failure.is_some() {
+            return;
+        }
+        if self.shared.lock().broken.is_some() {
             return;
         }
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
@@ -462,7 +535,7 @@ impl Manager {
                 }
                 // SAFETY: as above: `parent` is never dropped in the worker.
                 unsafe { fd::close_raw(parent.as_raw_fd()) };
-                worker_main(child.as_raw_fd())
+                worker_main(child.as_raw_fd(), self.shared.config)
             }
             Forked::Parent(pid) => {
                 drop(child);
@@ -478,6 +551,9 @@ impl Manager {
                     out_pos: 0,
                     inbuf: FrameBuf::new(),
                     dead: false,
+                    ready: self.shared.config.initializer.is_none(),
+                    budget: self.shared.config.max_tasks_per_child,
+                    init_failed: None,
                 };
                 w.fds().for_each(register);
                 Ok(w)

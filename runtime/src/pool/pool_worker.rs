@@ -10,11 +10,19 @@
 //! one) or EOF makes it `_exit(0)`. A task that forks, with both processes
 //! returning from it, is answered by the worker alone: the child leaves
 //! with `_exit(0)` before touching the socket.
+//!
+//! With an initializer, the worker runs it first and reports on the socket
+//! before reading any request: a `READY` frame, or `INIT_FAILED` with the
+//! panic message, after which it exits. With `max_tasks_per_child`, it
+//! exits after answering that many requests.
 
 use std::os::fd::RawFd;
 
+use std::panic::catch_unwind;
+
+use super::PoolError;
 use super::frame::FrameBuf;
-use super::process_pool::Trampoline;
+use super::process_pool::{Config, REPLY_INIT_FAILED, REPLY_READY, Trampoline, out_with};
 use crate::sys::fd;
 use crate::sys::process;
 
@@ -23,8 +31,27 @@ use crate::sys::process;
 /// may be queued); each reply is written as soon as its task returns, so
 /// the manager always knows which task a dying worker was running. Never
 /// returns.
-pub(crate) fn worker_main(sock: RawFd) -> ! {
+pub(crate) fn worker_main(sock: RawFd, config: Config) -> ! {
     let me = std::process::id();
+    if let Some(init) = config.initializer {
+        let report = match catch_unwind(init) {
+            Ok(()) => out_with(REPLY_READY, b""),
+            Err(p) => {
+                let PoolError::Panicked { message } = PoolError::from_panic(&*p) else {
+                    unreachable!("from_panic makes Panicked")
+                };
+                out_with(REPLY_INIT_FAILED, message.as_bytes())
+            }
+        };
+        // A child the initializer forked, returning here, says nothing.
+        if std::process::id() != me
+            || !write_all(sock, &report)
+            || report[super::frame::HEADER] != REPLY_READY
+        {
+            process::exit_now(0);
+        }
+    }
+    let mut served = 0;
     let mut inbuf = FrameBuf::new();
     loop {
         let body = loop {
@@ -53,6 +80,10 @@ pub(crate) fn worker_main(sock: RawFd) -> ! {
         }
         if !write_all(sock, &reply) {
             process::exit_now(0);
+        }
+        served += 1;
+        if config.max_tasks_per_child == Some(served) {
+            process::exit_now(0); // to be replaced
         }
     }
 }

@@ -45,7 +45,14 @@
 //!   (`InvalidInput`) before anything is sent, and a result that large
 //!   comes back as [`PoolError::Serialize`].
 //! * [`map`](ProcessPool::map) sends items in chunks (about four per worker,
-//!   as Python does), each chunk one task.
+//!   as Python does), each chunk one task; the rest of the map family
+//!   (`map_chunked`, `imap`, `imap_unordered`, `map_async`) is in
+//!   `process_map.rs`.
+//! * [`ProcessPool::builder`] sets what `multiprocessing.Pool` takes as
+//!   arguments: an `initializer` run once in every worker before its first
+//!   task (the worker reports it ran, or the panic that stopped it, before
+//!   it gets work), and `max_tasks_per_child`, after which a worker exits
+//!   and is replaced (the manager never sends it more than that).
 //!
 //! ```
 //! use moss_runtime::pool::ProcessPool;
@@ -88,6 +95,10 @@ pub(crate) type Trampoline = fn(usize, &[u8]) -> Vec<u8>;
 pub(crate) const REPLY_OK: u8 = 0;
 pub(crate) const REPLY_PANIC: u8 = 1;
 pub(crate) const REPLY_SERDE: u8 = 2;
+/// A worker's first frame when the pool has an initializer: it ran.
+pub(crate) const REPLY_READY: u8 = 3;
+/// ... or it panicked (then a message follows, and the worker exits).
+pub(crate) const REPLY_INIT_FAILED: u8 = 4;
 
 /// What a caller waits for: the serialized result, or why there is none.
 pub(crate) type Reply = Oneshot<Result<Vec<u8>, PoolError>>;
@@ -119,6 +130,7 @@ impl Drop for Owner {
 
 pub(crate) struct Shared {
     pub(crate) size: usize,
+    pub(crate) config: Config,
     /// Only the process that created the pool has its manager thread.
     creator: u32,
     pub(crate) state: Mutex<State>,
@@ -140,18 +152,107 @@ pub(crate) struct State {
     /// Callbacks abandoned by their exited thread before their task's
     /// reply arrived: the manager sets their results (module `callback`).
     orphans: Vec<Arc<callback::Slot>>,
+    /// Why the pool cannot run tasks any more (the initializer failed in a
+    /// replacement worker): every later task fails with it.
+    pub(crate) broken: Option<PoolError>,
 }
 
-impl ProcessPool {
-    /// Forks `n` workers (`n >= 1`) from a new manager thread and waits until
-    /// they run. Fails if the pipes, the thread or a fork cannot be created.
-    pub fn new(n: usize) -> io::Result<ProcessPool> {
-        if n == 0 {
+/// What a [`ProcessPoolBuilder`] configures; read by the manager and, after
+/// the fork, by each worker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Config {
+    pub(crate) initializer: Option<fn()>,
+    pub(crate) max_tasks_per_child: Option<usize>,
+}
+
+/// Configures a [`ProcessPool`] before it starts: `multiprocessing.Pool(n,
+/// initializer, maxtasksperchild)`.
+///
+/// ```
+/// use moss_runtime::pool::ProcessPool;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+///
+/// static READY: AtomicU32 = AtomicU32::new(0);
+/// fn init() { READY.store(7, Ordering::SeqCst) } // runs in each worker
+/// fn ready(_: ()) -> u32 { READY.load(Ordering::SeqCst) }
+/// fn pid(_: ()) -> u32 { std::process::id() }
+///
+/// let pool = ProcessPool::builder(1)
+///     .initializer(init)
+///     .max_tasks_per_child(1)
+///     .build()
+///     .unwrap();
+/// assert_eq!(pool.apply(ready, ()).unwrap(), 7);
+/// assert_ne!(pool.apply(pid, ()).unwrap(), pool.apply(pid, ()).unwrap()); // a fresh worker each time
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ProcessPoolBuilder {
+    size: usize,
+    config: Config,
+}
+
+impl ProcessPoolBuilder {
+    /// Runs `f` once in every worker, before its first task (Python's
+    /// `initializer`; capture nothing: it is a plain `fn`, and statics it
+    /// sets are the worker's own). If it panics in a worker of the first
+    /// set, [`build`](Self::build) fails with its message; in a later
+    /// (replacement) worker, every task queued then or submitted afterwards
+    /// fails with [`PoolError::Initializer`]; the pool forks no more
+    /// workers, rather than retry forever.
+    pub fn initializer(mut self, f: fn()) -> ProcessPoolBuilder {
+        self.config.initializer = Some(f);
+        self
+    }
+
+    /// Replaces a worker after it has run `k` tasks (Python's
+    /// `maxtasksperchild`; a chunk of `map` or `imap` items is one task):
+    /// for leaky tasks. `build` fails with `InvalidInput` for 0.
+    pub fn max_tasks_per_child(mut self, k: usize) -> ProcessPoolBuilder {
+        self.config.max_tasks_per_child = Some(k);
+        self
+    }
+
+    /// Forks the workers from a new manager thread and waits until they
+    /// run (and their initializer has returned).
+    pub fn build(self) -> io::Result<ProcessPool> {
+        if self.size == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "ProcessPool needs at least one worker",
             ));
         }
+        if self.config.max_tasks_per_child == Some(0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "ProcessPool max_tasks_per_child must be at least 1",
+            ));
+        }
+        ProcessPool::start(self.size, self.config)
+    }
+}
+
+impl ProcessPool {
+    /// Forks `n` workers (`n >= 1`) from a new manager thread and waits until
+    /// they run. Fails if the pipes, the thread or a fork cannot be created.
+    /// [`ProcessPool::builder`] sets more.
+    pub fn new(n: usize) -> io::Result<ProcessPool> {
+        ProcessPool::builder(n).build()
+    }
+
+    /// A builder for a pool of `n` workers (`n >= 1`), with an
+    /// `initializer` and `max_tasks_per_child` (see [`ProcessPoolBuilder`]).
+    pub fn builder(n: usize) -> ProcessPoolBuilder {
+        ProcessPoolBuilder {
+            size: n,
+            config: Config {
+                initializer: None,
+                max_tasks_per_child: None,
+            },
+        }
+    }
+
+    fn start(n: usize, config: Config) -> io::Result<ProcessPool> {
         // A socket pair rather than a pipe: a late wake-up written after the
         // manager has gone is an EPIPE error (MSG_NOSIGNAL), never a SIGPIPE.
         let (wake_r, wake_w) = fd::socketpair()?;
@@ -159,6 +260,7 @@ impl ProcessPool {
         fd::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&wake_w), true)?;
         let shared = Arc::new(Shared {
             size: n,
+            config,
             creator: std::process::id(),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -169,6 +271,7 @@ impl ProcessPool {
                 pids: Vec::new(),
                 joiners: Vec::new(),
                 orphans: Vec::new(),
+                broken: None,
             }),
             wake_w,
             wake_pending: AtomicBool::new(false),
@@ -233,21 +336,85 @@ impl ProcessPool {
         R: Serialize + DeserializeOwned + Send + 'static,
         C: FnOnce(&R) + 'static,
     {
-        let result = AsyncResult::new();
+        self.apply_async_with(f, args, callback, |_: &PoolError| {})
+    }
+
+    /// [`apply_async`](Self::apply_async) with an `error_callback` too
+    /// (Python's `error_callback=`): it runs instead of `callback`, in a
+    /// coroutine on the caller's hub, with the error when the task fails
+    /// (also when the pool refused it: then the `AsyncResult` is ready at
+    /// once and the error callback runs soon after). A panicking error
+    /// callback leaves the task's error as the result.
+    ///
+    /// ```
+    /// use std::cell::RefCell;
+    /// use std::rc::Rc;
+    /// use moss_runtime::pool::{PoolError, ProcessPool};
+    ///
+    /// fn check(x: i32) -> i32 { assert!(x >= 0, "negative: {x}"); x }
+    ///
+    /// let pool = ProcessPool::new(1).unwrap();
+    /// let seen = Rc::new(RefCell::new(String::new()));
+    /// let s = seen.clone();
+    /// let r = pool.apply_async_with(check, -1, |_| {}, move |e| *s.borrow_mut() = e.to_string());
+    /// assert!(matches!(r.get(), Err(PoolError::Panicked { .. })));
+    /// assert!(seen.borrow().contains("negative: -1"));
+    /// ```
+    pub fn apply_async_with<A, R, C, E>(
+        &self,
+        f: fn(A) -> R,
+        args: A,
+        callback: C,
+        error_callback: E,
+    ) -> AsyncResult<Result<R, PoolError>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        C: FnOnce(&R) + 'static,
+        E: FnOnce(&PoolError) + 'static,
+    {
         // One more outstanding item for the callback.
-        let reply = match self.submit_counting(call::<A, R>, f as usize, &args, 2) {
-            Ok(r) => r,
+        let reply = self.submit_counting(call::<A, R>, f as usize, &args, 2);
+        self.spawn_async(
+            reply.map(|r| vec![r]),
+            decode_first::<R>,
+            callback,
+            error_callback,
+        )
+    }
+
+    /// The callback side of every `*_async` call: once every reply is there,
+    /// runs `callback` (or `error_callback`) in a coroutine on the caller's
+    /// hub, then sets the result (see module `callback` for a caller thread
+    /// that exits first). The first reply counted one more outstanding item
+    /// for the callback.
+    pub(crate) fn spawn_async<V, C, E>(
+        &self,
+        replies: Result<Vec<Arc<Reply>>, PoolError>,
+        decode: fn(&[Arc<Reply>]) -> Result<V, PoolError>,
+        callback: C,
+        error_callback: E,
+    ) -> AsyncResult<Result<V, PoolError>>
+    where
+        V: Send + 'static,
+        C: FnOnce(&V) + 'static,
+        E: FnOnce(&PoolError) + 'static,
+    {
+        let result = AsyncResult::new();
+        let replies: Arc<[Arc<Reply>]> = match replies {
+            Ok(r) => r.into(),
             Err(e) => {
-                result.set(Err(e));
+                result.set(Err(e.clone()));
+                crate::spawn(move || error_callback(&e));
                 return result;
             }
         };
         let slot = {
-            let (ready, reply, r) = (reply.clone(), reply.clone(), result.clone());
+            let (ready, done, r) = (replies.clone(), replies.clone(), result.clone());
             callback::Slot::register(
                 self.shared.clone(),
-                move || ready.is_set(),
-                Box::new(move || r.set(decode_reply::<R>(&reply))),
+                move || ready.iter().all(|x| x.is_set()),
+                Box::new(move || r.set(decode(&done))),
             )
         };
         let r = result.clone();
@@ -264,15 +431,17 @@ impl ProcessPool {
             // Declared first: dropped (abandoning the slot) if this
             // coroutine is dropped unstarted or unwound before the end.
             let mut guard = guard;
-            reply.wait(None, "process pool task");
+            for reply in replies.iter() {
+                reply.wait(None, "process pool task");
+            }
             if !slot.begin() {
                 guard.interrupted = None; // abandoned: the slot finishes itself
                 return;
             }
-            let v = decode_reply::<R>(&reply);
+            let v = decode(&replies);
             let outcome = match &v {
                 Ok(v) => catch_unwind(AssertUnwindSafe(|| callback(v))),
-                Err(_) => Ok(()),
+                Err(e) => catch_unwind(AssertUnwindSafe(|| error_callback(e))),
             };
             guard.interrupted = None;
             match outcome {
@@ -284,7 +453,7 @@ impl ProcessPool {
                     slot.done();
                     resume_unwind(p);
                 }
-                Err(p) => r.set(Err(PoolError::from_panic(&*p))),
+                Err(p) => r.set(v.and_then(|_| Err(PoolError::from_panic(&*p)))),
             }
             slot.done();
         });
@@ -293,7 +462,19 @@ impl ProcessPool {
 
     /// Applies `f` to every item in the workers and returns the results in
     /// input order, or the first error. Items travel in chunks (about four
-    /// per worker).
+    /// per worker; [`map_chunked`](Self::map_chunked) sets the size).
+    ///
+    /// # starmap
+    ///
+    /// Python's `starmap(f, [(a, b), ...])` calls `f(a, b)`; in moss, `f`
+    /// takes the tuple and `map` is `starmap`:
+    ///
+    /// ```
+    /// use moss_runtime::pool::ProcessPool;
+    /// fn power((base, exp): (u64, u32)) -> u64 { base.pow(exp) }
+    /// let pool = ProcessPool::new(2).unwrap();
+    /// assert_eq!(pool.map(power, [(2, 10), (3, 3)]).unwrap(), [1024, 27]);
+    /// ```
     pub fn map<A, R>(
         &self,
         f: fn(A) -> R,
@@ -304,25 +485,8 @@ impl ProcessPool {
         R: Serialize + DeserializeOwned,
     {
         let items: Vec<A> = items.into_iter().collect();
-        let n = items.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let chunk = n.div_ceil(4 * self.shared.size);
-        let mut replies = Vec::with_capacity(n.div_ceil(chunk));
-        let mut it = items.into_iter();
-        loop {
-            let part: Vec<A> = it.by_ref().take(chunk).collect();
-            if part.is_empty() {
-                break;
-            }
-            replies.push(self.submit(call_batch::<A, R>, f as usize, &part)?);
-        }
-        let mut out = Vec::with_capacity(n);
-        for r in &replies {
-            out.extend(wait_reply::<Vec<R>>(r)?);
-        }
-        Ok(out)
+        let chunksize = self.default_chunksize(items.len());
+        self.map_chunked(f, items, chunksize)
     }
 
     /// Refuses new tasks; queued and running tasks still complete, then the
@@ -371,7 +535,7 @@ impl ProcessPool {
 
     /// Queues a task, counting `outstanding` items for `join` (the task, and
     /// its callback if any).
-    fn submit_counting<T: Serialize + ?Sized>(
+    pub(crate) fn submit_counting<T: Serialize + ?Sized>(
         &self,
         call: Trampoline,
         f: usize,
@@ -399,6 +563,9 @@ impl ProcessPool {
             let mut s = self.shared.lock();
             if s.closed {
                 return Err(PoolError::Closed);
+            }
+            if let Some(e) = &s.broken {
+                return Err(e.clone());
             }
             s.queue.push_back(Task {
                 frame,
@@ -495,7 +662,7 @@ fn wait_reply<R: DeserializeOwned>(reply: &Reply) -> Result<R, PoolError> {
 }
 
 /// The result in a reply that has arrived (taken: once per reply).
-fn decode_reply<R: DeserializeOwned>(reply: &Reply) -> Result<R, PoolError> {
+pub(crate) fn decode_reply<R: DeserializeOwned>(reply: &Reply) -> Result<R, PoolError> {
     let bytes = reply.take().expect("a reply is taken once")?;
     match bytes.split_first() {
         Some((&REPLY_OK, rest)) => {
@@ -523,8 +690,13 @@ fn call<A: DeserializeOwned, R: Serialize>(f: usize, args: &[u8]) -> Vec<u8> {
     })
 }
 
+/// The result of the one reply of `apply_async` (which has arrived).
+fn decode_first<R: DeserializeOwned>(replies: &[Arc<Reply>]) -> Result<R, PoolError> {
+    decode_reply(&replies[0])
+}
+
 /// The trampoline for a chunk of [`ProcessPool::map`]: `Vec<A>` to `Vec<R>`.
-fn call_batch<A: DeserializeOwned, R: Serialize>(f: usize, args: &[u8]) -> Vec<u8> {
+pub(crate) fn call_batch<A: DeserializeOwned, R: Serialize>(f: usize, args: &[u8]) -> Vec<u8> {
     // SAFETY: as in `call`: `map` pairs this monomorphization with a
     // `fn(A) -> R` of the same `A` and `R`.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
@@ -561,7 +733,7 @@ fn run<R: Serialize>(body: impl FnOnce() -> Result<R, postcard::Error>) -> Vec<u
 }
 
 /// A reply frame: `status`, then `bytes` (a message, cut to fit a frame).
-fn out_with(status: u8, bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn out_with(status: u8, bytes: &[u8]) -> Vec<u8> {
     let bytes = &bytes[..bytes.len().min(frame::MAX_BODY - 1)];
     let mut v = frame::start();
     v.reserve(1 + bytes.len());
