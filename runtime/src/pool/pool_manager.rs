@@ -518,6 +518,7 @@ impl Manager {
     fn spawn_worker(&mut self) -> io::Result<Worker> {
         let (parent, child) = fd::socketpair()?;
         let close_in_child = private_fds();
+        let me = std::process::id() as libc::pid_t;
         // SAFETY: the child side below follows `fork`'s contract: it
         // forgets the parent's hub first, closes fds, then runs
         // `worker_main`, which never returns (it leaves through `exit_now`)
@@ -526,6 +527,9 @@ impl Manager {
         // parent's other threads.
         match unsafe { process::fork() }? {
             Forked::Child => {
+                // A worker stuck in a task (or in a lock the fork copied
+                // held) must not outlive the pool's process.
+                process::die_with_parent(me);
                 Hub::forget_after_fork();
                 for fd in close_in_child {
                     // SAFETY: pool-private fds; their owners (this manager,

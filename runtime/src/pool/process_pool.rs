@@ -33,6 +33,12 @@
 //!   thread existed (see the fork rules in [`Process`](super::Process)): a
 //!   task should not rely on locks other threads of the parent might hold
 //!   (std's stdout lock included, if other threads print at the same time).
+//!   std's panic output lock is one of them: if another thread was printing
+//!   a panic at the moment a worker was forked, a task that panics in that
+//!   worker waits for the lock forever (its caller can still be killed or
+//!   time out, and [`terminate`](ProcessPool::terminate) ends it).
+//!   Workers are killed (SIGKILL) when the pool's process ends, so a stuck
+//!   one never outlives it.
 //! * Functions must exist in the workers: a function from a library loaded
 //!   with `dlopen` after they were forked is not mapped there, and calling
 //!   it crashes the worker (reported as [`PoolError::WorkerDied`]).
@@ -216,32 +222,33 @@ impl ProcessPoolBuilder {
     /// Forks the workers from a new manager thread and waits until they
     /// run (and their initializer has returned).
     pub fn build(self) -> io::Result<ProcessPool> {
-        if self.size == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "ProcessPool needs at least one worker",
-            ));
-        }
         if self.config.max_tasks_per_child == Some(0) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "ProcessPool max_tasks_per_child must be at least 1",
             ));
         }
-        ProcessPool::start(self.size, self.config)
+        let size = match self.size {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        ProcessPool::start(size, self.config)
     }
 }
 
 impl ProcessPool {
-    /// Forks `n` workers (`n >= 1`) from a new manager thread and waits until
-    /// they run. Fails if the pipes, the thread or a fork cannot be created.
+    /// Forks `n` workers from a new manager thread and waits until they
+    /// run; `n = 0` means one per CPU (Python's `Pool()`:
+    /// [`std::thread::available_parallelism`], or 1 if unknown). Fails if the
+    /// pipes, the thread or a fork cannot be created.
     /// [`ProcessPool::builder`] sets more.
     pub fn new(n: usize) -> io::Result<ProcessPool> {
         ProcessPool::builder(n).build()
     }
 
-    /// A builder for a pool of `n` workers (`n >= 1`), with an
-    /// `initializer` and `max_tasks_per_child` (see [`ProcessPoolBuilder`]).
+    /// A builder for a pool of `n` workers (0: one per CPU, as in
+    /// [`new`](Self::new)), with an `initializer` and `max_tasks_per_child`
+    /// (see [`ProcessPoolBuilder`]).
     pub fn builder(n: usize) -> ProcessPoolBuilder {
         ProcessPoolBuilder {
             size: n,

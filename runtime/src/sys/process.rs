@@ -61,6 +61,20 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// In a child just forked from process `parent`: asks the kernel to
+/// SIGKILL it when the thread that forked it ends (`PR_SET_PDEATHSIG`; that
+/// thread ends with its process at the latest), and ends it at once if that
+/// happened already, before the request (its parent is no longer `parent`).
+pub(crate) fn die_with_parent(parent: libc::pid_t) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no
+    // memory of ours; it cannot fail for a valid signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        exit_now(0);
+    }
+}
+
 /// How a child ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Exit {
