@@ -432,3 +432,45 @@ fn zero_workers_means_one_per_cpu() {
     assert_eq!(pool.size(), cpus);
     assert_eq!(pool.map(square, 0..4).unwrap(), [0, 1, 4, 9]);
 }
+
+#[test]
+fn a_timeout_in_imap_unordered_loses_nothing_and_dropping_it_lets_join_end() {
+    let _wd = util::watchdog("imap timeout", Duration::from_secs(120));
+    let pool = ProcessPool::new(2).unwrap();
+    let mut it = pool.imap_unordered(sleepy, [400, 500]);
+    // Neither result can be there within 10 ms; the timeout ends the wait.
+    assert!(moss::timeout(Duration::from_millis(10), || it.next()).is_err());
+    let mut all: Vec<u64> = it.map(Result::unwrap).collect();
+    all.sort();
+    assert_eq!(all, [400, 500]);
+    // Dropped with tasks in flight: they still run, and join waits for them.
+    let t = Instant::now();
+    let mut it = pool.imap(sleepy, [200, 200, 200, 200]);
+    assert_eq!(it.next().unwrap().unwrap(), 200);
+    drop(it);
+    pool.close();
+    pool.join();
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "join waited for the rest"
+    );
+    assert_eq!(pool.apply(square, 2), Err(PoolError::Closed));
+}
+
+#[test]
+fn map_async_killed_waiter_and_terminate_fail_cleanly() {
+    let _wd = util::watchdog("map_async terminate", Duration::from_secs(120));
+    let pool = ProcessPool::new(2).unwrap();
+    let r = pool.map_async(sleepy, [60_000, 60_000, 1], |_| panic!("not called"));
+    // A coroutine waiting for the result can be killed.
+    let r2 = r.clone();
+    let waiter = moss::spawn(move || r2.get());
+    util::until_parked(waiter.id());
+    waiter.kill();
+    assert!(waiter.join().unwrap_err().is_killed());
+    // terminate fails the running chunks at once, and the result with them.
+    let t = Instant::now();
+    pool.terminate();
+    assert_eq!(r.get(), Err(PoolError::Terminated));
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
