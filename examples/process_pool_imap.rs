@@ -28,7 +28,7 @@
 //! take the input lazily), `map_async(f, items, callback)` and
 //! `map_async_with(.., error_callback)`, `map` over tuples for `starmap`,
 //! `map_chunked` / `.chunksize(n)` for Python's `chunksize`. Tasks are plain
-//! `fn(A) -> R` (the seeds' target function; `A` is its `args`).
+//! `fn(A) -> R` (Python's target function; `A` is its `args`).
 //!
 //! Run: `cargo run --example process_pool_imap`
 

@@ -89,7 +89,7 @@ impl ProcessPool {
     /// others go on.
     ///
     /// ```
-    /// use moss_runtime::pool::ProcessPool;
+    /// use moss::pool::ProcessPool;
     /// fn square(x: u64) -> u64 { x * x }
     /// let pool = ProcessPool::new(2).unwrap();
     /// let mut it = pool.imap(square, 1..);     // an endless input

@@ -61,7 +61,7 @@
 //!   and is replaced (the manager never sends it more than that).
 //!
 //! ```
-//! use moss_runtime::pool::ProcessPool;
+//! use moss::pool::ProcessPool;
 //!
 //! fn square(x: u64) -> u64 { x * x }
 //! fn pid(_: ()) -> u32 { std::process::id() }
@@ -175,7 +175,7 @@ pub(crate) struct Config {
 /// initializer, maxtasksperchild)`.
 ///
 /// ```
-/// use moss_runtime::pool::ProcessPool;
+/// use moss::pool::ProcessPool;
 /// use std::sync::atomic::{AtomicU32, Ordering};
 ///
 /// static READY: AtomicU32 = AtomicU32::new(0);
@@ -356,7 +356,7 @@ impl ProcessPool {
     /// ```
     /// use std::cell::RefCell;
     /// use std::rc::Rc;
-    /// use moss_runtime::pool::{PoolError, ProcessPool};
+    /// use moss::pool::{PoolError, ProcessPool};
     ///
     /// fn check(x: i32) -> i32 { assert!(x >= 0, "negative: {x}"); x }
     ///
@@ -477,7 +477,7 @@ impl ProcessPool {
     /// takes the tuple and `map` is `starmap`:
     ///
     /// ```
-    /// use moss_runtime::pool::ProcessPool;
+    /// use moss::pool::ProcessPool;
     /// fn power((base, exp): (u64, u32)) -> u64 { base.pow(exp) }
     /// let pool = ProcessPool::new(2).unwrap();
     /// assert_eq!(pool.map(power, [(2, 10), (3, 3)]).unwrap(), [1024, 27]);
