@@ -250,8 +250,15 @@ fn terminate_fails_running_and_queued_tasks_and_reaps() {
 
 #[test]
 fn bad_sizes_and_use_from_a_child_are_errors() {
+    // 0 is Python's `Pool()`: one worker per CPU.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(ProcessPool::new(0).unwrap().size(), cpus);
     assert_eq!(
-        ProcessPool::new(0).unwrap_err().kind(),
+        ProcessPool::builder(1)
+            .max_tasks_per_child(0)
+            .build()
+            .unwrap_err()
+            .kind(),
         std::io::ErrorKind::InvalidInput
     );
     let pool = ProcessPool::new(1).unwrap();
