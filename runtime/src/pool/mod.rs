@@ -22,9 +22,12 @@
 //!
 //! # A process pool, as in Python
 //!
-//! [`ProcessPool::new(n)`](ProcessPool::new) forks `n` workers (`n >= 1`;
-//! for one per CPU pass `std::thread::available_parallelism()`, Python's
-//! `cpu_count()`). What a newcomer from `multiprocessing.Pool` needs to know:
+//! [`ProcessPool::new(n)`](ProcessPool::new) forks `n` workers (`new(0)`:
+//! one per CPU, as Python's `Pool()`). [`ProcessPool::builder`] takes
+//! Python's `initializer` and `maxtasksperchild`; `imap`, `imap_unordered`
+//! (lazy iterators), `map_async` and `error_callback`s (the `*_with`
+//! methods) are there too. What a newcomer from `multiprocessing.Pool`
+//! needs to know:
 //!
 //! * **A task is a `fn(A) -> R` item, not a closure.** Like Python's rule
 //!   that tasks must pickle, the function has to exist in the worker: pass
