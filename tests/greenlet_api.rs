@@ -529,3 +529,55 @@ fn a_caller_killed_inside_join_all_unwinds_and_the_coroutines_run_on() {
     moss::wait();
     assert_eq!(finished.get(), 3, "detached, they ran to the end");
 }
+
+#[test]
+fn link_value_and_link_exception_each_see_only_their_outcome() {
+    let _wd = util::watchdog("link_value/link_exception", Duration::from_secs(60));
+    let l = log();
+    let link_both = |h: &JoinHandle<u32>, tag: &'static str| {
+        let (a, b) = (l.clone(), l.clone());
+        h.link_value(move |v| push(&a, format!("{tag} value {v}")));
+        h.link_exception(move |e| {
+            let kind = if e.is_killed() { "killed" } else { "panic" };
+            push(&b, format!("{tag} exception {kind}"))
+        });
+    };
+    let ok = moss::spawn(|| 5);
+    link_both(&ok, "ok");
+    let bad = moss::spawn(|| -> u32 { panic!("bad") });
+    link_both(&bad, "bad");
+    let slow = moss::spawn(|| {
+        moss::sleep(Duration::from_secs(3600));
+        1
+    });
+    link_both(&slow, "slow");
+    let unstarted = moss::spawn(|| 2);
+    link_both(&unstarted, "unstarted");
+    unstarted.kill();
+    assert_eq!(ok.join().unwrap(), 5);
+    assert!(bad.join().is_err());
+    util::until_parked(slow.id());
+    slow.kill();
+    assert!(slow.join().unwrap_err().is_killed());
+    // The unstarted one's links run in a coroutine of their own.
+    moss::wait();
+    let mut got = l.borrow().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "bad exception panic",
+            "ok value 5",
+            "slow exception killed",
+            "unstarted exception killed"
+        ]
+    );
+    // On a finished handle, the matching one runs at once.
+    let done = moss::spawn(|| 9);
+    moss::wait();
+    let seen = Rc::new(Cell::new(0));
+    let s = seen.clone();
+    done.link_value(move |v| s.set(*v));
+    done.link_exception(|_| unreachable!());
+    assert_eq!(seen.get(), 9);
+}

@@ -474,3 +474,39 @@ fn map_async_killed_waiter_and_terminate_fail_cleanly() {
     assert_eq!(r.get(), Err(PoolError::Terminated));
     assert!(t.elapsed() < Duration::from_secs(30));
 }
+
+/// The pid of the worker whose initializer runs; set before the pool starts.
+static SLOW_INIT_PID: OnceLock<SharedValue<u32>> = OnceLock::new();
+
+fn slow_init() {
+    SLOW_INIT_PID.get().unwrap().set(std::process::id());
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+#[test]
+fn a_kill_while_a_slow_initializer_runs_kills_the_workers() {
+    let _wd = util::watchdog("slow initializer", Duration::from_secs(120));
+    SLOW_INIT_PID.set(SharedValue::new(0).unwrap()).unwrap();
+    let (ticks, ticker) = util::ticker();
+    let builder = moss::spawn(|| ProcessPool::builder(1).initializer(slow_init).build());
+    // Events, not a clock: the initializer runs, then the builder is killed.
+    util::until("the initializer runs", Duration::from_secs(60), || {
+        SLOW_INIT_PID.get().unwrap().get() != 0
+    });
+    let before = ticks.get();
+    util::until(
+        "the hub runs while build waits",
+        Duration::from_secs(60),
+        || ticks.get() >= before + 2,
+    );
+    assert!(!builder.is_finished(), "build waits for the initializer");
+    builder.kill();
+    assert!(builder.join().unwrap_err().is_killed());
+    ticker.kill();
+    let pid = SLOW_INIT_PID.get().unwrap().get();
+    util::until(
+        "the worker is killed and reaped",
+        Duration::from_secs(60),
+        || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+    );
+}

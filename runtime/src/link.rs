@@ -1,9 +1,12 @@
-//! gevent's `Greenlet` result API on [`JoinHandle`]: `link`, `successful()`,
+//! gevent's `Greenlet` result API on [`JoinHandle`]: `link` (and
+//! `link_value`, `link_exception`), `successful()`,
 //! `kill(block=False)` and `kill(timeout=...)`.
 //!
 //! | gevent                        | moss                      |
 //! |-------------------------------|---------------------------|
 //! | `g.link(callback)`            | [`JoinHandle::link`]      |
+//! | `g.link_value(callback)`      | [`JoinHandle::link_value`] |
+//! | `g.link_exception(callback)`  | [`JoinHandle::link_exception`] |
 //! | `g.successful()`              | [`JoinHandle::is_successful`] |
 //! | `g.kill(block=False)`         | [`JoinHandle::kill_nowait`] |
 //! | `g.kill(timeout=t)`           | [`JoinHandle::kill_timeout`] |
@@ -52,6 +55,54 @@ impl<T: 'static> JoinHandle<T> {
     /// ```
     pub fn link(&self, f: impl FnOnce(&Result<T, JoinError>) + 'static) {
         self.slot().link(Box::new(f));
+    }
+
+    /// [`link`](Self::link) for a coroutine that returns a value (gevent's
+    /// `link_value`): `f` gets the value; it is not called if the coroutine
+    /// panics or is killed. Runs where and when `link`'s callbacks run.
+    ///
+    /// ```
+    /// use std::cell::Cell;
+    /// use std::rc::Rc;
+    /// let got = Rc::new(Cell::new(0));
+    /// let h = moss::spawn(|| 7);
+    /// let g = got.clone();
+    /// h.link_value(move |v| g.set(*v));
+    /// h.link_exception(|_| unreachable!("it returned a value"));
+    /// h.join().unwrap();
+    /// assert_eq!(got.get(), 7);
+    /// ```
+    pub fn link_value(&self, f: impl FnOnce(&T) + 'static) {
+        self.link(move |r| {
+            if let Ok(v) = r {
+                f(v)
+            }
+        });
+    }
+
+    /// [`link`](Self::link) for a coroutine that fails (gevent's
+    /// `link_exception`): `f` gets the [`JoinError`] when it panics or is
+    /// killed (gevent counts a `GreenletExit` kill as a value; moss reports
+    /// a kill as an error, as `join` does); it is not called if the
+    /// coroutine returns a value. Runs where and when `link`'s callbacks
+    /// run.
+    ///
+    /// ```
+    /// use std::cell::RefCell;
+    /// use std::rc::Rc;
+    /// let why = Rc::new(RefCell::new(String::new()));
+    /// let h = moss::spawn(|| -> u32 { panic!("no disk") });
+    /// let w = why.clone();
+    /// h.link_exception(move |e| *w.borrow_mut() = e.to_string());
+    /// assert!(h.join().is_err());
+    /// assert!(why.borrow().contains("no disk"));
+    /// ```
+    pub fn link_exception(&self, f: impl FnOnce(&JoinError) + 'static) {
+        self.link(move |r| {
+            if let Err(e) = r {
+                f(e)
+            }
+        });
     }
 
     /// Whether the coroutine has finished with a value (gevent's

@@ -134,6 +134,16 @@ impl Drop for Owner {
     }
 }
 
+/// Terminates a pool whose start its caller abandoned (dropped only when
+/// the caller unwinds).
+struct StopOnUnwind<'a>(&'a Shared);
+
+impl Drop for StopOnUnwind<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) size: usize,
     pub(crate) config: Config,
@@ -220,7 +230,8 @@ impl ProcessPoolBuilder {
     }
 
     /// Forks the workers from a new manager thread and waits until they
-    /// run (and their initializer has returned).
+    /// run (and their initializer has returned). A coroutine waiting here
+    /// yields; if it is killed or times out, the workers are killed.
     pub fn build(self) -> io::Result<ProcessPool> {
         if self.config.max_tasks_per_child == Some(0) {
             return Err(io::Error::new(
@@ -285,7 +296,11 @@ impl ProcessPool {
         });
         let started = Arc::new(Oneshot::new());
         pool_manager::start(shared.clone(), wake_r, started.clone())?;
+        // A caller killed or timed out while the workers start (a slow
+        // initializer) stops them: no handle would ever close the pool.
+        let abandon = StopOnUnwind(&shared);
         started.wait(None, "process pool start");
+        std::mem::forget(abandon);
         started.take().expect("set once by the manager")?;
         Ok(ProcessPool {
             _owner: Arc::new(Owner(shared.clone())),
@@ -505,13 +520,7 @@ impl ProcessPool {
     /// Kills the workers (SIGKILL) at once: queued and running tasks fail
     /// with [`PoolError::Terminated`]. Returns once the workers are reaped.
     pub fn terminate(&self) {
-        {
-            // Both at once: no task can slip in after the manager drains.
-            let mut s = self.shared.lock();
-            s.terminated = true;
-            s.closed = true;
-        }
-        self.shared.wake();
+        self.shared.stop();
         self.join();
     }
 
@@ -608,6 +617,17 @@ impl Shared {
 
     fn close(&self) {
         self.lock().closed = true;
+        self.wake();
+    }
+
+    /// Tells the manager to kill the workers and fail every task.
+    fn stop(&self) {
+        {
+            // Both at once: no task can slip in after the manager drains.
+            let mut s = self.lock();
+            s.terminated = true;
+            s.closed = true;
+        }
         self.wake();
     }
 
