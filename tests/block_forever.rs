@@ -121,3 +121,16 @@ fn another_thread_keeps_the_root_waiting_until_it_ends() {
     assert!(msg.contains("would block forever"), "{msg}");
     assert!(msg.contains("waiting on Event::wait"), "{msg}");
 }
+
+#[test]
+fn the_monitor_thread_does_not_count_as_one_that_could_wake() {
+    let _wd = util::watchdog("stuck with a monitor", Duration::from_secs(120));
+    let (code, msg) = in_child(|| {
+        // Its thread only reads: the event still can never be set.
+        moss::monitor::enable(Duration::from_secs(30));
+        moss::sync::Event::new().wait();
+    });
+    assert_eq!(code, PANIC_EXIT_CODE);
+    let msg = msg.expect("a panic message");
+    assert!(msg.contains("would block forever"), "{msg}");
+}

@@ -430,7 +430,9 @@ pub fn run<T>(f: impl FnOnce() -> T) -> T {
 /// coroutines can never be woken, leaving them parked: none is ready, no
 /// timer is pending (a sleep, a timeout), no I/O is awaited, and no other
 /// thread could wake them, because nothing another thread could use to wake
-/// them is alive, or because the process has no other thread.
+/// them is alive, or because the process has no other thread
+/// ([`monitor`](crate::monitor)'s thread, which only watches, does not
+/// count).
 ///
 /// A wait on a [`moss::sync`](crate::sync) object (an `Event`, a `Queue`,
 /// a `Mutex`...) can end by any thread that reaches the object, and moss

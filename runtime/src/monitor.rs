@@ -129,6 +129,16 @@ static REPORT: AtomicPtr<ReportFn> = AtomicPtr::new(std::ptr::null_mut());
 static MAX_BLOCKING: AtomicU64 = AtomicU64::new(0);
 /// The fork generation + 1 the monitor thread was started in; 0 for none.
 static STARTED: AtomicU64 = AtomicU64::new(0);
+/// The fork generation + 1 of the monitor thread while it runs (set by the
+/// thread itself when it begins, cleared when it ends); 0 otherwise.
+static ALIVE: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the monitor thread runs in this process now. It only reads, so
+/// it never wakes a coroutine: a hub that asks whether another thread
+/// could wake it does not count it.
+pub(crate) fn thread_alive() -> bool {
+    ALIVE.load(Ordering::SeqCst) == crate::sys::atfork::generation() + 1
+}
 
 /// Gives `r` to the report function; one that panics loses that report,
 /// not the monitor.
@@ -162,7 +172,18 @@ fn start_if_needed() {
     }
     if let Err(e) = std::thread::Builder::new()
         .name("moss-monitor".into())
-        .spawn(move || watch_loop(mine))
+        .spawn(move || {
+            /// Clears `ALIVE` however the loop ends.
+            struct Alive;
+            impl Drop for Alive {
+                fn drop(&mut self) {
+                    ALIVE.store(0, Ordering::SeqCst);
+                }
+            }
+            ALIVE.store(mine, Ordering::SeqCst);
+            let _alive = Alive;
+            watch_loop(mine)
+        })
     {
         STARTED.store(0, Ordering::Relaxed);
         panic!("moss::monitor: cannot start the monitor thread: {e}");

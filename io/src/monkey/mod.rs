@@ -53,9 +53,14 @@
 //! # Finding the calls that block
 //!
 //! A call that blocks the thread shows as a service that stalls for every
-//! client at once. A thread stuck in such a call runs no coroutine, so it
-//! cannot report on itself: look at it from outside (`gdb -p PID`, then
-//! `thread apply all bt`, shows the blocking call and who made it).
+//! client at once. Turn on the blocked-hub monitor to find it:
+//! `moss::monitor::enable(Duration::from_millis(100))` starts one thread
+//! that reports (to stderr, or to the function given to
+//! `moss::monitor::set_report`) every time a coroutine keeps its thread
+//! from switching for longer than that: which coroutine, where it was
+//! spawned, for how long. The call itself is then on that coroutine's
+//! stack: `gdb -p PID`, then `thread apply all bt`, shows it while it
+//! blocks.
 //!
 //! A program that hangs while its hub still runs (every coroutine parked,
 //! for example on a `Queue` nobody fills) is diagnosed with `moss::dump()`:

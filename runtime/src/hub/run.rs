@@ -219,12 +219,15 @@ impl Hub {
         Some(Duration::from_millis(ALONE_CHECK_MS.into()))
     }
 
-    /// No other thread exists, and none left a wake-up behind before it
-    /// ended (read after the count: a thread's last push happens before its
-    /// exit).
+    /// No other thread exists that could wake this hub (the monitor's only
+    /// reads), and none left a wake-up behind before it ended (read after
+    /// the count: a thread's last push happens before its exit).
     #[cold]
     fn alone(&self) -> bool {
-        crate::sys::process::thread_count() == Some(1) && !self.remote.has_items()
+        // Read before the count: a monitor that starts or ends in between
+        // makes the count look too high, never too low.
+        let monitor = usize::from(crate::monitor::thread_alive());
+        crate::sys::process::thread_count() == Some(1 + monitor) && !self.remote.has_items()
     }
 
     /// Runs one task until it parks, yields or returns.
