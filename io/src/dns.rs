@@ -54,49 +54,54 @@ pub fn lookup_host(host_port: &str) -> io::Result<impl Iterator<Item = SocketAdd
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
-    use std::rc::Rc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, mpsc};
     use std::time::{Duration, Instant};
 
     #[test]
     fn blocking_work_runs_off_the_hub() {
-        // Four 200 ms blocking calls from four coroutines overlap with each
-        // other and with a ticker on the hub.
-        let ticks = Rc::new(Cell::new(0));
-        let t2 = ticks.clone();
-        let ticker = moss_runtime::spawn(move || {
-            for _ in 0..10 {
-                moss_runtime::sleep(Duration::from_millis(10));
-                t2.set(t2.get() + 1);
-            }
-        });
-        let t = Instant::now();
-        let hs: Vec<_> = (0..4)
+        // Four blocking calls from four coroutines meet inside the resolver
+        // threads (so they overlap), and each then waits, blocking its
+        // thread, for a message that a coroutine of this hub sends only
+        // after all four have met. Were the hub's thread blocked by any of
+        // them, the message could never be sent and every call would end at
+        // its 20 s limit with `false`: events, not tick rates, so a loaded
+        // machine cannot make it flaky.
+        let met = Arc::new(AtomicUsize::new(0));
+        let limit = Duration::from_secs(20);
+        let (txs, hs): (Vec<_>, Vec<_>) = (0..4)
             .map(|i| {
-                moss_runtime::spawn(move || {
+                let (tx, rx) = mpsc::channel::<()>();
+                let met = met.clone();
+                let h = moss_runtime::spawn(move || {
                     super::run_blocking(move || {
-                        std::thread::sleep(Duration::from_millis(200));
-                        i * 2
+                        met.fetch_add(1, Ordering::SeqCst);
+                        let t = Instant::now();
+                        while met.load(Ordering::SeqCst) < 4 && t.elapsed() < limit {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        let all_met = met.load(Ordering::SeqCst) == 4;
+                        (i * 2, all_met && rx.recv_timeout(limit).is_ok())
                     })
                     .unwrap()
-                })
+                });
+                (tx, h)
             })
-            .collect();
-        let v: Vec<i32> = moss_runtime::join_all(hs)
+            .unzip();
+        let sender = moss_runtime::spawn(move || {
+            let t = Instant::now();
+            while met.load(Ordering::SeqCst) < 4 && t.elapsed() < limit {
+                moss_runtime::sleep(Duration::from_millis(1));
+            }
+            for tx in txs {
+                let _ = tx.send(());
+            }
+        });
+        let v: Vec<(i32, bool)> = moss_runtime::join_all(hs)
             .into_iter()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(v, [0, 2, 4, 6]);
-        let el = t.elapsed();
-        assert!(
-            el < Duration::from_millis(700),
-            "blocking calls did not overlap: {el:?}"
-        );
-        assert!(
-            ticks.get() >= 5,
-            "the hub was blocked: {} ticks",
-            ticks.get()
-        );
-        ticker.join().unwrap();
+        sender.join().unwrap();
+        assert_eq!(v, [(0, true), (2, true), (4, true), (6, true)]);
     }
 }
