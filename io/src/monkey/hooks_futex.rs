@@ -28,18 +28,20 @@
 //!
 //! # The wait table and lost wake-ups
 //!
-//! 256 buckets hashed by address, each a list of waiters (address, bitset,
-//! the context's [`Unparker`]) behind a small lock that waits through the
-//! *real* futex (never through this hook), and a count of waiters that
-//! wakers read without the lock. The protocol mirrors the kernel's:
+//! The waiters of each address queue in FIFO order in a table of 256
+//! buckets (`futex_table.rs`): enqueueing, leaving (timeout, cancellation)
+//! and waking `n` waiters cost O(1) each plus the waiters woken, whatever
+//! else waits. Each bucket has a small lock that waits through the *real*
+//! futex (never through this hook), and a count of waiters that wakers
+//! read without the lock. The protocol mirrors the kernel's:
 //!
 //! ```text
 //! waiter                                 waker (after changing the word)
 //! count += 1; fence(SeqCst)              fence(SeqCst)
 //! lock; load word                        if count == 0: done (kernel only)
-//!   != expected: unlock; EAGAIN          lock; remove up to val waiters; unlock
+//!   != expected: unlock; EAGAIN          lock; dequeue up to val waiters; unlock
 //!   == expected: enqueue; unlock; park   unpark them
-//! lock; still queued? unlock
+//! lock; still queued? dequeue; unlock
 //!   yes: timed out / spurious; no: woken (0)
 //! ```
 //!
@@ -48,7 +50,7 @@
 //! lock orders a waiter's check-and-enqueue against a waker's removal. A
 //! waiter removed by a waker reports a wake-up even if its timeout fired in
 //! the meantime, as the kernel does, so no wake-up is swallowed. Waiters
-//! are heap entries, never on the waiting coroutine's stack, and addresses
+//! are table entries, never on the waiting coroutine's stack, and addresses
 //! are only keys after the check, so a futex word on a coroutine's stack
 //! (or a stack reused later) is harmless. A thread that exits purges its
 //! entries (they would otherwise swallow wake-ups meant for live waiters),
@@ -59,55 +61,95 @@
 //! `FUTEX_WAIT` timeouts are relative; `FUTEX_WAIT_BITSET` ones absolute on
 //! `CLOCK_MONOTONIC` (what std uses) or, with `FUTEX_CLOCK_REALTIME`,
 //! `CLOCK_REALTIME` (converted once, at the start: a later change of the
-//! wall clock does not move the deadline). A `kill` or `timeout` of a
-//! parked coroutine ends its wait as a spurious wake-up (0). std's
-//! primitives then wait again, and a wait that starts with a cancellation
-//! pending parks anyway (`park_shielded`): a lock must be acquired, so the
-//! cancellation is delivered at the coroutine's next moss blocking point
-//! after it, e.g. with the guard held, unwinding drops it. If none comes,
-//! `join` reports the kill and `timeout` reports `Elapsed`.
+//! wall clock does not move the deadline). A timeout that has already
+//! passed returns `ETIMEDOUT` at once, as the kernel does. A `kill` or
+//! `timeout` of a parked coroutine ends its wait as a spurious wake-up
+//! (0). std's primitives then wait again, and a wait that starts with a
+//! cancellation pending parks anyway (`park_shielded`): a lock must be
+//! acquired, so the cancellation is delivered at the coroutine's next moss
+//! blocking point after it, e.g. with the guard held, unwinding drops it.
+//! If none comes, `join` reports the kill and `timeout` reports `Elapsed`.
 //!
 //! # Thread parking
 //!
 //! std's thread parker (`thread::park`, used by `mpsc` channels and
 //! `thread::scope`) is one futex word per OS thread (0 empty, 1 notified,
-//! `u32::MAX` parked), made for one waiter: a second context of the same
-//! thread that parks while the word reads "parked" decrements it below
-//! that and then spins in std without ever making a syscall. So a context
-//! that parks cooperatively must not leave the word "parked": the hook
-//! finds the thread's parker word once (a `park_timeout(0)` probe on the
-//! thread's first futex wait), and a wait on it sets the word to "empty",
-//! sleeps, and hands std's loop the "notified" state when it returns, so
-//! that the caller re-checks its own condition (mpsc's "was my operation
-//! selected"). Any number of contexts of one thread can park this way,
-//! and none can lose a wake-up, but an `unpark` no longer calls the futex
-//! while the word is "empty": parked contexts re-check on a timer, 1 ms
-//! after parking, doubling while no token arrives, up to 16 ms. That is
-//! the latency of a std channel hand-off to a coroutine (moss's own
-//! channels wake precisely).
+//! `u32::MAX` parked), made for one waiter: `park` subtracts one and, if
+//! that made the word "parked", waits while it reads "parked" (if it reads
+//! anything else std loops in user space without a syscall); `unpark`
+//! sets "notified" and makes the futex call only if the word read
+//! "parked". Several coroutines of one thread share that word, and an
+//! `unpark` names the thread, never one of its coroutines. The hook finds
+//! the thread's parker word once (a `park_timeout(0)` probe on the
+//! thread's first futex wait) and runs this protocol on it:
+//!
+//! * **The word stays "empty" while contexts sleep in it**, so that the
+//!   next context of the thread that parks makes it "parked" and reaches
+//!   this hook (from anything but "empty" std would spin). An `unpark`
+//!   then only sets "notified", without a syscall.
+//! * **One sleeper per thread keeps watch**: it looks at the word after
+//!   1 ms, then twice as late after each look that found nothing, up to
+//!   every 16 ms, without returning to std. When it finds "notified"
+//!   (or any context arriving in the hook or waking in it does), the
+//!   target is unknown, so
+//!   **every sleeper of the thread wakes**, returns to std with the token
+//!   and re-checks its own condition (std's channels: was my operation
+//!   selected), parking again if it must. The watch then looks again soon,
+//!   after 10 µs per sleeper just woken (between 1 and 16 ms), so that
+//!   busy hand-offs are picked up quickly without re-checking k sleepers
+//!   more than ~every k × 10 µs. When the watcher leaves, the oldest
+//!   sleeper takes over.
+//! * **A backstop**: std takes a token in user space when `park` finds
+//!   "notified" (and when its loop ends), so a token meant for one sleeper
+//!   can be taken by another context of the thread before the watcher
+//!   sees it, without any trace reaching the hook. Every sleeper therefore
+//!   also returns to std to re-check once every 2 s; a hand-off lost in
+//!   that race arrives then.
+//!
+//! The trade-off, against a precise wake-up (impossible here: std's
+//! `unpark` carries no more than the thread, and its tokens are taken
+//! without a syscall): a hand-off to a coroutine parked in std's parker
+//! is seen within the watch interval (1–16 ms), and costs a re-check of
+//! every coroutine of that thread parked there at the time (k of them:
+//! O(k) per observed hand-off, hand-offs within one interval sharing one
+//! round). Idle, a thread's parked coroutines cost one look every 16 ms
+//! for the thread plus one re-check per coroutine every 2 s: 2000 idle
+//! std `mpsc` receivers on one hub use 0.6% of a core (~2% in a debug
+//! build; the former per-coroutine 1–16 ms re-checks: 24%). The parker keeps
+//! no per-coroutine state: a sleeper's entry goes with its wait.
 //!
 //! std's channels never pair a sender with a receiver of the sender's own
 //! thread (their waker skips entries of the current thread), so a blocking
 //! `recv` in a coroutine is only ever woken by a send from another thread
 //! (or another hub). Between two coroutines of one thread, use moss's
 //! channels, or `recv_timeout` (which retries the channel at its deadline).
+//! moss's channels also wake exactly the receiver concerned, so prefer
+//! them for many receivers per thread.
 
-use std::cell::{Cell, RefCell, UnsafeCell};
+use std::cell::Cell;
 use std::ffi::{c_int, c_long, c_void};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use libc::timespec;
 use moss_runtime::park::{self, Unparker, Wakeup};
 
+use super::futex_table::{self, Locked};
 use super::{patched, real};
 
 const MATCH_ANY: u32 = u32::MAX;
-/// std's thread parker states (futex.rs in std's thread_parking).
+/// std's thread parker states (futex.rs in std's thread_parking); "empty"
+/// is 0.
 const PARKER_NOTIFIED: u32 = 1;
 const PARKER_PARKED: u32 = u32::MAX;
-const BUCKETS: usize = 256;
+/// The watch over a thread's parker word and the backstop re-check of
+/// each parked context (see "Thread parking").
+const WATCH_MIN: Duration = Duration::from_millis(1);
+const WATCH_MAX: Duration = Duration::from_millis(16);
+const WATCH_PER_SLEEPER: Duration = Duration::from_micros(10);
+const BACKSTOP: Duration = Duration::from_secs(2);
 const WHAT: &str = "std::sync futex (monkey)";
+const PARKER_WHAT: &str = "std thread parker (monkey)";
 
 /// Hook for `syscall(2)`: futex operations as described in the module
 /// docs; every other call goes straight to libc's `syscall`.
@@ -187,7 +229,7 @@ fn futex(
                 return Some(r);
             }
             let n = wanted(val as c_int).saturating_add((a4 as u32 as c_int).max(0) as usize);
-            Some(r + real::keep_errno(|| wake_table(uaddr, n, MATCH_ANY)) as c_long)
+            Some(r + real::keep_errno(|| wake_table(uaddr, n, MATCH_ANY).0) as c_long)
         }
         libc::FUTEX_WAKE_OP => {
             let r = real_futex(uaddr, op, val, a4, uaddr2, val3);
@@ -195,8 +237,8 @@ fn futex(
                 return Some(r);
             }
             let n = real::keep_errno(|| {
-                wake_table(uaddr, wanted(val as c_int), MATCH_ANY)
-                    + wake_table(uaddr2, (a4 as u32 as c_int).max(0) as usize, MATCH_ANY)
+                wake_table(uaddr, wanted(val as c_int), MATCH_ANY).0
+                    + wake_table(uaddr2, (a4 as u32 as c_int).max(0) as usize, MATCH_ANY).0
             });
             Some(r + n as c_long)
         }
@@ -205,7 +247,14 @@ fn futex(
 }
 
 /// The real futex syscall (through libc's `syscall`, errno as it sets it).
-fn real_futex(uaddr: usize, op: c_int, val: u32, a4: c_long, uaddr2: usize, val3: u32) -> c_long {
+pub(super) fn real_futex(
+    uaddr: usize,
+    op: c_int,
+    val: u32,
+    a4: c_long,
+    uaddr2: usize,
+    val3: u32,
+) -> c_long {
     // SAFETY: the caller's own arguments, forwarded to the kernel.
     unsafe {
         real::syscall()(
@@ -271,176 +320,312 @@ fn deadline(ts: *const timespec, clock: Clock) -> Result<Option<Instant>, ()> {
 }
 
 // ---------------------------------------------------------------------------
-// The wait table.
+// Waking.
 
-/// A lock for the buckets that waits through the real futex, so that
-/// contention on it never re-enters the hook.
-///
-/// # Invariants
-/// 0 unlocked, 1 locked, 2 locked with (possible) sleepers.
-struct RawLock(AtomicU32);
-
-impl RawLock {
-    const fn new() -> RawLock {
-        RawLock(AtomicU32::new(0))
+/// Wakes up to `want` moss-side waiters of `addr` matching `bitset` (all
+/// of them for a thread's parker word). Returns how many were woken and
+/// whether `addr` is a parker word.
+fn wake_table(addr: usize, want: usize, bitset: u32) -> (usize, bool) {
+    if want == 0 {
+        return (0, false);
     }
-
-    #[inline]
-    fn lock(&self) {
-        if self
-            .0
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            self.lock_contended();
-        }
+    let b = futex_table::bucket(addr);
+    fence(Ordering::SeqCst);
+    if b.count.load(Ordering::SeqCst) == 0 {
+        return (0, false);
     }
+    let mut out = Vec::new();
+    let parker = b.locked().take(addr, want, bitset, &mut out);
+    b.count.fetch_sub(out.len(), Ordering::SeqCst);
+    let n = out.len();
+    unpark_all(out);
+    (n, parker)
+}
 
-    #[cold]
-    fn lock_contended(&self) {
-        for _ in 0..100 {
-            if self.0.load(Ordering::Relaxed) == 0
-                && self
-                    .0
-                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return;
-            }
-            std::hint::spin_loop();
-        }
-        while self.0.swap(2, Ordering::Acquire) != 0 {
-            real::keep_errno(|| {
-                real_futex(
-                    self.0.as_ptr() as usize,
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    2,
-                    0,
-                    0,
-                    0,
-                )
-            });
-        }
-    }
-
-    #[inline]
-    fn unlock(&self) {
-        if self.0.swap(0, Ordering::Release) == 2 {
-            real::keep_errno(|| {
-                real_futex(
-                    self.0.as_ptr() as usize,
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    1,
-                    0,
-                    0,
-                    0,
-                )
-            });
-        }
+fn unpark_all(us: Vec<Unparker>) {
+    for u in us {
+        u.unpark();
     }
 }
 
-/// One parked context.
-struct Waiter {
-    addr: usize,
+/// `FUTEX_WAKE`/`FUTEX_WAKE_BITSET`: moss-side waiters first, then the
+/// kernel for the rest (for a parker word always: the thread itself may
+/// wait there in the kernel when it cannot park).
+fn wake(uaddr: usize, op: c_int, nr: c_int, bitset: u32) -> Option<c_long> {
+    if bitset == 0 {
+        return None;
+    }
+    let want = wanted(nr);
+    let (woken, parker) = real::keep_errno(|| wake_table(uaddr, want, bitset));
+    if woken == 0 {
+        return None;
+    }
+    if woken >= want && !parker {
+        return Some(woken as c_long);
+    }
+    let rest = if parker { want } else { want - woken };
+    let e = real::errno();
+    let r = real_futex(uaddr, op, rest as u32, 0, 0, bitset);
+    if r < 0 {
+        real::set_errno(e);
+        return Some(woken as c_long);
+    }
+    Some(woken as c_long + r)
+}
+
+// ---------------------------------------------------------------------------
+// Waiting.
+
+/// `FUTEX_WAIT`/`FUTEX_WAIT_BITSET`: parks a context that can park.
+fn wait(
+    uaddr: usize,
+    expected: u32,
+    ts: *const timespec,
     bitset: u32,
-    /// Unique per wait.
-    id: u64,
-    /// The waiting thread's tag (see [`ThreadSlot`]).
-    thread: u64,
-    unparker: Unparker,
-}
-
-struct Bucket {
-    lock: RawLock,
-    /// Entries in `list`, plus waiters between announcing themselves and
-    /// enqueueing. Wakers skip the bucket when it is 0 (see the module docs).
-    count: AtomicUsize,
-    list: UnsafeCell<Vec<Waiter>>,
-}
-
-// SAFETY: `list` is only accessed through a `Locked` guard, i.e. with
-// `lock` held; the other fields are atomics.
-unsafe impl Sync for Bucket {}
-
-static TABLE: [Bucket; BUCKETS] = [const {
-    Bucket {
-        lock: RawLock::new(),
-        count: AtomicUsize::new(0),
-        list: UnsafeCell::new(Vec::new()),
+    clock: Clock,
+) -> Option<c_long> {
+    if uaddr == 0 || !uaddr.is_multiple_of(4) || bitset == 0 {
+        return None;
     }
-}; BUCKETS];
-
-static NEXT_WAIT: AtomicU64 = AtomicU64::new(1);
-static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
-
-fn bucket(addr: usize) -> &'static Bucket {
-    let h = ((addr as u64) >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56;
-    &TABLE[h as usize % BUCKETS]
+    if !park::can_park() {
+        return None;
+    }
+    if in_thread_tls(uaddr) {
+        return None;
+    }
+    let probing = THREAD.try_with(|t| {
+        if t.probe.get().is_some() {
+            t.probe.set(Some(uaddr));
+            true
+        } else {
+            false
+        }
+    });
+    match probing {
+        Err(_) => return None,
+        Ok(true) => {
+            real::set_errno(libc::ETIMEDOUT);
+            return Some(-1);
+        }
+        Ok(false) => {}
+    }
+    let deadline = deadline(ts, clock).ok()?;
+    let (tag, parker) = THREAD.try_with(|t| (t.tag, t.parker())).ok()?;
+    // SAFETY: a non-null, aligned futex word the caller waits on (its
+    // contract with the kernel: valid for reads during the call).
+    let word = unsafe { AtomicU32::from_ptr(uaddr as *mut u32) };
+    if uaddr == parker && expected == PARKER_PARKED {
+        return Some(wait_parker(uaddr, word, tag, deadline));
+    }
+    let b = futex_table::bucket(uaddr);
+    b.count.fetch_add(1, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    let mut w = b.locked();
+    let early = if word.load(Ordering::SeqCst) != expected {
+        Some(libc::EAGAIN)
+    } else if passed(deadline) {
+        Some(libc::ETIMEDOUT)
+    } else {
+        None
+    };
+    if let Some(e) = early {
+        drop(w);
+        b.count.fetch_sub(1, Ordering::SeqCst);
+        real::set_errno(e);
+        return Some(-1);
+    }
+    let slot = w.push(uaddr, bitset, tag, false, park::unparker());
+    drop(w);
+    let woke = real::keep_errno(|| park_for(deadline, WHAT));
+    if !b.locked().remove(slot) {
+        // A waker dequeued it: woken, whatever else happened.
+        return Some(0);
+    }
+    b.count.fetch_sub(1, Ordering::SeqCst);
+    if woke == Wakeup::TimedOut && passed(deadline) {
+        real::set_errno(libc::ETIMEDOUT);
+        return Some(-1);
+    }
+    // Spurious (a cancellation, or a stray wake-up): std re-checks.
+    Some(0)
 }
 
-/// A bucket's list, locked.
-struct Locked(&'static Bucket);
-
-impl Bucket {
-    fn locked(&'static self) -> Locked {
-        self.lock.lock();
-        Locked(self)
+/// Parks the calling context: a wait that starts with a cancellation
+/// pending parks anyway (see the module docs).
+fn park_for(until: Option<Instant>, what: &'static str) -> Wakeup {
+    if park::cancel_pending() {
+        park::park_shielded(until, what)
+    } else {
+        park::park(until, what)
     }
 }
 
-impl std::ops::Deref for Locked {
-    type Target = Vec<Waiter>;
-    fn deref(&self) -> &Vec<Waiter> {
-        // SAFETY: the lock is held for the guard's life (type invariant of
-        // `Bucket`), so no other reference to the list exists.
-        unsafe { &*self.0.list.get() }
+fn passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// A wait on the calling thread's own std parker word (see "Thread
+/// parking" in the module docs).
+fn wait_parker(uaddr: usize, word: &AtomicU32, tag: u64, deadline: Option<Instant>) -> c_long {
+    let b = futex_table::bucket(uaddr);
+    b.count.fetch_add(1, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    let mut w = b.locked();
+    // std has just moved the word from "empty" to "parked"; an unpark may
+    // have made it "notified" since. It stays "empty" while this context
+    // sleeps, so that another context of the thread that parks reaches
+    // this hook too instead of spinning in std.
+    if word
+        .compare_exchange(PARKER_PARKED, 0, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // "notified": a token for some context of this thread. Everyone
+        // re-checks; this context returns with it (std's loop takes it).
+        let wakes = take_all(&mut w, uaddr);
+        drop(w);
+        b.count.fetch_sub(1 + wakes.len(), Ordering::SeqCst);
+        note_token(wakes.len());
+        unpark_all(wakes);
+        word.store(PARKER_NOTIFIED, Ordering::SeqCst);
+        return 0;
+    }
+    if passed(deadline) {
+        drop(w);
+        b.count.fetch_sub(1, Ordering::SeqCst);
+        real::set_errno(libc::ETIMEDOUT);
+        return -1;
+    }
+    let slot = w.push(uaddr, MATCH_ANY, tag, true, park::unparker());
+    let mut watching = w.claim_watch(uaddr, slot);
+    drop(w);
+    let backstop_at = Instant::now().checked_add(BACKSTOP);
+    loop {
+        let watch_at = watching.then(|| Instant::now() + watch_tick());
+        let until = [deadline, backstop_at, watch_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let woke = real::keep_errno(|| park_for(until, PARKER_WHAT));
+        let mut w = b.locked();
+        if !w.is_queued(slot) {
+            // A token was seen: every context of the thread re-checks.
+            let wakes = hand_token(&mut w, uaddr, word);
+            drop(w);
+            unpark_all(wakes);
+            return 0;
+        }
+        watching = watching || w.is_watcher(uaddr, slot);
+        if word.load(Ordering::SeqCst) == PARKER_NOTIFIED {
+            // An unpark since the last look: everyone re-checks, this
+            // context included (the word stays "notified" for it).
+            let wakes = take_all(&mut w, uaddr);
+            drop(w);
+            b.count.fetch_sub(wakes.len(), Ordering::SeqCst);
+            note_token(wakes.len());
+            unpark_all(wakes);
+            return 0;
+        }
+        let now = Instant::now();
+        let timed_out = deadline.is_some_and(|d| now >= d);
+        let backstop = backstop_at.is_some_and(|d| now >= d);
+        if !timed_out && !backstop && woke != Wakeup::Cancelled {
+            // A quiet look, the watch handed over, or a stray wake-up.
+            if watch_at.is_some_and(|t| now >= t) {
+                quiet_tick();
+            }
+            w.set_unparker(slot, park::unparker());
+            continue;
+        }
+        // The caller's deadline, the backstop, or a cancellation: leave;
+        // the oldest sleeper takes over the watch.
+        w.remove(slot);
+        b.count.fetch_sub(1, Ordering::SeqCst);
+        let mut wakes: Vec<Unparker> = w.hand_watch(uaddr).into_iter().collect();
+        if timed_out && woke == Wakeup::TimedOut && word.load(Ordering::SeqCst) != PARKER_NOTIFIED {
+            drop(w);
+            unpark_all(wakes);
+            real::set_errno(libc::ETIMEDOUT);
+            return -1;
+        }
+        wakes.extend(hand_token(&mut w, uaddr, word));
+        drop(w);
+        unpark_all(wakes);
+        return 0;
     }
 }
 
-impl std::ops::DerefMut for Locked {
-    fn deref_mut(&mut self) -> &mut Vec<Waiter> {
-        // SAFETY: as in `deref`.
-        unsafe { &mut *self.0.list.get() }
-    }
+/// Every sleeper in the parker `uaddr` (bucket `w`, locked), dequeued.
+fn take_all(w: &mut Locked, uaddr: usize) -> Vec<Unparker> {
+    let mut wakes = Vec::new();
+    w.take(uaddr, usize::MAX, MATCH_ANY, &mut wakes);
+    wakes
 }
 
-impl Drop for Locked {
-    fn drop(&mut self) {
-        self.0.lock.unlock();
+/// A context leaves the parker and returns to std: hands std's loop the
+/// "notified" state, so that it returns and its caller re-checks its
+/// condition. If the word was "notified" already, an unpark is pending
+/// (its target unknown): the sleepers left (bucket `w`, locked) wake too;
+/// returns them, to be woken once the bucket is unlocked.
+fn hand_token(w: &mut Locked, uaddr: usize, word: &AtomicU32) -> Vec<Unparker> {
+    if word.swap(PARKER_NOTIFIED, Ordering::SeqCst) != PARKER_NOTIFIED {
+        return Vec::new();
     }
+    let wakes = take_all(w, uaddr);
+    w.bucket().count.fetch_sub(wakes.len(), Ordering::SeqCst);
+    note_token(wakes.len());
+    wakes
 }
+
+/// The watcher's next look comes after this long (see "Thread parking").
+fn watch_tick() -> Duration {
+    THREAD.try_with(|t| t.watch_tick.get()).unwrap_or(WATCH_MAX)
+}
+
+/// A look that found nothing: the next one comes twice as late.
+fn quiet_tick() {
+    let _ = THREAD.try_with(|t| t.watch_tick.set((t.watch_tick.get() * 2).min(WATCH_MAX)));
+}
+
+/// A token was seen and `woken` sleepers re-check: the next look comes
+/// soon, though not so often that re-checking them all would dominate
+/// (10 µs per sleeper), and not later than the usual maximum.
+fn note_token(woken: usize) {
+    let tick = (WATCH_PER_SLEEPER * woken as u32).clamp(WATCH_MIN, WATCH_MAX);
+    let _ = THREAD.try_with(|t| t.watch_tick.set(tick));
+}
+
+// ---------------------------------------------------------------------------
+// Per-thread state.
 
 /// `ThreadSlot::parker` before the probe, and when it failed.
 const PARKER_UNKNOWN: usize = 0;
 const PARKER_NONE: usize = 1;
 
+static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+
 /// Per-thread state: a tag naming the thread's waiters (purged when the
 /// thread exits), the address of the thread's std parker word (found by a
-/// probe), and the idle re-checks of each coroutine sharing it.
+/// probe), and the watch interval of that parker.
 struct ThreadSlot {
     tag: u64,
     parker: Cell<usize>,
     /// Set during the probe: the next futex wait of this thread is the
     /// probe's, and records its address here instead of waiting.
     probe: Cell<Option<usize>>,
-    /// Coroutine id → consecutive re-checks that found nothing (back-off).
-    idle: RefCell<Vec<(u64, u32)>>,
+    /// When the watcher of the thread's parker looks next (see "Thread
+    /// parking").
+    watch_tick: Cell<Duration>,
 }
 
 impl Drop for ThreadSlot {
     fn drop(&mut self) {
         // The thread exits: its parked contexts never run again, and their
         // entries would swallow wake-ups meant for live waiters.
-        for b in &TABLE {
+        for b in futex_table::buckets() {
             if b.count.load(Ordering::SeqCst) == 0 {
                 continue;
             }
-            let mut list = b.locked();
-            let before = list.len();
-            list.retain(|w| w.thread != self.tag);
-            let gone = before - list.len();
-            drop(list);
+            let gone = b.locked().purge_thread(self.tag);
             b.count.fetch_sub(gone, Ordering::SeqCst);
         }
     }
@@ -451,7 +636,7 @@ thread_local! {
         tag: NEXT_THREAD.fetch_add(1, Ordering::Relaxed),
         parker: Cell::new(PARKER_UNKNOWN),
         probe: Cell::new(None),
-        idle: RefCell::new(Vec::new()),
+        watch_tick: Cell::new(WATCH_MIN),
     };
 }
 
@@ -489,220 +674,6 @@ impl ThreadSlot {
         }
         PARKER_NONE
     }
-
-    /// How long a coroutine sharing the parker sleeps before re-checking:
-    /// 1 ms, doubling with each re-check that found no token, up to 16 ms.
-    fn recheck_interval(&self, coroutine: u64) -> Duration {
-        let idle = self.idle.borrow();
-        let n = idle
-            .iter()
-            .find(|(c, _)| *c == coroutine)
-            .map_or(0, |(_, n)| *n);
-        Duration::from_millis(1 << n.min(4))
-    }
-
-    fn note_recheck(&self, coroutine: u64, found_nothing: bool) {
-        let mut idle = self.idle.borrow_mut();
-        let pos = idle.iter().position(|(c, _)| *c == coroutine);
-        match (pos, found_nothing) {
-            (Some(i), true) => idle[i].1 += 1,
-            (None, true) => idle.push((coroutine, 1)),
-            (Some(i), false) => {
-                idle.swap_remove(i);
-            }
-            (None, false) => {}
-        }
-    }
-}
-
-/// Removes up to `want` waiters of `addr` matching `bitset` from `list`
-/// (oldest first), appending their unparkers to `out`.
-fn take_waiters(
-    list: &mut Vec<Waiter>,
-    addr: usize,
-    want: usize,
-    bitset: u32,
-    out: &mut Vec<Unparker>,
-) {
-    list.retain(|w| {
-        if out.len() < want && w.addr == addr && w.bitset & bitset != 0 {
-            out.push(w.unparker.clone());
-            false
-        } else {
-            true
-        }
-    });
-}
-
-/// Wakes up to `want` moss-side waiters of `addr` matching `bitset`;
-/// returns how many were woken.
-fn wake_table(addr: usize, want: usize, bitset: u32) -> usize {
-    if want == 0 {
-        return 0;
-    }
-    let b = bucket(addr);
-    fence(Ordering::SeqCst);
-    if b.count.load(Ordering::SeqCst) == 0 {
-        return 0;
-    }
-    let mut out = Vec::new();
-    take_waiters(&mut b.locked(), addr, want, bitset, &mut out);
-    b.count.fetch_sub(out.len(), Ordering::SeqCst);
-    let n = out.len();
-    for u in out {
-        u.unpark();
-    }
-    n
-}
-
-/// `FUTEX_WAKE`/`FUTEX_WAKE_BITSET`: moss-side waiters first, then the
-/// kernel for the rest.
-fn wake(uaddr: usize, op: c_int, nr: c_int, bitset: u32) -> Option<c_long> {
-    if bitset == 0 {
-        return None;
-    }
-    let want = wanted(nr);
-    let woken = real::keep_errno(|| wake_table(uaddr, want, bitset));
-    if woken == 0 {
-        return None;
-    }
-    if woken >= want {
-        return Some(woken as c_long);
-    }
-    let e = real::errno();
-    let r = real_futex(uaddr, op, (want - woken) as u32, 0, 0, bitset);
-    if r < 0 {
-        real::set_errno(e);
-        return Some(woken as c_long);
-    }
-    Some(woken as c_long + r)
-}
-
-/// A wait on the calling thread's own std parker (see the module docs):
-/// the word is left "empty" while the context sleeps, so that another
-/// context of the thread that parks too reaches this hook instead of
-/// spinning in std, and the context re-checks periodically.
-fn wait_parker(word: &AtomicU32, deadline: Option<Instant>) -> c_long {
-    // std has just moved the word from "empty" to "parked"; an `unpark`
-    // may have made it "notified" since.
-    if word
-        .compare_exchange(PARKER_PARKED, 0, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
-        // "notified": take the token (std's loop consumes it). Anything
-        // else is another context's doing: re-check as well.
-        word.store(PARKER_NOTIFIED, Ordering::SeqCst);
-        return 0;
-    }
-    let coroutine = moss_runtime::current().id().as_u64();
-    let every = THREAD
-        .try_with(|t| t.recheck_interval(coroutine))
-        .unwrap_or(Duration::from_millis(1));
-    let at = Instant::now() + every;
-    let until = Some(deadline.map_or(at, |d| d.min(at)));
-    let w = real::keep_errno(|| {
-        if park::cancel_pending() {
-            park::park_shielded(until, WHAT)
-        } else {
-            park::park(until, WHAT)
-        }
-    });
-    let token = word.load(Ordering::SeqCst) == PARKER_NOTIFIED;
-    let _ = THREAD.try_with(|t| t.note_recheck(coroutine, !token));
-    if w == Wakeup::TimedOut && deadline.is_some_and(|d| Instant::now() >= d) {
-        real::set_errno(libc::ETIMEDOUT);
-        return -1;
-    }
-    // Hand std's parker loop the "notified" state so that it returns and
-    // its caller re-checks its condition, whoever took the token.
-    word.store(PARKER_NOTIFIED, Ordering::SeqCst);
-    0
-}
-
-/// `FUTEX_WAIT`/`FUTEX_WAIT_BITSET` from a context that can park.
-fn wait(
-    uaddr: usize,
-    expected: u32,
-    ts: *const timespec,
-    bitset: u32,
-    clock: Clock,
-) -> Option<c_long> {
-    if !park::can_park() || uaddr == 0 || !uaddr.is_multiple_of(4) || bitset == 0 {
-        return None;
-    }
-    if in_thread_tls(uaddr) {
-        return None;
-    }
-    let probing = THREAD.try_with(|t| {
-        if t.probe.get().is_some() {
-            t.probe.set(Some(uaddr));
-            true
-        } else {
-            false
-        }
-    });
-    match probing {
-        Err(_) => return None,
-        Ok(true) => {
-            real::set_errno(libc::ETIMEDOUT);
-            return Some(-1);
-        }
-        Ok(false) => {}
-    }
-    let deadline = deadline(ts, clock).ok()?;
-    let (tag, parker) = THREAD.try_with(|t| (t.tag, t.parker())).ok()?;
-    // SAFETY: a non-null, aligned futex word the caller waits on (its
-    // contract with the kernel: valid for reads during the call).
-    let word = unsafe { AtomicU32::from_ptr(uaddr as *mut u32) };
-    if uaddr == parker && expected == PARKER_PARKED {
-        return Some(wait_parker(word, deadline));
-    }
-    let b = bucket(uaddr);
-    b.count.fetch_add(1, Ordering::SeqCst);
-    fence(Ordering::SeqCst);
-    let mut list = b.locked();
-    if word.load(Ordering::SeqCst) != expected {
-        drop(list);
-        b.count.fetch_sub(1, Ordering::SeqCst);
-        real::set_errno(libc::EAGAIN);
-        return Some(-1);
-    }
-    let id = NEXT_WAIT.fetch_add(1, Ordering::Relaxed);
-    list.push(Waiter {
-        addr: uaddr,
-        bitset,
-        id,
-        thread: tag,
-        unparker: park::unparker(),
-    });
-    drop(list);
-    let w = real::keep_errno(|| {
-        if park::cancel_pending() {
-            park::park_shielded(deadline, WHAT)
-        } else {
-            park::park(deadline, WHAT)
-        }
-    });
-    let mut list = b.locked();
-    let queued = match list.iter().position(|w| w.id == id) {
-        Some(i) => {
-            list.remove(i);
-            true
-        }
-        None => false,
-    };
-    drop(list);
-    if !queued {
-        // A waker removed the entry: woken, whatever else happened.
-        return Some(0);
-    }
-    b.count.fetch_sub(1, Ordering::SeqCst);
-    if w == Wakeup::TimedOut && deadline.is_some_and(|d| Instant::now() >= d) {
-        real::set_errno(libc::ETIMEDOUT);
-        return Some(-1);
-    }
-    // Spurious (a cancellation, or a stray wake-up): std re-checks.
-    Some(0)
 }
 
 /// Whether `addr` lies in one of the calling thread's thread-local storage
@@ -767,16 +738,8 @@ pub(crate) fn init() {
     }
 }
 
-/// In a forked child only the forking thread exists: every entry belongs
-/// to a context that will never run here, and a bucket lock may have been
-/// held by a thread that is gone. Entries are leaked, not dropped (their
-/// unparkers belong to the parent's hubs).
+/// In a forked child only the forking thread exists: the table starts
+/// empty (see `futex_table::forget_all_after_fork`).
 extern "C" fn after_fork_child() {
-    for b in &TABLE {
-        b.lock.0.store(0, Ordering::SeqCst);
-        b.count.store(0, Ordering::SeqCst);
-        // SAFETY: single-threaded child, and the lock was just reset: no
-        // other reference to the list exists.
-        std::mem::forget(std::mem::take(unsafe { &mut *b.list.get() }));
-    }
+    futex_table::forget_all_after_fork();
 }
