@@ -12,10 +12,26 @@
 //! * std's uncontended `Mutex` lock+unlock and an `mpsc` send+recv (no
 //!   futex call at all: these must not change), and, on x86_64, `syscall`
 //!   itself: `getpid` passed straight through and a `FUTEX_WAKE` that
-//!   finds no waiter (the wake path's table check), against libc's.
+//!   finds no waiter (the wake path's table check), against libc's;
+//! * on the hub thread, the same lock+unlock and send+recv through
+//!   `moss::sync::Mutex` and `moss::sync::channel`, the cooperative
+//!   equivalents that need no patching.
 //!
 //! Stages run in order: before `patch_all`, after it on a thread without a
 //! hub, after it on a thread with a hub. Run: `cargo bench --bench monkey`.
+//!
+//! Nanoseconds swing on a shared machine. With `MOSS_BENCH_COUNT=<n>` the
+//! binary skips criterion and runs each std/moss sync row `n` times inside
+//! `instr_count_loop`, in the same stages, printing one label per loop;
+//! under callgrind, each loop's instructions land in a dump of their own:
+//!
+//! ```text
+//! cargo bench --bench monkey --no-run        # prints the binary's path
+//! MOSS_BENCH_COUNT=100000 valgrind --tool=callgrind \
+//!     --zero-before='*instr_count_loop*' --dump-after='*instr_count_loop*' \
+//!     --callgrind-out-file=/tmp/monkey.cg target/release/deps/monkey-<hash>
+//! grep -h totals: /tmp/monkey.cg.*           # dump k is label k, per n
+//! ```
 
 use std::ffi::c_int;
 use std::hint::black_box;
@@ -184,10 +200,79 @@ fn cooperative_fast_path(c: &mut Criterion) {
         bn.iter(|| unsafe { libc::recv(black_box(fd), buf.as_mut_ptr().cast(), 1, libc::MSG_PEEK) })
     });
     sync_rows(&mut g);
+    let m = moss::sync::Mutex::new(0u64);
+    g.bench_function("moss::sync::Mutex lock+unlock", |b| {
+        b.iter(|| *black_box(&m).lock() += 1)
+    });
+    let (tx, rx) = moss::sync::channel::<u64>();
+    g.bench_function("moss::sync::channel send+recv", |b| {
+        b.iter(|| {
+            tx.send(black_box(1)).unwrap();
+            rx.recv().unwrap()
+        })
+    });
     g.finish();
 }
 
+/// Prints `label`, then runs `f` `n` times in `instr_count_loop`.
+fn counted(label: &str, n: u64, f: impl FnMut()) {
+    println!("{label}");
+    instr_count_loop(n, f);
+}
+
+/// Runs `f` `n` times; under callgrind (see the module docs) the
+/// instructions of one call of this function are those of `n` rows.
+#[inline(never)]
+fn instr_count_loop(n: u64, mut f: impl FnMut()) {
+    for _ in 0..n {
+        f();
+    }
+}
+
+/// `MOSS_BENCH_COUNT=<n>`: the sync rows of every stage, `n` times each,
+/// for instruction counts.
+fn count_rows(n: u64) {
+    let std_rows = |stage: &str| {
+        let m = std::sync::Mutex::new(0u64);
+        counted(&format!("{stage}: std Mutex lock+unlock"), n, || {
+            *black_box(&m).lock().unwrap() += 1
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        counted(&format!("{stage}: std mpsc send+recv"), n, || {
+            tx.send(black_box(1)).unwrap();
+            black_box(rx.recv().unwrap());
+        });
+    };
+    std_rows("unpatched");
+    moss::monkey::patch_all();
+    std_rows("patched, no hub");
+    moss::yield_now();
+    std_rows("patched, hub thread");
+    let m = moss::sync::Mutex::new(0u64);
+    counted(
+        "patched, hub thread: moss::sync::Mutex lock+unlock",
+        n,
+        || *black_box(&m).lock() += 1,
+    );
+    let (tx, rx) = moss::sync::channel::<u64>();
+    counted(
+        "patched, hub thread: moss::sync::channel send+recv",
+        n,
+        || {
+            tx.send(black_box(1)).unwrap();
+            black_box(rx.recv().unwrap());
+        },
+    );
+}
+
 fn all(c: &mut Criterion) {
+    if let Some(n) = std::env::var("MOSS_BENCH_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        count_rows(n);
+        return;
+    }
     stage(c, "unpatched");
     moss::monkey::patch_all();
     stage(c, "patched, no hub");

@@ -194,7 +194,7 @@ fn idle_std_receivers_burn_cpu() {
             t.join().unwrap();
             println!("idle: {:.1}% of a core", share * 100.0);
             assert!(
-                share < 0.03,
+                share < 0.06,
                 "idle receivers used {:.1}% of a core",
                 share * 100.0
             );
@@ -374,6 +374,238 @@ fn std_mutex_contention_scales_quadratically() {
             println!("5000 contenders: {small:?}; 20000: {big:?}");
             // Linear would be ~4x; allow 8x.
             assert!(big < small * 8, "5000: {small:?}, 20000: {big:?}");
+        },
+    );
+}
+
+/// Four coroutines of one hub block in std `recv` on channels of their
+/// own, fed by a plain thread; the first to park keeps watch over the
+/// thread's parker. Killing it hands the watch to another sleeper: the
+/// other three still receive their values, and the victim, once its own
+/// value comes, unwinds at its next blocking point.
+#[test]
+fn killing_the_watcher_of_std_receivers_hands_the_watch_over() {
+    child(
+        "killing_the_watcher_of_std_receivers_hands_the_watch_over",
+        Duration::from_secs(60),
+        || {
+            let drops = util::DropCounter::new();
+            let mut txs = Vec::new();
+            let mut hs = Vec::new();
+            for i in 0..4u32 {
+                let (tx, rx) = std::sync::mpsc::channel::<u32>();
+                txs.push(tx);
+                let token = drops.token();
+                hs.push(moss::spawn(move || {
+                    let _token = token;
+                    let v = rx.recv().unwrap();
+                    assert_eq!(v, i * 10);
+                    moss::sleep(Duration::from_millis(i as u64));
+                    v
+                }));
+                util::until_parked(hs[i as usize].id());
+            }
+            // std's `recv` cannot end without a value: the kill waits.
+            assert!(!hs[0].kill_timeout(Duration::from_millis(50)));
+            let txs = Arc::new(txs);
+            let t = {
+                let txs = txs.clone();
+                std::thread::spawn(move || {
+                    for i in 1..4u32 {
+                        txs[i as usize].send(i * 10).unwrap();
+                    }
+                })
+            };
+            let mut hs = hs.into_iter();
+            let victim = hs.next().unwrap();
+            for (i, h) in hs.enumerate() {
+                assert_eq!(h.join().unwrap(), (i as u32 + 1) * 10);
+            }
+            t.join().unwrap();
+            assert_eq!(drops.drops(), 3);
+            std::thread::spawn(move || txs[0].send(0).unwrap())
+                .join()
+                .unwrap();
+            assert!(victim.join().unwrap_err().is_killed());
+            assert_eq!(drops.drops(), 4);
+        },
+    );
+}
+
+/// A coroutine killed in `Condvar::wait` (inside a predicate loop) goes
+/// on waiting until notified, then unwinds at its next blocking point;
+/// another waiter of the same condvar is not disturbed, and a timed wait
+/// killed meanwhile ends at its deadline.
+#[test]
+fn a_coroutine_killed_in_a_condvar_wait() {
+    child(
+        "a_coroutine_killed_in_a_condvar_wait",
+        Duration::from_secs(60),
+        || {
+            let pair = Arc::new((Mutex::new(false), Condvar::new()));
+            let waiter = |sleep_after: bool| {
+                let pair = pair.clone();
+                moss::spawn(move || {
+                    let (m, cv) = &*pair;
+                    let mut g = m.lock().unwrap();
+                    while !*g {
+                        g = cv.wait(g).unwrap();
+                    }
+                    drop(g);
+                    if sleep_after {
+                        moss::sleep(Duration::from_secs(30));
+                    }
+                    7
+                })
+            };
+            let victim = waiter(true);
+            let other = waiter(false);
+            let timed = {
+                let pair = pair.clone();
+                moss::spawn(move || {
+                    let (m, cv) = &*pair;
+                    let g = m.lock().unwrap();
+                    let (_g, r) = cv.wait_timeout(g, Duration::from_millis(300)).unwrap();
+                    r.timed_out()
+                })
+            };
+            util::until_parked(victim.id());
+            util::until_parked(other.id());
+            util::until_parked(timed.id());
+            // std's wait loops cannot end early: the kills wait.
+            assert!(!victim.kill_timeout(Duration::from_millis(20)));
+            timed.kill_nowait();
+            let t = std::time::Instant::now();
+            // The timed wait ends by its deadline (killed on the way out,
+            // or reporting the timeout).
+            match timed.join() {
+                Ok(timed_out) => assert!(timed_out),
+                Err(e) => assert!(e.is_killed()),
+            }
+            assert!(t.elapsed() < Duration::from_secs(10));
+            moss::sleep(Duration::from_millis(20));
+            let (m, cv) = &*pair;
+            *m.lock().unwrap() = true;
+            cv.notify_all();
+            assert_eq!(other.join().unwrap(), 7);
+            assert!(victim.join().unwrap_err().is_killed());
+            assert!(m.try_lock().is_ok());
+        },
+    );
+}
+
+/// A hub thread exits while a (background) coroutine of it is parked on a
+/// std Mutex held by the main thread. Its table entry goes with the
+/// thread: the unlock wakes the live waiters (a plain thread in the kernel,
+/// a coroutine of another hub), not the dead one.
+#[test]
+fn thread_exit_while_a_coroutine_waits_on_a_std_mutex() {
+    child(
+        "thread_exit_while_a_coroutine_waits_on_a_std_mutex",
+        Duration::from_secs(60),
+        || {
+            let m = Arc::new(Mutex::new(0u32));
+            let g = m.lock().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let dead = {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    moss::run(move || {
+                        let h = moss::Builder::new()
+                            .background(true)
+                            .spawn(move || {
+                                *m.lock().unwrap() += 100;
+                            })
+                            .unwrap();
+                        util::until_parked(h.id());
+                        tx.send(()).unwrap();
+                    })
+                })
+            };
+            rx.recv().unwrap();
+            dead.join().unwrap();
+            // Live waiters: a plain thread (kernel) and a coroutine of
+            // another hub (table), each adding once.
+            let plain = {
+                let m = m.clone();
+                std::thread::spawn(move || *m.lock().unwrap() += 1)
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            let hub = {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    moss::run(move || {
+                        let h = moss::spawn(move || *m.lock().unwrap() += 10);
+                        util::until_parked(h.id());
+                        tx.send(()).unwrap();
+                        h.join().unwrap();
+                    })
+                })
+            };
+            rx.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(50)); // the plain thread waits
+            drop(g);
+            plain.join().unwrap();
+            hub.join().unwrap();
+            assert_eq!(*m.lock().unwrap(), 11);
+        },
+    );
+}
+
+/// A process forked while coroutines of the parent queue on a std Mutex
+/// (held across a sleep): the child's std locks and channels work between
+/// its own coroutines and threads, and the parent's waiters all get the
+/// lock afterwards.
+#[test]
+fn fork_while_coroutines_queue_on_a_std_mutex() {
+    child(
+        "fork_while_coroutines_queue_on_a_std_mutex",
+        Duration::from_secs(60),
+        || {
+            let m = Arc::new(Mutex::new(0u32));
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let m = m.clone();
+                    moss::spawn(move || {
+                        let mut g = m.lock().unwrap();
+                        moss::sleep(Duration::from_millis(30));
+                        *g += 1;
+                    })
+                })
+                .collect();
+            util::until_parked(hs[3].id());
+            let m2 = m.clone();
+            let p = moss::pool::Process::new(move || {
+                // The parent's lock is held by a coroutine that does not
+                // exist here: only try it.
+                assert!(m2.try_lock().is_err());
+                let n = Arc::new(Mutex::new(0u32));
+                let hs: Vec<_> = (0..3)
+                    .map(|_| {
+                        let n = n.clone();
+                        moss::spawn(move || {
+                            let mut g = n.lock().unwrap();
+                            moss::sleep(Duration::from_millis(5));
+                            *g += 1;
+                        })
+                    })
+                    .collect();
+                let (tx, rx) = std::sync::mpsc::channel();
+                let t = std::thread::spawn(move || tx.send(5u32).unwrap());
+                assert_eq!(rx.recv().unwrap(), 5);
+                t.join().unwrap();
+                for r in moss::join_all(hs) {
+                    r.unwrap();
+                }
+                assert_eq!(*n.lock().unwrap(), 3);
+            })
+            .start()
+            .unwrap();
+            assert_eq!(p.join_timeout(Duration::from_secs(20)).unwrap(), Some(0));
+            for r in moss::join_all(hs) {
+                r.unwrap();
+            }
+            assert_eq!(*m.lock().unwrap(), 4);
         },
     );
 }
