@@ -343,7 +343,8 @@ fn std_mpsc_handoffs_to_many_coroutines_exact() {
 /// N coroutines of one hub contend one std Mutex held across a yield:
 /// each hand-off costs O(1) in the futex wait table, whatever the number
 /// of waiters (it used to scan the bucket's whole waiter list twice per
-/// wake: 5000 contenders 2.0 s, 20000 22 s). Time for 4N against N.
+/// wake: 5000 contenders 2.0 s, 20000 22 s). Time for 4N against N
+/// (each the best of two runs, after a warm-up).
 #[test]
 fn std_mutex_contention_scales_quadratically() {
     child(
@@ -369,8 +370,11 @@ fn std_mutex_contention_scales_quadratically() {
                 assert_eq!(*m.lock().unwrap(), n as u64);
                 t.elapsed()
             };
-            let small = run(5_000);
-            let big = run(20_000);
+            // The first run maps and touches fresh stacks: warm up, then
+            // take the best of two runs of each size.
+            run(20_000);
+            let small = run(5_000).min(run(5_000));
+            let big = run(20_000).min(run(20_000));
             println!("5000 contenders: {small:?}; 20000: {big:?}");
             // Linear would be ~4x; allow 8x.
             assert!(big < small * 8, "5000: {small:?}, 20000: {big:?}");
