@@ -28,10 +28,13 @@
 //! ```text
 //! cargo bench --bench monkey --no-run        # prints the binary's path
 //! MOSS_BENCH_COUNT=100000 valgrind --tool=callgrind \
-//!     --zero-before='*instr_count_loop*' --dump-after='*instr_count_loop*' \
+//!     --zero-before=monkey::instr_count_loop \
+//!     --dump-after=monkey::instr_count_loop \
 //!     --callgrind-out-file=/tmp/monkey.cg target/release/deps/monkey-<hash>
-//! grep -h totals: /tmp/monkey.cg.*           # dump k is label k, per n
+//! grep totals: /tmp/monkey.cg.*    # dump k: label k's instructions, n rows
 //! ```
+//!
+//! (Spell the function out, as here: with a `*` pattern no dump was made.)
 
 use std::ffi::c_int;
 use std::hint::black_box;
