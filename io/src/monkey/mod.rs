@@ -130,13 +130,18 @@
 //! `std::sync::mpsc` channels fed by other threads, and a crate's
 //! internal locks and queues (tiny_http's request queue) stop freezing the
 //! hub. `std::thread::JoinHandle::join` (`pthread_join`) waits the same
-//! way. An uncontended lock never calls the futex, so it costs nothing.
+//! way. An uncontended lock never calls the futex, so it costs nothing:
+//! a `std::sync::Mutex` lock+unlock runs the same 24 instructions with
+//! and without `patch_all` (`moss::sync::Mutex`: 11).
 //!
 //! Cancellation: a `kill`/`timeout` ends a futex wait as a spurious
 //! wake-up; std then waits again (a lock must be taken) and further waits
 //! ignore the pending cancellation, which is delivered at the coroutine's
 //! next moss blocking point (with the guard held, unwinding releases it).
-//! A `pthread_join` likewise keeps waiting.
+//! A `pthread_join` likewise keeps waiting. So `kill` of a coroutine in
+//! a std wait loop (`Condvar::wait`, `mpsc::Receiver::recv`) returns only
+//! once that wait ends on its own; `kill_nowait` and `kill_timeout` do not
+//! wait for it.
 //!
 //! What stays blocking (the thread waits in the kernel, as before):
 //!
