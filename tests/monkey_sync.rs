@@ -376,7 +376,8 @@ fn the_root_runs_its_hub_while_it_waits_for_a_std_mutex() {
                 let m = m.clone();
                 moss::spawn(move || {
                     let mut g = m.lock().unwrap();
-                    moss::sleep(Duration::from_millis(50));
+                    // Long enough for 2 ticks of 10 ms on a loaded machine.
+                    moss::sleep(Duration::from_millis(200));
                     *g = 9;
                 })
             };
