@@ -510,3 +510,35 @@ fn a_kill_while_a_slow_initializer_runs_kills_the_workers() {
         || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
     );
 }
+
+#[test]
+fn the_pools_chunksize_applies_to_map_map_async_and_imap() {
+    let _wd = util::watchdog("pool chunksize", Duration::from_secs(120));
+    // One task per worker: the pids count the tasks.
+    let pool = ProcessPool::builder(2)
+        .max_tasks_per_child(1)
+        .chunksize(3)
+        .build()
+        .unwrap();
+    let distinct = |pids: Vec<u32>| pids.into_iter().collect::<HashSet<u32>>().len();
+    assert_eq!(distinct(pool.map(pid, vec![(); 9]).unwrap()), 3);
+    assert_eq!(
+        distinct(pool.map_async(pid, vec![(); 7], |_| {}).get().unwrap()),
+        3
+    );
+    let pids: Vec<u32> = pool.imap(pid, vec![(); 6]).map(Result::unwrap).collect();
+    assert_eq!(distinct(pids), 2);
+    let pids: Vec<u32> = pool
+        .imap_unordered(pid, vec![(); 6])
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(distinct(pids), 2);
+    // A call's own chunk size wins.
+    assert_eq!(distinct(pool.map_chunked(pid, vec![(); 4], 1).unwrap()), 4);
+    let pids: Vec<u32> = pool
+        .imap(pid, vec![(); 4])
+        .chunksize(4)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(distinct(pids), 1);
+}

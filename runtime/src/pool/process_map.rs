@@ -160,8 +160,12 @@ impl ProcessPool {
         self.spawn_async(replies, concat_chunks::<R>, callback, error_callback)
     }
 
-    /// Python's default chunk size for `map`: about four chunks per worker.
+    /// The pool's chunk size for `map`, or Python's default: about four
+    /// chunks per worker.
     pub(crate) fn default_chunksize(&self, n: usize) -> usize {
+        if let Some(c) = self.shared.config.chunksize {
+            return c;
+        }
         n.div_ceil(4 * self.size()).max(1)
     }
 }
@@ -212,11 +216,12 @@ where
     R: Serialize + DeserializeOwned,
 {
     fn new(pool: ProcessPool, f: fn(I::Item) -> R, items: I, ordered: bool) -> Self {
+        let chunksize = pool.shared.config.chunksize.unwrap_or(1);
         ProcessImap {
             pool,
             f,
             items: Some(items),
-            chunksize: 1,
+            chunksize,
             ordered,
             in_flight: VecDeque::new(),
             out: VecDeque::new(),
@@ -224,7 +229,8 @@ where
     }
 
     /// Sends `n` items per task from now on (Python's `chunksize`; 0 is
-    /// taken as 1; default 1). Results still come one item at a time, a
+    /// taken as 1; default 1, or the pool's
+    /// [`chunksize`](super::ProcessPoolBuilder::chunksize)). Results still come one item at a time, a
     /// chunk's all at once.
     pub fn chunksize(mut self, n: usize) -> Self {
         self.chunksize = n.max(1);

@@ -122,7 +122,7 @@ pub(crate) struct Task {
 /// the workers exit and are reaped).
 #[derive(Clone)]
 pub struct ProcessPool {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     _owner: Arc<Owner>,
 }
 
@@ -179,6 +179,9 @@ pub(crate) struct State {
 pub(crate) struct Config {
     pub(crate) initializer: Option<fn()>,
     pub(crate) max_tasks_per_child: Option<usize>,
+    /// Items per task for `map`, `map_async`, `imap` and `imap_unordered`
+    /// when the call does not say.
+    pub(crate) chunksize: Option<usize>,
 }
 
 /// Configures a [`ProcessPool`] before it starts: `multiprocessing.Pool(n,
@@ -229,6 +232,19 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// Sends `n` items per task (Python's `chunksize` argument, given once
+    /// for the pool; 0 is taken as 1) in [`map`](ProcessPool::map),
+    /// [`map_async`](ProcessPool::map_async), [`imap`](ProcessPool::imap)
+    /// and [`imap_unordered`](ProcessPool::imap_unordered).
+    /// [`map_chunked`](ProcessPool::map_chunked) and
+    /// [`ProcessImap::chunksize`](super::ProcessImap::chunksize) still set
+    /// it per call. Without it, `map` and `map_async` use about four chunks
+    /// per worker and `imap` one item per task, as Python does.
+    pub fn chunksize(mut self, n: usize) -> ProcessPoolBuilder {
+        self.config.chunksize = Some(n.max(1));
+        self
+    }
+
     /// Forks the workers from a new manager thread and waits until they
     /// run (and their initializer has returned). A coroutine waiting here
     /// yields; if it is killed or times out, the workers are killed.
@@ -266,6 +282,7 @@ impl ProcessPool {
             config: Config {
                 initializer: None,
                 max_tasks_per_child: None,
+                chunksize: None,
             },
         }
     }
