@@ -286,3 +286,68 @@ fn bad_input() {
         .to_owned();
     assert!(msg.contains("max_blocking"), "{msg}");
 }
+
+#[test]
+fn hubs_and_coroutines_that_come_and_go_under_a_1_ms_monitor() {
+    // The monitor reads a blocked coroutine's control block while its hub
+    // may finish it or exit: hundreds of short blocks on threads that end
+    // right after, a monitor looking every millisecond, dump_all called in
+    // a loop, and a report function that panics now and then. In a child
+    // process (the threshold and the report function are the process's).
+    let case = "hubs_and_coroutines_that_come_and_go_under_a_1_ms_monitor";
+    if util::in_child(case) {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        static REPORTED: AtomicUsize = AtomicUsize::new(0);
+        moss::monitor::set_report(|_| {
+            if REPORTED.fetch_add(1, Ordering::SeqCst) % 7 == 3 {
+                panic!("a report function that panics");
+            }
+        });
+        moss::monitor::enable(Duration::from_millis(1));
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let dumper = std::thread::spawn(move || {
+            let mut n = 0;
+            while !d.load(Ordering::SeqCst) {
+                let _ = moss::dump_all();
+                n += 1;
+            }
+            n
+        });
+        for round in 0..40u64 {
+            let ts: Vec<_> = (0..5u64)
+                .map(|k| {
+                    std::thread::spawn(move || {
+                        let hs: Vec<_> = (0..4u64)
+                            .map(|i| {
+                                moss::Builder::new()
+                                    .name(format!("churn-{round}-{k}-{i}"))
+                                    .spawn(move || {
+                                        std::thread::sleep(Duration::from_millis(
+                                            (round + k + i) % 4,
+                                        ));
+                                        i
+                                    })
+                                    .unwrap()
+                            })
+                            .collect();
+                        let sum: u64 = moss::join_all(hs).into_iter().map(Result::unwrap).sum();
+                        assert_eq!(sum, 6);
+                    })
+                })
+                .collect();
+            for t in ts {
+                t.join().unwrap();
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+        assert!(dumper.join().unwrap() > 0);
+        assert!(
+            REPORTED.load(Ordering::SeqCst) > 0,
+            "the monitor saw the blocks"
+        );
+        return;
+    }
+    let r = util::run_in_child(case, Duration::from_secs(120));
+    assert!(r.success() && !r.timed_out, "{r:?}\nstderr:\n{}", r.stderr);
+}

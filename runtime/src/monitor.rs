@@ -37,6 +37,7 @@
 //! starts a fresh one, and a monitor enabled in the parent is started
 //! again in the child on its first hub.
 
+use std::collections::HashMap;
 use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, mpsc};
@@ -83,6 +84,11 @@ impl std::fmt::Display for BlockReport {
 /// coroutines runs gives one report per episode (to stderr unless
 /// [`set_report`] says otherwise). Idempotent; the last value wins. The
 /// cost on the hubs is two stores per switch, whether enabled or not.
+///
+/// The monitor is a thread of the process like any other: while it runs,
+/// a `main` waiting on a `moss::sync` object that nothing can signal keeps
+/// waiting instead of panicking with "would block forever" (which needs
+/// no other thread left), as with any thread the program starts.
 ///
 /// ```
 /// use std::time::Duration;
@@ -417,14 +423,17 @@ fn hubs() -> Vec<Arc<Watch>> {
 
 /// What the monitor remembers of a hub between two looks.
 struct Seen {
-    watch: Arc<Watch>,
     switches: u64,
     since: Instant,
     reported: bool,
 }
 
 fn watch_loop(generation_plus_one: u64) {
-    let mut seen: Vec<Seen> = Vec::new();
+    // By the address of each hub's watch; the watches of the last look
+    // stay alive (in `kept`) until the next, so no new watch can have the
+    // address of one that is gone.
+    let mut seen: HashMap<*const Watch, Seen> = HashMap::new();
+    let mut kept: Vec<Arc<Watch>> = Vec::new();
     loop {
         if STARTED.load(Ordering::Relaxed) != generation_plus_one {
             return; // a forked child's copy of this thread's state
@@ -434,23 +443,25 @@ fn watch_loop(generation_plus_one: u64) {
         std::thread::sleep(period);
         let now = Instant::now();
         let live = hubs();
-        seen.retain(|s| live.iter().any(|w| Arc::ptr_eq(w, &s.watch)));
-        for w in live {
+        let mut last = std::mem::take(&mut seen);
+        for w in &live {
             let switches = w.switches.load(Ordering::Acquire);
             let running = w.running.load(Ordering::Acquire);
-            let i = match seen.iter().position(|s| Arc::ptr_eq(&s.watch, &w)) {
-                Some(i) => i,
+            let key = Arc::as_ptr(w);
+            let s = match last.remove(&key) {
+                Some(s) => seen.entry(key).or_insert(s),
                 None => {
-                    seen.push(Seen {
-                        watch: w,
-                        switches,
-                        since: now,
-                        reported: false,
-                    });
+                    seen.insert(
+                        key,
+                        Seen {
+                            switches,
+                            since: now,
+                            reported: false,
+                        },
+                    );
                     continue;
                 }
             };
-            let s = &mut seen[i];
             if s.switches != switches {
                 (s.switches, s.since, s.reported) = (switches, now, false);
                 continue;
@@ -460,9 +471,9 @@ fn watch_loop(generation_plus_one: u64) {
                 continue;
             }
             s.reported = true;
-            if let Some(i) = s.watch.identify(switches, running) {
+            if let Some(i) = w.identify(switches, running) {
                 report(&BlockReport {
-                    thread_name: s.watch.thread_name.clone(),
+                    thread_name: w.thread_name.clone(),
                     coroutine_id: i.id,
                     coroutine_name: i.name,
                     spawn_site: i.spawn_site,
@@ -470,6 +481,7 @@ fn watch_loop(generation_plus_one: u64) {
                 });
             }
         }
+        drop(std::mem::replace(&mut kept, live));
     }
 }
 
