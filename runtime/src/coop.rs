@@ -37,18 +37,18 @@ use crate::hub::Hub;
 
 /// Operations without a park before a forced yield.
 ///
-/// Chosen by measurement (`benches/coop.rs`, callgrind instruction counts,
-/// x86_64): an echo connection parks once per message on each side, so the
-/// budget never runs out there and what remains is the decrement: about 44
-/// instructions more per 64-byte round trip between two coroutines of one
-/// hub (2,429 against 2,385 without the budget, before the four syscalls,
-/// which cost microseconds), 11 more per uncontended `Mutex::lock`, 16 per
-/// `Queue::put` or `get`. A spent budget checks the clock (and switches
-/// if another coroutine is ready): amortised over the budget that is 14
-/// instructions per queue operation at 16, 2 at 128, under 1 at 512. A
-/// reader that always finds data yields every `BUDGET` reads, at ~0.5–2 µs
-/// per read every 0.1–0.3 ms, so timers and other connections of its hub
-/// wait well under a millisecond.
+/// Chosen by measurement (`cargo bench --bench coop` run under callgrind
+/// for instruction counts, x86_64): an echo connection parks once per
+/// message on each side, so the budget never runs out there and what
+/// remains is the decrement: about 44 instructions more per 64-byte round
+/// trip between two coroutines of one hub (2,429 against 2,385 without the
+/// budget, before the four syscalls, which cost microseconds), 11 more per
+/// uncontended `Mutex::lock`, 16 per `Queue::put` or `get`. A spent budget
+/// checks the clock (and switches if another coroutine is ready):
+/// amortised over the budget that is 14 instructions per queue operation
+/// at 16, 2 at 128, under 1 at 512. A reader that always finds data (at
+/// ~0.5–2 µs per read) lets the hub poll every 250 µs, so its hub's timers
+/// and other connections wait about that plus a budget's worth of reads.
 pub const BUDGET: u32 = 128;
 
 /// How often a spent budget makes the hub poll I/O and fire timers (an
