@@ -155,6 +155,50 @@ fn kill_finished_and_join_after_kill() {
     assert_eq!(h.join().unwrap(), 5);
 }
 
+/// A kill requested while the victim's own `timeout` is due, that timer firing
+/// after the kill but before the victim runs again: the kill still lands.
+/// (The expiry used to replace the pending kill; the scope caught it as
+/// `Elapsed`, the victim ran on, and a `kill` waiting for it hung.)
+fn kill_then_due_timeout(wait: fn()) -> (Result<(), moss::JoinError>, bool) {
+    let after = Rc::new(Cell::new(false));
+    let a = after.clone();
+    let victim = moss::spawn(move || {
+        let _ = moss::timeout(Duration::from_millis(1), wait);
+        a.set(true); // not reached: the kill passes through the scope
+    });
+    // Runs right after the victim parked, with no poll (no timer) between.
+    let killer = moss::spawn(move || {
+        // Queued ahead of the victim: more coroutines than the hub resumes
+        // between two polls, the first blocking the thread past the victim's
+        // deadline, so a poll fires its timer before it runs again.
+        for i in 0..1000 {
+            moss::spawn(move || {
+                if i == 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        victim.kill_nowait();
+        victim.join()
+    });
+    (killer.join().unwrap(), after.get())
+}
+
+#[test]
+fn a_timeout_due_after_a_kill_does_not_replace_it() {
+    let waits: [(&str, fn()); 2] = [
+        ("an untimed get", || {
+            moss::sync::Queue::<u32>::new(1).get();
+        }),
+        ("a sleep", || moss::sleep(Duration::from_secs(3600))),
+    ];
+    for (what, wait) in waits {
+        let (r, after) = kill_then_due_timeout(wait);
+        assert!(!after, "{what}: the victim ran on after its kill");
+        assert!(r.unwrap_err().is_killed(), "{what}: not killed");
+    }
+}
+
 #[test]
 fn timeout_fires_and_passes() {
     let r = moss::timeout(Duration::from_millis(20), || {

@@ -751,8 +751,18 @@ fn long_kill_stress() {
         let (kind, cap) = KINDS[(rounds % 6) as usize];
         let fifo = (rounds / 6) % 2 == 1;
         let hubs = 2 + (rounds % 3) as usize;
+        // One line per round, so a log shows where a hung run stopped.
+        eprintln!(
+            "round {rounds}: {kind:?} cap {cap}, {hubs} hubs, fifo {fifo}, seed {}, at {:?}",
+            1000 + rounds,
+            t.elapsed()
+        );
         round(kind, cap, 100_000, hubs, fifo, 1000 + rounds);
         if rounds % 6 == 5 {
+            eprintln!(
+                "round {rounds}: lock storm, {hubs} hubs, at {:?}",
+                t.elapsed()
+            );
             lock_storm(200_000, hubs, 2000 + rounds);
         }
         rounds += 1;

@@ -285,7 +285,9 @@ impl TaskState {
     pub(crate) fn request_timeout(&self, scope: u64) -> bool {
         debug_assert!(scope != NO_CANCEL && scope != KILL);
         let pending = self.cancel.get();
-        if pending != NO_CANCEL && pending <= scope {
+        // `KILL` encodes as the largest number, so it must be tested on its
+        // own: the scope comparison would let any timeout replace it.
+        if pending == KILL || (pending != NO_CANCEL && pending <= scope) {
             return false;
         }
         self.cancel.set(scope);
@@ -402,6 +404,19 @@ mod tests {
         assert_eq!(s.take_cancel(), Some(Cancel::Kill));
         assert!(!s.seen() && !s.cancel_pending() && s.killed.get());
         assert!(!s.request_kill(), "killed once");
+    }
+
+    #[test]
+    fn a_pending_kill_is_not_replaced_by_a_timeout() {
+        let s = TaskState::new_root();
+        assert!(s.request_timeout(4));
+        assert!(s.request_kill());
+        for scope in [1, 4, 9] {
+            assert!(!s.request_timeout(scope), "scope {scope} replaced the kill");
+        }
+        assert_eq!(s.pending(), Some(Cancel::Kill));
+        assert!(!s.end_timeout(4), "the kill is not the scope's timeout");
+        assert_eq!(s.take_cancel(), Some(Cancel::Kill));
     }
 
     #[test]
