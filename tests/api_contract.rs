@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod util;
+
 #[test]
 fn coroutine_api() {
     let h: moss::JoinHandle<u32> = moss::spawn(|| 1);
@@ -402,4 +404,384 @@ fn thread_and_process_pools_api() {
     assert_eq!(q.get(), 1);
     assert_eq!(q.get_timeout(Duration::from_secs(1)).unwrap(), 2);
     assert!(q.get_nowait().is_err());
+}
+
+// ---- Edge cases of the coroutine API ----
+
+#[test]
+fn coroutine_edge_cases() {
+    for size in [0, usize::MAX] {
+        let e = moss::Builder::new()
+            .stack_size(size)
+            .spawn(|| ())
+            .unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::InvalidInput,
+            "stack_size({size})"
+        );
+    }
+    // A JoinError's message names the coroutine.
+    let e = moss::Builder::new()
+        .name("api-panicker")
+        .spawn(|| panic!("boom"))
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert!(e.to_string().contains("api-panicker"), "{e}");
+    // sleep(MAX) sleeps until killed, and the kill is reported.
+    let sleeper = moss::spawn(|| moss::sleep(Duration::MAX));
+    util::until_parked(sleeper.id());
+    assert!(!sleeper.is_finished());
+    sleeper.kill();
+    assert!(sleeper.is_finished());
+    assert!(sleeper.join().unwrap_err().is_killed());
+    // timeout(MAX) never fires; timeout(ZERO) fires if f blocks at all.
+    assert_eq!(moss::timeout(Duration::MAX, || 3).unwrap(), 3);
+    let el = moss::timeout(Duration::ZERO, moss::yield_now).unwrap_err();
+    assert!(!el.to_string().is_empty());
+    // join_timeout(ZERO) polls.
+    let h = moss::spawn(|| moss::sleep(Duration::from_secs(60)));
+    let h = h.join_timeout(Duration::ZERO).unwrap_err();
+    h.kill();
+}
+
+#[test]
+fn background_coroutine_api() {
+    let b: moss::JoinHandle<()> = moss::Builder::new()
+        .background(true)
+        .spawn(|| moss::sleep(Duration::from_secs(60)))
+        .unwrap();
+    let t = std::time::Instant::now();
+    moss::run(|| ());
+    moss::wait();
+    assert!(t.elapsed() < Duration::from_secs(30)); // did not wait for it
+    assert!(!b.is_finished());
+    b.kill();
+    assert!(b.join().unwrap_err().is_killed());
+}
+
+#[test]
+fn link_value_and_exception_api() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (values, errors) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    let ok = moss::spawn(|| 5u32);
+    let (v, e) = (values.clone(), errors.clone());
+    ok.link_value(move |x: &u32| v.set(v.get() + *x));
+    ok.link_exception(move |_: &moss::JoinError| e.set(e.get() + 1));
+    assert_eq!(ok.join().unwrap(), 5);
+    assert!(moss::spawn(|| ()).join().is_ok());
+    let bad = moss::spawn(|| -> u32 { panic!("bad") });
+    let (v, e) = (values.clone(), errors.clone());
+    bad.link_value(move |x: &u32| v.set(v.get() + *x));
+    bad.link_exception(move |err: &moss::JoinError| {
+        assert!(err.is_panic());
+        e.set(e.get() + 1)
+    });
+    assert!(bad.join().is_err());
+    assert_eq!((values.get(), errors.get()), (5, 1));
+}
+
+// ---- Service-grade additions ----
+
+#[test]
+fn signal_api() {
+    use moss::signal::{self, SignalHandler};
+    let _wd = util::watchdog("signal_api", Duration::from_secs(60));
+    let runs = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let r = runs.clone();
+    let h: std::io::Result<SignalHandler> =
+        signal::handler(signal::SIGUSR1, move || r.set(r.get() + 1));
+    let h = h.unwrap();
+    // SAFETY: sends SIGUSR1 to this process, where moss's catcher is installed.
+    unsafe { libc::kill(libc::getpid(), signal::SIGUSR1) };
+    util::until("the SIGUSR1 handler ran", Duration::from_secs(20), || {
+        runs.get() >= 1
+    });
+    h.cancel();
+    drop(h);
+
+    let waiter = moss::spawn(|| signal::wait(&[signal::SIGUSR2, signal::SIGWINCH]));
+    util::until_parked(waiter.id());
+    // SAFETY: sends SIGUSR2 to this process; the waiter's `wait` installed moss's catcher.
+    unsafe { libc::kill(libc::getpid(), signal::SIGUSR2) };
+    let got: std::io::Result<i32> = waiter.join().unwrap();
+    assert_eq!(got.unwrap(), signal::SIGUSR2);
+    let bad = signal::wait(&[0]).unwrap_err();
+    assert_eq!(bad.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn subprocess_api() {
+    use moss::subprocess::{Child, Command, ExitStatus, Output, Stdio};
+    let _wd = util::watchdog("subprocess_api", Duration::from_secs(60));
+    let mut child: Child = Command::new("sh")
+        .arg("-c")
+        .args(["cat; echo \"$MOSS_API\" >&2"])
+        .env("MOSS_API", "yes")
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(child.id() > 0);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"through the pipe").unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out, "through the pipe");
+    let mut err = String::new();
+    child
+        .stderr
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(err, "yes\n");
+    let st: ExitStatus = child.wait().unwrap();
+    assert!(st.success());
+
+    let o: Output = Command::new("pwd").current_dir("/").output().unwrap();
+    assert_eq!(o.stdout, b"/\n");
+    let st = Command::new("sh").args(["-c", "exit 3"]).status().unwrap();
+    assert_eq!(st.code(), Some(3));
+
+    let mut slow = Command::new("sleep").arg("30").spawn().unwrap();
+    let none: Option<ExitStatus> = slow.wait_timeout(Duration::from_millis(10)).unwrap();
+    assert!(none.is_none());
+    assert!(slow.try_wait().unwrap().is_none());
+    slow.kill().unwrap();
+    assert!(!slow.wait().unwrap().success());
+
+    let c = Command::new("echo")
+        .arg("hi")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(c.wait_with_output().unwrap().stdout, b"hi\n");
+}
+
+moss::coroutine_local! { static REQUEST_ID: std::cell::Cell<u64> = std::cell::Cell::new(0); }
+
+#[test]
+fn coroutine_local_api() {
+    REQUEST_ID.with(|v| v.set(1)); // the root's own value
+    let hs: Vec<_> = (2..5u64)
+        .map(|i| {
+            moss::spawn(move || {
+                assert_eq!(REQUEST_ID.with(|v| v.get()), 0); // lazily initialised
+                REQUEST_ID.with(|v| v.set(i));
+                moss::yield_now(); // the others set theirs meanwhile
+                REQUEST_ID.with(|v| v.get())
+            })
+        })
+        .collect();
+    let got: Vec<u64> = moss::join_all(hs).into_iter().map(Result::unwrap).collect();
+    assert_eq!(got, [2, 3, 4]);
+    assert_eq!(REQUEST_ID.with(|v| v.get()), 1);
+}
+
+#[test]
+fn monitor_api() {
+    use moss::monitor::{self, BlockReport};
+    use std::sync::Mutex as StdMutex;
+    let _wd = util::watchdog("monitor_api", Duration::from_secs(60));
+    static SEEN: StdMutex<Vec<(Option<String>, Duration, bool)>> = StdMutex::new(Vec::new());
+    monitor::set_report(|r: &BlockReport| {
+        let _: Option<&String> = r.thread_name.as_ref();
+        let _: moss::CoroutineId = r.coroutine_id;
+        if r.coroutine_name.as_deref() == Some("api-blocker") {
+            SEEN.lock().unwrap().push((
+                r.coroutine_name.clone(),
+                r.blocked_for,
+                r.spawn_site.is_some(),
+            ));
+        }
+    });
+    monitor::enable(Duration::from_millis(50));
+    let blocker = moss::Builder::new()
+        .name("api-blocker")
+        .spawn(|| {
+            // Holds its hub (a plain std sleep, no patching) until the
+            // monitor has reported it, at most 30 s.
+            let t = std::time::Instant::now();
+            while SEEN.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .unwrap();
+    blocker.join().unwrap();
+    let seen = SEEN.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "no block report");
+    let (name, blocked_for, has_site) = &seen[0];
+    assert_eq!(name.as_deref(), Some("api-blocker"));
+    assert!(*blocked_for >= Duration::from_millis(50));
+    assert!(has_site);
+    let all: String = moss::dump_all();
+    assert!(!all.is_empty());
+}
+
+#[test]
+fn block_on_api() {
+    use std::sync::{Arc, Mutex as StdMutex};
+    use std::task::{Poll, Waker};
+    assert_eq!(moss::block_on(async { 6 * 7 }), 42);
+    // A future woken by another coroutine: the hub ran it while block_on parked.
+    type Slot = Arc<StdMutex<(Option<u32>, Option<Waker>)>>;
+    let slot: Slot = Arc::default();
+    let s = slot.clone();
+    let setter = moss::spawn(move || {
+        let mut g = s.lock().unwrap();
+        g.0 = Some(9);
+        if let Some(w) = g.1.take() {
+            w.wake();
+        }
+    });
+    let v = moss::block_on(std::future::poll_fn(|cx| {
+        let mut g = slot.lock().unwrap();
+        match g.0 {
+            Some(v) => Poll::Ready(v),
+            None => {
+                g.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }));
+    assert_eq!(v, 9);
+    setter.join().unwrap();
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn compat_tokio_api() {
+    let v: u32 = moss::compat::tokio(async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        7
+    });
+    assert_eq!(v, 7);
+}
+
+#[test]
+fn coop_api() {
+    let _: u32 = moss::coop::BUDGET;
+    // A coroutine that only ever calls operations completing at once still
+    // lets the others run, once per budget.
+    let other = std::rc::Rc::new(std::cell::Cell::new(false));
+    let o = other.clone();
+    let h = moss::spawn(move || o.set(true));
+    for _ in 0..=moss::coop::BUDGET * 4 {
+        moss::coop::proceed();
+    }
+    assert!(other.get(), "the budget never made the busy root yield");
+    h.join().unwrap();
+}
+
+// ---- Python parity: process pools and the server's start ----
+
+fn pid_of(_: u32) -> u32 {
+    std::process::id()
+}
+
+static INITIALISED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn init_worker() {
+    INITIALISED.store(11, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn initialised(_: u32) -> u32 {
+    INITIALISED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[test]
+fn process_pool_builder_api() {
+    use moss::pool::{PoolError, ProcessPool};
+    let _wd = util::watchdog("process_pool_builder_api", Duration::from_secs(120));
+    let pool: std::io::Result<ProcessPool> = ProcessPool::builder(1)
+        .initializer(init_worker)
+        .max_tasks_per_child(1)
+        .build();
+    let pool = pool.unwrap();
+    assert_eq!(pool.apply(initialised, 0).unwrap(), 11);
+    // One task per child: each task meets a fresh worker.
+    let a = pool.apply(pid_of, 0).unwrap();
+    let b = pool.apply(pid_of, 0).unwrap();
+    assert_ne!(a, b);
+    assert_ne!(a, std::process::id());
+
+    let pool = ProcessPool::new(2).unwrap();
+    let ordered: Vec<Result<u64, PoolError>> = pool.imap(square, 1..5u64).collect();
+    assert_eq!(
+        ordered.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        [1, 4, 9, 16]
+    );
+    let mut any: Vec<u64> = pool
+        .imap_unordered(square, vec![3u64, 1, 2])
+        .map(Result::unwrap)
+        .collect();
+    any.sort();
+    assert_eq!(any, [1, 4, 9]);
+    let called = std::rc::Rc::new(std::cell::Cell::new(false));
+    let c = called.clone();
+    let ar: moss::sync::AsyncResult<Result<Vec<u64>, PoolError>> =
+        pool.map_async(square, vec![2u64, 3], move |v: &Vec<u64>| {
+            assert_eq!(*v, [4, 9]);
+            c.set(true);
+        });
+    assert_eq!(ar.get().unwrap(), [4, 9]);
+    assert!(called.get());
+    pool.close();
+    pool.join();
+}
+
+#[test]
+fn server_start_api() {
+    use moss::server::StreamServer;
+    let srv = StreamServer::bind("127.0.0.1:0", |mut s: moss::net::TcpStream, _| {
+        let _ = s.write_all(b"up");
+    })
+    .unwrap();
+    let started: std::io::Result<()> = srv.start();
+    started.unwrap();
+    assert_eq!(
+        srv.start().unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
+    let mut c = moss::net::TcpStream::connect(srv.local_addr()).unwrap();
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).unwrap();
+    assert_eq!(buf, b"up");
+    srv.stop(Duration::from_secs(1));
+    assert_eq!(
+        srv.start().unwrap_err().kind(),
+        std::io::ErrorKind::NotConnected
+    );
+    assert!(moss::net::TcpStream::connect(srv.local_addr()).is_err());
+}
+
+#[test]
+fn unix_socket_conversions_api() {
+    use moss::net::{UnixListener, UnixStream};
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut a: UnixStream = a.into();
+    let mut b = UnixStream::from(b);
+    a.write_all(b"u").unwrap();
+    let mut buf = [0u8; 1];
+    b.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"u");
+    let _std: std::os::unix::net::UnixStream = a.into();
+    let path = std::env::temp_dir().join(format!("moss-api-ul-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let l: UnixListener = std::os::unix::net::UnixListener::bind(&path)
+        .unwrap()
+        .into();
+    let _back: std::os::unix::net::UnixListener = l.into();
+    let _ = std::fs::remove_file(&path);
 }
