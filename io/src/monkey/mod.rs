@@ -132,7 +132,7 @@
 //! hub. `std::thread::JoinHandle::join` (`pthread_join`) waits the same
 //! way. An uncontended lock never calls the futex, so it costs nothing:
 //! a `std::sync::Mutex` lock+unlock runs the same 24 instructions with
-//! and without `patch_all` (`moss::sync::Mutex`: 11).
+//! and without `patch_all` (`moss::sync::Mutex`: 19).
 //!
 //! Cancellation: a `kill`/`timeout` ends a futex wait as a spurious
 //! wake-up; std then waits again (a lock must be taken) and further waits
