@@ -13,16 +13,6 @@ use moss::sync::{Event, Queue};
 
 mod util;
 
-/// Runs `case` in a child process and asserts that it passed (exited 0).
-fn passes_in_child(case: &str) {
-    let run = util::run_in_child(case, Duration::from_secs(60));
-    assert!(
-        run.success() && !run.timed_out,
-        "{case}: {run:?}\nstderr:\n{}",
-        run.stderr
-    );
-}
-
 /// A value whose destructor blocks on a moss call (a `BufWriter<TcpStream>`
 /// flushing, say): `entered` is set when the destructor starts, `took` gets
 /// how long its `sleep` lasted.
@@ -70,7 +60,7 @@ fn slow_drop(sleep: Duration) -> (SlowDrop, Flag, Took) {
 fn kill_during_a_timeout_unwind_ends_the_destructors_sleep_early() {
     const CASE: &str = "kill_during_a_timeout_unwind_ends_the_destructors_sleep_early";
     if !util::in_child(CASE) {
-        return passes_in_child(CASE);
+        return util::passes_in_child(CASE);
     }
     let (d, entered, took) = slow_drop(Duration::from_secs(30));
     let h = unwinding_from_a_timeout(d);
@@ -90,7 +80,7 @@ fn kill_during_a_timeout_unwind_ends_the_destructors_sleep_early() {
 fn an_outer_timeout_during_an_inner_timeout_unwind_does_not_abort() {
     const CASE: &str = "an_outer_timeout_during_an_inner_timeout_unwind_does_not_abort";
     if !util::in_child(CASE) {
-        return passes_in_child(CASE);
+        return util::passes_in_child(CASE);
     }
     let (d, entered, took) = slow_drop(Duration::from_secs(30));
     let t = Instant::now();
@@ -119,7 +109,7 @@ fn an_outer_timeout_during_an_inner_timeout_unwind_does_not_abort() {
 fn kill_during_a_panic_unwind_does_not_abort() {
     const CASE: &str = "kill_during_a_panic_unwind_does_not_abort";
     if !util::in_child(CASE) {
-        return passes_in_child(CASE);
+        return util::passes_in_child(CASE);
     }
     let (d, entered, took) = slow_drop(Duration::from_secs(30));
     let h = moss::spawn(move || {
@@ -142,7 +132,7 @@ fn kill_during_a_panic_unwind_does_not_abort() {
 fn kill_during_an_unwind_keeps_an_infallible_wait_waiting() {
     const CASE: &str = "kill_during_an_unwind_keeps_an_infallible_wait_waiting";
     if !util::in_child(CASE) {
-        return passes_in_child(CASE);
+        return util::passes_in_child(CASE);
     }
     // A destructor that cannot fail: it waits for an item.
     struct Drain(Arc<Queue<u32>>, Rc<Cell<Option<u32>>>, Rc<Cell<bool>>);
@@ -177,7 +167,7 @@ fn kill_during_an_unwind_keeps_an_infallible_wait_waiting() {
 fn a_timed_wait_during_an_unwind_times_out_early_when_killed() {
     const CASE: &str = "a_timed_wait_during_an_unwind_times_out_early_when_killed";
     if !util::in_child(CASE) {
-        return passes_in_child(CASE);
+        return util::passes_in_child(CASE);
     }
     struct WaitEvent(Arc<Event>, Rc<Cell<Option<bool>>>, Rc<Cell<bool>>);
     impl Drop for WaitEvent {
@@ -206,7 +196,7 @@ fn a_timed_wait_during_an_unwind_times_out_early_when_killed() {
 fn a_kill_while_another_coroutine_unwinds_is_delivered_once_it_is_done() {
     const CASE: &str = "a_kill_while_another_coroutine_unwinds_is_delivered_once_it_is_done";
     if !util::in_child(CASE) {
-        return passes_in_child(CASE);
+        return util::passes_in_child(CASE);
     }
     // `a` unwinds (its timeout fired) through a destructor that sleeps.
     let (d, entered, took) = slow_drop(Duration::from_millis(300));

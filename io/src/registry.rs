@@ -146,7 +146,7 @@ pub(crate) fn get(fd: RawFd, owner: Owner) -> io::Result<Got> {
     let idx = usize::try_from(fd)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "negative fd"))?;
     let hub = reactor::hub_id();
-    let found = SLOTS.with(|t| {
+    let found = SLOTS.try_with(|t| {
         let mut t = t.borrow_mut();
         let slot = t.get_mut(idx)?.as_mut()?;
         if slot.reg.hub_id() != hub {
@@ -170,16 +170,27 @@ pub(crate) fn get(fd: RawFd, owner: Owner) -> io::Result<Got> {
         None
     });
     match found {
-        Some(g) => Ok(g),
-        None => register(idx, fd, owner),
+        Ok(Some(g)) => Ok(g),
+        Ok(None) => register(idx, fd, owner),
+        Err(_) => Err(exiting()),
     }
+}
+
+/// The error of I/O that needs a registration while this thread's
+/// registrations are already destroyed (its thread-locals are; see the
+/// runtime's thread-exit notes).
+#[cold]
+fn exiting() -> io::Error {
+    io::Error::other("moss::net: this thread is exiting (its I/O registrations are gone)")
 }
 
 #[cold]
 fn register(idx: usize, fd: RawFd, owner: Owner) -> io::Result<Got> {
     // The old slot goes first (outside the borrow: dropping it may
     // deregister the fd), so that its deregistration cannot hit the new one.
-    let old = SLOTS.with(|t| t.borrow_mut().get_mut(idx).and_then(Option::take));
+    let old = SLOTS
+        .try_with(|t| t.borrow_mut().get_mut(idx).and_then(Option::take))
+        .map_err(|_| exiting())?;
     drop(old);
     let reg = Rc::new(Reg {
         reg: ManuallyDrop::new(Registration::new(fd)?),
@@ -190,13 +201,15 @@ fn register(idx: usize, fd: RawFd, owner: Owner) -> io::Result<Got> {
         hook: None,
     };
     slot.claim(owner);
-    SLOTS.with(|t| {
-        let mut t = t.borrow_mut();
-        if t.len() <= idx {
-            t.resize_with(idx + 1, || None);
-        }
-        t[idx] = Some(slot);
-    });
+    SLOTS
+        .try_with(|t| {
+            let mut t = t.borrow_mut();
+            if t.len() <= idx {
+                t.resize_with(idx + 1, || None);
+            }
+            t[idx] = Some(slot);
+        })
+        .map_err(|_| exiting())?;
     Ok(Got {
         reg,
         fresh: true,

@@ -21,6 +21,11 @@ use crate::task::{CoroutineId, Header, JoinError, JoinSlot, State, TaskCell, Wak
 /// starts the next time the hub runs (when the caller blocks on a moss call).
 /// Dropping the handle detaches the coroutine.
 ///
+/// A coroutine still alive when its thread exits is killed then (unwound
+/// from its blocking point, so its destructors run and it leaves the wait
+/// lists of shared objects); one that never started is dropped unrun.
+/// Coroutines of the main thread end with the process.
+///
 /// ```
 /// let h = moss::spawn(|| 6 * 7);
 /// assert_eq!(h.join().unwrap(), 42);
@@ -144,8 +149,8 @@ impl Builder {
     /// dispatcher) does not keep a program from finishing. In every other
     /// way it is an ordinary coroutine: it runs whenever its hub runs,
     /// `join` and `kill` work, and `dump` lists it. A background coroutine
-    /// still alive when its thread exits is abandoned without running its
-    /// destructors, like a daemon thread at process exit.
+    /// still alive when its thread exits is killed then, like any other (see
+    /// [`spawn`]).
     ///
     /// ```
     /// use std::time::Duration;
@@ -497,8 +502,13 @@ where
         let f = f.clone();
         match std::thread::Builder::new()
             .name(format!("moss-hub-{i}"))
-            .spawn(move || run(|| f(i)))
-        {
+            .spawn(move || {
+                run(|| f(i));
+                // Coroutines that can never finish are killed now, while
+                // this thread's thread-locals still live (see the hub's
+                // thread-exit notes).
+                Hub::current().shutdown();
+            }) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 spawn_error = Some((i, e));

@@ -48,9 +48,10 @@
 //! coroutine. A destructor that panics or is killed does not stop the
 //! others; `join` reports the first such panic if the body itself returned
 //! a value. A thread's root does the same at thread exit, from a
-//! thread-local destructor. A coroutine that never ends (abandoned, still
-//! parked, when its thread exits) keeps its values: they are leaked with
-//! its stack, never dropped.
+//! thread-local destructor. A coroutine still alive when its thread exits
+//! is killed then, and drops its values as it ends; one that can never end
+//! (left waiting on something nothing can signal) keeps its values: they
+//! are leaked with its stack, never dropped.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};

@@ -147,6 +147,28 @@ pub fn run_in_child(case: &str, limit: Duration) -> ChildRun {
     }
 }
 
+/// Runs the test `case` in a child process (see [`run_in_child`]) and
+/// asserts that it passed, with its output in the message if not: for a
+/// test whose failure mode is an abort, a crash or a hang.
+///
+/// ```ignore
+/// #[test]
+/// fn case() {
+///     if !util::in_child("case") {
+///         return util::passes_in_child("case");
+///     }
+///     // the body that could abort
+/// }
+/// ```
+pub fn passes_in_child(case: &str) {
+    let run = run_in_child(case, Duration::from_secs(60));
+    assert!(
+        run.success() && !run.timed_out,
+        "{case}: {run:?}\nstderr:\n{}",
+        run.stderr
+    );
+}
+
 /// Counts drops of the values it makes (async-task's tests do the same).
 #[derive(Clone, Default)]
 pub struct DropCounter(Arc<AtomicUsize>);

@@ -12,11 +12,14 @@
 //! * `remote.rs` — the part other threads touch: the cross-thread wake-up
 //!   queue and its eventfd.
 //! * `dump.rs` — `moss::dump`.
+//! * `exit.rs` — the end: its coroutines are killed when the thread exits,
+//!   then the hub is freed.
 //!
 //! A context's life cycle and its cancellation state are owned by
 //! `task/state.rs`; the hub changes them only through its transitions.
 
 mod dump;
+mod exit;
 mod park;
 mod remote;
 mod run;
@@ -92,26 +95,17 @@ pub(crate) struct Hub {
     /// When (on `clock`) an idle hub that only other threads could wake next
     /// asks whether any other thread is left (`run.rs`).
     alone_check_at: Cell<u32>,
+    /// The hub is shutting down (thread exit): new coroutines get a pending
+    /// kill (see `exit.rs`).
+    exiting: Cell<bool>,
 }
 
 thread_local! {
+    /// This thread's hub, or null. A `const` thread-local without a
+    /// destructor: it is never "destroyed", so moss calls work in every
+    /// thread-local destructor, and the signal handler can read it. The hub
+    /// it points at is owned by a pthread key (see `exit.rs`).
     static HUB: Cell<*const Hub> = const { Cell::new(std::ptr::null()) };
-    static OWNER: HubOwner = const { HubOwner(Cell::new(std::ptr::null_mut())) };
-}
-
-/// Owns the thread's hub; dropping it at thread exit frees the hub.
-struct HubOwner(Cell<*mut Hub>);
-
-impl Drop for HubOwner {
-    fn drop(&mut self) {
-        let p = self.0.replace(std::ptr::null_mut());
-        if !p.is_null() {
-            HUB.with(|h| h.set(std::ptr::null()));
-            // SAFETY: `p` came from `Box::into_raw` in `Hub::current` and is
-            // freed only here, once; `HUB` no longer points at it.
-            drop(unsafe { Box::from_raw(p) });
-        }
-    }
 }
 
 impl Hub {
@@ -146,6 +140,7 @@ impl Hub {
             alone_check_at: Cell::new(0),
             loop_depth: Cell::new(0),
             watch: crate::monitor::Watch::register(waker),
+            exiting: Cell::new(false),
         })
     }
 
@@ -159,8 +154,9 @@ impl Hub {
         let p = HUB.with(|h| h.get());
         if !p.is_null() {
             // SAFETY: `HUB` points at this thread's live, boxed (never moved)
-            // hub; it is cleared before the hub is freed at thread exit, and
-            // the reference is used only on this thread during its life.
+            // hub; it is cleared before the hub is freed at thread exit (after
+            // its shutdown: no coroutine or hub loop that could hold the
+            // reference runs then), and it is used only on this thread.
             return unsafe { &*p };
         }
         Self::create()
@@ -173,13 +169,16 @@ impl Hub {
             Err(e) => panic!("moss: cannot create the hub of this thread: {e}"),
         };
         let p = Box::into_raw(Box::new(hub));
-        OWNER.with(|o| o.0.set(p));
-        HUB.with(|h| h.set(p));
-        // SAFETY: just allocated and published; see `current`.
+        // SAFETY: just allocated, never moved; see `current`.
         let hub = unsafe { &*p };
         hub.current.set(&hub.root.0);
+        // Published only once complete: installing the signal handler and
+        // the owner key may wait on a lock (a `Once`), and under the monkey
+        // hooks such a wait asks this thread's hub whether it can park.
         hub.altstack
             .set(crate::sys::signal::install(describe_fault));
+        exit::own(p);
+        HUB.with(|h| h.set(p));
         hub
     }
 
@@ -199,7 +198,7 @@ impl Hub {
     /// with the parent, its coroutines are the parent's), so that the next
     /// moss call on this thread creates a fresh hub.
     pub(crate) fn forget_after_fork() {
-        OWNER.with(|o| o.0.set(std::ptr::null_mut()));
+        exit::disown();
         HUB.with(|h| h.set(std::ptr::null()));
     }
 
@@ -245,6 +244,10 @@ impl Hub {
         }
         if h.background {
             self.background.set(self.background.get() + 1);
+        }
+        if self.exiting.get() {
+            // It runs until its first blocking point (see `exit.rs`).
+            h.state.request_exit_kill();
         }
         match start {
             Some(at) => {
@@ -321,9 +324,9 @@ impl Drop for Hub {
     fn drop(&mut self) {
         // Before any control block is freed: the monitor may be reading one.
         self.watch.retire();
-        // Unfinished coroutines are leaked, not unwound: their destructors
-        // would run during thread-local destruction, when moss itself is
-        // gone. Their stacks stay mapped (and unused) for the process's life.
+        // What is left after `shutdown` can never make progress: leaked, not
+        // unwound (that would need the hub loop that is going away). Their
+        // stacks stay mapped (and unused) for the process's life.
         for t in self.tasks.get_mut().drain() {
             // SAFETY: the hub loop is not running (we are in its destructor),
             // so nothing else references the coroutine cell.

@@ -40,6 +40,8 @@ pub(crate) enum Until {
     RootReady,
     /// No task of this hub is left but background ones.
     NoTasks,
+    /// No task at all is left (the hub shuts down).
+    Empty,
 }
 
 /// FIFO of ready tasks.
@@ -116,6 +118,7 @@ impl Hub {
         let done = || match until {
             Until::RootReady => !self.root.0.state.is(State::Parked),
             Until::NoTasks => self.foreground_tasks() == 0,
+            Until::Empty => self.live_tasks() == 0,
         };
         loop {
             if done() {
@@ -291,10 +294,16 @@ impl Hub {
 
     /// Marks `t` done, releases its slab entry and wakes its joiners.
     pub(crate) fn finish(&self, t: &Rc<dyn Task>) {
+        t.header().state.complete();
+        self.release(t);
+    }
+
+    /// The rest of `finish` for a task already `Done`: releases its slab
+    /// entry and timer, wakes its joiners.
+    fn release(&self, t: &Rc<dyn Task>) {
         // Its control block may be freed from now on.
         self.watch.before_free();
         let h = t.header();
-        h.state.complete();
         if let Some(k) = h.timer.take() {
             self.timers.borrow_mut().cancel(k);
         }
@@ -329,8 +338,12 @@ impl Hub {
     /// coroutine of their own (named "link"; if that one cannot get a stack
     /// either, they are dropped without running).
     pub(crate) fn finish_unstarted(&self, t: &Rc<dyn Task>, err: Option<std::io::Error>) {
+        // Done first: dropping the closure runs user destructors, which may
+        // run the hub loop (a blocking call on the root); the loop must skip
+        // this task, still in the run queue.
+        t.header().state.complete();
         let links = t.finish_unstarted(err);
-        self.finish(t);
+        self.release(t);
         if let Some(f) = links {
             let site = t.header().spawn_site;
             let h = Header::new(

@@ -44,7 +44,9 @@
 //! value next to the life cycle: `request_kill`/`request_timeout` set it,
 //! `take_cancel` consumes it when it is delivered as an unwind, and
 //! `mark_seen` records that a non-unwinding wait reported it to a caller that
-//! failed its call instead. `killed` is sticky: a coroutine is killed once.
+//! failed its call instead. `killed` is sticky: a coroutine is killed once,
+//! except at thread exit, when `request_exit_kill` leaves the kill pending
+//! until the coroutine has finished.
 
 use std::cell::Cell;
 
@@ -113,6 +115,10 @@ pub(crate) struct TaskState {
     wakeup: Cell<Wakeup>,
     /// A kill was requested once; later kills are no-ops.
     killed: Cell<bool>,
+    /// The thread is exiting: the kill stays pending after each delivery, so
+    /// a coroutine that catches its `Cancelled` is unwound again at its next
+    /// blocking point, and a wait it enters while unwinding fails early.
+    exit_kill: Cell<bool>,
     /// A non-unwinding wait reported the pending cancellation to its caller
     /// (a monkey hook failed its call): a `timeout` then reports `Elapsed`
     /// even if its closure returns, and a kill makes `join` report
@@ -141,6 +147,7 @@ impl TaskState {
             lifecycle: Cell::new(s),
             wakeup: Cell::new(Wakeup::Notified),
             killed: Cell::new(false),
+            exit_kill: Cell::new(false),
             cancel_seen: Cell::new(false),
             cancel: Cell::new(NO_CANCEL),
             park_seq: Cell::new(0),
@@ -275,6 +282,20 @@ impl TaskState {
         true
     }
 
+    /// The thread is exiting: a kill that stays pending until the coroutine
+    /// has finished (it is not consumed by its delivery). Returns false if
+    /// one was pending already (nothing to wake).
+    #[inline]
+    pub(crate) fn request_exit_kill(&self) -> bool {
+        self.killed.set(true);
+        self.exit_kill.set(true);
+        if self.cancel.get() == KILL {
+            return false;
+        }
+        self.cancel.set(KILL);
+        true
+    }
+
     /// Records the expiry of the `timeout` scope `scope`. Returns false if
     /// what is pending already wins: a kill, or the timeout of `scope` or of
     /// an enclosing scope (scopes are numbered in the order they are entered,
@@ -315,7 +336,9 @@ impl TaskState {
     #[inline]
     pub(crate) fn take_cancel(&self) -> Option<Cancel> {
         let c = self.pending();
-        self.cancel.set(NO_CANCEL);
+        if !self.exit_kill.get() {
+            self.cancel.set(NO_CANCEL);
+        }
         self.cancel_seen.set(false);
         c
     }
@@ -428,6 +451,17 @@ mod tests {
         assert_eq!(s.pending(), Some(Cancel::Timeout(2)));
         assert!(!s.end_timeout(5), "the inner scope ends: not its timeout");
         assert_eq!(s.pending(), Some(Cancel::Timeout(2)));
+    }
+
+    #[test]
+    fn an_exit_kill_stays_pending_after_its_delivery() {
+        let s = TaskState::new_root();
+        assert!(s.request_timeout(3));
+        assert!(s.request_exit_kill(), "replaces the timeout");
+        assert!(!s.request_exit_kill());
+        assert_eq!(s.take_cancel(), Some(Cancel::Kill));
+        assert_eq!(s.pending(), Some(Cancel::Kill), "still pending");
+        assert!(!s.request_kill(), "killed already");
     }
 
     #[test]
