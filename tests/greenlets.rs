@@ -3,7 +3,11 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use std::time::{Duration, Instant};
+
 use moss::greenlet::{self, Greenlet};
+
+mod util;
 
 #[test]
 fn ping_pong_trace_is_strict() {
@@ -142,4 +146,107 @@ fn greenlet_on_root_may_block_and_run_the_hub() {
     assert_eq!(g.switch(9), 9);
     assert_eq!(ticks.get(), 3);
     ticker.join().unwrap();
+}
+
+/// The root runs the hub loop on a greenlet's stack (it blocks inside the
+/// greenlet); a coroutine resumed by that loop has greenlets of its own:
+/// its `current` is its own root, its greenlets return to it, and the
+/// root's state is untouched afterwards (this used to switch with the
+/// root greenlet's yielder from the coroutine's stack: SIGSEGV).
+#[test]
+fn a_coroutine_resumed_under_a_root_greenlet_has_its_own_greenlets() {
+    const CASE: &str = "a_coroutine_resumed_under_a_root_greenlet_has_its_own_greenlets";
+    if !util::in_child(CASE) {
+        return util::passes_in_child(CASE);
+    }
+    let root_id = moss::current().id();
+    let c = moss::spawn(|| {
+        let own_root = greenlet::current::<u32>().parent().is_none();
+        let g = Greenlet::new(|v: u32| {
+            let root = greenlet::current::<u32>().parent().unwrap();
+            root.switch(v + 1)
+        });
+        (own_root, g.switch(1), moss::current().id())
+    });
+    let c_id = c.id();
+    let outer = Greenlet::new(|v: u32| {
+        moss::sleep(Duration::from_millis(50));
+        v
+    });
+    assert_eq!(outer.switch(7), 7);
+    let (own_root, got, id_in_c) = c.join().unwrap();
+    assert!(own_root, "the coroutine saw the root's running greenlet");
+    assert_eq!(got, 2);
+    assert_eq!(id_in_c, c_id);
+    assert_eq!(moss::current().id(), root_id);
+    assert!(greenlet::current::<u32>().parent().is_none());
+    let t = Instant::now();
+    moss::sleep(Duration::from_millis(30));
+    assert!(t.elapsed() >= Duration::from_millis(30));
+}
+
+/// A greenlet the root is running (blocked inside it) cannot be switched to
+/// or thrown from a coroutine: a clear panic in that coroutine, and the
+/// root goes on.
+#[test]
+fn a_greenlet_running_in_another_context_is_refused() {
+    let slot: Rc<RefCell<Option<Greenlet<u32>>>> = Rc::default();
+    let s = slot.clone();
+    let c = moss::spawn(move || {
+        let g = s.borrow().clone().unwrap();
+        let switch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.switch(5)));
+        let throw = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.throw()));
+        (
+            moss_panic_message(switch.unwrap_err()),
+            moss_panic_message(throw.unwrap_err()),
+        )
+    });
+    let outer = Greenlet::new(|v: u32| {
+        moss::sleep(Duration::from_millis(50));
+        v + 1
+    });
+    *slot.borrow_mut() = Some(outer.clone());
+    assert_eq!(outer.switch(1), 2);
+    let (switch, throw) = c.join().unwrap();
+    assert!(switch.contains("greenlet that is running"), "{switch}");
+    assert!(throw.contains("greenlet that is running"), "{throw}");
+}
+
+/// A greenlet whose parent is running elsewhere (the root is blocked inside
+/// it) is resumed by a coroutine and returns: the return to that parent
+/// is refused with a clear panic in the coroutine (it used to switch from
+/// the coroutine's stack with the parent's yielder: SIGSEGV).
+#[test]
+fn a_return_to_a_parent_running_elsewhere_is_refused() {
+    const CASE: &str = "a_return_to_a_parent_running_elsewhere_is_refused";
+    if !util::in_child(CASE) {
+        return util::passes_in_child(CASE);
+    }
+    let slot: Rc<RefCell<Option<Greenlet<u32>>>> = Rc::default();
+    let s = slot.clone();
+    let c = moss::spawn(move || {
+        let inner = s.borrow().clone().unwrap();
+        inner.switch(10)
+    });
+    let s = slot.clone();
+    let outer = Greenlet::new(move |v: u32| {
+        // A child of `outer` that suspends back to it once.
+        let inner = Greenlet::new(|v: u32| {
+            let parent = greenlet::current::<u32>().parent().unwrap();
+            parent.switch(v + 1) + 100
+        });
+        assert_eq!(inner.switch(v), v + 1);
+        *s.borrow_mut() = Some(inner);
+        moss::sleep(Duration::from_millis(50));
+        v
+    });
+    assert_eq!(outer.switch(1), 1);
+    let e = c.join().unwrap_err();
+    assert!(e.is_panic());
+    assert!(e.to_string().contains("which is running"), "{e}");
+    assert!(slot.borrow().as_ref().unwrap().is_dead());
+}
+
+fn moss_panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    moss::panic_message(&*p).unwrap_or("").to_string()
 }

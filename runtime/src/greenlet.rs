@@ -12,7 +12,15 @@
 //! the target. A switch therefore costs two stack switches.
 //!
 //! Values of different types live in separate families: `Greenlet<u32>` and
-//! `Greenlet<String>` of one thread never meet, each family has its own root.
+//! `Greenlet<String>` never meet, each family has its own root.
+//!
+//! Each coroutine, and each thread's root, has its own families: the root
+//! greenlet of a family is the coroutine (or thread root) itself, and which
+//! greenlet runs is tracked per coroutine. So greenlets a coroutine uses
+//! never mix with those of the coroutine (or root) that was running a
+//! greenlet when the hub resumed it. A suspended greenlet may be switched
+//! to from anywhere on its thread; one that is running (in another
+//! coroutine's chain of switches) may not: that panics in the caller.
 //!
 //! ```
 //! use moss::greenlet::{self, Greenlet};
@@ -35,7 +43,6 @@
 
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::rc::Rc;
@@ -80,8 +87,29 @@ struct Inner<T: 'static> {
     f: RefCell<Option<Body<T>>>,
     parent: Option<Greenlet<T>>,
     yielder: Cell<*const Yielder<In<T>, Out<T>>>,
+    /// The usable part `[lo, hi)` of its stack once started: a greenlet
+    /// suspends only from there.
+    stack: Cell<(usize, usize)>,
+    /// Resumed and not suspended since (on some context's chain of
+    /// switches): it cannot be resumed again.
+    running: Cell<bool>,
     dead: Cell<bool>,
     root: bool,
+}
+
+impl<T> Inner<T> {
+    fn new(f: Option<Body<T>>, parent: Option<Greenlet<T>>) -> Inner<T> {
+        Inner {
+            coro: RefCell::new(None),
+            root: parent.is_none(),
+            f: RefCell::new(f),
+            parent,
+            yielder: Cell::new(std::ptr::null()),
+            stack: Cell::new((0, 0)),
+            running: Cell::new(false),
+            dead: Cell::new(false),
+        }
+    }
 }
 
 /// A handle to a greenlet (cheap to clone, `!Send`).
@@ -106,43 +134,46 @@ impl<T> fmt::Debug for Greenlet<T> {
     }
 }
 
-/// Per-thread, per-family state: the root greenlet and the running one.
+/// Per-context (coroutine or thread root), per-type state: the root greenlet
+/// and the running one.
 struct Family<T: 'static> {
     root: Greenlet<T>,
     current: RefCell<Greenlet<T>>,
 }
 
+/// The families of one context, by value type (a handful at most: a list).
+/// Kept with the context's coroutine-locals (`local.rs`), freed with them
+/// when the coroutine ends.
+#[derive(Default)]
+pub(crate) struct Families(RefCell<Vec<(TypeId, Rc<dyn Any>)>>);
+
 thread_local! {
-    static FAMILIES: RefCell<HashMap<TypeId, Rc<dyn Any>>> = RefCell::new(HashMap::new());
     /// The hub context (coroutine header) that is driving non-root greenlets
     /// right now, or null: moss blocking calls must not suspend that
     /// coroutine from a greenlet's stack.
     static DRIVER_OWNER: Cell<*const Header> = const { Cell::new(std::ptr::null()) };
 }
 
+/// The running context's family of `T`, made on first use.
 fn family<T: 'static>() -> Rc<Family<T>> {
-    FAMILIES.with(|m| {
-        let mut m = m.borrow_mut();
-        let any = m.entry(TypeId::of::<T>()).or_insert_with(|| {
-            let root: Greenlet<T> = Greenlet {
-                inner: Rc::new(Inner::<T> {
-                    coro: RefCell::new(None),
-                    f: RefCell::new(None),
-                    parent: None,
-                    yielder: Cell::new(std::ptr::null()),
-                    dead: Cell::new(false),
-                    root: true,
-                }),
-            };
-            Rc::new(Family {
-                current: RefCell::new(root.clone()),
-                root,
-            }) as Rc<dyn Any>
+    let any = crate::local::with_greenlet_families(|fams| {
+        let key = TypeId::of::<T>();
+        let mut fams = fams.0.borrow_mut();
+        if let Some((_, f)) = fams.iter().find(|(k, _)| *k == key) {
+            return f.clone();
+        }
+        let root = Greenlet {
+            inner: Rc::new(Inner::<T>::new(None, None)),
+        };
+        let f: Rc<dyn Any> = Rc::new(Family {
+            current: RefCell::new(root.clone()),
+            root,
         });
-        any.clone()
-            .downcast::<Family<T>>()
-            .expect("family keyed by its type")
-    })
+        fams.push((key, f.clone()));
+        f
+    });
+    any.downcast::<Family<T>>()
+        .expect("a family is keyed by its type")
 }
 
 /// Called by the hub before suspending a coroutine: blocking inside a
@@ -170,8 +201,8 @@ pub(crate) fn in_coroutine_driven_greenlet() -> bool {
             .is_some_and(|hub| std::ptr::eq(owner, hub.current_header()) && hub.in_coroutine())
 }
 
-/// The running greenlet of family `T` (the thread's root greenlet outside
-/// any).
+/// The running greenlet of family `T`: the one the running coroutine (or
+/// thread root) switched to, or that coroutine's root greenlet.
 pub fn current<T: 'static>() -> Greenlet<T> {
     family::<T>().current.borrow().clone()
 }
@@ -181,14 +212,7 @@ impl<T: 'static> Greenlet<T> {
     /// is the greenlet running now.
     pub fn new(f: impl FnOnce(T) -> T + 'static) -> Greenlet<T> {
         Greenlet {
-            inner: Rc::new(Inner {
-                coro: RefCell::new(None),
-                f: RefCell::new(Some(Box::new(f))),
-                parent: Some(current::<T>()),
-                yielder: Cell::new(std::ptr::null()),
-                dead: Cell::new(false),
-                root: false,
-            }),
+            inner: Rc::new(Inner::new(Some(Box::new(f)), Some(current::<T>()))),
         }
     }
 
@@ -212,8 +236,11 @@ impl<T: 'static> Greenlet<T> {
     /// caller carries (or the return value of a child that finished).
     ///
     /// # Panics
-    /// If the target is dead. A panic inside any greenlet of the family
-    /// surfaces from the root greenlet's `switch` (the greenlet dies).
+    /// If the target is dead, or running: switched to by another coroutine
+    /// (or the thread's root) and not suspended since. A panic inside any
+    /// greenlet of the family surfaces from the root greenlet's `switch`
+    /// (the greenlet dies).
+    #[track_caller]
     pub fn switch(&self, v: T) -> T {
         let fam = family::<T>();
         let me = fam.current.borrow().clone();
@@ -221,6 +248,7 @@ impl<T: 'static> Greenlet<T> {
             return v;
         }
         assert!(!self.is_dead(), "moss::greenlet: switch to a dead greenlet");
+        self.assert_not_running();
         if me.inner.root {
             drive(&fam, Out::Switch(self.clone(), v))
         } else {
@@ -230,7 +258,12 @@ impl<T: 'static> Greenlet<T> {
 
     /// Kills the greenlet by unwinding it from where it is suspended
     /// (destructors run); a greenlet that never started just dies. Returns
-    /// to the caller afterwards. Throwing the running greenlet unwinds it now.
+    /// to the caller afterwards.
+    ///
+    /// # Panics
+    /// If the target is running: the caller itself, or a greenlet that
+    /// another coroutine switched to and that has not suspended since.
+    #[track_caller]
     pub fn throw(&self) {
         if self.is_dead() || self.inner.root {
             return;
@@ -241,6 +274,7 @@ impl<T: 'static> Greenlet<T> {
             !self.ptr_eq(&me),
             "moss::greenlet: a greenlet cannot throw itself; return from its function instead"
         );
+        self.assert_not_running();
         if self.inner.coro.borrow().is_none() {
             self.inner.f.borrow_mut().take();
             self.inner.dead.set(true);
@@ -266,11 +300,34 @@ impl<T: 'static> Greenlet<T> {
         }
     }
 
+    /// A greenlet running somewhere up this thread's stacks cannot be
+    /// resumed (it is not suspended).
+    #[track_caller]
+    fn assert_not_running(&self) {
+        assert!(
+            !self.inner.running.get(),
+            "moss::greenlet: switch to a greenlet that is running: another coroutine (or \
+             the thread's root) switched to it and it has not switched away since"
+        );
+    }
+
     fn suspend_to_driver_raw(&self, out: Out<T>) -> In<T> {
+        // The family's `current` of the running context is `self`; that this
+        // code runs on `self`'s stack is what makes the suspend below sound:
+        // checked, not assumed (a yielder used from another stack would
+        // return into frames that are gone).
+        let probe = 0u8;
+        let sp = std::ptr::from_ref(&probe) as usize;
+        let (lo, hi) = self.inner.stack.get();
+        assert!(
+            self.inner.running.get() && lo <= sp && sp < hi,
+            "moss::greenlet: a switch from a greenlet that is not the one running here"
+        );
         let y = self.inner.yielder.get();
-        // SAFETY: `self` is the running greenlet (checked by the callers via
-        // the family's `current`), so we execute on its coroutine stack and
-        // the yielder corosensei gave its body is alive.
+        // SAFETY: `self` has started (its stack range is set) and is running
+        // (resumed, not suspended since), and we execute on its stack (both
+        // checked above), so the yielder corosensei gave its body is alive and
+        // this suspend returns to the `resume` that runs it.
         unsafe { (*y).suspend(out) }
     }
 
@@ -289,6 +346,7 @@ impl<T: 'static> Greenlet<T> {
                 .borrow_mut()
                 .take()
                 .expect("unstarted greenlet has its function");
+            self.inner.stack.set(stack.usable());
             let me = self.inner.clone();
             *slot = Some(Coroutine::with_stack(
                 stack,
@@ -307,10 +365,15 @@ impl<T: 'static> Greenlet<T> {
         }
         let coro: *mut GCoro<T> = slot.as_mut().expect("bound above");
         drop(slot);
-        // SAFETY: only the driver resumes greenlets and it keeps `self` alive
-        // for the call, so nothing else touches `self.inner.coro` meanwhile
-        // (the RefCell borrow is released so the greenlet may read its handle).
+        debug_assert!(!self.inner.running.get());
+        self.inner.running.set(true);
+        // SAFETY: only a driver resumes greenlets, never one that is running
+        // (checked by every caller before any state changes), and it keeps
+        // `self` alive for the call, so nothing else touches
+        // `self.inner.coro` meanwhile (the RefCell borrow is released so the
+        // greenlet may read its handle).
         let r = unsafe { (*coro).resume(input) };
+        self.inner.running.set(false);
         if let CoroutineResult::Return(_) = &r {
             self.inner.dead.set(true);
             let c = self
@@ -336,12 +399,23 @@ fn drive<T: 'static>(fam: &Family<T>, first: Out<T>) -> T {
         Out::Throw(_) => unreachable!("root throws go through drive_throw"),
     };
     loop {
+        // Any root (ours, or that of another context a greenlet came from)
+        // is the driver: back to the caller of the root's `switch`.
         if target.inner.root {
             *fam.current.borrow_mut() = fam.root.clone();
             match input {
                 In::Value(v) => return v,
                 _ => unreachable!("the root is never thrown"),
             }
+        }
+        if target.inner.running.get() {
+            // A parent running in another context's chain (switches check
+            // their targets themselves).
+            *fam.current.borrow_mut() = fam.root.clone();
+            panic!(
+                "moss::greenlet: a greenlet returned to its parent, which is running in \
+                 another coroutine (or the thread's root)"
+            );
         }
         *fam.current.borrow_mut() = target.clone();
         match target.resume(input) {

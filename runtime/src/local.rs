@@ -59,6 +59,7 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 
+use crate::greenlet::Families;
 use crate::hub::Hub;
 use crate::task::{Header, JoinError};
 
@@ -132,20 +133,20 @@ impl<T: 'static> CoroutineLocal<T> {
     /// nested `with`), that value is kept and the outer one dropped.
     pub fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
         let key = self.key();
-        if let Some(v) = current_map(|m| m.get(key)).flatten() {
+        if let Some(v) = current_map(|m| m.get(key)) {
             return f(downcast(&v));
         }
         let fresh: Rc<dyn Any> = Rc::new((self.init)());
         // The context may have changed while the initialiser ran (a
         // greenlet resumed by another coroutine): store it where we are now.
         match current_map(|m| m.insert(key, fresh.clone())) {
-            Some(Stored::Ours) => f(downcast(&fresh)),
+            Stored::Ours => f(downcast(&fresh)),
             // A nested initialisation won; `fresh` is dropped at the end,
             // outside any borrow of the map.
-            Some(Stored::Existing(v)) => f(downcast(&v)),
+            Stored::Existing(v) => f(downcast(&v)),
             // The map is closed (its coroutine or thread is ending): a
             // temporary value, dropped when `f` returns.
-            Some(Stored::Closed) | None => {
+            Stored::Closed => {
                 let _depth = TemporaryDepth::enter();
                 let r = f(downcast(&fresh));
                 drop(fresh);
@@ -272,12 +273,16 @@ impl<T: 'static> fmt::Debug for CoroutineLocal<T> {
     }
 }
 
-/// One context's values, in order of initialisation.
+/// One context's values, in order of initialisation, and its greenlet
+/// families.
 #[derive(Default)]
 pub(crate) struct LocalMap {
     entries: RefCell<Vec<(usize, Rc<dyn Any>)>>,
     /// Being (or done being) torn down: nothing new is stored.
     closed: Cell<bool>,
+    /// Which greenlet of each family this context runs (`greenlet.rs`).
+    /// Not values: they stay usable until the map is freed.
+    greenlets: Families,
 }
 
 impl LocalMap {
@@ -361,32 +366,42 @@ thread_local! {
     static ROOT_GUARD: RefCell<Option<RootGuard>> = const { RefCell::new(None) };
 }
 
-/// The root's map of this thread, made on first use. `None` during thread
-/// exit if none was made before (then accesses get temporaries).
-fn root_map() -> Option<&'static LocalMap> {
+/// The root's map of this thread, made on first use.
+fn root_map() -> &'static LocalMap {
     if let Some(m) = ROOT_MAP.with(Cell::get) {
-        return Some(m);
+        return m;
     }
+    let map: &'static LocalMap = Box::leak(Box::default());
     // The guard's slot is gone once thread-local destruction has passed
-    // it: then no map could be emptied, so none is made.
-    let map = ROOT_GUARD
+    // it: then no value stored could ever be dropped, so the map is closed
+    // from the start (accesses get temporaries).
+    let guarded = ROOT_GUARD
         .try_with(|g| {
-            let mut g = g.try_borrow_mut().ok()?;
-            let map: &'static LocalMap = Box::leak(Box::default());
+            let Ok(mut g) = g.try_borrow_mut() else {
+                return false;
+            };
             *g = Some(RootGuard(map));
-            Some(map)
+            true
         })
-        .ok()
-        .flatten()?;
+        .unwrap_or(false);
+    if !guarded {
+        map.closed.set(true);
+    }
     ROOT_MAP.with(|m| m.set(Some(map)));
-    Some(map)
+    map
+}
+
+/// Runs `f` on the running context's greenlet families (see
+/// `greenlet.rs`); `f` must run no user code.
+pub(crate) fn with_greenlet_families<R>(f: impl FnOnce(&Families) -> R) -> R {
+    current_map(|m| f(&m.greenlets))
 }
 
 /// Runs `f` on the running context's map: the current coroutine's (made
-/// on first use), or the thread root's. `None` if there is none to use.
-/// `f` must run no user code: the map may not be freed while it is lent.
+/// on first use), or the thread root's. `f` must run no user code: the map
+/// may not be freed while it is lent.
 #[inline]
-fn current_map<R>(f: impl FnOnce(&LocalMap) -> R) -> Option<R> {
+fn current_map<R>(f: impl FnOnce(&LocalMap) -> R) -> R {
     if let Some(hub) = Hub::try_current()
         && hub.in_coroutine()
     {
@@ -399,7 +414,7 @@ fn current_map<R>(f: impl FnOnce(&LocalMap) -> R) -> Option<R> {
         // SAFETY: `p` is this running coroutine's map, from `Box::into_raw`
         // above; only `end` frees it, on this coroutine's stack once its
         // body is over (and never while `f` runs: `f` runs no user code).
-        return Some(f(unsafe { &*p }));
+        return f(unsafe { &*p });
     }
-    root_map().map(f)
+    f(root_map())
 }

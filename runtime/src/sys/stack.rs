@@ -70,6 +70,11 @@ impl Stack {
         self.base - self.limit - self.guard
     }
 
+    /// The usable region `[lo, hi)` (above the guard).
+    pub(crate) fn usable(&self) -> (usize, usize) {
+        (self.limit + self.guard, self.base)
+    }
+
     /// The guard region `[lo, hi)`.
     pub(crate) fn guard_range(&self) -> (usize, usize) {
         (self.limit, self.limit + self.guard)

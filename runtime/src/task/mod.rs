@@ -118,8 +118,9 @@ pub(crate) struct Header {
     /// Lowest address of the bound stack's guard page (one page), for the
     /// overflow handler; 0 while no stack is bound.
     pub guard: Cell<usize>,
-    /// Coroutine-local values (`local.rs` owns the pointer): null until the
-    /// coroutine first uses a local. No drop glue: the map is freed at the
+    /// Coroutine-local values and greenlet families (`local.rs` owns the
+    /// pointer): null until the coroutine first uses a local or a greenlet.
+    /// No drop glue: the map is freed at the
     /// end of the body, or leaked with a coroutine that never ends.
     pub locals: Cell<*mut crate::local::LocalMap>,
 }
