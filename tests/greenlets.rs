@@ -247,6 +247,68 @@ fn a_return_to_a_parent_running_elsewhere_is_refused() {
     assert!(slot.borrow().as_ref().unwrap().is_dead());
 }
 
+/// A blocking call in a greenlet that a coroutine drives panics before it
+/// changes anything: each panic is caught, and the coroutine's own waits
+/// afterwards are sound (no stale waiter queued in the primitives, no stale
+/// timer or joiner that ends a later wait early). Event/Queue/Mutex waits
+/// used to queue a waiter first: the caught panic aborted the process ("a
+/// sync waiter was dropped while still queued").
+#[test]
+fn a_caught_cannot_block_panic_leaves_the_coroutine_sound() {
+    const CASE: &str = "a_caught_cannot_block_panic_leaves_the_coroutine_sound";
+    if !util::in_child(CASE) {
+        return util::passes_in_child(CASE);
+    }
+    let _wd = util::watchdog(CASE, Duration::from_secs(30));
+    let ev = Rc::new(moss::sync::Event::new());
+    let q = Rc::new(moss::sync::Queue::<u32>::unbounded());
+    let m = Rc::new(moss::sync::Mutex::new(0u32));
+    let guard = m.lock(); // contended: `lock` in the greenlet would wait
+    let short = moss::spawn(|| moss::sleep(Duration::from_millis(20)));
+    let (e, qq, mm) = (ev.clone(), q.clone(), m.clone());
+    let h = moss::spawn(move || {
+        let g = Greenlet::new(move |_: u32| {
+            let mut short = Some(short);
+            let tries: Vec<(&str, Box<dyn FnOnce() + '_>)> = vec![
+                ("sleep", Box::new(|| moss::sleep(Duration::from_millis(10)))),
+                ("event", Box::new(|| e.wait())),
+                (
+                    "queue",
+                    Box::new(|| {
+                        qq.get();
+                    }),
+                ),
+                ("mutex", Box::new(|| drop(mm.lock()))),
+                ("join", Box::new(|| drop(short.take().unwrap().join()))),
+                ("yield", Box::new(moss::yield_now)),
+            ];
+            let mut refused = 0;
+            for (what, f) in tries {
+                let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
+                let msg = moss_panic_message(p);
+                assert!(msg.contains("cannot block on moss calls"), "{what}: {msg}");
+                refused += 1;
+            }
+            refused
+        });
+        assert_eq!(g.switch(0), 6);
+        // Longer than the stale timer (10 ms) or joiner (20 ms) would allow.
+        let t = Instant::now();
+        moss::sleep(Duration::from_millis(300));
+        t.elapsed()
+    });
+    util::until_parked(h.id());
+    // Whatever a stale waiter would take: the event, an item, the lock.
+    ev.set();
+    q.put(7);
+    drop(guard);
+    assert_eq!(q.len(), 1, "a stale getter took the item");
+    *m.lock() += 1;
+    ev.wait();
+    let slept = h.join().unwrap();
+    assert!(slept >= Duration::from_millis(300), "{slept:?}");
+}
+
 fn moss_panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     moss::panic_message(&*p).unwrap_or("").to_string()
 }

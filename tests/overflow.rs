@@ -88,3 +88,48 @@ fn thread_overflow_still_reaches_std_handler() {
     );
     assert!(!stderr.contains("moss: coroutine"), "{stderr}");
 }
+
+#[test]
+fn greenlet_overflow_on_the_root_is_reported_and_aborts() {
+    if in_child("greenlet_overflow_on_the_root_is_reported_and_aborts") {
+        let g = moss::greenlet::Greenlet::new(|v: u64| recurse(v));
+        g.switch(0);
+        unreachable!("the overflow aborts the process");
+    }
+    let (sig, stderr) = child("greenlet_overflow_on_the_root_is_reported_and_aborts");
+    assert_eq!(sig, Some(libc::SIGABRT), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("moss: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.starts_with("moss: a greenlet of coroutine 'main' (#"),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(") has overflowed its stack of 128 KiB"),
+        "{line}"
+    );
+}
+
+#[test]
+fn greenlet_overflow_in_a_coroutine_names_the_coroutine() {
+    if in_child("greenlet_overflow_in_a_coroutine_names_the_coroutine") {
+        let h = moss::Builder::new()
+            .name("driver")
+            .spawn(|| moss::greenlet::Greenlet::new(|v: u64| recurse(v)).switch(0))
+            .unwrap();
+        let _ = h.join();
+        unreachable!("the overflow aborts the process");
+    }
+    let (sig, stderr) = child("greenlet_overflow_in_a_coroutine_names_the_coroutine");
+    assert_eq!(sig, Some(libc::SIGABRT), "{stderr}");
+    assert!(
+        stderr.contains("moss: a greenlet of coroutine 'driver' (#"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(") has overflowed its stack of 128 KiB"),
+        "{stderr}"
+    );
+}

@@ -90,6 +90,8 @@ struct Inner<T: 'static> {
     /// The usable part `[lo, hi)` of its stack once started: a greenlet
     /// suspends only from there.
     stack: Cell<(usize, usize)>,
+    /// The guard region of its stack once started (for the overflow report).
+    guard: Cell<(usize, usize)>,
     /// Resumed and not suspended since (on some context's chain of
     /// switches): it cannot be resumed again.
     running: Cell<bool>,
@@ -106,6 +108,7 @@ impl<T> Inner<T> {
             parent,
             yielder: Cell::new(std::ptr::null()),
             stack: Cell::new((0, 0)),
+            guard: Cell::new((0, 0)),
             running: Cell::new(false),
             dead: Cell::new(false),
         }
@@ -152,7 +155,21 @@ thread_local! {
     /// right now, or null: moss blocking calls must not suspend that
     /// coroutine from a greenlet's stack.
     static DRIVER_OWNER: Cell<*const Header> = const { Cell::new(std::ptr::null()) };
+    /// The guard region of the innermost greenlet running on this thread,
+    /// or `(0, 0)`: read by the stack-overflow report, in a signal handler
+    /// (a `const` thread-local without a destructor: a plain load).
+    static RUNNING_GUARD: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
+
+/// Whether `addr` is in the guard region of the innermost greenlet running
+/// on this thread (a stack overflow there). Async-signal-safe.
+pub(crate) fn in_running_guard(addr: usize) -> bool {
+    let (lo, hi) = RUNNING_GUARD.with(Cell::get);
+    lo <= addr && addr < hi
+}
+
+/// The usable stack size of a greenlet.
+pub(crate) const STACK_SIZE: usize = DEFAULT_STACK_SIZE;
 
 /// The running context's family of `T`, made on first use.
 fn family<T: 'static>() -> Rc<Family<T>> {
@@ -176,24 +193,31 @@ fn family<T: 'static>() -> Rc<Family<T>> {
         .expect("a family is keyed by its type")
 }
 
-/// Called by the hub before suspending a coroutine: blocking inside a
-/// greenlet that a coroutine drives would suspend the coroutine from the
-/// wrong stack.
-pub(crate) fn assert_not_in_greenlet() {
+/// Whether `h`, the running context, is a coroutine that drives greenlets
+/// now: the caller runs in one of them, and suspending the coroutine from
+/// the greenlet's stack is impossible ([`cannot_block`]). A thread's root
+/// may block in its greenlets (the hub loop then runs on their stack).
+#[inline]
+pub(crate) fn drives_greenlets(h: &Header) -> bool {
     let owner = DRIVER_OWNER.with(|o| o.get());
-    if !owner.is_null() {
-        let hub = Hub::current();
-        if std::ptr::eq(owner, hub.current_header()) {
-            panic!(
-                "moss: a greenlet started from a coroutine cannot block on moss calls; \
-                 block in the coroutine itself, or use greenlets from the thread's root"
-            );
-        }
-    }
+    !owner.is_null() && std::ptr::eq(owner, h) && !h.is_root()
+}
+
+/// The panic of a blocking call in a greenlet driven by a coroutine. The
+/// caller checks before it changes anything (it queues no waiter, arms no
+/// timer), so catching the panic leaves the coroutine sound.
+#[cold]
+#[inline(never)]
+#[track_caller]
+pub(crate) fn cannot_block() -> ! {
+    panic!(
+        "moss: a greenlet started from a coroutine cannot block on moss calls; \
+         block in the coroutine itself, or use greenlets from the thread's root"
+    )
 }
 
 /// Whether the caller is a greenlet driven by the running coroutine (see
-/// [`assert_not_in_greenlet`]).
+/// [`drives_greenlets`]).
 pub(crate) fn in_coroutine_driven_greenlet() -> bool {
     let owner = DRIVER_OWNER.with(|o| o.get());
     !owner.is_null()
@@ -338,7 +362,7 @@ impl<T: 'static> Greenlet<T> {
             let stack = Hub::current()
                 .stacks
                 .borrow_mut()
-                .take(DEFAULT_STACK_SIZE)
+                .take(STACK_SIZE)
                 .unwrap_or_else(|e| panic!("moss::greenlet: cannot allocate a stack: {e}"));
             let f = self
                 .inner
@@ -347,6 +371,7 @@ impl<T: 'static> Greenlet<T> {
                 .take()
                 .expect("unstarted greenlet has its function");
             self.inner.stack.set(stack.usable());
+            self.inner.guard.set(stack.guard_range());
             let me = self.inner.clone();
             *slot = Some(Coroutine::with_stack(
                 stack,
@@ -367,12 +392,14 @@ impl<T: 'static> Greenlet<T> {
         drop(slot);
         debug_assert!(!self.inner.running.get());
         self.inner.running.set(true);
+        let outer_guard = RUNNING_GUARD.with(|g| g.replace(self.inner.guard.get()));
         // SAFETY: only a driver resumes greenlets, never one that is running
         // (checked by every caller before any state changes), and it keeps
         // `self` alive for the call, so nothing else touches
         // `self.inner.coro` meanwhile (the RefCell borrow is released so the
         // greenlet may read its handle).
         let r = unsafe { (*coro).resume(input) };
+        RUNNING_GUARD.with(|g| g.set(outer_guard));
         self.inner.running.set(false);
         if let CoroutineResult::Return(_) = &r {
             self.inner.dead.set(true);

@@ -107,6 +107,13 @@ impl fmt::Debug for Unparker {
 #[inline]
 pub fn unparker() -> Unparker {
     let hub = Hub::current();
+    let h = hub.current_header();
+    if crate::greenlet::drives_greenlets(h) {
+        // Before the caller queues its waiter (a waiter queued by a call
+        // that then cannot park would outlive its frame).
+        h.state.abandon_park();
+        crate::greenlet::cannot_block();
+    }
     Unparker {
         remote: hub.remote.clone(),
         token: hub.current_header().token(),

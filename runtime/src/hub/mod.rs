@@ -287,8 +287,8 @@ impl Hub {
 
 /// The stack-overflow report for a fault at `addr` (the SIGSEGV handler's
 /// question, see `sys/signal.rs`): if `addr` is in the guard page of the
-/// coroutine running on this thread, writes the one-line message and
-/// returns true.
+/// coroutine running on this thread, or of the greenlet running innermost,
+/// writes the one-line message and returns true.
 ///
 /// Async-signal-safe: reads the hub pointer from a `const` thread-local (a
 /// plain TLS load, no lazy initialisation) and the running task's header
@@ -300,10 +300,16 @@ fn describe_fault(addr: usize, out: &mut Report) -> bool {
     let h = hub.current_header();
     let lo = h.guard.get();
     let hi = lo + crate::sys::stack::page_size();
-    if h.is_root() || addr < lo || addr >= hi {
+    let size = if !h.is_root() && lo <= addr && addr < hi {
+        out.push(b"moss: coroutine ");
+        h.stack_size()
+    } else if crate::greenlet::in_running_guard(addr) {
+        // Named after the coroutine (or root) that runs it.
+        out.push(b"moss: a greenlet of coroutine ");
+        crate::greenlet::STACK_SIZE
+    } else {
         return false;
-    }
-    out.push(b"moss: coroutine ");
+    };
     match &h.name {
         Some(n) => {
             out.push(b"'");
@@ -315,7 +321,7 @@ fn describe_fault(addr: usize, out: &mut Report) -> bool {
     out.push(b"(#");
     out.push_num(h.id.0);
     out.push(b") has overflowed its stack of ");
-    out.push_num((h.stack_size() / 1024) as u64);
+    out.push_num((size / 1024) as u64);
     out.push(b" KiB\n");
     true
 }

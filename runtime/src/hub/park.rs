@@ -102,8 +102,14 @@ impl Hub {
     ) -> Wakeup {
         h.state.mark_seen();
         match mode {
-            Mode::Fallible => Wakeup::Cancelled,
-            Mode::Infallible if may_unwind() => Wakeup::Cancelled,
+            Mode::Fallible => {
+                h.state.abandon_park();
+                Wakeup::Cancelled
+            }
+            Mode::Infallible if may_unwind() => {
+                h.state.abandon_park();
+                Wakeup::Cancelled
+            }
             Mode::Infallible => {
                 self.deferred.borrow_mut().push(h.token());
                 self.park_now(h, deadline, what, mode)
@@ -129,11 +135,14 @@ impl Hub {
         what: &'static str,
         mode: Mode,
     ) -> Wakeup {
-        if !h.is_root() {
-            // Before any state changes: a failed check leaves nothing behind.
-            crate::greenlet::assert_not_in_greenlet();
+        if crate::greenlet::drives_greenlets(h) {
+            // Before any state changes but the park's end: the wakers handed
+            // out for it (a joiner, an I/O waiter) go stale.
+            h.state.abandon_park();
+            crate::greenlet::cannot_block();
         }
         if deadline.is_some() && !self.arm_park_timer(h, deadline) {
+            h.state.abandon_park();
             return Wakeup::TimedOut;
         }
         h.waiting_on.set(what);
@@ -289,7 +298,9 @@ impl Hub {
             if n < BATCH && self.run_queue.is_empty() {
                 return;
             }
-            crate::greenlet::assert_not_in_greenlet();
+            if crate::greenlet::drives_greenlets(h) {
+                crate::greenlet::cannot_block();
+            }
             // The hub loop requeues a task that suspends in state Ready.
             h.state.yield_();
             self.suspend(h);

@@ -30,6 +30,7 @@
 //! | `wake`, `wake_parked` | Parked          | Ready   | a waker (same park only), timer, cancel |
 //! | `end_park`            | Running, Ready  | Running | the context, back from its park (a root is not resumed: its loop returns) |
 //! | `repark`              | Running, Ready  | Parked  | the context, back from a park a cancellation ended that it may not take now: the same park goes on |
+//! | `abandon_park`        | Running         | Running | the context, a wait that ends before it suspends (cancellation pending, deadline passed, refused): its wakers go stale |
 //! | `yield_`              | Running         | Ready   | a coroutine's `yield_now`        |
 //! | `complete`            | Running, New    | Done    | the hub, when the body returned or a never-run task is dropped |
 //!
@@ -247,6 +248,19 @@ impl TaskState {
         self.lifecycle.set(State::Running);
         self.park_seq.set(self.park_seq.get() + 1);
         self.wakeup.get()
+    }
+
+    /// Running → Running: a wait that ends before it suspends. Its wakers
+    /// (a timer, a joiner, a queued unparker, handed out for this park) go
+    /// stale, so they cannot end the context's next park.
+    #[inline]
+    pub(crate) fn abandon_park(&self) {
+        debug_assert!(
+            self.is(State::Running),
+            "abandon_park from {:?}",
+            self.get()
+        );
+        self.park_seq.set(self.park_seq.get() + 1);
     }
 
     /// Running → Ready: a coroutine yields (the hub loop requeues it).
