@@ -269,7 +269,7 @@ fn a_caught_cannot_block_panic_leaves_the_coroutine_sound() {
     let h = moss::spawn(move || {
         let g = Greenlet::new(move |_: u32| {
             let mut short = Some(short);
-            let tries: Vec<(&str, Box<dyn FnOnce() + '_>)> = vec![
+            let tries: Vec<(&str, Try<'_>)> = vec![
                 ("sleep", Box::new(|| moss::sleep(Duration::from_millis(10)))),
                 ("event", Box::new(|| e.wait())),
                 (
@@ -308,6 +308,9 @@ fn a_caught_cannot_block_panic_leaves_the_coroutine_sound() {
     let slept = h.join().unwrap();
     assert!(slept >= Duration::from_millis(300), "{slept:?}");
 }
+
+/// A blocking call to try.
+type Try<'a> = Box<dyn FnOnce() + 'a>;
 
 fn moss_panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     moss::panic_message(&*p).unwrap_or("").to_string()
