@@ -315,3 +315,96 @@ type Try<'a> = Box<dyn FnOnce() + 'a>;
 fn moss_panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     moss::panic_message(&*p).unwrap_or("").to_string()
 }
+
+/// The resident set size of this process, in bytes.
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
+/// Greenlets suspended mid-body whose handles are all dropped are unwound
+/// (their destructors run) and their stacks reused: 20,000 of them leave
+/// the process about as large as it was (they used to leak, with their
+/// stacks: ~400 MB).
+#[test]
+fn dropped_suspended_greenlets_are_unwound_and_their_stacks_reused() {
+    util::isolated(
+        "dropped_suspended_greenlets_are_unwound_and_their_stacks_reused",
+        Duration::from_secs(120),
+        || {
+            let drops = util::DropCounter::new();
+            let run = |n: usize| {
+                for _ in 0..n {
+                    let token = drops.token();
+                    let g = Greenlet::new(move |v: u32| {
+                        let _token = token;
+                        // Touch some stack, then suspend for good.
+                        std::hint::black_box([v; 1024]);
+                        // No handle to itself on its stack while suspended.
+                        let root = greenlet::current::<u32>().parent().unwrap();
+                        root.switch(v + 1)
+                    });
+                    assert_eq!(g.switch(1), 2);
+                }
+            };
+            run(100);
+            assert_eq!(drops.drops(), 100);
+            let before = rss();
+            run(20_000);
+            assert_eq!(drops.drops(), 20_100);
+            let grown = rss().saturating_sub(before);
+            assert!(grown < 64 << 20, "grew by {} KiB", grown >> 10);
+        },
+    );
+}
+
+/// The last handle of a suspended greenlet dropped by another greenlet: it
+/// is unwound before the drop returns. Dropped by the driver itself (the
+/// greenlet gave its only handle away while it ran): unwound before the
+/// root's `switch` returns.
+#[test]
+fn a_suspended_greenlet_is_unwound_wherever_its_last_handle_drops() {
+    let log = Rc::new(RefCell::new(Vec::<&str>::new()));
+    struct Note(Rc<RefCell<Vec<&'static str>>>, &'static str);
+    impl Drop for Note {
+        fn drop(&mut self) {
+            self.0.borrow_mut().push(self.1);
+        }
+    }
+    // Suspended sibling, dropped by a greenlet.
+    let l = log.clone();
+    let sibling = Greenlet::new(move |v: u8| {
+        let _n = Note(l, "sibling unwound");
+        let root = greenlet::current::<u8>().parent().unwrap();
+        root.switch(v)
+    });
+    assert_eq!(sibling.switch(1), 1);
+    let l = log.clone();
+    let dropper = Greenlet::new(move |v: u8| {
+        drop(sibling);
+        l.borrow_mut().push("dropped");
+        v
+    });
+    assert_eq!(dropper.switch(2), 2);
+    assert_eq!(*log.borrow(), ["sibling unwound", "dropped"]);
+    // A greenlet that drops its only handle while it runs, then suspends:
+    // the driver drops the last reference.
+    log.borrow_mut().clear();
+    let slot: Rc<RefCell<Option<Greenlet<u8>>>> = Rc::default();
+    let (l, s) = (log.clone(), slot.clone());
+    *slot.borrow_mut() = Some(Greenlet::new(move |v: u8| {
+        let _n = Note(l, "self-dropped unwound");
+        drop(s.borrow_mut().take());
+        let root = greenlet::current::<u8>().parent().unwrap();
+        root.switch(v)
+    }));
+    let g = slot.borrow().clone().unwrap();
+    let got = {
+        let g = g;
+        g.switch(3)
+    };
+    assert_eq!(got, 3);
+    assert_eq!(*log.borrow(), ["self-dropped unwound"]);
+}

@@ -67,14 +67,18 @@ enum In<T: 'static> {
 enum Out<T: 'static> {
     Switch(Greenlet<T>, T),
     Throw(Greenlet<T>),
+    /// Unwind this greenlet, whose last handle is gone (see `collect`).
+    Collect(Greenlet<T>),
 }
 
 /// How a greenlet body ended.
 enum End<T: 'static> {
     Value(T),
     Thrown,
-    Panic(Box<dyn Any + Send>),
+    Panic(Payload),
 }
+
+type Payload = Box<dyn Any + Send>;
 
 type GCoro<T> = Coroutine<In<T>, Out<T>, End<T>, Stack>;
 type Body<T> = Box<dyn FnOnce(T) -> T>;
@@ -116,6 +120,14 @@ impl<T> Inner<T> {
 }
 
 /// A handle to a greenlet (cheap to clone, `!Send`).
+///
+/// When the last handle of a greenlet suspended mid-body is dropped, the
+/// greenlet is unwound as by [`throw`](Self::throw) (its destructors run; a
+/// panic among them is reported by the panic hook and dropped) and its
+/// stack is reused. Children keep their parent alive. A greenlet that keeps
+/// a handle to itself where only it can reach it (on its own stack, say a
+/// `greenlet::current()` temporary alive across its `switch`) is never
+/// collected: bind the target first (`let root = ...; root.switch(v)`).
 pub struct Greenlet<T: 'static> {
     inner: Rc<Inner<T>>,
 }
@@ -142,6 +154,32 @@ impl<T> fmt::Debug for Greenlet<T> {
 struct Family<T: 'static> {
     root: Greenlet<T>,
     current: RefCell<Greenlet<T>>,
+    /// The root's driver loop (`drive`, `drive_throw`) is active.
+    driving: Cell<bool>,
+    /// Suspended greenlets whose last handle the driver loop dropped: it
+    /// unwinds them before it hands control back (see `collect`).
+    graveyard: RefCell<Vec<Greenlet<T>>>,
+}
+
+impl<T: 'static> Family<T> {
+    /// Sets the running greenlet. The one replaced is dropped outside the
+    /// borrow (its drop may collect it, which uses the family).
+    fn set_current(&self, g: Greenlet<T>) {
+        let old = self.current.replace(g);
+        drop(old);
+    }
+
+    /// Unwinds the greenlets in the graveyard (from the driver loop, with
+    /// no greenlet running), then makes the root current.
+    fn bury(&self) {
+        loop {
+            let next = self.graveyard.borrow_mut().pop();
+            let Some(victim) = next else { return };
+            // A panic of a collected greenlet was reported by the hook.
+            let _ = finish_throw(self, &victim);
+            self.set_current(self.root.clone());
+        }
+    }
 }
 
 /// The families of one context, by value type (a handful at most: a list).
@@ -185,6 +223,8 @@ fn family<T: 'static>() -> Rc<Family<T>> {
         let f: Rc<dyn Any> = Rc::new(Family {
             current: RefCell::new(root.clone()),
             root,
+            driving: Cell::new(false),
+            graveyard: RefCell::new(Vec::new()),
         });
         fams.push((key, f.clone()));
         f
@@ -276,7 +316,11 @@ impl<T: 'static> Greenlet<T> {
         if me.inner.root {
             drive(&fam, Out::Switch(self.clone(), v))
         } else {
-            me.suspend_to_driver(Out::Switch(self.clone(), v))
+            match Greenlet::suspend_to_driver(me, Out::Switch(self.clone(), v)) {
+                In::Value(v) => v,
+                In::Throw => resume_unwind(Box::new(GreenletExit)),
+                In::ThrowDone => unreachable!("only a thrower is resumed with ThrowDone"),
+            }
         }
     }
 
@@ -305,22 +349,14 @@ impl<T: 'static> Greenlet<T> {
             return;
         }
         if me.inner.root {
-            drive_throw(&fam, self.clone());
+            if let Err(p) = drive_throw(&fam, self.clone()) {
+                resume_unwind(p);
+            }
         } else {
-            match me.suspend_to_driver_raw(Out::Throw(self.clone())) {
+            match Greenlet::suspend_to_driver(me, Out::Throw(self.clone())) {
                 In::ThrowDone | In::Value(_) => {}
                 In::Throw => resume_unwind(Box::new(GreenletExit)),
             }
-        }
-    }
-
-    /// From a running non-root greenlet: hand `out` to the driver and wait to
-    /// be resumed.
-    fn suspend_to_driver(&self, out: Out<T>) -> T {
-        match self.suspend_to_driver_raw(out) {
-            In::Value(v) => v,
-            In::Throw => resume_unwind(Box::new(GreenletExit)),
-            In::ThrowDone => unreachable!("only a thrower is resumed with ThrowDone"),
         }
     }
 
@@ -335,23 +371,29 @@ impl<T: 'static> Greenlet<T> {
         );
     }
 
-    fn suspend_to_driver_raw(&self, out: Out<T>) -> In<T> {
-        // The family's `current` of the running context is `self`; that this
-        // code runs on `self`'s stack is what makes the suspend below sound:
-        // checked, not assumed (a yielder used from another stack would
-        // return into frames that are gone).
+    /// From the running non-root greenlet `me`: hands `out` to the driver
+    /// and waits to be resumed. `me` is dropped before the suspend, so no
+    /// handle of ours stays on its stack meanwhile (a suspended greenlet
+    /// whose handles are all gone is collected: see `collect`).
+    fn suspend_to_driver(me: Greenlet<T>, out: Out<T>) -> In<T> {
+        // The running context's `current` is `me`; that this code runs on
+        // `me`'s stack is what makes the suspend below sound: checked, not
+        // assumed (a yielder used from another stack would return into
+        // frames that are gone).
         let probe = 0u8;
         let sp = std::ptr::from_ref(&probe) as usize;
-        let (lo, hi) = self.inner.stack.get();
+        let (lo, hi) = me.inner.stack.get();
         assert!(
-            self.inner.running.get() && lo <= sp && sp < hi,
+            me.inner.running.get() && lo <= sp && sp < hi,
             "moss::greenlet: a switch from a greenlet that is not the one running here"
         );
-        let y = self.inner.yielder.get();
-        // SAFETY: `self` has started (its stack range is set) and is running
+        let y = me.inner.yielder.get();
+        drop(me);
+        // SAFETY: `me` has started (its stack range is set) and is running
         // (resumed, not suspended since), and we execute on its stack (both
-        // checked above), so the yielder corosensei gave its body is alive and
-        // this suspend returns to the `resume` that runs it.
+        // checked above), so the yielder corosensei gave its body, which lives
+        // on this stack below us, is alive, and this suspend returns to the
+        // `resume` that runs it. Nothing here touches `me` afterwards.
         unsafe { (*y).suspend(out) }
     }
 
@@ -372,11 +414,16 @@ impl<T: 'static> Greenlet<T> {
                 .expect("unstarted greenlet has its function");
             self.inner.stack.set(stack.usable());
             self.inner.guard.set(stack.guard_range());
-            let me = self.inner.clone();
+            // Weak: the body must not keep its own greenlet alive (a
+            // greenlet whose handles are all gone is collected).
+            let me = Rc::downgrade(&self.inner);
             *slot = Some(Coroutine::with_stack(
                 stack,
                 move |y: &Yielder<In<T>, Out<T>>, input| {
-                    me.yielder.set(y);
+                    me.upgrade()
+                        .expect("the driver holds a greenlet it resumes")
+                        .yielder
+                        .set(y);
                     let In::Value(v) = input else {
                         return End::Thrown;
                     };
@@ -418,18 +465,18 @@ impl<T: 'static> Greenlet<T> {
 /// The trampoline, run by the root greenlet: performs `first`, then follows
 /// switches between non-root greenlets until control comes back to the root.
 fn drive<T: 'static>(fam: &Family<T>, first: Out<T>) -> T {
-    let hub_ctx = Hub::try_current().map_or(std::ptr::null(), |h| h.current_header() as *const _);
-    let prev_owner = DRIVER_OWNER.with(|o| o.replace(hub_ctx));
-    let _restore = Restore(prev_owner);
+    let _driving = Driving::enter(fam);
     let (mut target, mut input) = match first {
         Out::Switch(g, v) => (g, In::Value(v)),
-        Out::Throw(_) => unreachable!("root throws go through drive_throw"),
+        Out::Throw(_) | Out::Collect(_) => unreachable!("root throws go through drive_throw"),
     };
     loop {
+        fam.bury();
         // Any root (ours, or that of another context a greenlet came from)
         // is the driver: back to the caller of the root's `switch`.
         if target.inner.root {
-            *fam.current.borrow_mut() = fam.root.clone();
+            fam.set_current(fam.root.clone());
+            fam.bury();
             match input {
                 In::Value(v) => return v,
                 _ => unreachable!("the root is never thrown"),
@@ -438,23 +485,31 @@ fn drive<T: 'static>(fam: &Family<T>, first: Out<T>) -> T {
         if target.inner.running.get() {
             // A parent running in another context's chain (switches check
             // their targets themselves).
-            *fam.current.borrow_mut() = fam.root.clone();
+            fam.set_current(fam.root.clone());
             panic!(
                 "moss::greenlet: a greenlet returned to its parent, which is running in \
                  another coroutine (or the thread's root)"
             );
         }
-        *fam.current.borrow_mut() = target.clone();
+        fam.set_current(target.clone());
         match target.resume(input) {
             CoroutineResult::Yield(Out::Switch(g, v)) => {
                 target = g;
                 input = In::Value(v);
             }
             CoroutineResult::Yield(Out::Throw(victim)) => {
-                let thrower = target.clone();
-                *fam.current.borrow_mut() = victim.clone();
-                finish_throw(&victim);
-                target = thrower;
+                if let Err(p) = finish_throw(fam, &victim) {
+                    // The panic surfaces in the root's `switch`; the thrower
+                    // stays suspended.
+                    fam.set_current(fam.root.clone());
+                    fam.bury();
+                    resume_unwind(p);
+                }
+                input = In::ThrowDone;
+            }
+            CoroutineResult::Yield(Out::Collect(victim)) => {
+                // A panic of a collected greenlet was reported by the hook.
+                let _ = finish_throw(fam, &victim);
                 input = In::ThrowDone;
             }
             CoroutineResult::Return(end) => {
@@ -468,7 +523,8 @@ fn drive<T: 'static>(fam: &Family<T>, first: Out<T>) -> T {
                     End::Thrown => unreachable!("greenlets are thrown only by finish_throw"),
                     End::Panic(p) => {
                         // The panic surfaces in the root's `switch`.
-                        *fam.current.borrow_mut() = fam.root.clone();
+                        fam.set_current(fam.root.clone());
+                        fam.bury();
                         resume_unwind(p);
                     }
                 }
@@ -488,40 +544,118 @@ fn first_live<T>(mut g: Greenlet<T>) -> Greenlet<T> {
     g
 }
 
-fn finish_throw<T: 'static>(victim: &Greenlet<T>) {
+/// The driver's part of a `throw` (or a collection): resumes `victim` with
+/// `Throw` until it has exited, finishing the throws and collections it
+/// asks for while it unwinds. Returns the first panic of its unwinding (or
+/// of a greenlet it threw); with `current` left on `victim`.
+fn finish_throw<T: 'static>(fam: &Family<T>, victim: &Greenlet<T>) -> Result<(), Payload> {
     if victim.is_dead() {
-        return;
+        return Ok(());
     }
     if victim.inner.coro.borrow().is_none() {
         victim.inner.f.borrow_mut().take();
         victim.inner.dead.set(true);
-        return;
+        return Ok(());
     }
-    match victim.resume(In::Throw) {
-        CoroutineResult::Return(End::Panic(p)) => resume_unwind(p),
-        CoroutineResult::Return(_) => {}
-        CoroutineResult::Yield(_) => {
-            panic!("moss::greenlet: a thrown greenlet switched instead of exiting")
+    let mut first_panic = None;
+    let mut input = In::Throw;
+    loop {
+        fam.set_current(victim.clone());
+        match victim.resume(input) {
+            CoroutineResult::Return(End::Panic(p)) => return Err(first_panic.unwrap_or(p)),
+            CoroutineResult::Return(_) => return first_panic.map_or(Ok(()), Err),
+            CoroutineResult::Yield(Out::Throw(other)) => {
+                if let Err(p) = finish_throw(fam, &other) {
+                    first_panic.get_or_insert(p);
+                }
+                input = In::ThrowDone;
+            }
+            CoroutineResult::Yield(Out::Collect(other)) => {
+                let _ = finish_throw(fam, &other);
+                input = In::ThrowDone;
+            }
+            CoroutineResult::Yield(Out::Switch(..)) => {
+                // Left suspended mid-unwind: never resumed again.
+                return Err(Box::new(
+                    "moss::greenlet: a thrown greenlet switched instead of exiting",
+                ));
+            }
         }
     }
 }
 
-fn drive_throw<T: 'static>(fam: &Family<T>, victim: Greenlet<T>) {
-    let hub_ctx = Hub::try_current().map_or(std::ptr::null(), |h| h.current_header() as *const _);
-    let prev_owner = DRIVER_OWNER.with(|o| o.replace(hub_ctx));
-    let _restore = Restore(prev_owner);
-    *fam.current.borrow_mut() = victim.clone();
-    let r = catch_unwind(AssertUnwindSafe(|| finish_throw(&victim)));
-    *fam.current.borrow_mut() = fam.root.clone();
-    if let Err(p) = r {
-        resume_unwind(p);
+/// A `throw` (or a collection) by the root greenlet: the victim's first
+/// panic, if any.
+fn drive_throw<T: 'static>(fam: &Family<T>, victim: Greenlet<T>) -> Result<(), Payload> {
+    let _driving = Driving::enter(fam);
+    let r = finish_throw(fam, &victim);
+    fam.set_current(fam.root.clone());
+    drop(victim);
+    fam.bury();
+    r
+}
+
+/// Unwinds a suspended greenlet whose last handle is gone (Python's
+/// greenlet does the same when one is garbage collected): right away when
+/// the caller is a running greenlet or a root outside its driver loop, else
+/// (a handle dropped by the driver loop itself) by the driver before it
+/// hands control back. A panic while it unwinds is dropped (the panic hook
+/// has reported it).
+fn collect<T: 'static>(victim: Greenlet<T>) {
+    let fam = family::<T>();
+    let me = fam.current.borrow().clone();
+    if me.inner.root && !fam.driving.get() {
+        let _ = drive_throw(&fam, victim);
+    } else if !me.inner.root && me.inner.running.get() {
+        match Greenlet::suspend_to_driver(me, Out::Collect(victim)) {
+            In::ThrowDone | In::Value(_) => {}
+            In::Throw => unreachable!("a greenlet waiting for a collection is not thrown"),
+        }
+    } else {
+        fam.graveyard.borrow_mut().push(victim);
     }
 }
 
-struct Restore(*const Header);
-
-impl Drop for Restore {
+impl<T: 'static> Drop for Greenlet<T> {
     fn drop(&mut self) {
-        DRIVER_OWNER.with(|o| o.set(self.0));
+        // The last handle of a greenlet suspended mid-body: nothing could
+        // ever resume it. (Its body holds no handle to itself; a greenlet
+        // that keeps one on its own stack, or in a value only it can reach,
+        // is never collected.)
+        let i = &self.inner;
+        if Rc::strong_count(i) != 1 || i.root || i.dead.get() || i.running.get() {
+            return;
+        }
+        if i.coro.try_borrow().map_or(true, |c| c.is_none()) {
+            return; // never started: dropping the closure is all
+        }
+        collect(Greenlet { inner: i.clone() });
+    }
+}
+
+/// The root's driver loop is active: the DRIVER_OWNER of the thread and the
+/// family's `driving` flag, restored on exit.
+struct Driving<'a, T: 'static> {
+    fam: &'a Family<T>,
+    owner: *const Header,
+    was_driving: bool,
+}
+
+impl<'a, T: 'static> Driving<'a, T> {
+    fn enter(fam: &'a Family<T>) -> Driving<'a, T> {
+        let hub_ctx =
+            Hub::try_current().map_or(std::ptr::null(), |h| h.current_header() as *const _);
+        Driving {
+            fam,
+            owner: DRIVER_OWNER.with(|o| o.replace(hub_ctx)),
+            was_driving: fam.driving.replace(true),
+        }
+    }
+}
+
+impl<T: 'static> Drop for Driving<'_, T> {
+    fn drop(&mut self) {
+        self.fam.driving.set(self.was_driving);
+        DRIVER_OWNER.with(|o| o.set(self.owner));
     }
 }
