@@ -418,7 +418,6 @@ fn subprocess_kills_leave_no_zombies_or_fds() {
 /// "called `Result::unwrap()` on an `Err` value: Os { code: 125, kind:
 /// Other, message: \"Operation canceled\" }" propagates out of `timeout`.
 #[test]
-#[ignore = "reproduces: moss::timeout around patched std code that unwraps re-raises an ECANCELED panic instead of Elapsed"]
 fn timeout_around_patched_std_read_unwrap() {
     child(
         "timeout_around_patched_std_read_unwrap",
@@ -450,7 +449,6 @@ fn timeout_around_patched_std_read_unwrap() {
 ///
 /// Expected: `is_killed()`. Got: `is_panic()`.
 #[test]
-#[ignore = "reproduces: kill of patched std code that unwraps is reported as a panic, not is_killed()"]
 fn kill_patched_std_read_unwrap_reports_panic() {
     child(
         "kill_patched_std_read_unwrap_reports_panic",

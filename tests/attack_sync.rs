@@ -491,7 +491,6 @@ fn give_back_keeps_fifo_order_and_capacity() {
 /// unwind. (Variant of the known "second cancellation" abort: here the
 /// first unwind is a panic.)
 #[test]
-#[ignore = "reproduces: kill during a panic unwind's blocking destructor aborts the process"]
 fn kill_during_a_panic_unwind() {
     child(
         "kill_during_a_panic_unwind",

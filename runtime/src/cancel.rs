@@ -50,7 +50,9 @@
 //!   `Wakeup::Cancelled`, fails its call, and the cancellation is delivered at
 //!   the coroutine's next moss blocking point. If the coroutine ends before
 //!   reaching one, a kill it observed that way (or that was deferred) still
-//!   makes `join` report `is_killed()` (and a `timeout` reports `Elapsed`).
+//!   makes `join` report `is_killed()` (and a `timeout` reports `Elapsed`),
+//!   also when its code panicked on the failed call (std code that unwraps
+//!   its `io::Result`).
 
 use std::fmt;
 use std::io;
@@ -226,12 +228,13 @@ pub(crate) fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
     if let Some(k) = timer {
         hub.timers.borrow_mut().cancel(k);
     }
-    // Fired, but `f` returned before reaching a blocking point: drop it. If a
+    // Fired, but `f` ended before reaching a blocking point: drop it. If a
     // non-unwinding wait (a monkey hook) failed because of it, `f`'s value is
-    // that failure: report the timeout instead.
+    // that failure, or the panic of code that unwrapped it: report the
+    // timeout instead.
     let seen = h.state.end_timeout(scope);
     match r {
-        Ok(_) if seen => Err(Elapsed::new(d)),
+        Ok(_) | Err(_) if seen => Err(Elapsed::new(d)),
         Ok(v) => Ok(v),
         Err(p) => match p.downcast_ref::<Cancelled>() {
             Some(Cancelled(Cancel::Timeout(s))) if *s == scope => Err(Elapsed::new(d)),

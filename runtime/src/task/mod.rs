@@ -302,11 +302,9 @@ where
         let result = match catch_unwind(AssertUnwindSafe(f)) {
             // A kill that a non-unwinding wait (a monkey hook) reported as a
             // failed call, with no moss blocking point after it to deliver
-            // it: the coroutine ended because of the kill, so say so.
-            Ok(_)
-                if self.header.state.pending() == Some(Cancel::Kill)
-                    && self.header.state.seen() =>
-            {
+            // it: the coroutine ended because of the kill (returning the
+            // failure, or panicking on it: std code that unwraps), so say so.
+            _ if self.header.state.pending() == Some(Cancel::Kill) && self.header.state.seen() => {
                 Err(JoinError::new(&self.header, Repr::Killed))
             }
             Ok(v) => Ok(v),
