@@ -528,11 +528,7 @@ where
         panic!("moss::run_per_core: cannot spawn hub thread {i}: {e}");
     }
     if let Some((i, p)) = first_panic {
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let msg = crate::panic_message(&*p).unwrap_or_default();
         panic!("moss::run_per_core: thread {i} panicked: {msg}");
     }
 }

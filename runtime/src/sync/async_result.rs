@@ -364,13 +364,9 @@ fn reraise(payload: Option<Box<dyn Any + Send>>, message: &str) -> Box<dyn Any +
 }
 
 fn panic_message(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
+    crate::panic_message(p)
+        .unwrap_or("panic with a non-string payload")
+        .to_owned()
 }
 
 impl<T> Clone for AsyncResult<T> {

@@ -56,10 +56,7 @@ impl JoinError {
         if payload.is::<Cancelled>() {
             return JoinError::new(h, Repr::Killed);
         }
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned());
+        let message = crate::panic_message(&*payload).map(str::to_owned);
         let mut e = JoinError::new(h, Repr::Panic(Payload(Mutex::new(payload))));
         e.0.message = message;
         e
