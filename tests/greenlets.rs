@@ -408,3 +408,62 @@ fn a_suspended_greenlet_is_unwound_wherever_its_last_handle_drops() {
     assert_eq!(got, 3);
     assert_eq!(*log.borrow(), ["self-dropped unwound"]);
 }
+
+/// Hostile collections: a destructor that switches away while its greenlet
+/// is unwound (the greenlet is abandoned, nothing aborts), a collection
+/// during the root's own panic unwind, and a coroutine killed while it
+/// holds a suspended greenlet (its destructors run, the coroutine reports
+/// the kill).
+#[test]
+fn hostile_collections_do_not_abort() {
+    const CASE: &str = "hostile_collections_do_not_abort";
+    if !util::in_child(CASE) {
+        return util::passes_in_child(CASE);
+    }
+    let suspended = |f: Box<dyn FnOnce()>| {
+        let g = Greenlet::new(move |v: u8| {
+            let root = greenlet::current::<u8>().parent().unwrap();
+            let _on_unwind = OnDrop(Some(f));
+            root.switch(v)
+        });
+        assert_eq!(g.switch(1), 1);
+        g
+    };
+    // A destructor that switches to the root while being unwound.
+    let g = suspended(Box::new(|| {
+        let root = greenlet::current::<u8>().parent().unwrap();
+        root.switch(9);
+    }));
+    drop(g);
+    assert_eq!(Greenlet::new(|v: u8| v + 1).switch(1), 2);
+    // The root unwinds from a panic while it holds a suspended greenlet.
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _g = suspended(Box::new(move || r.set(true)));
+        panic!("the root's own panic");
+    }));
+    assert!(caught.is_err());
+    assert!(ran.get(), "the greenlet was unwound during the panic");
+    // A coroutine killed while it holds a suspended greenlet.
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    let h = moss::spawn(move || {
+        let _g = suspended(Box::new(move || r.set(true)));
+        moss::sleep(Duration::from_secs(60));
+    });
+    util::until_parked(h.id());
+    h.kill();
+    assert!(h.join().unwrap_err().is_killed());
+    assert!(ran.get(), "the killed coroutine's greenlet was unwound");
+}
+
+/// Runs its closure when dropped.
+struct OnDrop(Option<Box<dyn FnOnce()>>);
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}

@@ -103,6 +103,18 @@ struct Inner<T: 'static> {
     root: bool,
 }
 
+impl<T> Drop for Inner<T> {
+    fn drop(&mut self) {
+        // A coroutine still here is suspended (a finished one gave its
+        // stack back): one abandoned mid-unwind, or never collected. Dropping
+        // it would force-unwind its stack, a second unwind if it is inside a
+        // destructor: it is leaked with its stack instead.
+        if let Some(c) = self.coro.get_mut().take() {
+            std::mem::forget(c);
+        }
+    }
+}
+
 impl<T> Inner<T> {
     fn new(f: Option<Body<T>>, parent: Option<Greenlet<T>>) -> Inner<T> {
         Inner {
@@ -122,12 +134,13 @@ impl<T> Inner<T> {
 /// A handle to a greenlet (cheap to clone, `!Send`).
 ///
 /// When the last handle of a greenlet suspended mid-body is dropped, the
-/// greenlet is unwound as by [`throw`](Self::throw) (its destructors run; a
-/// panic among them is reported by the panic hook and dropped) and its
-/// stack is reused. Children keep their parent alive. A greenlet that keeps
-/// a handle to itself where only it can reach it (on its own stack, say a
-/// `greenlet::current()` temporary alive across its `switch`) is never
-/// collected: bind the target first (`let root = ...; root.switch(v)`).
+/// greenlet is unwound as by [`throw`](Self::throw) (its destructors run)
+/// and its stack is reused. Children keep their parent alive. A greenlet
+/// that keeps a handle to itself where only it can reach it (on its own
+/// stack, say a `greenlet::current()` temporary alive across its `switch`)
+/// is never collected: bind the target first (`let root = ...;
+/// root.switch(v)`). One whose destructors switch away while it is unwound
+/// is abandoned: never resumed, its stack leaked.
 pub struct Greenlet<T: 'static> {
     inner: Rc<Inner<T>>,
 }
@@ -486,6 +499,7 @@ fn drive<T: 'static>(fam: &Family<T>, first: Out<T>) -> T {
             // A parent running in another context's chain (switches check
             // their targets themselves).
             fam.set_current(fam.root.clone());
+            fam.bury();
             panic!(
                 "moss::greenlet: a greenlet returned to its parent, which is running in \
                  another coroutine (or the thread's root)"
@@ -575,7 +589,11 @@ fn finish_throw<T: 'static>(fam: &Family<T>, victim: &Greenlet<T>) -> Result<(),
                 input = In::ThrowDone;
             }
             CoroutineResult::Yield(Out::Switch(..)) => {
-                // Left suspended mid-unwind: never resumed again.
+                // Suspended mid-unwind: resuming it again (another throw, or
+                // a forced unwind when its coroutine is dropped) would be a
+                // second unwind inside a destructor, which aborts. It is
+                // abandoned: dead for everyone, its stack leaked.
+                victim.inner.dead.set(true);
                 return Err(Box::new(
                     "moss::greenlet: a thrown greenlet switched instead of exiting",
                 ));
