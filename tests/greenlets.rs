@@ -467,3 +467,41 @@ impl Drop for OnDrop {
         }
     }
 }
+
+thread_local! {
+    static KEPT: RefCell<Option<Greenlet<u8>>> = const { RefCell::new(None) };
+}
+
+/// Thread exit with suspended greenlets: one kept in a thread-local (dropped
+/// by its destructor, after the hub may be gone) and one held by a
+/// coroutine the exit kills. Both are unwound; nothing aborts.
+#[test]
+fn suspended_greenlets_at_thread_exit_are_unwound() {
+    const CASE: &str = "suspended_greenlets_at_thread_exit_are_unwound";
+    if !util::in_child(CASE) {
+        return util::passes_in_child(CASE);
+    }
+    let drops = util::DropCounter::new();
+    let d = drops.clone();
+    std::thread::spawn(move || {
+        let suspended = |token: util::Counted| {
+            let g = Greenlet::new(move |v: u8| {
+                let _token = token;
+                let root = greenlet::current::<u8>().parent().unwrap();
+                root.switch(v)
+            });
+            assert_eq!(g.switch(1), 1);
+            g
+        };
+        KEPT.with(|k| *k.borrow_mut() = Some(suspended(d.token())));
+        let t = d.token();
+        moss::spawn(move || {
+            let _g = suspended(t);
+            moss::sleep(Duration::from_secs(60));
+        });
+        moss::sleep(Duration::from_millis(10));
+    })
+    .join()
+    .unwrap();
+    assert_eq!(drops.drops(), 2);
+}
