@@ -62,7 +62,7 @@ use std::time::{Duration, Instant};
 
 use crate::hub::{Hub, Mode};
 pub use crate::task::Cancelled;
-use crate::task::{Cancel, Header, State, Task, Wakeup, may_unwind};
+use crate::task::{Cancel, Header, Seen, State, Task, Wakeup, may_unwind};
 use crate::timer::Action;
 
 /// The error of a [`timeout`](crate::timeout) that fired.
@@ -234,7 +234,10 @@ pub(crate) fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapse
     // timeout instead.
     let seen = h.state.end_timeout(scope);
     match r {
-        Ok(_) | Err(_) if seen => Err(Elapsed::new(d)),
+        Ok(_) if seen != Seen::No => Err(Elapsed::new(d)),
+        // A panic that began before the timeout was seen (it was seen by a
+        // destructor's wait during that unwind) goes on.
+        Err(_) if seen == Seen::Running => Err(Elapsed::new(d)),
         Ok(v) => Ok(v),
         Err(p) => match p.downcast_ref::<Cancelled>() {
             Some(Cancelled(Cancel::Timeout(s))) if *s == scope => Err(Elapsed::new(d)),

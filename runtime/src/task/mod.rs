@@ -26,7 +26,7 @@ mod state;
 
 pub use error::{Cancelled, JoinError};
 pub use state::Wakeup;
-pub(crate) use state::{Cancel, State, TaskState, may_unwind};
+pub(crate) use state::{Cancel, Seen, State, TaskState, may_unwind};
 
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
@@ -299,14 +299,19 @@ where
         let Slot::Pending(f) = self.replace(Slot::Running) else {
             unreachable!("a task body runs once")
         };
-        let result = match catch_unwind(AssertUnwindSafe(f)) {
-            // A kill that a non-unwinding wait (a monkey hook) reported as a
-            // failed call, with no moss blocking point after it to deliver
-            // it: the coroutine ended because of the kill (returning the
-            // failure, or panicking on it: std code that unwraps), so say so.
-            _ if self.header.state.pending() == Some(Cancel::Kill) && self.header.state.seen() => {
-                Err(JoinError::new(&self.header, Repr::Killed))
-            }
+        let r = catch_unwind(AssertUnwindSafe(f));
+        // A kill that a non-unwinding wait (a monkey hook) reported as a
+        // failed call, with no moss blocking point after it to deliver it:
+        // the coroutine ended because of the kill (returning the failure, or
+        // panicking on it: std code that unwraps), so say so. A panic that
+        // was unwinding already when the kill was seen is reported as such.
+        let kill_seen = match self.header.state.pending() {
+            Some(Cancel::Kill) => self.header.state.seen(),
+            _ => Seen::No,
+        };
+        let result = match r {
+            Ok(_) if kill_seen != Seen::No => Err(JoinError::new(&self.header, Repr::Killed)),
+            Err(_) if kill_seen == Seen::Running => Err(JoinError::new(&self.header, Repr::Killed)),
             Ok(v) => Ok(v),
             Err(payload) => Err(JoinError::from_payload(&self.header, payload)),
         };

@@ -100,6 +100,19 @@ pub(crate) enum Cancel {
     Timeout(u64),
 }
 
+/// Whether a pending cancellation was reported to a non-unwinding wait
+/// (which failed its call instead of unwinding), and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Seen {
+    No,
+    /// Only while the thread was unwinding already (a destructor's wait
+    /// during a panic): that unwind, not the cancellation, ends the context.
+    Unwinding,
+    /// In the context's normal flow: what follows (the failure returned, or
+    /// a panic of code that unwrapped it) is the cancellation's doing.
+    Running,
+}
+
 /// `cancel` encoding: no cancellation pending.
 const NO_CANCEL: u64 = 0;
 /// `cancel` encoding: a kill is pending (timeout scopes are numbered from 1).
@@ -124,7 +137,7 @@ pub(crate) struct TaskState {
     /// (a monkey hook failed its call): a `timeout` then reports `Elapsed`
     /// even if its closure returns, and a kill makes `join` report
     /// `is_killed()`. Cleared when a cancellation is taken for delivery.
-    cancel_seen: Cell<bool>,
+    cancel_seen: Cell<Seen>,
     /// The pending cancellation, encoded: `NO_CANCEL`, `KILL` or a timeout
     /// scope number.
     cancel: Cell<u64>,
@@ -149,7 +162,7 @@ impl TaskState {
             wakeup: Cell::new(Wakeup::Notified),
             killed: Cell::new(false),
             exit_kill: Cell::new(false),
-            cancel_seen: Cell::new(false),
+            cancel_seen: Cell::new(Seen::No),
             cancel: Cell::new(NO_CANCEL),
             park_seq: Cell::new(0),
         }
@@ -353,7 +366,7 @@ impl TaskState {
         if !self.exit_kill.get() {
             self.cancel.set(NO_CANCEL);
         }
-        self.cancel_seen.set(false);
+        self.cancel_seen.set(Seen::No);
         c
     }
 
@@ -361,25 +374,31 @@ impl TaskState {
     #[inline]
     pub(crate) fn mark_seen(&self) {
         debug_assert!(self.cancel_pending(), "mark_seen without a cancellation");
-        self.cancel_seen.set(true);
+        let now = if may_unwind() {
+            Seen::Running
+        } else {
+            Seen::Unwinding
+        };
+        self.cancel_seen.set(self.cancel_seen.get().max(now));
     }
 
-    /// Whether a pending cancellation was reported without being delivered.
+    /// Whether and how a pending cancellation was reported without being
+    /// delivered.
     #[inline]
-    pub(crate) fn seen(&self) -> bool {
+    pub(crate) fn seen(&self) -> Seen {
         self.cancel_seen.get()
     }
 
     /// The `timeout` scope `scope` ends: drops its cancellation if it is
-    /// still pending (it fired but was never delivered) and returns whether a
-    /// non-unwinding wait reported it.
+    /// still pending (it fired but was never delivered) and returns whether
+    /// (and how) a non-unwinding wait reported it.
     #[inline]
-    pub(crate) fn end_timeout(&self, scope: u64) -> bool {
+    pub(crate) fn end_timeout(&self, scope: u64) -> Seen {
         if self.cancel.get() != scope {
-            return false;
+            return Seen::No;
         }
         self.cancel.set(NO_CANCEL);
-        self.cancel_seen.replace(false)
+        self.cancel_seen.replace(Seen::No)
     }
 
     /// A coroutine killed before it ever ran: marks it killed without a
@@ -437,9 +456,9 @@ mod tests {
         assert!(!s.request_kill());
         assert_eq!(s.pending(), Some(Cancel::Kill));
         s.mark_seen();
-        assert!(s.seen());
+        assert_eq!(s.seen(), Seen::Running);
         assert_eq!(s.take_cancel(), Some(Cancel::Kill));
-        assert!(!s.seen() && !s.cancel_pending() && s.killed.get());
+        assert!(s.seen() == Seen::No && !s.cancel_pending() && s.killed.get());
         assert!(!s.request_kill(), "killed once");
     }
 
@@ -463,7 +482,11 @@ mod tests {
         assert!(!s.request_timeout(9), "an inner scope does not replace");
         assert!(s.request_timeout(2), "an enclosing scope does");
         assert_eq!(s.pending(), Some(Cancel::Timeout(2)));
-        assert!(!s.end_timeout(5), "the inner scope ends: not its timeout");
+        assert_eq!(
+            s.end_timeout(5),
+            Seen::No,
+            "the inner scope ends: not its timeout"
+        );
         assert_eq!(s.pending(), Some(Cancel::Timeout(2)));
     }
 
@@ -482,10 +505,10 @@ mod tests {
     fn a_timeout_scope_clears_only_its_own_cancellation() {
         let s = TaskState::new_root();
         assert!(s.request_timeout(7));
-        assert!(!s.end_timeout(6));
+        assert_eq!(s.end_timeout(6), Seen::No);
         assert_eq!(s.pending(), Some(Cancel::Timeout(7)));
         s.mark_seen();
-        assert!(s.end_timeout(7));
+        assert_eq!(s.end_timeout(7), Seen::Running);
         assert!(!s.cancel_pending());
     }
 
