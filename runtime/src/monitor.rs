@@ -223,7 +223,13 @@ impl Watch {
             running: AtomicPtr::new(std::ptr::null_mut()),
             pinned: AtomicBool::new(false),
             dead: AtomicBool::new(false),
-            thread_name: std::thread::current().name().map(str::to_owned),
+            // Unnamed once std's thread-locals are gone (a hub made by a
+            // pthread key destructor at thread exit).
+            thread_name: if crate::hub::thread_exited() {
+                None
+            } else {
+                std::thread::current().name().map(str::to_owned)
+            },
             dumps: Mutex::new(Vec::new()),
             dump_wanted: AtomicBool::new(false),
             waker: Mutex::new(Some(waker)),

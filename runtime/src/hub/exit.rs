@@ -96,8 +96,23 @@ pub(super) fn disown() {
     }
 }
 
+thread_local! {
+    /// The owner key's destructor has run on this thread: its Rust
+    /// thread-locals (std's among them) are gone. `const`, no destructor:
+    /// readable to the very end.
+    static EXITED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread is past its Rust thread-local destruction (a hub
+/// made now must not use std's thread-locals, `std::thread::current()`
+/// panics).
+pub(crate) fn thread_exited() -> bool {
+    EXITED.with(Cell::get)
+}
+
 /// The owner key's destructor: shuts the hub down and frees it.
 extern "C" fn hub_exit(p: *mut libc::c_void) {
+    EXITED.with(|e| e.set(true));
     let p = p.cast::<Hub>();
     // A panic must not leave an `extern "C"` function; one here (a bug, or
     // the hub loop's "would block forever" in a context that cannot have it)

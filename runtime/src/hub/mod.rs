@@ -24,6 +24,7 @@ mod park;
 mod remote;
 mod run;
 
+pub(crate) use exit::thread_exited;
 pub(crate) use park::Mode;
 pub(crate) use remote::Remote;
 pub(crate) use run::Until;
