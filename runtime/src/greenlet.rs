@@ -188,7 +188,8 @@ impl<T: 'static> Family<T> {
         loop {
             let next = self.graveyard.borrow_mut().pop();
             let Some(victim) = next else { return };
-            // A panic of a collected greenlet was reported by the hook.
+            // Its one failure (a destructor switched away while it was
+            // unwound) abandons it; nobody is left to tell.
             let _ = finish_throw(self, &victim);
             self.set_current(self.root.clone());
         }
@@ -522,7 +523,7 @@ fn drive<T: 'static>(fam: &Family<T>, first: Out<T>) -> T {
                 input = In::ThrowDone;
             }
             CoroutineResult::Yield(Out::Collect(victim)) => {
-                // A panic of a collected greenlet was reported by the hook.
+                // Its one failure abandons it (see `bury`).
                 let _ = finish_throw(fam, &victim);
                 input = In::ThrowDone;
             }
@@ -617,8 +618,8 @@ fn drive_throw<T: 'static>(fam: &Family<T>, victim: Greenlet<T>) -> Result<(), P
 /// greenlet does the same when one is garbage collected): right away when
 /// the caller is a running greenlet or a root outside its driver loop, else
 /// (a handle dropped by the driver loop itself) by the driver before it
-/// hands control back. A panic while it unwinds is dropped (the panic hook
-/// has reported it).
+/// hands control back. If it switches away while it unwinds, it is
+/// abandoned (see `finish_throw`).
 fn collect<T: 'static>(victim: Greenlet<T>) {
     let fam = family::<T>();
     let me = fam.current.borrow().clone();
