@@ -471,7 +471,11 @@ mod tests {
             assert!(!s.request_timeout(scope), "scope {scope} replaced the kill");
         }
         assert_eq!(s.pending(), Some(Cancel::Kill));
-        assert!(!s.end_timeout(4), "the kill is not the scope's timeout");
+        assert_eq!(
+            s.end_timeout(4),
+            Seen::No,
+            "the kill is not the scope's timeout"
+        );
         assert_eq!(s.take_cancel(), Some(Cancel::Kill));
     }
 
