@@ -114,14 +114,21 @@ fn a_delivery_between_waits_is_pending_not_lost() {
     assert_eq!(signal::wait_timeout(&[sig], Duration::ZERO).unwrap(), None);
     raise(sig);
     raise(sig);
-    // Nobody was waiting: the next wait returns at once (both coalesced).
+    // Nobody was waiting: the next wait returns at once. The two deliveries
+    // may be coalesced or seen one by one (a realtime signal is queued, and
+    // kill(2) may hand the second to another thread after the first wait
+    // took the first): never none, never more than two.
     let t = Instant::now();
     assert_eq!(signal::wait(&[sig]).unwrap(), sig);
     assert!(t.elapsed() < Duration::from_secs(2));
-    assert_eq!(
-        signal::wait_timeout(&[sig], Duration::from_millis(50)).unwrap(),
-        None
-    );
+    let mut more = 0;
+    while signal::wait_timeout(&[sig], Duration::from_millis(200))
+        .unwrap()
+        .is_some()
+    {
+        more += 1;
+        assert!(more <= 1, "two raises, three deliveries");
+    }
 }
 
 #[test]
