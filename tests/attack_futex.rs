@@ -500,10 +500,15 @@ fn a_coroutine_killed_in_a_condvar_wait() {
     );
 }
 
-/// A hub thread exits while a (background) coroutine of it is parked on a
-/// std Mutex held by the main thread. Its table entry goes with the
-/// thread: the unlock wakes the live waiters (a plain thread in the kernel,
-/// a coroutine of another hub), not the dead one.
+/// A hub thread ends while a (background) coroutine of it is parked on a
+/// std Mutex held by the main thread. The thread's exit kills its
+/// coroutines and waits for them; a kill cannot end a std wait, so the
+/// exit waits until the lock comes (as `kill` of a coroutine in a std wait
+/// does; joining that thread while holding the lock would deadlock, as
+/// with a plain thread). Every waiter gets the lock once: the exiting
+/// thread's coroutine, a plain thread (in the kernel) and a coroutine of
+/// another hub (in the table); no wake-up is swallowed by the exiting
+/// thread's purged entries.
 #[test]
 fn thread_exit_while_a_coroutine_waits_on_a_std_mutex() {
     child(
@@ -513,7 +518,7 @@ fn thread_exit_while_a_coroutine_waits_on_a_std_mutex() {
             let m = Arc::new(Mutex::new(0u32));
             let g = m.lock().unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
-            let dead = {
+            let exiting = {
                 let m = m.clone();
                 std::thread::spawn(move || {
                     moss::run(move || {
@@ -529,7 +534,6 @@ fn thread_exit_while_a_coroutine_waits_on_a_std_mutex() {
                 })
             };
             rx.recv().unwrap();
-            dead.join().unwrap();
             // Live waiters: a plain thread (kernel) and a coroutine of
             // another hub (table), each adding once.
             let plain = {
@@ -549,11 +553,12 @@ fn thread_exit_while_a_coroutine_waits_on_a_std_mutex() {
                 })
             };
             rx.recv().unwrap();
-            std::thread::sleep(Duration::from_millis(50)); // the plain thread waits
+            std::thread::sleep(Duration::from_millis(50)); // the exit and the plain thread wait
             drop(g);
             plain.join().unwrap();
             hub.join().unwrap();
-            assert_eq!(*m.lock().unwrap(), 11);
+            exiting.join().unwrap();
+            assert_eq!(*m.lock().unwrap(), 111);
         },
     );
 }
