@@ -122,8 +122,10 @@ impl Ledger {
         // Killed and scope-cancelled puts drop their items (allowed), and
         // each attempt takes a fresh item. On the condvar buffer most puts
         // wait for its mutex (strict FIFO hand-off between hubs: a convoy),
-        // so their 0-200 µs scopes often fire first; some must get through.
-        assert!(puts >= self.n / 20, "{what}: only {puts} puts completed");
+        // so their 0-200 µs scopes often fire first; some must get through
+        // (a liveness floor, not a rate: 4 hubs on 2 loaded cores completed
+        // 2,268 of 100,000 once, so the floor is 1%).
+        assert!(puts >= self.n / 100, "{what}: only {puts} puts completed");
         eprintln!("{what}: {puts} puts completed");
     }
 }
