@@ -72,7 +72,6 @@ fn parker_idle_list_grows_with_dead_coroutines() {
 /// by the child's pid (the parent's ticker coroutine ran in the child for
 /// the 150 ms of the sleep).
 #[test]
-#[ignore = "reproduces: hooked call in Command::pre_exec runs the parent's coroutines in the forked child"]
 fn pre_exec_sleep_runs_parent_coroutines_in_child() {
     child(
         "pre_exec_sleep_runs_parent_coroutines_in_child",
@@ -137,7 +136,6 @@ fn pre_exec_sleep_runs_parent_coroutines_in_child() {
 /// loop in a forked child, so the child never touches the parent's events).
 /// Got: the parent's reader hangs (the child printed that it read "hello").
 #[test]
-#[ignore = "reproduces: a libc::fork child runs the inherited hub on the shared epoll and steals the parent's I/O"]
 fn raw_fork_child_steals_parent_io_events() {
     child(
         "raw_fork_child_steals_parent_io_events",

@@ -81,18 +81,10 @@ fn owner_key() -> Option<libc::pthread_key_t> {
 pub(super) fn own(p: *mut Hub) {
     if let Some(key) = owner_key() {
         // SAFETY: setting this thread's value of a key we created; `p` stays
-        // valid until `hub_exit` frees it (or the pointer is replaced by
-        // `disown` after a fork).
+        // valid until `hub_exit` frees it (in a forked child, the inherited
+        // hub is replaced here by the child's own, or `hub_exit` finds it is
+        // no longer this thread's hub and leaves it).
         unsafe { libc::pthread_setspecific(key, p.cast()) };
-    }
-}
-
-/// In a forked child: the inherited hub is abandoned (see
-/// `Hub::forget_after_fork`), so the key must not free it at thread exit.
-pub(super) fn disown() {
-    if let Some(key) = owner_key() {
-        // SAFETY: as in `own`; a null value runs no destructor.
-        unsafe { libc::pthread_setspecific(key, std::ptr::null()) };
     }
 }
 

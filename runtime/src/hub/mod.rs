@@ -14,17 +14,21 @@
 //! * `dump.rs` — `moss::dump`.
 //! * `exit.rs` — the end: its coroutines are killed when the thread exits,
 //!   then the hub is freed.
+//! * `fork.rs` — a forked child: it abandons the hub it inherited and
+//!   never runs or polls it.
 //!
 //! A context's life cycle and its cancellation state are owned by
 //! `task/state.rs`; the hub changes them only through its transitions.
 
 mod dump;
 mod exit;
+mod fork;
 mod park;
 mod remote;
 mod run;
 
 pub(crate) use exit::thread_exited;
+pub(crate) use fork::{forked_away, forked_coroutine_returned, left_in_child};
 pub(crate) use park::Mode;
 pub(crate) use remote::Remote;
 pub(crate) use run::Until;
@@ -99,6 +103,8 @@ pub(crate) struct Hub {
     /// The hub is shutting down (thread exit): new coroutines get a pending
     /// kill (see `exit.rs`).
     exiting: Cell<bool>,
+    /// The fork generation this hub was made in (see `fork.rs`).
+    generation: u64,
 }
 
 thread_local! {
@@ -111,6 +117,8 @@ thread_local! {
 
 impl Hub {
     fn new() -> io::Result<Hub> {
+        // First: registers the atfork handler (before this hub exists).
+        let generation = crate::sys::atfork::generation();
         let reactor = Reactor::new()?;
         let hub_id = NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed);
         let waker = Arc::new(reactor.new_waker()?);
@@ -142,6 +150,7 @@ impl Hub {
             loop_depth: Cell::new(0),
             watch: crate::monitor::Watch::register(waker),
             exiting: Cell::new(false),
+            generation,
         })
     }
 
@@ -192,15 +201,6 @@ impl Hub {
         }
         // SAFETY: as in `current`: a non-null `HUB` is this thread's live hub.
         Some(unsafe { &*p })
-    }
-
-    /// In a freshly forked child: abandons the hub inherited from the parent
-    /// (leaked, never touched again: its epoll instance and eventfd are shared
-    /// with the parent, its coroutines are the parent's), so that the next
-    /// moss call on this thread creates a fresh hub.
-    pub(crate) fn forget_after_fork() {
-        exit::disown();
-        HUB.with(|h| h.set(std::ptr::null()));
     }
 
     /// The header of whatever runs now: a coroutine or the root.

@@ -33,6 +33,9 @@ pub(crate) struct Remote {
     /// The hub is in (or about to enter) a blocking `epoll_wait`.
     sleeping: AtomicBool,
     waker: Arc<mio::Waker>,
+    /// The fork generation the hub was made in: in a forked child, the
+    /// parent's hubs (whose eventfds the child shares) are never woken.
+    generation: u64,
 }
 
 impl Remote {
@@ -43,11 +46,19 @@ impl Remote {
             has_items: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             waker,
+            generation: crate::sys::atfork::generation(),
         }
     }
 
-    /// Queues a wake-up of `token` for the hub (from any thread).
+    /// Queues a wake-up of `token` for the hub (from any thread). In a
+    /// forked child, a wake-up for a hub of the parent (an unparker copied
+    /// in some wait list) is dropped: its contexts never run in the child,
+    /// its queue's lock may have been held by a thread the child lacks, and
+    /// its eventfd is the parent's.
     pub(crate) fn push(&self, token: Token) {
+        if self.generation != crate::sys::atfork::generation() {
+            return;
+        }
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -96,6 +96,9 @@ impl Hub {
     /// ever make progress: panics if `strict`, else returns false.
     pub(crate) fn run_until(&self, until: Until, strict: bool) -> bool {
         debug_assert!(!self.in_coroutine(), "the hub loop runs on the root only");
+        if self.inherited() {
+            self.refuse_inherited();
+        }
         // The monitor: the loop blocks nobody; the root after it does if
         // the hub has coroutines, unless this loop ran inside another (a
         // destructor run by the loop blocked). After a panic here nobody

@@ -53,6 +53,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::process::poll_wait;
+use crate::backoff::Backoff;
 use crate::hub::{Hub, Mode};
 use crate::park::{self, Wakeup};
 use crate::reactor::{Interest, Registration, WaitError};
@@ -166,8 +167,16 @@ pub(crate) fn mode_for(deadline: Option<Instant>) -> Mode {
 /// Waits for `fd` through this thread's hub (a dup of it is registered,
 /// so any number of waiters of one hub can wait on one fd), never
 /// unwinding; `mode` says how a cancellation counts (`deadline` may be a
-/// slice of a longer wait). A thread without a hub blocks in `poll`; when no
-/// fd is left to register, the caller naps on a timer and retries.
+/// slice of a longer wait). A thread without a hub blocks in `poll`. When
+/// no fd is left to duplicate or the hub refuses the duplicate, polls the
+/// fd with growing naps on hub timers ([`crate::backoff`]) until it is
+/// ready or `deadline` passes: every path ends by `deadline`.
+///
+/// The registration is removed (`EPOLL_CTL_DEL`) before the duplicate is
+/// closed. The other order leaves the entry in the epoll set: epoll keys it
+/// by (open file, fd number) and drops it only when the open file itself is
+/// released, which the original fd prevents. The next wait's duplicate,
+/// which gets the same number for the same file, then collides with it.
 pub(crate) fn wait_fd(
     fd: RawFd,
     interest: Interest,
@@ -180,21 +189,36 @@ pub(crate) fn wait_fd(
             _ => Waited::Ready, // ready, or an error the retried call reports
         };
     }
-    // `reg` is dropped (deregistered) before `dup` is closed.
-    let registered = fd::dup(fd).and_then(|d| Ok((Registration::new(d.as_raw_fd())?, d)));
-    match registered {
-        Ok((reg, _dup)) => match reg.wait_mode(interest, deadline, mode) {
-            Ok(()) | Err(WaitError::Closed) => Waited::Ready,
-            Err(WaitError::TimedOut) => Waited::TimedOut,
-            Err(WaitError::Cancelled) => Waited::Cancelled,
-        },
-        Err(_) => {
-            let nap = Instant::now() + Duration::from_millis(5);
-            let until = Some(deadline.map_or(nap, |d| d.min(nap)));
-            match Hub::current().park(until, "process wait", mode) {
-                Wakeup::Cancelled => Waited::Cancelled,
-                _ => Waited::Ready,
-            }
+    let Ok(dup) = fd::dup(fd) else {
+        return nap_wait(fd, interest, deadline, mode);
+    };
+    // Declared after `dup`, so dropped (deregistered) before it is closed,
+    // also when unwinding.
+    let Ok(reg) = Registration::new(dup.as_raw_fd()) else {
+        return nap_wait(fd, interest, deadline, mode);
+    };
+    match reg.wait_mode(interest, deadline, mode) {
+        Ok(()) | Err(WaitError::Closed) => Waited::Ready,
+        Err(WaitError::TimedOut) => Waited::TimedOut,
+        Err(WaitError::Cancelled) => Waited::Cancelled,
+    }
+}
+
+/// [`wait_fd`] without an fd to register: zero-timeout `poll`s with growing
+/// naps in between, until the fd is ready (or reports an error, which the
+/// caller's retried call sees) or `deadline` passes.
+fn nap_wait(fd: RawFd, interest: Interest, deadline: Option<Instant>, mode: Mode) -> Waited {
+    let mut naps = Backoff::new();
+    loop {
+        if !matches!(poll_wait(fd, interest, Some(Instant::now())), Ok(false)) {
+            return Waited::Ready;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Waited::TimedOut;
+        }
+        let nap = naps.next_wake(deadline);
+        if Hub::current().park(Some(nap), "fd wait (no fd left)", mode) == Wakeup::Cancelled {
+            return Waited::Cancelled;
         }
     }
 }

@@ -62,9 +62,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::backoff::{Backoff, Polled};
-use crate::hub::Hub;
-use crate::reactor::{Interest, Registration};
+use super::doorbell::Waited;
+use crate::backoff::Backoff;
+use crate::hub::{Hub, Mode};
+use crate::reactor::Interest;
 use crate::sys::fd;
 use crate::sys::poll;
 use crate::sys::process::{self, Exit, Forked};
@@ -369,46 +370,17 @@ impl fmt::Debug for ProcessHandle {
 /// fd number once). A `kill` of the calling coroutine unwinds it. If the fd
 /// cannot be duplicated or registered (no fds left), the caller polls the
 /// fd with growing naps on the hub's timers ([`crate::backoff`]), so the
-/// hub keeps running; a thread without a hub blocks in `poll`.
+/// hub keeps running; a thread without a hub blocks in `poll`. (The one
+/// implementation is the doorbell's `wait_fd`.)
 pub(crate) fn wait_fd(
     fd: RawFd,
     interest: Interest,
     deadline: Option<Instant>,
 ) -> io::Result<bool> {
-    // Declared in this order so that `reg` (deregistration) drops before
-    // `dup` (close), also when unwinding.
-    let Ok(dup) = fd::dup(fd) else {
-        return nap_wait(fd, interest, deadline);
-    };
-    let Ok(reg) = Registration::new(dup.as_raw_fd()) else {
-        return nap_wait(fd, interest, deadline);
-    };
-    match reg.wait(interest, deadline) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// The fallback of [`wait_fd`] without an fd to register: zero-timeout
-/// `poll`s with growing naps in between (a thread without a hub, which has
-/// nothing else to run, blocks in `poll`).
-fn nap_wait(fd: RawFd, interest: Interest, deadline: Option<Instant>) -> io::Result<bool> {
-    if !crate::park::hub_exists() {
-        return poll_wait(fd, interest, deadline);
-    }
-    let w = interest == Interest::Writable;
-    let ready = || {
-        let mut p = [poll::poll_raw_fd(fd, !w, w)];
-        match poll::poll(&mut p, Some(Duration::ZERO)) {
-            Ok(0) => None,
-            r => Some(r.map(|_| true)),
-        }
-    };
-    match crate::backoff::poll_until(deadline, "wait_fd (no fd left)", ready) {
-        Polled::Ready(r) => r,
-        Polled::TimedOut => Ok(false),
-        Polled::Cancelled => {
+    match super::doorbell::wait_fd(fd, interest, deadline, Mode::Fallible) {
+        Waited::Ready => Ok(true),
+        Waited::TimedOut => Ok(false),
+        Waited::Cancelled => {
             crate::cancel::deliver_or_fail(Hub::current());
             Err(io::Error::other(crate::reactor::WaitError::Cancelled))
         }

@@ -22,6 +22,9 @@ pub(crate) struct Reactor {
     pub(super) slots: RefCell<Slab<IoSlot>>,
     /// Contexts parked on I/O readiness (they can be woken by the kernel).
     pub(super) waiters: Cell<usize>,
+    /// The fork generation the epoll instance was made in: a forked child's
+    /// copy shares the instance with the parent and never touches it.
+    generation: u64,
 }
 
 impl Reactor {
@@ -31,6 +34,7 @@ impl Reactor {
             events: RefCell::new(mio::Events::with_capacity(1024)),
             slots: RefCell::new(Slab::new()),
             waiters: Cell::new(0),
+            generation: crate::sys::atfork::generation(),
         })
     }
 
@@ -50,13 +54,24 @@ impl Reactor {
         self.waiters.get() > 0
     }
 
+    /// Whether this reactor's epoll instance is the parent's, inherited by
+    /// a forked child (see the hub's `fork.rs`).
+    fn inherited(&self) -> bool {
+        self.generation != crate::sys::atfork::generation()
+    }
+
     /// Waits up to `timeout` (`None`: until an event) in `epoll_wait` and
-    /// calls `wake` for every waiter an event concerns.
+    /// calls `wake` for every waiter an event concerns. In a forked child,
+    /// on the parent's instance, ends the child instead (it would take the
+    /// parent's events).
     ///
     /// # Panics
     /// If `epoll_wait` fails with anything but `EINTR` (a broken epoll fd:
     /// the hub cannot work any more).
     pub(crate) fn poll(&self, timeout: Option<Duration>, mut wake: impl FnMut(Token)) {
+        if self.inherited() {
+            crate::hub::left_in_child(b"poll its epoll instance");
+        }
         let mut events = self.events.borrow_mut();
         if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
@@ -84,7 +99,15 @@ impl Reactor {
         }
     }
 
+    /// Registers `fd` in a new slot tagged `generation`; fails in a forked
+    /// child on the parent's epoll instance, whose interest list is the
+    /// parent's.
     pub(super) fn register(&self, fd: RawFd, generation: u64) -> io::Result<usize> {
+        if self.inherited() {
+            return Err(io::Error::other(
+                "moss: this hub belongs to the parent of this forked process",
+            ));
+        }
         let key = self.slots.borrow_mut().insert(IoSlot {
             fd,
             generation,
@@ -94,11 +117,22 @@ impl Reactor {
             write_ready: false,
             read_hup: false,
         });
-        let r = self.poll.borrow().registry().register(
-            &mut mio::unix::SourceFd(&fd),
-            mio::Token(key),
-            mio::Interest::READABLE | mio::Interest::WRITABLE,
-        );
+        let interests = mio::Interest::READABLE | mio::Interest::WRITABLE;
+        let registry = self.poll.borrow();
+        let registry = registry.registry();
+        let mut r = registry.register(&mut mio::unix::SourceFd(&fd), mio::Token(key), interests);
+        if r.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EEXIST))
+            && !self.holds(fd, key)
+        {
+            // A stale entry: epoll keys entries by (open file, fd number)
+            // and drops one only when the open file is released, so an fd
+            // closed without `EPOLL_CTL_DEL` while its file stayed open
+            // elsewhere (a duplicate, a forked child's copy) leaves its
+            // entry behind, and the number, once reused for that file,
+            // collides with it. No live slot of this reactor has the fd,
+            // so the entry is nobody's: it becomes this slot's (`MOD`).
+            r = registry.reregister(&mut mio::unix::SourceFd(&fd), mio::Token(key), interests);
+        }
         match r {
             Ok(()) => Ok(key),
             Err(e) => {
@@ -106,6 +140,14 @@ impl Reactor {
                 Err(e)
             }
         }
+    }
+
+    /// Whether a live slot other than `except` is registered for `fd`.
+    fn holds(&self, fd: RawFd, except: usize) -> bool {
+        self.slots
+            .borrow()
+            .iter()
+            .any(|(k, s)| k != except && s.fd == fd)
     }
 
     /// Removes the slot `key` if it still belongs to `generation`, and
@@ -119,11 +161,14 @@ impl Reactor {
             }
         };
         // The fd may be closed already (a racing close): nothing to undo.
-        let _ = self
-            .poll
-            .borrow()
-            .registry()
-            .deregister(&mut mio::unix::SourceFd(&slot.fd));
+        // In a forked child, the instance's interest list is the parent's.
+        if !self.inherited() {
+            let _ = self
+                .poll
+                .borrow()
+                .registry()
+                .deregister(&mut mio::unix::SourceFd(&slot.fd));
+        }
         let mut all = slot.readers;
         for t in slot.writers.into_iter() {
             all.push(t);

@@ -14,8 +14,10 @@
 //! must be rebuilt from scratch, never locked or joined (its old state is
 //! leaked: its locks may be held by threads that are gone). The handler is
 //! registered on the first call of [`generation`], before any such object
-//! exists. Children made by a raw `clone`/`syscall(SYS_fork)` run no atfork
-//! handler and are not detected.
+//! exists (a hub calls it first thing). The handler also makes the forking
+//! thread forget its hub (the hub's `fork.rs`: a child never runs or polls
+//! its parent's hub). Children made by a raw `clone`/`syscall(SYS_fork)`
+//! run no atfork handler and are not detected.
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +26,10 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 static REGISTER: Once = Once::new();
 
 extern "C" fn in_child() {
-    // Async-signal-safe: one atomic add, no lock, no allocation.
+    // Async-signal-safe: one atomic add and one thread-local store, no
+    // lock, no allocation.
     GENERATION.fetch_add(1, Ordering::Relaxed);
+    crate::hub::Hub::forget_after_fork();
 }
 
 /// The fork generation of this process: 0 in the original process, and a

@@ -300,6 +300,11 @@ where
             unreachable!("a task body runs once")
         };
         let r = catch_unwind(AssertUnwindSafe(f));
+        if crate::hub::forked_away(&self.header) {
+            // It forked, and this is the child: the frames it would return
+            // to are its parent's hub loop (see the hub's `fork.rs`).
+            crate::hub::forked_coroutine_returned(r.is_err());
+        }
         // A kill that a non-unwinding wait (a monkey hook) reported as a
         // failed call, with no moss blocking point after it to deliver it:
         // the coroutine ended because of the kill (returning the failure, or
