@@ -56,24 +56,30 @@
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::{HUB, Hub, Until};
 use crate::task::{State, Task, Wakeup};
 
-/// The process-wide pthread key whose per-thread value owns the thread's hub.
-static OWNER_KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
+/// The process-wide pthread key whose per-thread value owns the thread's
+/// hub, or -1 for none. Made once per process (a forked child that copied
+/// it half made makes its own: `ForkSafeOnce`).
+static OWNER_KEY: AtomicI64 = AtomicI64::new(-1);
+static OWNER_KEY_MADE: crate::sys::atfork::ForkSafeOnce = crate::sys::atfork::ForkSafeOnce::new();
 
 /// The owner key (created on first use); `None` if the process has no keys
 /// left (then hubs are leaked at thread exit instead).
 fn owner_key() -> Option<libc::pthread_key_t> {
-    *OWNER_KEY.get_or_init(|| {
+    OWNER_KEY_MADE.call_once(|| {
         let mut key: libc::pthread_key_t = 0;
         // SAFETY: `key` is a valid out-pointer; `hub_exit` has the signature
         // pthread key destructors need and never unwinds.
-        let r = unsafe { libc::pthread_key_create(&mut key, Some(hub_exit)) };
-        (r == 0).then_some(key)
-    })
+        if unsafe { libc::pthread_key_create(&mut key, Some(hub_exit)) } == 0 {
+            OWNER_KEY.store(i64::from(key), Ordering::Release);
+        }
+    });
+    let key = OWNER_KEY.load(Ordering::Acquire);
+    (key >= 0).then_some(key as libc::pthread_key_t)
 }
 
 /// Makes the hub at `p` (just created, boxed) the one the owner key frees

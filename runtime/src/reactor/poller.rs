@@ -121,7 +121,8 @@ impl Reactor {
         let registry = self.poll.borrow();
         let registry = registry.registry();
         let mut r = registry.register(&mut mio::unix::SourceFd(&fd), mio::Token(key), interests);
-        if r.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EEXIST))
+        if r.as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EEXIST))
             && !self.holds(fd, key)
         {
             // A stale entry: epoll keys entries by (open file, fd number)

@@ -19,11 +19,10 @@
 //! its parent's hub). Children made by a raw `clone`/`syscall(SYS_fork)`
 //! run no atfork handler and are not detected.
 
-use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-static REGISTER: Once = Once::new();
+static REGISTER: ForkSafeOnce = ForkSafeOnce::new();
 
 extern "C" fn in_child() {
     // Async-signal-safe: one atomic add and one thread-local store, no
@@ -36,10 +35,70 @@ extern "C" fn in_child() {
 /// different number in each forked child (see the module docs).
 pub(crate) fn generation() -> u64 {
     REGISTER.call_once(|| {
-        // SAFETY: registers a handler that only touches an atomic; a null
-        // prepare and parent handler are allowed. Failure (ENOMEM) leaves
-        // children undetected, which is the state before this existed.
+        // SAFETY: registers a handler that only touches an atomic and a
+        // `const` thread-local; a null prepare and parent handler are
+        // allowed. Failure (ENOMEM) leaves children undetected, which is
+        // the state before this existed.
         unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
     });
     GENERATION.load(Ordering::Relaxed)
+}
+
+/// A one-time initialisation that a `fork` cannot leave stuck.
+///
+/// std's `Once` and `OnceLock` record "running" while a thread runs the
+/// initialiser; in a child forked at that moment the state stays "running"
+/// forever (the thread is not copied) and the child's first call waits for
+/// ever. Here the state is the pid of the process whose thread runs it: a
+/// caller of another process (the child) takes the initialisation over
+/// and runs it itself, so the initialiser must be harmless to run again
+/// in a child (creating a key, registering a handler). Callers of the
+/// process that runs it wait for it with `sched_yield` (never a futex: a
+/// hook of `moss::monkey` could try to park on this thread's hub, which may
+/// be what is being made).
+pub(crate) struct ForkSafeOnce(AtomicU64);
+
+/// The state of a completed [`ForkSafeOnce`].
+const DONE: u64 = u64::MAX;
+
+impl ForkSafeOnce {
+    pub(crate) const fn new() -> ForkSafeOnce {
+        ForkSafeOnce(AtomicU64::new(0))
+    }
+
+    /// Runs `f` unless it ran (or runs) already in this process; returns
+    /// once it has completed.
+    #[inline]
+    pub(crate) fn call_once(&self, f: impl FnOnce()) {
+        if self.0.load(Ordering::Acquire) != DONE {
+            self.call_slow(f);
+        }
+    }
+
+    #[cold]
+    fn call_slow(&self, f: impl FnOnce()) {
+        let me = u64::from(std::process::id());
+        let mut f = Some(f);
+        loop {
+            let state = self.0.load(Ordering::Acquire);
+            if state == DONE {
+                return;
+            }
+            if state == me {
+                std::thread::yield_now(); // another thread of ours runs it
+                continue;
+            }
+            // Not started, or started by the process this one was forked
+            // from (whose thread is not here to finish it).
+            if self
+                .0
+                .compare_exchange(state, me, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                (f.take().expect("runs once"))();
+                self.0.store(DONE, Ordering::Release);
+                return;
+            }
+        }
+    }
 }

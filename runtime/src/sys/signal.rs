@@ -18,14 +18,13 @@
 //! must obey the same rules (plain loads of thread-local and task data).
 
 use std::mem::MaybeUninit;
-use std::sync::Once;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Answers the handler's question for a fault at `addr`: if it overflowed a
 /// stack the scheduler knows, write the message into the report, return true.
 pub(crate) type Describe = fn(addr: usize, out: &mut Report) -> bool;
 
-static INSTALL: Once = Once::new();
+static INSTALL: super::atfork::ForkSafeOnce = super::atfork::ForkSafeOnce::new();
 /// The `Describe` function, as an address (0 until installed).
 static DESCRIBE: AtomicUsize = AtomicUsize::new(0);
 static PREV_SEGV: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
@@ -57,7 +56,11 @@ fn install_for(sig: libc::c_int, prev: &AtomicPtr<libc::sigaction>) {
         let old = Box::into_raw(Box::new(
             MaybeUninit::<libc::sigaction>::zeroed().assume_init(),
         ));
-        if libc::sigaction(sig, &sa, old) == 0 {
+        // Installed already (by the process this one was forked from, which
+        // did not finish `install`): the previous action is recorded, and
+        // chaining to ourselves would loop.
+        let ours = !prev.load(Ordering::Acquire).is_null();
+        if !ours && libc::sigaction(sig, &sa, old) == 0 {
             prev.store(old, Ordering::Release);
         } else {
             drop(Box::from_raw(old));

@@ -26,8 +26,7 @@
 //! with `MADV_DONTNEED` above a high-water mark.
 
 use std::io;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use corosensei::stack::StackPointer;
 
@@ -41,12 +40,18 @@ static NO_GUARD_INSTALL: AtomicBool = AtomicBool::new(false);
 
 /// The system page size.
 pub(crate) fn page_size() -> usize {
-    static PAGE: OnceLock<usize> = OnceLock::new();
-    *PAGE.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions.
-        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if n > 0 { n as usize } else { 4096 }
-    })
+    // Racing first calls compute the same value; no lock a fork could copy
+    // held (see `atfork::ForkSafeOnce`).
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    let n = PAGE.load(Ordering::Relaxed);
+    if n != 0 {
+        return n;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let n = if n > 0 { n as usize } else { 4096 };
+    PAGE.store(n, Ordering::Relaxed);
+    n
 }
 
 /// One coroutine stack: usable memory `[limit + guard, base)` above a guard
