@@ -491,3 +491,37 @@ fn process_queue_across_a_fork_with_timeouts_and_kills() {
         },
     );
 }
+
+/// A child process SIGKILLed while it waits in `get` on an empty queue
+/// (it holds the readers' lock, but no item has started): the queue goes
+/// on working for the parent, which takes the lock over.
+#[test]
+fn a_getter_killed_while_waiting_leaves_the_queue_working() {
+    isolated(
+        "a_getter_killed_while_waiting_leaves_the_queue_working",
+        Duration::from_secs(60),
+        || {
+            let q = Arc::new(ProcessQueue::<u32>::new(4).unwrap());
+            let ready = Arc::new(ProcessQueue::<()>::new(1).unwrap());
+            let (q2, ready2) = (q.clone(), ready.clone());
+            let child = moss::pool::Process::new(move || {
+                ready2.put(());
+                q2.get();
+            })
+            .start()
+            .unwrap();
+            ready.get_timeout(Duration::from_secs(10)).unwrap();
+            // Time to take the readers' lock and park in the get. (Killed
+            // earlier, it held nothing: the test passes without testing.)
+            moss::sleep(Duration::from_millis(100));
+            child.kill().unwrap();
+            child.join().unwrap();
+            q.put(7);
+            assert_eq!(
+                q.checked_get(Some(Duration::from_secs(5)))
+                    .map_err(|e| e.to_string()),
+                Ok(7)
+            );
+        },
+    );
+}

@@ -210,6 +210,23 @@
 //! thread runs inline, blocking the thread for the lookup. The hooks
 //! never create a hub, so none of this needs an fd for one.
 //!
+//! # fork
+//!
+//! A child made by libc's `fork` (a user's `libc::fork()`, std's `Command`
+//! when it forks, as with `pre_exec`, moss's own `Process`) has no hub
+//! until it makes a moss call: the hub it inherited is the parent's (its
+//! coroutines are the parent's, and its epoll instance is the same kernel
+//! object as the parent's), so moss forgets it at the fork and never runs
+//! or polls it in the child. Until then the child is a thread without a
+//! hub (the regime above): a hooked sleep in a `pre_exec` closure sleeps
+//! plainly, and the parent's coroutines never run there. The first moss
+//! call (`moss::spawn`, `moss::sleep`, a `moss::net` socket, ...) makes the
+//! child's own hub, and from then on the hooks park as usual. A coroutine
+//! that forks goes on in the child as the root of that hub; when its
+//! function returns there, the child runs the coroutines it spawned and
+//! exits (status 0, or 101 after a panic). Children made without libc's
+//! fork handlers (a raw `clone` or `syscall(SYS_fork)`) are not detected.
+//!
 //! # errno and cancellation
 //!
 //! Every hook leaves errno exactly as the real call did; its own

@@ -36,7 +36,9 @@
 //! If the frame can never be finished (the unwinding call is cancelled
 //! again, or the process on the other side died in the middle of its put
 //! or get), the queue is marked broken and every call, in every process,
-//! fails with an error saying so, instead of waiting forever.
+//! fails with an error saying so, instead of waiting forever. A process
+//! killed while its `get` waits for an item (it has read nothing) breaks
+//! nothing: the readers' lock it held is given back within 200 ms.
 //!
 //! `len`, `is_empty` and `is_full` read the shared counter: exact when the
 //! queue is quiet, approximate while others put and get (as in Python).

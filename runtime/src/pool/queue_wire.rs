@@ -40,13 +40,16 @@
 //! pipe after draining it) and every call, in every process, fails with an
 //! error saying so. Waits in the middle of a frame and waits for a lock
 //! check every [`SLICE`] whether the process holding the other side is
-//! still alive (a recycled pid reads as alive).
+//! still alive (a recycled pid reads as alive). A reader that died while it
+//! held the readers' lock but had read nothing of a frame (killed while it
+//! waited for an item, the common case) took nothing: the first waiter to
+//! notice gives the lock back in its place, and the queue goes on.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::doorbell::{SLICE, Waited, wait_fd};
@@ -76,6 +79,12 @@ struct Page {
     writer: AtomicI32,
     /// The pid holding `rlock`, 0 if none.
     reader: AtomicI32,
+    /// The holder of `rlock` may have read part of a frame: set before its
+    /// first read of a frame, cleared once that read found nothing or the
+    /// frame is whole. A reader that died while it was clear held the lock
+    /// without taking anything: the lock is given back in its place
+    /// instead of breaking the queue.
+    reading: AtomicBool,
 }
 
 const TORN: usize = 1;
@@ -343,8 +352,11 @@ impl Wire {
                         return Ok(Waited::TimedOut);
                     }
                     if let Some(h) = holder
-                        && holder_gone(h)
+                        && let Some(dead) = dead_holder(h)
                     {
+                        if self.release_for_idle_reader(h, dead) {
+                            continue; // the lock's token is back: wait on
+                        }
                         self.mark_broken(HOLDER_DIED);
                         return Err(broken_error(HOLDER_DIED));
                     }
@@ -352,6 +364,24 @@ impl Wire {
                 w => return Ok(w),
             }
         }
+    }
+}
+
+impl Wire {
+    /// `h`, the readers' lock's holder slot, names `dead`, a process that
+    /// died waiting for an item (it had read nothing of one): gives the
+    /// lock back in its place. True if this call did (one caller does).
+    fn release_for_idle_reader(&self, h: &AtomicI32, dead: i32) -> bool {
+        let page = self.page();
+        if !std::ptr::eq(h, &page.reader) || page.reading.load(Ordering::SeqCst) {
+            return false;
+        }
+        if h.compare_exchange(dead, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        release(self.rlock_w.as_raw_fd()).is_ok()
     }
 }
 
@@ -371,11 +401,11 @@ fn my_pid() -> i32 {
     std::process::id() as i32
 }
 
-/// Whether the process recorded in `holder` has died without giving its
+/// The process recorded in `holder`, if it has died without giving its
 /// lock back.
-fn holder_gone(holder: &AtomicI32) -> bool {
+fn dead_holder(holder: &AtomicI32) -> Option<i32> {
     let pid = holder.load(Ordering::SeqCst);
-    pid != 0 && pid != my_pid() && process::is_gone(pid)
+    (pid != 0 && pid != my_pid() && process::is_gone(pid)).then_some(pid)
 }
 
 /// A token taken from a token pipe; given back on drop (and the lock's
@@ -523,6 +553,11 @@ impl<'a> FrameRead<'a> {
     fn step(&mut self) -> io::Result<bool> {
         self.wire.check()?;
         let fd = self.wire.data_r.as_raw_fd();
+        let reading = &self.wire.page().reading;
+        if !self.started() {
+            // Before the read: a reader killed inside it may have taken bytes.
+            reading.store(true, Ordering::SeqCst);
+        }
         let buf = if self.got_header < frame::HEADER {
             &mut self.header[self.got_header..]
         } else {
@@ -544,7 +579,12 @@ impl<'a> FrameRead<'a> {
                 self.got += n;
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !self.started() {
+                    reading.store(false, Ordering::SeqCst);
+                }
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -595,17 +635,19 @@ impl<'a> FrameRead<'a> {
 
 impl Drop for FrameRead<'_> {
     fn drop(&mut self) {
-        if self.delivered || !self.started() {
-            return;
+        if !self.delivered && self.started() {
+            match self.finish() {
+                Ok(()) => self
+                    .wire
+                    .rescued
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(std::mem::take(&mut self.payload)),
+                Err(_) => return self.wire.mark_broken(TORN),
+            }
         }
-        match self.finish() {
-            Ok(()) => self
-                .wire
-                .rescued
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back(std::mem::take(&mut self.payload)),
-            Err(_) => self.wire.mark_broken(TORN),
-        }
+        // The frame is whole, or none was started (dropped before the
+        // readers' lock, which is declared first).
+        self.wire.page().reading.store(false, Ordering::SeqCst);
     }
 }
