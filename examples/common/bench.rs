@@ -15,6 +15,12 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// True if `prog` is on PATH.
+pub fn have(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+}
+
 /// The CPU servers run on.
 pub const SERVER_CPU: usize = 0;
 /// The CPU the benchmark process (and the load it starts) runs on.

@@ -157,6 +157,105 @@ pub fn run(addr: SocketAddr, load: Load) -> LoadResult {
     }
 }
 
+/// The phases of [`run_counted`], one barrier round each.
+struct Gates {
+    /// Every party (the clients and the controller).
+    barrier: moss::sync::Barrier,
+    warm_end: Instant,
+    /// Set by the controller once the counters are zeroed.
+    end: std::cell::Cell<Instant>,
+}
+
+/// One connection of [`run_counted`]: echoes until the warm-up ends, waits
+/// at the barrier (twice: all idle, then counters zeroed), echoes until
+/// the end, waits again (twice: all idle, then counters read), then
+/// closes. Returns the messages echoed between the middle barriers.
+fn counted_client(addr: SocketAddr, conn: usize, size: usize, g: &Gates) -> Result<u64, String> {
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect {conn}: {e}"));
+    let mut s = s.and_then(|s| {
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        // A stuck server fails the run instead of hanging it.
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        Ok(s)
+    });
+    let mut out = vec![0u8; size];
+    let mut back = vec![0u8; size];
+    let mut seq = 0u64;
+    let mut echo_until = |s: &mut Result<TcpStream, String>, until: Instant| -> u64 {
+        let mut n = 0;
+        while let Ok(st) = s
+            && Instant::now() < until
+        {
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = byte(conn, seq, i);
+            }
+            let r = st.write_all(&out).and_then(|()| st.read_exact(&mut back));
+            if let Err(e) = r {
+                *s = Err(format!("connection {conn}: {e}"));
+            } else if back != out {
+                *s = Err(format!("connection {conn}: echoed bytes differ"));
+            } else {
+                seq += 1;
+                n += 1;
+            }
+        }
+        n
+    };
+    echo_until(&mut s, g.warm_end);
+    g.barrier.wait();
+    g.barrier.wait();
+    let n = echo_until(&mut s, g.end.get());
+    g.barrier.wait();
+    g.barrier.wait();
+    s.map(|_| n)
+}
+
+/// Runs `conns` connections of one `size`-byte message at a time against
+/// `addr` for `load.warmup`, then, with every connection open and idle,
+/// calls `zero`; runs them for `load.duration`, and with every connection
+/// idle again (still open) calls `dump`. Returns the messages echoed in
+/// between (each verified) and the errors. For counting what a message
+/// costs the server exactly: nothing is in flight at either call.
+pub fn run_counted(
+    addr: SocketAddr,
+    load: Load,
+    zero: impl FnOnce(),
+    dump: impl FnOnce(),
+) -> (u64, u64) {
+    let warm_end = Instant::now() + load.warmup;
+    let g = Rc::new(Gates {
+        barrier: moss::sync::Barrier::new(load.conns + 1),
+        warm_end,
+        end: std::cell::Cell::new(warm_end),
+    });
+    let hs: Vec<_> = (0..load.conns)
+        .map(|c| {
+            let g = g.clone();
+            moss::spawn(move || counted_client(addr, c, load.size, &g))
+        })
+        .collect();
+    g.barrier.wait();
+    zero();
+    g.end.set(Instant::now() + load.duration);
+    g.barrier.wait();
+    g.barrier.wait();
+    dump();
+    g.barrier.wait();
+    let (mut msgs, mut errors) = (0, 0);
+    for r in moss::join_all(hs) {
+        match r {
+            Ok(Ok(n)) => msgs += n,
+            Ok(Err(e)) => {
+                eprintln!("load: {e}");
+                errors += 1
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    (msgs, errors)
+}
+
 /// Opens `n` connections, echoes one message on each while all are open,
 /// and closes them: the "hold N connections on one hub" check. Returns the
 /// number of connections that echoed correctly.

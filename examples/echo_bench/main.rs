@@ -5,6 +5,7 @@
 //! cargo run --release --example echo_bench                 # the default table (~1 min)
 //! cargo run --release --example echo_bench -- --conns 64,512,2000 --size 64,4096 --rounds 5
 //! cargo run --release --example echo_bench -- --strace     # syscalls per message (needs strace)
+//! cargo run --release --example echo_bench -- --callgrind  # instructions per message (needs valgrind)
 //! cargo run --release --example echo_bench -- --serve tokio --port 7000   # one server alone
 //! cargo run --release --example echo_bench -- --load --addr 127.0.0.1:7000 --conns 64
 //! ```
@@ -18,10 +19,22 @@
 //! table shows what a message costs the server, which msgs/s alone hides
 //! once both CPUs saturate in the kernel.
 //!
+//! `--callgrind` runs each server (moss, tokio, raw by default) under
+//! valgrind's callgrind instead, the load outside it: after the warm-up
+//! (every connection open) the load pauses, the server's counters are
+//! zeroed, the load runs for `--duration` (default 5 s here), pauses again
+//! with every connection still open, and the counters are read. Both
+//! pauses leave no message in flight, so the instructions divided by the
+//! messages echoed in between are exactly what a message costs the
+//! server in user space (its kernel time is not counted), on any machine
+//! load. `--keep-profiles` keeps the profiles for `callgrind_annotate`.
+//!
 //! To add a server kind: one variant and one function in `servers.rs`.
 
 #[path = "../common/bench.rs"]
 mod bench;
+#[path = "../common/callgrind.rs"]
+mod callgrind;
 mod load;
 mod servers;
 
@@ -43,12 +56,16 @@ struct Opts {
     buf: usize,
     hold: usize,
     strace: bool,
+    callgrind: bool,
+    keep_profiles: bool,
 }
 
 const USAGE: &str = "usage:
   echo_bench [--conns 64,512] [--size 64] [--pipeline 1] [--duration SECS] [--warmup SECS]
-             [--rounds 3] [--servers moss,monkey,tokio,std] [--buf 4096] [--hold 10000] [--strace]
-  echo_bench --serve moss|monkey|tokio|std [--port 0] [--buf 4096]
+             [--rounds 3] [--servers moss,monkey,tokio,std,raw] [--buf 4096] [--hold 10000] [--strace]
+  echo_bench --callgrind [--conns 64,512] [--size 64] [--servers moss,tokio,raw] [--duration 5]
+             [--warmup 2] [--keep-profiles]
+  echo_bench --serve moss|monkey|tokio|std|raw [--port 0] [--buf 4096]
   echo_bench --load --addr IP:PORT [--conns 64] [--size 64] [--pipeline 1] [--duration SECS]";
 
 fn die(msg: &str) -> ! {
@@ -79,7 +96,10 @@ fn main() {
         buf: 4096,
         hold: 10_000,
         strace: false,
+        callgrind: false,
+        keep_profiles: false,
     };
+    let (mut duration, mut warmup, mut kinds) = (None, None, None);
     let (mut serve, mut port, mut load_addr, mut load_mode) = (None, 0u16, None, false);
     let mut i = 0;
     let next = |i: &mut usize| -> String {
@@ -94,17 +114,23 @@ fn main() {
             "--conns" => o.conns = list(&next(&mut i)),
             "--size" => o.sizes = list(&next(&mut i)),
             "--pipeline" => o.pipeline = list(&next(&mut i))[0],
-            "--duration" => o.duration = Duration::from_secs_f64(list(&next(&mut i))[0]),
-            "--warmup" => o.warmup = Duration::from_secs_f64(list(&next(&mut i))[0]),
+            "--duration" => duration = Some(Duration::from_secs_f64(list(&next(&mut i))[0])),
+            "--warmup" => warmup = Some(Duration::from_secs_f64(list(&next(&mut i))[0])),
             "--rounds" => o.rounds = list(&next(&mut i))[0],
             "--buf" => o.buf = list(&next(&mut i))[0],
             "--hold" => o.hold = list(&next(&mut i))[0],
             "--strace" => o.strace = true,
+            "--callgrind" => o.callgrind = true,
+            "--keep-profiles" => o.keep_profiles = true,
             "--servers" => {
-                o.kinds = next(&mut i)
-                    .split(',')
-                    .map(|k| Kind::parse(k).unwrap_or_else(|| die(&format!("unknown server {k}"))))
-                    .collect()
+                kinds = Some(
+                    next(&mut i)
+                        .split(',')
+                        .map(|k| {
+                            Kind::parse(k).unwrap_or_else(|| die(&format!("unknown server {k}")))
+                        })
+                        .collect(),
+                )
             }
             "--serve" => {
                 let k = next(&mut i);
@@ -123,6 +149,16 @@ fn main() {
         }
         i += 1;
     }
+    if o.callgrind {
+        // Under callgrind a server runs ~50x slower: longer windows, and
+        // only the servers the instruction table compares by default.
+        o.duration = Duration::from_secs(5);
+        o.warmup = Duration::from_secs(2);
+        o.kinds = vec![Kind::Moss, Kind::Tokio, Kind::Raw];
+    }
+    o.duration = duration.unwrap_or(o.duration);
+    o.warmup = warmup.unwrap_or(o.warmup);
+    o.kinds = kinds.unwrap_or(o.kinds);
     o.pipeline = o.pipeline.max(1);
     o.rounds = o.rounds.max(1);
     if let Some(kind) = serve {
@@ -154,6 +190,9 @@ fn main() {
     pin_self(bench::LOAD_CPU);
     if o.strace {
         return strace_report(&o);
+    }
+    if o.callgrind {
+        return callgrind_report(&o);
     }
     harness(&o);
 }
@@ -365,5 +404,89 @@ fn strace_report(o: &Opts) {
         if total == 0 {
             println!("    (no strace output: is strace installed?)");
         }
+    }
+}
+
+/// Runs each server under callgrind once per connection count and prints
+/// its user-space instructions per echoed message (see the module docs).
+fn callgrind_report(o: &Opts) {
+    let missing: Vec<&str> = ["valgrind", "callgrind_control"]
+        .into_iter()
+        .filter(|p| !bench::have(p))
+        .collect();
+    if !missing.is_empty() {
+        die(&format!(
+            "{} not installed (apt-get install valgrind)",
+            missing.join(", ")
+        ));
+    }
+    let size = o.sizes[0];
+    eprintln!(
+        "echo_bench: each server under callgrind, {size} B messages, {:.1} s warm-up, {:.1} s counted ...",
+        o.warmup.as_secs_f64(),
+        o.duration.as_secs_f64()
+    );
+    let mut rows = Vec::new();
+    for &conns in &o.conns {
+        let mut row = Vec::new();
+        for &kind in &o.kinds {
+            let file = std::env::temp_dir()
+                .join(format!(
+                    "echo_bench.{}.{conns}.{}.%p",
+                    kind.key(),
+                    std::process::id()
+                ))
+                .to_string_lossy()
+                .into_owned();
+            let wrapper = callgrind::wrapper(&file);
+            let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+            let s = start(kind, o.buf, &w);
+            let pid = s.child.id();
+            let l = Load {
+                conns,
+                size,
+                pipeline: 1,
+                warmup: o.warmup,
+                duration: o.duration,
+            };
+            let mut instructions = 0;
+            let (msgs, errors) = moss::run(|| {
+                load::run_counted(
+                    s.addr,
+                    l,
+                    || callgrind::zero(pid),
+                    || instructions = callgrind::dump(pid, &file),
+                )
+            });
+            let _ = stop(s);
+            callgrind::keep_or_remove(o.keep_profiles, &file);
+            let per = instructions as f64 / msgs.max(1) as f64;
+            eprintln!(
+                "  conns {conns:>5} {:<22} {msgs:>8} msgs {instructions:>13} instructions {per:>8.0} per msg, {errors} errors",
+                kind.name()
+            );
+            if errors > 0 || msgs == 0 {
+                die(&format!("{} failed under callgrind", kind.name()));
+            }
+            row.push(per);
+        }
+        rows.push((conns, row));
+    }
+    println!();
+    println!(
+        "user-space instructions per echoed message (callgrind; {size} B, one message in flight per connection, {:.1} s counted)",
+        o.duration.as_secs_f64()
+    );
+    print!("{:>6}", "conns");
+    for k in &o.kinds {
+        print!(" {:>22}", k.name());
+    }
+    println!();
+    for (conns, row) in rows {
+        print!("{conns:>6}");
+        for per in row {
+            print!(" {per:>22.0}");
+        }
+        println!();
     }
 }

@@ -17,11 +17,14 @@ pub enum Kind {
     Tokio,
     /// std: one OS thread per connection, blocking I/O.
     Std,
+    /// The floor: one thread, a level-triggered epoll loop calling libc
+    /// directly (one `read` and one `write` per message), no runtime.
+    Raw,
 }
 
 impl Kind {
     /// Every kind, in table order (moss first: the ratios are against it).
-    pub const ALL: &'static [Kind] = &[Kind::Moss, Kind::Monkey, Kind::Tokio, Kind::Std];
+    pub const ALL: &'static [Kind] = &[Kind::Moss, Kind::Monkey, Kind::Tokio, Kind::Std, Kind::Raw];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -29,6 +32,7 @@ impl Kind {
             Kind::Monkey => "moss (patched std::net)",
             Kind::Tokio => "tokio-current-thread",
             Kind::Std => "std-thread-per-conn",
+            Kind::Raw => "raw epoll loop",
         }
     }
 
@@ -39,6 +43,7 @@ impl Kind {
             Kind::Monkey => "monkey",
             Kind::Tokio => "tokio",
             Kind::Std => "std",
+            Kind::Raw => "raw",
         }
     }
 
@@ -53,6 +58,7 @@ impl Kind {
             Kind::Monkey => serve_monkey(l, buf),
             Kind::Tokio => serve_tokio(l, buf),
             Kind::Std => serve_std(l, buf),
+            Kind::Raw => serve_raw(l, buf),
         }
     }
 }
@@ -132,5 +138,118 @@ fn serve_std(l: TcpListener, buf: usize) {
                 }
             }
         });
+    }
+}
+
+/// Fails loudly: the raw loop has no error handling to speak of.
+fn check(r: libc::c_int, what: &str) -> libc::c_int {
+    assert!(r >= 0, "{what}: {}", std::io::Error::last_os_error());
+    r
+}
+
+/// `epoll_ctl(op)` of `fd` for `events`, with the fd as the event's data.
+fn epoll_ctl(ep: libc::c_int, op: libc::c_int, fd: libc::c_int, events: u32) {
+    let mut ev = libc::epoll_event {
+        events,
+        u64: fd as u64,
+    };
+    // SAFETY: `ev` is a valid epoll_event for the call's duration.
+    check(unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) }, "epoll_ctl");
+}
+
+/// The floor: what echoing costs with no runtime at all. Level-triggered,
+/// so each readable event is one `read`, each message one `write`; a write
+/// that does not complete (never, for small messages) parks the rest and
+/// waits for `EPOLLOUT` before reading that connection again.
+fn serve_raw(l: TcpListener, buf: usize) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    l.set_nonblocking(true).expect("non-blocking listener");
+    let lfd = l.as_raw_fd();
+    // SAFETY: plain syscall; the new fd is owned below.
+    let ep = check(
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+        "epoll_create1",
+    );
+    // SAFETY: `ep` is a fresh fd nothing else owns.
+    let _ep_owner = unsafe { OwnedFd::from_raw_fd(ep) };
+    epoll_ctl(ep, libc::EPOLL_CTL_ADD, lfd, libc::EPOLLIN as u32);
+    // Unsent bytes per connection fd.
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let mut b = vec![0u8; buf];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    loop {
+        // SAFETY: `events` has room for `len` entries.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
+        if n < 0 {
+            continue; // EINTR
+        }
+        for ev in &events[..n as usize] {
+            let fd = ev.u64 as libc::c_int;
+            if fd == lfd {
+                loop {
+                    let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+                    // SAFETY: no address wanted (null pointers are allowed).
+                    let c = unsafe {
+                        libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), flags)
+                    };
+                    if c < 0 {
+                        break;
+                    }
+                    let one: libc::c_int = 1;
+                    // SAFETY: `one` is a valid c_int option value.
+                    unsafe {
+                        libc::setsockopt(
+                            c,
+                            libc::IPPROTO_TCP,
+                            libc::TCP_NODELAY,
+                            (&one as *const libc::c_int).cast(),
+                            size_of::<libc::c_int>() as libc::socklen_t,
+                        )
+                    };
+                    if pending.len() <= c as usize {
+                        pending.resize_with(c as usize + 1, Vec::new);
+                    }
+                    epoll_ctl(ep, libc::EPOLL_CTL_ADD, c, libc::EPOLLIN as u32);
+                }
+                continue;
+            }
+            let out = &mut pending[fd as usize];
+            let (data, reading) = if out.is_empty() {
+                // SAFETY: `b` is valid for `b.len()` bytes of writes.
+                let r = unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) };
+                if r <= 0 {
+                    let eagain = r < 0
+                        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
+                    if !eagain {
+                        // SAFETY: our connection fd; closing removes it from the set.
+                        unsafe { libc::close(fd) };
+                    }
+                    continue;
+                }
+                (&b[..r as usize], true)
+            } else {
+                (&out[..], false)
+            };
+            // SAFETY: `data` is valid for `data.len()` bytes of reads.
+            let w = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+            let sent = if w < 0 { 0 } else { w as usize };
+            if w < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+                out.clear();
+                // SAFETY: as above.
+                unsafe { libc::close(fd) };
+                continue;
+            }
+            if sent == data.len() {
+                if !reading {
+                    out.clear();
+                    epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, libc::EPOLLIN as u32);
+                }
+                continue;
+            }
+            *out = data[sent..].to_vec();
+            if reading {
+                epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, libc::EPOLLOUT as u32);
+            }
+        }
     }
 }

@@ -33,6 +33,8 @@
 
 #[path = "../common/bench.rs"]
 mod bench;
+#[path = "../common/callgrind.rs"]
+mod callgrind;
 #[path = "../common/linger.rs"]
 mod linger;
 #[allow(dead_code)]
@@ -185,7 +187,7 @@ fn main() {
 
 /// `None` if every program is installed, else which are not.
 fn missing(progs: &[&str]) -> Option<String> {
-    let m: Vec<&str> = progs.iter().copied().filter(|p| !tools::have(p)).collect();
+    let m: Vec<&str> = progs.iter().copied().filter(|p| !bench::have(p)).collect();
     (!m.is_empty()).then(|| {
         format!(
             "{} not installed (apt-get install redis-server redis-tools wrk valgrind)",
@@ -478,13 +480,13 @@ fn callgrind_rows(o: &Opts, table: &mut Table) {
             let mut ir = [0.0; 2];
             for (i, tag) in ["redis", "kv"].into_iter().enumerate() {
                 let file = out(tag);
-                let wrapper = tools::callgrind_wrapper(&file);
+                let wrapper = callgrind::wrapper(&file);
                 let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
                 let measure = |addr, pid| {
                     tools::redis_benchmark(addr, "set,get", 2000, o.clients, p);
-                    tools::callgrind_zero(pid);
+                    callgrind::zero(pid);
                     let rows = tools::redis_benchmark(addr, tests, n, o.clients, p);
-                    tools::callgrind_dump(pid, &file) as f64 / (n * rows.len()) as f64
+                    callgrind::dump(pid, &file) as f64 / (n * rows.len()) as f64
                 };
                 ir[i] = if i == 0 {
                     let r = tools::Redis::start(&w);
@@ -498,7 +500,7 @@ fn callgrind_rows(o: &Opts, table: &mut Table) {
                     bench::stop(s);
                     v
                 };
-                keep_or_remove(o, &file);
+                callgrind::keep_or_remove(o.keep_profiles, &file);
                 eprintln!(
                     "  callgrind -P {p:<2} {tag:<6} {:>8.0} instructions/request",
                     ir[i]
@@ -514,18 +516,18 @@ fn callgrind_rows(o: &Opts, table: &mut Table) {
     let mut ir = [0.0; 2];
     for (i, kind) in [Kind::Hyper, Kind::Http].into_iter().enumerate() {
         let file = out(kind.key());
-        let wrapper = tools::callgrind_wrapper(&file);
+        let wrapper = callgrind::wrapper(&file);
         let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
         let s = bench::start_self(&["--serve", kind.key()], &w);
         let pid = s.child.id();
         let warm = moss::run(|| load::http_gets(s.addr, "/", 64, 2000));
         assert_eq!(warm, 2000, "{} failed the warm-up", kind.key());
-        tools::callgrind_zero(pid);
+        callgrind::zero(pid);
         let done = moss::run(|| load::http_gets(s.addr, "/", 64, n));
         assert_eq!(done, n, "{} failed requests", kind.key());
-        ir[i] = tools::callgrind_dump(pid, &file) as f64 / n as f64;
+        ir[i] = callgrind::dump(pid, &file) as f64 / n as f64;
         bench::stop(s);
-        keep_or_remove(o, &file);
+        callgrind::keep_or_remove(o.keep_profiles, &file);
         eprintln!(
             "  callgrind http {:<6} {:>8.0} instructions/request",
             kind.key(),
@@ -533,27 +535,6 @@ fn callgrind_rows(o: &Opts, table: &mut Table) {
         );
     }
     table.instructions("GET /, 64 keep-alive connections", "hyper-ct", ir);
-}
-
-/// Deletes the profiles callgrind wrote for `pattern` (`...%p`), or says
-/// where they are (`--keep-profiles`; read them with callgrind_annotate).
-fn keep_or_remove(o: &Opts, pattern: &str) {
-    if o.keep_profiles {
-        eprintln!("  profiles kept: {}*", pattern.replace("%p", ""));
-        return;
-    }
-    let path = std::path::Path::new(pattern);
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let prefix = name.to_string_lossy().replace("%p", "");
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
 }
 
 // ------------------------------------------------------------------ table

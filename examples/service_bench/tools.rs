@@ -1,5 +1,6 @@
 //! The programs this benchmark drives and whose output it reads:
-//! redis-server, redis-benchmark, wrk, and valgrind's callgrind.
+//! redis-server, redis-benchmark and wrk (callgrind's are in
+//! `examples/common/callgrind.rs`).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -7,12 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::bench;
-
-/// True if `prog` is on PATH.
-pub fn have(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-}
 
 /// A free loopback port (bound, then released for a child to take).
 fn free_port() -> u16 {
@@ -206,61 +201,4 @@ fn wrk_ms(v: &str) -> f64 {
         (v, 1.0)
     };
     num.parse::<f64>().unwrap_or(0.0) * scale
-}
-
-/// The valgrind command line that runs a server under callgrind, writing
-/// its profile to `out` (`%p` becomes the pid).
-pub fn callgrind_wrapper(out: &str) -> Vec<String> {
-    vec![
-        "valgrind".into(),
-        "-q".into(),
-        "--tool=callgrind".into(),
-        format!("--callgrind-out-file={out}"),
-    ]
-}
-
-/// Zeroes the counters of the callgrind run `pid`.
-pub fn callgrind_zero(pid: u32) {
-    callgrind_control("-z", pid);
-}
-
-/// Dumps the counters of the callgrind run `pid` (writing `out.pid.N`) and
-/// returns the instructions counted since the last zero.
-pub fn callgrind_dump(pid: u32, out: &str) -> u64 {
-    callgrind_control("-d", pid);
-    let dir = std::path::Path::new(out).parent().expect("a directory");
-    let prefix = std::path::Path::new(out)
-        .file_name()
-        .expect("a file name")
-        .to_string_lossy()
-        .replace("%p", &pid.to_string());
-    let mut dumps: Vec<_> = std::fs::read_dir(dir)
-        .expect("read the profile directory")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{prefix}.")))
-        })
-        .collect();
-    dumps.sort();
-    let last = dumps.last().expect("callgrind wrote a dump");
-    let text = std::fs::read_to_string(last).expect("read the dump");
-    text.lines()
-        .find_map(|l| l.strip_prefix("summary:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("a summary line in the dump")
-}
-
-fn callgrind_control(flag: &str, pid: u32) {
-    let out = Command::new("callgrind_control")
-        .args([flag, &pid.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run callgrind_control");
-    assert!(
-        out.status.success(),
-        "callgrind_control {flag} {pid} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
