@@ -14,19 +14,23 @@
 //! * `EINTR` is returned as it is; the callers' retry loops (`fd.rs`) treat
 //!   it as "try again".
 //!
-//! # Why one file
+//! # Why one file, and why not libc
 //!
-//! Under [`patch_all`](crate::monkey::patch_all) the libc symbols called
-//! here are moss's own hooks. They pass these calls straight through
-//! (`MSG_DONTWAIT`, or an fd the hooks do not treat as blocking), which
-//! costs a table lookup per call. Issuing the syscalls directly
-//! (`libc::syscall`) would skip the hooks altogether; that change belongs
-//! here and nowhere else. Calls that stay on libc symbols on purpose, and
-//! are therefore not here: `close` (the hooks' fd bookkeeping must see it),
-//! socket options and addresses (`setsockopt`, `getsockname`, through std
-//! and socket2), and the two Unix-address calls at the end, which go
-//! through std because std's `SocketAddr` for Unix sockets has no public
-//! constructor for an unnamed address.
+//! Under [`patch_all`](crate::monkey::patch_all) the libc symbols of the
+//! data calls are moss's own hooks, and even unpatched each call goes
+//! through the hook's check and then libc's cancellation-point wrappers
+//! (`__pthread_enable_asynccancel`/`disable`), which a socket of ours,
+//! non-blocking and never cancelled by `pthread_cancel`, does not need. So
+//! on x86_64 and aarch64 the data calls (`read`, `write`, `recv`, `send`
+//! and their vectored and addressed forms) issue the syscall instruction
+//! directly ([`raw`]): about a tenth of the user-space instructions per
+//! call. Other targets call libc. Calls that stay on libc symbols on
+//! purpose: `accept4` and `connect` (once per connection), `close` (the
+//! hooks' fd bookkeeping must see it), socket options and addresses
+//! (`setsockopt`, `getsockname`, through std and socket2), and the two
+//! Unix-address calls at the end, which go through std because std's
+//! `SocketAddr` for Unix sockets has no public constructor for an unnamed
+//! address.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -44,16 +48,23 @@ pub(crate) use moss_runtime::sys::fd::set_nonblocking;
 pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writing `buf.len()` bytes; `fd` is the live
     // pipe end of the caller.
-    let n = cvt(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })?;
-    Ok(n as usize)
+    let n = unsafe {
+        raw::syscall3(
+            libc::SYS_read,
+            fd as _,
+            buf.as_mut_ptr() as _,
+            buf.len() as _,
+        )
+    };
+    raw::result(n)
 }
 
 /// `write(2)` on a non-blocking pipe end.
 pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reading `buf.len()` bytes; `fd` is the live
     // pipe end of the caller.
-    let n = cvt(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
-    Ok(n as usize)
+    let n = unsafe { raw::syscall3(libc::SYS_write, fd as _, buf.as_ptr() as _, buf.len() as _) };
+    raw::result(n)
 }
 
 /// How a receive treats the queued data.
@@ -81,8 +92,18 @@ const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 pub(crate) fn recv(fd: RawFd, buf: &mut [u8], how: Recv) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writing `buf.len()` bytes; `fd` is the live
     // socket of the caller.
-    let n = cvt(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), how.flags()) })?;
-    Ok(n as usize)
+    let n = unsafe {
+        raw::syscall6(
+            libc::SYS_recvfrom,
+            fd as _,
+            buf.as_mut_ptr() as _,
+            buf.len() as _,
+            how.flags() as _,
+            0,
+            0,
+        )
+    };
+    raw::result(n)
 }
 
 /// `recvmsg(2)` into several buffers (a vectored read).
@@ -94,16 +115,33 @@ pub(crate) fn recv_vectored(fd: RawFd, bufs: &mut [IoSliceMut<'_>]) -> io::Resul
     msg.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
     // SAFETY: `msg` points at `bufs`' iovecs, each valid for writes of its
     // length, for the duration of the call.
-    let n = cvt(unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) })?;
-    Ok(n as usize)
+    let n = unsafe {
+        raw::syscall3(
+            libc::SYS_recvmsg,
+            fd as _,
+            &raw mut msg as _,
+            libc::MSG_DONTWAIT as _,
+        )
+    };
+    raw::result(n)
 }
 
 /// `send(2)` of `buf`.
 pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reading `buf.len()` bytes; `fd` is the live
     // socket of the caller.
-    let n = cvt(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS) })?;
-    Ok(n as usize)
+    let n = unsafe {
+        raw::syscall6(
+            libc::SYS_sendto,
+            fd as _,
+            buf.as_ptr() as _,
+            buf.len() as _,
+            SEND_FLAGS as _,
+            0,
+            0,
+        )
+    };
+    raw::result(n)
 }
 
 /// `sendmsg(2)` of several buffers (a vectored write).
@@ -116,8 +154,15 @@ pub(crate) fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize
     msg.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
     // SAFETY: `msg` points at `bufs`' iovecs, each valid for reads of its
     // length, for the duration of the call.
-    let n = cvt(unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) })?;
-    Ok(n as usize)
+    let n = unsafe {
+        raw::syscall3(
+            libc::SYS_sendmsg,
+            fd as _,
+            &raw const msg as _,
+            SEND_FLAGS as _,
+        )
+    };
+    raw::result(n)
 }
 
 /// `recvfrom(2)`: one datagram (truncated to `buf`) and its sender.
@@ -127,35 +172,37 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8], how: Recv) -> io::Result<(usi
     // `buf` is valid for writing `buf.len()` bytes.
     let (n, addr) = unsafe {
         SockAddr::try_init(|storage, len| {
-            let p = buf.as_mut_ptr().cast();
-            cvt(libc::recvfrom(
-                fd,
-                p,
-                buf.len(),
-                how.flags(),
-                storage.cast(),
-                len,
-            ))
+            let n = raw::syscall6(
+                libc::SYS_recvfrom,
+                fd as _,
+                buf.as_mut_ptr() as _,
+                buf.len() as _,
+                how.flags() as _,
+                storage as _,
+                len as _,
+            );
+            raw::result(n)
         })
     }?;
-    Ok((n as usize, addr))
+    Ok((n, addr))
 }
 
 /// `sendto(2)`: one datagram to `addr`.
 pub(crate) fn send_to(fd: RawFd, buf: &[u8], addr: &SockAddr) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reading `buf.len()` bytes; `addr` points at
     // `addr.len()` bytes of a socket address.
-    let n = cvt(unsafe {
-        libc::sendto(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            SEND_FLAGS,
-            addr.as_ptr().cast(),
-            addr.len(),
+    let n = unsafe {
+        raw::syscall6(
+            libc::SYS_sendto,
+            fd as _,
+            buf.as_ptr() as _,
+            buf.len() as _,
+            SEND_FLAGS as _,
+            addr.as_ptr() as _,
+            addr.len() as _,
         )
-    })?;
-    Ok(n as usize)
+    };
+    raw::result(n)
 }
 
 /// `accept4(2)`: a new connection, already `O_NONBLOCK | O_CLOEXEC` (one
@@ -196,4 +243,129 @@ pub(crate) fn unix_recv_from(
     buf: &mut [u8],
 ) -> io::Result<(usize, unix::SocketAddr)> {
     s.recv_from(buf)
+}
+
+/// The syscall instruction itself, without libc (see the module docs).
+///
+/// `syscallN(nr, args..)` returns the kernel's result: a value, or
+/// `-errno` in `-4095..=-1` (errno is not set). [`result`] turns that into
+/// an `io::Result`. On targets without an implementation here the same
+/// functions call libc's `syscall`.
+mod raw {
+    use std::io;
+
+    type Arg = libc::c_long;
+
+    /// The kernel's return value as a byte count or an error.
+    #[inline(always)]
+    pub(super) fn result(r: Arg) -> io::Result<usize> {
+        if (-4095..0).contains(&r) {
+            Err(io::Error::from_raw_os_error(-r as i32))
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    /// # Safety
+    /// As the syscall `nr` with these arguments.
+    #[inline(always)]
+    pub(super) unsafe fn syscall3(nr: Arg, a1: Arg, a2: Arg, a3: Arg) -> Arg {
+        // SAFETY: the caller's contract; unused arguments are ignored.
+        unsafe { syscall6(nr, a1, a2, a3, 0, 0, 0) }
+    }
+
+    /// # Safety
+    /// As the syscall `nr` with these arguments.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(super) unsafe fn syscall6(
+        nr: Arg,
+        a1: Arg,
+        a2: Arg,
+        a3: Arg,
+        a4: Arg,
+        a5: Arg,
+        a6: Arg,
+    ) -> Arg {
+        let r;
+        // SAFETY: the x86_64 Linux syscall convention: number and result
+        // in rax, arguments in rdi, rsi, rdx, r10, r8, r9; the instruction
+        // clobbers rcx and r11 and nothing else (no stack use). The
+        // syscall's own memory effects are the caller's contract.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") nr => r,
+                in("rdi") a1,
+                in("rsi") a2,
+                in("rdx") a3,
+                in("r10") a4,
+                in("r8") a5,
+                in("r9") a6,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack, preserves_flags),
+            );
+        }
+        r
+    }
+
+    /// # Safety
+    /// As the syscall `nr` with these arguments.
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub(super) unsafe fn syscall6(
+        nr: Arg,
+        a1: Arg,
+        a2: Arg,
+        a3: Arg,
+        a4: Arg,
+        a5: Arg,
+        a6: Arg,
+    ) -> Arg {
+        let r;
+        // SAFETY: the aarch64 Linux syscall convention: number in x8,
+        // arguments in x0..x5, result in x0; `svc 0` clobbers nothing else.
+        // The syscall's own memory effects are the caller's contract.
+        unsafe {
+            std::arch::asm!(
+                "svc 0",
+                in("x8") nr,
+                inlateout("x0") a1 => r,
+                in("x1") a2,
+                in("x2") a3,
+                in("x3") a4,
+                in("x4") a5,
+                in("x5") a6,
+                options(nostack, preserves_flags),
+            );
+        }
+        r
+    }
+
+    /// # Safety
+    /// As the syscall `nr` with these arguments.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    #[inline(always)]
+    pub(super) unsafe fn syscall6(
+        nr: Arg,
+        a1: Arg,
+        a2: Arg,
+        a3: Arg,
+        a4: Arg,
+        a5: Arg,
+        a6: Arg,
+    ) -> Arg {
+        // SAFETY: the caller's contract.
+        let r = unsafe { libc::syscall(nr, a1, a2, a3, a4, a5, a6) };
+        if r == -1 {
+            -Arg::from(
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO),
+            )
+        } else {
+            r
+        }
+    }
 }
