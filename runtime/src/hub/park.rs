@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 use super::{BATCH, Hub, Until};
-use crate::task::{Header, State, Task, Token, Wakeup, header_of, may_unwind};
+use crate::task::{Header, ROOT_KEY, State, Task, Token, Wakeup, header_of, may_unwind};
 use crate::timer::Action;
 use std::rc::Rc;
 
@@ -46,14 +46,27 @@ pub(crate) enum Mode {
 
 impl Hub {
     /// Ends the wait `token` with `why`; false if that wait is already over.
+    ///
+    /// The task is looked up without a reference count until the wake is
+    /// known to end a park (a root needs no queue: its loop sees the state).
+    #[inline]
     pub(crate) fn wake(&self, token: Token, why: Wakeup) -> bool {
-        let Some(t) = self.task(token.key, token.id) else {
-            return false;
-        };
-        if !t.header().state.wake(token.seq, why) {
-            return false;
+        if token.key == ROOT_KEY {
+            let h = &self.root.0;
+            return h.id.0 == token.id && h.state.wake(token.seq, why);
         }
-        self.schedule(t);
+        let t = {
+            let tasks = self.tasks.borrow();
+            let Some(t) = tasks.get(token.key as usize) else {
+                return false;
+            };
+            let h = header_of(t);
+            if h.id.0 != token.id || !h.state.wake(token.seq, why) {
+                return false;
+            }
+            t.clone()
+        };
+        self.run_queue.push(t);
         true
     }
 

@@ -78,23 +78,39 @@ impl Reactor {
         {
             panic!("moss: epoll_wait failed: {e}");
         }
+        // The waiters beyond the first of a direction (rare: no allocation
+        // unless an event has them).
+        let mut more = Vec::new();
         for ev in events.iter() {
-            if ev.token() == WAKER_TOKEN {
+            let key = ev.token().0;
+            if key == WAKER_TOKEN.0 {
                 continue;
             }
-            let (readers, writers) = {
+            let (reader, writer) = {
                 let mut slots = self.slots.borrow_mut();
-                let Some(slot) = slots.get_mut(ev.token().0) else {
+                let Some(slot) = slots.get_mut(key) else {
                     continue;
                 };
                 let err = ev.is_error();
-                let r = ev.is_readable() || ev.is_read_closed() || err;
+                let read_hup = ev.is_read_closed();
+                let r = ev.is_readable() || read_hup || err;
                 let w = ev.is_writable() || ev.is_write_closed() || err;
-                slot.read_hup = ev.is_read_closed();
-                (slot.on_event(r, true), slot.on_event(w, false))
+                slot.read_hup = read_hup;
+                (
+                    slot.on_event(r, true, &mut more),
+                    slot.on_event(w, false, &mut more),
+                )
             };
-            for t in readers.into_iter().chain(writers.into_iter()) {
+            if let Some(t) = reader {
                 wake(t);
+            }
+            if let Some(t) = writer {
+                wake(t);
+            }
+            if !more.is_empty() {
+                for t in more.drain(..) {
+                    wake(t);
+                }
             }
         }
     }
@@ -195,22 +211,25 @@ pub(super) struct IoSlot {
 }
 
 impl IoSlot {
-    /// Records an edge in one direction; returns the waiters to wake.
-    fn on_event(&mut self, ready: bool, read: bool) -> Waiters {
+    /// Records an edge in one direction: returns the first waiter to wake
+    /// and appends the others to `more`; with no waiter, sets the ready bit.
+    #[inline]
+    fn on_event(&mut self, ready: bool, read: bool, more: &mut Vec<Token>) -> Option<Token> {
         if !ready {
-            return Waiters::default();
+            return None;
         }
         let (waiters, flag) = if read {
             (&mut self.readers, &mut self.read_ready)
         } else {
             (&mut self.writers, &mut self.write_ready)
         };
-        if waiters.is_empty() {
+        let first = waiters.first.take();
+        if first.is_none() {
             *flag = true;
-            Waiters::default()
-        } else {
-            std::mem::take(waiters)
+        } else if !waiters.rest.is_empty() {
+            more.append(&mut waiters.rest);
         }
+        first
     }
 }
 
@@ -236,6 +255,7 @@ impl Waiters {
     }
 
     /// Removes `t` if present (a timed out or cancelled waiter).
+    #[inline]
     pub(super) fn remove(&mut self, t: Token) {
         if self.first == Some(t) {
             self.first = if self.rest.is_empty() {
@@ -243,7 +263,7 @@ impl Waiters {
             } else {
                 Some(self.rest.remove(0))
             };
-        } else {
+        } else if !self.rest.is_empty() {
             self.rest.retain(|x| *x != t);
         }
     }
