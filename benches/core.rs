@@ -9,6 +9,15 @@
 //!   (reported per coroutine).
 //!
 //! Run: `cargo bench --bench core`.
+//!
+//! Instructions instead of nanoseconds (under callgrind, see
+//! `benches/common/count.rs`): `MOSS_BENCH_COUNT=100000 cargo bench --bench
+//! core` prints, per operation, the raw corosensei round trip, `yield_now`
+//! between 2 coroutines (per yield), `spawn`+`join` and a `Queue(1)`
+//! hand-off between 2 coroutines of one hub.
+
+#[path = "common/count.rs"]
+mod count;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -92,9 +101,60 @@ fn spawn_many(c: &mut Criterion) {
     g.finish();
 }
 
+/// `MOSS_BENCH_COUNT=<n>`: each row `n` times, for instruction counts.
+fn count_rows(n: u64) {
+    let mut co = Coroutine::new(|y, ()| {
+        loop {
+            y.suspend(());
+        }
+    });
+    count::counted("corosensei resume+suspend (baseline)", n, n, || {
+        let r: CoroutineResult<(), ()> = co.resume(());
+        black_box(r);
+    });
+    // One row call: 2 coroutines, n yields each (the spawns and joins are
+    // counted too, a few hundred instructions over 2n yields).
+    count::counted("moss yield_now, 2 coroutines (per yield)", 2 * n, 1, || {
+        let hs: Vec<_> = (0..2)
+            .map(|_| moss::spawn(move || (0..n).for_each(|_| moss::yield_now())))
+            .collect();
+        moss::join_all(hs);
+    });
+    count::counted("moss spawn+join", n, n, || {
+        black_box(moss::spawn(|| black_box(1u64)).join().unwrap());
+    });
+    count::counted(
+        "moss Queue(1) hand-off, 2 coroutines of one hub",
+        n,
+        1,
+        || {
+            let q = std::rc::Rc::new(moss::sync::Queue::new(1));
+            let q2 = q.clone();
+            let producer = moss::spawn(move || (0..n).for_each(|i| q2.put(i)));
+            let consumer = moss::spawn(move || {
+                (0..n).for_each(|_| {
+                    black_box(q.get());
+                })
+            });
+            producer.join().unwrap();
+            consumer.join().unwrap();
+        },
+    );
+}
+
+fn count_or_bench(_: &mut Criterion) {
+    let Some(n) = count::count_mode() else {
+        return;
+    };
+    if !count::callgrind_table("core") {
+        count_rows(n);
+    }
+    std::process::exit(0);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = switch, spawn_join, spawn_many
+    targets = count_or_bench, switch, spawn_join, spawn_many
 }
 criterion_main!(benches);

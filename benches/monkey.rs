@@ -21,20 +21,16 @@
 //! hub, after it on a thread with a hub. Run: `cargo bench --bench monkey`.
 //!
 //! Nanoseconds swing on a shared machine. With `MOSS_BENCH_COUNT=<n>` the
-//! binary skips criterion and runs each std/moss sync row `n` times inside
-//! `instr_count_loop`, in the same stages, printing one label per loop;
-//! under callgrind, each loop's instructions land in a dump of their own:
+//! binary skips criterion and counts instructions instead (see
+//! `benches/common/count.rs`): each std/moss sync row `n` times, in the
+//! same stages, under callgrind, printed per row:
 //!
 //! ```text
-//! cargo bench --bench monkey --no-run        # prints the binary's path
-//! MOSS_BENCH_COUNT=100000 valgrind --tool=callgrind \
-//!     --zero-before=monkey::instr_count_loop \
-//!     --dump-after=monkey::instr_count_loop \
-//!     --callgrind-out-file=/tmp/monkey.cg target/release/deps/monkey-<hash>
-//! grep totals: /tmp/monkey.cg.*    # dump k: label k's instructions, n rows
+//! MOSS_BENCH_COUNT=100000 cargo bench --bench monkey
 //! ```
-//!
-//! (Spell the function out, as here: with a `*` pattern no dump was made.)
+
+#[path = "common/count.rs"]
+mod count;
 
 use std::ffi::c_int;
 use std::hint::black_box;
@@ -217,19 +213,9 @@ fn cooperative_fast_path(c: &mut Criterion) {
     g.finish();
 }
 
-/// Prints `label`, then runs `f` `n` times in `instr_count_loop`.
+/// One counted row: `f` `n` times (see `count`).
 fn counted(label: &str, n: u64, f: impl FnMut()) {
-    println!("{label}");
-    instr_count_loop(n, f);
-}
-
-/// Runs `f` `n` times; under callgrind (see the module docs) the
-/// instructions of one call of this function are those of `n` rows.
-#[inline(never)]
-fn instr_count_loop(n: u64, mut f: impl FnMut()) {
-    for _ in 0..n {
-        f();
-    }
+    count::counted(label, n, n, f);
 }
 
 /// `MOSS_BENCH_COUNT=<n>`: the sync rows of every stage, `n` times each,
@@ -269,11 +255,10 @@ fn count_rows(n: u64) {
 }
 
 fn all(c: &mut Criterion) {
-    if let Some(n) = std::env::var("MOSS_BENCH_COUNT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        count_rows(n);
+    if let Some(n) = count::count_mode() {
+        if !count::callgrind_table("monkey") {
+            count_rows(n);
+        }
         return;
     }
     stage(c, "unpatched");
