@@ -250,10 +250,6 @@ impl Waiters {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.first.is_none()
-    }
-
     /// Removes `t` if present (a timed out or cancelled waiter).
     #[inline]
     pub(super) fn remove(&mut self, t: Token) {
