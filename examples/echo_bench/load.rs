@@ -166,10 +166,10 @@ struct Gates {
     end: std::cell::Cell<Instant>,
 }
 
-/// One connection of [`run_counted`]: echoes until the warm-up ends, waits
-/// at the barrier (twice: all idle, then counters zeroed), echoes until
-/// the end, waits again (twice: all idle, then counters read), then
-/// closes. Returns the messages echoed between the middle barriers.
+/// One connection of [`run_counted`]: echoes until the warm-up ends (at
+/// least once), waits at the barrier (twice: all idle, then counters
+/// zeroed), echoes until the end, waits again (twice: all idle, then
+/// counters read), then closes. Returns the messages echoed between the middle barriers.
 fn counted_client(addr: SocketAddr, conn: usize, size: usize, g: &Gates) -> Result<u64, String> {
     let s = TcpStream::connect(addr).map_err(|e| format!("connect {conn}: {e}"));
     let mut s = s.and_then(|s| {
@@ -182,10 +182,12 @@ fn counted_client(addr: SocketAddr, conn: usize, size: usize, g: &Gates) -> Resu
     let mut out = vec![0u8; size];
     let mut back = vec![0u8; size];
     let mut seq = 0u64;
+    // At least one message each time, so every connection has been
+    // accepted and served before the counters are zeroed.
     let mut echo_until = |s: &mut Result<TcpStream, String>, until: Instant| -> u64 {
         let mut n = 0;
         while let Ok(st) = s
-            && Instant::now() < until
+            && (n == 0 || Instant::now() < until)
         {
             for (i, b) in out.iter_mut().enumerate() {
                 *b = byte(conn, seq, i);
