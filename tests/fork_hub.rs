@@ -525,3 +525,104 @@ fn a_getter_killed_while_waiting_leaves_the_queue_working() {
         },
     );
 }
+
+/// At the fd limit a wait cannot duplicate the queue's fd: it polls with
+/// growing naps instead, and still ends at its deadline (the fallback used
+/// to nap 5 ms and report "ready" whatever the deadline, so a timed get
+/// on an empty queue never returned), while the hub keeps running.
+#[test]
+fn process_queue_timeouts_at_the_fd_limit() {
+    isolated(
+        "process_queue_timeouts_at_the_fd_limit",
+        Duration::from_secs(60),
+        || {
+            let q = ProcessQueue::<u32>::new(2).unwrap();
+            let ticks = std::rc::Rc::new(std::cell::Cell::new(0u32));
+            let t2 = ticks.clone();
+            let ticker = moss::spawn(move || {
+                loop {
+                    moss::sleep(Duration::from_millis(5));
+                    t2.set(t2.get() + 1);
+                }
+            });
+            moss::sleep(Duration::from_millis(10)); // the hub and its timers exist
+            let lim = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
+            // SAFETY: lowers this (test child) process's own fd limit.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+            let mut taken = Vec::new();
+            loop {
+                // SAFETY: dup of stdin; closed below.
+                let fd = unsafe { libc::dup(0) };
+                if fd < 0 {
+                    break;
+                }
+                taken.push(fd);
+            }
+            let t = Instant::now();
+            for i in 0..10 {
+                let t = Instant::now();
+                assert_eq!(q.get_timeout(Duration::from_millis(30)), Err(Timeout));
+                let took = t.elapsed();
+                assert!(took < Duration::from_secs(5), "get {i} took {took:?}");
+            }
+            let elapsed = t.elapsed();
+            let n = ticks.get();
+            for fd in taken {
+                // SAFETY: our own duplicates.
+                unsafe { libc::close(fd) };
+            }
+            ticker.kill();
+            // 300 ms of waits: the ticker ran meanwhile (~60 ticks if idle).
+            assert!(
+                n >= 5,
+                "{n} ticks in {elapsed:?}: the waits blocked the hub"
+            );
+        },
+    );
+}
+
+/// Timeouts work in the child's fresh hub, also for a coroutine that forked
+/// inside a `timeout` of the parent's; and a coroutine of the child that
+/// forks again makes a grandchild with a hub of its own, which exits 0 when
+/// that coroutine returns.
+#[test]
+fn timeouts_and_a_second_fork_in_the_child() {
+    isolated(
+        "timeouts_and_a_second_fork_in_the_child",
+        Duration::from_secs(30),
+        || {
+            let forker = moss::spawn(|| {
+                moss::timeout(Duration::from_secs(20), || {
+                    let pid = fork();
+                    if pid != 0 {
+                        return pid;
+                    }
+                    let t = Instant::now();
+                    let r = moss::timeout(Duration::from_millis(30), || {
+                        moss::sleep(Duration::from_secs(10))
+                    });
+                    if r.is_ok() || t.elapsed() > Duration::from_secs(5) {
+                        exit_now(2);
+                    }
+                    let grandchild = moss::spawn(|| {
+                        let pid = fork();
+                        if pid == 0 {
+                            moss::sleep(Duration::from_millis(10));
+                            return 0; // the grandchild exits 0
+                        }
+                        exit_code_of(pid)
+                    })
+                    .join()
+                    .unwrap();
+                    exit_now(if grandchild == 0 { 0 } else { 3 })
+                })
+                .unwrap()
+            });
+            let pid = forker.join().unwrap();
+            assert_eq!(exit_code_of(pid), 0);
+        },
+    );
+}
