@@ -116,8 +116,7 @@ fn a_mio_loop_killed_or_timed_out_while_waiting() {
 #[test]
 fn two_coroutines_wait_on_one_epoll_fd() {
     patched_thread(|| {
-        // SAFETY (test): plain syscalls on fds this test owns.
-        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        let ep = epoll_create();
         assert!(ep >= 0);
         let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut ev = libc::epoll_event {
@@ -126,6 +125,7 @@ fn two_coroutines_wait_on_one_epoll_fd() {
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&a);
         assert_eq!(
+            // SAFETY: `ev` is a valid event for the call's duration.
             unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) },
             0
         );
@@ -134,7 +134,7 @@ fn two_coroutines_wait_on_one_epoll_fd() {
                 moss::spawn(move || {
                     let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
                     // Level-triggered: both see the same readable fd.
-                    let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 10_000) };
+                    let n = epoll_wait(ep, &mut out, 4, 10_000);
                     (n, out[0].u64)
                 })
             })
@@ -146,7 +146,7 @@ fn two_coroutines_wait_on_one_epoll_fd() {
         for r in moss::join_all(waiters) {
             assert_eq!(r.unwrap(), (1, 42));
         }
-        unsafe { libc::close(ep) };
+        close(ep);
         drop(a);
     });
 }
@@ -160,33 +160,37 @@ fn bad_fds_and_zero_timeouts_behave_as_the_real_call() {
             let t = Instant::now();
             // Not an epoll fd: EINVAL at once, not a wait.
             let fd = std::os::fd::AsRawFd::as_raw_fd(&a);
-            let n = unsafe { libc::epoll_wait(fd, out.as_mut_ptr(), 1, 5_000) };
+            let n = epoll_wait(fd, &mut out, 1, 5_000);
             assert_eq!(n, -1);
             assert_eq!(
                 std::io::Error::last_os_error().raw_os_error(),
                 Some(libc::EINVAL)
             );
-            let n = unsafe { libc::epoll_wait(-1, out.as_mut_ptr(), 1, 5_000) };
+            let n = epoll_wait(-1, &mut out, 1, 5_000);
             assert_eq!(n, -1);
             assert_eq!(
                 std::io::Error::last_os_error().raw_os_error(),
                 Some(libc::EBADF)
             );
-            let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-            let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 0, 5_000) };
+            let ep = epoll_create();
+            let n = epoll_wait(ep, &mut out, 0, 5_000);
             assert_eq!(n, -1, "maxevents 0 is EINVAL");
             // A zero timeout polls.
-            let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 1, 0) };
+            let n = epoll_wait(ep, &mut out, 1, 0);
             assert_eq!(n, 0);
             // With a signal mask: the real call (a short one here).
             let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            unsafe { libc::sigemptyset(set.as_mut_ptr()) };
-            let n = unsafe { libc::epoll_pwait(ep, out.as_mut_ptr(), 1, 20, set.as_ptr()) };
+            // SAFETY: `set` is writable; `sigemptyset` initializes it.
+            let set = unsafe {
+                libc::sigemptyset(set.as_mut_ptr());
+                set.assume_init()
+            };
+            let n = epoll_pwait(ep, &mut out, 20, Some(&set));
             assert_eq!(n, 0);
             // Without one: cooperative, times out with 0.
-            let n = unsafe { libc::epoll_pwait(ep, out.as_mut_ptr(), 1, 20, std::ptr::null()) };
+            let n = epoll_pwait(ep, &mut out, 20, None);
             assert_eq!(n, 0);
-            unsafe { libc::close(ep) };
+            close(ep);
             assert!(t.elapsed() < Duration::from_secs(4));
         })
         .join()
@@ -217,4 +221,35 @@ fn a_root_with_a_hub_still_blocks_in_its_own_epoll_loop() {
         assert_eq!(events.iter().count(), 1);
         h.join().unwrap();
     });
+}
+
+fn epoll_create() -> i32 {
+    // SAFETY: a plain syscall that takes no pointer.
+    unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }
+}
+
+/// `epoll_wait` into `out`, asking for at most `max` events.
+fn epoll_wait(ep: i32, out: &mut [libc::epoll_event], max: i32, ms: i32) -> i32 {
+    assert!(max as usize <= out.len());
+    // SAFETY: `out` has room for the `max` events asked for (checked above).
+    unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), max, ms) }
+}
+
+/// `epoll_pwait` for one event, with `mask` (`None`: a null mask).
+fn epoll_pwait(
+    ep: i32,
+    out: &mut [libc::epoll_event; 1],
+    ms: i32,
+    mask: Option<&libc::sigset_t>,
+) -> i32 {
+    let mask = mask.map_or(std::ptr::null(), |m| m as *const libc::sigset_t);
+    // SAFETY: `out` has room for the one event asked for; `mask` is null or
+    // points at a live, initialized set.
+    unsafe { libc::epoll_pwait(ep, out.as_mut_ptr(), 1, ms, mask) }
+}
+
+/// Closes `fd`, an fd of this test's own that nothing uses any more.
+fn close(fd: i32) {
+    // SAFETY: `fd` is owned by the caller, closed once, after its last use.
+    assert_eq!(unsafe { libc::close(fd) }, 0);
 }

@@ -83,13 +83,14 @@ fn a_killed_std_wait_fails_with_ecanceled_and_other_waits_pass_through() {
         assert!(h.join().unwrap_err().is_killed());
         let (errno, pid) = rx.recv().unwrap();
         assert_eq!(errno, Some(libc::ECANCELED));
-        // SAFETY (test): kill and reap our own child.
+        // SAFETY: plain syscalls on our own child, whose pid nothing else reaps.
         unsafe {
             libc::kill(pid as i32, libc::SIGKILL);
             let mut st = 0;
             assert_eq!(libc::waitpid(pid as i32, &mut st, 0), pid as i32);
         }
         // Not our child: ECHILD at once, from the real call.
+        // SAFETY: a null status pointer is allowed.
         let r = unsafe { libc::waitpid(1, std::ptr::null_mut(), 0) };
         assert_eq!(r, -1);
         assert_eq!(

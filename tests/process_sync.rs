@@ -263,10 +263,10 @@ fn a_guard_copied_into_a_child_does_not_unlock_the_parents_lock() {
     let g_ptr = &g as *const _ as usize;
     let d = done.clone();
     let child = start(move || {
-        // SAFETY: the child's memory is a copy of the parent's, where `g`
-        // is a live guard at `g_ptr`; the child takes that copy over (the
-        // original is never dropped here: the child never returns into the
-        // parent's frames), as a guard inherited by fork would be.
+        // The child's memory is a copy of the parent's, where `g` is a live
+        // guard at `g_ptr`; the child never returns into the parent's frames.
+        // SAFETY: so the child's copy of `g` is valid and never dropped there:
+        // this read takes it over, as a guard inherited by fork would be.
         let copy: moss::pool::ProcessLockGuard<'static> =
             unsafe { std::ptr::read(g_ptr as *const moss::pool::ProcessLockGuard<'static>) };
         drop(copy);

@@ -21,15 +21,16 @@ fn rt(n: i32) -> i32 {
 }
 
 fn raise(sig: i32) {
-    // SAFETY (test): a signal to this process, which moss catches.
+    // SAFETY: a plain syscall; the signal goes to this process, which moss catches.
     assert_eq!(unsafe { libc::kill(libc::getpid(), sig) }, 0);
 }
 
 /// The current disposition's handler address of `sig`.
 fn disposition(sig: i32) -> usize {
+    // SAFETY: all zeros is a valid `sigaction` (plain integers and pointers).
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY (test): a query (null new action).
     assert_eq!(
+        // SAFETY: a query (null new action) into the live `old`.
         unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) },
         0
     );
@@ -299,10 +300,11 @@ fn dropping_the_last_handler_restores_the_previous_disposition() {
     if util::in_child(CASE) {
         let sig = libc::SIGUSR1;
         // A handler of the program's own.
+        // SAFETY: all zeros is a valid `sigaction` (plain integers and pointers).
         let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
         sa.sa_sigaction = counting as *const () as usize;
-        // SAFETY (test): installing a plain handler.
         assert_eq!(
+            // SAFETY: installing `counting`, a handler that only touches an atomic.
             unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
             0
         );
@@ -388,7 +390,7 @@ fn a_process_child_gets_the_disposition_from_before_moss() {
             assert_eq!(q.join().unwrap(), 0);
         }
         moss::sleep(Duration::from_millis(200)); // the child's wait is installed
-        // SAFETY (test): signalling our own child.
+        // SAFETY: a plain syscall, signalling our own child.
         unsafe { libc::kill(own.pid() as i32, libc::SIGUSR1) };
         assert_eq!(own.join_timeout(Duration::from_secs(20)).unwrap(), Some(42));
         sleeper.terminate().unwrap();

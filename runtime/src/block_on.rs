@@ -222,11 +222,12 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
     let mut lease = Lease::take();
     let mut f = pin!(f);
     let data = Arc::as_ptr(lease.signal()).cast::<()>();
-    // SAFETY: `data` points at a live `Signal` owned by `lease`, which
-    // outlives every use of this waker (it lives in this frame and is only
-    // lent out as `&Waker` through `cx`). The waker is never dropped
-    // (ManuallyDrop), so it does not give back a count it never took; its
-    // clones take their own (see the vtable).
+    // `data` points at a live `Signal` owned by `lease`, which outlives every
+    // use of this waker: it lives in this frame and is only lent out as
+    // `&Waker` through `cx`; its clones take their own count (see the vtable).
+    // SAFETY: `data` with `VTABLE` is a valid raw waker while `lease` lives
+    // (above); never dropped (ManuallyDrop), this waker gives back no count
+    // it never took.
     let waker = ManuallyDrop::new(unsafe { Waker::from_raw(RawWaker::new(data, &VTABLE)) });
     let mut cx = Context::from_waker(&waker);
     loop {

@@ -188,14 +188,12 @@ fn start() {
         return;
     }
     if !HOOKED.swap(true, Ordering::AcqRel) {
-        // SAFETY: both handlers are `extern "C" fn()` that never unwind
-        // (the exit handler catches panics; the fork handler only stores
-        // to atomics, which is async-signal-safe as a forked child of a
-        // threaded process requires).
-        unsafe {
-            libc::atexit(at_exit);
-            libc::pthread_atfork(None, None, Some(in_forked_child));
-        }
+        // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds (it
+        // catches panics), as a handler run by `exit` must.
+        unsafe { libc::atexit(at_exit) };
+        // SAFETY: `in_forked_child` never unwinds and only stores to atomics,
+        // which is async-signal-safe as a forked child of a threaded process requires.
+        unsafe { libc::pthread_atfork(None, None, Some(in_forked_child)) };
     }
     let rt = match Builder::new_multi_thread()
         .worker_threads(TOKIO_WORKER_THREADS)

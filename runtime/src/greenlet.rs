@@ -403,11 +403,12 @@ impl<T: 'static> Greenlet<T> {
         );
         let y = me.inner.yielder.get();
         drop(me);
-        // SAFETY: `me` has started (its stack range is set) and is running
-        // (resumed, not suspended since), and we execute on its stack (both
-        // checked above), so the yielder corosensei gave its body, which lives
-        // on this stack below us, is alive, and this suspend returns to the
-        // `resume` that runs it. Nothing here touches `me` afterwards.
+        // `me` has started (its stack range is set) and is running (resumed,
+        // not suspended since), and we execute on its stack (both checked
+        // above). Nothing here touches `me` afterwards.
+        // SAFETY: so the yielder corosensei gave its body, which lives on this
+        // stack below us, is alive, and this suspend returns to the `resume`
+        // that runs it.
         unsafe { (*y).suspend(out) }
     }
 
@@ -454,11 +455,12 @@ impl<T: 'static> Greenlet<T> {
         debug_assert!(!self.inner.running.get());
         self.inner.running.set(true);
         let outer_guard = RUNNING_GUARD.with(|g| g.replace(self.inner.guard.get()));
-        // SAFETY: only a driver resumes greenlets, never one that is running
-        // (checked by every caller before any state changes), and it keeps
-        // `self` alive for the call, so nothing else touches
-        // `self.inner.coro` meanwhile (the RefCell borrow is released so the
-        // greenlet may read its handle).
+        // Only a driver resumes greenlets, never one that is running (checked
+        // by every caller before any state changes); the RefCell borrow is
+        // released so the greenlet may read its handle.
+        // SAFETY: the driver keeps `self` alive for the call and nothing else
+        // touches `self.inner.coro` meanwhile (above), so `coro` is valid and
+        // not aliased while it runs.
         let r = unsafe { (*coro).resume(input) };
         RUNNING_GUARD.with(|g| g.set(outer_guard));
         self.inner.running.set(false);

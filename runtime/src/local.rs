@@ -333,10 +333,10 @@ pub(crate) fn end<T>(h: &Header, result: Result<T, JoinError>) -> Result<T, Join
     if p.is_null() {
         return result;
     }
+    // The destructors `destroy` runs may use the map through `current_map`
+    // meanwhile, which only ever lends it to code that runs no user code.
     // SAFETY: a non-null `locals` came from `Box::into_raw` in `current_map`
-    // and is freed only below; the destructors `destroy` runs may use the
-    // map through `current_map` meanwhile, which only ever lends it to code
-    // that runs no user code.
+    // and is freed only below; no `&mut` to it exists while this `&` lives.
     let first_panic = unsafe { &*p }.destroy();
     h.locals.set(std::ptr::null_mut());
     // SAFETY: as above; nothing refers to the map any more: `locals` is

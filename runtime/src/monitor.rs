@@ -323,13 +323,12 @@ impl Watch {
         let id = if self.switches.load(Ordering::Relaxed) == seen
             && !self.dead.load(Ordering::Relaxed)
         {
-            // SAFETY: `h` was running when `switches` was `seen` and the hub
-            // has not switched since (checked after the fence above, which
-            // pairs with the one in `before_free`), so its control block is
-            // alive until `pinned` drops: freeing it waits for that. Only
-            // fields that never change while it runs are read (id, name,
-            // spawn site, slab key), without touching the name's reference
-            // count.
+            // `h` was running when `switches` was `seen` and the hub has not
+            // switched since (checked after the fence above, which pairs with
+            // the one in `before_free`); freeing it waits for `pinned`.
+            // SAFETY: so `h` is alive until `pinned` drops; only fields that never
+            // change while it runs are read (id, name, spawn site), without
+            // touching the name's reference count.
             unsafe {
                 Some(Identity {
                     id: (*h).id,

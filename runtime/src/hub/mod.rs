@@ -163,10 +163,11 @@ impl Hub {
     pub(crate) fn current() -> &'static Hub {
         let p = HUB.with(|h| h.get());
         if !p.is_null() {
-            // SAFETY: `HUB` points at this thread's live, boxed (never moved)
-            // hub; it is cleared before the hub is freed at thread exit (after
+            // `HUB` is cleared before the hub is freed at thread exit, after
             // its shutdown: no coroutine or hub loop that could hold the
-            // reference runs then), and it is used only on this thread.
+            // reference runs then.
+            // SAFETY: so a non-null `HUB` points at this thread's live, boxed
+            // (never moved) hub, used only on this thread.
             return unsafe { &*p };
         }
         Self::create()

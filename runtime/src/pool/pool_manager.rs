@@ -519,12 +519,12 @@ impl Manager {
         let (parent, child) = fd::socketpair()?;
         let close_in_child = private_fds();
         let me = std::process::id() as libc::pid_t;
-        // SAFETY: the child side below follows `fork`'s contract: it
-        // forgets the parent's hub first, closes fds, then runs
-        // `worker_main`, which never returns (it leaves through `exit_now`)
-        // and takes no lock: tasks run on this manager thread's stack, and
-        // the pool documents that they must not rely on locks of the
-        // parent's other threads.
+        // The child side below forgets the parent's hub first, closes fds,
+        // then runs `worker_main`, which never returns (it leaves through
+        // `exit_now`); tasks run on this manager thread's stack.
+        // SAFETY: so the child follows `fork`'s contract: it takes no lock of the
+        // parent's other threads (the pool documents that tasks must not rely
+        // on them) and never returns into the parent's frames.
         match unsafe { process::fork() }? {
             Forked::Child => {
                 // A worker stuck in a task (or in a lock the fork copied

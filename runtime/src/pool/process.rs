@@ -175,11 +175,12 @@ fn spawn_child(name: String, body: impl FnOnce() + 'static) -> io::Result<Proces
     // What the parent buffered must not be printed by the child too.
     let _ = io::stdout().flush();
     let close_in_child = super::pool_manager::private_fds();
-    // SAFETY: the child side below follows `fork`'s contract: it closes
-    // fds (no moss call), then `run_child` forgets the parent's hub before
-    // anything else and leaves through `exit_now`; the body runs on that
-    // fresh hub and takes no lock of the parent's other threads except by
-    // the user's own choice (see "fork's rules" above).
+    // The child side below closes fds (no moss call), then `run_child`
+    // forgets the parent's hub before anything else and leaves through
+    // `exit_now`; the body runs on that fresh hub.
+    // SAFETY: so the child follows `fork`'s contract: it takes no lock of the
+    // parent's other threads except by the user's own choice (see "fork's
+    // rules" above) and never returns into the parent's frames.
     match unsafe { process::fork() }? {
         Forked::Child => {
             for fd in close_in_child {

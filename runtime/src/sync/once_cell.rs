@@ -82,10 +82,11 @@ pub struct OnceCell<T> {
     value: UnsafeCell<MaybeUninit<T>>,
 }
 
-// SAFETY: the value is written once, by the one initializer, before the
-// `Release` store of DONE, and only read (`&T`, from any thread: `T: Sync`)
-// after an `Acquire` load of DONE; it may be created on one thread and
-// dropped on another (`T: Send`). As std's `OnceLock`.
+// The value is written once, by the one initializer, before the `Release`
+// store of DONE, and only read after an `Acquire` load of DONE.
+// SAFETY: so shared use only reads `&T` from any thread (`T: Sync`), and the
+// value may be created on one thread and dropped on another (`T: Send`).
+// As std's `OnceLock`.
 unsafe impl<T: Send + Sync> Sync for OnceCell<T> {}
 // SAFETY: owning the cell is owning the `T`.
 unsafe impl<T: Send> Send for OnceCell<T> {}

@@ -79,10 +79,10 @@ pub struct RLock<T: ?Sized> {
     value: T,
 }
 
-// SAFETY: the raw lock admits one owner at a time; guards are `!Send`, so
-// every `&T` they give out lives on the owner's thread while it owns the
-// lock: sharing the lock only moves `T` between threads (`T: Send`), as for
-// std's `ReentrantLock`. `depth` is only accessed by the owner.
+// The raw lock admits one owner at a time and guards are `!Send`, so every
+// `&T` they give out lives on the owner's thread while it owns the lock.
+// SAFETY: so sharing the lock only moves `T` between threads (`T: Send`), as
+// for std's `ReentrantLock`; `depth` is only accessed by the owner.
 unsafe impl<T: ?Sized + Send> Sync for RLock<T> {}
 // SAFETY: owning the lock is owning the `T`.
 unsafe impl<T: ?Sized + Send> Send for RLock<T> {}

@@ -89,10 +89,10 @@ impl<T: SharedState> Shared<T> {
 
     /// The shared value.
     pub(crate) fn get(&self) -> &T {
-        // SAFETY: the mapping is page aligned (enough for `T`, checked at
-        // compile time in `new`), at least `size_of::<T>()` long, zeroed at creation (a valid
-        // `T`, per `SharedState`), lives as long as `self`, and is only
-        // accessed through `&T`, whose fields are atomics.
+        // The mapping is page aligned (enough for `T`, checked at compile
+        // time in `new`) and at least `size_of::<T>()` long.
+        // SAFETY: zeroed at creation (a valid `T`, per `SharedState`), it lives
+        // as long as `self` and is only accessed through `&T` (atomic fields).
         unsafe { &*self.mem.as_ptr().cast::<T>() }
     }
 }

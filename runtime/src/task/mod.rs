@@ -277,12 +277,13 @@ where
     }
 
     fn replace(&self, new: Slot<F, T>) -> Slot<F, T> {
-        // SAFETY: the slot is swapped only here (by `run`, `finish_unstarted`
-        // and `take`), which swap the value out at once and hold no reference
-        // across a call; the hub is single threaded. The shared looks of
-        // `is_ok` end before any call, and `link` lends a `Done` result only
-        // while the task's one `JoinHandle` is borrowed, when `take` (which
-        // consumes that handle) cannot run (see the type's invariants).
+        // The slot is swapped only here (by `run`, `finish_unstarted` and
+        // `take`, which swap the value out at once and hold no reference
+        // across a call); the shared looks of `is_ok` end before any call, and `link`
+        // lends a `Done` result only while the task's one `JoinHandle` is
+        // borrowed, when `take` (which consumes that handle) cannot run.
+        // SAFETY: so no reference into the slot lives here (the hub is single
+        // threaded; see the type's invariants), and this `&mut` is unique.
         unsafe { std::mem::replace(&mut *self.slot.get(), new) }
     }
 }
@@ -409,10 +410,11 @@ where
     }
 
     fn link(&self, f: LinkFn<T>) {
-        // SAFETY: a shared look at the slot. If it is `Done`, nothing changes
-        // it while the caller's `&JoinHandle` lives (see the type's
-        // invariants), even if the callback re-enters this task's methods
-        // through that handle; otherwise the reference ends before any call.
+        // If the slot is `Done`, nothing changes it while the caller's
+        // `&JoinHandle` lives, even if the callback re-enters this task's
+        // methods through that handle (see the type's invariants).
+        // SAFETY: so this shared look stays valid while used: for `Done` as
+        // above, otherwise the reference ends before any call.
         if let Slot::Done(r) = unsafe { &*self.slot.get() } {
             // Finished: call it now. A cancellation of the caller that
             // reached a blocked callback goes on to the caller.
