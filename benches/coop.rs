@@ -23,6 +23,8 @@ use std::hint::black_box;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+mod util;
+
 /// `n` round trips of a 64-byte message between a client coroutine and an
 /// echo coroutine of the calling thread's hub.
 fn echo(n: u64) -> Duration {
@@ -47,23 +49,6 @@ fn echo(n: u64) -> Duration {
     let d = client.join().unwrap();
     server.join().unwrap();
     d
-}
-
-/// `n` `yield_now` of each of two coroutines of one hub, taking turns: the
-/// switch path (where the monitor's stores are) and nothing else.
-fn switch(n: u64) -> Duration {
-    let t = Instant::now();
-    let hs: Vec<_> = (0..2)
-        .map(|_| {
-            moss::spawn(move || {
-                for _ in 0..n {
-                    moss::yield_now();
-                }
-            })
-        })
-        .collect();
-    moss::join_all(hs);
-    t.elapsed()
 }
 
 /// `n` uncontended lock+unlock of a moss Mutex in a coroutine.
@@ -100,7 +85,11 @@ fn queue(n: u64) -> Duration {
 type Stage = fn(u64) -> Duration;
 
 const STAGES: [(&str, Stage, u64); 4] = [
-    ("yield_now, 2 coroutines taking turns", switch, 2_000_000),
+    (
+        "yield_now, 2 coroutines taking turns",
+        util::switch,
+        2_000_000,
+    ),
     (
         "echo round trip (64 B, socket pair, one hub)",
         echo,
@@ -118,7 +107,7 @@ fn main() {
     {
         let f = match stage.as_str() {
             "echo" => echo,
-            "switch" => switch,
+            "switch" => util::switch,
             "mutex" => mutex,
             "queue" => queue,
             _ => panic!("unknown stage {stage}: switch, echo, mutex or queue"),

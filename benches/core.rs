@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+mod util;
+
 fn switch(c: &mut Criterion) {
     let mut g = c.benchmark_group("switch");
     g.throughput(Throughput::Elements(1));
@@ -40,21 +42,7 @@ fn switch(c: &mut Criterion) {
         })
     });
     g.bench_function("moss yield_now, 2 coroutines", |b| {
-        b.iter_custom(|iters| {
-            let n = iters.div_ceil(2);
-            let t = Instant::now();
-            let hs: Vec<_> = (0..2)
-                .map(|_| {
-                    moss::spawn(move || {
-                        for _ in 0..n {
-                            moss::yield_now();
-                        }
-                    })
-                })
-                .collect();
-            moss::join_all(hs);
-            t.elapsed()
-        })
+        b.iter_custom(|iters| util::switch(iters.div_ceil(2)))
     });
     g.finish();
 }

@@ -10,28 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
-fn child(case: &str, limit: Duration, body: impl FnOnce()) {
-    if util::in_child(case) {
-        moss::monkey::patch_all();
-        let _wd = util::watchdog(case, limit);
-        body();
-        println!("CHILD-OK");
-        return;
-    }
-    let r = util::run_in_child(case, limit + Duration::from_secs(10));
-    assert!(
-        r.success() && r.stdout.contains("CHILD-OK"),
-        "{case} failed in its child: {r:#?}"
-    );
-}
-
 /// 3 hubs x 6 coroutines and 3 plain threads increment one std Mutex'd
 /// counter (some holding it across a moss sleep / a thread yield), read a
 /// std RwLock, and move items through a std Condvar bounded buffer with
 /// timed waits: exact counts, every item exactly once, no hang.
 #[test]
 fn std_sync_mixed_waiters_stress() {
-    child(
+    util::isolated_patched(
         "std_sync_mixed_waiters_stress",
         Duration::from_secs(120),
         || {
@@ -161,6 +146,51 @@ fn cpu_share(f: impl FnOnce()) -> f64 {
     cpu.as_secs_f64() / wall.as_secs_f64()
 }
 
+/// `n` coroutines, each running `body` on the receiving end of a std
+/// channel of its own: the senders, and the coroutines.
+fn receivers(
+    n: usize,
+    body: fn(std::sync::mpsc::Receiver<u32>) -> u32,
+) -> (
+    Vec<std::sync::mpsc::Sender<u32>>,
+    Vec<moss::JoinHandle<u32>>,
+) {
+    (0..n)
+        .map(|_| {
+            let (tx, rx) = std::sync::mpsc::channel::<u32>();
+            (tx, moss::spawn(move || body(rx)))
+        })
+        .unzip()
+}
+
+/// Feeds the `i`th receiver the value `i` from another thread, so they
+/// finish, and checks that the `i`th coroutine returns `want(i)`.
+fn finish_idle_receivers(
+    senders: Vec<std::sync::mpsc::Sender<u32>>,
+    hs: Vec<moss::JoinHandle<u32>>,
+    want: impl Fn(u32) -> u32,
+) {
+    let t = std::thread::spawn(move || {
+        for (i, tx) in senders.into_iter().enumerate() {
+            tx.send(i as u32).unwrap();
+        }
+    });
+    for (i, r) in moss::join_all(hs).into_iter().enumerate() {
+        assert_eq!(r.unwrap(), want(i as u32));
+    }
+    t.join().unwrap();
+}
+
+/// Prints the CPU `share` the idle receivers used and checks it is below `limit`.
+fn assert_idle_share(what: &str, share: f64, limit: f64) {
+    println!("{what}: {:.1}% of a core", share * 100.0);
+    assert!(
+        share < limit,
+        "idle receivers used {:.1}% of a core",
+        share * 100.0
+    );
+}
+
 /// 2000 coroutines blocked in std's thread parker (`mpsc::Receiver::recv`
 /// fed by another thread) cost almost no CPU while nothing is sent: one
 /// watcher per thread and one re-check per receiver every 2 s (~2% of a
@@ -169,35 +199,15 @@ fn cpu_share(f: impl FnOnce()) -> f64 {
 /// every one receives its value.
 #[test]
 fn idle_std_receivers_burn_cpu() {
-    child(
+    util::isolated_patched(
         "idle_std_receivers_burn_cpu",
         Duration::from_secs(60),
         || {
-            let mut senders = Vec::new();
-            let mut hs = Vec::new();
-            for _ in 0..2000 {
-                let (tx, rx) = std::sync::mpsc::channel::<u32>();
-                senders.push(tx);
-                hs.push(moss::spawn(move || rx.recv().unwrap()));
-            }
+            let (senders, hs) = receivers(2000, |rx| rx.recv().unwrap());
             moss::sleep(Duration::from_millis(500)); // all parked
             let share = cpu_share(|| moss::sleep(Duration::from_secs(2)));
-            // Feed them from another thread so they finish.
-            let t = std::thread::spawn(move || {
-                for (i, tx) in senders.into_iter().enumerate() {
-                    tx.send(i as u32).unwrap();
-                }
-            });
-            for (i, r) in moss::join_all(hs).into_iter().enumerate() {
-                assert_eq!(r.unwrap(), i as u32);
-            }
-            t.join().unwrap();
-            println!("idle: {:.1}% of a core", share * 100.0);
-            assert!(
-                share < 0.06,
-                "idle receivers used {:.1}% of a core",
-                share * 100.0
-            );
+            finish_idle_receivers(senders, hs, |i| i);
+            assert_idle_share("idle", share, 0.06);
         },
     );
 }
@@ -206,20 +216,14 @@ fn idle_std_receivers_burn_cpu() {
 /// shared parker: once idle again, they cost as little.
 #[test]
 fn idle_std_receivers_after_handoffs_cost_little() {
-    child(
+    util::isolated_patched(
         "idle_std_receivers_after_handoffs_cost_little",
         Duration::from_secs(60),
         || {
-            let mut senders = Vec::new();
-            let mut hs = Vec::new();
-            for _ in 0..2000 {
-                let (tx, rx) = std::sync::mpsc::channel::<u32>();
-                senders.push(tx);
-                hs.push(moss::spawn(move || {
-                    let a = rx.recv().unwrap();
-                    a + rx.recv().unwrap()
-                }));
-            }
+            let (senders, hs) = receivers(2000, |rx| {
+                let a = rx.recv().unwrap();
+                a + rx.recv().unwrap()
+            });
             moss::sleep(Duration::from_millis(100)); // all parked
             let senders = std::thread::spawn(move || {
                 for (i, tx) in senders.iter().enumerate() {
@@ -233,21 +237,8 @@ fn idle_std_receivers_after_handoffs_cost_little() {
             // delays grow to their cap meanwhile.
             moss::sleep(Duration::from_millis(1500));
             let share = cpu_share(|| moss::sleep(Duration::from_secs(3)));
-            let t = std::thread::spawn(move || {
-                for (i, tx) in senders.into_iter().enumerate() {
-                    tx.send(i as u32).unwrap();
-                }
-            });
-            for (i, r) in moss::join_all(hs).into_iter().enumerate() {
-                assert_eq!(r.unwrap(), 2 * i as u32);
-            }
-            t.join().unwrap();
-            println!("idle after hand-offs: {:.1}% of a core", share * 100.0);
-            assert!(
-                share < 0.10,
-                "idle receivers used {:.1}% of a core",
-                share * 100.0
-            );
+            finish_idle_receivers(senders, hs, |i| 2 * i);
+            assert_idle_share("idle after hand-offs", share, 0.10);
         },
     );
 }
@@ -258,7 +249,7 @@ fn idle_std_receivers_after_handoffs_cost_little() {
 /// order, with no lost wake-up (the watchdog bounds the run).
 #[test]
 fn std_mpsc_handoffs_to_many_coroutines_exact() {
-    child(
+    util::isolated_patched(
         "std_mpsc_handoffs_to_many_coroutines_exact",
         Duration::from_secs(120),
         || {
@@ -347,7 +338,7 @@ fn std_mpsc_handoffs_to_many_coroutines_exact() {
 /// (each the best of two runs, after a warm-up).
 #[test]
 fn std_mutex_contention_scales_quadratically() {
-    child(
+    util::isolated_patched(
         "std_mutex_contention_scales_quadratically",
         Duration::from_secs(240),
         || {
@@ -391,7 +382,7 @@ fn std_mutex_contention_scales_quadratically() {
 /// value comes, unwinds at its next blocking point.
 #[test]
 fn killing_the_watcher_of_std_receivers_hands_the_watch_over() {
-    child(
+    util::isolated_patched(
         "killing_the_watcher_of_std_receivers_hands_the_watch_over",
         Duration::from_secs(60),
         || {
@@ -444,7 +435,7 @@ fn killing_the_watcher_of_std_receivers_hands_the_watch_over() {
 /// killed meanwhile ends at its deadline.
 #[test]
 fn a_coroutine_killed_in_a_condvar_wait() {
-    child(
+    util::isolated_patched(
         "a_coroutine_killed_in_a_condvar_wait",
         Duration::from_secs(60),
         || {
@@ -511,7 +502,7 @@ fn a_coroutine_killed_in_a_condvar_wait() {
 /// thread's purged entries.
 #[test]
 fn thread_exit_while_a_coroutine_waits_on_a_std_mutex() {
-    child(
+    util::isolated_patched(
         "thread_exit_while_a_coroutine_waits_on_a_std_mutex",
         Duration::from_secs(60),
         || {
@@ -569,7 +560,7 @@ fn thread_exit_while_a_coroutine_waits_on_a_std_mutex() {
 /// lock afterwards.
 #[test]
 fn fork_while_coroutines_queue_on_a_std_mutex() {
-    child(
+    util::isolated_patched(
         "fork_while_coroutines_queue_on_a_std_mutex",
         Duration::from_secs(60),
         || {

@@ -8,21 +8,6 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-fn child(case: &str, limit: Duration, body: impl FnOnce()) {
-    if util::in_child(case) {
-        moss::monkey::patch_all();
-        let _wd = util::watchdog(case, limit);
-        body();
-        println!("CHILD-OK");
-        return;
-    }
-    let r = util::run_in_child(case, limit + Duration::from_secs(10));
-    assert!(
-        r.success() && r.stdout.contains("CHILD-OK"),
-        "{case} failed in its child: {r:#?}"
-    );
-}
-
 /// Every coroutine whose std thread-parker wait (`thread::park_timeout`,
 /// `mpsc::Receiver::recv_timeout`, ... anything on the parker) ended
 /// without a token used to leave an entry in a per-thread list that was
@@ -32,7 +17,7 @@ fn child(case: &str, limit: Duration, body: impl FnOnce()) {
 /// take about the same time.
 #[test]
 fn parker_idle_list_grows_with_dead_coroutines() {
-    child(
+    util::isolated_patched(
         "parker_idle_list_grows_with_dead_coroutines",
         Duration::from_secs(120),
         || {
@@ -73,7 +58,7 @@ fn parker_idle_list_grows_with_dead_coroutines() {
 /// the 150 ms of the sleep).
 #[test]
 fn pre_exec_sleep_runs_parent_coroutines_in_child() {
-    child(
+    util::isolated_patched(
         "pre_exec_sleep_runs_parent_coroutines_in_child",
         Duration::from_secs(20),
         || {
@@ -137,7 +122,7 @@ fn pre_exec_sleep_runs_parent_coroutines_in_child() {
 /// Got: the parent's reader hangs (the child printed that it read "hello").
 #[test]
 fn raw_fork_child_steals_parent_io_events() {
-    child(
+    util::isolated_patched(
         "raw_fork_child_steals_parent_io_events",
         Duration::from_secs(20),
         || {
@@ -200,7 +185,7 @@ fn raw_fork_child_steals_parent_io_events() {
 /// thread in `poll(2)`, and with the writer on the same thread, forever).
 #[test]
 fn hooked_read_on_an_fd_the_hub_refuses_keeps_the_hub_running() {
-    child(
+    util::isolated_patched(
         "hooked_read_on_an_fd_the_hub_refuses_keeps_the_hub_running",
         Duration::from_secs(20),
         || {
@@ -234,7 +219,7 @@ fn hooked_read_on_an_fd_the_hub_refuses_keeps_the_hub_running() {
 /// `pthread_join`).
 #[test]
 fn thread_join_without_a_helper_thread_keeps_the_hub_running() {
-    child(
+    util::isolated_patched(
         "thread_join_without_a_helper_thread_keeps_the_hub_running",
         Duration::from_secs(20),
         || {

@@ -14,20 +14,6 @@ use std::time::{Duration, Instant};
 use moss::signal;
 use moss::subprocess::{Command, Stdio};
 
-fn child(case: &str, limit: Duration, body: impl FnOnce()) {
-    if util::in_child(case) {
-        let _wd = util::watchdog(case, limit);
-        body();
-        println!("CHILD-OK");
-        return;
-    }
-    let r = util::run_in_child(case, limit + Duration::from_secs(10));
-    assert!(
-        r.success() && r.stdout.contains("CHILD-OK"),
-        "{case} failed in its child: {r:#?}"
-    );
-}
-
 fn raise(sig: i32) {
     // SAFETY: sends a signal to this process.
     unsafe { libc::kill(libc::getpid(), sig) };
@@ -35,7 +21,7 @@ fn raise(sig: i32) {
 
 #[test]
 fn signal_bad_numbers_are_invalid_input() {
-    child(
+    util::isolated(
         "signal_bad_numbers_are_invalid_input",
         Duration::from_secs(10),
         || {
@@ -89,7 +75,7 @@ extern "C" fn user_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void
 /// user's handler is back and gets the next delivery.
 #[test]
 fn signal_handler_drop_restores_a_siginfo_handler() {
-    child(
+    util::isolated(
         "signal_handler_drop_restores_a_siginfo_handler",
         Duration::from_secs(10),
         || {
@@ -135,7 +121,7 @@ fn signal_handler_drop_restores_a_siginfo_handler() {
 /// A handler whose `f` panics: the next delivery still runs it.
 #[test]
 fn signal_handler_survives_a_panicking_f() {
-    child(
+    util::isolated(
         "signal_handler_survives_a_panicking_f",
         Duration::from_secs(10),
         || {
@@ -161,7 +147,7 @@ fn signal_handler_survives_a_panicking_f() {
 /// both, and a handler runs for one of them: each gets what it waits for.
 #[test]
 fn signal_waiters_and_handler_on_one_thread() {
-    child(
+    util::isolated(
         "signal_waiters_and_handler_on_one_thread",
         Duration::from_secs(10),
         || {
@@ -189,7 +175,7 @@ fn signal_waiters_and_handler_on_one_thread() {
 /// survives and the handler ran at least once after the last delivery.
 #[test]
 fn signal_storm() {
-    child("signal_storm", Duration::from_secs(30), || {
+    util::isolated("signal_storm", Duration::from_secs(30), || {
         let hits = Rc::new(Cell::new(0u32));
         let h2 = hits.clone();
         let _h = signal::handler(libc::SIGUSR1, move || h2.set(h2.get() + 1)).unwrap();
@@ -321,7 +307,7 @@ fn zombies_of(me: u32) -> Vec<String> {
 /// zombie and no fd left once the children have exited.
 #[test]
 fn subprocess_kills_leave_no_zombies_or_fds() {
-    child(
+    util::isolated(
         "subprocess_kills_leave_no_zombies_or_fds",
         Duration::from_secs(60),
         || {
@@ -419,7 +405,7 @@ fn subprocess_kills_leave_no_zombies_or_fds() {
 /// Other, message: \"Operation canceled\" }" propagates out of `timeout`.
 #[test]
 fn timeout_around_patched_std_read_unwrap() {
-    child(
+    util::isolated(
         "timeout_around_patched_std_read_unwrap",
         Duration::from_secs(10),
         || {
@@ -450,7 +436,7 @@ fn timeout_around_patched_std_read_unwrap() {
 /// Expected: `is_killed()`. Got: `is_panic()`.
 #[test]
 fn kill_patched_std_read_unwrap_reports_panic() {
-    child(
+    util::isolated(
         "kill_patched_std_read_unwrap_reports_panic",
         Duration::from_secs(10),
         || {

@@ -9,20 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn child(case: &str, limit: Duration, body: impl FnOnce()) {
-    if util::in_child(case) {
-        let _wd = util::watchdog(case, limit);
-        body();
-        println!("CHILD-OK");
-        return;
-    }
-    let r = util::run_in_child(case, limit + Duration::from_secs(10));
-    assert!(
-        r.success() && r.stdout.contains("CHILD-OK"),
-        "{case} failed in its child: {r:#?}"
-    );
-}
-
 /// A value whose destructor blocks cooperatively (think a `BufWriter` over
 /// a moss socket flushing, or a pool handle joining its workers).
 struct SleepsOnDrop(Rc<Cell<bool>>);
@@ -46,7 +32,7 @@ impl Drop for SleepsOnDrop {
 #[test]
 #[ignore = "reproduces: blocking Drop of a detached coroutine's result parks the root inside the hub loop (debug: 'park from Parked')"]
 fn detached_result_with_a_blocking_drop() {
-    child(
+    util::isolated(
         "detached_result_with_a_blocking_drop",
         Duration::from_secs(20),
         || {
@@ -67,7 +53,7 @@ fn detached_result_with_a_blocking_drop() {
 #[test]
 #[ignore = "reproduces: contended moss Mutex in a detached result's Drop aborts (debug) 'a sync waiter was dropped while still queued'"]
 fn detached_result_drop_takes_a_contended_lock() {
-    child(
+    util::isolated(
         "detached_result_drop_takes_a_contended_lock",
         Duration::from_secs(20),
         || {
@@ -98,7 +84,7 @@ fn detached_result_drop_takes_a_contended_lock() {
 #[test]
 #[ignore = "reproduces: (release) a blocking Drop of a detached result cuts the root's sleep short"]
 fn detached_result_drop_cuts_the_roots_sleep_short() {
-    child(
+    util::isolated(
         "detached_result_drop_cuts_the_roots_sleep_short",
         Duration::from_secs(20),
         || {
@@ -122,7 +108,7 @@ fn detached_result_drop_cuts_the_roots_sleep_short() {
 #[test]
 #[ignore = "reproduces: (release) a blocking Drop of a detached result makes the root's Queue::get panic 'unreachable'"]
 fn detached_result_drop_breaks_the_roots_queue_get() {
-    child(
+    util::isolated(
         "detached_result_drop_breaks_the_roots_queue_get",
         Duration::from_secs(20),
         || {
@@ -146,7 +132,7 @@ fn detached_result_drop_breaks_the_roots_queue_get() {
 /// times out.
 #[test]
 fn once_cell_wait_inside_own_initializer() {
-    child(
+    util::isolated(
         "once_cell_wait_inside_own_initializer",
         Duration::from_secs(5),
         || {
@@ -329,7 +315,7 @@ fn block_on_cross_thread_stress_with_kills() {
 /// `block_on`), dropped while its coroutine is killed out of `block_on`.
 #[test]
 fn block_on_in_drop_during_kill_unwind() {
-    child(
+    util::isolated(
         "block_on_in_drop_during_kill_unwind",
         Duration::from_secs(20),
         || {
@@ -492,7 +478,7 @@ fn give_back_keeps_fifo_order_and_capacity() {
 /// first unwind is a panic.)
 #[test]
 fn kill_during_a_panic_unwind() {
-    child(
+    util::isolated(
         "kill_during_a_panic_unwind",
         Duration::from_secs(10),
         || {

@@ -7,46 +7,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::process::{Child, ChildStdout};
 use std::time::{Duration, Instant};
 
 #[path = "../examples/chat_server.rs"]
 mod chat_server;
 mod util;
 
-/// Kills the child if the test fails before it exits.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(case: &str) -> (Server, BufReader<ChildStdout>, SocketAddr) {
-    let mut child = util::spawn_child(case);
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let server = Server(child);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "the server exited early"
-        );
-        // libtest's "test NAME ... " may precede it on the same line.
-        if let Some(i) = line.find("listening on ") {
-            let a = line[i + "listening on ".len()..].trim();
-            return (server, out, a.parse().unwrap());
-        }
-    }
-}
-
-fn sigterm(c: &Child) {
-    // SAFETY (test): signalling our own child.
-    assert_eq!(unsafe { libc::kill(c.id() as i32, libc::SIGTERM) }, 0);
-}
+use util::child_server::{self, ChildServer};
 
 /// A chat client: its address as the server names it, and a line reader.
 struct Client {
@@ -82,13 +49,6 @@ impl Client {
     }
 }
 
-fn log(out: BufReader<ChildStdout>) -> String {
-    let mut s = String::new();
-    let mut out = out;
-    out.read_to_string(&mut s).unwrap();
-    s
-}
-
 #[test]
 fn broadcasts_in_order_and_sigterm_shuts_down_cleanly() {
     const CASE: &str = "broadcasts_in_order_and_sigterm_shuts_down_cleanly";
@@ -97,7 +57,7 @@ fn broadcasts_in_order_and_sigterm_shuts_down_cleanly() {
         return;
     }
     let _wd = util::watchdog(CASE, Duration::from_secs(60));
-    let (mut server, out, addr) = start(CASE);
+    let (mut server, out, addr) = ChildServer::start(CASE);
     let mut a = Client::connect(addr);
     assert_eq!(a.line(), format!("* {} joined\n", a.name));
     let mut b = Client::connect(addr);
@@ -140,12 +100,12 @@ fn broadcasts_in_order_and_sigterm_shuts_down_cleanly() {
     assert_eq!(b.line(), format!("* {cn} left\n"));
 
     // SIGTERM: the goodbye, then end-of-file, then exit 0.
-    sigterm(&server.0);
+    server.sigterm();
     assert_eq!(a.rest(), "* server shutting down\n");
     assert_eq!(b.rest(), "* server shutting down\n");
     let status = server.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let log = log(out);
+    let log = child_server::rest(out);
     assert!(log.contains("shutting down 2 client(s)"), "{log}");
     assert!(
         log.contains("stopped (0 handler(s) still unwinding)"),
@@ -165,7 +125,7 @@ fn a_client_that_stops_reading_is_disconnected() {
         return;
     }
     let _wd = util::watchdog(CASE, Duration::from_secs(120));
-    let (mut server, out, addr) = start(CASE);
+    let (mut server, out, addr) = ChildServer::start(CASE);
     let mut slow = Client::connect(addr);
     assert_eq!(slow.line(), format!("* {} joined\n", slow.name));
     let mut fast = Client::connect(addr);
@@ -202,10 +162,10 @@ fn a_client_that_stops_reading_is_disconnected() {
     fast.say("still here");
     assert_eq!(fast.line(), format!("{}: still here\n", fast.name));
 
-    sigterm(&server.0);
+    server.sigterm();
     assert_eq!(fast.rest(), "* server shutting down\n");
     assert!(server.0.wait().unwrap().success());
-    assert!(log(out).contains("stopped"));
+    assert!(child_server::rest(out).contains("stopped"));
 }
 
 /// At shutdown, a writer stuck on a client that stopped reading (its outbox
@@ -220,7 +180,7 @@ fn shutdown_with_a_writer_stuck_on_a_client_that_does_not_read() {
         return;
     }
     let _wd = util::watchdog(CASE, Duration::from_secs(120));
-    let (mut server, out, addr) = start(CASE);
+    let (mut server, out, addr) = ChildServer::start(CASE);
     let mut stuck = Client::connect(addr);
     assert_eq!(stuck.line(), format!("* {} joined\n", stuck.name));
     let mut talker = Client::connect(addr);
@@ -249,7 +209,7 @@ fn shutdown_with_a_writer_stuck_on_a_client_that_does_not_read() {
     }
     talker.r = reader.join().unwrap();
     let t = Instant::now();
-    sigterm(&server.0);
+    server.sigterm();
     assert_eq!(talker.rest(), "* server shutting down\n");
     let status = server.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
@@ -261,6 +221,6 @@ fn shutdown_with_a_writer_stuck_on_a_client_that_does_not_read() {
         t.elapsed()
     );
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
-    assert!(log(out).contains("stopped"));
+    assert!(child_server::rest(out).contains("stopped"));
     drop(stuck);
 }

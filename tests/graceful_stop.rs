@@ -4,41 +4,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 #[path = "../examples/graceful_stop.rs"]
 mod graceful_stop;
 mod util;
 
-/// Kills the child if the test fails before it exits.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(case: &str) -> (Server, BufReader<std::process::ChildStdout>, SocketAddr) {
-    let mut child = util::spawn_child(case);
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let server = Server(child);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "the server exited early"
-        );
-        // libtest's "test NAME ... " may precede it on the same line.
-        if let Some(i) = line.find("listening on ") {
-            let a = line[i + "listening on ".len()..].trim();
-            return (server, out, a.parse().unwrap());
-        }
-    }
-}
+use util::child_server::{self, ChildServer};
 
 /// Sends one request and waits for "working": the request is in flight.
 fn in_flight(addr: SocketAddr, name: &str) -> BufReader<TcpStream> {
@@ -52,18 +24,6 @@ fn in_flight(addr: SocketAddr, name: &str) -> BufReader<TcpStream> {
     r
 }
 
-fn sigterm(c: &Child) {
-    // SAFETY (test): signalling our own child.
-    assert_eq!(unsafe { libc::kill(c.id() as i32, libc::SIGTERM) }, 0);
-}
-
-fn rest(out: BufReader<std::process::ChildStdout>) -> String {
-    let mut s = String::new();
-    let mut out = out;
-    out.read_to_string(&mut s).unwrap();
-    s
-}
-
 #[test]
 fn sigterm_lets_requests_in_flight_finish() {
     const CASE: &str = "sigterm_lets_requests_in_flight_finish";
@@ -72,12 +32,12 @@ fn sigterm_lets_requests_in_flight_finish() {
         return;
     }
     let _wd = util::watchdog(CASE, Duration::from_secs(60));
-    let (mut server, out, addr) = start(CASE);
+    let (mut server, out, addr) = ChildServer::start(CASE);
     let clients: Vec<_> = (0..5)
         .map(|i| in_flight(addr, &format!("req {i}")))
         .collect();
     let t = Instant::now();
-    sigterm(&server.0);
+    server.sigterm();
     for (i, mut c) in clients.into_iter().enumerate() {
         let mut line = String::new();
         c.read_line(&mut line).unwrap();
@@ -89,7 +49,7 @@ fn sigterm_lets_requests_in_flight_finish() {
         t.elapsed() < Duration::from_secs(5),
         "stop waited for nothing"
     );
-    let log = rest(out);
+    let log = child_server::rest(out);
     assert!(
         log.contains("signal: stopping, 5 request(s) in flight"),
         "{log}"
@@ -107,11 +67,11 @@ fn requests_longer_than_the_grace_period_are_cut() {
         return;
     }
     let _wd = util::watchdog(CASE, Duration::from_secs(60));
-    let (mut server, out, addr) = start(CASE);
+    let (mut server, out, addr) = ChildServer::start(CASE);
     let mut c = in_flight(addr, "slow");
-    sigterm(&server.0);
+    server.sigterm();
     // A second SIGTERM while stopping changes nothing.
-    sigterm(&server.0);
+    server.sigterm();
     let t = Instant::now();
     let mut rest_of_reply = Vec::new();
     c.read_to_end(&mut rest_of_reply).unwrap();
@@ -121,5 +81,5 @@ fn requests_longer_than_the_grace_period_are_cut() {
     );
     assert!(t.elapsed() < Duration::from_secs(10));
     assert!(server.0.wait().unwrap().success());
-    assert!(rest(out).contains("stopped"));
+    assert!(child_server::rest(out).contains("stopped"));
 }

@@ -1,11 +1,13 @@
 //! Helpers shared by the integration tests (mio's `tests/util` is the model):
 //! a watchdog instead of unbounded waits, a child-process runner for cases
 //! that crash or hang, a drop counter, "until parked" instead of ordering
-//! sleeps, and a server on a thread of its own (`serve`).
+//! sleeps, a server on a thread of its own (`serve`), and an example's server
+//! in a child process (`child_server`).
 //!
 //! Each test binary includes it with `mod util;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod child_server;
 pub mod redis;
 pub mod serve;
 
@@ -343,6 +345,30 @@ pub fn isolated(case: &str, limit: Duration, body: impl FnOnce()) {
         r.stdout.contains("1 passed"),
         "{case} did not run in its child process: {r:#?}"
     );
+}
+
+/// Waits (up to 20 s) until the thread `tid` of this process sleeps in the
+/// kernel (state `S` in `/proc`): it blocks in a wait.
+pub fn until_thread_sleeps(tid: i32) {
+    let path = format!("/proc/self/task/{tid}/stat");
+    until(
+        "the thread to sleep in the kernel",
+        Duration::from_secs(20),
+        || {
+            let stat = std::fs::read_to_string(&path).expect("the thread is alive");
+            // "tid (name) S ...": the state follows the name's closing paren.
+            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.as_bytes()[0]);
+            state == Some(b'S')
+        },
+    );
+}
+
+/// [`isolated`], with `moss::monkey::patch_all()` called first in the child.
+pub fn isolated_patched(case: &str, limit: Duration, body: impl FnOnce()) {
+    isolated(case, limit, || {
+        moss::monkey::patch_all();
+        body();
+    });
 }
 
 /// Starts `f` in a child process, reaped when the result is dropped.
