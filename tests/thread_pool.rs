@@ -160,8 +160,33 @@ fn works_from_a_plain_thread_without_coroutines() {
     assert_eq!(v, "from a thread");
 }
 
+/// 0 is Python's `ThreadPool()`: one thread per CPU, as `ProcessPool::new(0)`;
+/// that many tasks run at once (each waits until all have started).
 #[test]
-#[should_panic(expected = "at least one thread")]
-fn zero_threads_is_refused() {
-    let _ = ThreadPool::new(0);
+fn zero_threads_means_one_per_cpu() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let pool = ThreadPool::new(0);
+    assert_eq!(pool.size(), cpus);
+    let started = Arc::new(AtomicUsize::new(0));
+    let hs: Vec<_> = (0..cpus)
+        .map(|_| {
+            let (pool, started) = (pool.clone(), started.clone());
+            moss::spawn(move || {
+                pool.apply(move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let t = Instant::now();
+                    while started.load(Ordering::SeqCst) < cpus {
+                        assert!(
+                            t.elapsed() < Duration::from_secs(30),
+                            "tasks ran one by one"
+                        );
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+        })
+        .collect();
+    for r in moss::join_all(hs) {
+        r.unwrap().unwrap();
+    }
 }

@@ -78,6 +78,48 @@ type Handler = dyn Fn(TcpStream, SocketAddr);
 /// assert!(server.stop(Duration::from_secs(1)).is_empty());
 /// ```
 ///
+/// # Small writes: buffer them, or set `TCP_NODELAY`
+///
+/// Every write on a [`TcpStream`] is a `send` of its own, and usually a TCP
+/// segment of its own. `write!` and `writeln!` write each piece of their
+/// format string (each literal, each argument) separately, so an unbuffered
+/// `writeln!(stream, "{key} {value}")` sends several small segments, and so
+/// does a reply written in several calls. With Nagle's algorithm (on by
+/// default) a small segment waits until the previous one is acknowledged,
+/// and the peer delays that acknowledgement (about 40 ms on Linux): a
+/// request/response protocol can then stall about 40 ms per request. Write
+/// each reply through a [`std::io::BufWriter`] and `flush` it once (one
+/// segment, one system call), or call
+/// [`set_nodelay(true)`](TcpStream::set_nodelay) on the stream (each write
+/// is still a system call of its own):
+///
+/// ```
+/// use std::io::{BufRead, BufReader, BufWriter, Write};
+/// use std::time::Duration;
+/// use moss::server::StreamServer;
+///
+/// let server = StreamServer::bind("127.0.0.1:0", |stream, _peer| {
+///     let mut out = BufWriter::new(&stream);
+///     for line in BufReader::new(&stream).lines() {
+///         let Ok(name) = line else { break };
+///         writeln!(out, "hello, {name}!").unwrap(); // three pieces, buffered
+///         if out.flush().is_err() {
+///             break; // one segment sent per reply
+///         }
+///     }
+/// })
+/// .unwrap();
+/// server.start().unwrap();
+///
+/// let c = moss::net::TcpStream::connect(server.local_addr()).unwrap();
+/// c.set_nodelay(true).unwrap(); // the client's choice: no Nagle delay either
+/// (&c).write_all(b"moss\n").unwrap();
+/// let mut reply = String::new();
+/// BufReader::new(&c).read_line(&mut reply).unwrap();
+/// assert_eq!(reply, "hello, moss!\n");
+/// server.stop(Duration::from_secs(1));
+/// ```
+///
 /// # How a handler ends
 ///
 /// A handler ends when it returns; dropping its [`TcpStream`] closes the

@@ -128,3 +128,13 @@ pub use shared_value::{Plain, SharedValue};
 pub use thread_pool::{Imap, ThreadPool};
 
 pub(crate) use process::wait_fd;
+
+/// A pool size as the pools' constructors take it: `n`, or for 0 one per
+/// CPU ([`std::thread::available_parallelism`], or 1 if unknown), as
+/// Python's `Pool()`.
+fn size_or_cpus(n: usize) -> usize {
+    match n {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}

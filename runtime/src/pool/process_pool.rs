@@ -255,18 +255,15 @@ impl ProcessPoolBuilder {
                 "ProcessPool max_tasks_per_child must be at least 1",
             ));
         }
-        let size = match self.size {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        ProcessPool::start(size, self.config)
+        ProcessPool::start(super::size_or_cpus(self.size), self.config)
     }
 }
 
 impl ProcessPool {
     /// Forks `n` workers from a new manager thread and waits until they
     /// run; `n = 0` means one per CPU (Python's `Pool()`:
-    /// [`std::thread::available_parallelism`], or 1 if unknown). Fails if the
+    /// [`std::thread::available_parallelism`], or 1 if unknown), as for
+    /// [`ThreadPool::new`](super::ThreadPool::new). Fails if the
     /// pipes, the thread or a fork cannot be created.
     /// [`ProcessPool::builder`] sets more.
     pub fn new(n: usize) -> io::Result<ProcessPool> {

@@ -136,14 +136,18 @@ struct State {
 }
 
 impl ThreadPool {
-    /// A pool of at most `n` threads, started as work arrives.
+    /// A pool of at most `n` threads, started as work arrives; `n = 0` means
+    /// one per CPU ([`std::thread::available_parallelism`], or 1 if
+    /// unknown), as for [`ProcessPool::new`](super::ProcessPool::new) and
+    /// Python's `ThreadPool()`.
     ///
-    /// # Panics
-    /// If `n` is 0.
+    /// ```
+    /// let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    /// assert_eq!(moss::pool::ThreadPool::new(0).size(), cpus);
+    /// ```
     pub fn new(n: usize) -> ThreadPool {
-        assert!(n > 0, "ThreadPool::new: the pool needs at least one thread");
         let shared = Arc::new(Shared {
-            size: n,
+            size: super::size_or_cpus(n),
             core: AtomicPtr::new(Box::into_raw(Box::new(Core::new()))),
         });
         ThreadPool {
