@@ -408,16 +408,25 @@ fn on_the_root_the_hub_runs_meanwhile() {
 #[test]
 fn on_a_plain_thread_it_blocks_the_thread() {
     let _wd = util::watchdog("plain thread", Duration::from_secs(30));
-    let (tx, rx) = oneshot::channel::<&str>();
+    let gate = Gate::default();
+    let g = gate.clone();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
-        let t = Instant::now();
-        (moss::block_on(rx).unwrap(), t.elapsed())
+        // SAFETY: a plain syscall without arguments.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        moss::block_on(g);
     });
-    std::thread::sleep(Duration::from_millis(50));
-    tx.send("late").unwrap();
-    let (v, waited) = t.join().unwrap();
-    assert_eq!(v, "late");
-    assert!(waited >= Duration::from_millis(40), "{waited:?}");
+    let tid = tid_rx.recv().unwrap();
+    // Polled once (pending), then the thread sleeps in the kernel: blocked.
+    util::until("the first poll", Duration::from_secs(20), || {
+        gate.polls() == 1
+    });
+    util::until_thread_sleeps(tid);
+    assert_eq!(gate.polls(), 1, "polled again without a wake");
+    gate.open();
+    t.join().unwrap();
+    // Once pending, once after the wake: it waited, it did not spin.
+    assert_eq!(gate.polls(), 2);
     // Ready futures on a fresh thread, many times over.
     let n = std::thread::spawn(|| {
         (0..1000u64)

@@ -7,8 +7,10 @@
 
 mod util;
 
+use std::io::{Read, Write};
 use std::panic::Location;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moss::monitor::BlockReport;
@@ -19,8 +21,19 @@ const MAX_BLOCKING: Duration = Duration::from_millis(50);
 
 static REPORTS: Mutex<Vec<BlockReport>> = Mutex::new(Vec::new());
 
+/// The phase `hubs_that_wait_or_switch_are_not_reported` holds its hub in
+/// (0: none), and the reports naming that hub made during a phase.
+static QUIET_PHASE: AtomicU8 = AtomicU8::new(0);
+static QUIET_REPORTS: Mutex<Vec<(u8, BlockReport)>> = Mutex::new(Vec::new());
+
 fn enable() {
-    moss::monitor::set_report(|r| REPORTS.lock().unwrap().push(r.clone()));
+    moss::monitor::set_report(|r| {
+        REPORTS.lock().unwrap().push(r.clone());
+        let phase = QUIET_PHASE.load(Ordering::SeqCst);
+        if phase != 0 && r.thread_name.as_deref() == Some("quiet-hub") {
+            QUIET_REPORTS.lock().unwrap().push((phase, r.clone()));
+        }
+    });
     moss::monitor::enable(MAX_BLOCKING);
 }
 
@@ -126,61 +139,113 @@ fn a_root_that_blocks_its_coroutines_is_reported_as_the_root() {
     assert!(rs[0].to_string().contains("the thread's root"), "{}", rs[0]);
 }
 
+/// Three phases of the thread "quiet-hub", each held until the monitor has
+/// reported a blocker on another thread (so it was looking all along), not
+/// for a fixed time: (1) a coroutine waits (the hub sleeps in its loop),
+/// (2) a coroutine keeps switching, (3) the root, alone (nobody to block),
+/// makes a blocking call. No report may name the quiet hub during a phase,
+/// except the switcher: a loaded machine can deschedule its thread for
+/// longer than the threshold between two of its yields, a true block.
 #[test]
 fn hubs_that_wait_or_switch_are_not_reported() {
-    let _wd = util::watchdog("quiet hubs", Duration::from_secs(60));
+    let _wd = util::watchdog("quiet hubs", Duration::from_secs(120));
     enable();
-    // A coroutine that waits (its hub sleeps in its loop), one that keeps
-    // switching, and a root alone (nobody to block) doing a blocking call.
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (waiter_end, mut wake_waiter) = std::os::unix::net::UnixStream::pair().unwrap();
+    let waiting = Arc::new(AtomicBool::new(false));
+    let switched = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let (w, sw, st, rel) = (
+        waiting.clone(),
+        switched.clone(),
+        stop.clone(),
+        release.clone(),
+    );
     let t = std::thread::Builder::new()
         .name("quiet-hub".into())
-        .spawn(|| {
+        .spawn(move || {
+            // SAFETY: a plain syscall without arguments.
+            ready_tx.send(unsafe { libc::gettid() }).unwrap();
             let waiter = moss::Builder::new()
                 .name("quiet-waiter")
-                .spawn(|| moss::sleep(Duration::from_millis(400)))
+                .spawn(move || {
+                    let mut end = moss::net::UnixStream::from(waiter_end);
+                    w.store(true, Ordering::SeqCst);
+                    end.read_exact(&mut [0u8]).unwrap();
+                })
                 .unwrap();
+            waiter.join().unwrap();
             let switcher = moss::Builder::new()
                 .name("quiet-switcher")
-                .spawn(|| {
-                    let t = Instant::now();
-                    while t.elapsed() < Duration::from_millis(400) {
+                .spawn(move || {
+                    while !st.load(Ordering::SeqCst) {
+                        sw.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_micros(200));
                         moss::yield_now();
                     }
                 })
                 .unwrap();
-            waiter.join().unwrap();
             switcher.join().unwrap();
             // Nothing left on this hub: the root blocking is nobody's wait.
-            std::thread::sleep(Duration::from_millis(300));
+            ready_tx.send(0).unwrap();
+            while !rel.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         })
         .unwrap();
+    let tid = ready.recv().unwrap();
+    // (1) The waiter runs (so the root waits in its join), then parks in its
+    // read: the hub sleeps in the kernel.
+    while !waiting.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    util::until_thread_sleeps(tid);
+    quiet_phase(1, "quiet-control-1");
+    wake_waiter.write_all(b"x").unwrap();
+    // (2) The switcher switched at least once: the root waits in its join.
+    while switched.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    quiet_phase(2, "quiet-control-2");
+    stop.store(true, Ordering::SeqCst);
+    // (3) Both joined: the root blocks alone until released.
+    assert_eq!(ready.recv().unwrap(), 0);
+    quiet_phase(3, "quiet-control-3");
+    release.store(true, Ordering::SeqCst);
     t.join().unwrap();
-    // A blocker elsewhere at the same time proves the monitor was looking.
-    util::on_thread(Duration::from_secs(30), || {
+    let wrong: Vec<_> = QUIET_REPORTS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(phase, r)| *phase != 2 || r.coroutine_name.as_deref() != Some("quiet-switcher"))
+        .cloned()
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+}
+
+/// Holds phase `phase` of the quiet hub (see above) until a coroutine
+/// named `control` blocking another thread has been reported.
+fn quiet_phase(phase: u8, control: &'static str) {
+    QUIET_PHASE.store(phase, Ordering::SeqCst);
+    util::on_thread(Duration::from_secs(30), move || {
         moss::Builder::new()
-            .name("quiet-control")
-            .spawn(|| std::thread::sleep(Duration::from_millis(300)))
+            .name(control)
+            .spawn(move || {
+                let t = Instant::now();
+                while reports(named(control)).is_empty() {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(20),
+                        "{control}: no report"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
             .unwrap()
             .join()
             .unwrap();
     });
-    wait_for_reports("the control", named("quiet-control"));
-    let wrong = reports(|r| {
-        r.thread_name.as_deref() == Some("quiet-hub")
-            || r.coroutine_name
-                .as_deref()
-                .is_some_and(|n| n.starts_with("quiet-") && n != "quiet-control")
-    });
-    // A loaded machine can deschedule the switcher's thread for longer than
-    // the threshold between two of its yields: that would be a true block
-    // of its hub, so only the waiter and the lone root must never appear.
-    assert!(
-        wrong
-            .iter()
-            .all(|r| r.coroutine_name.as_deref() == Some("quiet-switcher")),
-        "{wrong:?}"
-    );
+    QUIET_PHASE.store(0, Ordering::SeqCst);
 }
 
 #[test]

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use moss::net::{TcpListener, TcpStream};
 
+mod util;
+
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(7)) as u8)
@@ -350,30 +352,35 @@ fn dropping_a_socket_reuses_its_fd_number_safely() {
 
 #[test]
 fn a_dup_switched_back_to_blocking_does_not_block_the_hub() {
+    let _wd = util::watchdog("a dup switched back to blocking", Duration::from_secs(60));
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let _s = l.accept().unwrap();
+    let (s, _) = l.accept().unwrap();
     let c2 = c.try_clone().unwrap();
     // Converting to std clears O_NONBLOCK on the shared file description.
     let std_c: std::net::TcpStream = c.into();
-    let ticks = Rc::new(Cell::new(0));
-    let t2 = ticks.clone();
-    let ticker = moss::spawn(move || {
-        for _ in 0..10 {
-            moss::sleep(Duration::from_millis(10));
-            t2.set(t2.get() + 1);
-        }
+    // The peer's bytes come from a coroutine of this hub, which runs only
+    // if the read below parks (a read blocking in the kernel would wait
+    // for them forever).
+    let writer = moss::spawn(move || {
+        (&s).write_all(b"late").unwrap();
+        s
     });
+    let mut b = [0u8; 4];
+    (&c2).read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"late");
+    let _s = writer.join().unwrap();
+    // A read that times out parks too: a coroutine spawned before it runs
+    // during it.
     c2.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    let other = moss::spawn(move || r.set(true));
     let e = (&c2).read(&mut [0u8; 4]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WouldBlock);
-    assert!(
-        ticks.get() >= 5,
-        "the hub was blocked: {} ticks",
-        ticks.get()
-    );
-    ticker.join().unwrap();
+    assert!(ran.get(), "the hub was blocked during the read");
+    other.join().unwrap();
     drop(std_c);
 }
 

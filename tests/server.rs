@@ -365,8 +365,13 @@ fn stop_returns_at_its_timeout_and_names_handlers_it_could_not_end() {
     util::on_thread(Duration::from_secs(30), || {
         let release = Rc::new(Cell::new(false));
         let r = release.clone();
-        let server = StreamServer::bind("127.0.0.1:0", move |s, _| {
-            if s.peer_addr().unwrap().port() % 2 == 0 {
+        // The client's first byte says which handler it gets. (Not the
+        // parity of its port: Linux gives connect() even ports first, so an
+        // odd one came only after thousands of connections.)
+        let server = StreamServer::bind("127.0.0.1:0", move |mut s, _| {
+            let mut kind = [0u8];
+            s.read_exact(&mut kind).unwrap();
+            if kind == *b"s" {
                 // Stubborn: survives its kill until released.
                 while !r.get() {
                     let _ = std::panic::catch_unwind(|| moss::sleep(Duration::from_millis(10)));
@@ -379,21 +384,16 @@ fn stop_returns_at_its_timeout_and_names_handlers_it_could_not_end() {
         let addr = server.local_addr();
         let srv = server.clone();
         let serving = moss::spawn(move || srv.serve_forever());
-        // One stubborn client (even local port) and one plain one (odd).
-        let mut clients = Vec::new();
-        let (mut stubborn, mut plain) = (None, None);
-        while stubborn.is_none() || plain.is_none() {
-            let c = TcpStream::connect(addr).unwrap();
-            let port = c.local_addr().unwrap().port();
-            match (port % 2, &stubborn, &plain) {
-                (0, None, _) => stubborn = Some(c.local_addr().unwrap()),
-                (1, _, None) => plain = Some(c.local_addr().unwrap()),
-                _ => continue, // dropped: its handler ends at once... or sleeps
-            }
-            clients.push(c);
-        }
+        let client = |kind: &[u8]| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(kind).unwrap();
+            c
+        };
+        let clients = [client(b"s"), client(b"p")];
+        let stubborn = clients[0].local_addr().unwrap();
+        let plain = clients[1].local_addr().unwrap();
         util::until("two handlers", Duration::from_secs(10), || {
-            server.connections() >= 2
+            server.connections() == 2
         });
         let t = Instant::now();
         let unfinished = server.stop(Duration::from_millis(200));
@@ -406,8 +406,8 @@ fn stop_returns_at_its_timeout_and_names_handlers_it_could_not_end() {
             "stop overran its timeout: {took:?}"
         );
         let peers: Vec<_> = unfinished.iter().map(|u| u.peer).collect();
-        assert!(peers.contains(&stubborn.unwrap()), "{unfinished:?}");
-        assert!(!peers.contains(&plain.unwrap()), "{unfinished:?}");
+        assert_eq!(peers, [stubborn], "{unfinished:?}");
+        assert!(!peers.contains(&plain), "{unfinished:?}");
         assert_eq!(server.connections(), unfinished.len());
         assert!(serving.join().unwrap().is_ok());
         release.set(true);
