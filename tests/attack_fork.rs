@@ -3,51 +3,46 @@
 //! moss's sync primitives.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use moss::pool::{Process, ThreadPool};
+use moss::pool::ThreadPool;
 
 mod util;
 
-fn in_process(body: impl FnOnce() + 'static) -> Result<i32, String> {
-    let p = Process::new(body).start().unwrap();
-    match p.join_timeout(Duration::from_secs(15)).unwrap() {
-        Some(code) => Ok(code),
-        None => {
-            p.kill().unwrap();
-            p.join().unwrap();
-            Err("the child hung".into())
-        }
-    }
-}
-
 /// Forty children forked while three parent threads hammer one
 /// `ThreadPool` (apply from coroutines of their own hubs) and the resolver:
-/// every child's own `apply` and `lookup_host` complete.
+/// every child's own `apply` and `lookup_host` complete. (A child forked
+/// while a resolver thread was inside `getaddrinfo` used to wait forever in
+/// its own lookup, on a lock of glibc's that no fork handler resets.)
 #[test]
 fn children_forked_while_pools_are_busy() {
     let _wd = util::watchdog("fork while busy", Duration::from_secs(300));
     let pool = ThreadPool::new(3);
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicUsize::new(0));
     let busy: Vec<_> = (0..3)
         .map(|t| {
             let pool = pool.clone();
-            let stop = stop.clone();
+            let (stop, started) = (stop.clone(), started.clone());
             std::thread::spawn(move || {
                 moss::run(move || {
                     let hs: Vec<_> = (0..4)
                         .map(|c| {
                             let pool = pool.clone();
-                            let stop = stop.clone();
+                            let (stop, started) = (stop.clone(), started.clone());
                             moss::spawn(move || {
                                 let mut n = 0u64;
+                                let mut first = true;
                                 while !stop.load(Ordering::Relaxed) {
                                     if (t + c) % 2 == 0 {
                                         n += pool.apply(|| 1u64).unwrap();
                                     } else {
                                         n += moss::net::lookup_host("localhost:80").unwrap().count()
                                             as u64;
+                                    }
+                                    if std::mem::take(&mut first) {
+                                        started.fetch_add(1, Ordering::SeqCst);
                                     }
                                 }
                                 n
@@ -59,12 +54,17 @@ fn children_forked_while_pools_are_busy() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(50));
+    // The forks begin once all twelve are busy.
+    util::until(
+        "every busy coroutine's first call",
+        Duration::from_secs(60),
+        || started.load(Ordering::SeqCst) == 12,
+    );
     let mut failures = Vec::new();
     for i in 0..40u64 {
         let p = pool.clone();
-        let r = in_process(move || {
-            let r = moss::timeout(Duration::from_secs(8), || {
+        let r = util::in_process_within(Duration::from_secs(30), move || {
+            let r = moss::timeout(Duration::from_secs(20), || {
                 let a = p.apply(move || i * 3).unwrap();
                 let n = moss::net::lookup_host("localhost:443").unwrap().count();
                 (a, n)
@@ -95,20 +95,27 @@ fn child_sees_a_lock_held_by_a_parent_thread() {
     let m = Arc::new(moss::sync::Mutex::new(0u32));
     let (m2, m3) = (m.clone(), m.clone());
     let (tx, rx) = std::sync::mpsc::channel();
+    let (release_tx, release) = std::sync::mpsc::channel::<()>();
     let holder = std::thread::spawn(move || {
         let _g = m2.lock();
         tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_millis(600));
+        release.recv().unwrap(); // held until the child is done
     });
     rx.recv().unwrap();
-    let waiter = std::thread::spawn(move || *m3.lock() += 1);
-    std::thread::sleep(Duration::from_millis(50));
+    let (tid_tx, tid) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        // SAFETY: a plain syscall without arguments.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        *m3.lock() += 1
+    });
+    util::until_thread_sleeps(tid.recv().unwrap()); // waiting for the lock
     let m4 = m.clone();
-    let r = in_process(move || {
+    let r = util::in_process(move || {
         assert!(m4.try_lock().is_none());
         assert!(m4.lock_timeout(Duration::from_millis(100)).is_err());
     });
-    assert_eq!(r, Ok(0));
+    assert_eq!(r, 0);
+    release_tx.send(()).unwrap();
     holder.join().unwrap();
     waiter.join().unwrap();
     assert_eq!(*m.lock(), 1);

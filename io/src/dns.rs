@@ -5,7 +5,11 @@
 //! kept for the life of the process) and parks the asking context until the
 //! answer is there, so the other coroutines of its hub keep running. A
 //! forked child (a `Process` body) starts its own resolver threads: the pool
-//! is fork-safe.
+//! is fork-safe. `getaddrinfo` itself is not: glibc's NSS modules take
+//! locks that no fork handler resets, so a child forked while a resolver
+//! thread held one would wait on it forever in its own first lookup. The
+//! lookups therefore run inside `without_fork`, and moss's forks (`Process`,
+//! `ProcessPool` workers) wait for the lookups in flight.
 //!
 //! A coroutine killed while it waits unwinds at once; its job still finishes
 //! on the resolver thread and the answer is dropped.
@@ -15,6 +19,7 @@ use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::sync::OnceLock;
 
 use moss_runtime::pool::ThreadPool;
+use moss_runtime::sys::without_fork;
 
 /// Resolver threads at most.
 const MAX_WORKERS: usize = 4;
@@ -32,7 +37,9 @@ fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io
 
 /// Resolves `"host:port"` with the system resolver, off the hub.
 pub(crate) fn resolve(host_port: String) -> io::Result<std::vec::IntoIter<SocketAddr>> {
-    let v = run_blocking(move || host_port.as_str().to_socket_addrs().map(|i| i.collect()))??;
+    let v = run_blocking(move || {
+        without_fork(|| host_port.as_str().to_socket_addrs().map(|i| i.collect()))
+    })??;
     let v: Vec<SocketAddr> = v;
     Ok(v.into_iter())
 }

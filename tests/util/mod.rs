@@ -249,13 +249,19 @@ pub fn on_thread<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Sen
 /// exit code; the parent gives up (kills it) after 20 s, so a hang fails
 /// the test instead of freezing it.
 pub fn in_process(body: impl FnOnce() + 'static) -> i32 {
+    in_process_within(Duration::from_secs(20), body).unwrap()
+}
+
+/// [`in_process`], giving up after `limit`: the exit code, or an error
+/// if the child hung.
+pub fn in_process_within(limit: Duration, body: impl FnOnce() + 'static) -> Result<i32, String> {
     let p = moss::pool::Process::new(body).start().unwrap();
-    match p.join_timeout(Duration::from_secs(20)).unwrap() {
-        Some(code) => code,
+    match p.join_timeout(limit).unwrap() {
+        Some(code) => Ok(code),
         None => {
             p.kill().unwrap();
             p.join().unwrap();
-            panic!("the child hung");
+            Err("the child hung".into())
         }
     }
 }

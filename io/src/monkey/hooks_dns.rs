@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use libc::addrinfo;
 use moss_runtime::park::{self, Unparker, Wakeup};
+use moss_runtime::sys::{in_without_fork, without_fork};
 
 use super::{patched, real};
 
@@ -67,23 +68,28 @@ pub unsafe extern "C" fn getaddrinfo(
     res: *mut *mut addrinfo,
 ) -> c_int {
     if !patched() || !park::can_park() || res.is_null() {
-        // SAFETY: forwarded unchanged.
-        return unsafe { real::getaddrinfo()(node, service, hints, res) };
+        // SAFETY: forwarded unchanged (no fork copies it midway).
+        return without_fork(|| unsafe { real::getaddrinfo()(node, service, hints, res) });
     }
     // SAFETY: non-null strings are NUL-terminated (the caller's contract).
     let own = |s: *const c_char| (!s.is_null()).then(|| unsafe { CStr::from_ptr(s) }.to_owned());
     let (node_c, service_c, hints_c): (Option<CString>, Option<CString>, Option<addrinfo>) =
         (own(node), own(service), copy_hints(hints));
     let shared = Arc::new(Mutex::new(State::default()));
+    // A caller inside `without_fork` (moss's resolver) covers the helper.
+    let gated = in_without_fork();
     let job = {
         let shared = shared.clone();
         let hints_c = hints_c.map(SendHints);
         move || {
-            let out = run_real(
-                node_c.as_deref(),
-                service_c.as_deref(),
-                hints_c.as_ref().map(|h| &h.0),
-            );
+            let real = || {
+                run_real(
+                    node_c.as_deref(),
+                    service_c.as_deref(),
+                    hints_c.as_ref().map(|h| &h.0),
+                )
+            };
+            let out = if gated { real() } else { without_fork(real) };
             let mut st = shared.lock().unwrap_or_else(|e| e.into_inner());
             if st.abandoned {
                 drop(st);
@@ -108,8 +114,8 @@ pub unsafe extern "C" fn getaddrinfo(
             .spawn(job)
     });
     if spawned.is_err() {
-        // SAFETY: forwarded unchanged.
-        return unsafe { real::getaddrinfo()(node, service, hints, res) };
+        // SAFETY: forwarded unchanged (no fork copies it midway).
+        return without_fork(|| unsafe { real::getaddrinfo()(node, service, hints, res) });
     }
     loop {
         {

@@ -19,7 +19,9 @@
 //!   every other fault to the handler that was installed before.
 //! * `process` — `fork` (an `unsafe fn`: the child's rules are its safety
 //!   contract), `_exit`, `waitpid`, `pidfd_open`, `kill`. Contract: waits
-//!   retry `EINTR`; a reaped pid is never signalled by the callers.
+//!   retry `EINTR`; a reaped pid is never signalled by the callers; `fork`
+//!   waits until no thread runs inside `without_fork` (public, hidden, for
+//!   moss-io's resolver).
 //! * `fd` — pipes, socket pairs, `O_NONBLOCK`, pipe sizes, `dup`, `read`,
 //!   `write`, and `close_raw` (an `unsafe fn`: closing a number some owner
 //!   still uses breaks I/O safety). Contract: new fds are `O_CLOEXEC` and
@@ -37,6 +39,8 @@ pub mod cvt;
 pub mod fd;
 pub(crate) mod poll;
 pub(crate) mod process;
+#[doc(hidden)]
+pub use process::{in_without_fork, without_fork};
 pub(crate) mod shm;
 pub(crate) mod signal;
 pub(crate) mod stack;

@@ -17,9 +17,17 @@
 //! * the child should do simple work and leave with [`exit_now`], which runs
 //!   no `atexit` handlers and flushes no stdio buffer duplicated from the
 //!   parent.
+//!
+//! Libraries that take internal locks without a fork handler are called
+//! inside [`without_fork`], and [`fork`] waits until no thread is in there:
+//! glibc's `getaddrinfo` (its NSS modules lock their files) in a thread of
+//! the parent would otherwise leave that lock held forever in the child,
+//! and the child's own first lookup would wait on it for good.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
+use std::sync::RwLock;
 
 use super::cvt::{cvt, cvt_r};
 
@@ -32,7 +40,47 @@ pub(crate) enum Forked {
     Parent(libc::pid_t),
 }
 
-/// `fork(2)`.
+/// Held shared by the threads inside [`without_fork`], exclusively by
+/// [`fork`] while it forks. std's lock prefers a waiting writer, so a fork
+/// waits only for the calls already inside.
+static FORK_GATE: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    static INSIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` where moss's [`fork`] cannot copy it midway: a fork waits (its
+/// thread blocks) until no thread runs inside. For calls into code that
+/// takes locks without a fork handler, such as `getaddrinfo`. Re-entrant;
+/// `f` must not wait for another thread that enters it (see
+/// [`in_without_fork`]).
+#[doc(hidden)]
+pub fn without_fork<T>(f: impl FnOnce() -> T) -> T {
+    if in_without_fork() {
+        return f();
+    }
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            INSIDE.set(false);
+        }
+    }
+    let _shared = FORK_GATE.read().unwrap_or_else(|e| e.into_inner());
+    INSIDE.set(true);
+    let _leave = Leave;
+    f()
+}
+
+/// Whether the calling thread runs inside [`without_fork`]: a helper thread
+/// that it waits for is covered by its hold and must not enter again (a
+/// fork waiting between the two would wait for the caller, which waits for
+/// the helper).
+#[doc(hidden)]
+pub fn in_without_fork() -> bool {
+    INSIDE.get()
+}
+
+/// `fork(2)`, once no thread runs inside [`without_fork`].
 ///
 /// # Safety
 /// On [`Forked::Child`] the caller runs in a copy of the process that holds
@@ -46,6 +94,8 @@ pub(crate) enum Forked {
 /// * leave through [`exit_now`], never by returning into code of the
 ///   parent's frames above the fork.
 pub(crate) unsafe fn fork() -> io::Result<Forked> {
+    // Released on both sides: the child's copy is unlocked by its only thread.
+    let _exclusive = FORK_GATE.write().unwrap_or_else(|e| e.into_inner());
     // SAFETY: fork has no memory-safety preconditions of its own; what the
     // child may do afterwards is the caller's contract above.
     match cvt(unsafe { libc::fork() })? {
