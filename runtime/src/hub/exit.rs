@@ -86,10 +86,11 @@ fn owner_key() -> Option<libc::pthread_key_t> {
 /// at this thread's exit.
 pub(super) fn own(p: *mut Hub) {
     if let Some(key) = owner_key() {
+        // In a forked child, the inherited hub is replaced here by the
+        // child's own, or `hub_exit` finds it is no longer this thread's hub
+        // and leaves it.
         // SAFETY: setting this thread's value of a key we created; `p` stays
-        // valid until `hub_exit` frees it (in a forked child, the inherited
-        // hub is replaced here by the child's own, or `hub_exit` finds it is
-        // no longer this thread's hub and leaves it).
+        // valid until `hub_exit` frees it (above).
         unsafe { libc::pthread_setspecific(key, p.cast()) };
     }
 }

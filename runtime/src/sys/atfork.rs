@@ -35,10 +35,10 @@ extern "C" fn in_child() {
 /// different number in each forked child (see the module docs).
 pub(crate) fn generation() -> u64 {
     REGISTER.call_once(|| {
+        // Failure (ENOMEM) leaves children undetected, which is the state
+        // before this existed.
         // SAFETY: registers a handler that only touches an atomic and a
-        // `const` thread-local; a null prepare and parent handler are
-        // allowed. Failure (ENOMEM) leaves children undetected, which is
-        // the state before this existed.
+        // `const` thread-local; a null prepare and parent handler are allowed.
         unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
     });
     GENERATION.load(Ordering::Relaxed)
