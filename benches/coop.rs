@@ -23,7 +23,8 @@ use std::hint::black_box;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-mod util;
+#[path = "common/stages.rs"]
+mod stages;
 
 /// `n` round trips of a 64-byte message between a client coroutine and an
 /// echo coroutine of the calling thread's hub.
@@ -87,7 +88,7 @@ type Stage = fn(u64) -> Duration;
 const STAGES: [(&str, Stage, u64); 4] = [
     (
         "yield_now, 2 coroutines taking turns",
-        util::switch,
+        stages::switch,
         2_000_000,
     ),
     (
@@ -107,7 +108,7 @@ fn main() {
     {
         let f = match stage.as_str() {
             "echo" => echo,
-            "switch" => util::switch,
+            "switch" => stages::switch,
             "mutex" => mutex,
             "queue" => queue,
             _ => panic!("unknown stage {stage}: switch, echo, mutex or queue"),

@@ -18,14 +18,14 @@
 
 #[path = "common/count.rs"]
 mod count;
+#[path = "common/stages.rs"]
+mod stages;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-
-mod util;
 
 fn switch(c: &mut Criterion) {
     let mut g = c.benchmark_group("switch");
@@ -42,7 +42,7 @@ fn switch(c: &mut Criterion) {
         })
     });
     g.bench_function("moss yield_now, 2 coroutines", |b| {
-        b.iter_custom(|iters| util::switch(iters.div_ceil(2)))
+        b.iter_custom(|iters| stages::switch(iters.div_ceil(2)))
     });
     g.finish();
 }
@@ -103,10 +103,7 @@ fn count_rows(n: u64) {
     // One row call: 2 coroutines, n yields each (the spawns and joins are
     // counted too, a few hundred instructions over 2n yields).
     count::counted("moss yield_now, 2 coroutines (per yield)", 2 * n, 1, || {
-        let hs: Vec<_> = (0..2)
-            .map(|_| moss::spawn(move || (0..n).for_each(|_| moss::yield_now())))
-            .collect();
-        moss::join_all(hs);
+        stages::switch(n);
     });
     count::counted("moss spawn+join", n, n, || {
         black_box(moss::spawn(|| black_box(1u64)).join().unwrap());

@@ -288,10 +288,10 @@ mod raw {
         a6: Arg,
     ) -> Arg {
         let r;
-        // SAFETY: the x86_64 Linux syscall convention: number and result
-        // in rax, arguments in rdi, rsi, rdx, r10, r8, r9; the instruction
-        // clobbers rcx and r11 and nothing else (no stack use). The
-        // syscall's own memory effects are the caller's contract.
+        // The x86_64 Linux syscall convention: number and result in rax,
+        // arguments in rdi, rsi, rdx, r10, r8, r9.
+        // SAFETY: as that convention says; the instruction clobbers rcx and r11
+        // and nothing else (no stack use); its memory effects are the caller's contract.
         unsafe {
             std::arch::asm!(
                 "syscall",

@@ -1,5 +1,5 @@
-//! Stages shared by the benchmarks (each bench binary includes it with
-//! `mod util;`).
+//! Stages shared by the benchmarks (a bench includes this file with
+//! `#[path = "common/stages.rs"] mod stages;`).
 
 use std::time::{Duration, Instant};
 
