@@ -51,7 +51,7 @@ use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use crate::hub::Hub;
 use crate::stack_pool::DEFAULT_STACK_SIZE;
-use crate::sys::stack::Stack;
+use crate::sys::stack::{Stack, stack_pointer};
 use crate::task::Header;
 
 /// What flows into a greenlet when it is resumed.
@@ -394,8 +394,7 @@ impl<T: 'static> Greenlet<T> {
         // `me`'s stack is what makes the suspend below sound: checked, not
         // assumed (a yielder used from another stack would return into
         // frames that are gone).
-        let probe = 0u8;
-        let sp = std::ptr::from_ref(&probe) as usize;
+        let sp = stack_pointer();
         let (lo, hi) = me.inner.stack.get();
         assert!(
             me.inner.running.get() && lo <= sp && sp < hi,
