@@ -261,14 +261,49 @@ fn hooks_are_exact_before_and_after_patching_on_threads_without_a_hub() {
 fn the_hooks_are_linked_and_exported() {
     // Calling patch_all (elsewhere in this binary) links every hook; the
     // symbols the binary binds to are ours, libc's come next.
+    // All of them, `waitpid` and `wait4` too: nothing else in the binary
+    // uses their module, and where another library defines the names
+    // weakly (AddressSanitizer's interceptors) only `patch_all` links it.
     for name in [
-        c"recv",
         c"read",
+        c"readv",
         c"write",
-        c"clock_nanosleep",
-        c"getaddrinfo",
+        c"writev",
+        c"recv",
+        c"recvfrom",
+        c"recvmsg",
+        c"send",
+        c"sendto",
+        c"sendmsg",
+        c"sendfile",
+        c"sendfile64",
+        c"splice",
+        c"socket",
+        c"socketpair",
+        c"connect",
+        c"accept",
+        c"accept4",
+        c"shutdown",
+        c"close",
+        c"dup",
+        c"dup2",
+        c"dup3",
         c"fcntl",
+        c"ioctl",
+        c"setsockopt",
+        c"getsockopt",
         c"poll",
+        c"select",
+        c"nanosleep",
+        c"clock_nanosleep",
+        c"usleep",
+        c"sleep",
+        c"getaddrinfo",
+        c"epoll_wait",
+        c"epoll_pwait",
+        c"waitpid",
+        c"wait4",
+        c"pthread_join",
     ] {
         // SAFETY: valid pseudo-handles and NUL-terminated names.
         let (ours, next) = unsafe {

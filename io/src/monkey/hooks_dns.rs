@@ -152,3 +152,5 @@ pub unsafe extern "C" fn getaddrinfo(
 struct SendHints(addrinfo);
 // SAFETY: `copy_hints` nulls every pointer field; the rest is plain data.
 unsafe impl Send for SendHints {}
+
+hook_addresses!(getaddrinfo);

@@ -142,3 +142,5 @@ pub unsafe extern "C" fn epoll_pwait(
     }
     wait_with(timeout, epfd, &mut op)
 }
+
+hook_addresses!(epoll_wait, epoll_pwait);

@@ -743,3 +743,5 @@ pub(crate) fn init() {
 extern "C" fn after_fork_child() {
     futex_table::forget_all_after_fork();
 }
+
+hook_addresses!(syscall);

@@ -438,3 +438,8 @@ pub unsafe extern "C" fn splice(
         }
     }
 }
+
+hook_addresses!(
+    read, readv, write, writev, recv, recvfrom, recvmsg, send, sendto, sendmsg, sendfile,
+    sendfile64, splice
+);

@@ -297,3 +297,5 @@ fn remaining(deadline: Option<Instant>) -> timeval {
         tv_usec: left.subsec_micros() as libc::suseconds_t,
     }
 }
+
+hook_addresses!(poll, select);

@@ -410,3 +410,8 @@ pub unsafe extern "C" fn getsockopt(
     // SAFETY: forwarded unchanged.
     unsafe { real::getsockopt()(fd, level, name, val, len) }
 }
+
+hook_addresses!(
+    socket, socketpair, connect, accept, accept4, shutdown, close, dup, dup2, dup3, fcntl, ioctl,
+    setsockopt, getsockopt
+);

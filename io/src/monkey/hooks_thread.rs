@@ -122,3 +122,5 @@ fn join_napping(thread: libc::pthread_t, retval: *mut *mut c_void) -> c_int {
         }
     })
 }
+
+hook_addresses!(pthread_join);

@@ -171,3 +171,5 @@ pub unsafe extern "C" fn sleep(seconds: c_uint) -> c_uint {
     coop_sleep(Duration::from_secs(u64::from(seconds)));
     0
 }
+
+hook_addresses!(nanosleep, clock_nanosleep, usleep, sleep);

@@ -122,3 +122,5 @@ pub unsafe extern "C" fn wait4(
     }
     coop_wait(pid, &mut || op(options | libc::WNOHANG))
 }
+
+hook_addresses!(waitpid, wait4);

@@ -89,12 +89,16 @@
 //! | thread joins | `pthread_join` |
 //!
 //! **Linking.** An archive member nothing references is silently dropped by
-//! the linker, and with it the hooks. [`patch_all`] therefore references a
-//! static table of every hook through `std::hint::black_box`, so any binary
-//! that calls it links all of them (moss's tests check that
-//! `dlsym(RTLD_DEFAULT)` finds them ahead of libc's). Binaries that
-//! never call it usually get them too (rustc keeps exported symbols), which
-//! is why the unpatched path must be, and is, exact.
+//! the linker, and with it the hooks. A reference to a hook's own name does
+//! not help where another linked library already defines that name weakly
+//! (AddressSanitizer's interceptors of `waitpid`, `read`, ...): the weak
+//! definition satisfies it, and the member holding the hook stays out. So
+//! each hooks module has a Rust-named `addresses` function listing its
+//! hooks, which only that module's object defines, and [`patch_all`] calls
+//! every one of them: any binary that calls it links all the hooks (moss's
+//! tests check that `dlsym(RTLD_DEFAULT)` finds each ahead of libc's).
+//! Binaries that never call it usually get them too (rustc keeps exported
+//! symbols), which is why the unpatched path must be, and is, exact.
 //!
 //! # Three regimes
 //!
@@ -304,6 +308,18 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
+/// Defines a hooks module's `addresses`: what [`patch_all`] calls so that
+/// the linker keeps the module, and with it its hooks (see "Linking").
+macro_rules! hook_addresses {
+    ($($hook:ident),+ $(,)?) => {
+        /// The addresses of this module's hooks; calling it links them.
+        #[inline(never)]
+        pub(super) fn addresses() -> Vec<*const ()> {
+            vec![$($hook as *const ()),+]
+        }
+    };
+}
+
 mod fdtable;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod futex_table;
@@ -329,55 +345,6 @@ pub(crate) fn patched() -> bool {
     PATCHED.load(Ordering::Relaxed)
 }
 
-/// Addresses of every hook, referenced by `patch_all` so that the linker
-/// keeps all of them in any binary that calls it.
-struct Hooks([*const (); 39]);
-// SAFETY: function addresses, never dereferenced as data.
-unsafe impl Sync for Hooks {}
-
-#[used]
-static HOOKS: Hooks = Hooks([
-    hooks_io::read as *const (),
-    hooks_io::readv as *const (),
-    hooks_io::write as *const (),
-    hooks_io::writev as *const (),
-    hooks_io::recv as *const (),
-    hooks_io::recvfrom as *const (),
-    hooks_io::recvmsg as *const (),
-    hooks_io::send as *const (),
-    hooks_io::sendto as *const (),
-    hooks_io::sendmsg as *const (),
-    hooks_io::sendfile as *const (),
-    hooks_io::sendfile64 as *const (),
-    hooks_io::splice as *const (),
-    hooks_sock::socket as *const (),
-    hooks_sock::socketpair as *const (),
-    hooks_sock::connect as *const (),
-    hooks_sock::accept as *const (),
-    hooks_sock::accept4 as *const (),
-    hooks_sock::shutdown as *const (),
-    hooks_sock::close as *const (),
-    hooks_sock::dup as *const (),
-    hooks_sock::dup2 as *const (),
-    hooks_sock::dup3 as *const (),
-    hooks_sock::fcntl as *const (),
-    hooks_sock::ioctl as *const (),
-    hooks_sock::setsockopt as *const (),
-    hooks_sock::getsockopt as *const (),
-    hooks_poll::poll as *const (),
-    hooks_poll::select as *const (),
-    hooks_time::nanosleep as *const (),
-    hooks_time::clock_nanosleep as *const (),
-    hooks_time::usleep as *const (),
-    hooks_time::sleep as *const (),
-    hooks_dns::getaddrinfo as *const (),
-    hooks_epoll::epoll_wait as *const (),
-    hooks_epoll::epoll_pwait as *const (),
-    hooks_wait::waitpid as *const (),
-    hooks_wait::wait4 as *const (),
-    hooks_thread::pthread_join as *const (),
-]);
-
 /// Makes blocking libc calls cooperative in every coroutine of every thread
 /// (and on the root of every thread that has a hub). Idempotent; there is
 /// no unpatch. See the [module docs](self) for what changes and what not.
@@ -388,12 +355,22 @@ static HOOKS: Hooks = Hooks([
 /// moss::monkey::patch_all(); // idempotent
 /// ```
 pub fn patch_all() {
-    std::hint::black_box(&HOOKS.0);
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    {
-        std::hint::black_box(hooks_futex::syscall as *const ());
-        hooks_futex::init();
+    for addresses in [
+        hooks_io::addresses,
+        hooks_sock::addresses,
+        hooks_poll::addresses,
+        hooks_time::addresses,
+        hooks_dns::addresses,
+        hooks_epoll::addresses,
+        hooks_wait::addresses,
+        hooks_thread::addresses,
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        hooks_futex::addresses,
+    ] {
+        std::hint::black_box(addresses());
     }
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    hooks_futex::init();
     real::resolve_all();
     PATCHED.store(true, Ordering::Release);
 }
