@@ -20,17 +20,12 @@ impl Drop for SleepsOnDrop {
     }
 }
 
-/// The result of a detached coroutine (its JoinHandle dropped) is dropped
-/// by the hub loop when the coroutine finishes (end of `Hub::resume`), on
-/// the root's stack while the root is parked. A destructor that blocks
-/// there parks "the root" a second time from inside the hub loop.
-///
-/// Expected: the drop runs somewhere it may block (or fails clearly).
-/// Got, debug: `panicked at runtime/src/task/state.rs:168:9: park from
-/// Parked` out of the hub loop. Release: no check; the nested park ends
-/// the root's own park early (see the two tests below).
+/// The result of a detached coroutine (its JoinHandle dropped) whose
+/// destructor blocks. It is dropped by the coroutine itself, on its own
+/// stack, before it ends (it used to be dropped by the hub loop on the
+/// root's stack while the root was parked: debug builds panicked "park from
+/// Parked", release builds cut the root's own park short).
 #[test]
-#[ignore = "reproduces: blocking Drop of a detached coroutine's result parks the root inside the hub loop (debug: 'park from Parked')"]
 fn detached_result_with_a_blocking_drop() {
     util::isolated(
         "detached_result_with_a_blocking_drop",
@@ -47,11 +42,9 @@ fn detached_result_with_a_blocking_drop() {
     );
 }
 
-/// As above with a moss `Mutex` held by another coroutine of the thread.
-/// Debug: "park from Parked", then the unwind drops the queued waiter:
-/// `moss: a sync waiter was dropped while still queued; aborting` (SIGABRT).
+/// As above with a moss `Mutex` held by another coroutine of the thread
+/// (it used to abort: "a sync waiter was dropped while still queued").
 #[test]
-#[ignore = "reproduces: contended moss Mutex in a detached result's Drop aborts (debug) 'a sync waiter was dropped while still queued'"]
 fn detached_result_drop_takes_a_contended_lock() {
     util::isolated(
         "detached_result_drop_takes_a_contended_lock",
@@ -79,10 +72,9 @@ fn detached_result_drop_takes_a_contended_lock() {
     );
 }
 
-/// Release-build consequence of the nested park above: the root's own
-/// `sleep(300 ms)` returns after the 10 ms of the destructor's sleep.
+/// The root's own `sleep(300 ms)` is not cut short by the 10 ms sleep of a
+/// detached result's destructor (it used to be, in release builds).
 #[test]
-#[ignore = "reproduces: (release) a blocking Drop of a detached result cuts the root's sleep short"]
 fn detached_result_drop_cuts_the_roots_sleep_short() {
     util::isolated(
         "detached_result_drop_cuts_the_roots_sleep_short",
@@ -98,15 +90,15 @@ fn detached_result_drop_cuts_the_roots_sleep_short() {
                 slept >= Duration::from_millis(290),
                 "root's sleep cut short: {slept:?}"
             );
+            assert!(dropped.get());
         },
     );
 }
 
-/// Release-build consequence: the root blocked in `Queue::get()` (no
-/// deadline) comes back as if it had left the queue, and `get` hits its
-/// `unreachable!("no deadline, never closed")`.
+/// The root blocked in `Queue::get()` gets its item although a detached
+/// result's destructor slept meanwhile (release builds used to return from
+/// the get early and hit `unreachable!`).
 #[test]
-#[ignore = "reproduces: (release) a blocking Drop of a detached result makes the root's Queue::get panic 'unreachable'"]
 fn detached_result_drop_breaks_the_roots_queue_get() {
     util::isolated(
         "detached_result_drop_breaks_the_roots_queue_get",
@@ -122,6 +114,55 @@ fn detached_result_drop_breaks_the_roots_queue_get() {
                 q2.put(7);
             });
             assert_eq!(q.get(), 7);
+            moss::wait();
+            assert!(dropped.get());
+        },
+    );
+}
+
+/// A detached result's destructor that blocks when its thread exits: the
+/// exit's kill ends that wait (the destructor's sleep unwinds, caught where
+/// the coroutine drops its result) and the thread ends at once; a detached
+/// result whose destructor panics does not disturb the thread either.
+#[test]
+fn detached_result_drop_at_thread_exit_and_panicking() {
+    child(
+        "detached_result_drop_at_thread_exit_and_panicking",
+        Duration::from_secs(20),
+        || {
+            struct Slow(Arc<AtomicUsize>);
+            impl Drop for Slow {
+                fn drop(&mut self) {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                    moss::sleep(Duration::from_secs(30));
+                    self.0.fetch_add(10, Ordering::SeqCst);
+                }
+            }
+            struct Panics;
+            impl Drop for Panics {
+                fn drop(&mut self) {
+                    moss::sleep(Duration::from_millis(1));
+                    panic!("a detached result's destructor panics");
+                }
+            }
+            let n = Arc::new(AtomicUsize::new(0));
+            let n2 = n.clone();
+            let t = Instant::now();
+            std::thread::spawn(move || {
+                drop(moss::spawn(move || Slow(n2)));
+                drop(moss::spawn(|| Panics));
+                moss::sleep(Duration::from_millis(20));
+                // Returns with the first coroutine's result still being
+                // dropped: the exit kills it.
+            })
+            .join()
+            .unwrap();
+            assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+            assert_eq!(
+                n.load(Ordering::SeqCst),
+                1,
+                "the sleep was cut by the exit's kill"
+            );
         },
     );
 }

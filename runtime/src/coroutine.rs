@@ -206,6 +206,13 @@ pub struct JoinHandle<T> {
     _not_send: PhantomData<*const ()>,
 }
 
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        // Detached: a coroutine still running drops its result itself.
+        self.task.header().detached.set(true);
+    }
+}
+
 impl<T> JoinHandle<T> {
     /// The control block (for `sync::wait_any` and `pool::Pool`).
     pub(crate) fn header(&self) -> &Header {

@@ -98,6 +98,10 @@ pub(crate) struct Header {
     pub spawn_site: &'static Location<'static>,
     /// A background coroutine: `run` and `wait` do not wait for it.
     pub background: bool,
+    /// Its `JoinHandle` is gone: nobody can read the result, which the
+    /// coroutine then drops itself, on its own stack, where a destructor may
+    /// block (see `TaskCell::run`).
+    pub detached: Cell<bool>,
     /// Life cycle and cancellation: changed only through its transitions.
     pub state: TaskState,
     /// What a parked task waits on, for `dump`.
@@ -139,6 +143,7 @@ impl Header {
             stack_size: u32::try_from(stack_size).expect("stack sizes are at most 1 GiB"),
             spawn_site,
             background: false,
+            detached: Cell::new(false),
             state: TaskState::new(),
             waiting_on: Cell::new(""),
             parked_at: Cell::new(0),
@@ -335,7 +340,11 @@ where
         } else {
             result
         };
-        self.replace(Slot::Done(result));
+        if self.header.detached.get() {
+            drop_detached(result);
+        } else {
+            self.replace(Slot::Done(result));
+        }
     }
 
     fn finish_unstarted(&self, err: Option<io::Error>) -> Option<LinkRunner> {
@@ -366,6 +375,18 @@ impl<F, T> TaskCell<F, T> {
         self.links.set(links);
         some
     }
+}
+
+/// Drops the result of a coroutine whose `JoinHandle` is gone, on the
+/// coroutine's own stack before it ends: its destructor may block like any
+/// coroutine code (the hub loop, which would otherwise free it, runs while
+/// the root is parked and must not run user code that parks). A panic (or a
+/// cancellation of the coroutine) out of that destructor is caught: nobody
+/// is left to report it to but the panic hook, which has.
+#[cold]
+#[inline(never)]
+fn drop_detached<T>(result: Result<T, JoinError>) {
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(result)));
 }
 
 /// Calls one link callback, catching its panic (the panic hook has reported
