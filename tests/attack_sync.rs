@@ -536,3 +536,120 @@ fn kill_during_a_panic_unwind() {
         },
     );
 }
+
+/// How the victim of `kill_from_a_destructor_during_an_unwind` waits.
+#[derive(Clone, Copy, Debug)]
+enum VictimWait {
+    /// A call that can fail: a sleep.
+    Sleep,
+    /// A call that cannot: an untimed `Queue::get`.
+    QueueGet,
+    /// A moss `Mutex` held by another coroutine.
+    Lock,
+}
+
+/// How the owner of the killing destructor unwinds.
+#[derive(Clone, Copy, Debug)]
+enum OwnerUnwind {
+    Panic,
+    Killed,
+    TimedOut,
+}
+
+/// A destructor kills another coroutine (and waits for its end) while its
+/// owner unwinds. std counts unwinds per thread, so the victim, a
+/// coroutine that parked long before, used to think it was unwinding too,
+/// deferred its kill for ever (or, in a fallible wait, failed its call
+/// without unwinding), and both hung. The victim parked while not
+/// unwinding: it takes the kill.
+fn kill_from_a_destructor_during_an_unwind(wait: VictimWait, unwind: OwnerUnwind) {
+    struct KillsOnDrop(Option<moss::JoinHandle<()>>, Rc<Cell<u32>>);
+    impl Drop for KillsOnDrop {
+        fn drop(&mut self) {
+            let victim = self.0.take().unwrap();
+            victim.kill();
+            self.1.set(self.1.get() + 1);
+        }
+    }
+    let q = Rc::new(moss::sync::Queue::<u32>::new(1));
+    let m = Rc::new(moss::sync::Mutex::new(()));
+    let after = Rc::new(Cell::new(0u32));
+    let (q2, m2, m3, a2) = (q.clone(), m.clone(), m.clone(), after.clone());
+    let holder = moss::spawn(move || {
+        let _g = m2.lock();
+        moss::sleep(Duration::from_secs(3600));
+    });
+    util::until_parked(holder.id());
+    let victim = moss::spawn(move || {
+        match wait {
+            VictimWait::Sleep => moss::sleep(Duration::from_secs(3600)),
+            VictimWait::QueueGet => drop(q2.get()),
+            VictimWait::Lock => drop(m3.lock()),
+        }
+        // Never reached: the kill unwinds the wait.
+        a2.set(99);
+    });
+    util::until_parked(victim.id());
+    let killed = Rc::new(Cell::new(0));
+    let k2 = killed.clone();
+    let owner = moss::spawn(move || {
+        let k = KillsOnDrop(Some(victim), k2);
+        match unwind {
+            OwnerUnwind::Panic => {
+                let _k = k;
+                panic!("the owner panics")
+            }
+            OwnerUnwind::Killed => {
+                let _k = k;
+                moss::sleep(Duration::from_secs(3600))
+            }
+            OwnerUnwind::TimedOut => {
+                let r = moss::timeout(Duration::from_millis(5), move || {
+                    let _k = k;
+                    moss::sleep(Duration::from_secs(3600))
+                });
+                assert!(r.is_err());
+            }
+        }
+    });
+    util::until_parked(owner.id());
+    if let OwnerUnwind::Killed = unwind {
+        owner.kill_nowait();
+    }
+    let r = owner.join();
+    match unwind {
+        OwnerUnwind::Panic => assert!(r.unwrap_err().is_panic()),
+        OwnerUnwind::Killed => assert!(r.unwrap_err().is_killed()),
+        OwnerUnwind::TimedOut => r.unwrap(),
+    }
+    assert_eq!(killed.get(), 1, "the destructor's kill returned");
+    assert_eq!(after.get(), 0, "the victim unwound from its wait");
+    // The queue and the lock still work.
+    q.put(5);
+    assert_eq!(q.get(), 5);
+    holder.kill();
+    drop(m.lock());
+}
+
+macro_rules! kill_from_a_destructor {
+    ($($name:ident: $wait:ident, $unwind:ident;)*) => {$(
+        #[test]
+        fn $name() {
+            child(stringify!($name), Duration::from_secs(10), || {
+                kill_from_a_destructor_during_an_unwind(VictimWait::$wait, OwnerUnwind::$unwind)
+            });
+        }
+    )*};
+}
+
+kill_from_a_destructor! {
+    kill_from_a_destructor_sleep_panic: Sleep, Panic;
+    kill_from_a_destructor_sleep_killed: Sleep, Killed;
+    kill_from_a_destructor_sleep_timed_out: Sleep, TimedOut;
+    kill_from_a_destructor_get_panic: QueueGet, Panic;
+    kill_from_a_destructor_get_killed: QueueGet, Killed;
+    kill_from_a_destructor_get_timed_out: QueueGet, TimedOut;
+    kill_from_a_destructor_lock_panic: Lock, Panic;
+    kill_from_a_destructor_lock_killed: Lock, Killed;
+    kill_from_a_destructor_lock_timed_out: Lock, TimedOut;
+}

@@ -108,36 +108,38 @@ pub(crate) fn request(hub: &Hub, t: &Rc<dyn Task>, c: Cancel) {
 ///
 /// # Panics
 /// If no cancellation is pending, or if the context may not unwind now (it
-/// is unwinding: the caller should have checked [`may_unwind`]).
+/// is unwinding: the caller should have checked [`may_unwind`], or, right
+/// after a park, `TaskState::may_take_cancel`).
 pub(crate) fn deliver(hub: &Hub) -> ! {
+    let st = &hub.current_header().state;
     assert!(
-        may_unwind(),
+        st.may_take_cancel(),
         "moss: a cancellation cannot be delivered while the coroutine is unwinding"
     );
-    let c = hub
-        .current_header()
-        .state
+    let c = st
         .take_cancel()
         .expect("deliver_cancel without a pending cancellation");
     resume_unwind(Box::new(Cancelled(c)))
 }
 
-/// A fallible call's park reported a cancellation: unwinds if the context
-/// may unwind now. Otherwise returns, and the caller ends early with its
-/// error or timeout value; the cancellation stays pending (and seen) for a
-/// later blocking point.
+/// A fallible call's park reported a cancellation (call it right after that
+/// park, before any code of the caller's runs): unwinds if the context may
+/// unwind now. Otherwise returns, and the caller ends early with its error
+/// or timeout value; the cancellation stays pending (and seen) for a later
+/// blocking point.
 pub(crate) fn deliver_or_fail(hub: &Hub) {
-    if may_unwind() {
+    if hub.current_header().state.may_take_cancel() {
         deliver(hub);
     }
 }
 
-/// A cancellation point: unwinds the current context `h` if a cancellation
-/// is pending for it and it may unwind.
+/// A cancellation point (not right after a park): unwinds the current
+/// context `h` if a cancellation is pending for it and the thread is not
+/// unwinding.
 #[inline(always)]
 pub(crate) fn check(hub: &Hub, h: &Header) {
-    if h.state.cancel_pending() {
-        deliver_or_fail(hub);
+    if h.state.cancel_pending() && may_unwind() {
+        deliver(hub);
     }
 }
 
@@ -180,9 +182,7 @@ pub(crate) fn kill_until(h: &Header, deadline: Option<Instant>) -> bool {
     if hub.current_header().id == h.id {
         // Killing oneself unwinds at once (unless already unwinding: then
         // the kill is delivered at a blocking point after the unwind).
-        if h.state.cancel_pending() {
-            deliver_or_fail(hub);
-        }
+        check(hub, h);
         return false;
     }
     // `kill` cannot fail; `kill_timeout` can (it reports "not dead yet").

@@ -140,7 +140,11 @@ pub(crate) fn next_wait() -> u64 {
 /// which waits until the cancellation can be delivered.
 #[inline]
 pub fn park(deadline: Option<Instant>, what: &'static str) -> Wakeup {
-    Hub::current().park(deadline, what, Mode::Fallible)
+    let hub = Hub::current();
+    let w = hub.park(deadline, what, Mode::Fallible);
+    // The caller may run its own code before it delivers (or never does).
+    hub.current_header().state.forget_calm_park();
+    w
 }
 
 /// [`park`] for a wait whose only way to fail is its deadline (an untimed
@@ -162,7 +166,7 @@ pub(crate) fn park_until_on(hub: &Hub, deadline: Option<Instant>, what: &'static
         Mode::Infallible
     };
     match hub.park(deadline, what, mode) {
-        Wakeup::Cancelled if !crate::task::may_unwind() => Wakeup::TimedOut,
+        Wakeup::Cancelled if !hub.current_header().state.may_take_cancel() => Wakeup::TimedOut,
         w => w,
     }
 }
@@ -192,7 +196,7 @@ pub fn park_cancellable(deadline: Option<Instant>, what: &'static str) -> Wakeup
 /// If no cancellation is pending.
 pub fn deliver_cancel() -> ! {
     let hub = Hub::current();
-    while !crate::task::may_unwind() {
+    while !hub.current_header().state.may_take_cancel() {
         hub.park(
             None,
             "a cancellation, until an unwind ends",
@@ -248,7 +252,10 @@ pub fn can_park() -> bool {
 /// parked. Never unwinds.
 #[inline]
 pub fn park_shielded(deadline: Option<Instant>, what: &'static str) -> Wakeup {
-    Hub::current().park(deadline, what, Mode::Shielded)
+    let hub = Hub::current();
+    let w = hub.park(deadline, what, Mode::Shielded);
+    hub.current_header().state.forget_calm_park();
+    w
 }
 
 /// Whether the caller runs in a coroutine (not on a thread's root).

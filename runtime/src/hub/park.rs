@@ -187,13 +187,14 @@ impl Hub {
     }
 
     /// An infallible wait was ended by a cancellation: if the context may
-    /// not unwind now (it is unwinding, or cannot tell: see `cancel.rs`), the
+    /// not unwind now (it is unwinding, or cannot tell: it parked while the
+    /// thread was unwinding, see `cancel.rs`), the
     /// same park goes on as if none were pending. The hub loop wakes such
     /// waits again once no context of the thread is unwinding; a wake that
     /// is not a cancellation ends the park as usual.
     #[inline(never)]
     fn hold_cancel(&self, h: &Header) {
-        while !may_unwind() {
+        while !h.state.may_take_cancel() {
             h.state.mark_seen();
             self.deferred.borrow_mut().push(h.token());
             h.state.repark();

@@ -46,7 +46,6 @@ use std::time::{Duration, Instant};
 
 use super::lock::{Lock, LockGuard};
 use crate::hub::Hub;
-use crate::task::may_unwind;
 
 use crate::park::{self, Unparker, Wakeup};
 
@@ -265,7 +264,8 @@ pub(crate) fn park_waiter<T, G>(
     loop {
         // `Cancelled` only when it can be delivered (see `park_until`).
         let mut why = park::park_until_on(hub, deadline, what);
-        if why != Wakeup::Cancelled && hub.current_header().state.cancel_pending() && may_unwind() {
+        let st = &hub.current_header().state;
+        if why != Wakeup::Cancelled && st.cancel_pending() && st.may_take_cancel() {
             // Woken by a hand-off, then killed before it ran: the kill takes
             // effect at this blocking point, so what was handed is passed on.
             why = Wakeup::Cancelled;

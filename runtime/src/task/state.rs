@@ -80,13 +80,15 @@ pub enum Wakeup {
 }
 
 /// Whether a cancellation may be delivered to the running context now, as an
-/// unwind: not while any context of this thread is unwinding.
+/// unwind, judging by the thread alone: not while any context of this thread
+/// is unwinding.
 ///
 /// A second unwind out of a destructor that runs during an unwind aborts the
 /// process, so a context that is unwinding must not get one. std counts the
-/// panics in flight per thread, not per coroutine, so moss cannot tell
-/// whether *this* context is the one unwinding when another context of the
-/// thread is suspended mid-unwind: it then defers as well (see `cancel.rs`).
+/// panics in flight per thread, not per coroutine, so from the thread's
+/// count alone moss cannot tell whether *this* context is the one unwinding
+/// when another context of the thread is suspended mid-unwind. Right after
+/// a park, [`TaskState::may_take_cancel`] can tell more.
 #[inline]
 pub(crate) fn may_unwind() -> bool {
     !std::thread::panicking()
@@ -143,6 +145,12 @@ pub(crate) struct TaskState {
     cancel: Cell<u64>,
     /// Identifies the current (or next) park.
     park_seq: Cell<u64>,
+    /// The current park began while no context of the thread was unwinding,
+    /// so this context was not unwinding, and cannot have begun to since
+    /// (it has not run). Kept past `end_park` only when a cancellation ended
+    /// the park, for the decision whether to deliver it; cleared by the next
+    /// park, `abandon_park` or delivery. See [`TaskState::may_take_cancel`].
+    calm_park: Cell<bool>,
 }
 
 impl TaskState {
@@ -165,6 +173,7 @@ impl TaskState {
             cancel_seen: Cell::new(Seen::No),
             cancel: Cell::new(NO_CANCEL),
             park_seq: Cell::new(0),
+            calm_park: Cell::new(false),
         }
     }
 
@@ -197,11 +206,13 @@ impl TaskState {
         self.lifecycle.set(State::Running);
     }
 
-    /// Running → Parked: the context suspends at a blocking point.
+    /// Running → Parked: the context suspends at a blocking point. Records
+    /// whether it is certainly not unwinding (the thread is not).
     #[inline]
     pub(crate) fn park(&self) {
         debug_assert!(self.is(State::Running), "park from {:?}", self.get());
         self.lifecycle.set(State::Parked);
+        self.calm_park.set(may_unwind());
     }
 
     /// Parked → Ready, if `seq` is the current park: a waker for this wait.
@@ -260,7 +271,12 @@ impl TaskState {
         );
         self.lifecycle.set(State::Running);
         self.park_seq.set(self.park_seq.get() + 1);
-        self.wakeup.get()
+        let w = self.wakeup.get();
+        if w != Wakeup::Cancelled {
+            // From here on the context runs its own code (which may panic).
+            self.calm_park.set(false);
+        }
+        w
     }
 
     /// Running → Running: a wait that ends before it suspends. Its wakers
@@ -274,6 +290,7 @@ impl TaskState {
             self.get()
         );
         self.park_seq.set(self.park_seq.get() + 1);
+        self.calm_park.set(false);
     }
 
     /// Running → Ready: a coroutine yields (the hub loop requeues it).
@@ -358,10 +375,29 @@ impl TaskState {
         self.cancel.get() != NO_CANCEL
     }
 
+    /// Whether the context, back from a park that a cancellation ended
+    /// (before it runs any code of its own), may take that cancellation as
+    /// an unwind: the thread is not unwinding, or the park began while it
+    /// was not (then this context was not unwinding, whoever is now: a
+    /// destructor of another coroutine that kills this one).
+    #[inline]
+    pub(crate) fn may_take_cancel(&self) -> bool {
+        self.calm_park.get() || may_unwind()
+    }
+
+    /// Forgets what the last park knew (see [`TaskState::may_take_cancel`]):
+    /// for a park whose caller may run code of its own before it decides
+    /// what to do with a cancellation (a C hook that fails its call).
+    #[inline]
+    pub(crate) fn forget_calm_park(&self) {
+        self.calm_park.set(false);
+    }
+
     /// Takes the pending cancellation for delivery (as an unwind); clears
     /// `cancel_seen`.
     #[inline]
     pub(crate) fn take_cancel(&self) -> Option<Cancel> {
+        self.calm_park.set(false);
         let c = self.pending();
         if !self.exit_kill.get() {
             self.cancel.set(NO_CANCEL);
@@ -374,7 +410,7 @@ impl TaskState {
     #[inline]
     pub(crate) fn mark_seen(&self) {
         debug_assert!(self.cancel_pending(), "mark_seen without a cancellation");
-        let now = if may_unwind() {
+        let now = if self.may_take_cancel() {
             Seen::Running
         } else {
             Seen::Unwinding
