@@ -39,33 +39,41 @@ fn child(case: &str, body: impl FnOnce()) {
     );
 }
 
-/// A plain thread that never used moss takes an uncontended `RLock` (or
-/// runs `OnceCell::get_or_init`) while the process is at its fd limit: the
-/// lazily created hub cannot get its epoll fd and the call panics.
-///
-/// Expected: the lock is taken (the call needs no fd), as on a thread that
-/// already had a hub, or a clear error. Got (debug and release):
-/// `panicked at runtime/src/hub/mod.rs: moss: cannot create the hub of this
-/// thread: Too many open files (os error 24)`.
+/// A plain thread that never used moss takes an uncontended `RLock` (and
+/// runs `OnceCell::get_or_init`) while the process is at its fd limit:
+/// they need only the caller's identity, which a thread has without a hub
+/// (they used to create the hub, which needs fds, and panicked "cannot
+/// create the hub of this thread"). The same identity owns the lock once
+/// the thread has a hub.
 #[test]
-#[ignore = "reproduces: RLock::lock / OnceCell::get_or_init panic on a plain thread at EMFILE (hub creation)"]
 fn rlock_on_a_plain_thread_at_emfile() {
     child("rlock_on_a_plain_thread_at_emfile", || {
         let l = std::sync::Arc::new(moss::sync::RLock::new(5));
         let cell = std::sync::Arc::new(moss::sync::OnceCell::new());
         let fds = exhaust_fds();
         let (l2, c2) = (l.clone(), cell.clone());
-        let r = std::thread::spawn(move || {
-            let a = *l2.lock();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (freed_tx, freed_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let g = l2.lock();
             let b = *c2.get_or_init(|| 7);
-            a + b
-        })
-        .join();
+            locked_tx.send(*g + b).unwrap();
+            freed_rx.recv().unwrap();
+            // Now the hub can be created; the root is the same owner.
+            moss::sleep(Duration::from_millis(1));
+            let again = l2.lock();
+            *again
+        });
+        let r = locked_rx.recv();
         for fd in fds {
             // SAFETY: our own dups.
             unsafe { libc::close(fd) };
         }
         assert_eq!(r.expect("the plain thread panicked"), 12);
+        freed_tx.send(()).unwrap();
+        assert_eq!(t.join().unwrap(), 5);
+        // Released by the thread's guards: another thread takes it.
+        assert_eq!(*l.lock(), 5);
     });
 }
 

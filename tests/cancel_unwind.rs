@@ -192,36 +192,47 @@ fn a_timed_wait_during_an_unwind_times_out_early_when_killed() {
     assert!(h.join().unwrap_err().is_killed());
 }
 
+/// `b` parked before `a` began to unwind, so `b` is certainly not
+/// unwinding: its kill unwinds it at once, while `a` is still suspended
+/// mid-unwind. `c` parked while `a` was unwinding: std counts unwinds per
+/// thread, so moss cannot tell that `c` is not unwinding too, and c's kill
+/// waits for a's unwind to end (never a second unwind), then unwinds c.
 #[test]
 fn a_kill_while_another_coroutine_unwinds_is_delivered_once_it_is_done() {
     const CASE: &str = "a_kill_while_another_coroutine_unwinds_is_delivered_once_it_is_done";
     if !util::in_child(CASE) {
         return util::passes_in_child(CASE);
     }
-    // `a` unwinds (its timeout fired) through a destructor that sleeps.
-    let (d, entered, took) = slow_drop(Duration::from_millis(300));
-    let a = unwinding_from_a_timeout(d);
-    // `b` waits for an item that never comes (a wait that cannot fail).
-    let drops = util::DropCounter::new();
-    let token = drops.token();
     let q: Arc<Queue<u32>> = Arc::new(Queue::unbounded());
-    let q2 = q.clone();
+    let drops = util::DropCounter::new();
+    // `b` waits for an item that never comes (a wait that cannot fail).
+    let (q2, token) = (q.clone(), drops.token());
     let b = moss::spawn(move || {
         let _t = token;
         q2.get()
     });
+    util::until_parked(b.id());
+    // `a` unwinds (its timeout fired) through a destructor that sleeps.
+    let (d, entered, took) = slow_drop(Duration::from_millis(300));
+    let a = unwinding_from_a_timeout(d);
     util::until("a's destructor runs", Duration::from_secs(20), || {
         entered.get()
     });
-    util::until_parked(b.id());
-    // std counts unwinds per thread: while `a` is suspended mid-unwind, moss
-    // cannot tell that `b` is not unwinding, so b's kill waits for a's
-    // unwind to end (never a second unwind), then unwinds b.
-    let t = Instant::now();
+    let (q3, token) = (q.clone(), drops.token());
+    let c = moss::spawn(move || {
+        let _t = token;
+        q3.get()
+    });
+    util::until_parked(c.id());
     b.kill();
-    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     assert!(b.join().unwrap_err().is_killed());
     assert_eq!(drops.drops(), 1, "b's destructors ran");
+    assert!(took.get().is_none(), "b unwound while a still unwinds");
+    let t = Instant::now();
+    c.kill();
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(c.join().unwrap_err().is_killed());
+    assert_eq!(drops.drops(), 2, "c's destructors ran");
     assert!(took.get().is_some(), "a's destructor finished first");
     assert!(a.join().unwrap().is_err(), "a's timeout reports Elapsed");
     assert_eq!(q.len(), 0);

@@ -113,6 +113,35 @@ thread_local! {
     /// thread-local destructor, and the signal handler can read it. The hub
     /// it points at is owned by a pthread key (see `exit.rs`).
     static HUB: Cell<*const Hub> = const { Cell::new(std::ptr::null()) };
+
+    /// The id of this thread's root, 0 until first asked for. Kept apart
+    /// from the hub so that a plain thread has an identity (an `RLock`
+    /// owner) without one, and the root keeps it once its hub exists (also
+    /// the fresh hub of a forked child: the same root goes on).
+    static ROOT_ID: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The id of this thread's root (allocated on first use; needs no hub).
+fn root_id() -> CoroutineId {
+    let id = ROOT_ID.with(Cell::get);
+    if id != 0 {
+        return CoroutineId(id);
+    }
+    // One id off the block counter: blocks need not be aligned.
+    let id = NEXT_ID_BLOCK.fetch_add(1, Ordering::Relaxed);
+    ROOT_ID.with(|r| r.set(id));
+    CoroutineId(id)
+}
+
+/// The id of the running context (a coroutine, or the thread's root),
+/// without creating a hub: it cannot fail, also on a plain thread whose hub
+/// could not be created (no fds left).
+#[inline]
+pub(crate) fn current_id() -> CoroutineId {
+    match Hub::try_current() {
+        Some(hub) => hub.current_header().id,
+        None => root_id(),
+    }
 }
 
 impl Hub {
@@ -124,7 +153,7 @@ impl Hub {
         let waker = Arc::new(reactor.new_waker()?);
         let remote = Arc::new(Remote::new(hub_id, waker.clone()));
         let first = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
-        let root = Rc::new(RootTask(Header::new_root(CoroutineId(first))));
+        let root = Rc::new(RootTask(Header::new_root(root_id())));
         Ok(Hub {
             tasks: RefCell::new(Slab::new()),
             run_queue: RunQueue::default(),
@@ -134,7 +163,7 @@ impl Hub {
             stacks: RefCell::new(StackPool::default()),
             root,
             current: Cell::new(std::ptr::null()),
-            next_id: Cell::new(first + 1),
+            next_id: Cell::new(first),
             id_end: Cell::new(first + ID_BLOCK),
             background: Cell::new(0),
             since_poll: Cell::new(0),

@@ -41,8 +41,9 @@ const NONE: u64 = 0;
 /// one too); unique in the process, never reused, never 0.
 #[inline]
 pub(super) fn context_id() -> u64 {
-    // `crate::current()` would also clone the coroutine's name.
-    let id = crate::hub::Hub::current().current_header().id.as_u64();
+    // `crate::current()` would also clone the coroutine's name, and create
+    // a hub (which needs fds) on a plain thread.
+    let id = crate::hub::current_id().as_u64();
     debug_assert_ne!(id, NONE);
     id
 }
