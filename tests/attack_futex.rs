@@ -611,3 +611,83 @@ fn fork_while_coroutines_queue_on_a_std_mutex() {
         },
     );
 }
+
+/// moss's own internal locks never wait through the futex hook. Coroutines
+/// on two "setter" hubs set an `Event` and put into a `Queue` that
+/// coroutines on three other hubs watch with `wait_any`: every set and put
+/// wakes watchers on other threads, through those hubs' cross-thread
+/// queues, from inside the primitive's internal lock. That queue used to be
+/// a std `Mutex`: contended, it parked the setter through the futex hook
+/// with the primitive's spin lock held, and the setter's sibling coroutine
+/// then spun on that lock for ever (the thread never got back to its hub).
+/// Every coroutine keeps making progress; nothing hangs. (A liveness
+/// stress: the old hang needed the std `Mutex` to be contended past its
+/// spinning at that moment, which a run here reaches only rarely.)
+#[test]
+fn internal_locks_never_park_through_the_futex_hook() {
+    child(
+        "internal_locks_never_park_through_the_futex_hook",
+        Duration::from_secs(60),
+        || {
+            use std::sync::atomic::AtomicBool;
+            let ev = Arc::new(moss::sync::Event::new());
+            let q = Arc::new(moss::sync::Queue::<u64>::unbounded());
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut threads = Vec::new();
+            for _ in 0..3 {
+                let (ev, q, stop) = (ev.clone(), q.clone(), stop.clone());
+                threads.push(std::thread::spawn(move || {
+                    let hs: Vec<_> = (0..6)
+                        .map(|_| {
+                            let (ev, q, stop) = (ev.clone(), q.clone(), stop.clone());
+                            moss::spawn(move || {
+                                let mut n = 0u64;
+                                while !stop.load(Ordering::Relaxed) {
+                                    let objs: [&dyn moss::sync::Waitable; 2] = [&*ev, &*q];
+                                    let _ = moss::sync::wait_any_timeout(
+                                        &objs,
+                                        Duration::from_millis(2),
+                                    );
+                                    let _ = q.get_nowait();
+                                    n += 1;
+                                }
+                                n
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).min().unwrap()
+                }));
+            }
+            for _ in 0..2 {
+                let (ev, q, stop) = (ev.clone(), q.clone(), stop.clone());
+                threads.push(std::thread::spawn(move || {
+                    let hs: Vec<_> = (0..4)
+                        .map(|_| {
+                            let (ev, q, stop) = (ev.clone(), q.clone(), stop.clone());
+                            moss::spawn(move || {
+                                let mut n = 0u64;
+                                while !stop.load(Ordering::Relaxed) {
+                                    ev.set();
+                                    ev.clear();
+                                    q.put(n);
+                                    n += 1;
+                                    if n % 16 == 0 {
+                                        moss::yield_now();
+                                    }
+                                }
+                                n
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).min().unwrap()
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            stop.store(true, Ordering::Relaxed);
+            for t in threads {
+                let least = t.join().unwrap();
+                assert!(least > 0, "a coroutine never got through");
+            }
+        },
+    );
+}

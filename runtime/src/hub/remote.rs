@@ -16,19 +16,27 @@
 //! `sleeping` and writes the eventfd, or the hub sees `has_items` before it
 //! sleeps.
 //!
+//! The queue's lock is moss's own spin lock, never a std `Mutex`: `push`
+//! runs inside other runtime-internal critical sections (a primitive
+//! waking a waiter on another thread under its own lock), and under the
+//! monkey patches a contended std `Mutex` would park the calling coroutine
+//! through the futex hook while it holds that outer lock; another
+//! coroutine of its thread would then spin on the outer lock for ever.
+//!
 //! A `Remote` is shared through an `Arc` by the hub and every `Unparker` of
 //! its contexts; the hub counts those references to know whether another
 //! thread could still wake it ("would block forever" is reported only when
 //! none can, or when no other thread exists).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
+use crate::sync::lock::Lock;
 use crate::task::Token;
 
 pub(crate) struct Remote {
     pub(crate) hub_id: u64,
-    queue: Mutex<Vec<Token>>,
+    queue: Lock<Vec<Token>>,
     has_items: AtomicBool,
     /// The hub is in (or about to enter) a blocking `epoll_wait`.
     sleeping: AtomicBool,
@@ -42,7 +50,7 @@ impl Remote {
     pub(super) fn new(hub_id: u64, waker: Arc<mio::Waker>) -> Remote {
         Remote {
             hub_id,
-            queue: Mutex::new(Vec::new()),
+            queue: Lock::new(Vec::new()),
             has_items: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             waker,
@@ -59,10 +67,7 @@ impl Remote {
         if self.generation != crate::sys::atfork::generation() {
             return;
         }
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(token);
+        self.queue.lock().push(token);
         self.has_items.store(true, Ordering::SeqCst);
         if self.sleeping.swap(false, Ordering::SeqCst) {
             // A failed wake leaves the hub to its timeout; nothing to report.
@@ -94,6 +99,6 @@ impl Remote {
             return Vec::new();
         }
         self.has_items.store(false, Ordering::SeqCst);
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.queue.lock())
     }
 }

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use super::error::Timeout;
 use super::lock::Lock;
-use super::waitlist::{Signal, WaitList, Watchers, deadline_in, lock, unpark_all, wait_notified};
+use super::waitlist::{
+    Signal, WaitList, Watchers, deadline_in, fire_all, lock, unpark_all, wait_notified,
+};
 
 /// A result that arrives later, possibly from another thread.
 ///
@@ -114,7 +116,7 @@ impl<T> AsyncResult<T> {
         };
         unpark_all(wakes);
         // Outside the lock: an awaiting task's waker is user code.
-        watchers.iter().for_each(|s| s.fire());
+        fire_all(watchers);
         drop(old); // user code (Drop) runs outside the lock
     }
 

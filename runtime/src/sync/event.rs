@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::lock::Lock;
-use super::waitlist::{WaitList, Watchers, deadline_in, lock, unpark_all, wait_notified};
+use super::waitlist::{WaitList, Watchers, deadline_in, fire_all, lock, unpark_all, wait_notified};
 
 /// A flag that coroutines and threads wait on until some other one sets it.
 ///
@@ -54,13 +54,13 @@ impl Event {
     /// Sets the flag and wakes every waiter. Later `wait`s return at once
     /// until [`clear`](Self::clear).
     pub fn set(&self) {
-        let wakes = {
+        let (wakes, watchers) = {
             let mut g = lock(&self.inner);
             self.flag.store(true, Ordering::Release);
-            g.watchers.fire();
-            g.waiters.wake_all(true)
+            (g.waiters.wake_all(true), g.watchers.take())
         };
         unpark_all(wakes);
+        fire_all(watchers);
     }
 
     /// Clears the flag: later `wait`s block until the next [`set`](Self::set).

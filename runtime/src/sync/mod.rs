@@ -67,7 +67,7 @@ mod channel;
 mod condvar;
 mod error;
 mod event;
-mod lock;
+pub(crate) mod lock;
 mod mutex;
 mod once_cell;
 mod queue;

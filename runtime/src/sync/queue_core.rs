@@ -77,8 +77,8 @@ use std::time::Instant;
 
 use super::lock::Lock;
 use super::waitlist::{
-    Outcome, Signal, WaitList, Waiter, Wake, Watchers, expired, lock, park_waiter, unpark_all,
-    wait_notified,
+    Outcome, Signal, WaitList, Waiter, Wake, Watchers, expired, fire_all, lock, park_waiter,
+    unpark_all, wait_notified,
 };
 use crate::park::{self, Wakeup};
 
@@ -306,8 +306,10 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
         if g.buf.len() < g.cap {
             g.buf.push(v);
             self.accepted(&mut g);
-            g.watchers.fire();
+            let watchers = g.watchers.take();
             g.check();
+            drop(g);
+            fire_all(watchers);
             return Ok(());
         }
         if expired(deadline) {
@@ -317,9 +319,10 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
         // SAFETY: `w` stays in this frame and `park_waiter` follows at once.
         unsafe { g.putters.push(&w) };
         // A putter waiting on a rendezvous channel makes a get possible.
-        g.watchers.fire();
+        let watchers = g.watchers.take();
         g.check();
         drop(g);
+        fire_all(watchers);
         let (outcome, why) =
             park_waiter(&w, deadline, "Queue::put", &self.state, |g| &mut g.putters);
         match (outcome, why) {
@@ -406,8 +409,10 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
                     let newest = g.buf.pop_newest().expect("over capacity, so not empty");
                     g.spill.push_front(newest);
                 }
-                g.watchers.fire();
+                let watchers = g.watchers.take();
                 g.check();
+                drop(g);
+                fire_all(watchers);
             }
         }
     }
@@ -465,10 +470,10 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
     /// Closes one side (channels): wakes the waiters of the other side,
     /// which then see the closed flag. Returns what to drop outside the lock.
     pub(crate) fn close(&self, tx: bool) -> Option<(B, VecDeque<T>)> {
-        let (wakes, dropped) = {
+        let (wakes, dropped, watchers) = {
             let mut g = lock(&self.state);
-            g.watchers.fire();
-            let r = if tx {
+            let watchers = g.watchers.take();
+            let (wakes, dropped) = if tx {
                 g.closed_tx = true;
                 (g.getters.wake_all(false), None)
             } else {
@@ -478,9 +483,10 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
                 (g.putters.wake_all(false), Some((old, spilled)))
             };
             g.check();
-            r
+            (wakes, dropped, watchers)
         };
         unpark_all(wakes);
+        fire_all(watchers);
         dropped
     }
 

@@ -389,20 +389,31 @@ impl Watchers {
         self.list.retain(|x| !Arc::ptr_eq(x, s));
     }
 
-    /// Fires and forgets every watcher (cheap when there is none).
-    #[inline]
-    pub(crate) fn fire(&mut self) {
-        if !self.list.is_empty() {
-            for s in self.list.drain(..) {
-                s.fire();
-            }
-        }
-    }
-
-    /// Takes every watcher out, to fire after the owner's lock is released
-    /// (a task's waker is foreign code). No allocation.
+    /// Takes every watcher out, to fire with [`fire_all`] after the owner's
+    /// lock is released. No allocation.
+    ///
+    /// Never fired under the owner's lock: a task's waker is foreign code,
+    /// and an unparker of a context on another thread takes that hub's
+    /// queue lock; neither may run inside a runtime-internal critical
+    /// section (see `lock.rs`).
     #[inline]
     pub(crate) fn take(&mut self) -> Vec<Arc<Signal>> {
         std::mem::take(&mut self.list)
+    }
+}
+
+/// Fires the watchers [`Watchers::take`] took out (cheap when there is
+/// none).
+#[inline]
+pub(crate) fn fire_all(watchers: Vec<Arc<Signal>>) {
+    if !watchers.is_empty() {
+        fire_each(watchers);
+    }
+}
+
+#[cold]
+fn fire_each(watchers: Vec<Arc<Signal>>) {
+    for s in watchers {
+        s.fire();
     }
 }
