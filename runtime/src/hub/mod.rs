@@ -148,9 +148,15 @@ impl Hub {
     fn new() -> io::Result<Hub> {
         // First: registers the atfork handler (before this hub exists).
         let generation = crate::sys::atfork::generation();
-        let reactor = Reactor::new()?;
+        // Never on 0-2 (closed stdio): a `println!` would write into the
+        // eventfd, and a file opened to be the new stdin would get 3+.
+        let (reactor, waker) = crate::sys::fd::above_stdio(|| {
+            let reactor = Reactor::new()?;
+            let waker = reactor.new_waker()?;
+            io::Result::Ok((reactor, waker))
+        })?;
         let hub_id = NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed);
-        let waker = Arc::new(reactor.new_waker()?);
+        let waker = Arc::new(waker);
         let remote = Arc::new(Remote::new(hub_id, waker.clone()));
         let first = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
         let root = Rc::new(RootTask(Header::new_root(root_id())));

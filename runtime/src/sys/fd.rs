@@ -30,6 +30,37 @@ pub(crate) fn own(fd: RawFd) -> io::Result<OwnedFd> {
     dup(fd)
 }
 
+/// Runs `f`, which creates fds whose numbers moss cannot choose (a
+/// library's: mio's epoll instance and eventfd), with every closed stdio
+/// number (0–2) taken by a placeholder meanwhile, so that they land at 3 or
+/// above (see [`LOWEST_PRIVATE_FD`]); the placeholders are closed after.
+/// Costs three `fcntl`s when stdio is open. Another thread that opens a
+/// file meanwhile gets a number of 3 or above too.
+pub(crate) fn above_stdio<T>(f: impl FnOnce() -> T) -> T {
+    let mut held: [Option<OwnedFd>; 3] = [None, None, None];
+    for (fd, slot) in (0..LOWEST_PRIVATE_FD).zip(held.iter_mut()) {
+        // SAFETY: F_GETFD only reads the fd's flags (EBADF: not open).
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1 {
+            continue;
+        }
+        // SAFETY: plain syscall; the fd is owned below.
+        let p = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if p < 0 {
+            break; // no fd left: `f` will fail on its own
+        }
+        // SAFETY: the kernel just returned `p` to us; nothing else owns it.
+        let placeholder = unsafe { OwnedFd::from_raw_fd(p) };
+        // Another thread may have taken the number meanwhile: then the
+        // placeholder landed elsewhere and is closed at once.
+        if p == fd {
+            *slot = Some(placeholder);
+        }
+    }
+    let r = f();
+    drop(held);
+    r
+}
+
 /// A pipe `(read end, write end)`, both `O_CLOEXEC`, optionally
 /// non-blocking, numbered 3 or above.
 pub(crate) fn pipe(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {

@@ -24,8 +24,9 @@
 //!   moss-io's resolver).
 //! * `fd` — pipes, socket pairs, `O_NONBLOCK`, pipe sizes, `dup`, `read`,
 //!   `write`, and `close_raw` (an `unsafe fn`: closing a number some owner
-//!   still uses breaks I/O safety). Contract: new fds are `O_CLOEXEC` and
-//!   come back as `OwnedFd`; `read`/`write` retry `EINTR` and report
+//!   still uses breaks I/O safety), `above_stdio` (keeps the fds a library
+//!   creates off the numbers 0-2). Contract: new fds are `O_CLOEXEC`,
+//!   numbered 3 or above, and come back as `OwnedFd`; `read`/`write` retry `EINTR` and report
 //!   `WouldBlock` on non-blocking fds, for the caller to wait through the hub.
 //! * `poll` — `poll(2)` for threads without coroutines (a process pool's
 //!   manager) and for fallbacks; retries `EINTR` with the time left.
