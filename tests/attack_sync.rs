@@ -653,3 +653,55 @@ kill_from_a_destructor! {
     kill_from_a_destructor_lock_killed: Lock, Killed;
     kill_from_a_destructor_lock_timed_out: Lock, TimedOut;
 }
+
+/// The victim of a kill from another coroutine's destructor (see above)
+/// unwinds through destructors of its own that block, one inside a
+/// `timeout` that fires during that unwind, while the killer is still
+/// unwinding too: no second unwind (no abort), the timed wait ends early,
+/// and both finish.
+#[test]
+fn killed_victim_unwinds_through_blocking_destructors() {
+    child(
+        "killed_victim_unwinds_through_blocking_destructors",
+        Duration::from_secs(10),
+        || {
+            struct Slow(Rc<Cell<u32>>);
+            impl Drop for Slow {
+                fn drop(&mut self) {
+                    let t = Instant::now();
+                    let r = moss::timeout(Duration::from_millis(5), || {
+                        moss::sleep(Duration::from_secs(30))
+                    });
+                    assert!(r.is_err());
+                    assert!(t.elapsed() < Duration::from_secs(10));
+                    moss::sleep(Duration::from_millis(20));
+                    self.0.set(self.0.get() + 1);
+                }
+            }
+            struct KillsOnDrop(Option<moss::JoinHandle<()>>);
+            impl Drop for KillsOnDrop {
+                fn drop(&mut self) {
+                    self.0.take().unwrap().kill();
+                }
+            }
+            let done = Rc::new(Cell::new(0));
+            let d = done.clone();
+            let victim = moss::spawn(move || {
+                let _s = Slow(d);
+                moss::sleep(Duration::from_secs(3600));
+            });
+            util::until_parked(victim.id());
+            let id = victim.id();
+            let owner = moss::spawn(move || {
+                let _k = KillsOnDrop(Some(victim));
+                panic!("the owner panics");
+            });
+            assert!(owner.join().unwrap_err().is_panic());
+            assert_eq!(
+                done.get(),
+                1,
+                "the victim's destructor ran to its end ({id})"
+            );
+        },
+    );
+}

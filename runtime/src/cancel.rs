@@ -35,10 +35,16 @@
 //!   fail ends early with its error or timeout value (`sleep` returns, a
 //!   `*_timeout` call times out, I/O fails), a call that cannot fail keeps
 //!   waiting; it is delivered at a blocking point after the unwind.
-//!   std counts unwinds per *thread*: while any context of the thread is
-//!   suspended mid-unwind, moss cannot tell whether the target is the one
-//!   unwinding, and defers as well. Such waits are woken again by the hub
-//!   loop as soon as no context of the thread is unwinding, and then unwind.
+//!   std counts unwinds per *thread*, not per coroutine. A context that
+//!   parked while the thread was not unwinding was certainly not unwinding
+//!   itself, and still is not when a cancellation ends that park (it has not
+//!   run since): it unwinds then, even if another context of the thread is
+//!   suspended mid-unwind (a destructor that kills it and waits for its
+//!   end). A context that parked while some context of the thread was
+//!   unwinding cannot tell whether it is the one, and defers: such waits
+//!   are woken again by the hub loop as soon as no context of the thread is
+//!   unwinding, and then unwind. A cancellation point that is not a park
+//!   (`yield_now`, killing oneself) goes by the thread's count alone.
 //! * A kill takes precedence over a pending timeout, an enclosing timeout
 //!   over an inner one (its unwind passes through the inner scope).
 //! * A coroutine killed before it first ran never runs (its closure is
