@@ -113,6 +113,8 @@ impl Hub {
         what: &'static str,
         mode: Mode,
     ) -> Wakeup {
+        // Not back from a park: only the thread's count tells.
+        h.state.forget_calm_park();
         h.state.mark_seen();
         match mode {
             Mode::Fallible => {
