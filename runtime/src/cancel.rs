@@ -144,7 +144,17 @@ pub(crate) fn deliver_or_fail(hub: &Hub) {
 /// unwinding.
 #[inline(always)]
 pub(crate) fn check(hub: &Hub, h: &Header) {
-    if h.state.cancel_pending() && may_unwind() {
+    if h.state.cancel_pending() {
+        check_pending(hub);
+    }
+}
+
+/// `check` with a cancellation pending: out of line, so the hot path stays
+/// one load and one branch.
+#[cold]
+#[inline(never)]
+fn check_pending(hub: &Hub) {
+    if may_unwind() {
         deliver(hub);
     }
 }
@@ -188,7 +198,7 @@ pub(crate) fn kill_until(h: &Header, deadline: Option<Instant>) -> bool {
     if hub.current_header().id == h.id {
         // Killing oneself unwinds at once (unless already unwinding: then
         // the kill is delivered at a blocking point after the unwind).
-        check(hub, h);
+        check(hub, hub.current_header());
         return false;
     }
     // `kill` cannot fail; `kill_timeout` can (it reports "not dead yet").

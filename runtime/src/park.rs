@@ -166,8 +166,20 @@ pub(crate) fn park_until_on(hub: &Hub, deadline: Option<Instant>, what: &'static
         Mode::Infallible
     };
     match hub.park(deadline, what, mode) {
-        Wakeup::Cancelled if !hub.current_header().state.may_take_cancel() => Wakeup::TimedOut,
+        Wakeup::Cancelled => cancelled_or_timed_out(hub),
         w => w,
+    }
+}
+
+/// A park reported a cancellation: `Cancelled` if the caller may take it
+/// now, else `TimedOut` (see [`park_until`]).
+#[cold]
+#[inline(never)]
+fn cancelled_or_timed_out(hub: &Hub) -> Wakeup {
+    if hub.current_header().state.may_take_cancel() {
+        Wakeup::Cancelled
+    } else {
+        Wakeup::TimedOut
     }
 }
 

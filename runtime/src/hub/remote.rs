@@ -98,6 +98,12 @@ impl Remote {
         if !self.has_items() {
             return Vec::new();
         }
+        self.take_all()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_all(&self) -> Vec<Token> {
         self.has_items.store(false, Ordering::SeqCst);
         std::mem::take(&mut *self.queue.lock())
     }

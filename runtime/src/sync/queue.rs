@@ -79,6 +79,7 @@ macro_rules! queue_api {
             /// Removes and returns the next item, waiting while the queue is
             /// empty. A `kill` or `timeout` of the waiter unwinds it; an item
             /// handed to it just before is passed on, not lost.
+            #[inline]
             pub fn get(&self) -> T {
                 crate::coop::proceed();
                 match self.core.get(None) {

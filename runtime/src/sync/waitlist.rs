@@ -253,6 +253,7 @@ pub(crate) enum Outcome {
 /// when the caller may unwind; while it is unwinding already, a cancellation
 /// ends a timed wait as its deadline would (`TimedOut`) and leaves an untimed
 /// one waiting.
+#[inline]
 pub(crate) fn park_waiter<T, G>(
     w: &Waiter<T>,
     deadline: Option<Instant>,
@@ -264,11 +265,8 @@ pub(crate) fn park_waiter<T, G>(
     loop {
         // `Cancelled` only when it can be delivered (see `park_until`).
         let mut why = park::park_until_on(hub, deadline, what);
-        let st = &hub.current_header().state;
-        if why != Wakeup::Cancelled && st.cancel_pending() && st.may_take_cancel() {
-            // Woken by a hand-off, then killed before it ran: the kill takes
-            // effect at this blocking point, so what was handed is passed on.
-            why = Wakeup::Cancelled;
+        if why != Wakeup::Cancelled && hub.current_header().state.cancel_pending() {
+            why = cancelled_after_wake(hub, why);
         }
         if let Some(o) = outcome(w.state.load(Ordering::Acquire)) {
             return (o, why);
@@ -286,6 +284,19 @@ pub(crate) fn park_waiter<T, G>(
         let removed = list(&mut g).remove(w);
         debug_assert!(removed, "a WAITING waiter is in its list");
         return (Outcome::Left, why);
+    }
+}
+
+/// Woken by a hand-off, then cancelled before it ran: the cancellation
+/// takes effect at this blocking point if it may (so what was handed is
+/// passed on); otherwise the wake-up `why` stands.
+#[cold]
+#[inline(never)]
+fn cancelled_after_wake(hub: &Hub, why: Wakeup) -> Wakeup {
+    if hub.current_header().state.may_take_cancel() {
+        Wakeup::Cancelled
+    } else {
+        why
     }
 }
 
