@@ -671,7 +671,7 @@ fn internal_locks_never_park_through_the_futex_hook() {
                                     ev.clear();
                                     q.put(n);
                                     n += 1;
-                                    if n % 16 == 0 {
+                                    if n.is_multiple_of(16) {
                                         moss::yield_now();
                                     }
                                 }
