@@ -209,14 +209,14 @@ pub struct JoinHandle<T> {
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
         // Detached: a coroutine still running drops its result itself.
-        self.task.header().detached.set(true);
+        self.header().detached.set(true);
     }
 }
 
 impl<T> JoinHandle<T> {
     /// The control block (for `sync::wait_any` and `pool::Pool`).
     pub(crate) fn header(&self) -> &Header {
-        self.task.header()
+        crate::task::slot_header(&self.task)
     }
 
     /// The typed result slot (for the link API in `link.rs`).

@@ -222,8 +222,8 @@ pub(crate) type LinkFn<T> = Box<dyn FnOnce(&Result<T, JoinError>)>;
 pub(crate) type LinkRunner = Box<dyn FnOnce()>;
 
 /// The typed side a `JoinHandle` reads.
+/// Implemented by [`TaskCell`] only (`slot_header` relies on it).
 pub(crate) trait JoinSlot<T> {
-    fn header(&self) -> &Header;
     fn take(&self) -> Option<Result<T, JoinError>>;
     /// Registers a link callback; on a finished task, calls it now.
     fn link(&self, f: LinkFn<T>);
@@ -341,7 +341,11 @@ where
             result
         };
         if self.header.detached.get() {
-            drop_detached(result);
+            match result {
+                // Nothing to drop (spawn-and-forget of a plain value).
+                Ok(_) if !std::mem::needs_drop::<T>() => {}
+                r => drop_detached(r),
+            }
         } else {
             self.replace(Slot::Done(result));
         }
@@ -416,10 +420,6 @@ impl<F, T> JoinSlot<T> for TaskCell<F, T>
 where
     F: FnOnce() -> T,
 {
-    fn header(&self) -> &Header {
-        &self.header
-    }
-
     fn take(&self) -> Option<Result<T, JoinError>> {
         match self.replace(Slot::Taken) {
             Slot::Done(r) => Some(r),
@@ -469,6 +469,16 @@ pub(crate) fn header_of(t: &Rc<dyn Task>) -> &Header {
     // SAFETY: every `Task` implementor (`TaskCell`, `RootTask`) is `repr(C)`
     // with its `Header` as the first field, so the data pointer of the trait
     // object points at a valid `Header` that lives as long as `t`.
+    unsafe { &*(Rc::as_ptr(t) as *const Header) }
+}
+
+/// The header of a task seen through its `JoinHandle`, without a virtual
+/// call.
+#[inline]
+pub(crate) fn slot_header<T>(t: &Rc<dyn JoinSlot<T>>) -> &Header {
+    // SAFETY: `TaskCell` is the only `JoinSlot` implementor; it is
+    // `repr(C)` with its `Header` first (see `header_of`), so the data
+    // pointer points at a valid `Header` that lives as long as `t`.
     unsafe { &*(Rc::as_ptr(t) as *const Header) }
 }
 
