@@ -625,7 +625,7 @@ fn fork_while_coroutines_queue_on_a_std_mutex() {
 /// spinning at that moment, which a run here reaches only rarely.)
 #[test]
 fn internal_locks_never_park_through_the_futex_hook() {
-    child(
+    util::isolated_patched(
         "internal_locks_never_park_through_the_futex_hook",
         Duration::from_secs(60),
         || {

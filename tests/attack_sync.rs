@@ -126,7 +126,7 @@ fn detached_result_drop_breaks_the_roots_queue_get() {
 /// result whose destructor panics does not disturb the thread either.
 #[test]
 fn detached_result_drop_at_thread_exit_and_panicking() {
-    child(
+    util::isolated(
         "detached_result_drop_at_thread_exit_and_panicking",
         Duration::from_secs(20),
         || {
@@ -635,7 +635,7 @@ macro_rules! kill_from_a_destructor {
     ($($name:ident: $wait:ident, $unwind:ident;)*) => {$(
         #[test]
         fn $name() {
-            child(stringify!($name), Duration::from_secs(10), || {
+            util::isolated(stringify!($name), Duration::from_secs(10), || {
                 kill_from_a_destructor_during_an_unwind(VictimWait::$wait, OwnerUnwind::$unwind)
             });
         }
@@ -661,7 +661,7 @@ kill_from_a_destructor! {
 /// and both finish.
 #[test]
 fn killed_victim_unwinds_through_blocking_destructors() {
-    child(
+    util::isolated(
         "killed_victim_unwinds_through_blocking_destructors",
         Duration::from_secs(10),
         || {
