@@ -52,7 +52,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use moss_runtime::reactor::Interest;
+use moss_runtime::reactor::{Interest, uring};
 
 use super::sys;
 use crate::registry::{self, Got, Owner};
@@ -212,6 +212,40 @@ impl<S: AsRawFd> Evented<S> {
         }
     }
 
+    /// On an io_uring hub, runs `op` (one of `sys::ring`'s calls on this fd,
+    /// given the deadline of the read or write timeout) instead of the
+    /// readiness loop; `None` on an epoll hub and for a socket in moss's
+    /// non-blocking mode, where the caller takes `read_op`/`write_op`. An
+    /// expired timeout reads as `EAGAIN`, as on the readiness path.
+    #[inline]
+    pub(crate) fn ring_op<T>(
+        &self,
+        write: bool,
+        mut op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
+        let st = &self.state;
+        if st.nonblocking.load(Ordering::Relaxed) || !uring::enabled() {
+            return None;
+        }
+        // Fairness, as in `read_op`: before the operation, so a kill
+        // delivered there loses no data.
+        moss_runtime::coop::proceed();
+        let deadline = self.deadline(if write {
+            &st.write_timeout
+        } else {
+            &st.read_timeout
+        });
+        loop {
+            match op(st.fd, deadline) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_deadline(&e) => {
+                    return Some(Err(io::Error::from_raw_os_error(libc::EAGAIN)));
+                }
+                r => return Some(r),
+            }
+        }
+    }
+
     /// Clears the drained hint (after a peek found data, say).
     pub(crate) fn clear_drained(&self) {
         self.state.drained.store(false, Ordering::Relaxed);
@@ -258,6 +292,12 @@ impl<S: AsRawFd> Evented<S> {
         }
         Ok(got)
     }
+}
+
+/// Whether `e` is a ring operation's own deadline passing (not a kernel
+/// `ETIMEDOUT`, which carries its errno).
+pub(crate) fn is_deadline(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none()
 }
 
 /// Waits on `got`; an expired deadline reads as `EAGAIN` (see `wait`).

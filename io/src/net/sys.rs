@@ -367,5 +367,183 @@ mod raw {
         } else {
             r
         }
+
+/// The same operations on the io_uring backend: each builds its SQE,
+/// submits it to this thread's ring and parks until its completion
+/// (`moss_runtime::reactor::uring`). No `MSG_DONTWAIT`: the kernel waits
+/// for readiness itself. `deadline` bounds the wait: when it passes, the
+/// operation is cancelled and fails with `ErrorKind::TimedOut` (with no
+/// raw os error, unlike a kernel `ETIMEDOUT`).
+///
+/// Each function borrows its buffers and addresses for the whole call,
+/// and the call returns (or unwinds) only after the kernel has posted the
+/// completion: that is what makes every submission below sound.
+pub(crate) mod ring {
+    use std::io::{self, IoSlice, IoSliceMut};
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    use std::time::Instant;
+
+    use moss_runtime::reactor::uring::{self, Fd, op};
+    use socket2::SockAddr;
+
+    use super::Recv;
+
+    /// A buffer length for an SQE (longer buffers are used in part, as a
+    /// short read or write).
+    fn len32(n: usize) -> u32 {
+        n.min(u32::MAX as usize) as u32
+    }
+
+    fn recv_flags(how: Recv) -> u32 {
+        match how {
+            Recv::Take => 0,
+            Recv::Peek => libc::MSG_PEEK as u32,
+        }
+    }
+
+    const SEND_FLAGS: u32 = libc::MSG_NOSIGNAL as u32;
+
+    /// `IORING_OP_RECV` into `buf`.
+    pub(crate) fn recv(
+        fd: RawFd,
+        buf: &mut [u8],
+        how: Recv,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        let e = op::Recv::new(Fd(fd), buf.as_mut_ptr(), len32(buf.len()))
+            .flags(recv_flags(how) as i32)
+            .build();
+        // SAFETY: `buf` is borrowed mutably until `complete` returns, which
+        // is after the kernel's last write into it (see the module docs).
+        unsafe { uring::complete(e, deadline) }
+    }
+
+    /// `IORING_OP_RECVMSG` into several buffers.
+    pub(crate) fn recv_vectored(
+        fd: RawFd,
+        bufs: &mut [IoSliceMut<'_>],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        // SAFETY: a zeroed msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // IoSliceMut is guaranteed ABI-compatible with iovec on Unix.
+        msg.msg_iov = bufs.as_mut_ptr().cast();
+        msg.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
+        let e = op::RecvMsg::new(Fd(fd), &mut msg).build();
+        // SAFETY: `msg` (on this frame) and the buffers it points at are
+        // borrowed until `complete` returns, after the kernel is done.
+        unsafe { uring::complete(e, deadline) }
+    }
+
+    /// `IORING_OP_SEND` of `buf`.
+    pub(crate) fn send(fd: RawFd, buf: &[u8], deadline: Option<Instant>) -> io::Result<usize> {
+        let e = op::Send::new(Fd(fd), buf.as_ptr(), len32(buf.len()))
+            .flags(SEND_FLAGS as i32)
+            .build();
+        // SAFETY: `buf` is borrowed until `complete` returns, after the
+        // kernel's last read of it.
+        unsafe { uring::complete(e, deadline) }
+    }
+
+    /// `IORING_OP_SENDMSG` of several buffers.
+    pub(crate) fn send_vectored(
+        fd: RawFd,
+        bufs: &[IoSlice<'_>],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        // SAFETY: a zeroed msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // IoSlice is ABI-compatible with iovec; the kernel only reads it.
+        msg.msg_iov = bufs.as_ptr().cast_mut().cast();
+        msg.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
+        let e = op::SendMsg::new(Fd(fd), &msg).flags(SEND_FLAGS).build();
+        // SAFETY: `msg` and the buffers are borrowed until `complete`
+        // returns, after the kernel is done with them.
+        unsafe { uring::complete(e, deadline) }
+    }
+
+    /// `IORING_OP_RECVMSG` of one datagram (truncated to `buf`) and its
+    /// sender.
+    pub(crate) fn recv_from(
+        fd: RawFd,
+        buf: &mut [u8],
+        how: Recv,
+        deadline: Option<Instant>,
+    ) -> io::Result<(usize, SockAddr)> {
+        // SAFETY: `try_init` hands us zeroed address storage and its length;
+        // the kernel writes at most that many bytes there, and we store the
+        // length it reports.
+        let (n, addr) = unsafe {
+            SockAddr::try_init(|storage, len| {
+                let mut iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                };
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_name = storage.cast();
+                msg.msg_namelen = *len;
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                let e = op::RecvMsg::new(Fd(fd), &mut msg)
+                    .flags(recv_flags(how))
+                    .build();
+                // SAFETY: `msg`, `iov`, the storage and `buf` outlive the
+                // call, which returns after the kernel is done with them.
+                let n = uring::complete(e, deadline)?;
+                *len = msg.msg_namelen;
+                Ok(n)
+            })
+        }?;
+        Ok((n, addr))
+    }
+
+    /// `IORING_OP_SENDMSG` of one datagram to `addr`.
+    pub(crate) fn send_to(
+        fd: RawFd,
+        buf: &[u8],
+        addr: &SockAddr,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr().cast_mut().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = addr.as_ptr().cast_mut().cast();
+        msg.msg_namelen = addr.len();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        let e = op::SendMsg::new(Fd(fd), &msg).flags(SEND_FLAGS).build();
+        // SAFETY: `msg`, `iov`, `buf` and `addr` are borrowed until
+        // `complete` returns, after the kernel is done with them.
+        unsafe { uring::complete(e, deadline) }
+    }
+
+    /// `IORING_OP_ACCEPT`: a new connection, already `O_NONBLOCK |
+    /// O_CLOEXEC`, and the peer's address.
+    pub(crate) fn accept(fd: RawFd, deadline: Option<Instant>) -> io::Result<(OwnedFd, SockAddr)> {
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        // SAFETY: as in `recv_from`: the kernel writes at most `*len` bytes
+        // of address into the storage and updates `len`, both alive until
+        // `complete` returns.
+        let (cfd, addr) = unsafe {
+            SockAddr::try_init(|storage, len| {
+                let e = op::Accept::new(Fd(fd), storage.cast(), len)
+                    .flags(flags)
+                    .build();
+                uring::complete(e, deadline)
+            })
+        }?;
+        // SAFETY: the accept succeeded, so `cfd` is a new fd nothing owns.
+        Ok((unsafe { OwnedFd::from_raw_fd(cfd as RawFd) }, addr))
+    }
+
+    /// `IORING_OP_CONNECT`: completes when the connection is established
+    /// or has failed.
+    pub(crate) fn connect(fd: RawFd, addr: &SockAddr, deadline: Option<Instant>) -> io::Result<()> {
+        let e = op::Connect::new(Fd(fd), addr.as_ptr().cast(), addr.len()).build();
+        // SAFETY: `addr` is borrowed until `complete` returns.
+        unsafe { uring::complete(e, deadline) }.map(drop)
     }
 }

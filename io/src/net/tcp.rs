@@ -16,12 +16,12 @@ use std::net::{self, Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use moss_runtime::reactor::Interest;
+use moss_runtime::reactor::{Interest, uring};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::addr::{ToSocketAddrs, each_addr};
 use super::convert::std_conversions;
-use super::fd::Evented;
+use super::fd::{Evented, is_deadline};
 use super::sys::{self, Recv};
 
 /// A TCP connection; [`std::net::TcpStream`] for coroutines.
@@ -86,7 +86,18 @@ impl TcpStream {
         let stream = TcpStream {
             inner: Evented::from_nonblocking(net::TcpStream::from(OwnedFd::from(sock))),
         };
-        match sys::connect(stream.as_raw_fd(), &SockAddr::from(*addr)) {
+        let sa = SockAddr::from(*addr);
+        if uring::enabled() {
+            return match sys::ring::connect(stream.as_raw_fd(), &sa, deadline) {
+                Ok(()) => Ok(stream),
+                Err(e) if is_deadline(&e) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection timed out",
+                )),
+                Err(e) => Err(e),
+            };
+        }
+        match sys::connect(stream.as_raw_fd(), &sa) {
             Ok(()) => return Ok(stream),
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
@@ -159,6 +170,12 @@ impl TcpStream {
 
     /// Reads without consuming.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(false, |fd, d| sys::ring::recv(fd, buf, Recv::Peek, d))
+        {
+            return r;
+        }
         let n = self
             .inner
             .read_op(None, |s| sys::recv(s.as_raw_fd(), buf, Recv::Peek), |n| *n)?;
@@ -202,6 +219,12 @@ impl TcpStream {
     }
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(false, |fd, d| sys::ring::recv(fd, buf, Recv::Take, d))
+        {
+            return r;
+        }
         let len = buf.len();
         self.inner.read_op(
             Some(len),
@@ -211,6 +234,12 @@ impl TcpStream {
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(false, |fd, d| sys::ring::recv_vectored(fd, bufs, d))
+        {
+            return r;
+        }
         let len = bufs.iter().map(|b| b.len()).sum();
         self.inner.read_op(
             Some(len),
@@ -220,10 +249,22 @@ impl TcpStream {
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(true, |fd, d| sys::ring::send(fd, buf, d))
+        {
+            return r;
+        }
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(true, |fd, d| sys::ring::send_vectored(fd, bufs, d))
+        {
+            return r;
+        }
         self.inner
             .write_op(|s| sys::send_vectored(s.as_raw_fd(), bufs))
     }
@@ -315,9 +356,12 @@ impl TcpListener {
     /// [`StreamServer`](crate::server::StreamServer) for a loop that backs
     /// off on them.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (fd, addr) = self
-            .inner
-            .read_op(None, |l| sys::accept(l.as_raw_fd()), |_| 0)?;
+        let (fd, addr) = match self.inner.ring_op(false, sys::ring::accept) {
+            Some(r) => r?,
+            None => self
+                .inner
+                .read_op(None, |l| sys::accept(l.as_raw_fd()), |_| 0)?,
+        };
         let addr = addr.as_socket().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -55,9 +55,15 @@ impl UdpSocket {
     }
 
     fn recv_from_inner(&self, buf: &mut [u8], how: Recv) -> io::Result<(usize, SocketAddr)> {
-        let (n, a) =
-            self.inner
-                .read_op(None, |s| sys::recv_from(s.as_raw_fd(), buf, how), |_| 0)?;
+        let (n, a) = match self
+            .inner
+            .ring_op(false, |fd, d| sys::ring::recv_from(fd, buf, how, d))
+        {
+            Some(r) => r?,
+            None => self
+                .inner
+                .read_op(None, |s| sys::recv_from(s.as_raw_fd(), buf, how), |_| 0)?,
+        };
         let a = a.as_socket().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
         })?;
@@ -70,6 +76,12 @@ impl UdpSocket {
             io::Error::new(io::ErrorKind::InvalidInput, "no addresses to send data to")
         })?;
         let a = SockAddr::from(a);
+        if let Some(r) = self
+            .inner
+            .ring_op(true, |fd, d| sys::ring::send_to(fd, buf, &a, d))
+        {
+            return r;
+        }
         self.inner
             .write_op(|s| sys::send_to(s.as_raw_fd(), buf, &a))
     }
@@ -82,17 +94,35 @@ impl UdpSocket {
 
     /// Sends to the connected peer.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(true, |fd, d| sys::ring::send(fd, buf, d))
+        {
+            return r;
+        }
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 
     /// Receives from the connected peer.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(false, |fd, d| sys::ring::recv(fd, buf, Recv::Take, d))
+        {
+            return r;
+        }
         self.inner
             .read_op(None, |s| sys::recv(s.as_raw_fd(), buf, Recv::Take), |_| 0)
     }
 
     /// Like [`recv`](Self::recv) without consuming the datagram.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(false, |fd, d| sys::ring::recv(fd, buf, Recv::Peek, d))
+        {
+            return r;
+        }
         self.inner
             .read_op(None, |s| sys::recv(s.as_raw_fd(), buf, Recv::Peek), |_| 0)
     }

@@ -20,10 +20,23 @@
 //!
 //! [`Registration`] is the API I/O types use; [`wait_fd`] waits on an fd
 //! without registering it.
+//!
+//! # Backends
+//!
+//! A hub's I/O runs on epoll (the default) or on io_uring ([`uring`]),
+//! chosen per process by `MOSS_IO=uring` in the environment or by
+//! [`set_backend`] before the hub is created. On io_uring, `moss::net`
+//! operations are submitted whole to the ring; readiness waits (this
+//! module's API) keep working through the epoll set, which the ring
+//! watches. A hub whose ring cannot be set up runs on epoll and says so
+//! once per process on stderr.
 
+mod backend;
 pub(crate) mod poller;
 mod registration;
+pub mod uring;
 
+pub use backend::{Backend, backend, set_backend};
 pub use registration::{Interest, Registration, WaitError};
 
 /// The id of this thread's hub (creating it if needed); compare with

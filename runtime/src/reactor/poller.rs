@@ -1,7 +1,8 @@
 //! The reactor proper: one hub's epoll instance and the readiness state of
-//! its fds (see the module above for the protocol). It knows nothing of the
-//! scheduler: the hub polls it and wakes the contexts whose tokens it
-//! reports.
+//! its fds (see the module above for the protocol), and on the io_uring
+//! backend the ring that nests that epoll instance (`uring.rs`). It knows
+//! nothing of the scheduler: the hub polls it and wakes the contexts whose
+//! tokens it reports.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -20,21 +21,39 @@ pub(crate) struct Reactor {
     poll: RefCell<mio::Poll>,
     events: RefCell<mio::Events>,
     pub(super) slots: RefCell<Slab<IoSlot>>,
-    /// Contexts parked on I/O readiness (they can be woken by the kernel).
+    /// Contexts parked on I/O readiness or on a ring operation (they can be
+    /// woken by the kernel).
     pub(super) waiters: Cell<usize>,
     /// The fork generation the epoll instance was made in: a forked child's
     /// copy shares the instance with the parent and never touches it.
     generation: u64,
+    /// The io_uring backend, when chosen and available; `None`: epoll.
+    pub(crate) ring: Option<super::uring::Ring>,
 }
 
 impl Reactor {
     pub(crate) fn new() -> io::Result<Reactor> {
+        let poll = mio::Poll::new()?;
+        let ring = match super::backend::chosen() {
+            super::Backend::Epoll => None,
+            super::Backend::Uring => {
+                use std::os::fd::AsRawFd;
+                match super::uring::Ring::new(poll.as_raw_fd()) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        super::backend::fell_back(&e);
+                        None
+                    }
+                }
+            }
+        };
         Ok(Reactor {
-            poll: RefCell::new(mio::Poll::new()?),
+            poll: RefCell::new(poll),
             events: RefCell::new(mio::Events::with_capacity(1024)),
             slots: RefCell::new(Slab::new()),
             waiters: Cell::new(0),
             generation: crate::sys::atfork::generation(),
+            ring,
         })
     }
 
@@ -43,10 +62,10 @@ impl Reactor {
         mio::Waker::new(self.poll.borrow().registry(), WAKER_TOKEN)
     }
 
-    /// Whether any fd is registered (otherwise a zero-timeout poll is
-    /// pointless).
+    /// Whether any fd is registered or a ring operation is in flight
+    /// (otherwise a zero-timeout poll is pointless).
     pub(crate) fn has_registrations(&self) -> bool {
-        !self.slots.borrow().is_empty()
+        !self.slots.borrow().is_empty() || self.ring.as_ref().is_some_and(|r| r.busy())
     }
 
     /// Whether a context is parked on I/O (the kernel may wake the hub).
@@ -72,6 +91,19 @@ impl Reactor {
         if self.inherited() {
             crate::hub::left_in_child(b"poll its epoll instance");
         }
+        if let Some(ring) = &self.ring {
+            // One io_uring_enter; the epoll set only when its fd polled
+            // readable (see `uring.rs`).
+            if ring.poll(timeout, &mut wake) {
+                self.poll_epoll(Some(Duration::ZERO), wake);
+            }
+            return;
+        }
+        self.poll_epoll(timeout, wake)
+    }
+
+    /// `poll` on the epoll set itself.
+    fn poll_epoll(&self, timeout: Option<Duration>, mut wake: impl FnMut(Token)) {
         let mut events = self.events.borrow_mut();
         if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
