@@ -71,7 +71,7 @@ pub use moss_runtime::{
     dump_all, greenlet, join_all, panic_message, run, run_per_core, sleep, spawn, spawn_later,
     timeout, wait, yield_now,
 };
-pub use moss_runtime::{coop, coroutine_local, monitor, pool, thread};
+pub use moss_runtime::{coop, coroutine_local, monitor, pool, reactor, thread};
 
 /// Futures that need a particular async runtime (cargo feature `tokio`).
 #[cfg(feature = "tokio")]

@@ -1,0 +1,448 @@
+//! The io_uring backend: its choice and its fallback, moss::net operations
+//! submitted to the ring, and exact cancellation of operations in flight
+//! (10,000 reads and 10,000 writes killed while the kernel holds their
+//! buffers). The other net, server and monkey tests run on this backend
+//! too, in CI, with `MOSS_IO=uring`.
+
+mod util;
+
+use std::cell::Cell;
+use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
+use std::rc::Rc;
+use std::time::Duration;
+
+use moss::net::{TcpListener, TcpStream, UdpSocket};
+use moss::reactor::uring::in_flight;
+use moss::reactor::{Backend, backend, set_backend};
+
+/// Puts this thread's hub on io_uring (it must not exist yet).
+fn on_uring() {
+    set_backend(Backend::Uring);
+    assert_eq!(
+        backend(),
+        Backend::Uring,
+        "io_uring could not be set up on this machine"
+    );
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    (c, s)
+}
+
+#[test]
+fn tcp_operations_move_exact_bytes() {
+    on_uring();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = moss::spawn(move || {
+        let (mut s, peer) = l.accept().unwrap();
+        assert!(peer.ip().is_loopback());
+        let mut all: Vec<u8> = Vec::new();
+        while all.len() < 8 {
+            let mut a = [0u8; 3];
+            let mut b = [0u8; 5];
+            let n = s
+                .read_vectored(&mut [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)])
+                .unwrap();
+            assert!(n > 0);
+            all.extend(a.iter().chain(b.iter()).take(n));
+        }
+        assert_eq!(all, b"abcdefgh");
+        s.write_all(b"pong").unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    let n = c
+        .write_vectored(&[IoSlice::new(b"abc"), IoSlice::new(b"defgh")])
+        .unwrap();
+    c.write_all(&b"abcdefgh"[n..]).unwrap();
+    let mut peeked = [0u8; 4];
+    while c.peek(&mut peeked).unwrap() < 4 {}
+    assert_eq!(&peeked, b"pong");
+    let mut pong = [0u8; 4];
+    c.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"pong");
+    c.write_all(b"tail").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(server.join().unwrap(), b"tail");
+    assert_eq!(in_flight(), 0);
+}
+
+#[test]
+fn tcp_errors_keep_std_kinds() {
+    on_uring();
+    // Refused: nothing listens on a port just freed.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let e = TcpStream::connect(port).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+    // A read timeout reads as EAGAIN, as std's SO_RCVTIMEO does.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (mut c, mut s) = pair(&l);
+    c.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+    let mut b = [0u8; 8];
+    let e = c.read(&mut b).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+    // The cancelled read left the socket usable and took no byte.
+    s.write_all(b"after").unwrap();
+    assert_eq!(c.read(&mut b).unwrap(), 5);
+    assert_eq!(&b[..5], b"after");
+    // Non-blocking mode: WouldBlock at once.
+    c.set_nonblocking(true).unwrap();
+    assert_eq!(c.read(&mut b).unwrap_err().kind(), ErrorKind::WouldBlock);
+    // A reset peer.
+    drop(s);
+    c.set_nonblocking(false).unwrap();
+    assert_eq!(c.read(&mut b).unwrap(), 0);
+    assert_eq!(in_flight(), 0);
+}
+
+#[test]
+fn udp_operations_move_exact_datagrams() {
+    on_uring();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    let reader = moss::spawn(move || {
+        let mut buf = [0u8; 16];
+        // Parks on the ring until the datagram comes.
+        let (n, from) = a.peek_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"one"[..], b_addr));
+        let (n, from) = a.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"one"[..], b_addr));
+        a.connect(b_addr).unwrap();
+        let n = a.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"two");
+        a.send(b"three").unwrap();
+    });
+    util::until_parked(reader.id());
+    assert_eq!(b.send_to(b"one", a_addr).unwrap(), 3);
+    b.connect(a_addr).unwrap();
+    assert_eq!(b.send(b"two").unwrap(), 3);
+    let mut buf = [0u8; 16];
+    let n = b.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"three");
+    reader.join().unwrap();
+    assert_eq!(in_flight(), 0);
+}
+
+/// Kills coroutines from 100 killers at once, so the cancellations of many
+/// operations are in flight together.
+fn kill_all<T: 'static>(victims: Vec<moss::JoinHandle<T>>) -> Vec<moss::JoinHandle<T>> {
+    let victims: Vec<_> = victims.into_iter().map(Rc::new).collect();
+    let chunk = victims.len().div_ceil(100).max(1);
+    let killers: Vec<_> = victims
+        .chunks(chunk)
+        .map(|c| {
+            let c: Vec<_> = c.to_vec();
+            moss::spawn(move || c.iter().for_each(|h| h.kill()))
+        })
+        .collect();
+    for k in killers {
+        k.join().unwrap();
+    }
+    victims
+        .into_iter()
+        .map(|h| Rc::try_unwrap(h).ok().expect("killers done"))
+        .collect()
+}
+
+#[test]
+fn kill_10000_in_flight_reads() {
+    util::isolated(
+        "kill_10000_in_flight_reads",
+        Duration::from_secs(120),
+        || {
+            on_uring();
+            let fds = open_fds();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            const CONNS: usize = 100;
+            const PER: usize = 100;
+            let pairs: Vec<_> = (0..CONNS)
+                .map(|_| {
+                    let (c, s) = pair(&l);
+                    (Rc::new(c), s)
+                })
+                .collect();
+            let readers: Vec<_> = (0..CONNS * PER)
+                .map(|i| {
+                    let c = pairs[i % CONNS].0.clone();
+                    moss::Builder::new()
+                        .stack_size(32 * 1024)
+                        .spawn(move || {
+                            let mut buf = [0u8; 64];
+                            let r = (&*c).read(&mut buf);
+                            (r.map_err(|e| e.kind()), buf[0])
+                        })
+                        .unwrap()
+                })
+                .collect();
+            util::until("10,000 reads in flight", Duration::from_secs(60), || {
+                in_flight() == CONNS * PER
+            });
+            for h in kill_all(readers) {
+                assert!(h.join().unwrap_err().is_killed());
+            }
+            assert_eq!(in_flight(), 0);
+            // Every socket still delivers its own bytes, to the reader that
+            // asks for them now: no completion went astray.
+            let readers: Vec<_> = pairs
+                .iter()
+                .map(|(c, _)| {
+                    let c = c.clone();
+                    moss::spawn(move || {
+                        let mut b = [0u8; 8];
+                        (&*c).read_exact(&mut b).unwrap();
+                        b
+                    })
+                })
+                .collect();
+            for (i, (_, s)) in pairs.iter().enumerate() {
+                (&*s).write_all(&[i as u8; 8]).unwrap();
+            }
+            for (i, r) in readers.into_iter().enumerate() {
+                assert_eq!(r.join().unwrap(), [i as u8; 8]);
+            }
+            drop(pairs);
+            drop(l);
+            assert_eq!(open_fds(), fds, "an fd leaked");
+        },
+    );
+}
+
+#[test]
+fn kill_10000_in_flight_writes() {
+    util::isolated(
+        "kill_10000_in_flight_writes",
+        Duration::from_secs(120),
+        || {
+            on_uring();
+            let fds = open_fds();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            const CONNS: usize = 100;
+            const PER: usize = 100;
+            const FILL: u8 = 0x11;
+            const DATA: u8 = 0xA5;
+            const POISON: u8 = 0xEE;
+            let pairs: Vec<_> = (0..CONNS)
+                .map(|_| {
+                    let (c, s) = pair(&l);
+                    (Rc::new(c), s)
+                })
+                .collect();
+            // Fill each connection until a write would block.
+            let mut filled = 0usize;
+            for (c, _) in &pairs {
+                c.set_nonblocking(true).unwrap();
+                loop {
+                    match (&**c).write(&[FILL; 65536]) {
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                c.set_nonblocking(false).unwrap();
+            }
+            // 10,000 writers, each with its buffer on its own stack.
+            let written = Rc::new(Cell::new(0usize));
+            let done = Rc::new(Cell::new(0usize));
+            let writers: Vec<_> = (0..CONNS * PER)
+                .map(|i| {
+                    let c = pairs[i % CONNS].0.clone();
+                    let (written, done) = (written.clone(), done.clone());
+                    moss::Builder::new()
+                        .stack_size(32 * 1024)
+                        .spawn(move || {
+                            let buf = [DATA; 4096];
+                            let r = (&*c).write(&buf);
+                            if let Ok(n) = r {
+                                written.set(written.get() + n);
+                            }
+                            done.set(done.get() + 1);
+                        })
+                        .unwrap()
+                })
+                .collect();
+            util::until("10,000 writes parked", Duration::from_secs(60), || {
+                in_flight() + done.get() == CONNS * PER
+            });
+            assert!(in_flight() > CONNS * PER / 2, "most writes must block");
+            for h in kill_all(writers) {
+                let _ = h.join();
+            }
+            assert_eq!(in_flight(), 0);
+            // The killed writers' stacks are reused and overwritten.
+            let poison: Vec<_> = (0..CONNS * PER)
+                .map(|_| {
+                    moss::Builder::new()
+                        .stack_size(32 * 1024)
+                        .spawn(|| {
+                            let mut p = [POISON; 8192];
+                            std::hint::black_box(&mut p);
+                            moss::yield_now();
+                            std::hint::black_box(&mut p);
+                        })
+                        .unwrap()
+                })
+                .collect();
+            moss::join_all(poison);
+            // Drain: exactly the fill and the bytes the writers were told
+            // were written, never a byte of a reused stack.
+            let drains: Vec<_> = pairs
+                .into_iter()
+                .map(|(c, s)| {
+                    drop(c);
+                    moss::spawn(move || {
+                        let mut v = Vec::new();
+                        (&s).read_to_end(&mut v).unwrap();
+                        v
+                    })
+                })
+                .collect();
+            let (mut fill, mut data) = (0, 0);
+            for d in drains {
+                for b in d.join().unwrap() {
+                    match b {
+                        FILL => fill += 1,
+                        DATA => data += 1,
+                        other => panic!("byte {other:#x} from a freed stack"),
+                    }
+                }
+            }
+            assert_eq!(fill, filled);
+            assert_eq!(data, written.get());
+            drop(l);
+            assert_eq!(open_fds(), fds, "an fd leaked");
+        },
+    );
+}
+
+#[test]
+fn timeout_and_kill_of_a_read_in_flight_are_exact() {
+    on_uring();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (c, mut s) = pair(&l);
+    let c = Rc::new(c);
+    // moss::timeout around a read in flight: Elapsed, no byte taken.
+    let r = moss::timeout(Duration::from_millis(20), || {
+        let mut b = [0u8; 4];
+        (&*c).read(&mut b)
+    });
+    assert!(r.is_err());
+    assert_eq!(in_flight(), 0);
+    // Data that arrives while a kill is requested is not lost when the read
+    // completed first: here the kill comes after the data, so the read
+    // returns it (the kill is delivered at the next blocking point).
+    let c2 = c.clone();
+    let got = Rc::new(Cell::new(0u8));
+    let g = got.clone();
+    let reader = moss::spawn(move || {
+        let mut b = [0u8; 1];
+        let n = (&*c2).read(&mut b).unwrap();
+        g.set(b[0] + n as u8 - 1);
+        moss::sleep(Duration::from_secs(60));
+    });
+    util::until_parked(reader.id());
+    s.write_all(b"x").unwrap();
+    util::until("the read completed", Duration::from_secs(10), || {
+        got.get() == b'x'
+    });
+    reader.kill();
+    assert!(reader.join().unwrap_err().is_killed());
+    assert_eq!(in_flight(), 0);
+}
+
+#[test]
+fn falls_back_to_epoll_when_io_uring_is_blocked() {
+    const CASE: &str = "falls_back_to_epoll_when_io_uring_is_blocked";
+    if util::in_child(CASE) {
+        block_io_uring_setup();
+        set_backend(Backend::Uring);
+        assert_eq!(backend(), Backend::Epoll);
+        // moss::net works on the fallback.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut c, mut s) = pair(&l);
+        c.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+        // Other threads' hubs fall back too, silently.
+        let b = std::thread::spawn(backend).join().unwrap();
+        assert_eq!(b, Backend::Epoll);
+        return;
+    }
+    let r = util::run_in_child(CASE, Duration::from_secs(60));
+    assert!(r.success(), "{r:#?}");
+    assert!(r.stdout.contains("1 passed"), "{r:#?}");
+    let lines: Vec<_> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("io_uring is unavailable"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {r:#?}");
+    assert!(lines[0].contains("using epoll"), "{r:#?}");
+}
+
+/// Makes `io_uring_setup` fail with `EPERM` in this process from now on
+/// (a seccomp filter, as container runtimes install).
+fn block_io_uring_setup() {
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let nr = libc::SYS_io_uring_setup as u32;
+    let filter = [
+        // A = seccomp_data.nr
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: nr,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: plain prctl calls; `prog` points at a valid filter program
+    // that outlives the call (the kernel copies it).
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog
+            ),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
