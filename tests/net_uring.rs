@@ -9,6 +9,8 @@ mod util;
 use std::cell::Cell;
 use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use moss::net::{TcpListener, TcpStream, UdpSocket};
@@ -136,16 +138,25 @@ fn udp_operations_move_exact_datagrams() {
     assert_eq!(in_flight(), 0);
 }
 
-/// Kills coroutines from 100 killers at once, so the cancellations of many
-/// operations are in flight together.
-fn kill_all<T: 'static>(victims: Vec<moss::JoinHandle<T>>) -> Vec<moss::JoinHandle<T>> {
+/// Kills `victims` from 100 killers at once, so that many cancellations
+/// are in flight together; after each kill the killer runs `after` (which
+/// may reuse the victim's freed stack).
+fn kill_all<T: 'static>(
+    victims: Vec<moss::JoinHandle<T>>,
+    after: fn(),
+) -> Vec<moss::JoinHandle<T>> {
     let victims: Vec<_> = victims.into_iter().map(Rc::new).collect();
     let chunk = victims.len().div_ceil(100).max(1);
     let killers: Vec<_> = victims
         .chunks(chunk)
         .map(|c| {
             let c: Vec<_> = c.to_vec();
-            moss::spawn(move || c.iter().for_each(|h| h.kill()))
+            moss::spawn(move || {
+                for h in c {
+                    h.kill();
+                    after();
+                }
+            })
         })
         .collect();
     for k in killers {
@@ -157,6 +168,25 @@ fn kill_all<T: 'static>(victims: Vec<moss::JoinHandle<T>>) -> Vec<moss::JoinHand
         .collect()
 }
 
+/// A coroutine on a small stack (the size the victims use, so it takes a
+/// stack a victim just gave back) that overwrites it with `POISON`.
+fn poison() {
+    moss::Builder::new()
+        .stack_size(SMALL_STACK)
+        .spawn(|| {
+            let mut p = [POISON; 16 * 1024];
+            std::hint::black_box(&mut p);
+            moss::yield_now();
+            std::hint::black_box(&mut p);
+        })
+        .unwrap();
+}
+
+const SMALL_STACK: usize = 32 * 1024;
+const POISON: u8 = 0xEE;
+const CONNS: usize = 100;
+const PER: usize = 100;
+
 #[test]
 fn kill_10000_in_flight_reads() {
     util::isolated(
@@ -166,23 +196,29 @@ fn kill_10000_in_flight_reads() {
             on_uring();
             let fds = open_fds();
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            const CONNS: usize = 100;
-            const PER: usize = 100;
             let pairs: Vec<_> = (0..CONNS)
                 .map(|_| {
                     let (c, s) = pair(&l);
-                    (Rc::new(c), s)
+                    (Rc::new(c), Rc::new(s))
                 })
                 .collect();
+            // Bytes the readers were handed, per connection.
+            let took: Rc<Vec<Cell<usize>>> = Rc::new((0..CONNS).map(|_| Cell::new(0)).collect());
             let readers: Vec<_> = (0..CONNS * PER)
                 .map(|i| {
                     let c = pairs[i % CONNS].0.clone();
+                    let took = took.clone();
                     moss::Builder::new()
-                        .stack_size(32 * 1024)
+                        .stack_size(SMALL_STACK)
                         .spawn(move || {
                             let mut buf = [0u8; 64];
-                            let r = (&*c).read(&mut buf);
-                            (r.map_err(|e| e.kind()), buf[0])
+                            let n = (&*c).read(&mut buf).unwrap();
+                            assert!(buf[..n].iter().all(|&b| b == (i % CONNS) as u8));
+                            let t = &took[i % CONNS];
+                            t.set(t.get() + n);
+                            // The kill is delivered here if it came after
+                            // the data.
+                            moss::sleep(Duration::from_secs(600));
                         })
                         .unwrap()
                 })
@@ -190,12 +226,55 @@ fn kill_10000_in_flight_reads() {
             util::until("10,000 reads in flight", Duration::from_secs(60), || {
                 in_flight() == CONNS * PER
             });
-            for h in kill_all(readers) {
+            // Bytes keep arriving, from another thread, while the readers
+            // are killed: some reads complete before their cancellation
+            // takes effect, some are cancelled.
+            let stop = Arc::new(AtomicBool::new(false));
+            let feeder = {
+                let stop = stop.clone();
+                let servers: Vec<std::net::TcpStream> = pairs
+                    .iter()
+                    .map(|p| p.1.try_clone().unwrap().into())
+                    .collect();
+                std::thread::spawn(move || {
+                    let mut sent = vec![0usize; CONNS];
+                    while !stop.load(Ordering::Relaxed) {
+                        for (i, mut s) in servers.iter().enumerate() {
+                            s.write_all(&[i as u8]).unwrap();
+                            sent[i] += 1;
+                        }
+                    }
+                    sent
+                })
+            };
+            for h in kill_all(readers, poison) {
                 assert!(h.join().unwrap_err().is_killed());
             }
+            stop.store(true, Ordering::Relaxed);
+            let sent = feeder.join().unwrap();
+            moss::sleep(Duration::from_millis(50));
             assert_eq!(in_flight(), 0);
-            // Every socket still delivers its own bytes, to the reader that
-            // asks for them now: no completion went astray.
+            // Every byte sent was either handed to a reader or is still
+            // queued: no completion was lost or went to another coroutine.
+            for (i, (c, _)) in pairs.iter().enumerate() {
+                c.set_nonblocking(true).unwrap();
+                let mut left = 0;
+                let mut b = [0u8; 4096];
+                loop {
+                    match (&**c).read(&mut b) {
+                        Ok(n) => {
+                            assert!(b[..n].iter().all(|&x| x == i as u8));
+                            left += n;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                assert_eq!(took[i].get() + left, sent[i], "connection {i}");
+                c.set_nonblocking(false).unwrap();
+            }
+            // Every socket still delivers its own bytes to the reader that
+            // asks now.
             let readers: Vec<_> = pairs
                 .iter()
                 .map(|(c, _)| {
@@ -208,10 +287,10 @@ fn kill_10000_in_flight_reads() {
                 })
                 .collect();
             for (i, (_, s)) in pairs.iter().enumerate() {
-                (&*s).write_all(&[i as u8; 8]).unwrap();
+                (&**s).write_all(&[i as u8 + 1; 8]).unwrap();
             }
             for (i, r) in readers.into_iter().enumerate() {
-                assert_eq!(r.join().unwrap(), [i as u8; 8]);
+                assert_eq!(r.join().unwrap(), [i as u8 + 1; 8]);
             }
             drop(pairs);
             drop(l);
@@ -229,11 +308,8 @@ fn kill_10000_in_flight_writes() {
             on_uring();
             let fds = open_fds();
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            const CONNS: usize = 100;
-            const PER: usize = 100;
             const FILL: u8 = 0x11;
             const DATA: u8 = 0xA5;
-            const POISON: u8 = 0xEE;
             let pairs: Vec<_> = (0..CONNS)
                 .map(|_| {
                     let (c, s) = pair(&l);
@@ -261,7 +337,7 @@ fn kill_10000_in_flight_writes() {
                     let c = pairs[i % CONNS].0.clone();
                     let (written, done) = (written.clone(), done.clone());
                     moss::Builder::new()
-                        .stack_size(32 * 1024)
+                        .stack_size(SMALL_STACK)
                         .spawn(move || {
                             let buf = [DATA; 4096];
                             let r = (&*c).write(&buf);
@@ -277,38 +353,26 @@ fn kill_10000_in_flight_writes() {
                 in_flight() + done.get() == CONNS * PER
             });
             assert!(in_flight() > CONNS * PER / 2, "most writes must block");
-            for h in kill_all(writers) {
-                let _ = h.join();
-            }
-            assert_eq!(in_flight(), 0);
-            // The killed writers' stacks are reused and overwritten.
-            let poison: Vec<_> = (0..CONNS * PER)
-                .map(|_| {
-                    moss::Builder::new()
-                        .stack_size(32 * 1024)
-                        .spawn(|| {
-                            let mut p = [POISON; 8192];
-                            std::hint::black_box(&mut p);
-                            moss::yield_now();
-                            std::hint::black_box(&mut p);
-                        })
-                        .unwrap()
-                })
-                .collect();
-            moss::join_all(poison);
-            // Drain: exactly the fill and the bytes the writers were told
-            // were written, never a byte of a reused stack.
+            // The peers read while the writers are killed, so some writes
+            // complete in the race; each killed writer's stack is reused
+            // and overwritten at once.
             let drains: Vec<_> = pairs
-                .into_iter()
-                .map(|(c, s)| {
-                    drop(c);
-                    moss::spawn(move || {
+                .iter()
+                .map(|(_, s)| {
+                    let mut s: std::net::TcpStream = s.try_clone().unwrap().into();
+                    std::thread::spawn(move || {
                         let mut v = Vec::new();
-                        (&s).read_to_end(&mut v).unwrap();
+                        s.read_to_end(&mut v).unwrap();
                         v
                     })
                 })
                 .collect();
+            for h in kill_all(writers, poison) {
+                let _ = h.join();
+            }
+            drop(pairs);
+            // Exactly the fill and the bytes the writers were told were
+            // written, never a byte of a reused stack.
             let (mut fill, mut data) = (0, 0);
             for d in drains {
                 for b in d.join().unwrap() {
@@ -321,6 +385,7 @@ fn kill_10000_in_flight_writes() {
             }
             assert_eq!(fill, filled);
             assert_eq!(data, written.get());
+            assert_eq!(in_flight(), 0);
             drop(l);
             assert_eq!(open_fds(), fds, "an fd leaked");
         },
