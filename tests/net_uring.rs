@@ -511,3 +511,30 @@ fn block_io_uring_setup() {
         );
     }
 }
+
+#[test]
+fn shutdown_wakes_a_writer_blocked_on_a_full_buffer() {
+    on_uring();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (c, _s) = pair(&l);
+    let c = Rc::new(c);
+    let w = {
+        let c = c.clone();
+        moss::spawn(move || {
+            let buf = vec![7u8; 1 << 20];
+            loop {
+                if let Err(e) = (&*c).write(&buf) {
+                    return e.kind();
+                }
+            }
+        })
+    };
+    util::until("the writer blocked", Duration::from_secs(10), || {
+        in_flight() == 1 && moss::dump().contains("io_uring")
+    });
+    moss::sleep(Duration::from_millis(50));
+    c.shutdown(std::net::Shutdown::Both).unwrap();
+    let r = w.join_timeout(Duration::from_secs(10));
+    let kind = r.ok().expect("the writer was not woken").unwrap();
+    assert_eq!(kind, ErrorKind::BrokenPipe);
+}

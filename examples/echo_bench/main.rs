@@ -62,10 +62,10 @@ struct Opts {
 
 const USAGE: &str = "usage:
   echo_bench [--conns 64,512] [--size 64] [--pipeline 1] [--duration SECS] [--warmup SECS]
-             [--rounds 3] [--servers moss,monkey,tokio,std,raw] [--buf 4096] [--hold 10000] [--strace]
+             [--rounds 3] [--servers moss,moss-uring,monkey,tokio,std,raw] [--buf 4096] [--hold 10000] [--strace]
   echo_bench --callgrind [--conns 64,512] [--size 64] [--servers moss,tokio,raw] [--duration 5]
              [--warmup 2] [--keep-profiles]
-  echo_bench --serve moss|monkey|tokio|std|raw [--port 0] [--buf 4096]
+  echo_bench --serve moss|moss-uring|monkey|tokio|std|raw [--port 0] [--buf 4096]
   echo_bench --load --addr IP:PORT [--conns 64] [--size 64] [--pipeline 1] [--duration SECS]";
 
 fn die(msg: &str) -> ! {
@@ -389,7 +389,7 @@ fn strace_report(o: &Opts) {
         let total = calls("total");
         let msgs = r.msgs.max(1) as f64;
         println!(
-            "  {:<22} {:>8} msgs  {:>9} syscalls  {:.3} per msg  (recvfrom {:.3}, sendto {:.3}, read {:.3}, write {:.3}, epoll_wait {:.3}, futex {:.3})",
+            "  {:<22} {:>8} msgs  {:>9} syscalls  {:.3} per msg  (recvfrom {:.3}, sendto {:.3}, read {:.3}, write {:.3}, epoll_wait {:.3}, io_uring_enter {:.3}, futex {:.3})",
             kind.name(),
             r.msgs,
             total,
@@ -399,6 +399,7 @@ fn strace_report(o: &Opts) {
             calls("read") as f64 / msgs,
             calls("write") as f64 / msgs,
             calls("epoll_wait") as f64 / msgs,
+            calls("io_uring_enter") as f64 / msgs,
             calls("futex") as f64 / msgs,
         );
         if total == 0 {

@@ -10,6 +10,8 @@ use std::net::TcpListener;
 pub enum Kind {
     /// moss: one coroutine per connection, one hub.
     Moss,
+    /// The same moss server on the io_uring backend (`MOSS_IO=uring`).
+    MossUring,
     /// moss after `monkey::patch_all()`: the plain std::net code of `Std`,
     /// one coroutine per connection on one hub instead of one thread.
     Monkey,
@@ -24,11 +26,19 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order (moss first: the ratios are against it).
-    pub const ALL: &'static [Kind] = &[Kind::Moss, Kind::Monkey, Kind::Tokio, Kind::Std, Kind::Raw];
+    pub const ALL: &'static [Kind] = &[
+        Kind::Moss,
+        Kind::MossUring,
+        Kind::Monkey,
+        Kind::Tokio,
+        Kind::Std,
+        Kind::Raw,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Moss => "moss",
+            Kind::MossUring => "moss (io_uring)",
             Kind::Monkey => "moss (patched std::net)",
             Kind::Tokio => "tokio-current-thread",
             Kind::Std => "std-thread-per-conn",
@@ -40,6 +50,7 @@ impl Kind {
     pub fn key(self) -> &'static str {
         match self {
             Kind::Moss => "moss",
+            Kind::MossUring => "moss-uring",
             Kind::Monkey => "monkey",
             Kind::Tokio => "tokio",
             Kind::Std => "std",
@@ -55,6 +66,15 @@ impl Kind {
     pub fn serve(self, l: TcpListener, buf: usize) {
         match self {
             Kind::Moss => serve_moss(l, buf),
+            Kind::MossUring => {
+                moss::reactor::set_backend(moss::reactor::Backend::Uring);
+                assert_eq!(
+                    moss::reactor::backend(),
+                    moss::reactor::Backend::Uring,
+                    "io_uring is unavailable here"
+                );
+                serve_moss(l, buf)
+            }
             Kind::Monkey => serve_monkey(l, buf),
             Kind::Tokio => serve_tokio(l, buf),
             Kind::Std => serve_std(l, buf),

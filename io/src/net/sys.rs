@@ -371,7 +371,14 @@ mod raw {
 /// The same operations on the io_uring backend: each builds its SQE,
 /// submits it to this thread's ring and parks until its completion
 /// (`moss_runtime::reactor::uring`). No `MSG_DONTWAIT`: the kernel waits
-/// for readiness itself. `deadline` bounds the wait: when it passes, the
+/// for readiness itself.
+///
+/// Sends try `send(2)` first and wait on the ring only when the socket's
+/// buffer is full (see `writable`): a send almost always finds room, and
+/// one that parked for every call would complete only at the hub's next
+/// poll, so a coroutine that queues lines faster than once per poll would
+/// outrun its writer (a chat server's broadcast does). Receives, accepts
+/// and connects go to the ring whole: they usually wait. `deadline` bounds the wait: when it passes, the
 /// operation is cancelled and fails with `ErrorKind::TimedOut` (with no
 /// raw os error, unlike a kernel `ETIMEDOUT`).
 ///
@@ -400,8 +407,6 @@ pub(crate) mod ring {
             Recv::Peek => libc::MSG_PEEK as u32,
         }
     }
-
-    const SEND_FLAGS: u32 = libc::MSG_NOSIGNAL as u32;
 
     /// `IORING_OP_RECV` into `buf`.
     pub(crate) fn recv(
@@ -435,31 +440,42 @@ pub(crate) mod ring {
         unsafe { uring::complete(e, deadline) }
     }
 
-    /// `IORING_OP_SEND` of `buf`.
+    /// `send(2)` of `buf`; a full buffer waits for room on the ring.
     pub(crate) fn send(fd: RawFd, buf: &[u8], deadline: Option<Instant>) -> io::Result<usize> {
-        let e = op::Send::new(Fd(fd), buf.as_ptr(), len32(buf.len()))
-            .flags(SEND_FLAGS as i32)
-            .build();
-        // SAFETY: `buf` is borrowed until `complete` returns, after the
-        // kernel's last read of it.
-        unsafe { uring::complete(e, deadline) }
+        loop {
+            match super::send(fd, buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(fd, deadline)?,
+                r => return r,
+            }
+        }
     }
 
-    /// `IORING_OP_SENDMSG` of several buffers.
+    /// `sendmsg(2)` of several buffers; a full buffer waits for room on
+    /// the ring.
     pub(crate) fn send_vectored(
         fd: RawFd,
         bufs: &[IoSlice<'_>],
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        // SAFETY: a zeroed msghdr is valid (no name, no control data).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        // IoSlice is ABI-compatible with iovec; the kernel only reads it.
-        msg.msg_iov = bufs.as_ptr().cast_mut().cast();
-        msg.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
-        let e = op::SendMsg::new(Fd(fd), &msg).flags(SEND_FLAGS).build();
-        // SAFETY: `msg` and the buffers are borrowed until `complete`
-        // returns, after the kernel is done with them.
-        unsafe { uring::complete(e, deadline) }
+        loop {
+            match super::send_vectored(fd, bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(fd, deadline)?,
+                r => return r,
+            }
+        }
+    }
+
+    /// Waits on the ring (`IORING_OP_POLL_ADD`) until `fd` is writable or
+    /// has an error or hang-up (the retried send reports it).
+    ///
+    /// A send submitted whole would wait for room inside the kernel; when
+    /// room comes back a little at a time, io_uring hands such a send to a
+    /// worker thread that blocks in it, where a cancellation may not reach
+    /// it. A poll is always cancellable, so sends wait with one.
+    fn writable(fd: RawFd, deadline: Option<Instant>) -> io::Result<()> {
+        let e = op::PollAdd::new(Fd(fd), libc::POLLOUT as u32).build();
+        // SAFETY: a poll points at no memory.
+        unsafe { uring::complete(e, deadline) }.map(drop)
     }
 
     /// `IORING_OP_RECVMSG` of one datagram (truncated to `buf`) and its
@@ -497,27 +513,20 @@ pub(crate) mod ring {
         Ok((n, addr))
     }
 
-    /// `IORING_OP_SENDMSG` of one datagram to `addr`.
+    /// `sendto(2)` of one datagram to `addr`; a full buffer waits for
+    /// room on the ring.
     pub(crate) fn send_to(
         fd: RawFd,
         buf: &[u8],
         addr: &SockAddr,
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_ptr().cast_mut().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: a zeroed msghdr is valid (no name, no control data).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = addr.as_ptr().cast_mut().cast();
-        msg.msg_namelen = addr.len();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        let e = op::SendMsg::new(Fd(fd), &msg).flags(SEND_FLAGS).build();
-        // SAFETY: `msg`, `iov`, `buf` and `addr` are borrowed until
-        // `complete` returns, after the kernel is done with them.
-        unsafe { uring::complete(e, deadline) }
+        loop {
+            match super::send_to(fd, buf, addr) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(fd, deadline)?,
+                r => return r,
+            }
+        }
     }
 
     /// `IORING_OP_ACCEPT`: a new connection, already `O_NONBLOCK |
