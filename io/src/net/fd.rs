@@ -212,15 +212,14 @@ impl<S: AsRawFd> Evented<S> {
         }
     }
 
-    /// On an io_uring hub, runs `op` (one of `sys::ring`'s calls on this fd,
-    /// given the deadline of the read or write timeout) instead of the
+    /// On an io_uring hub, runs `op` (one of `sys::ring`'s receives on this
+    /// fd, given the deadline of the read timeout) instead of the
     /// readiness loop; `None` on an epoll hub and for a socket in moss's
     /// non-blocking mode, where the caller takes `read_op`/`write_op`. An
     /// expired timeout reads as `EAGAIN`, as on the readiness path.
     #[inline]
     pub(crate) fn ring_op<T>(
         &self,
-        write: bool,
         mut op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
     ) -> Option<io::Result<T>> {
         let st = &self.state;
@@ -230,11 +229,7 @@ impl<S: AsRawFd> Evented<S> {
         // Fairness, as in `read_op`: before the operation, so a kill
         // delivered there loses no data.
         moss_runtime::coop::proceed();
-        let deadline = self.deadline(if write {
-            &st.write_timeout
-        } else {
-            &st.read_timeout
-        });
+        let deadline = self.deadline(&st.read_timeout);
         loop {
             match op(st.fd, deadline) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

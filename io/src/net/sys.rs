@@ -373,12 +373,17 @@ mod raw {
 /// (`moss_runtime::reactor::uring`). No `MSG_DONTWAIT`: the kernel waits
 /// for readiness itself.
 ///
-/// Sends try `send(2)` first and wait on the ring only when the socket's
-/// buffer is full (see `writable`): a send almost always finds room, and
-/// one that parked for every call would complete only at the hub's next
-/// poll, so a coroutine that queues lines faster than once per poll would
-/// outrun its writer (a chat server's broadcast does). Receives, accepts
-/// and connects go to the ring whole: they usually wait. `deadline` bounds the wait: when it passes, the
+/// Sends are not here: on both backends they try `send(2)` and wait for
+/// room through the hub's epoll set (which the ring watches). A send
+/// almost always finds room, so it costs one syscall either way, while a
+/// send submitted to the ring would park until the hub's next poll even
+/// with room (a coroutine queueing lines faster than once per poll would
+/// outrun its writer, as a chat server's broadcast does). And a send that
+/// waits for room inside io_uring is retried on each wake-up and, past a
+/// retry limit, handed to a kernel worker that blocks in it, where
+/// cancellation did not reach it; when TCP memory is short, a level
+/// `POLL_ADD` reports the socket writable while `send` still fails, and
+/// would spin. The edge-triggered epoll wait has neither problem. `deadline` bounds the wait: when it passes, the
 /// operation is cancelled and fails with `ErrorKind::TimedOut` (with no
 /// raw os error, unlike a kernel `ETIMEDOUT`).
 ///
@@ -386,7 +391,7 @@ mod raw {
 /// and the call returns (or unwinds) only after the kernel has posted the
 /// completion: that is what makes every submission below sound.
 pub(crate) mod ring {
-    use std::io::{self, IoSlice, IoSliceMut};
+    use std::io::{self, IoSliceMut};
     use std::os::fd::{FromRawFd, OwnedFd, RawFd};
     use std::time::Instant;
 
@@ -440,44 +445,6 @@ pub(crate) mod ring {
         unsafe { uring::complete(e, deadline) }
     }
 
-    /// `send(2)` of `buf`; a full buffer waits for room on the ring.
-    pub(crate) fn send(fd: RawFd, buf: &[u8], deadline: Option<Instant>) -> io::Result<usize> {
-        loop {
-            match super::send(fd, buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(fd, deadline)?,
-                r => return r,
-            }
-        }
-    }
-
-    /// `sendmsg(2)` of several buffers; a full buffer waits for room on
-    /// the ring.
-    pub(crate) fn send_vectored(
-        fd: RawFd,
-        bufs: &[IoSlice<'_>],
-        deadline: Option<Instant>,
-    ) -> io::Result<usize> {
-        loop {
-            match super::send_vectored(fd, bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(fd, deadline)?,
-                r => return r,
-            }
-        }
-    }
-
-    /// Waits on the ring (`IORING_OP_POLL_ADD`) until `fd` is writable or
-    /// has an error or hang-up (the retried send reports it).
-    ///
-    /// A send submitted whole would wait for room inside the kernel; when
-    /// room comes back a little at a time, io_uring hands such a send to a
-    /// worker thread that blocks in it, where a cancellation may not reach
-    /// it. A poll is always cancellable, so sends wait with one.
-    fn writable(fd: RawFd, deadline: Option<Instant>) -> io::Result<()> {
-        let e = op::PollAdd::new(Fd(fd), libc::POLLOUT as u32).build();
-        // SAFETY: a poll points at no memory.
-        unsafe { uring::complete(e, deadline) }.map(drop)
-    }
-
     /// `IORING_OP_RECVMSG` of one datagram (truncated to `buf`) and its
     /// sender.
     pub(crate) fn recv_from(
@@ -511,22 +478,6 @@ pub(crate) mod ring {
             })
         }?;
         Ok((n, addr))
-    }
-
-    /// `sendto(2)` of one datagram to `addr`; a full buffer waits for
-    /// room on the ring.
-    pub(crate) fn send_to(
-        fd: RawFd,
-        buf: &[u8],
-        addr: &SockAddr,
-        deadline: Option<Instant>,
-    ) -> io::Result<usize> {
-        loop {
-            match super::send_to(fd, buf, addr) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(fd, deadline)?,
-                r => return r,
-            }
-        }
     }
 
     /// `IORING_OP_ACCEPT`: a new connection, already `O_NONBLOCK |

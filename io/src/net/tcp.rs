@@ -172,7 +172,7 @@ impl TcpStream {
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(r) = self
             .inner
-            .ring_op(false, |fd, d| sys::ring::recv(fd, buf, Recv::Peek, d))
+            .ring_op(|fd, d| sys::ring::recv(fd, buf, Recv::Peek, d))
         {
             return r;
         }
@@ -221,7 +221,7 @@ impl TcpStream {
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(r) = self
             .inner
-            .ring_op(false, |fd, d| sys::ring::recv(fd, buf, Recv::Take, d))
+            .ring_op(|fd, d| sys::ring::recv(fd, buf, Recv::Take, d))
         {
             return r;
         }
@@ -236,7 +236,7 @@ impl TcpStream {
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         if let Some(r) = self
             .inner
-            .ring_op(false, |fd, d| sys::ring::recv_vectored(fd, bufs, d))
+            .ring_op(|fd, d| sys::ring::recv_vectored(fd, bufs, d))
         {
             return r;
         }
@@ -249,22 +249,10 @@ impl TcpStream {
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(r) = self
-            .inner
-            .ring_op(true, |fd, d| sys::ring::send(fd, buf, d))
-        {
-            return r;
-        }
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if let Some(r) = self
-            .inner
-            .ring_op(true, |fd, d| sys::ring::send_vectored(fd, bufs, d))
-        {
-            return r;
-        }
         self.inner
             .write_op(|s| sys::send_vectored(s.as_raw_fd(), bufs))
     }
@@ -356,7 +344,7 @@ impl TcpListener {
     /// [`StreamServer`](crate::server::StreamServer) for a loop that backs
     /// off on them.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (fd, addr) = match self.inner.ring_op(false, sys::ring::accept) {
+        let (fd, addr) = match self.inner.ring_op(sys::ring::accept) {
             Some(r) => r?,
             None => self
                 .inner

@@ -57,7 +57,7 @@ impl UdpSocket {
     fn recv_from_inner(&self, buf: &mut [u8], how: Recv) -> io::Result<(usize, SocketAddr)> {
         let (n, a) = match self
             .inner
-            .ring_op(false, |fd, d| sys::ring::recv_from(fd, buf, how, d))
+            .ring_op(|fd, d| sys::ring::recv_from(fd, buf, how, d))
         {
             Some(r) => r?,
             None => self
@@ -76,12 +76,6 @@ impl UdpSocket {
             io::Error::new(io::ErrorKind::InvalidInput, "no addresses to send data to")
         })?;
         let a = SockAddr::from(a);
-        if let Some(r) = self
-            .inner
-            .ring_op(true, |fd, d| sys::ring::send_to(fd, buf, &a, d))
-        {
-            return r;
-        }
         self.inner
             .write_op(|s| sys::send_to(s.as_raw_fd(), buf, &a))
     }
@@ -94,12 +88,6 @@ impl UdpSocket {
 
     /// Sends to the connected peer.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(r) = self
-            .inner
-            .ring_op(true, |fd, d| sys::ring::send(fd, buf, d))
-        {
-            return r;
-        }
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 
@@ -107,7 +95,7 @@ impl UdpSocket {
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(r) = self
             .inner
-            .ring_op(false, |fd, d| sys::ring::recv(fd, buf, Recv::Take, d))
+            .ring_op(|fd, d| sys::ring::recv(fd, buf, Recv::Take, d))
         {
             return r;
         }
@@ -119,7 +107,7 @@ impl UdpSocket {
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(r) = self
             .inner
-            .ring_op(false, |fd, d| sys::ring::recv(fd, buf, Recv::Peek, d))
+            .ring_op(|fd, d| sys::ring::recv(fd, buf, Recv::Peek, d))
         {
             return r;
         }

@@ -251,6 +251,11 @@ pub unsafe fn submit(entry: squeue::Entry, deadline: Option<Instant>) -> Result<
         .as_ref()
         .expect("moss: io_uring operation on an epoll hub");
     let h = hub.current_header();
+    if crate::greenlet::drives_greenlets(h) {
+        // Before anything is submitted: the panic unwinds a stack the
+        // kernel has no pointer into.
+        crate::greenlet::cannot_block();
+    }
     let key = ring.ops.borrow_mut().insert(Op {
         token: h.token(),
         res: None,
