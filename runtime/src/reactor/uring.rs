@@ -1,11 +1,14 @@
 //! The io_uring backend of a hub (opt-in: `MOSS_IO=uring`).
 //!
-//! On this backend an I/O operation of `moss::net` is not "try the syscall,
-//! wait for readiness, retry": the coroutine describes the whole operation
-//! in a submission queue entry (SQE) that points at its own buffer, parks,
-//! and is woken with the operation's result (the CQE). The hub submits every
-//! SQE queued since its last poll and reaps the completions in one
-//! `io_uring_enter` per loop iteration.
+//! On this backend the operations of `moss::net` that usually wait —
+//! receives, `accept`, `connect` — are not "try the syscall, wait for
+//! readiness, retry": the coroutine describes the whole operation in a
+//! submission queue entry (SQE) that points at its own buffer, parks, and is
+//! woken with the operation's result (the CQE). The hub submits every SQE
+//! queued since its last poll and reaps the completions in one
+//! `io_uring_enter` per loop iteration. Sends, which almost always find
+//! room, stay `send(2)` plus a readiness wait (`moss_io`'s `net/sys.rs`
+//! says why).
 //!
 //! # Submission and completion
 //!
