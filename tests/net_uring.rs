@@ -164,7 +164,10 @@ fn kill_all<T: 'static>(
     }
     victims
         .into_iter()
-        .map(|h| Rc::try_unwrap(h).ok().expect("killers done"))
+        .map(|h| match Rc::try_unwrap(h) {
+            Ok(h) => h,
+            Err(_) => panic!("a killer still holds a handle"),
+        })
         .collect()
 }
 
@@ -532,6 +535,9 @@ fn shutdown_wakes_a_writer_blocked_on_a_full_buffer() {
     util::until_parked(w.id());
     c.shutdown(std::net::Shutdown::Both).unwrap();
     let r = w.join_timeout(Duration::from_secs(10));
-    let kind = r.ok().expect("the writer was not woken").unwrap();
+    let Ok(kind) = r else {
+        panic!("the writer was not woken")
+    };
+    let kind = kind.unwrap();
     assert_eq!(kind, ErrorKind::BrokenPipe);
 }
