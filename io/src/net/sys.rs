@@ -367,6 +367,8 @@ mod raw {
         } else {
             r
         }
+    }
+}
 
 /// The same operations on the io_uring backend: each builds its SQE,
 /// submits it to this thread's ring and parks until its completion
