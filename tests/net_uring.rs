@@ -185,7 +185,7 @@ fn poison() {
         .unwrap();
 }
 
-const SMALL_STACK: usize = 32 * 1024;
+const SMALL_STACK: usize = 64 * 1024;
 const POISON: u8 = 0xEE;
 const CONNS: usize = 100;
 const PER: usize = 100;
