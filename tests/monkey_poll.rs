@@ -177,9 +177,11 @@ fn poll_watches_every_entry_of_an_fd_listed_twice() {
 }
 
 /// An fd that turns ready just before the deadline is reported, as the
-/// real call would: a coroutine whose timer expires a moment before the
-/// polling coroutine's runs first and writes, so the poll's own wait ends
-/// by its deadline (no readiness event seen yet) with the data there.
+/// real call would. A blocker coroutine holds the thread from before the
+/// writer's deadline until after the poll's, so both timers have expired
+/// when the hub next looks: the writer (the earlier deadline) runs first and
+/// writes, and the poll's own wait ends by its deadline with no readiness
+/// event seen yet, but the data there.
 #[test]
 fn poll_and_select_report_what_is_ready_at_the_deadline() {
     util::on_patched_thread(Duration::from_secs(20), || {
@@ -192,7 +194,17 @@ fn poll_at_the_deadline() {
         for round in 0..6 {
             let (a, b) = UnixStream::pair().unwrap();
             let fd = a.as_raw_fd();
-            let d = Instant::now() + Duration::from_millis(100);
+            let t0 = Instant::now();
+            let blocker = moss::spawn(move || {
+                moss::sleep(
+                    (t0 + Duration::from_millis(60)).saturating_duration_since(Instant::now()),
+                );
+                // Busy, not yielding: the hub runs no timer meanwhile.
+                while t0.elapsed() < Duration::from_millis(160) {
+                    std::hint::spin_loop();
+                }
+            });
+            let d = t0 + Duration::from_millis(80);
             let writer = moss::spawn(move || {
                 moss::sleep(d.saturating_duration_since(Instant::now()));
                 (&b).write_all(b"x").unwrap();
@@ -228,6 +240,7 @@ fn poll_at_the_deadline() {
                 assert!(unsafe { libc::FD_ISSET(fd, &set) });
             }
             writer.join().unwrap();
+            blocker.join().unwrap();
         }
     }
 }
