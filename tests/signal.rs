@@ -355,6 +355,53 @@ fn dropping_the_last_handler_restores_the_previous_disposition() {
     assert_eq!(r.signal, Some(libc::SIGTERM), "{r:?}");
 }
 
+/// A signal sent before the last handler goes, but not yet taken by any
+/// thread, is absorbed: it never meets the restored default action, which
+/// would end the process. (Made deterministic by blocking the signal on
+/// this thread and sending it to this thread only: it stays pending until
+/// the unblock, after the drop.)
+#[test]
+fn a_signal_pending_when_the_last_handler_goes_is_absorbed() {
+    util::isolated(
+        "a_signal_pending_when_the_last_handler_goes_is_absorbed",
+        Duration::from_secs(20),
+        || {
+            let sig = libc::SIGUSR1;
+            let h = signal::handler(sig, || ()).unwrap();
+            // SAFETY: sigset_t values owned by this frame; blocking and then
+            // unblocking one signal on this thread; tgkill to this thread.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, sig);
+                let mut old: libc::sigset_t = std::mem::zeroed();
+                assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old), 0);
+                let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+                assert_eq!(libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig), 0);
+                let mut pending: libc::sigset_t = std::mem::zeroed();
+                libc::sigpending(&mut pending);
+                assert_eq!(libc::sigismember(&pending, sig), 1, "pending");
+                drop(h);
+                assert_eq!(disposition(sig), libc::SIG_DFL);
+                libc::sigpending(&mut pending);
+                assert_eq!(libc::sigismember(&pending, sig), 0, "absorbed");
+                assert_eq!(
+                    libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()),
+                    0
+                );
+            }
+            // Still alive; a new handler works as before.
+            let runs = Rc::new(Cell::new(0));
+            let r = runs.clone();
+            let _h = signal::handler(sig, move || r.set(r.get() + 1)).unwrap();
+            raise(sig);
+            util::until("the new handler", Duration::from_secs(10), || {
+                runs.get() >= 1
+            });
+        },
+    );
+}
+
 #[test]
 fn a_process_child_gets_the_disposition_from_before_moss() {
     const CASE: &str = "a_process_child_gets_the_disposition_from_before_moss";

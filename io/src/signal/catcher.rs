@@ -31,7 +31,9 @@
 //! forever once a `wait` has used it). The first user installs the catcher
 //! (`SA_SIGINFO | SA_RESTART | SA_ONSTACK`: interrupted syscalls restart,
 //! and the catcher runs on the hub's alternate stack) and saves the
-//! disposition it replaced; the last user restores it. Changes are
+//! disposition it replaced; the last user restores it, absorbing a delivery
+//! still pending (a signal sent while moss handled it never meets the
+//! restored disposition, which may be the default action). Changes are
 //! serialised by a small lock that a forked child can take over.
 //!
 //! # fork
@@ -61,6 +63,11 @@ static COUNTS: [AtomicU64; NSIG] = [const { AtomicU64::new(0) }; NSIG];
 static USERS: [AtomicU32; NSIG] = [const { AtomicU32::new(0) }; NSIG];
 /// A `wait` made the catcher permanent for this signal.
 static STICKY: [AtomicBool; NSIG] = [const { AtomicBool::new(false) }; NSIG];
+/// The owner process installed the catcher for this signal (it may have
+/// restored the old disposition since): a delivery that reaches the
+/// catcher with no user left was sent before the restore, and is absorbed
+/// rather than forwarded (see [`restore`]).
+static OURS: [AtomicBool; NSIG] = [const { AtomicBool::new(false) }; NSIG];
 /// The dispositions the catcher replaced.
 ///
 /// # Invariants
@@ -96,9 +103,14 @@ extern "C" fn catcher(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_
     let errno = unsafe { *libc::__errno_location() };
     let s = sig as usize;
     if s < NSIG {
-        if USERS[s].load(Ordering::Acquire) > 0 && OWNER.load(Ordering::Acquire) == getpid() {
+        let owned = OWNER.load(Ordering::Acquire) == getpid();
+        if owned && USERS[s].load(Ordering::Acquire) > 0 {
             COUNTS[s].fetch_add(1, Ordering::SeqCst);
             ring_all();
+        } else if owned && OURS[s].load(Ordering::Acquire) {
+            // Taken by a thread before the last user restored the old
+            // disposition, run after: sent while moss handled it.
+            COUNTS[s].fetch_add(1, Ordering::SeqCst);
         } else {
             forward(sig, info, ctx);
         }
@@ -203,6 +215,7 @@ fn own(_g: &Guard) -> i32 {
         for s in 0..NSIG {
             USERS[s].store(0, Ordering::Release);
             STICKY[s].store(false, Ordering::Relaxed);
+            OURS[s].store(false, Ordering::Release);
         }
         // The parent's bells (shared eventfds) are left alone, leaked.
         BELLS.store(std::ptr::null_mut(), Ordering::Release);
@@ -265,8 +278,44 @@ pub(crate) fn remove_user(sig: usize, owner_pid: i32) {
     if USERS[sig].fetch_sub(1, Ordering::AcqRel) == 1 {
         let prev = PREV[sig].load(Ordering::Acquire);
         if !prev.is_null() {
-            // SAFETY: `prev` is a complete saved sigaction (PREV's invariants).
-            unsafe { libc::sigaction(sig as c_int, prev, std::ptr::null_mut()) };
+            restore(sig as c_int, prev);
+        }
+    }
+}
+
+/// Puts `prev` back for `sig`, after absorbing a delivery still pending.
+///
+/// A signal sent before the last user went (a `kill` to the process
+/// returns before any thread has taken the signal) must not meet the
+/// restored disposition, which could be the default action: killing the
+/// process for a signal that was sent while moss handled it. So the
+/// signal is blocked on this thread, any instance pending for the process
+/// or this thread is taken with a zero-timeout `sigtimedwait` and counted
+/// as a delivery, then the disposition is restored and the mask put back.
+/// A signal sent after this point gets the restored disposition.
+fn restore(sig: c_int, prev: *const libc::sigaction) {
+    // The mask change below is undone on every path.
+    // SAFETY: valid pointers to sigsets owned by this frame; `prev` is a
+    // complete saved sigaction (PREV's invariants).
+    unsafe {
+        let mut set = MaybeUninit::<libc::sigset_t>::zeroed().assume_init();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        let mut old = MaybeUninit::<libc::sigset_t>::zeroed().assume_init();
+        let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) == 0;
+        if blocked {
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // Standard signals coalesce, real-time ones queue: take all.
+            while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == sig {
+                COUNTS[sig as usize].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        libc::sigaction(sig, prev, std::ptr::null_mut());
+        if blocked {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         }
     }
 }
@@ -282,6 +331,7 @@ fn install(sig: usize) -> io::Result<()> {
     let mut old = MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: valid new and old action pointers.
     cvt(unsafe { libc::sigaction(sig as c_int, &sa, old.as_mut_ptr()) })?;
+    OURS[sig].store(true, Ordering::Release);
     // SAFETY: sigaction succeeded and filled `old`.
     let old = unsafe { old.assume_init() };
     // Already ours (left installed by a parent, or a forward in progress):

@@ -277,6 +277,13 @@ pub fn handler(signal: i32, f: impl Fn() + 'static) -> io::Result<SignalHandler>
 /// A live [`handler`]: dropping it (or [`cancel`](Self::cancel)) stops the
 /// handler and, if it was the last moss user of the signal, restores the
 /// disposition that was in force before. Tied to its thread (`!Send`).
+///
+/// A signal sent before the drop never meets the restored disposition,
+/// even if no thread has taken it yet when the handler goes (a `kill` to
+/// the process returns before the signal is delivered): moss absorbs it.
+/// That matters when the old disposition is the default action, which for
+/// most signals ends the process. A signal sent after the drop gets the
+/// restored disposition.
 pub struct SignalHandler {
     signal: i32,
     /// The process that installed it (a forked child must not uninstall
