@@ -98,38 +98,35 @@ impl Hub {
     #[inline(always)]
     pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str, mode: Mode) -> Wakeup {
         let h = self.current_header();
-        if h.state.cancel_pending() {
-            return self.park_cancel_pending(h, deadline, what, mode);
+        if h.state.cancel_pending()
+            && let Some(w) = self.park_cancel_pending(h, mode)
+        {
+            return w;
         }
         self.park_now(h, deadline, what, mode)
     }
 
-    /// `park` entered with a cancellation pending.
+    /// `park` entered with a cancellation pending: what it returns at once,
+    /// or `None` to park all the same (the cancellation deferred or shielded).
     #[cold]
-    fn park_cancel_pending(
-        &self,
-        h: &Header,
-        deadline: Option<Instant>,
-        what: &'static str,
-        mode: Mode,
-    ) -> Wakeup {
+    fn park_cancel_pending(&self, h: &Header, mode: Mode) -> Option<Wakeup> {
         // Not back from a park: only the thread's count tells.
         h.state.forget_calm_park();
         h.state.mark_seen();
         match mode {
             Mode::Fallible => {
                 h.state.abandon_park();
-                Wakeup::Cancelled
+                Some(Wakeup::Cancelled)
             }
             Mode::Infallible if may_unwind() => {
                 h.state.abandon_park();
-                Wakeup::Cancelled
+                Some(Wakeup::Cancelled)
             }
             Mode::Infallible => {
                 self.deferred.borrow_mut().push(h.token());
-                self.park_now(h, deadline, what, mode)
+                None
             }
-            Mode::Shielded => self.park_now(h, deadline, what, mode),
+            Mode::Shielded => None,
         }
     }
 
