@@ -455,42 +455,20 @@ fn kill_patched_std_read_unwrap_reports_panic() {
 }
 
 /// With stdio closed (a daemon, a forked child that closed 0-2), the hub's
-/// own fds (its epoll instance and eventfd) never take the numbers 0-2: a
-/// `println!` would write into the eventfd ("failed printing to stdout:
-/// Invalid argument"), and a file the program opens next to be its stdin
-/// would get a higher number. Checked for the hub of the main thread and of
-/// another thread; the child reports on a copy of stderr kept at 10+.
+/// own fds (its epoll instance and eventfd) never take the numbers 0-2 (see
+/// `util::with_stdio_closed`). Checked for the hub of the main thread and
+/// of another thread.
 #[test]
 fn hub_fds_never_take_closed_stdio_numbers() {
-    const CASE: &str = "hub_fds_never_take_closed_stdio_numbers";
-    if util::in_child(CASE) {
-        // SAFETY: plain fcntl/close on fd numbers this child owns.
-        let report = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
-        assert!(report >= 10);
-        for fd in 0..3 {
-            // SAFETY: as above; nothing in this child uses stdio afterwards
-            // but std's printing, which tolerates a closed fd.
-            unsafe { libc::close(fd) };
-        }
-        moss::sleep(Duration::from_millis(1));
-        let five = std::thread::spawn(|| moss::spawn(|| 5).join().unwrap())
-            .join()
-            .unwrap();
-        // SAFETY: F_GETFD only reads flags.
-        let taken: Vec<i32> = (0..3)
-            .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
-            .collect();
-        // Would panic if fd 1 were the hub's eventfd.
-        println!("stdout is closed");
-        let msg = if taken.is_empty() && five == 5 {
-            "CHILD-OK\n".to_string()
-        } else {
-            format!("stdio numbers taken: {taken:?}\n")
-        };
-        // SAFETY: writes `msg` to our own copy of stderr.
-        unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
-        return;
-    }
-    let r = util::run_in_child(CASE, Duration::from_secs(30));
-    assert!(r.success() && r.stderr.contains("CHILD-OK"), "{r:#?}");
+    util::with_stdio_closed(
+        "hub_fds_never_take_closed_stdio_numbers",
+        Duration::from_secs(30),
+        || {
+            moss::sleep(Duration::from_millis(1));
+            let five = std::thread::spawn(|| moss::spawn(|| 5).join().unwrap())
+                .join()
+                .unwrap();
+            assert_eq!(five, 5);
+        },
+    );
 }

@@ -132,6 +132,28 @@ fn a_delivery_between_waits_is_pending_not_lost() {
     }
 }
 
+/// The catcher's bells (an eventfd per waiting hub) stay off the numbers
+/// 0-2 of a process whose stdio is closed, like the hub's own fds: checked
+/// for the bells of two threads, which both still ring.
+#[test]
+fn bells_never_take_closed_stdio_numbers() {
+    util::with_stdio_closed(
+        "bells_never_take_closed_stdio_numbers",
+        Duration::from_secs(30),
+        || {
+            let sig = rt(21);
+            let wait_for_a_raise = move || {
+                moss::yield_now(); // the hub exists before the bell
+                assert_eq!(signal::wait_timeout(&[sig], Duration::ZERO).unwrap(), None);
+                raise(sig);
+                signal::wait_timeout(&[sig], Duration::from_secs(20)).unwrap()
+            };
+            assert_eq!(wait_for_a_raise(), Some(sig));
+            assert_eq!(std::thread::spawn(wait_for_a_raise).join().unwrap(), Some(sig));
+        },
+    );
+}
+
 #[test]
 fn waits_time_out_and_are_cancelled() {
     let sig = rt(4);

@@ -16,16 +16,17 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs as _};
-use std::sync::OnceLock;
 
 use moss_runtime::pool::ThreadPool;
-use moss_runtime::sys::without_fork;
+use moss_runtime::sys::{ForkSafeOnceLock, without_fork};
 
 /// Resolver threads at most.
 const MAX_WORKERS: usize = 4;
 
+/// The resolver pool, made on first use: a child forked while another
+/// thread made it makes its own (std's `OnceLock` would wait for ever).
 fn pool() -> &'static ThreadPool {
-    static POOL: OnceLock<ThreadPool> = OnceLock::new();
+    static POOL: ForkSafeOnceLock<ThreadPool> = ForkSafeOnceLock::new();
     POOL.get_or_init(|| ThreadPool::new(MAX_WORKERS))
 }
 

@@ -356,12 +356,23 @@ pub fn isolated(case: &str, limit: Duration, body: impl FnOnce()) {
 /// Waits (up to 20 s) until the thread `tid` of this process sleeps in the
 /// kernel (state `S` in `/proc`): it blocks in a wait.
 pub fn until_thread_sleeps(tid: i32) {
-    let path = format!("/proc/self/task/{tid}/stat");
+    until_sleeps("the thread", &format!("/proc/self/task/{tid}/stat"));
+}
+
+/// Waits (up to 20 s) until the (single-threaded) process `pid` sleeps in
+/// the kernel (state `S` in `/proc`): it blocks in a wait.
+pub fn until_process_sleeps(pid: u32) {
+    until_sleeps("the process", &format!("/proc/{pid}/stat"));
+}
+
+/// Waits (up to 20 s) until the task whose `/proc` stat file is `path`
+/// sleeps in the kernel.
+fn until_sleeps(who: &str, path: &str) {
     until(
-        "the thread to sleep in the kernel",
+        &format!("{who} to sleep in the kernel"),
         Duration::from_secs(20),
         || {
-            let stat = std::fs::read_to_string(&path).expect("the thread is alive");
+            let stat = std::fs::read_to_string(path).expect("it is alive");
             // "tid (name) S ...": the state follows the name's closing paren.
             let state = stat.rsplit_once(") ").map(|(_, rest)| rest.as_bytes()[0]);
             state == Some(b'S')
@@ -375,6 +386,45 @@ pub fn isolated_patched(case: &str, limit: Duration, body: impl FnOnce()) {
         moss::monkey::patch_all();
         body();
     });
+}
+
+/// Runs `body` as the test `case` in a child process of the test binary
+/// with its stdio (0-2) closed, as a daemon's would be, and asserts that
+/// it passed there and that afterwards none of the numbers 0-2 is open: an
+/// fd of moss's that took one would receive what a `println!` writes, and a
+/// file the program opens next to be its stdin would get a higher number.
+/// The child reports through a copy of its stderr kept at 10 or above.
+pub fn with_stdio_closed(case: &str, limit: Duration, body: impl FnOnce()) {
+    if !in_child(case) {
+        let r = run_in_child(case, limit);
+        assert!(r.success() && r.stderr.contains("CHILD-OK"), "{case}: {r:#?}");
+        return;
+    }
+    // SAFETY: plain fcntl/close on fd numbers this child owns; nothing in
+    // it uses stdio afterwards but std's printing, which tolerates a
+    // closed fd.
+    let report = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
+    assert!(report >= 10);
+    for fd in 0..3 {
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+    }
+    let report = |msg: String| {
+        // SAFETY: writes `msg` to our own copy of stderr.
+        unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
+    };
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        return report(format!("the body panicked: {:?}\n", moss::panic_message(&*p)));
+    }
+    // SAFETY: F_GETFD only reads flags.
+    let taken: Vec<i32> = (0..3)
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
+        .collect();
+    if !taken.is_empty() {
+        return report(format!("stdio numbers taken: {taken:?}\n"));
+    }
+    println!("stdout is closed"); // (std ignores a closed stdout)
+    report("CHILD-OK\n".to_string());
 }
 
 /// Starts `f` in a child process, reaped when the result is dropped.

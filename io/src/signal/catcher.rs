@@ -23,7 +23,8 @@
 //!
 //! Bells are eventfds in a lock-free list that only grows; a thread claims a
 //! free one for its hub and releases it (still open) when it exits, so the
-//! catcher never writes to an fd number that was closed and reused.
+//! catcher never writes to an fd number that was closed and reused. They are
+//! numbered 3 or above, like the hub's fds, never a closed stdio number.
 //!
 //! # Dispositions
 //!
@@ -50,6 +51,7 @@ use std::cell::RefCell;
 use std::ffi::c_int;
 use std::io;
 use std::mem::MaybeUninit;
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use moss_runtime::sys::cvt::cvt;
@@ -407,6 +409,11 @@ fn claim() -> io::Result<&'static Bell> {
     }
     // SAFETY: plain syscall; the fd is owned below.
     let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+    // At 3 or above, like the hub's fds: a closed stdio number would take
+    // the bell, and a `println!` would write into it.
+    // SAFETY: the kernel just returned `fd` to us; nothing owns it. The
+    // bell keeps it open for the rest of the process.
+    let fd = unsafe { moss_runtime::sys::fd::own(fd) }?.into_raw_fd();
     let mut head = BELLS.load(Ordering::Acquire);
     let node = Box::into_raw(Box::new(Bell {
         fd,

@@ -1,7 +1,6 @@
 //! Which backend a new hub uses: [`set_backend`], else `MOSS_IO`, else
 //! epoll.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::hub::Hub;
@@ -60,7 +59,9 @@ pub(super) fn chosen() -> Backend {
 /// `MOSS_IO`, read once: `uring` or `io_uring` selects io_uring; anything
 /// else (unset, `epoll`) epoll. An unknown value is reported once.
 fn from_env() -> Backend {
-    static ENV: OnceLock<Backend> = OnceLock::new();
+    // Fork-safe: a child forked while another thread reads it reads its own.
+    static ENV: crate::sys::atfork::ForkSafeOnceLock<Backend> =
+        crate::sys::atfork::ForkSafeOnceLock::new();
     *ENV.get_or_init(|| match std::env::var("MOSS_IO").as_deref() {
         Ok("uring" | "io_uring") => Backend::Uring,
         Ok("epoll" | "") | Err(_) => Backend::Epoll,

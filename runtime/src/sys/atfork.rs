@@ -19,6 +19,8 @@
 //! its parent's hub). Children made by a raw `clone`/`syscall(SYS_fork)`
 //! run no atfork handler and are not detected.
 
+use std::cell::UnsafeCell;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -95,10 +97,129 @@ impl ForkSafeOnce {
                 .compare_exchange(state, me, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
+                // An initialiser that panics leaves it not started: the
+                // next caller runs it (as std's `OnceLock`), instead of
+                // every caller of this process waiting for ever.
+                struct Unstarted<'a>(&'a AtomicU64);
+                impl Drop for Unstarted<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(0, Ordering::Release);
+                    }
+                }
+                let unstarted = Unstarted(&self.0);
                 (f.take().expect("runs once"))();
+                std::mem::forget(unstarted);
                 self.0.store(DONE, Ordering::Release);
                 return;
             }
         }
+    }
+}
+
+/// A value made once per process, as std's `OnceLock` makes it, that a
+/// `fork` cannot leave stuck (see [`ForkSafeOnce`]): a child forked while
+/// another thread was making it makes its own, so the initialiser must be
+/// harmless to run again in a child; the half-made value is leaked. Meant
+/// for statics: the value is never dropped. Public (hidden) for moss-io.
+pub struct ForkSafeOnceLock<T> {
+    once: ForkSafeOnce,
+    value: UnsafeCell<MaybeUninit<T>>,
+}
+
+impl<T> ForkSafeOnceLock<T> {
+    #[allow(clippy::new_without_default)] // for statics
+    pub const fn new() -> ForkSafeOnceLock<T> {
+        ForkSafeOnceLock {
+            once: ForkSafeOnce::new(),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+
+    /// The value, made by `f` if no thread of this process made it yet
+    /// (a caller of this process that finds another thread making it
+    /// waits for that).
+    #[inline]
+    pub fn get_or_init(&self, f: impl FnOnce() -> T) -> &T {
+        self.once.call_once(|| {
+            let v = f();
+            // SAFETY: the one caller of this process that runs the
+            // initialisation writes the slot; no reference to it exists
+            // in this process (one is handed out only once `call_once`
+            // has returned, after which it never runs again here, nor in
+            // a child forked later).
+            unsafe { (*self.value.get()).write(v) };
+        });
+        // SAFETY: `call_once` returned: the initialisation completed in
+        // this process (its write is ordered before by `DONE`'s
+        // release/acquire), and the slot is never written again.
+        unsafe { (*self.value.get()).assume_init_ref() }
+    }
+}
+
+// SAFETY: as std's `OnceLock`: the value is written by one thread and then
+// shared (`Sync` needs `T: Sync`) and may be made on any thread (`Send`).
+unsafe impl<T: Send + Sync> Sync for ForkSafeOnceLock<T> {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::ForkSafeOnceLock;
+
+    /// A child forked while another thread runs the initialiser makes its
+    /// own value instead of waiting for ever for a thread it does not have
+    /// (std's `OnceLock` hangs the child here); the parent keeps its own.
+    #[test]
+    fn a_child_forked_during_the_initialisation_makes_its_own_value() {
+        static CELL: ForkSafeOnceLock<u32> = ForkSafeOnceLock::new();
+        let (inside_tx, inside) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let maker = std::thread::spawn(move || {
+            *CELL.get_or_init(|| {
+                inside_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                1
+            })
+        });
+        inside.recv().unwrap();
+        // SAFETY: the child only runs `get_or_init` with an initialiser
+        // that neither allocates nor locks, then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let v = *CELL.get_or_init(|| 2);
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(if v == 2 { 0 } else { 1 }) };
+        }
+        assert!(pid > 0);
+        let mut status = 0;
+        let t = Instant::now();
+        // SAFETY: polls our own child; `status` is a valid out-pointer.
+        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+            if t.elapsed() > Duration::from_secs(20) {
+                // SAFETY: kills and reaps our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                panic!("the child waited for the parent's initialiser");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        go.send(()).unwrap();
+        assert_eq!(maker.join().unwrap(), 1);
+        assert_eq!(*CELL.get_or_init(|| 3), 1);
+    }
+
+    /// An initialiser that panics leaves the value unmade: the next caller
+    /// makes it (instead of waiting for ever).
+    #[test]
+    fn a_panicking_initialiser_lets_the_next_caller_make_the_value() {
+        static CELL: ForkSafeOnceLock<u32> = ForkSafeOnceLock::new();
+        let r = std::thread::spawn(|| *CELL.get_or_init(|| panic!("no value"))).join();
+        assert!(r.is_err());
+        assert_eq!(*CELL.get_or_init(|| 4), 4);
+        assert_eq!(*CELL.get_or_init(|| 5), 4);
     }
 }

@@ -20,9 +20,12 @@ const LOWEST_PRIVATE_FD: RawFd = 3;
 
 /// Takes ownership of a fresh fd the kernel just returned, moving it to 3 or
 /// above first (see [`LOWEST_PRIVATE_FD`]); the low number is closed.
-pub(crate) fn own(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: the kernel just returned `fd` to the caller, and nothing else
-    // owns this number.
+/// Public (hidden) for moss-io's private fds (the signal catcher's bells).
+///
+/// # Safety
+/// `fd` is open, and no object in this process owns or uses the number.
+pub unsafe fn own(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: the caller's contract: nothing else owns this number.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     if fd >= LOWEST_PRIVATE_FD {
         return Ok(owned);
@@ -68,7 +71,8 @@ pub(crate) fn pipe(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
     // SAFETY: `fds` has room for the two fds pipe2 writes.
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
-    let (r, w) = (own(fds[0]), own(fds[1]));
+    // SAFETY: the kernel just returned both fds to us; nothing owns them.
+    let (r, w) = unsafe { (own(fds[0]), own(fds[1])) };
     Ok((r?, w?))
 }
 
@@ -79,7 +83,8 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
     // SAFETY: `fds` has room for the two fds socketpair writes.
     cvt(unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) })?;
-    let (a, b) = (own(fds[0]), own(fds[1]));
+    // SAFETY: the kernel just returned both fds to us; nothing owns them.
+    let (a, b) = unsafe { (own(fds[0]), own(fds[1])) };
     Ok((a?, b?))
 }
 

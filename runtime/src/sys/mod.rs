@@ -7,13 +7,15 @@
 //! * [`cvt`] — the one conversion of a raw return value (`-1` and `errno`)
 //!   into `io::Result`, and the one `EINTR` retry ([`cvt::cvt_r`]). Every
 //!   other file here, and moss-io's socket layer, goes through it. Public
-//!   (hidden) for moss-io only, like `fd::set_nonblocking`.
+//!   (hidden) for moss-io only, like `fd::set_nonblocking` and `fd::own`.
 //! * `stack` — reserve stack memory with `mmap`, install guard pages
 //!   (`MADV_GUARD_INSTALL`, falling back to `mprotect`), release pages with
 //!   `MADV_DONTNEED`. Contract: a `Stack` is a 16-byte aligned range
 //!   `[limit, base)` whose lowest `guard` bytes fault on access.
 //! * `atfork` — fork generations: how an object that owns threads tells
-//!   that it was inherited by a forked child and must be rebuilt.
+//!   that it was inherited by a forked child and must be rebuilt; one-time
+//!   initialisations a fork cannot leave stuck (`ForkSafeOnceLock`: public,
+//!   hidden, for moss-io).
 //! * `signal` — the SIGSEGV/SIGBUS handler that turns a fault in the running
 //!   coroutine's guard page into a one-line report and an abort, chaining
 //!   every other fault to the handler that was installed before.
@@ -36,6 +38,8 @@
 //! `MADV_GUARD_INSTALL`).
 
 pub(crate) mod atfork;
+#[doc(hidden)]
+pub use atfork::ForkSafeOnceLock;
 pub mod cvt;
 pub mod fd;
 pub(crate) mod poll;

@@ -184,7 +184,8 @@ pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // SAFETY: the raw syscall takes two integers and returns an fd or -1.
     let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
     // pidfds are created with O_CLOEXEC by the kernel.
-    super::fd::own(fd as RawFd)
+    // SAFETY: the kernel just returned `fd` to us; nothing owns it.
+    unsafe { super::fd::own(fd as RawFd) }
 }
 
 /// Whether process `pid` has ended: it no longer exists, or it is a zombie
