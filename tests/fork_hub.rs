@@ -19,22 +19,6 @@ use moss::pool::{ProcessPool, ProcessQueue};
 use moss::sync::Timeout;
 use moss_runtime::reactor::{Interest, Registration};
 
-/// Runs `body` in a child process of the test binary (the case `case`),
-/// failing if it fails, crashes or outlives `limit`.
-fn isolated(case: &str, limit: Duration, body: impl FnOnce()) {
-    if util::in_child(case) {
-        let _wd = util::watchdog(case, limit);
-        body();
-        println!("CHILD-OK");
-        return;
-    }
-    let r = util::run_in_child(case, limit + Duration::from_secs(10));
-    assert!(
-        r.success() && r.stdout.contains("CHILD-OK"),
-        "{case} failed in its child: {r:#?}"
-    );
-}
-
 /// `fork(2)` through libc (its atfork handlers run, as for any program).
 fn fork() -> libc::pid_t {
     // SAFETY: the callers' children only use moss, sleep, write to their
@@ -115,7 +99,7 @@ fn square(x: u32) -> u32 {
 /// "ready" regardless of the deadline, forever.
 #[test]
 fn process_queue_get_timeout_keeps_its_deadline_after_a_pool() {
-    isolated(
+    util::isolated(
         "process_queue_get_timeout_keeps_its_deadline_after_a_pool",
         Duration::from_secs(60),
         || {
@@ -142,7 +126,7 @@ fn process_queue_get_timeout_keeps_its_deadline_after_a_pool() {
 /// deadline, and they overlap.
 #[test]
 fn queue_timeouts_after_fifty_pools_and_twenty_concurrent_waiters() {
-    isolated(
+    util::isolated(
         "queue_timeouts_after_fifty_pools_and_twenty_concurrent_waiters",
         Duration::from_secs(150),
         || {
@@ -241,7 +225,7 @@ fn a_live_registration_is_not_taken_over() {
 /// what it spawned and exits with status 0.
 #[test]
 fn a_forking_coroutine_is_the_root_of_a_fresh_hub_in_the_child() {
-    isolated(
+    util::isolated(
         "a_forking_coroutine_is_the_root_of_a_fresh_hub_in_the_child",
         Duration::from_secs(30),
         || {
@@ -274,7 +258,7 @@ fn a_forking_coroutine_is_the_root_of_a_fresh_hub_in_the_child() {
 /// A forking coroutine that panics in the child ends it with status 101.
 #[test]
 fn a_forking_coroutine_that_panics_in_the_child_exits_101() {
-    isolated(
+    util::isolated(
         "a_forking_coroutine_that_panics_in_the_child_exits_101",
         Duration::from_secs(30),
         || {
@@ -300,7 +284,7 @@ fn a_forking_coroutine_that_panics_in_the_child_exits_101() {
 /// the child never polled the parent's epoll instance.
 #[test]
 fn fork_while_coroutines_are_parked_on_sockets() {
-    isolated(
+    util::isolated(
         "fork_while_coroutines_are_parked_on_sockets",
         Duration::from_secs(30),
         || {
@@ -369,7 +353,7 @@ fn fork_while_coroutines_are_parked_on_sockets() {
 /// once, the ticker never runs there), and spawns and joins as usual.
 #[test]
 fn fork_from_the_root_with_parked_coroutines() {
-    isolated(
+    util::isolated(
         "fork_from_the_root_with_parked_coroutines",
         Duration::from_secs(30),
         || {
@@ -414,7 +398,7 @@ fn fork_in_a_task(code: i32) -> i32 {
 
 #[test]
 fn fork_from_a_coroutine_inside_a_process_pool_task() {
-    isolated(
+    util::isolated(
         "fork_from_a_coroutine_inside_a_process_pool_task",
         Duration::from_secs(60),
         || {
@@ -437,7 +421,7 @@ fn fork_from_a_coroutine_inside_a_process_pool_task() {
 /// exactly once, and later timeouts still keep their deadlines.
 #[test]
 fn process_queue_across_a_fork_with_timeouts_and_kills() {
-    isolated(
+    util::isolated(
         "process_queue_across_a_fork_with_timeouts_and_kills",
         Duration::from_secs(60),
         || {
@@ -497,7 +481,7 @@ fn process_queue_across_a_fork_with_timeouts_and_kills() {
 /// on working for the parent, which takes the lock over.
 #[test]
 fn a_getter_killed_while_waiting_leaves_the_queue_working() {
-    isolated(
+    util::isolated(
         "a_getter_killed_while_waiting_leaves_the_queue_working",
         Duration::from_secs(60),
         || {
@@ -511,9 +495,8 @@ fn a_getter_killed_while_waiting_leaves_the_queue_working() {
             .start()
             .unwrap();
             ready.get_timeout(Duration::from_secs(10)).unwrap();
-            // Time to take the readers' lock and park in the get. (Killed
-            // earlier, it held nothing: the test passes without testing.)
-            moss::sleep(Duration::from_millis(100));
+            // Parked in the get, holding the readers' lock.
+            util::until_process_sleeps(child.pid());
             child.kill().unwrap();
             child.join().unwrap();
             q.put(7);
@@ -526,13 +509,76 @@ fn a_getter_killed_while_waiting_leaves_the_queue_working() {
     );
 }
 
+/// A child process SIGKILLed while its `put` waits for room in the full
+/// data pipe (it holds the writers' lock and its item's slot, but has
+/// written no byte of the item): the queue goes on working, with every item
+/// the child had put, in order, every slot back and the count right.
+#[test]
+fn a_putter_killed_before_its_first_byte_leaves_the_queue_working() {
+    util::isolated(
+        "a_putter_killed_before_its_first_byte_leaves_the_queue_working",
+        Duration::from_secs(60),
+        || {
+            const CAPACITY: usize = 400;
+            const BYTES: usize = 4000;
+            // Each frame is written whole or not at all (at most PIPE_BUF
+            // bytes): the data pipe (1 MiB, or 64 KiB where it cannot
+            // grow) is full with fewer than CAPACITY items, and the put
+            // after them waits with none of its bytes written.
+            let q = Arc::new(ProcessQueue::<(u32, Vec<u8>)>::new(CAPACITY).unwrap());
+            let ready = Arc::new(ProcessQueue::<()>::new(1).unwrap());
+            let (q2, ready2) = (q.clone(), ready.clone());
+            let child = moss::pool::Process::new(move || {
+                ready2.put(());
+                for i in 0.. {
+                    q2.put((i, vec![7; BYTES]));
+                }
+            })
+            .start()
+            .unwrap();
+            ready.get_timeout(Duration::from_secs(10)).unwrap();
+            util::until_process_sleeps(child.pid());
+            // The items written, and the one waiting for room.
+            let counted = q.len();
+            assert!((2..CAPACITY).contains(&counted), "{counted} items");
+            child.kill().unwrap();
+            child.join().unwrap();
+            // This put takes the writers' lock over, then waits for room.
+            let last = moss::spawn({
+                let q = q.clone();
+                move || q.checked_put((u32::MAX, Vec::new()), None)
+            });
+            let mut got = Vec::new();
+            loop {
+                let (i, v) = q.checked_get(Some(Duration::from_secs(20))).unwrap();
+                got.push((i, v.len()));
+                if i == u32::MAX {
+                    break;
+                }
+            }
+            let want: Vec<(u32, usize)> = (0..counted as u32 - 1)
+                .map(|i| (i, BYTES))
+                .chain([(u32::MAX, 0)])
+                .collect();
+            assert_eq!(got, want);
+            last.join().unwrap().unwrap();
+            assert_eq!(q.len(), 0);
+            for i in 0..CAPACITY as u32 {
+                assert!(q.put_nowait((i, Vec::new())).is_ok(), "slot {i} is lost");
+            }
+            assert!(q.put_nowait((0, Vec::new())).is_err(), "a slot too many");
+            assert_eq!(q.len(), CAPACITY);
+        },
+    );
+}
+
 /// At the fd limit a wait cannot duplicate the queue's fd: it polls with
 /// growing naps instead, and still ends at its deadline (the fallback used
 /// to nap 5 ms and report "ready" whatever the deadline, so a timed get
 /// on an empty queue never returned), while the hub keeps running.
 #[test]
 fn process_queue_timeouts_at_the_fd_limit() {
-    isolated(
+    util::isolated(
         "process_queue_timeouts_at_the_fd_limit",
         Duration::from_secs(60),
         || {
@@ -590,7 +636,7 @@ fn process_queue_timeouts_at_the_fd_limit() {
 /// that coroutine returns.
 #[test]
 fn timeouts_and_a_second_fork_in_the_child() {
-    isolated(
+    util::isolated(
         "timeouts_and_a_second_fork_in_the_child",
         Duration::from_secs(30),
         || {

@@ -43,7 +43,10 @@
 //! still alive (a recycled pid reads as alive). A reader that died while it
 //! held the readers' lock but had read nothing of a frame (killed while it
 //! waited for an item, the common case) took nothing: the first waiter to
-//! notice gives the lock back in its place, and the queue goes on.
+//! notice gives the lock back in its place, and the queue goes on. So
+//! does a writer that died holding the writers' lock before it wrote a byte
+//! of its frame (killed while it waited for room in a full pipe): its item
+//! is uncounted and its slot given back too.
 
 use std::collections::VecDeque;
 use std::io;
@@ -71,7 +74,9 @@ const DATA_PIPE_SIZE: usize = 1 << 20;
 /// from every process that shares the mapping.
 #[repr(C)]
 struct Page {
-    /// Items written or being written, and not yet taken by a get.
+    /// Items written or being written, and not yet taken by a get; plus
+    /// [`UNWRITTEN`] while the holder of `wlock` has counted its item but
+    /// written none of it (one word: the item and the flag change together).
     count: AtomicUsize,
     /// 0, or why the queue can no longer be used (`TORN`, `HOLDER_DIED`).
     broken: AtomicUsize,
@@ -89,6 +94,12 @@ struct Page {
 
 const TORN: usize = 1;
 const HOLDER_DIED: usize = 2;
+
+/// In `Page::count`: the writer holding `wlock` counted its item and has
+/// written no byte of it. A writer that died while it was set took a slot
+/// and added an item, and that is all: both are given back with the lock
+/// instead of breaking the queue.
+const UNWRITTEN: usize = 1 << (usize::BITS - 1);
 
 /// How long a call may wait.
 #[derive(Clone, Copy)]
@@ -196,7 +207,7 @@ impl Wire {
 
     /// Items in the queue (approximate while other processes use it).
     pub(crate) fn len(&self) -> usize {
-        self.page().count.load(Ordering::SeqCst)
+        self.page().count.load(Ordering::SeqCst) & !UNWRITTEN
     }
 
     /// Writes the complete `frame` as one item. `Ok(false)`: no free slot
@@ -212,7 +223,7 @@ impl Wire {
         let lock = self
             .take_token(&self.wlock_r, &self.wlock_w, Wait::Forever, holder)?
             .expect("no deadline");
-        self.page().count.fetch_add(1, Ordering::SeqCst);
+        self.page().count.fetch_add(1 | UNWRITTEN, Ordering::SeqCst);
         let mut w = FrameWrite {
             wire: self,
             frame,
@@ -247,10 +258,14 @@ impl Wire {
         let Some(payload) = r.run(wait)? else {
             return Ok(None);
         };
-        drop(r);
+        // The item is uncounted and its slot back before `r` clears
+        // `reading`: a reader that dies after that holds nothing but the
+        // lock, which a waiter may then give back in its place.
         self.page().count.fetch_sub(1, Ordering::SeqCst);
+        let slot = release(self.slots_w.as_raw_fd());
+        drop(r);
         drop(lock);
-        release(self.slots_w.as_raw_fd())?;
+        slot?;
         Ok(Some(payload))
     }
 
@@ -354,7 +369,7 @@ impl Wire {
                     if let Some(h) = holder
                         && let Some(dead) = dead_holder(h)
                     {
-                        if self.release_for_idle_reader(h, dead) {
+                        if self.give_back_for_dead(h, dead) {
                             continue; // the lock's token is back: wait on
                         }
                         self.mark_broken(HOLDER_DIED);
@@ -368,20 +383,39 @@ impl Wire {
 }
 
 impl Wire {
-    /// `h`, the readers' lock's holder slot, names `dead`, a process that
-    /// died waiting for an item (it had read nothing of one): gives the
-    /// lock back in its place. True if this call did (one caller does).
-    fn release_for_idle_reader(&self, h: &AtomicI32, dead: i32) -> bool {
+    /// `h`, a lock's holder slot, named `dead`, a process that died holding
+    /// the lock. If it held nothing else (a reader that had read nothing of
+    /// a frame; a writer that had written nothing of its item, which is
+    /// uncounted and its slot given back), gives the lock back in its
+    /// place. True if the lock is no longer `dead`'s (given back by this
+    /// call or by another waiter); false if `dead` died in the middle of a
+    /// frame: the queue must break.
+    fn give_back_for_dead(&self, h: &AtomicI32, dead: i32) -> bool {
         let page = self.page();
-        if !std::ptr::eq(h, &page.reader) || page.reading.load(Ordering::SeqCst) {
+        let reader = std::ptr::eq(h, &page.reader);
+        let idle = if reader {
+            !page.reading.load(Ordering::SeqCst)
+        } else {
+            page.count.load(Ordering::SeqCst) & UNWRITTEN != 0
+        };
+        // Read after `idle`: only a waiter that clears `h` changes what
+        // `dead` left, so while `h` names it, `idle` is what it left.
+        if h.load(Ordering::SeqCst) != dead {
+            return true;
+        }
+        if !idle {
             return false;
         }
         if h.compare_exchange(dead, 0, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
-            return false;
+            return true; // another waiter gives it back
         }
-        release(self.rlock_w.as_raw_fd()).is_ok()
+        if reader {
+            return release(self.rlock_w.as_raw_fd()).is_ok();
+        }
+        page.count.fetch_sub(1 | UNWRITTEN, Ordering::SeqCst);
+        release(self.slots_w.as_raw_fd()).is_ok() && release(self.wlock_w.as_raw_fd()).is_ok()
     }
 }
 
@@ -473,12 +507,22 @@ impl FrameWrite<'_> {
     fn step(&mut self) -> io::Result<bool> {
         self.wire.check()?;
         let fd = self.wire.data_w.as_raw_fd();
+        let count = &self.wire.page().count;
+        if self.done == 0 {
+            // Before the write: a writer killed inside it may have written.
+            count.fetch_and(!UNWRITTEN, Ordering::SeqCst);
+        }
         match fd::write(fd, &self.frame[self.done..], false) {
             Ok(n) => {
                 self.done += n;
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if self.done == 0 {
+                    count.fetch_or(UNWRITTEN, Ordering::SeqCst);
+                }
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -508,7 +552,12 @@ impl Drop for FrameWrite<'_> {
         if self.done == self.frame.len() {
             std::mem::forget(self.slot.take()); // the slot now belongs to the item
         } else {
-            self.wire.page().count.fetch_sub(1, Ordering::SeqCst);
+            // Uncounted, and the flag cleared for the next holder.
+            let _ = self.wire.page().count.fetch_update(
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+                |c| Some((c & !UNWRITTEN) - 1),
+            );
         }
         drop(self.lock.take());
     }
