@@ -1,55 +1,97 @@
 //! A stack that cannot be mapped is reported by `Builder::spawn`, not by a
-//! crash. Runs in a child process whose address space is limited
+//! crash, and a coroutine that finds none when it first runs never runs.
+//! Each case runs in a child process whose address space is limited
 //! (RLIMIT_AS), so the limit never affects other tests.
 
-use std::process::Command;
+mod util;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Limits this process's address space to what it maps now plus 256 MiB.
+fn limit_address_space() {
+    let vm_kib: u64 = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmSize:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    let limit = (vm_kib + 256 * 1024) * 1024;
+    let rl = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: setrlimit with a valid struct; lowering our own limit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) }, 0);
+}
 
 #[test]
 fn mmap_failure_is_an_io_error_from_builder_spawn() {
-    if std::env::var("MOSS_STACK_ALLOC_CHILD").is_ok() {
-        let vm_kib: u64 = std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("VmSize:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap();
-        let limit = (vm_kib + 256 * 1024) * 1024;
-        let rl = libc::rlimit {
-            rlim_cur: limit,
-            rlim_max: limit,
-        };
-        // SAFETY: setrlimit with a valid struct; lowering our own limit.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) }, 0);
-        let err = moss::Builder::new()
-            .stack_size(1 << 30)
-            .spawn(|| ())
-            .unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOMEM), "{err}");
-        // Small stacks still work.
-        assert!(
-            moss::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(|| 1)
-                .unwrap()
-                .join()
-                .is_ok()
-        );
-        println!("CHILD-OK");
-        return;
+    util::isolated(
+        "mmap_failure_is_an_io_error_from_builder_spawn",
+        Duration::from_secs(60),
+        || {
+            limit_address_space();
+            let err = moss::Builder::new()
+                .stack_size(1 << 30)
+                .spawn(|| ())
+                .unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENOMEM), "{err}");
+            // Small stacks still work.
+            assert!(
+                moss::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(|| 1)
+                    .unwrap()
+                    .join()
+                    .is_ok()
+            );
+        },
+    );
+}
+
+/// Sleeps and spawns in its destructor, then records what it got.
+struct BlocksInDrop(Rc<Cell<u32>>);
+
+impl Drop for BlocksInDrop {
+    fn drop(&mut self) {
+        moss::sleep(Duration::from_millis(1));
+        self.0.set(moss::spawn(|| 7).join().unwrap());
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "mmap_failure_is_an_io_error_from_builder_spawn",
-            "--exact",
-            "--nocapture",
-        ])
-        .env("MOSS_STACK_ALLOC_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD-OK"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+}
+
+/// A coroutine that finds no stack when it first runs never runs, and its
+/// closure is dropped by the hub loop, where nothing can block (a `sleep`
+/// there used to panic, "park from Parked"): its destructors run in a
+/// coroutine of their own, may sleep and spawn, and are over when the join
+/// reports the error.
+#[test]
+fn a_closure_dropped_for_want_of_a_stack_may_block_in_its_destructor() {
+    util::isolated(
+        "a_closure_dropped_for_want_of_a_stack_may_block_in_its_destructor",
+        Duration::from_secs(60),
+        || {
+            let got = Rc::new(Cell::new(0));
+            let guard = BlocksInDrop(got.clone());
+            // One 1 GiB stack is mapped at the first spawn and serves both
+            // checks; `a` takes it when it runs, so `b` needs a fresh one.
+            let a = moss::Builder::new()
+                .stack_size(1 << 30)
+                .spawn(|| moss::sleep(Duration::from_secs(60)))
+                .unwrap();
+            let b = moss::Builder::new()
+                .stack_size(1 << 30)
+                .spawn(move || drop(guard))
+                .unwrap();
+            limit_address_space();
+            let e = b.join().unwrap_err();
+            assert!(e.to_string().contains("could not start"), "{e}");
+            let source = std::error::Error::source(&e).expect("the mmap error");
+            let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
+            assert_eq!(io.raw_os_error(), Some(libc::ENOMEM), "{io}");
+            assert_eq!(got.get(), 7, "the destructor ran to its end");
+            a.kill();
+        },
     );
 }

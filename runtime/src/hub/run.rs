@@ -30,7 +30,9 @@ use corosensei::CoroutineResult;
 
 use super::{BATCH, Hub};
 use crate::stack_pool::DEFAULT_STACK_SIZE;
-use crate::task::{Header, State, Task, TaskCell, Token, Wakeup, header_of, may_unwind};
+use crate::task::{
+    Header, LinkRunner, State, Task, TaskCell, Token, Wakeup, header_of, may_unwind,
+};
 use crate::timer::Action;
 
 /// When the root's hub loop returns.
@@ -340,23 +342,59 @@ impl Hub {
     /// stack: `err`), then starts its link callbacks, if it has any, in a
     /// coroutine of their own (named "link"; if that one cannot get a stack
     /// either, they are dropped without running).
+    ///
+    /// Its closure's destructors run in the caller when it is a running
+    /// context (a coroutine, or the root outside the hub loop), where they
+    /// may block like any code. Called by the hub loop itself (the task got
+    /// no stack), where nothing can block, they run in a coroutine of their
+    /// own (named "unstarted"), which then finishes the task: its joiners
+    /// wake after its destructors ran, as they do otherwise. If even that
+    /// coroutine can have no stack, the closure is leaked (never dropped in
+    /// the loop, where a destructor that blocks would break the hub).
     pub(crate) fn finish_unstarted(&self, t: &Rc<dyn Task>, err: Option<std::io::Error>) {
-        // Done first: dropping the closure runs user destructors, which may
-        // run the hub loop (a blocking call on the root); the loop must skip
-        // this task, still in the run queue.
+        // Done first: the destructors may run the hub loop (a blocking call
+        // on the root); the loop must skip this task, still in the run queue.
         t.header().state.complete();
-        let links = t.finish_unstarted(err);
+        let (closure, links) = t.finish_unstarted(err);
+        if self.context_running() {
+            closure();
+            return self.release_unstarted(t, links);
+        }
+        let t2 = t.clone();
+        let rest: LinkRunner = Box::new(move || {
+            closure();
+            Hub::current().release_unstarted(&t2, links);
+        });
+        if let Err(rest) = self.spawn_reserved("unstarted", t.header().spawn_site, rest) {
+            std::mem::forget(rest); // leaked, with the links
+            self.release(t);
+        }
+    }
+
+    /// The end of [`finish_unstarted`](Self::finish_unstarted), its
+    /// destructors run: wakes the joiners, starts the links.
+    fn release_unstarted(&self, t: &Rc<dyn Task>, links: Option<LinkRunner>) {
         self.release(t);
         if let Some(f) = links {
-            let site = t.header().spawn_site;
-            let h = Header::new(
-                self.new_id(),
-                Some(Rc::from("link")),
-                DEFAULT_STACK_SIZE,
-                site,
-            );
-            self.spawn(Rc::new(TaskCell::new(h, f)), None);
+            let _ = self.spawn_reserved("link", t.header().spawn_site, f);
         }
+    }
+
+    /// Spawns `f` in a coroutine named `name` (spawned at `site`) with a
+    /// default stack, mapped now; gives `f` back if there is no memory for
+    /// one.
+    fn spawn_reserved(
+        &self,
+        name: &str,
+        site: &'static std::panic::Location<'static>,
+        f: LinkRunner,
+    ) -> Result<(), LinkRunner> {
+        if self.stacks.borrow_mut().reserve(DEFAULT_STACK_SIZE).is_err() {
+            return Err(f);
+        }
+        let h = Header::new(self.new_id(), Some(Rc::from(name)), DEFAULT_STACK_SIZE, site);
+        self.spawn(Rc::new(TaskCell::new(h, f)), None);
+        Ok(())
     }
 
     /// Polls I/O and the cross-thread queue, waiting at most `timeout`

@@ -210,10 +210,16 @@ pub(crate) trait Task {
     /// Runs the body to completion on the coroutine's stack, storing its result.
     fn run(&self);
     /// Completes a task that never ran, as killed (or unable to start with
-    /// `err`), dropping its closure. Returns its link callbacks, bound to a
-    /// copy of its result, for the caller to run in a coroutine of their own.
-    fn finish_unstarted(&self, err: Option<io::Error>) -> Option<LinkRunner>;
+    /// `err`). Returns its closure, which is dropped (user destructors run)
+    /// when the returned box is called or dropped, and its link callbacks,
+    /// bound to a copy of its result, for the caller to run in a coroutine
+    /// of their own.
+    fn finish_unstarted(&self, err: Option<io::Error>) -> (Dropper, Option<LinkRunner>);
 }
+
+/// The closure of a task that never ran: calling the box (or dropping it)
+/// drops the closure.
+pub(crate) type Dropper = Box<dyn FnOnce()>;
 
 /// A `JoinHandle::link` callback.
 pub(crate) type LinkFn<T> = Box<dyn FnOnce(&Result<T, JoinError>)>;
@@ -295,7 +301,7 @@ where
 
 impl<F, T: 'static> Task for TaskCell<F, T>
 where
-    F: FnOnce() -> T,
+    F: FnOnce() -> T + 'static,
 {
     fn header(&self) -> &Header {
         &self.header
@@ -351,7 +357,7 @@ where
         }
     }
 
-    fn finish_unstarted(&self, err: Option<io::Error>) -> Option<LinkRunner> {
+    fn finish_unstarted(&self, err: Option<io::Error>) -> (Dropper, Option<LinkRunner>) {
         let error = |err: Option<&io::Error>| match err {
             Some(e) => JoinError::new(&self.header, Repr::Spawn(copy_io_error(e))),
             None => JoinError::new(&self.header, Repr::Killed),
@@ -364,11 +370,10 @@ where
                 }
             }) as LinkRunner
         });
-        // Dropping the closure runs user destructors: do it after the slot
-        // holds its final value.
+        // Dropping the closure runs user destructors: the caller does it
+        // after the slot holds its final value.
         let old = self.replace(Slot::Done(Err(error(err.as_ref()))));
-        drop(old);
-        runner
+        (Box::new(move || drop(old)), runner)
     }
 }
 
@@ -489,8 +494,8 @@ impl Task for RootTask {
     fn run(&self) {
         unreachable!("the root is never resumed as a coroutine")
     }
-    fn finish_unstarted(&self, _: Option<io::Error>) -> Option<LinkRunner> {
-        None
+    fn finish_unstarted(&self, _: Option<io::Error>) -> (Dropper, Option<LinkRunner>) {
+        (Box::new(|| ()), None)
     }
 }
 
