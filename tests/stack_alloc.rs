@@ -61,11 +61,21 @@ impl Drop for BlocksInDrop {
     }
 }
 
+/// Sleeps in its destructor, then panics.
+struct PanicsInDrop;
+
+impl Drop for PanicsInDrop {
+    fn drop(&mut self) {
+        moss::sleep(Duration::from_millis(1));
+        panic!("a destructor that panics");
+    }
+}
+
 /// A coroutine that finds no stack when it first runs never runs, and its
 /// closure is dropped by the hub loop, where nothing can block (a `sleep`
 /// there used to panic, "park from Parked"): its destructors run in a
 /// coroutine of their own, may sleep and spawn, and are over when the join
-/// reports the error.
+/// reports the error. A destructor that panics there ends the same way.
 #[test]
 fn a_closure_dropped_for_want_of_a_stack_may_block_in_its_destructor() {
     util::isolated(
@@ -84,6 +94,11 @@ fn a_closure_dropped_for_want_of_a_stack_may_block_in_its_destructor() {
                 .stack_size(1 << 30)
                 .spawn(move || drop(guard))
                 .unwrap();
+            let panics = PanicsInDrop;
+            let c = moss::Builder::new()
+                .stack_size(1 << 30)
+                .spawn(move || drop(panics))
+                .unwrap();
             limit_address_space();
             let e = b.join().unwrap_err();
             assert!(e.to_string().contains("could not start"), "{e}");
@@ -91,6 +106,8 @@ fn a_closure_dropped_for_want_of_a_stack_may_block_in_its_destructor() {
             let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
             assert_eq!(io.raw_os_error(), Some(libc::ENOMEM), "{io}");
             assert_eq!(got.get(), 7, "the destructor ran to its end");
+            let e = c.join().unwrap_err();
+            assert!(e.to_string().contains("could not start"), "{e}");
             a.kill();
         },
     );

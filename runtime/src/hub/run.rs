@@ -256,7 +256,8 @@ impl Hub {
             s => unreachable!("resume of a task in state {s:?}"),
         }
         // SAFETY: the coroutine cell is only touched here and in `finish`,
-        // on the hub loop (root stack), never by the task's own code; no other
+        // on the hub loop (root stack), never by the task's own code (and
+        // when `finish_unstarted` binds a task no one knows yet); no other
         // reference to it is alive during this call.
         let coro = unsafe { &mut *h.coroutine.get() };
         if coro.is_none() {
@@ -268,12 +269,7 @@ impl Hub {
                     return;
                 }
             };
-            h.guard.set(stack.guard_range().0);
-            let body = t.clone();
-            *coro = Some(corosensei::Coroutine::with_stack(stack, move |y, ()| {
-                body.header().yielder.set(y);
-                body.run();
-            }));
+            *coro = Some(bind(&t, stack));
         }
         h.state.resume();
         self.budget.set(crate::coop::BUDGET);
@@ -347,54 +343,37 @@ impl Hub {
     /// context (a coroutine, or the root outside the hub loop), where they
     /// may block like any code. Called by the hub loop itself (the task got
     /// no stack), where nothing can block, they run in a coroutine of their
-    /// own (named "unstarted"), which then finishes the task: its joiners
-    /// wake after its destructors ran, as they do otherwise. If even that
-    /// coroutine can have no stack, the closure is leaked (never dropped in
-    /// the loop, where a destructor that blocks would break the hub).
+    /// own (named "unstarted", its stack bound now), which then finishes the
+    /// task: either way its joiners wake once its destructors are over. If
+    /// not even that coroutine can have a stack, the closure and the links
+    /// are leaked (a destructor that blocked in the loop would break the
+    /// hub).
     pub(crate) fn finish_unstarted(&self, t: &Rc<dyn Task>, err: Option<std::io::Error>) {
         // Done first: the destructors may run the hub loop (a blocking call
         // on the root); the loop must skip this task, still in the run queue.
         t.header().state.complete();
         let (closure, links) = t.finish_unstarted(err);
+        // Releases `t` also when a destructor unwinds (a panic, a kill).
+        let mut end = ReleaseUnstarted(t.clone(), links);
         if self.context_running() {
+            return closure();
+        }
+        let stack = self.stacks.borrow_mut().take(DEFAULT_STACK_SIZE);
+        let Ok(stack) = stack else {
+            std::mem::forget(closure);
+            std::mem::forget(end.1.take());
+            return;
+        };
+        let site = t.header().spawn_site;
+        let h = Header::new(self.new_id(), Some(Rc::from("unstarted")), DEFAULT_STACK_SIZE, site);
+        let drops: Rc<dyn Task> = Rc::new(TaskCell::new(h, move || {
+            let _end = end;
             closure();
-            return self.release_unstarted(t, links);
-        }
-        let t2 = t.clone();
-        let rest: LinkRunner = Box::new(move || {
-            closure();
-            Hub::current().release_unstarted(&t2, links);
-        });
-        if let Err(rest) = self.spawn_reserved("unstarted", t.header().spawn_site, rest) {
-            std::mem::forget(rest); // leaked, with the links
-            self.release(t);
-        }
-    }
-
-    /// The end of [`finish_unstarted`](Self::finish_unstarted), its
-    /// destructors run: wakes the joiners, starts the links.
-    fn release_unstarted(&self, t: &Rc<dyn Task>, links: Option<LinkRunner>) {
-        self.release(t);
-        if let Some(f) = links {
-            let _ = self.spawn_reserved("link", t.header().spawn_site, f);
-        }
-    }
-
-    /// Spawns `f` in a coroutine named `name` (spawned at `site`) with a
-    /// default stack, mapped now; gives `f` back if there is no memory for
-    /// one.
-    fn spawn_reserved(
-        &self,
-        name: &str,
-        site: &'static std::panic::Location<'static>,
-        f: LinkRunner,
-    ) -> Result<(), LinkRunner> {
-        if self.stacks.borrow_mut().reserve(DEFAULT_STACK_SIZE).is_err() {
-            return Err(f);
-        }
-        let h = Header::new(self.new_id(), Some(Rc::from(name)), DEFAULT_STACK_SIZE, site);
-        self.spawn(Rc::new(TaskCell::new(h, f)), None);
-        Ok(())
+        }));
+        // SAFETY: `drops` was made just now: nothing else refers to its
+        // coroutine cell yet.
+        unsafe { *drops.header().coroutine.get() = Some(bind(&drops, stack)) };
+        self.spawn(drops, None);
     }
 
     /// Polls I/O and the cross-thread queue, waiting at most `timeout`
@@ -463,4 +442,30 @@ impl Hub {
             }
         }
     }
+}
+
+/// The end of [`Hub::finish_unstarted`] once the closure's destructors are
+/// over (or unwound): wakes the joiners, starts the link callbacks.
+struct ReleaseUnstarted(Rc<dyn Task>, Option<LinkRunner>);
+
+impl Drop for ReleaseUnstarted {
+    fn drop(&mut self) {
+        let hub = Hub::current();
+        hub.release(&self.0);
+        if let Some(f) = self.1.take() {
+            let site = self.0.header().spawn_site;
+            let h = Header::new(hub.new_id(), Some(Rc::from("link")), DEFAULT_STACK_SIZE, site);
+            hub.spawn(Rc::new(TaskCell::new(h, f)), None);
+        }
+    }
+}
+
+/// The coroutine that runs `t`'s body on `stack`.
+fn bind(t: &Rc<dyn Task>, stack: crate::sys::stack::Stack) -> crate::task::Coro {
+    t.header().guard.set(stack.guard_range().0);
+    let body = t.clone();
+    corosensei::Coroutine::with_stack(stack, move |y, ()| {
+        body.header().yielder.set(y);
+        body.run();
+    })
 }

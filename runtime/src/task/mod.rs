@@ -116,7 +116,8 @@ pub(crate) struct Header {
     /// Boxed so the rare case costs the header one word, not three.
     #[allow(clippy::box_collection)]
     pub more_joiners: Cell<Option<Box<Vec<Token>>>>,
-    /// Bound on first resume, taken back when the body returns.
+    /// Bound on first resume (or at its spawn, for the hub's own
+    /// "unstarted" coroutines), taken back when the body returns.
     pub coroutine: UnsafeCell<Option<Coro>>,
     pub yielder: Cell<*const Yielder<(), ()>>,
     /// Lowest address of the bound stack's guard page (one page), for the
