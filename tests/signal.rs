@@ -149,7 +149,10 @@ fn bells_never_take_closed_stdio_numbers() {
                 signal::wait_timeout(&[sig], Duration::from_secs(20)).unwrap()
             };
             assert_eq!(wait_for_a_raise(), Some(sig));
-            assert_eq!(std::thread::spawn(wait_for_a_raise).join().unwrap(), Some(sig));
+            assert_eq!(
+                std::thread::spawn(wait_for_a_raise).join().unwrap(),
+                Some(sig)
+            );
         },
     );
 }

@@ -5,8 +5,8 @@
 
 mod util;
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Limits this process's address space to what it maps now plus 256 MiB.
@@ -52,13 +52,25 @@ fn mmap_failure_is_an_io_error_from_builder_spawn() {
 }
 
 /// Sleeps and spawns in its destructor, then records what it got.
-struct BlocksInDrop(Rc<Cell<u32>>);
+struct BlocksInDrop(Arc<AtomicU32>);
 
 impl Drop for BlocksInDrop {
     fn drop(&mut self) {
         moss::sleep(Duration::from_millis(1));
-        self.0.set(moss::spawn(|| 7).join().unwrap());
+        let got = moss::spawn(|| 7).join().unwrap();
+        self.0.store(got, Ordering::SeqCst);
     }
+}
+
+/// Spawns a coroutine with a 1 GiB stack that sleeps, and one that only
+/// drops `guard`, then limits the address space: one 1 GiB stack is mapped
+/// at the first spawn and serves both checks; the sleeper takes it when it
+/// runs, so the other finds none.
+fn sleeper_and_stackless<G: 'static>(guard: G) -> (moss::JoinHandle<()>, moss::JoinHandle<()>) {
+    let spawn = |f: Box<dyn FnOnce()>| moss::Builder::new().stack_size(1 << 30).spawn(f).unwrap();
+    let sleeper = spawn(Box::new(|| moss::sleep(Duration::from_secs(60))));
+    let stackless = spawn(Box::new(move || drop(guard)));
+    (sleeper, stackless)
 }
 
 /// Sleeps in its destructor, then panics.
@@ -82,18 +94,8 @@ fn a_closure_dropped_for_want_of_a_stack_may_block_in_its_destructor() {
         "a_closure_dropped_for_want_of_a_stack_may_block_in_its_destructor",
         Duration::from_secs(60),
         || {
-            let got = Rc::new(Cell::new(0));
-            let guard = BlocksInDrop(got.clone());
-            // One 1 GiB stack is mapped at the first spawn and serves both
-            // checks; `a` takes it when it runs, so `b` needs a fresh one.
-            let a = moss::Builder::new()
-                .stack_size(1 << 30)
-                .spawn(|| moss::sleep(Duration::from_secs(60)))
-                .unwrap();
-            let b = moss::Builder::new()
-                .stack_size(1 << 30)
-                .spawn(move || drop(guard))
-                .unwrap();
+            let got = Arc::new(AtomicU32::new(0));
+            let (a, b) = sleeper_and_stackless(BlocksInDrop(got.clone()));
             let panics = PanicsInDrop;
             let c = moss::Builder::new()
                 .stack_size(1 << 30)
@@ -103,12 +105,47 @@ fn a_closure_dropped_for_want_of_a_stack_may_block_in_its_destructor() {
             let e = b.join().unwrap_err();
             assert!(e.to_string().contains("could not start"), "{e}");
             let source = std::error::Error::source(&e).expect("the mmap error");
-            let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
+            let io = source
+                .downcast_ref::<std::io::Error>()
+                .expect("an io::Error");
             assert_eq!(io.raw_os_error(), Some(libc::ENOMEM), "{io}");
-            assert_eq!(got.get(), 7, "the destructor ran to its end");
+            assert_eq!(
+                got.load(Ordering::SeqCst),
+                7,
+                "the destructor ran to its end"
+            );
             let e = c.join().unwrap_err();
             assert!(e.to_string().contains("could not start"), "{e}");
             a.kill();
+        },
+    );
+}
+
+/// The same when the thread exits before the coroutine that would drop the
+/// closure has run: the hub's shutdown drops it on the root, where its
+/// destructor may block as well.
+#[test]
+fn a_closure_dropped_for_want_of_a_stack_at_thread_exit_may_block_too() {
+    util::isolated(
+        "a_closure_dropped_for_want_of_a_stack_at_thread_exit_may_block_too",
+        Duration::from_secs(60),
+        || {
+            let got = Arc::new(AtomicU32::new(0));
+            let guard = BlocksInDrop(got.clone());
+            std::thread::spawn(move || {
+                let (_sleeper, _stackless) = sleeper_and_stackless(guard);
+                limit_address_space();
+                // Both run: the second finds no stack, and the coroutine
+                // that is to drop its closure is queued after this root.
+                moss::yield_now();
+            })
+            .join()
+            .unwrap();
+            assert_eq!(
+                got.load(Ordering::SeqCst),
+                7,
+                "the destructor ran to its end"
+            );
         },
     );
 }

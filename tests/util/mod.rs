@@ -397,7 +397,10 @@ pub fn isolated_patched(case: &str, limit: Duration, body: impl FnOnce()) {
 pub fn with_stdio_closed(case: &str, limit: Duration, body: impl FnOnce()) {
     if !in_child(case) {
         let r = run_in_child(case, limit);
-        assert!(r.success() && r.stderr.contains("CHILD-OK"), "{case}: {r:#?}");
+        assert!(
+            r.success() && r.stderr.contains("CHILD-OK"),
+            "{case}: {r:#?}"
+        );
         return;
     }
     // SAFETY: plain fcntl/close on fd numbers this child owns; nothing in
@@ -414,7 +417,10 @@ pub fn with_stdio_closed(case: &str, limit: Duration, body: impl FnOnce()) {
         unsafe { libc::write(report, msg.as_ptr().cast(), msg.len()) };
     };
     if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
-        return report(format!("the body panicked: {:?}\n", moss::panic_message(&*p)));
+        return report(format!(
+            "the body panicked: {:?}\n",
+            moss::panic_message(&*p)
+        ));
     }
     // SAFETY: F_GETFD only reads flags.
     let taken: Vec<i32> = (0..3)

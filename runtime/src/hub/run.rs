@@ -256,9 +256,9 @@ impl Hub {
             s => unreachable!("resume of a task in state {s:?}"),
         }
         // SAFETY: the coroutine cell is only touched here and in `finish`,
-        // on the hub loop (root stack), never by the task's own code (and
-        // when `finish_unstarted` binds a task no one knows yet); no other
-        // reference to it is alive during this call.
+        // on the hub loop (root stack), never by the task's own code (and by
+        // `finish_unstarted`, for a task that never ran); no other reference
+        // to it is alive during this call.
         let coro = unsafe { &mut *h.coroutine.get() };
         if coro.is_none() {
             let stack = self.stacks.borrow_mut().take(h.stack_size());
@@ -352,6 +352,13 @@ impl Hub {
         // Done first: the destructors may run the hub loop (a blocking call
         // on the root); the loop must skip this task, still in the run queue.
         t.header().state.complete();
+        // SAFETY: the task never ran: nothing uses its coroutine cell.
+        if let Some(mut c) = unsafe { &mut *t.header().coroutine.get() }.take() {
+            // A hub coroutine bound at its spawn (below), killed before its
+            // start: its initial closure holds a clone of `t`.
+            c.force_unwind();
+            self.stacks.borrow_mut().give(c.into_stack());
+        }
         let (closure, links) = t.finish_unstarted(err);
         // Releases `t` also when a destructor unwinds (a panic, a kill).
         let mut end = ReleaseUnstarted(t.clone(), links);
@@ -365,15 +372,35 @@ impl Hub {
             return;
         };
         let site = t.header().spawn_site;
-        let h = Header::new(self.new_id(), Some(Rc::from("unstarted")), DEFAULT_STACK_SIZE, site);
-        let drops: Rc<dyn Task> = Rc::new(TaskCell::new(h, move || {
-            let _end = end;
-            closure();
-        }));
+        let drops = self.helper_task(
+            "unstarted",
+            site,
+            Box::new(move || {
+                let _end = end;
+                closure();
+            }),
+        );
         // SAFETY: `drops` was made just now: nothing else refers to its
         // coroutine cell yet.
         unsafe { *drops.header().coroutine.get() = Some(bind(&drops, stack)) };
         self.spawn(drops, None);
+    }
+
+    /// A coroutine of the hub's own, named `name`, running `f` on a default
+    /// stack; `site` is the spawn site of the task it serves.
+    fn helper_task(
+        &self,
+        name: &str,
+        site: &'static std::panic::Location<'static>,
+        f: LinkRunner,
+    ) -> Rc<dyn Task> {
+        let h = Header::new(
+            self.new_id(),
+            Some(Rc::from(name)),
+            DEFAULT_STACK_SIZE,
+            site,
+        );
+        Rc::new(TaskCell::new(h, f))
     }
 
     /// Polls I/O and the cross-thread queue, waiting at most `timeout`
@@ -453,9 +480,8 @@ impl Drop for ReleaseUnstarted {
         let hub = Hub::current();
         hub.release(&self.0);
         if let Some(f) = self.1.take() {
-            let site = self.0.header().spawn_site;
-            let h = Header::new(hub.new_id(), Some(Rc::from("link")), DEFAULT_STACK_SIZE, site);
-            hub.spawn(Rc::new(TaskCell::new(h, f)), None);
+            let link = hub.helper_task("link", self.0.header().spawn_site, f);
+            hub.spawn(link, None);
         }
     }
 }

@@ -553,11 +553,13 @@ impl Drop for FrameWrite<'_> {
             std::mem::forget(self.slot.take()); // the slot now belongs to the item
         } else {
             // Uncounted, and the flag cleared for the next holder.
-            let _ = self.wire.page().count.fetch_update(
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-                |c| Some((c & !UNWRITTEN) - 1),
-            );
+            let _ = self
+                .wire
+                .page()
+                .count
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                    Some((c & !UNWRITTEN) - 1)
+                });
         }
         drop(self.lock.take());
     }
