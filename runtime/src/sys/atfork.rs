@@ -117,7 +117,7 @@ impl ForkSafeOnce {
 }
 
 /// A value made once per process, as std's `OnceLock` makes it, that a
-/// `fork` cannot leave stuck (see [`ForkSafeOnce`]): a child forked while
+/// `fork` cannot leave stuck (see `ForkSafeOnce`): a child forked while
 /// another thread was making it makes its own, so the initialiser must be
 /// harmless to run again in a child; the half-made value is leaked. Meant
 /// for statics: the value is never dropped. Public (hidden) for moss-io.

@@ -19,7 +19,7 @@ use super::cvt::{cvt, cvt_r};
 const LOWEST_PRIVATE_FD: RawFd = 3;
 
 /// Takes ownership of a fresh fd the kernel just returned, moving it to 3 or
-/// above first (see [`LOWEST_PRIVATE_FD`]); the low number is closed.
+/// above first (see `LOWEST_PRIVATE_FD`); the low number is closed.
 /// Public (hidden) for moss-io's private fds (the signal catcher's bells).
 ///
 /// # Safety
