@@ -108,11 +108,8 @@ pub(crate) fn recv(fd: RawFd, buf: &mut [u8], how: Recv) -> io::Result<usize> {
 
 /// `recvmsg(2)` into several buffers (a vectored read).
 pub(crate) fn recv_vectored(fd: RawFd, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-    // SAFETY: a zeroed msghdr is valid (no name, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     // IoSliceMut is guaranteed ABI-compatible with iovec on Unix.
-    msg.msg_iov = bufs.as_mut_ptr().cast();
-    msg.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
+    let mut msg = msghdr(bufs.as_mut_ptr().cast(), bufs.len());
     // SAFETY: `msg` points at `bufs`' iovecs, each valid for writes of its
     // length, for the duration of the call.
     let n = unsafe {
@@ -124,6 +121,16 @@ pub(crate) fn recv_vectored(fd: RawFd, bufs: &mut [IoSliceMut<'_>]) -> io::Resul
         )
     };
     raw::result(n)
+}
+
+/// A `msghdr` over the `len` iovecs at `iov`, with no name and no control
+/// data (at most `c_int::MAX` iovecs are passed).
+fn msghdr(iov: *mut libc::iovec, len: usize) -> libc::msghdr {
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = len.min(libc::c_int::MAX as usize) as _;
+    msg
 }
 
 /// `send(2)` of `buf`.
@@ -146,12 +153,9 @@ pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 
 /// `sendmsg(2)` of several buffers (a vectored write).
 pub(crate) fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: a zeroed msghdr is valid (no name, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     // IoSlice is guaranteed ABI-compatible with iovec on Unix; sendmsg only
     // reads through the pointer.
-    msg.msg_iov = bufs.as_ptr().cast_mut().cast();
-    msg.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
+    let msg = msghdr(bufs.as_ptr().cast_mut().cast(), bufs.len());
     // SAFETY: `msg` points at `bufs`' iovecs, each valid for reads of its
     // length, for the duration of the call.
     let n = unsafe {
@@ -276,7 +280,6 @@ mod raw {
 
     /// # Safety
     /// As the syscall `nr` with these arguments.
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) unsafe fn syscall6(
         nr: Arg,
@@ -287,85 +290,65 @@ mod raw {
         a5: Arg,
         a6: Arg,
     ) -> Arg {
-        let r;
-        // The x86_64 Linux syscall convention: number and result in rax,
-        // arguments in rdi, rsi, rdx, r10, r8, r9.
-        // SAFETY: as that convention says; the instruction clobbers rcx and r11
-        // and nothing else (no stack use); its memory effects are the caller's contract.
-        unsafe {
-            std::arch::asm!(
-                "syscall",
-                inlateout("rax") nr => r,
-                in("rdi") a1,
-                in("rsi") a2,
-                in("rdx") a3,
-                in("r10") a4,
-                in("r8") a5,
-                in("r9") a6,
-                lateout("rcx") _,
-                lateout("r11") _,
-                options(nostack, preserves_flags),
-            );
-        }
-        r
-    }
-
-    /// # Safety
-    /// As the syscall `nr` with these arguments.
-    #[cfg(target_arch = "aarch64")]
-    #[inline(always)]
-    pub(super) unsafe fn syscall6(
-        nr: Arg,
-        a1: Arg,
-        a2: Arg,
-        a3: Arg,
-        a4: Arg,
-        a5: Arg,
-        a6: Arg,
-    ) -> Arg {
-        let r;
-        // SAFETY: the aarch64 Linux syscall convention: number in x8,
-        // arguments in x0..x5, result in x0; `svc 0` clobbers nothing else.
-        // The syscall's own memory effects are the caller's contract.
-        unsafe {
-            std::arch::asm!(
-                "svc 0",
-                in("x8") nr,
-                inlateout("x0") a1 => r,
-                in("x1") a2,
-                in("x2") a3,
-                in("x3") a4,
-                in("x4") a5,
-                in("x5") a6,
-                options(nostack, preserves_flags),
-            );
-        }
-        r
-    }
-
-    /// # Safety
-    /// As the syscall `nr` with these arguments.
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    #[inline(always)]
-    pub(super) unsafe fn syscall6(
-        nr: Arg,
-        a1: Arg,
-        a2: Arg,
-        a3: Arg,
-        a4: Arg,
-        a5: Arg,
-        a6: Arg,
-    ) -> Arg {
-        // SAFETY: the caller's contract.
-        let r = unsafe { libc::syscall(nr, a1, a2, a3, a4, a5, a6) };
-        if r == -1 {
-            -Arg::from(
-                std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO),
-            )
-        } else {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let r;
+            // The x86_64 Linux syscall convention: number and result in rax,
+            // arguments in rdi, rsi, rdx, r10, r8, r9.
+            // SAFETY: as that convention says; the instruction clobbers rcx and
+            // r11 and nothing else (no stack use); its memory effects are the
+            // caller's contract.
+            unsafe {
+                std::arch::asm!(
+                    "syscall",
+                    inlateout("rax") nr => r,
+                    in("rdi") a1,
+                    in("rsi") a2,
+                    in("rdx") a3,
+                    in("r10") a4,
+                    in("r8") a5,
+                    in("r9") a6,
+                    lateout("rcx") _,
+                    lateout("r11") _,
+                    options(nostack, preserves_flags),
+                );
+            }
             r
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            let r;
+            // SAFETY: the aarch64 Linux syscall convention: number in x8,
+            // arguments in x0..x5, result in x0; `svc 0` clobbers nothing
+            // else. The syscall's own memory effects are the caller's contract.
+            unsafe {
+                std::arch::asm!(
+                    "svc 0",
+                    in("x8") nr,
+                    inlateout("x0") a1 => r,
+                    in("x1") a2,
+                    in("x2") a3,
+                    in("x3") a4,
+                    in("x4") a5,
+                    in("x5") a6,
+                    options(nostack, preserves_flags),
+                );
+            }
+            r
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            // SAFETY: the caller's contract.
+            let r = unsafe { libc::syscall(nr, a1, a2, a3, a4, a5, a6) };
+            if r == -1 {
+                -Arg::from(
+                    std::io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO),
+                )
+            } else {
+                r
+            }
         }
     }
 }
@@ -436,11 +419,8 @@ pub(crate) mod ring {
         bufs: &mut [IoSliceMut<'_>],
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        // SAFETY: a zeroed msghdr is valid (no name, no control data).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         // IoSliceMut is guaranteed ABI-compatible with iovec on Unix.
-        msg.msg_iov = bufs.as_mut_ptr().cast();
-        msg.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
+        let mut msg = super::msghdr(bufs.as_mut_ptr().cast(), bufs.len());
         let e = op::RecvMsg::new(Fd(fd), &mut msg).build();
         // SAFETY: `msg` (on this frame) and the buffers it points at are
         // borrowed until `complete` returns, after the kernel is done.
@@ -464,11 +444,9 @@ pub(crate) mod ring {
                     iov_base: buf.as_mut_ptr().cast(),
                     iov_len: buf.len(),
                 };
-                let mut msg: libc::msghdr = std::mem::zeroed();
+                let mut msg = super::msghdr(&mut iov, 1);
                 msg.msg_name = storage.cast();
                 msg.msg_namelen = *len;
-                msg.msg_iov = &mut iov;
-                msg.msg_iovlen = 1;
                 let e = op::RecvMsg::new(Fd(fd), &mut msg)
                     .flags(recv_flags(how))
                     .build();

@@ -358,108 +358,113 @@ impl fmt::Debug for KillOnDrop {
 }
 
 /// The methods `Pool` and `Group` share, each calling the same method of
-/// their `Members` (`self.set`). The caller gives the docs of the first six,
-/// which differ (a pool waits for a free slot, a group never waits).
+/// their `Members` (`self.set`). The caller gives, per type, the docs of the
+/// first six, which differ (a pool waits for a free slot, a group never
+/// waits).
 macro_rules! members_api {
-    (
-        $(#[$spawn:meta])* spawn;
-        $(#[$map:meta])* map;
-        $(#[$imap_unordered:meta])* imap_unordered;
-        $(#[$imap:meta])* imap;
-        $(#[$apply:meta])* apply;
-        $(#[$apply_async:meta])* apply_async;
-    ) => {
-        $(#[$spawn])*
-        pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
-        where
-            F: FnOnce() -> T + 'static,
-            T: 'static,
-        {
-            self.set.spawn(f)
+    ($(
+        impl $ty:ident {
+            $(#[$spawn:meta])* spawn;
+            $(#[$map:meta])* map;
+            $(#[$imap_unordered:meta])* imap_unordered;
+            $(#[$imap:meta])* imap;
+            $(#[$apply:meta])* apply;
+            $(#[$apply_async:meta])* apply_async;
         }
+    )+) => {$(
+        impl $ty {
+            $(#[$spawn])*
+            pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
+            where
+                F: FnOnce() -> T + 'static,
+                T: 'static,
+            {
+                self.set.spawn(f)
+            }
 
-        $(#[$map])*
-        pub fn map<I, R, F>(&self, f: F, items: impl IntoIterator<Item = I>) -> Vec<R>
-        where
-            F: Fn(I) -> R + 'static,
-            I: 'static,
-            R: 'static,
-        {
-            self.set.map(f, items)
-        }
+            $(#[$map])*
+            pub fn map<I, R, F>(&self, f: F, items: impl IntoIterator<Item = I>) -> Vec<R>
+            where
+                F: Fn(I) -> R + 'static,
+                I: 'static,
+                R: 'static,
+            {
+                self.set.map(f, items)
+            }
 
-        $(#[$imap_unordered])*
-        pub fn imap_unordered<I, R, F>(
-            &self,
-            f: F,
-            items: impl IntoIterator<Item = I> + 'static,
-        ) -> ImapUnordered<R>
-        where
-            F: Fn(I) -> R + 'static,
-            I: 'static,
-            R: 'static,
-        {
-            self.set.imap_unordered(f, items)
-        }
+            $(#[$imap_unordered])*
+            pub fn imap_unordered<I, R, F>(
+                &self,
+                f: F,
+                items: impl IntoIterator<Item = I> + 'static,
+            ) -> ImapUnordered<R>
+            where
+                F: Fn(I) -> R + 'static,
+                I: 'static,
+                R: 'static,
+            {
+                self.set.imap_unordered(f, items)
+            }
 
-        $(#[$imap])*
-        pub fn imap<I, R, F>(
-            &self,
-            f: F,
-            items: impl IntoIterator<Item = I> + 'static,
-        ) -> ImapOrdered<R>
-        where
-            F: Fn(I) -> R + 'static,
-            I: 'static,
-            R: 'static,
-        {
-            self.set.imap(f, items)
-        }
+            $(#[$imap])*
+            pub fn imap<I, R, F>(
+                &self,
+                f: F,
+                items: impl IntoIterator<Item = I> + 'static,
+            ) -> ImapOrdered<R>
+            where
+                F: Fn(I) -> R + 'static,
+                I: 'static,
+                R: 'static,
+            {
+                self.set.imap(f, items)
+            }
 
-        $(#[$apply])*
-        pub fn apply<F, T>(&self, f: F) -> T
-        where
-            F: FnOnce() -> T + 'static,
-            T: 'static,
-        {
-            self.set.apply(f)
-        }
+            $(#[$apply])*
+            pub fn apply<F, T>(&self, f: F) -> T
+            where
+                F: FnOnce() -> T + 'static,
+                T: 'static,
+            {
+                self.set.apply(f)
+            }
 
-        $(#[$apply_async])*
-        pub fn apply_async<F, T, C>(&self, f: F, callback: C) -> JoinHandle<T>
-        where
-            F: FnOnce() -> T + 'static,
-            T: 'static,
-            C: FnOnce(&T) + 'static,
-        {
-            self.set.apply_async(f, callback)
-        }
+            $(#[$apply_async])*
+            pub fn apply_async<F, T, C>(&self, f: F, callback: C) -> JoinHandle<T>
+            where
+                F: FnOnce() -> T + 'static,
+                T: 'static,
+                C: FnOnce(&T) + 'static,
+            {
+                self.set.apply_async(f, callback)
+            }
 
-        /// Waits until no member is running.
-        pub fn join(&self) {
-            self.set.join(None);
-        }
+            /// Waits until no member is running.
+            pub fn join(&self) {
+                self.set.join(None);
+            }
 
-        /// [`join`](Self::join) for at most `d`: true if no member is left.
-        pub fn join_timeout(&self, d: Duration) -> bool {
-            self.set.join(Some(d))
-        }
+            /// [`join`](Self::join) for at most `d`: true if no member is left.
+            pub fn join_timeout(&self, d: Duration) -> bool {
+                self.set.join(Some(d))
+            }
 
-        /// Kills every member and waits until they are gone.
-        pub fn kill(&self) {
-            self.set.kill();
-        }
+            /// Kills every member and waits until they are gone.
+            pub fn kill(&self) {
+                self.set.kill();
+            }
 
-        /// Members running (or spawned and not started) now.
-        pub fn len(&self) -> usize {
-            self.set.len()
-        }
+            /// Members running (or spawned and not started) now.
+            pub fn len(&self) -> usize {
+                self.set.len()
+            }
 
-        /// Whether no member is running.
-        pub fn is_empty(&self) -> bool {
-            self.len() == 0
+            /// Whether no member is running.
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
         }
-    };
+    )+};
 }
 
 /// Runs at most `size` coroutines at once (gevent's `Pool`): [`spawn`](Self::spawn)
@@ -499,70 +504,6 @@ impl Pool {
         Pool {
             set: Members::new(Some(size)),
         }
-    }
-
-    members_api! {
-        /// Spawns `f` as a member once a slot is free (the caller waits until
-        /// then, letting other coroutines run). A `kill` or `timeout` of the
-        /// caller while it waits unwinds it without spawning.
-        spawn;
-        /// Runs `f` on every item through the pool and returns the results in
-        /// input order. If a task panics, the remaining ones are killed and the
-        /// panic is re-raised in the caller.
-        map;
-        /// Runs `f` on every item through the pool, yielding results as tasks
-        /// finish. Items are spawned by a feeder coroutine as slots free up.
-        ///
-        /// ```
-        /// use std::time::Duration;
-        /// let pool = moss::pool::Pool::new(3);
-        /// let it = pool.imap_unordered(|ms: u64| { moss::sleep(Duration::from_millis(ms)); ms }, [90, 10, 50]);
-        /// assert_eq!(it.collect::<Vec<_>>(), [10, 50, 90]);
-        /// ```
-        imap_unordered;
-        /// Runs `f` on every item through the pool, yielding the results in
-        /// input order (gevent's `imap`): the next result as soon as it and
-        /// those before it are done, while later items still run. Items are
-        /// spawned by a feeder coroutine as slots free up; iterating re-raises
-        /// a task's panic.
-        ///
-        /// ```
-        /// use std::time::Duration;
-        /// let pool = moss::pool::Pool::new(3);
-        /// let it = pool.imap(|ms: u64| { moss::sleep(Duration::from_millis(ms)); ms }, [90, 10, 50]);
-        /// assert_eq!(it.collect::<Vec<_>>(), [90, 10, 50]);
-        /// ```
-        imap;
-        /// Runs `f` in the pool (waiting for a free slot first) and returns its
-        /// result (gevent's `apply`); a panic in `f` is re-raised here. The
-        /// caller waits, letting other coroutines run. If the caller is killed
-        /// meanwhile, `f` goes on running as a detached member.
-        ///
-        /// ```
-        /// let pool = moss::pool::Pool::new(2);
-        /// assert_eq!(pool.apply(|| 6 * 7), 42);
-        /// ```
-        ///
-        /// # Panics
-        /// If `f` panics, or its coroutine was killed (by [`kill`](Self::kill)).
-        apply;
-        /// Spawns `f` in the pool (waiting for a free slot first, as gevent's
-        /// `apply_async` does when the pool is full); when `f` returns,
-        /// `callback(&value)` runs in the same coroutine, then its
-        /// [`JoinHandle`] gives the value. A panic in `f` skips the callback; a
-        /// panic in either is returned by `join`.
-        ///
-        /// ```
-        /// use std::cell::Cell;
-        /// use std::rc::Rc;
-        /// let pool = moss::pool::Pool::new(2);
-        /// let seen = Rc::new(Cell::new(0));
-        /// let s = seen.clone();
-        /// let h = pool.apply_async(|| 6 * 7, move |v| s.set(*v));
-        /// assert_eq!(h.join().unwrap(), 42);
-        /// assert_eq!(seen.get(), 42);
-        /// ```
-        apply_async;
     }
 
     /// [`spawn`](Self::spawn), waiting at most `d` for a free slot
@@ -664,23 +605,6 @@ impl Group {
         }
     }
 
-    members_api! {
-        /// Spawns `f` as a member (never waits).
-        spawn;
-        /// [`Pool::map`] without a limit: one coroutine per item.
-        map;
-        /// [`Pool::imap_unordered`] without a limit.
-        imap_unordered;
-        /// [`Pool::imap`] without a limit: one coroutine per item, results in
-        /// input order.
-        imap;
-        /// [`Pool::apply`] without a limit: runs `f` in a member and returns its
-        /// result, re-raising its panic.
-        apply;
-        /// [`Pool::apply_async`] without a limit (never waits).
-        apply_async;
-    }
-
     /// A guard that [`kill`](Self::kill)s every member when it is dropped,
     /// including when the scope that holds it unwinds (a panic, or a
     /// `kill` or `timeout` of its coroutine). Coroutines are detached when
@@ -723,6 +647,88 @@ impl Group {
         KillOnDrop {
             set: self.set.clone(),
         }
+    }
+}
+
+members_api! {
+    impl Pool {
+        /// Spawns `f` as a member once a slot is free (the caller waits until
+        /// then, letting other coroutines run). A `kill` or `timeout` of the
+        /// caller while it waits unwinds it without spawning.
+        spawn;
+        /// Runs `f` on every item through the pool and returns the results in
+        /// input order. If a task panics, the remaining ones are killed and the
+        /// panic is re-raised in the caller.
+        map;
+        /// Runs `f` on every item through the pool, yielding results as tasks
+        /// finish. Items are spawned by a feeder coroutine as slots free up.
+        ///
+        /// ```
+        /// use std::time::Duration;
+        /// let pool = moss::pool::Pool::new(3);
+        /// let it = pool.imap_unordered(|ms: u64| { moss::sleep(Duration::from_millis(ms)); ms }, [90, 10, 50]);
+        /// assert_eq!(it.collect::<Vec<_>>(), [10, 50, 90]);
+        /// ```
+        imap_unordered;
+        /// Runs `f` on every item through the pool, yielding the results in
+        /// input order (gevent's `imap`): the next result as soon as it and
+        /// those before it are done, while later items still run. Items are
+        /// spawned by a feeder coroutine as slots free up; iterating re-raises
+        /// a task's panic.
+        ///
+        /// ```
+        /// use std::time::Duration;
+        /// let pool = moss::pool::Pool::new(3);
+        /// let it = pool.imap(|ms: u64| { moss::sleep(Duration::from_millis(ms)); ms }, [90, 10, 50]);
+        /// assert_eq!(it.collect::<Vec<_>>(), [90, 10, 50]);
+        /// ```
+        imap;
+        /// Runs `f` in the pool (waiting for a free slot first) and returns its
+        /// result (gevent's `apply`); a panic in `f` is re-raised here. The
+        /// caller waits, letting other coroutines run. If the caller is killed
+        /// meanwhile, `f` goes on running as a detached member.
+        ///
+        /// ```
+        /// let pool = moss::pool::Pool::new(2);
+        /// assert_eq!(pool.apply(|| 6 * 7), 42);
+        /// ```
+        ///
+        /// # Panics
+        /// If `f` panics, or its coroutine was killed (by [`kill`](Self::kill)).
+        apply;
+        /// Spawns `f` in the pool (waiting for a free slot first, as gevent's
+        /// `apply_async` does when the pool is full); when `f` returns,
+        /// `callback(&value)` runs in the same coroutine, then its
+        /// [`JoinHandle`] gives the value. A panic in `f` skips the callback; a
+        /// panic in either is returned by `join`.
+        ///
+        /// ```
+        /// use std::cell::Cell;
+        /// use std::rc::Rc;
+        /// let pool = moss::pool::Pool::new(2);
+        /// let seen = Rc::new(Cell::new(0));
+        /// let s = seen.clone();
+        /// let h = pool.apply_async(|| 6 * 7, move |v| s.set(*v));
+        /// assert_eq!(h.join().unwrap(), 42);
+        /// assert_eq!(seen.get(), 42);
+        /// ```
+        apply_async;
+    }
+    impl Group {
+        /// Spawns `f` as a member (never waits).
+        spawn;
+        /// [`Pool::map`] without a limit: one coroutine per item.
+        map;
+        /// [`Pool::imap_unordered`] without a limit.
+        imap_unordered;
+        /// [`Pool::imap`] without a limit: one coroutine per item, results in
+        /// input order.
+        imap;
+        /// [`Pool::apply`] without a limit: runs `f` in a member and returns its
+        /// result, re-raising its panic.
+        apply;
+        /// [`Pool::apply_async`] without a limit (never waits).
+        apply_async;
     }
 }
 
