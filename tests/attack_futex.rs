@@ -554,6 +554,21 @@ fn thread_exit_while_a_coroutine_waits_on_a_std_mutex() {
     );
 }
 
+/// `n` coroutines that each lock `m`, hold it across a sleep of `hold` and
+/// add 1 to it.
+fn queue_on(m: &Arc<Mutex<u32>>, n: usize, hold: Duration) -> Vec<moss::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let m = m.clone();
+            moss::spawn(move || {
+                let mut g = m.lock().unwrap();
+                moss::sleep(hold);
+                *g += 1;
+            })
+        })
+        .collect()
+}
+
 /// A process forked while coroutines of the parent queue on a std Mutex
 /// (held across a sleep): the child's std locks and channels work between
 /// its own coroutines and threads, and the parent's waiters all get the
@@ -565,16 +580,7 @@ fn fork_while_coroutines_queue_on_a_std_mutex() {
         Duration::from_secs(60),
         || {
             let m = Arc::new(Mutex::new(0u32));
-            let hs: Vec<_> = (0..4)
-                .map(|_| {
-                    let m = m.clone();
-                    moss::spawn(move || {
-                        let mut g = m.lock().unwrap();
-                        moss::sleep(Duration::from_millis(30));
-                        *g += 1;
-                    })
-                })
-                .collect();
+            let hs = queue_on(&m, 4, Duration::from_millis(30));
             util::until_parked(hs[3].id());
             let m2 = m.clone();
             let p = moss::pool::Process::new(move || {
@@ -582,16 +588,7 @@ fn fork_while_coroutines_queue_on_a_std_mutex() {
                 // exist here: only try it.
                 assert!(m2.try_lock().is_err());
                 let n = Arc::new(Mutex::new(0u32));
-                let hs: Vec<_> = (0..3)
-                    .map(|_| {
-                        let n = n.clone();
-                        moss::spawn(move || {
-                            let mut g = n.lock().unwrap();
-                            moss::sleep(Duration::from_millis(5));
-                            *g += 1;
-                        })
-                    })
-                    .collect();
+                let hs = queue_on(&n, 3, Duration::from_millis(5));
                 let (tx, rx) = std::sync::mpsc::channel();
                 let t = std::thread::spawn(move || tx.send(5u32).unwrap());
                 assert_eq!(rx.recv().unwrap(), 5);

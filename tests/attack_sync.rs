@@ -20,6 +20,15 @@ impl Drop for SleepsOnDrop {
     }
 }
 
+/// A flag, and a detached coroutine (its JoinHandle dropped) whose result
+/// is a [`SleepsOnDrop`] that sets it.
+fn detached_result_that_sleeps_on_drop() -> Rc<Cell<bool>> {
+    let dropped = Rc::new(Cell::new(false));
+    let d = dropped.clone();
+    drop(moss::spawn(move || SleepsOnDrop(d)));
+    dropped
+}
+
 /// The result of a detached coroutine (its JoinHandle dropped) whose
 /// destructor blocks. It is dropped by the coroutine itself, on its own
 /// stack, before it ends (it used to be dropped by the hub loop on the
@@ -31,11 +40,10 @@ fn detached_result_with_a_blocking_drop() {
         "detached_result_with_a_blocking_drop",
         Duration::from_secs(20),
         || {
-            let dropped = Rc::new(Cell::new(false));
-            let d = dropped.clone();
-            moss::run(move || {
-                drop(moss::spawn(move || SleepsOnDrop(d)));
+            let dropped = moss::run(|| {
+                let dropped = detached_result_that_sleeps_on_drop();
                 moss::sleep(Duration::from_millis(50));
+                dropped
             });
             assert!(dropped.get());
         },
@@ -80,9 +88,7 @@ fn detached_result_drop_cuts_the_roots_sleep_short() {
         "detached_result_drop_cuts_the_roots_sleep_short",
         Duration::from_secs(20),
         || {
-            let dropped = Rc::new(Cell::new(false));
-            let d = dropped.clone();
-            drop(moss::spawn(move || SleepsOnDrop(d)));
+            let dropped = detached_result_that_sleeps_on_drop();
             let t = Instant::now();
             moss::sleep(Duration::from_millis(300));
             let slept = t.elapsed();
@@ -105,9 +111,7 @@ fn detached_result_drop_breaks_the_roots_queue_get() {
         Duration::from_secs(20),
         || {
             let q = Rc::new(moss::sync::Queue::<u32>::new(1));
-            let dropped = Rc::new(Cell::new(false));
-            let d = dropped.clone();
-            drop(moss::spawn(move || SleepsOnDrop(d)));
+            let dropped = detached_result_that_sleeps_on_drop();
             let q2 = q.clone();
             moss::spawn(move || {
                 moss::sleep(Duration::from_millis(100));

@@ -286,11 +286,7 @@ fn nonblocking_mode_is_virtual() {
 fn errno_is_exact_inside_coroutines() {
     util::on_patched_thread(Duration::from_secs(20), || {
         moss::spawn(|| {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap();
-            let e = TcpStream::connect(port).unwrap_err();
+            let e = TcpStream::connect(util::refused_addr()).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
             let mut b = [0u8; 1];
             // SAFETY: invalid fd on purpose.

@@ -11,6 +11,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+mod util;
+
 fn errno() -> c_int {
     std::io::Error::last_os_error().raw_os_error().unwrap()
 }
@@ -109,11 +111,7 @@ fn errno_checks(stage: &str) {
         "{stage}: errno after a successful read"
     );
     // A refused connection.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let e = TcpStream::connect(port).unwrap_err();
+    let e = TcpStream::connect(util::refused_addr()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{stage}: connect");
 }
 

@@ -118,9 +118,7 @@ fn read_timeout_fires_while_other_coroutines_run() {
 
 #[test]
 fn refused_connection() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
+    let addr = util::refused_addr();
     let e = TcpStream::connect(addr).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
     let e = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_err();

@@ -81,12 +81,7 @@ fn tcp_operations_move_exact_bytes() {
 #[test]
 fn tcp_errors_keep_std_kinds() {
     on_uring();
-    // Refused: nothing listens on a port just freed.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let e = TcpStream::connect(port).unwrap_err();
+    let e = TcpStream::connect(util::refused_addr()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
     // A read timeout reads as EAGAIN, as std's SO_RCVTIMEO does.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

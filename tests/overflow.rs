@@ -17,29 +17,29 @@ fn recurse(n: u64) -> u64 {
     }
 }
 
-fn child(case: &str) -> (Option<i32>, String) {
+/// Runs `body` as the test `case` in a child process, where it must end
+/// the process by `SIGABRT`; returns the child's stderr.
+fn aborts(case: &str, body: impl FnOnce()) -> String {
+    if util::in_child(case) {
+        body();
+        unreachable!("the overflow aborts the process");
+    }
     let run = util::run_in_child(case, Duration::from_secs(60));
     assert!(!run.timed_out, "{case} hung:\n{}", run.stderr);
-    (run.signal, run.stderr)
-}
-
-fn in_child(case: &str) -> bool {
-    util::in_child(case)
+    assert_eq!(run.signal, Some(libc::SIGABRT), "{}", run.stderr);
+    run.stderr
 }
 
 #[test]
 fn coroutine_overflow_is_reported_and_aborts() {
-    if in_child("coroutine_overflow_is_reported_and_aborts") {
+    let stderr = aborts("coroutine_overflow_is_reported_and_aborts", || {
         let h = moss::Builder::new()
             .name("deep")
             .stack_size(64 * 1024)
             .spawn(|| recurse(0))
             .unwrap();
         let _ = h.join();
-        unreachable!("the overflow aborts the process");
-    }
-    let (sig, stderr) = child("coroutine_overflow_is_reported_and_aborts");
-    assert_eq!(sig, Some(libc::SIGABRT), "{stderr}");
+    });
     let line = stderr
         .lines()
         .find(|l| l.starts_with("moss: coroutine"))
@@ -53,13 +53,9 @@ fn coroutine_overflow_is_reported_and_aborts() {
 
 #[test]
 fn unnamed_coroutine_overflow_names_the_id() {
-    if in_child("unnamed_coroutine_overflow_names_the_id") {
-        let h = moss::spawn(|| recurse(0));
-        let _ = h.join();
-        unreachable!();
-    }
-    let (sig, stderr) = child("unnamed_coroutine_overflow_names_the_id");
-    assert_eq!(sig, Some(libc::SIGABRT), "{stderr}");
+    let stderr = aborts("unnamed_coroutine_overflow_names_the_id", || {
+        let _ = moss::spawn(|| recurse(0)).join();
+    });
     assert!(
         stderr.contains("has overflowed its stack of 128 KiB"),
         "{stderr}"
@@ -68,7 +64,8 @@ fn unnamed_coroutine_overflow_names_the_id() {
 
 #[test]
 fn thread_overflow_still_reaches_std_handler() {
-    if in_child("thread_overflow_still_reaches_std_handler") {
+    // std's handler reports the overflow and aborts.
+    let stderr = aborts("thread_overflow_still_reaches_std_handler", || {
         // Create the hub (and so moss's handler) first, then overflow a plain thread.
         moss::spawn(|| ()).join().unwrap();
         std::thread::Builder::new()
@@ -78,10 +75,7 @@ fn thread_overflow_still_reaches_std_handler() {
             .unwrap()
             .join()
             .ok();
-        unreachable!();
-    }
-    let (sig, stderr) = child("thread_overflow_still_reaches_std_handler");
-    assert!(sig.is_some(), "{stderr}");
+    });
     assert!(
         stderr.contains("thread 'plain'") && stderr.contains("overflowed its stack"),
         "{stderr}"
@@ -91,13 +85,12 @@ fn thread_overflow_still_reaches_std_handler() {
 
 #[test]
 fn greenlet_overflow_on_the_root_is_reported_and_aborts() {
-    if in_child("greenlet_overflow_on_the_root_is_reported_and_aborts") {
-        let g = moss::greenlet::Greenlet::new(|v: u64| recurse(v));
-        g.switch(0);
-        unreachable!("the overflow aborts the process");
-    }
-    let (sig, stderr) = child("greenlet_overflow_on_the_root_is_reported_and_aborts");
-    assert_eq!(sig, Some(libc::SIGABRT), "{stderr}");
+    let stderr = aborts(
+        "greenlet_overflow_on_the_root_is_reported_and_aborts",
+        || {
+            moss::greenlet::Greenlet::new(|v: u64| recurse(v)).switch(0);
+        },
+    );
     let line = stderr
         .lines()
         .find(|l| l.starts_with("moss: "))
@@ -114,16 +107,16 @@ fn greenlet_overflow_on_the_root_is_reported_and_aborts() {
 
 #[test]
 fn greenlet_overflow_in_a_coroutine_names_the_coroutine() {
-    if in_child("greenlet_overflow_in_a_coroutine_names_the_coroutine") {
-        let h = moss::Builder::new()
-            .name("driver")
-            .spawn(|| moss::greenlet::Greenlet::new(|v: u64| recurse(v)).switch(0))
-            .unwrap();
-        let _ = h.join();
-        unreachable!("the overflow aborts the process");
-    }
-    let (sig, stderr) = child("greenlet_overflow_in_a_coroutine_names_the_coroutine");
-    assert_eq!(sig, Some(libc::SIGABRT), "{stderr}");
+    let stderr = aborts(
+        "greenlet_overflow_in_a_coroutine_names_the_coroutine",
+        || {
+            let h = moss::Builder::new()
+                .name("driver")
+                .spawn(|| moss::greenlet::Greenlet::new(|v: u64| recurse(v)).switch(0))
+                .unwrap();
+            let _ = h.join();
+        },
+    );
     assert!(
         stderr.contains("moss: a greenlet of coroutine 'driver' (#"),
         "{stderr}"

@@ -237,16 +237,15 @@ impl Drop for UsesMossOnDrop {
 #[test]
 fn an_unstarted_coroutine_whose_closure_calls_moss_on_drop_at_thread_exit() {
     const CASE: &str = "an_unstarted_coroutine_whose_closure_calls_moss_on_drop_at_thread_exit";
-    if !util::in_child(CASE) {
-        return util::passes_in_child(CASE);
-    }
-    let (tx, rx) = mpsc::channel();
-    on_exiting_thread(move || {
-        let d = UsesMossOnDrop(tx);
-        // Never started: its closure (and `d`) is dropped at thread exit.
-        let _h = moss::spawn(move || drop(d));
+    util::isolated(CASE, Duration::from_secs(60), || {
+        let (tx, rx) = mpsc::channel();
+        on_exiting_thread(move || {
+            let d = UsesMossOnDrop(tx);
+            // Never started: its closure (and `d`) is dropped at thread exit.
+            let _h = moss::spawn(move || drop(d));
+        });
+        assert_used_moss(&rx);
     });
-    assert_used_moss(&rx);
 }
 
 thread_local! {
@@ -256,104 +255,100 @@ thread_local! {
 #[test]
 fn a_thread_local_whose_drop_calls_moss() {
     const CASE: &str = "a_thread_local_whose_drop_calls_moss";
-    if !util::in_child(CASE) {
-        return util::passes_in_child(CASE);
-    }
-    let (tx, rx) = mpsc::channel();
-    on_exiting_thread(move || {
-        // Initialised before the hub exists: destroyed after anything
-        // registered later, the hub's owner included.
-        ON_EXIT.with(|v| *v.borrow_mut() = Some(UsesMossOnDrop(tx)));
-        moss::spawn(|| moss::sleep(Duration::from_millis(1)))
-            .join()
-            .unwrap();
+    util::isolated(CASE, Duration::from_secs(60), || {
+        let (tx, rx) = mpsc::channel();
+        on_exiting_thread(move || {
+            // Initialised before the hub exists: destroyed after anything
+            // registered later, the hub's owner included.
+            ON_EXIT.with(|v| *v.borrow_mut() = Some(UsesMossOnDrop(tx)));
+            moss::spawn(|| moss::sleep(Duration::from_millis(1)))
+                .join()
+                .unwrap();
+        });
+        assert_used_moss(&rx);
     });
-    assert_used_moss(&rx);
 }
 
 #[test]
 fn a_pthread_key_destructor_after_the_hub_calls_moss() {
     const CASE: &str = "a_pthread_key_destructor_after_the_hub_calls_moss";
-    if !util::in_child(CASE) {
-        return util::passes_in_child(CASE);
-    }
-    use std::sync::OnceLock;
-    static TX: OnceLock<StdMutex<mpsc::Sender<Seen>>> = OnceLock::new();
-    extern "C" fn key_dtor(_: *mut libc::c_void) {
-        let seen = use_moss();
-        let _ = TX.get().unwrap().lock().unwrap().send(seen);
-    }
-    let (tx, rx) = mpsc::channel();
-    TX.set(StdMutex::new(tx)).unwrap();
-    // The hub's own key exists (a hub was made): a key created now is
-    // destroyed after it, when the thread's hub is gone.
-    moss::yield_now();
-    let mut key: libc::pthread_key_t = 0;
-    // SAFETY: a valid out-pointer and an extern "C" destructor.
-    assert_eq!(
-        unsafe { libc::pthread_key_create(&mut key, Some(key_dtor)) },
-        0
-    );
-    on_exiting_thread(move || {
+    util::isolated(CASE, Duration::from_secs(60), || {
+        use std::sync::OnceLock;
+        static TX: OnceLock<StdMutex<mpsc::Sender<Seen>>> = OnceLock::new();
+        extern "C" fn key_dtor(_: *mut libc::c_void) {
+            let seen = use_moss();
+            let _ = TX.get().unwrap().lock().unwrap().send(seen);
+        }
+        let (tx, rx) = mpsc::channel();
+        TX.set(StdMutex::new(tx)).unwrap();
+        // The hub's own key exists (a hub was made): a key created now is
+        // destroyed after it, when the thread's hub is gone.
         moss::yield_now();
-        // SAFETY: this thread's value of our key; any non-null value.
-        unsafe { libc::pthread_setspecific(key, std::ptr::dangling::<libc::c_void>()) };
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: a valid out-pointer and an extern "C" destructor.
+        assert_eq!(
+            unsafe { libc::pthread_key_create(&mut key, Some(key_dtor)) },
+            0
+        );
+        on_exiting_thread(move || {
+            moss::yield_now();
+            // SAFETY: this thread's value of our key; any non-null value.
+            unsafe { libc::pthread_setspecific(key, std::ptr::dangling::<libc::c_void>()) };
+        });
+        assert_used_moss(&rx);
     });
-    assert_used_moss(&rx);
 }
 
 #[test]
 fn a_socket_reader_killed_at_thread_exit_writes_in_its_destructor_and_closes() {
     const CASE: &str = "a_socket_reader_killed_at_thread_exit_writes_in_its_destructor_and_closes";
-    if !util::in_child(CASE) {
-        return util::passes_in_child(CASE);
-    }
-    use std::io::{Read, Write};
-    // Says goodbye on the socket when dropped (as a BufWriter flushes).
-    struct Goodbye(moss::net::UnixStream);
-    impl Drop for Goodbye {
-        fn drop(&mut self) {
-            let _ = self.0.write_all(b"bye");
+    util::isolated(CASE, Duration::from_secs(60), || {
+        use std::io::{Read, Write};
+        // Says goodbye on the socket when dropped (as a BufWriter flushes).
+        struct Goodbye(moss::net::UnixStream);
+        impl Drop for Goodbye {
+            fn drop(&mut self) {
+                let _ = self.0.write_all(b"bye");
+            }
         }
-    }
-    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    on_exiting_thread(move || {
-        let s = moss::net::UnixStream::from(theirs);
-        let h = moss::spawn(move || {
-            let mut g = Goodbye(s);
-            let mut buf = [0u8; 8];
-            let _ = g.0.read(&mut buf); // blocks: nothing comes
+        let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        on_exiting_thread(move || {
+            let s = moss::net::UnixStream::from(theirs);
+            let h = moss::spawn(move || {
+                let mut g = Goodbye(s);
+                let mut buf = [0u8; 8];
+                let _ = g.0.read(&mut buf); // blocks: nothing comes
+            });
+            util::until_parked(h.id());
         });
-        util::until_parked(h.id());
+        let mut got = Vec::new();
+        let mut mine = mine;
+        mine.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        mine.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye", "the destructor wrote, then the socket closed");
     });
-    let mut got = Vec::new();
-    let mut mine = mine;
-    mine.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    mine.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"bye", "the destructor wrote, then the socket closed");
 }
 
 #[test]
 fn a_panicking_destructor_of_an_unstarted_coroutine_does_not_stop_the_others() {
     const CASE: &str = "a_panicking_destructor_of_an_unstarted_coroutine_does_not_stop_the_others";
-    if !util::in_child(CASE) {
-        return util::passes_in_child(CASE);
-    }
-    struct PanicsOnDrop;
-    impl Drop for PanicsOnDrop {
-        fn drop(&mut self) {
-            panic!("a destructor panics at thread exit");
+    util::isolated(CASE, Duration::from_secs(60), || {
+        struct PanicsOnDrop;
+        impl Drop for PanicsOnDrop {
+            fn drop(&mut self) {
+                panic!("a destructor panics at thread exit");
+            }
         }
-    }
-    let q = Arc::new(Queue::<u32>::unbounded());
-    let q2 = q.clone();
-    on_exiting_thread(move || {
-        let d = PanicsOnDrop;
-        let _unstarted = moss::spawn(move || drop(d));
-        let h = moss::spawn(move || q2.get());
-        util::until_parked(h.id());
+        let q = Arc::new(Queue::<u32>::unbounded());
+        let q2 = q.clone();
+        on_exiting_thread(move || {
+            let d = PanicsOnDrop;
+            let _unstarted = moss::spawn(move || drop(d));
+            let h = moss::spawn(move || q2.get());
+            util::until_parked(h.id());
+        });
+        q.put(3);
+        assert_eq!(q.len(), 1, "the blocked getter was still killed");
     });
-    q.put(3);
-    assert_eq!(q.len(), 1, "the blocked getter was still killed");
 }

@@ -433,6 +433,15 @@ pub fn with_stdio_closed(case: &str, limit: Duration, body: impl FnOnce()) {
     report("CHILD-OK\n".to_string());
 }
 
+/// A loopback address where nothing listens, so a connect is refused: a
+/// port just bound and freed.
+pub fn refused_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// Starts `f` in a child process, reaped when the result is dropped.
 pub fn start(f: impl FnOnce() + 'static) -> Reap {
     Reap(moss::pool::Process::new(f).start().unwrap())
