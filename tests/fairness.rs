@@ -2,22 +2,23 @@
 //! completing without parking yields after a budget of them, so a 10 ms
 //! ticker on the same hub keeps ticking and its timers stay on time.
 //!
-//! Each case runs the ticker next to a flood for 1 s, and compares it with
-//! a peer that runs at the same time on another thread: the same ticker
-//! next to the same flood, made polite (it yields by itself after every
-//! operation). Both sides have the same threads keeping the CPUs busy, so
-//! the OS slices them alike on a loaded machine, and the comparison says
-//! whether the budget makes a flood as fair as one written to be fair
-//! (ratios, not absolute numbers). Without the budget the ticker beside a
-//! flood gets a few ticks, or one.
+//! Each case runs the ticker next to a flood for at least 1 s and at least
+//! [`MIN_OPS`] operations of the flood, next to a peer that runs at the
+//! same time on another thread: the same ticker next to the same flood,
+//! made polite (it yields by itself after every operation). Without the
+//! budget the ticker beside a flood gets a few ticks, or one.
 //!
-//! The OS still slices a loaded machine unevenly, so the tick counts get a
-//! generous bound (a third of the peer's; they are usually within 10-30%,
-//! and without the budget the ticker gets one), and a measure the OS
-//! cannot skew decides: how many operations the flood completed while a
-//! tick was overdue (due, but the ticker not yet resumed). The budget keeps
-//! it to a few hundred (the budget, and the reads of one forced-poll
-//! interval); without it, the flood does millions.
+//! What decides is a measure the OS cannot skew: how many operations the
+//! flood completed while a tick was overdue (due, but the ticker not yet
+//! resumed). The budget keeps it to a few hundred (the budget, and the
+//! reads of one forced-poll interval); without it, the flood does
+//! millions. Tick counts and lateness in time are printed beside the
+//! peer's, not asserted: on a loaded machine they are the OS's as much as
+//! moss's (seen: 6 ticks beside the flood and 32 for the peer, medians
+//! late by 86 ms and 10 ms, with the flood well within its budget). For
+//! the same reason a run lasts until the flood did [`MIN_OPS`] operations,
+//! not for a fixed time only: the flood is a flood however little CPU the
+//! OS gives its thread.
 
 mod util;
 
@@ -25,10 +26,13 @@ use std::cell::Cell;
 use std::io::{Read, Write};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const RUN: Duration = Duration::from_secs(1);
+/// Operations a flood completes before its ticker ends (2^20 bytes of
+/// 32-byte reads: megabytes through the socket).
+const MIN_OPS: u64 = 1 << 15;
 
 /// One flood at a time: floods on the other tests' threads would take the
 /// CPU from this one's hub thread (the OS's slicing, not moss's).
@@ -65,10 +69,11 @@ impl Ticks {
     }
 }
 
-/// Ticks every 10 ms for `RUN` on the calling thread's hub, telling
-/// `flood` when each tick is due.
+/// Ticks every 10 ms on the calling thread's hub for `RUN`, and until
+/// `flood` did [`MIN_OPS`] operations, telling `flood` when each tick is
+/// due.
 fn ticker(flood: &Flood) -> moss::JoinHandle<Ticks> {
-    let (due, overdue) = (flood.due.clone(), flood.overdue.clone());
+    let (due, overdue, ops) = (flood.due.clone(), flood.overdue.clone(), flood.ops.clone());
     moss::spawn(move || {
         let start = Instant::now();
         let mut t = Ticks {
@@ -76,7 +81,7 @@ fn ticker(flood: &Flood) -> moss::JoinHandle<Ticks> {
             late: Vec::new(),
             overdue: Vec::new(),
         };
-        while start.elapsed() < RUN {
+        while start.elapsed() < RUN || ops.get() < MIN_OPS {
             let before = Instant::now();
             due.set(Some(before + TICK));
             moss::sleep(TICK);
@@ -100,6 +105,8 @@ struct Flood {
     due: Rc<Cell<Option<Instant>>>,
     /// Operations completed since then.
     overdue: Rc<Cell<u64>>,
+    /// Operations completed in all.
+    ops: Rc<Cell<u64>>,
 }
 
 impl Flood {
@@ -109,11 +116,13 @@ impl Flood {
             polite,
             due: Rc::new(Cell::new(None)),
             overdue: Rc::new(Cell::new(0)),
+            ops: Rc::new(Cell::new(0)),
         }
     }
 
     /// One operation done: whether to go on (a polite flood yields first).
     fn go_on(&self) -> bool {
+        self.ops.set(self.ops.get() + 1);
         if self.due.get().is_some_and(|d| Instant::now() >= d) {
             self.overdue.set(self.overdue.get() + 1);
         }
@@ -129,17 +138,17 @@ impl Flood {
 /// release build) and twice the budget, with room.
 const OVERDUE_MAX: u64 = 1_500;
 
-/// Checks the ticker beside a flood against its peer's: at least a third
-/// of the ticks (without the budget it got one), timers late by no more
-/// than the peer's plus 25 ms (medians), and at most [`OVERDUE_MAX`]
-/// operations of the flood while a tick was overdue (median).
+/// Checks the ticker beside a flood: at most [`OVERDUE_MAX`] operations of
+/// the flood while a tick was overdue (median); prints its ticks and
+/// lateness beside the peer's.
 fn compare(what: &str, busy: &Ticks, peer: &Ticks) {
-    let (p50, b50) = (peer.percentile(50), busy.percentile(50));
     eprintln!(
-        "{what}: {} ticks beside the flood, {} for the peer; late p50 {b50:?} vs {p50:?}, \
+        "{what}: {} ticks beside the flood, {} for the peer; late p50 {:?} vs {:?}, \
          p90 {:?} vs {:?}; operations while overdue p50 {} vs {}, p90 {} vs {}",
         busy.count,
         peer.count,
+        busy.percentile(50),
+        peer.percentile(50),
         busy.percentile(90),
         peer.percentile(90),
         busy.overdue(50),
@@ -151,18 +160,6 @@ fn compare(what: &str, busy: &Ticks, peer: &Ticks) {
         busy.overdue(50) <= OVERDUE_MAX,
         "{what}: the flood did {} operations while a tick was overdue (median)",
         busy.overdue(50)
-    );
-    assert!(
-        busy.count * 3 >= peer.count,
-        "{what}: the ticker beside the flood got {} ticks, the peer {}",
-        busy.count,
-        peer.count
-    );
-    // Lateness in time is the OS's as much as moss's on a loaded machine:
-    // a bound that only a starved ticker (late by the whole run) misses.
-    assert!(
-        b50 <= p50.max(Duration::from_millis(1)) + Duration::from_millis(25),
-        "{what}: timers beside the flood fired {b50:?} late (median), the peer's {p50:?}"
     );
 }
 
@@ -245,25 +242,28 @@ fn a_ticker_beside_a_moss_net_flood_reader() {
         r
     });
     eprintln!("moss::net flood: {bytes} bytes, {full} full reads");
-    // It was a flood: megabytes, mostly full reads.
-    assert!(bytes > 1 << 20, "{bytes} bytes");
+    // It was a flood: mostly full reads (and megabytes: MIN_OPS).
     assert!(full * 2 > bytes / READ as u64, "{full} full reads");
 }
 
 #[test]
 fn a_ticker_beside_a_patched_std_flood_reader() {
     moss::monkey::patch_all();
-    let ((bytes, _), _) = ticker_survives("patched std::net flood", |flood| {
+    let ((bytes, full), _) = ticker_survives("patched std::net flood", |flood| {
         let (mut s, done) = flooded_connection();
         let r = read_flood(|b| s.read(b).unwrap(), &flood);
         done.store(true, Ordering::Relaxed);
         r
     });
-    assert!(bytes > 1 << 20, "{bytes} bytes");
+    assert!(
+        full * 2 > bytes / READ as u64,
+        "{full} full reads of {bytes} bytes"
+    );
 }
 
 #[test]
 fn a_ticker_beside_a_coroutine_that_never_waits_on_its_queue_channel_or_lock() {
+    // (At least MIN_OPS rounds: the ticker runs until then.)
     let (n, _) = ticker_survives("queue, channel and mutex loop", |flood| {
         let q = moss::sync::Queue::unbounded();
         let (tx, rx) = moss::sync::channel();
@@ -277,55 +277,104 @@ fn a_ticker_beside_a_coroutine_that_never_waits_on_its_queue_channel_or_lock() {
         }
         n
     });
-    assert!(n > 10_000, "{n} rounds");
+    eprintln!("queue, channel and mutex loop: {n} rounds");
 }
 
 #[test]
 fn another_connection_of_the_hub_is_served_beside_a_flood() {
     // One hub: a coroutine reading a flooded connection, and an echo
     // coroutine for a second connection whose client (a plain thread)
-    // counts round trips.
-    let ((trips, bytes), (peer_trips, _)) = ticker_survives("echo beside a flood", |flood| {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let stop_client = Arc::new(AtomicBool::new(false));
-        let stop = stop_client.clone();
-        let client = std::thread::spawn(move || {
-            let mut c = std::net::TcpStream::connect(addr).unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            let (mut trips, mut back) = (0u64, [0u8; 8]);
-            while !stop.load(Ordering::Relaxed) {
-                c.write_all(&trips.to_le_bytes()).unwrap();
-                c.read_exact(&mut back).unwrap();
-                assert_eq!(u64::from_le_bytes(back), trips);
-                trips += 1;
-            }
-            trips
+    // counts round trips. What decides is a count the OS cannot skew: how
+    // many reads the flood completed while a request of the client waited
+    // in the echo's socket (written, not yet read). The number of round
+    // trips is the OS's as much as moss's: each one needs the client
+    // thread back on a CPU (on a loaded machine, 220 beside the flood and
+    // 700 beside the polite one in one run).
+    let ((trips, (bytes, full), waits), (peer_trips, _, peer_waits)) =
+        ticker_survives("echo beside a flood", |flood| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let stop_client = Arc::new(AtomicBool::new(false));
+            // Requests written by the client, and read by the echo: a
+            // request waits while sent > served.
+            let sent = Arc::new(AtomicU64::new(0));
+            let served = Arc::new(AtomicU64::new(0));
+            let (stop, sent2) = (stop_client.clone(), sent.clone());
+            let client = std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let (mut trips, mut back) = (0u64, [0u8; 8]);
+                while !stop.load(Ordering::Relaxed) {
+                    c.write_all(&trips.to_le_bytes()).unwrap();
+                    sent2.fetch_add(1, Ordering::SeqCst);
+                    c.read_exact(&mut back).unwrap();
+                    assert_eq!(u64::from_le_bytes(back), trips);
+                    trips += 1;
+                }
+                trips
+            });
+            let (s, _) = l.accept().unwrap();
+            let mut s = moss::net::TcpStream::from(s);
+            // Flood reads while a request waited, one count per request.
+            let waited = Rc::new(Cell::new(0u64));
+            let waits = Rc::new(std::cell::RefCell::new(Vec::new()));
+            let (w2, ws2, served2) = (waited.clone(), waits.clone(), served.clone());
+            let echo = moss::spawn(move || {
+                let mut buf = [0u8; 8];
+                while s.read_exact(&mut buf).is_ok() {
+                    served2.fetch_add(1, Ordering::SeqCst);
+                    ws2.borrow_mut().push(w2.replace(0));
+                    s.write_all(&buf).unwrap();
+                }
+            });
+            let (f, done) = flooded_connection();
+            let mut f = moss::net::TcpStream::from(f);
+            let (bytes, full) = read_flood(
+                |b| {
+                    let n = f.read(b).unwrap();
+                    if sent.load(Ordering::SeqCst) > served.load(Ordering::SeqCst) {
+                        waited.set(waited.get() + 1);
+                    }
+                    n
+                },
+                &flood,
+            );
+            done.store(true, Ordering::Relaxed);
+            stop_client.store(true, Ordering::Relaxed);
+            // Not a blocking join on this thread: its last round trip needs
+            // the echo coroutine (std's join is not patched in this test).
+            util::until("the client to end", Duration::from_secs(30), || {
+                client.is_finished()
+            });
+            let trips = client.join().unwrap();
+            echo.join().unwrap();
+            // A request still waiting at the end counts too (a starved echo
+            // has nothing else to show).
+            let mut waits = waits.take();
+            waits.push(waited.get());
+            (trips, (bytes, full), waits)
         });
-        let (s, _) = l.accept().unwrap();
-        let mut s = moss::net::TcpStream::from(s);
-        let echo = moss::spawn(move || {
-            let mut buf = [0u8; 8];
-            while s.read_exact(&mut buf).is_ok() {
-                s.write_all(&buf).unwrap();
-            }
-        });
-        let (f, done) = flooded_connection();
-        let mut f = moss::net::TcpStream::from(f);
-        let (bytes, _) = read_flood(|b| f.read(b).unwrap(), &flood);
-        done.store(true, Ordering::Relaxed);
-        stop_client.store(true, Ordering::Relaxed);
-        let trips = client.join().unwrap();
-        echo.join().unwrap();
-        (trips, bytes)
-    });
-    eprintln!("echo beside a flood: {trips} round trips, {peer_trips} beside the polite one");
-    assert!(bytes > 1 << 20, "{bytes} bytes");
-    // Each round trip waits for the flood's next forced poll (every
-    // 250 µs of reads): thousands a second; without the budget, a handful.
+    let (p50, peer50) = (
+        percentile(&waits, 50).unwrap(),
+        percentile(&peer_waits, 50).unwrap(),
+    );
+    eprintln!(
+        "echo beside a flood: {trips} round trips, {peer_trips} beside the polite one; \
+         flood reads while a request waited p50 {p50} vs {peer50}, p90 {} vs {}",
+        percentile(&waits, 90).unwrap(),
+        percentile(&peer_waits, 90).unwrap(),
+    );
     assert!(
-        trips >= 500,
-        "{trips} round trips beside the flood, {peer_trips} beside the polite one"
+        full * 2 > bytes / READ as u64,
+        "{full} full reads of {bytes} bytes"
+    );
+    // A request waits for the flood's next forced poll (every 250 µs of
+    // reads) at most; without the budget it waits for the end of the run:
+    // the flood's millions of reads (the echo gets a handful of trips).
+    assert!(
+        p50 <= OVERDUE_MAX,
+        "the flood did {p50} reads while a request of the other connection waited (median, \
+         {trips} round trips)"
     );
 }
 
@@ -341,8 +390,7 @@ fn a_ticker_beside_a_flood_on_the_root() {
             let (s, done) = flooded_connection();
             let mut s = moss::net::TcpStream::from(s);
             let mut buf = vec![0u8; READ];
-            let start = Instant::now();
-            while start.elapsed() < RUN + TICK {
+            while !t.is_finished() {
                 assert!(s.read(&mut buf).unwrap() > 0);
                 f.go_on();
             }

@@ -425,9 +425,11 @@ fn slowloris_gets_408_at_the_deadline() {
         timeout,
         ..Config::default()
     });
-    // A head dripping one byte every 50 ms never completes in time.
-    let mut s = raw(srv.addr);
+    // A head dripping one byte every 50 ms never completes in time. (The
+    // clock starts before connect: the server may accept, and start its
+    // deadline, before connect() returns here.)
     let t = Instant::now();
+    let mut s = raw(srv.addr);
     let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let mut reply = Vec::new();
     for &b in head.iter() {
@@ -451,8 +453,8 @@ fn slowloris_gets_408_at_the_deadline() {
         "408 after {elapsed:?}, before the deadline"
     );
     // An idle connection is closed quietly at the deadline.
-    let mut s = raw(srv.addr);
     let t = Instant::now();
+    let mut s = raw(srv.addr);
     let mut v = Vec::new();
     s.read_to_end(&mut v).unwrap();
     assert!(v.is_empty(), "{v:?}");

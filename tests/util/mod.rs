@@ -446,3 +446,58 @@ pub fn refused_addr() -> std::net::SocketAddr {
 pub fn start(f: impl FnOnce() + 'static) -> Reap {
     Reap(moss::pool::Process::new(f).start().unwrap())
 }
+
+/// A global allocator that counts the bytes live on the heap, for a test
+/// binary that asserts memory does not grow (declare it with
+/// `#[global_allocator] static HEAP: util::LiveBytes = util::LiveBytes::new();`).
+/// A deterministic measure where a timing one would depend on the load.
+pub struct LiveBytes(std::sync::atomic::AtomicIsize);
+
+impl LiveBytes {
+    pub const fn new() -> LiveBytes {
+        LiveBytes(std::sync::atomic::AtomicIsize::new(0))
+    }
+
+    /// Bytes allocated and not yet freed, by every thread of the process.
+    pub fn live(&self) -> isize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+// SAFETY: every call is passed on unchanged to the system allocator; the
+// counter only observes the sizes.
+unsafe impl std::alloc::GlobalAlloc for LiveBytes {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `layout` is the system's.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            self.0.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            self.0.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        self.0.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: `ptr` came from this allocator, that is from the system's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc` and `alloc`.
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
+        if !p.is_null() {
+            self.0
+                .fetch_add(new as isize - layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+}
