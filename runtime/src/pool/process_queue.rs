@@ -37,8 +37,10 @@
 //! again, or the process on the other side died in the middle of its put
 //! or get), the queue is marked broken and every call, in every process,
 //! fails with an error saying so, instead of waiting forever. A process
-//! killed while its `get` waits for an item (it has read nothing) breaks
-//! nothing: the readers' lock it held is given back within 200 ms.
+//! killed while its `get` waits for an item (it has read nothing), or while
+//! its `put` waits for room in the pipe (it has written nothing), breaks
+//! nothing: the lock it held (and a put's slot) is given back within
+//! 200 ms.
 //!
 //! `len`, `is_empty` and `is_full` read the shared counter: exact when the
 //! queue is quiet, approximate while others put and get (as in Python).
