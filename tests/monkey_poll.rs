@@ -244,3 +244,44 @@ fn poll_at_the_deadline() {
         }
     }
 }
+
+/// The temporary epoll instance a blocking `poll` waits on stays off the
+/// numbers 0-2 of a process whose stdio is closed, like the hub's own fds:
+/// checked while the poll waits, then the poll still wakes on readiness.
+#[test]
+fn poll_epoll_never_takes_closed_stdio_numbers() {
+    util::with_stdio_closed(
+        "poll_epoll_never_takes_closed_stdio_numbers",
+        Duration::from_secs(30),
+        || {
+            moss::monkey::patch_all();
+            // The pair would get 0 and 1: its copies are at 3 or above.
+            let (a0, b0) = UnixStream::pair().unwrap();
+            let (a, b) = (a0.try_clone().unwrap(), b0.try_clone().unwrap());
+            drop((a0, b0));
+            moss::yield_now(); // the hub exists before the poll
+            let fd = a.as_raw_fd();
+            let h = moss::spawn(move || {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                let n = unsafe { libc::poll(&mut p, 1, 20_000) };
+                (n, p.revents)
+            });
+            util::until_parked(h.id());
+            // SAFETY: F_GETFD only reads flags.
+            let taken: Vec<i32> = (0..3)
+                .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
+                .collect();
+            (&b).write_all(b"x").unwrap();
+            let (n, revents) = h.join().unwrap();
+            assert_eq!(taken, Vec::<i32>::new(), "taken while the poll waited");
+            assert_eq!(n, 1);
+            assert!(revents & libc::POLLIN != 0);
+            drop(a);
+        },
+    );
+}

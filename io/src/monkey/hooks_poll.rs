@@ -3,7 +3,8 @@
 //! On a thread with a hub, a call with a non-zero timeout first asks the
 //! kernel with a zero timeout (so results are always the kernel's own).
 //! If nothing is ready it waits without blocking the thread: the fds go
-//! into a temporary epoll instance (level-triggered), that epoll fd is
+//! into a temporary epoll instance (level-triggered; its fd is at 3 or
+//! above, like the hub's, when stdio is closed), that epoll fd is
 //! registered with the hub (an epoll fd is itself pollable: it turns
 //! readable when any member is ready), the caller parks on it, and on each
 //! wake-up the zero-timeout call is repeated. This works for any pollable
@@ -44,11 +45,16 @@ fn wait_any(
     deadline: Option<Instant>,
     check: &mut dyn FnMut() -> c_int,
 ) -> c_int {
-    // SAFETY: plain syscall; the fd is closed below on every path.
+    // SAFETY: plain syscall; the fd is owned at once below.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if ep < 0 {
-        return wait_napping(deadline, "poll (monkey, no fd left)", check);
-    }
+    // At 3 or above, like the hub's fds: a closed stdio number would take
+    // it, and what the program opens next as its stdin would get another.
+    // SAFETY: the kernel just returned `ep` to us; nothing owns it. It is
+    // closed below on every path.
+    let ep = match (ep >= 0).then(|| unsafe { moss_runtime::sys::fd::own(ep) }) {
+        Some(Ok(ep)) => std::os::fd::IntoRawFd::into_raw_fd(ep),
+        _ => return wait_napping(deadline, "poll (monkey, no fd left)", check),
+    };
     struct Ep(c_int);
     impl Drop for Ep {
         fn drop(&mut self) {
