@@ -496,3 +496,60 @@ fn a_process_child_gets_the_disposition_from_before_moss() {
     let r = util::run_in_child(CASE, Duration::from_secs(90));
     assert!(r.success() && r.stdout.contains("ok"), "{r:?}");
 }
+
+static RT_HITS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn rt_counting(_: i32) {
+    RT_HITS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Real-time signals queue: every instance still pending when the last
+/// handler goes is absorbed, not only one, also when the previous
+/// disposition is a handler of the program's own and the thread that
+/// drops the handler had the signal blocked already (it stays blocked).
+#[test]
+fn queued_real_time_signals_pending_at_the_drop_are_all_absorbed() {
+    util::isolated(
+        "queued_real_time_signals_pending_at_the_drop_are_all_absorbed",
+        Duration::from_secs(20),
+        || {
+            let sig = rt(22);
+            // SAFETY: all zeros is a valid `sigaction`; `rt_counting` only
+            // touches an atomic.
+            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+            sa.sa_sigaction = rt_counting as *const () as usize;
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) }, 0);
+            let h = signal::handler(sig, || ()).unwrap();
+            // SAFETY: sigset_t values owned by this frame; blocking one
+            // signal on this thread; tgkill to this thread.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, sig);
+                let mut old: libc::sigset_t = std::mem::zeroed();
+                assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old), 0);
+                let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+                for _ in 0..3 {
+                    assert_eq!(libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig), 0);
+                }
+                drop(h);
+                assert_eq!(disposition(sig), rt_counting as *const () as usize);
+                let mut now: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now);
+                assert_eq!(libc::sigismember(&now, sig), 1, "still blocked");
+                let mut pending: libc::sigset_t = std::mem::zeroed();
+                libc::sigpending(&mut pending);
+                assert_eq!(libc::sigismember(&pending, sig), 0, "all absorbed");
+                assert_eq!(
+                    libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()),
+                    0
+                );
+                assert_eq!(RT_HITS.load(Ordering::SeqCst), 0, "none forwarded");
+                // A signal sent after the drop reaches the restored handler.
+                assert_eq!(libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig), 0);
+            }
+            assert_eq!(RT_HITS.load(Ordering::SeqCst), 1);
+        },
+    );
+}
