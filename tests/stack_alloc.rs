@@ -149,3 +149,111 @@ fn a_closure_dropped_for_want_of_a_stack_at_thread_exit_may_block_too() {
         },
     );
 }
+
+/// Many coroutines that find no stack at their first run, each awaited by
+/// several coroutines at once (a kill, a poll under a timeout, a check
+/// after a yield) and linked: each ends with the "could not start" error
+/// (the kills come after the failed start), every link runs once, every
+/// closure is dropped once, and the hub goes on.
+#[test]
+fn many_stackless_coroutines_with_several_waiters_each() {
+    util::isolated(
+        "many_stackless_coroutines_with_several_waiters_each",
+        Duration::from_secs(60),
+        || {
+            use std::cell::Cell;
+            use std::rc::Rc;
+            const N: usize = 50;
+            let drops = util::DropCounter::new();
+            let links = Rc::new(Cell::new(0));
+            let spawn = |f: Box<dyn FnOnce()>| {
+                moss::Builder::new()
+                    .stack_size(1 << 30)
+                    .spawn(f)
+                    .unwrap()
+            };
+            let sleeper = spawn(Box::new(|| moss::sleep(Duration::from_secs(60))));
+            let stackless: Vec<Rc<moss::JoinHandle<()>>> = (0..N)
+                .map(|_| {
+                    let d = drops.token();
+                    let h = spawn(Box::new(move || drop(d)));
+                    let l = links.clone();
+                    h.link(move |r| {
+                        assert!(r.is_err());
+                        l.set(l.get() + 1);
+                    });
+                    Rc::new(h)
+                })
+                .collect();
+            limit_address_space();
+            let mut waiters = Vec::new();
+            for h in &stackless {
+                for kind in 0..3 {
+                    let h = h.clone();
+                    waiters.push(moss::spawn(move || match kind {
+                        0 => {
+                            h.kill();
+                            true
+                        }
+                        1 => moss::timeout(Duration::from_secs(20), || {
+                            while !h.is_finished() {
+                                moss::sleep(Duration::from_millis(1));
+                            }
+                        })
+                        .is_ok(),
+                        _ => {
+                            moss::yield_now();
+                            h.is_finished() || {
+                                moss::sleep(Duration::from_millis(5));
+                                h.is_finished()
+                            }
+                        }
+                    }));
+                }
+            }
+            assert!(moss::join_all(waiters).into_iter().all(|r| r.unwrap()));
+            for h in stackless {
+                let h = Rc::try_unwrap(h).unwrap_or_else(|_| panic!("shared"));
+                let e = h.join().unwrap_err();
+                assert!(e.to_string().contains("could not start"), "{e}");
+            }
+            assert_eq!(drops.drops(), N, "each closure dropped once");
+            // Links of a coroutine that never ran run in coroutines of
+            // their own, soon after.
+            util::until("the links", Duration::from_secs(20), || links.get() >= N);
+            moss::sleep(Duration::from_millis(10));
+            assert_eq!(links.get(), N, "each link ran once");
+            sleeper.kill();
+            assert_eq!(moss::spawn(|| 5).join().unwrap(), 5);
+        },
+    );
+}
+
+/// The mappings of this process (stacks are mapped one chunk at a time).
+fn mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+/// Spawning maps no stack per coroutine: 10,000 spawns, one at a time and
+/// in batches of 100, after a warm-up with the same pattern, map nothing
+/// new (finished coroutines give their stacks back for the next ones).
+#[test]
+fn spawns_reuse_stacks() {
+    util::isolated("spawns_reuse_stacks", Duration::from_secs(120), || {
+        let round = || {
+            for _ in 0..50 {
+                moss::spawn(|| ()).join().unwrap();
+                let batch: Vec<_> = (0..100).map(|i| moss::spawn(move || i)).collect();
+                assert_eq!(moss::join_all(batch).len(), 100);
+            }
+        };
+        round();
+        let before = mappings();
+        round();
+        round();
+        assert_eq!(mappings(), before, "no new mapping for 10,100 spawns");
+    });
+}
