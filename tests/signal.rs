@@ -519,7 +519,10 @@ fn queued_real_time_signals_pending_at_the_drop_are_all_absorbed() {
             let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
             sa.sa_sigaction = rt_counting as *const () as usize;
             // SAFETY: as above.
-            assert_eq!(unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) }, 0);
+            assert_eq!(
+                unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
+                0
+            );
             let h = signal::handler(sig, || ()).unwrap();
             // SAFETY: sigset_t values owned by this frame; blocking one
             // signal on this thread; tgkill to this thread.

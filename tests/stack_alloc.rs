@@ -166,12 +166,8 @@ fn many_stackless_coroutines_with_several_waiters_each() {
             const N: usize = 50;
             let drops = util::DropCounter::new();
             let links = Rc::new(Cell::new(0));
-            let spawn = |f: Box<dyn FnOnce()>| {
-                moss::Builder::new()
-                    .stack_size(1 << 30)
-                    .spawn(f)
-                    .unwrap()
-            };
+            let spawn =
+                |f: Box<dyn FnOnce()>| moss::Builder::new().stack_size(1 << 30).spawn(f).unwrap();
             let sleeper = spawn(Box::new(|| moss::sleep(Duration::from_secs(60))));
             let stackless: Vec<Rc<moss::JoinHandle<()>>> = (0..N)
                 .map(|_| {
