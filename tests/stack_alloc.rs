@@ -253,3 +253,68 @@ fn spawns_reuse_stacks() {
         assert_eq!(mappings(), before, "no new mapping for 10,100 spawns");
     });
 }
+
+/// Sleeps 100 ms in its destructor, then records that it is over.
+struct SleepsInDrop(Arc<AtomicU32>);
+
+impl Drop for SleepsInDrop {
+    fn drop(&mut self) {
+        moss::sleep(Duration::from_millis(100));
+        self.0.store(7, Ordering::SeqCst);
+    }
+}
+
+/// A coroutine that never ran has no result while its closure's destructor
+/// is still blocked: a join or a link that comes meanwhile (after the failed
+/// start, or while the killer of a coroutine not yet started is in the
+/// destructor) waits for it to end, as for every coroutine.
+#[test]
+fn a_join_or_link_during_an_unstarted_coroutines_destructor_waits_for_it() {
+    util::isolated(
+        "a_join_or_link_during_an_unstarted_coroutines_destructor_waits_for_it",
+        Duration::from_secs(60),
+        || {
+            use std::cell::Cell;
+            use std::rc::Rc;
+            // Killed before its start, by a coroutine that is then in the
+            // destructor.
+            let got = Arc::new(AtomicU32::new(0));
+            let guard = SleepsInDrop(got.clone());
+            let c = Rc::new(moss::spawn_later(Duration::from_secs(60), move || {
+                drop(guard)
+            }));
+            let killer = moss::spawn({
+                let c = c.clone();
+                move || c.kill()
+            });
+            util::until_parked(killer.id());
+            assert!(c.is_finished());
+            let seen = Rc::new(Cell::new(None));
+            let s = seen.clone();
+            let g = got.clone();
+            c.link(move |r| s.set(Some((r.is_err(), g.load(Ordering::SeqCst)))));
+            killer.join().unwrap();
+            util::until("the link", Duration::from_secs(20), || seen.get().is_some());
+            assert_eq!(
+                seen.get(),
+                Some((true, 7)),
+                "the link came after the destructor"
+            );
+            // No stack at its first run.
+            let got = Arc::new(AtomicU32::new(0));
+            let (a, b) = sleeper_and_stackless(SleepsInDrop(got.clone()));
+            limit_address_space();
+            while !b.is_finished() {
+                moss::yield_now();
+            }
+            let e = b.join().unwrap_err();
+            assert!(e.to_string().contains("could not start"), "{e}");
+            assert_eq!(
+                got.load(Ordering::SeqCst),
+                7,
+                "the join came after the destructor"
+            );
+            a.kill();
+        },
+    );
+}

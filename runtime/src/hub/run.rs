@@ -344,7 +344,8 @@ impl Hub {
     /// may block like any code. Called by the hub loop itself (the task got
     /// no stack), where nothing can block, they run in a coroutine of their
     /// own (named "unstarted", its stack bound now), which then finishes the
-    /// task: either way its joiners wake once its destructors are over. If
+    /// task: either way it has no result until its destructors are over (a
+    /// join or a link meanwhile waits for them), then its joiners wake. If
     /// not even that coroutine can have a stack, the closure and the links
     /// are leaked (a destructor that blocked in the loop would break the
     /// hub).
@@ -359,16 +360,20 @@ impl Hub {
             c.force_unwind();
             self.stacks.borrow_mut().give(c.into_stack());
         }
-        let (closure, links) = t.finish_unstarted(err);
-        // Releases `t` also when a destructor unwinds (a panic, a kill).
-        let mut end = ReleaseUnstarted(t.clone(), links);
+        let closure = t.take_unstarted();
+        // Ends `t` also when a destructor unwinds (a panic, a kill).
+        let mut end = ReleaseUnstarted {
+            task: t.clone(),
+            err,
+            run_links: true,
+        };
         if self.context_running() {
             return closure();
         }
         let stack = self.stacks.borrow_mut().take(DEFAULT_STACK_SIZE);
         let Ok(stack) = stack else {
             std::mem::forget(closure);
-            std::mem::forget(end.1.take());
+            end.run_links = false;
             return;
         };
         let site = t.header().spawn_site;
@@ -472,17 +477,25 @@ impl Hub {
 }
 
 /// The end of [`Hub::finish_unstarted`] once the closure's destructors are
-/// over (or unwound): wakes the joiners, starts the link callbacks.
-struct ReleaseUnstarted(Rc<dyn Task>, Option<LinkRunner>);
+/// over (or unwound): stores the result, wakes the joiners, starts the link
+/// callbacks (or leaks them: `run_links` false, no stack to run them on).
+struct ReleaseUnstarted {
+    task: Rc<dyn Task>,
+    err: Option<std::io::Error>,
+    run_links: bool,
+}
 
 impl Drop for ReleaseUnstarted {
     fn drop(&mut self) {
         let hub = Hub::current();
-        hub.release(&self.0);
-        if let Some(f) = self.1.take() {
-            let link = hub.helper_task("link", self.0.header().spawn_site, f);
-            hub.spawn(link, None);
+        let links = self.task.finish_unstarted(self.err.take());
+        hub.release(&self.task);
+        let Some(f) = links else { return };
+        if !self.run_links {
+            return std::mem::forget(f);
         }
+        let link = hub.helper_task("link", self.task.header().spawn_site, f);
+        hub.spawn(link, None);
     }
 }
 

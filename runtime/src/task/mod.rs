@@ -210,12 +210,16 @@ pub(crate) trait Task {
     fn header(&self) -> &Header;
     /// Runs the body to completion on the coroutine's stack, storing its result.
     fn run(&self);
-    /// Completes a task that never ran, as killed (or unable to start with
-    /// `err`). Returns its closure, which is dropped (user destructors run)
-    /// when the returned box is called or dropped, and its link callbacks,
+    /// Takes the closure of a task that never ran; it is dropped (user
+    /// destructors run) when the returned box is called or dropped. Until
+    /// [`finish_unstarted`](Task::finish_unstarted) the task has no result:
+    /// a join meanwhile waits for the destructors, as for any coroutine.
+    fn take_unstarted(&self) -> Dropper;
+    /// Completes a task that never ran, once its closure is dropped, as
+    /// killed (or unable to start with `err`). Returns its link callbacks,
     /// bound to a copy of its result, for the caller to run in a coroutine
     /// of their own.
-    fn finish_unstarted(&self, err: Option<io::Error>) -> (Dropper, Option<LinkRunner>);
+    fn finish_unstarted(&self, err: Option<io::Error>) -> Option<LinkRunner>;
 }
 
 /// The closure of a task that never ran: calling the box (or dropping it)
@@ -251,8 +255,8 @@ enum Slot<F, T> {
 /// an erased task without a virtual call.
 ///
 /// # Invariants
-/// `slot` goes `Pending → Running → Done → Taken` (or `Pending → Done` for a
-/// task that never ran). Once it is `Done`, only [`JoinSlot::take`] changes
+/// `slot` goes `Pending → Running → Done → Taken` (a task that never ran is
+/// `Running` while its closure is dropped). Once it is `Done`, only [`JoinSlot::take`] changes
 /// it, and only a `JoinHandle` consumed by value calls `take` (there is one
 /// handle per task): so while a `&JoinHandle` is alive, a `Done` result can
 /// be lent out (`link` on a finished task).
@@ -289,8 +293,8 @@ where
     }
 
     fn replace(&self, new: Slot<F, T>) -> Slot<F, T> {
-        // The slot is swapped only here (by `run`, `finish_unstarted` and
-        // `take`, which swap the value out at once and hold no reference
+        // The slot is swapped only here (by `run`, `take_unstarted`,
+        // `finish_unstarted` and `take`, which swap the value out at once and hold no reference
         // across a call); the shared looks of `is_ok` end before any call, and `link`
         // lends a `Done` result only while the task's one `JoinHandle` is
         // borrowed, when `take` (which consumes that handle) cannot run.
@@ -358,7 +362,13 @@ where
         }
     }
 
-    fn finish_unstarted(&self, err: Option<io::Error>) -> (Dropper, Option<LinkRunner>) {
+    fn take_unstarted(&self) -> Dropper {
+        // `Running` while the closure is dropped: no result yet.
+        let old = self.replace(Slot::Running);
+        Box::new(move || drop(old))
+    }
+
+    fn finish_unstarted(&self, err: Option<io::Error>) -> Option<LinkRunner> {
         let error = |err: Option<&io::Error>| match err {
             Some(e) => JoinError::new(&self.header, Repr::Spawn(copy_io_error(e))),
             None => JoinError::new(&self.header, Repr::Killed),
@@ -371,10 +381,9 @@ where
                 }
             }) as LinkRunner
         });
-        // Dropping the closure runs user destructors: the caller does it
-        // after the slot holds its final value.
-        let old = self.replace(Slot::Done(Err(error(err.as_ref()))));
-        (Box::new(move || drop(old)), runner)
+        // The closure is gone (`take_unstarted`): nothing is dropped here.
+        self.replace(Slot::Done(Err(error(err.as_ref()))));
+        runner
     }
 }
 
@@ -495,8 +504,11 @@ impl Task for RootTask {
     fn run(&self) {
         unreachable!("the root is never resumed as a coroutine")
     }
-    fn finish_unstarted(&self, _: Option<io::Error>) -> (Dropper, Option<LinkRunner>) {
-        (Box::new(|| ()), None)
+    fn take_unstarted(&self) -> Dropper {
+        Box::new(|| ())
+    }
+    fn finish_unstarted(&self, _: Option<io::Error>) -> Option<LinkRunner> {
+        None
     }
 }
 
