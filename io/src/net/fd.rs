@@ -220,6 +220,29 @@ impl<S: AsRawFd> Evented<S> {
     #[inline]
     pub(crate) fn ring_op<T>(
         &self,
+        op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
+        self.ring_loop(&self.state.read_timeout, Interest::Readable, op)
+    }
+
+    /// [`ring_op`](Self::ring_op) for `sys::ring`'s sends, with the write
+    /// timeout. A send submitted to the ring never waits inside the kernel
+    /// (`MSG_DONTWAIT`): when it finds no room it completes with `EAGAIN`,
+    /// and this waits for room on the hub's edge-triggered epoll set (as
+    /// `write_op` does), then submits it again.
+    #[inline]
+    pub(crate) fn ring_write_op<T>(
+        &self,
+        op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
+        self.ring_loop(&self.state.write_timeout, Interest::Writable, op)
+    }
+
+    #[inline]
+    fn ring_loop<T>(
+        &self,
+        timeout: &AtomicU64,
+        interest: Interest,
         mut op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
     ) -> Option<io::Result<T>> {
         let st = &self.state;
@@ -229,12 +252,18 @@ impl<S: AsRawFd> Evented<S> {
         // Fairness, as in `read_op`: before the operation, so a kill
         // delivered there loses no data.
         moss_runtime::coop::proceed();
-        let deadline = self.deadline(&st.read_timeout);
+        let deadline = self.deadline(timeout);
         loop {
             match op(st.fd, deadline) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_deadline(&e) => {
                     return Some(Err(io::Error::from_raw_os_error(libc::EAGAIN)));
+                }
+                // A send (`MSG_DONTWAIT`) that found no room.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.wait(interest, deadline) {
+                        return Some(Err(e));
+                    }
                 }
                 r => return Some(r),
             }

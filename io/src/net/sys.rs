@@ -355,35 +355,35 @@ mod raw {
 
 /// The same operations on the io_uring backend: each builds its SQE,
 /// submits it to this thread's ring and parks until its completion
-/// (`moss_runtime::reactor::uring`). No `MSG_DONTWAIT`: the kernel waits
-/// for readiness itself.
+/// (`moss_runtime::reactor::uring`). Receives, `accept` and `connect`
+/// pass no `MSG_DONTWAIT`: the kernel waits for readiness itself.
 ///
-/// Sends are not here: on both backends they try `send(2)` and wait for
-/// room through the hub's epoll set (which the ring watches). A send
-/// almost always finds room, so it costs one syscall either way, while a
-/// send submitted to the ring would park until the hub's next poll even
-/// with room (a coroutine queueing lines faster than once per poll would
-/// outrun its writer, as a chat server's broadcast does). And a send that
-/// waits for room inside io_uring is retried on each wake-up and, past a
-/// retry limit, handed to a kernel worker that blocks in it, where
-/// cancellation did not reach it; when TCP memory is short, a level
-/// `POLL_ADD` reports the socket writable while `send` still fails, and
-/// would spin. The edge-triggered epoll wait has neither problem. `deadline` bounds the wait: when it passes, the
-/// operation is cancelled and fails with `ErrorKind::TimedOut` (with no
-/// raw os error, unlike a kernel `ETIMEDOUT`).
+/// Sends do pass `MSG_DONTWAIT` (with `MSG_NOSIGNAL`), which the ring
+/// honours as "never wait": a send that finds no room completes at once
+/// with `-EAGAIN` instead of being parked inside the kernel, and the
+/// caller waits for room on the hub's edge-triggered epoll set (which the
+/// ring watches) and submits again (`fd.rs`, `ring_write_op`). So a send
+/// in flight is only ever a submission the next `io_uring_enter` runs to
+/// completion inline: never a poll armed in the kernel (a level poll spins
+/// when TCP memory is short: writable, yet `send` fails), never a kernel
+/// worker blocked in `send` (which a cancellation does not reach), and
+/// its cancellation is exact like the others'. `deadline` bounds the
+/// wait: when it passes, the operation is cancelled and fails with
+/// `ErrorKind::TimedOut` (with no raw os error, unlike a kernel
+/// `ETIMEDOUT`).
 ///
 /// Each function borrows its buffers and addresses for the whole call,
 /// and the call returns (or unwinds) only after the kernel has posted the
 /// completion: that is what makes every submission below sound.
 pub(crate) mod ring {
-    use std::io::{self, IoSliceMut};
+    use std::io::{self, IoSlice, IoSliceMut};
     use std::os::fd::{FromRawFd, OwnedFd, RawFd};
     use std::time::Instant;
 
     use moss_runtime::reactor::uring::{self, Fd, op};
     use socket2::SockAddr;
 
-    use super::Recv;
+    use super::{Recv, SEND_FLAGS};
 
     /// A buffer length for an SQE (longer buffers are used in part, as a
     /// short read or write).
@@ -458,6 +458,63 @@ pub(crate) mod ring {
             })
         }?;
         Ok((n, addr))
+    }
+
+    /// `IORING_OP_SEND` of `buf`, never waiting for room (`-EAGAIN`).
+    pub(crate) fn send(fd: RawFd, buf: &[u8], deadline: Option<Instant>) -> io::Result<usize> {
+        let e = op::Send::new(Fd(fd), buf.as_ptr(), len32(buf.len()))
+            .flags(SEND_FLAGS)
+            .build();
+        // SAFETY: `buf` is borrowed until `complete` returns, after the
+        // kernel's last read of it.
+        unsafe { uring::complete(e, deadline) }
+    }
+
+    /// `IORING_OP_SENDMSG` of several buffers, never waiting for room.
+    pub(crate) fn send_vectored(
+        fd: RawFd,
+        bufs: &[IoSlice<'_>],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        // SAFETY: a zeroed msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // IoSlice is guaranteed ABI-compatible with iovec on Unix; the
+        // kernel only reads through the pointer.
+        msg.msg_iov = bufs.as_ptr().cast_mut().cast();
+        msg.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
+        let e = op::SendMsg::new(Fd(fd), &msg)
+            .flags(SEND_FLAGS as u32)
+            .build();
+        // SAFETY: `msg` (on this frame) and the buffers it points at are
+        // borrowed until `complete` returns, after the kernel is done.
+        unsafe { uring::complete(e, deadline) }
+    }
+
+    /// `IORING_OP_SENDMSG` of one datagram to `addr`, never waiting for
+    /// room.
+    pub(crate) fn send_to(
+        fd: RawFd,
+        buf: &[u8],
+        addr: &SockAddr,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr().cast_mut().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = addr.as_ptr().cast_mut().cast();
+        msg.msg_namelen = addr.len();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        let e = op::SendMsg::new(Fd(fd), &msg)
+            .flags(SEND_FLAGS as u32)
+            .build();
+        // SAFETY: `msg`, `iov`, `buf` and `addr` are borrowed until
+        // `complete` returns, after the kernel is done with them (the
+        // kernel only reads them).
+        unsafe { uring::complete(e, deadline) }
     }
 
     /// `IORING_OP_ACCEPT`: a new connection, already `O_NONBLOCK |

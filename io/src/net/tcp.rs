@@ -249,10 +249,22 @@ impl TcpStream {
     }
 
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_write_op(|fd, d| sys::ring::send(fd, buf, d))
+        {
+            return r;
+        }
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_write_op(|fd, d| sys::ring::send_vectored(fd, bufs, d))
+        {
+            return r;
+        }
         self.inner
             .write_op(|s| sys::send_vectored(s.as_raw_fd(), bufs))
     }

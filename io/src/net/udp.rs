@@ -77,7 +77,11 @@ impl UdpSocket {
         })?;
         let a = SockAddr::from(a);
         self.inner
-            .write_op(|s| sys::send_to(s.as_raw_fd(), buf, &a))
+            .ring_write_op(|fd, d| sys::ring::send_to(fd, buf, &a, d))
+            .unwrap_or_else(|| {
+                self.inner
+                    .write_op(|s| sys::send_to(s.as_raw_fd(), buf, &a))
+            })
     }
 
     /// Sets the default peer for `send`/`recv`, and filters incoming
@@ -88,6 +92,12 @@ impl UdpSocket {
 
     /// Sends to the connected peer.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_write_op(|fd, d| sys::ring::send(fd, buf, d))
+        {
+            return r;
+        }
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 

@@ -309,7 +309,13 @@ impl Hub {
             let n = self.since_poll.get() + 1;
             self.since_poll.set(n);
             if n < BATCH && self.run_queue.is_empty() {
-                return;
+                // Alone: go on, unless ring entries wait for the next
+                // poll (the coroutines parked on them, a writer whose
+                // send is queued say, run only after it): then poll now.
+                match &self.reactor.ring {
+                    Some(r) if r.queued() => self.since_poll.set(BATCH),
+                    _ => return,
+                }
             }
             if crate::greenlet::drives_greenlets(h) {
                 crate::greenlet::cannot_block();

@@ -101,6 +101,9 @@ pub(crate) struct Ring {
     epfd: RawFd,
     /// CQEs copied out of the ring before they are acted on.
     reaped: RefCell<Vec<(u64, i32)>>,
+    /// Entries were queued since the last `io_uring_enter` (a yield then
+    /// lets the hub poll: see [`Ring::queued`]).
+    queued: Cell<bool>,
 }
 
 impl Ring {
@@ -123,6 +126,7 @@ impl Ring {
             epoll_armed: Cell::new(false),
             epfd,
             reaped: RefCell::new(Vec::new()),
+            queued: Cell::new(false),
         })
     }
 
@@ -131,8 +135,18 @@ impl Ring {
         !self.ops.borrow().is_empty()
     }
 
+    /// Whether entries wait for the next `io_uring_enter`. A coroutine
+    /// that yields while this holds lets the hub poll even if nobody else
+    /// is ready: the coroutines parked on those entries (a writer whose
+    /// send is queued, say) can only go on after the next poll.
+    #[inline]
+    pub(crate) fn queued(&self) -> bool {
+        self.queued.get()
+    }
+
     /// Queues `e`; a full submission queue is submitted first.
     fn push(&self, e: &squeue::Entry) {
+        self.queued.set(true);
         let mut ring = self.ring.borrow_mut();
         loop {
             // SAFETY: the entry's pointers are valid until its CQE: the
@@ -165,6 +179,7 @@ impl Ring {
         }
         {
             let mut ring = self.ring.borrow_mut();
+            self.queued.set(false);
             let r = match timeout {
                 Some(Duration::ZERO) => {
                     if ring.submission().is_empty() {
