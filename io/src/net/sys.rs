@@ -383,7 +383,7 @@ pub(crate) mod ring {
     use moss_runtime::reactor::uring::{self, Fd, op};
     use socket2::SockAddr;
 
-    use super::{Recv, SEND_FLAGS};
+    use super::{Recv, SEND_FLAGS, unix};
 
     /// A buffer length for an SQE (longer buffers are used in part, as a
     /// short read or write).
@@ -534,6 +534,26 @@ pub(crate) mod ring {
         }?;
         // SAFETY: the accept succeeded, so `cfd` is a new fd nothing owns.
         Ok((unsafe { OwnedFd::from_raw_fd(cfd as RawFd) }, addr))
+    }
+
+    /// `IORING_OP_ACCEPT` on a Unix listener. The peer's address comes
+    /// from `getpeername` through std (see the module docs: std's Unix
+    /// `SocketAddr` has no public constructor), the same address accept
+    /// would report.
+    pub(crate) fn unix_accept(
+        fd: RawFd,
+        deadline: Option<Instant>,
+    ) -> io::Result<(unix::UnixStream, unix::SocketAddr)> {
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        let e = op::Accept::new(Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+            .flags(flags)
+            .build();
+        // SAFETY: the entry points at no memory (no address is asked for).
+        let cfd = unsafe { uring::complete(e, deadline) }?;
+        // SAFETY: the accept succeeded, so `cfd` is a new fd nothing owns.
+        let s = unix::UnixStream::from(unsafe { OwnedFd::from_raw_fd(cfd as RawFd) });
+        let a = s.peer_addr()?;
+        Ok((s, a))
     }
 
     /// `IORING_OP_CONNECT`: completes when the connection is established

@@ -140,6 +140,12 @@ impl UnixStream {
     }
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(|fd, d| sys::ring::recv(fd, buf, Recv::Take, d))
+        {
+            return r;
+        }
         let len = buf.len();
         self.inner.read_op(
             Some(len),
@@ -149,6 +155,12 @@ impl UnixStream {
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(|fd, d| sys::ring::recv_vectored(fd, bufs, d))
+        {
+            return r;
+        }
         let len = bufs.iter().map(|b| b.len()).sum();
         self.inner.read_op(
             Some(len),
@@ -190,6 +202,12 @@ impl Write for UnixStream {
 
 impl Write for &UnixStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_write_op(|fd, d| sys::ring::send(fd, buf, d))
+        {
+            return r;
+        }
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -207,7 +225,10 @@ impl UnixListener {
 
     /// Waits for a connection.
     pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
-        let (s, a) = self.inner.read_op(None, sys::unix_accept, |_| 0)?;
+        let (s, a) = match self.inner.ring_op(sys::ring::unix_accept) {
+            Some(r) => r?,
+            None => self.inner.read_op(None, sys::unix_accept, |_| 0)?,
+        };
         let inner = Evented::from_nonblocking(s);
         Ok((UnixStream { inner }, a))
     }
@@ -280,6 +301,12 @@ impl UnixDatagram {
 
     /// Receives one datagram from the connected peer.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_op(|fd, d| sys::ring::recv(fd, buf, Recv::Take, d))
+        {
+            return r;
+        }
         self.inner
             .read_op(None, |s| sys::recv(s.as_raw_fd(), buf, Recv::Take), |_| 0)
     }
@@ -287,12 +314,24 @@ impl UnixDatagram {
     /// Sends one datagram to `path`.
     pub fn send_to<P: AsRef<Path>>(&self, buf: &[u8], path: P) -> io::Result<usize> {
         let a = SockAddr::unix(path)?;
+        if let Some(r) = self
+            .inner
+            .ring_write_op(|fd, d| sys::ring::send_to(fd, buf, &a, d))
+        {
+            return r;
+        }
         self.inner
             .write_op(|s| sys::send_to(s.as_raw_fd(), buf, &a))
     }
 
     /// Sends one datagram to the connected peer.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(r) = self
+            .inner
+            .ring_write_op(|fd, d| sys::ring::send(fd, buf, d))
+        {
+            return r;
+        }
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 

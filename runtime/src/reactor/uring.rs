@@ -84,6 +84,41 @@ const SQ_ENTRIES: u32 = 256;
 /// Completion queue entries (the kernel keeps overflowing CQEs until reaped).
 const CQ_ENTRIES: u32 = 4096;
 
+/// The ring's setup flags beyond the defaults, from `MOSS_URING_SETUP`
+/// (a comma-separated list of `coop`, `single`, `defer`; read once). A
+/// measurement knob for the benchmarks: every combination works, none is
+/// on by default (the README's numbers say why).
+#[derive(Clone, Copy, Default)]
+struct Setup {
+    /// `IORING_SETUP_COOP_TASKRUN`: completions do not interrupt the
+    /// thread; their task work runs at its next `io_uring_enter`.
+    coop: bool,
+    /// `IORING_SETUP_SINGLE_ISSUER`: only this thread submits.
+    single: bool,
+    /// `IORING_SETUP_DEFER_TASKRUN` (with `SINGLE_ISSUER`): completions'
+    /// task work runs only in an `io_uring_enter` that asks for events.
+    defer: bool,
+}
+
+impl Setup {
+    fn get() -> Setup {
+        static SETUP: std::sync::OnceLock<Setup> = std::sync::OnceLock::new();
+        *SETUP.get_or_init(|| {
+            let mut s = Setup::default();
+            let v = std::env::var("MOSS_URING_SETUP").unwrap_or_default();
+            for f in v.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                match f {
+                    "coop" => s.coop = true,
+                    "single" => s.single = true,
+                    "defer" => s.defer = true,
+                    _ => eprintln!("moss: MOSS_URING_SETUP: unknown flag {f:?} (coop, single, defer)"),
+                }
+            }
+            s
+        })
+    }
+}
+
 /// An operation in flight.
 struct Op {
     /// The park its CQE ends.
@@ -111,9 +146,21 @@ impl Ring {
     /// be set up (old kernel, seccomp, `io_uring_disabled`) or lacks the
     /// timed wait (`IORING_FEAT_EXT_ARG`, Linux 5.11).
     pub(crate) fn new(epfd: RawFd) -> io::Result<Ring> {
-        let ring = IoUring::builder()
-            .setup_cqsize(CQ_ENTRIES)
-            .build(SQ_ENTRIES)?;
+        let mut b = IoUring::builder();
+        b.setup_cqsize(CQ_ENTRIES);
+        let setup = Setup::get();
+        if setup.coop {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        if setup.single {
+            b.setup_single_issuer();
+        }
+        if setup.defer {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag();
+        }
+        let ring = b.build(SQ_ENTRIES)?;
         if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -182,11 +229,15 @@ impl Ring {
             self.queued.set(false);
             let r = match timeout {
                 Some(Duration::ZERO) => {
-                    if ring.submission().is_empty() {
-                        Ok(0)
-                    } else {
-                        ring.submit()
-                    }
+                    // Completions are posted without entering, unless
+                    // their task work waits for an enter (the kernel
+                    // raises the TASKRUN flag, with COOP_TASKRUN or
+                    // DEFER_TASKRUN).
+                    let idle = {
+                        let sq = ring.submission();
+                        sq.is_empty() && !sq.taskrun()
+                    };
+                    if idle { Ok(0) } else { ring.submit() }
                 }
                 None => ring.submit_and_wait(1),
                 Some(d) => {
