@@ -66,6 +66,9 @@ pub(crate) struct IoState {
     uid: u64,
     nonblocking: AtomicBool,
     drained: AtomicBool,
+    /// On an io_uring hub: the last operation was a send (see
+    /// `ring_write_op`).
+    sent: AtomicBool,
     /// Nanoseconds; 0 means none.
     read_timeout: AtomicU64,
     write_timeout: AtomicU64,
@@ -98,6 +101,7 @@ impl<S: AsRawFd> Evented<S> {
                 uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
                 nonblocking: AtomicBool::new(false),
                 drained: AtomicBool::new(false),
+                sent: AtomicBool::new(false),
                 read_timeout: AtomicU64::new(0),
                 write_timeout: AtomicU64::new(0),
             },
@@ -222,7 +226,11 @@ impl<S: AsRawFd> Evented<S> {
         &self,
         op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
     ) -> Option<io::Result<T>> {
-        self.ring_loop(&self.state.read_timeout, Interest::Readable, op)
+        let r = self.ring_loop(&self.state.read_timeout, Interest::Readable, op);
+        if r.is_some() {
+            self.state.sent.store(false, Ordering::Relaxed);
+        }
+        r
     }
 
     /// [`ring_op`](Self::ring_op) for `sys::ring`'s sends, with the write
@@ -230,12 +238,31 @@ impl<S: AsRawFd> Evented<S> {
     /// (`MSG_DONTWAIT`): when it finds no room it completes with `EAGAIN`,
     /// and this waits for room on the hub's edge-triggered epoll set (as
     /// `write_op` does), then submits it again.
+    ///
+    /// Only a send that follows a receive (or is the socket's first
+    /// operation) goes to the ring; a send that follows a send returns
+    /// `None`, and the caller's `write_op` issues `send(2)`. A send on the
+    /// ring completes at the hub's next poll, so it is free when the
+    /// coroutine parks until then anyway (a reply, then a receive: the
+    /// echo and request/response pattern), but a coroutine streaming sends
+    /// would be held to one send per loop iteration, however much room the
+    /// socket has, and fall behind a producer (a chat server's writer
+    /// draining its outbox line by line behind a reader that splits each
+    /// read into several lines).
     #[inline]
     pub(crate) fn ring_write_op<T>(
         &self,
         op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
     ) -> Option<io::Result<T>> {
-        self.ring_loop(&self.state.write_timeout, Interest::Writable, op)
+        let sent = &self.state.sent;
+        if sent.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = self.ring_loop(&self.state.write_timeout, Interest::Writable, op);
+        if r.is_some() {
+            sent.store(true, Ordering::Relaxed);
+        }
+        r
     }
 
     #[inline]

@@ -1,14 +1,18 @@
 //! The io_uring backend of a hub (opt-in: `MOSS_IO=uring`).
 //!
-//! On this backend the operations of `moss::net` that usually wait —
-//! receives, `accept`, `connect` — are not "try the syscall, wait for
-//! readiness, retry": the coroutine describes the whole operation in a
-//! submission queue entry (SQE) that points at its own buffer, parks, and is
-//! woken with the operation's result (the CQE). The hub submits every SQE
-//! queued since its last poll and reaps the completions in one
-//! `io_uring_enter` per loop iteration. Sends, which almost always find
-//! room, stay `send(2)` plus a readiness wait (`moss_io`'s `net/sys.rs`
-//! says why).
+//! On this backend the operations of `moss::net` are not "try the
+//! syscall, wait for readiness, retry": the coroutine describes the whole
+//! operation in a submission queue entry (SQE) that points at its own
+//! buffer, parks, and is woken with the operation's result (the CQE). The
+//! hub submits every SQE queued since its last poll and reaps the
+//! completions in one `io_uring_enter` per loop iteration, so N
+//! coroutines' receives and sends cost one syscall, not N.
+//!
+//! Receives, `accept` and `connect` wait inside the kernel (the ring arms
+//! its own poll). Sends never do: they carry `MSG_DONTWAIT`, so a send that
+//! finds no room completes at once with `-EAGAIN`, and the caller waits for
+//! room on the hub's edge-triggered epoll set, then submits again
+//! (`moss_io`'s `net/sys.rs` says why a send must not wait in the ring).
 //!
 //! # Submission and completion
 //!
@@ -26,7 +30,18 @@
 //!                                                 ops[key].res = res
 //!              ◀──────────────────────────────── wake(ops[key].token)
 //!   ops.remove(key) → res
+//!
+//!   a send's res = -EAGAIN (no room):
+//!   wait(Writable) on the epoll set ────────────▶ (the ring's poll on the
+//!              ◀──────────────────────────────── epoll fd reports the edge)
+//!   submit the send again
 //! ```
+//!
+//! A coroutine parked on an SQE runs again only after the hub's next poll.
+//! The hub polls once the run queue is empty or `BATCH` tasks ran, and a
+//! coroutine that yields while entries are queued ([`Ring::queued`]) lets
+//! it poll even when it is alone: a producer that yields after each item
+//! keeps its writers, parked on queued sends, moving.
 //!
 //! Readiness waits (the monkey hooks, `wait_fd`, `Registration`) keep the
 //! hub's epoll set; the ring watches the epoll fd itself with a one-shot
