@@ -1,7 +1,8 @@
 //! The io_uring backend: its choice and its fallback, moss::net operations
 //! submitted to the ring, and exact cancellation of operations in flight
-//! (10,000 reads killed while the kernel holds their buffers, and 10,000
-//! writes killed while they wait for room). The other net, server and monkey tests run on this backend
+//! (10,000 reads killed while the kernel holds their buffers, 10,000
+//! writes killed while they wait for room, and senders killed while their
+//! send waits in the ring). The other net, server and monkey tests run on this backend
 //! too, in CI, with `MOSS_IO=uring`.
 
 mod util;
@@ -382,6 +383,95 @@ fn kill_10000_in_flight_writes() {
                 }
             }
             assert_eq!(fill, filled);
+            assert_eq!(data, written.get());
+            assert_eq!(in_flight(), 0);
+            drop(l);
+            assert_eq!(open_fds(), fds, "an fd leaked");
+        },
+    );
+}
+
+/// Senders killed while their send waits in the ring (a send that follows
+/// a receive is submitted to the ring and parks until the hub's next
+/// poll): each kill waits for the send's completion, so the peers get
+/// exactly the bytes the senders were told were sent, never a byte of a
+/// reused stack.
+#[test]
+fn kill_senders_queued_on_the_ring() {
+    util::isolated(
+        "kill_senders_queued_on_the_ring",
+        Duration::from_secs(120),
+        || {
+            on_uring();
+            let fds = open_fds();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            const DATA: u8 = 0xA5;
+            const ROUNDS: usize = 20;
+            let pairs: Vec<_> = (0..CONNS)
+                .map(|_| {
+                    let (c, s) = pair(&l);
+                    (Rc::new(c), s)
+                })
+                .collect();
+            let written = Rc::new(Cell::new(0usize));
+            let queued_kills = Rc::new(Cell::new(0usize));
+            for _ in 0..ROUNDS {
+                for (_, s) in &pairs {
+                    (&*s).write_all(b"r").unwrap();
+                }
+                let mut killers = Vec::new();
+                for (c, _) in &pairs {
+                    // 0: receiving, 1: in `write`, 2: `write` returned.
+                    let stage = Rc::new(Cell::new(0u8));
+                    let victim = {
+                        let (c, stage, written) = (c.clone(), stage.clone(), written.clone());
+                        moss::Builder::new()
+                            .stack_size(SMALL_STACK)
+                            .spawn(move || {
+                                let mut b = [0u8; 1];
+                                assert_eq!((&*c).read(&mut b).unwrap(), 1);
+                                let buf = [DATA; 1024];
+                                stage.set(1);
+                                let r = (&*c).write(&buf);
+                                stage.set(2);
+                                if let Ok(n) = r {
+                                    written.set(written.get() + n);
+                                }
+                                // A pending kill is delivered here.
+                                moss::yield_now();
+                            })
+                            .unwrap()
+                    };
+                    let queued_kills = queued_kills.clone();
+                    killers.push(moss::spawn(move || {
+                        while stage.get() == 0 && !victim.is_finished() {
+                            moss::yield_now();
+                        }
+                        if stage.get() == 1 {
+                            queued_kills.set(queued_kills.get() + 1);
+                        }
+                        victim.kill();
+                        poison();
+                        let _ = victim.join();
+                    }));
+                }
+                for k in killers {
+                    k.join().unwrap();
+                }
+            }
+            assert!(queued_kills.get() > 0, "no kill hit a queued send");
+            let mut data = 0;
+            for (c, s) in pairs {
+                drop(c);
+                let mut v = Vec::new();
+                (&s).read_to_end(&mut v).unwrap();
+                for b in v {
+                    match b {
+                        DATA => data += 1,
+                        other => panic!("byte {other:#x} from a freed stack"),
+                    }
+                }
+            }
             assert_eq!(data, written.get());
             assert_eq!(in_flight(), 0);
             drop(l);

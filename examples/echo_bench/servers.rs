@@ -12,6 +12,13 @@ pub enum Kind {
     Moss,
     /// The same moss server on the io_uring backend (`MOSS_IO=uring`).
     MossUring,
+    /// `MossUring` with the ring set up with `IORING_SETUP_COOP_TASKRUN`
+    /// (`MOSS_URING_SETUP=coop`); only on request (`--servers`).
+    MossUringCoop,
+    /// `MossUring` with `IORING_SETUP_SINGLE_ISSUER` and
+    /// `IORING_SETUP_DEFER_TASKRUN` (`MOSS_URING_SETUP=defer`); only on
+    /// request.
+    MossUringDefer,
     /// moss after `monkey::patch_all()`: the plain std::net code of `Std`,
     /// one coroutine per connection on one hub instead of one thread.
     Monkey,
@@ -35,10 +42,15 @@ impl Kind {
         Kind::Raw,
     ];
 
+    /// Kinds measured only when `--servers` names them.
+    const EXTRA: &'static [Kind] = &[Kind::MossUringCoop, Kind::MossUringDefer];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Moss => "moss",
             Kind::MossUring => "moss (io_uring)",
+            Kind::MossUringCoop => "moss (io_uring, coop)",
+            Kind::MossUringDefer => "moss (io_uring, defer)",
             Kind::Monkey => "moss (patched std::net)",
             Kind::Tokio => "tokio-current-thread",
             Kind::Std => "std-thread-per-conn",
@@ -51,6 +63,8 @@ impl Kind {
         match self {
             Kind::Moss => "moss",
             Kind::MossUring => "moss-uring",
+            Kind::MossUringCoop => "moss-uring-coop",
+            Kind::MossUringDefer => "moss-uring-defer",
             Kind::Monkey => "monkey",
             Kind::Tokio => "tokio",
             Kind::Std => "std",
@@ -59,28 +73,43 @@ impl Kind {
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.iter().copied().find(|k| k.key() == s)
+        Kind::ALL
+            .iter()
+            .chain(Kind::EXTRA)
+            .copied()
+            .find(|k| k.key() == s)
     }
 
     /// Serves `l` forever (the caller exits the process to stop).
     pub fn serve(self, l: TcpListener, buf: usize) {
         match self {
             Kind::Moss => serve_moss(l, buf),
-            Kind::MossUring => {
-                moss::reactor::set_backend(moss::reactor::Backend::Uring);
-                assert_eq!(
-                    moss::reactor::backend(),
-                    moss::reactor::Backend::Uring,
-                    "io_uring is unavailable here"
-                );
-                serve_moss(l, buf)
-            }
+            Kind::MossUring => serve_moss_uring(l, buf, ""),
+            Kind::MossUringCoop => serve_moss_uring(l, buf, "coop"),
+            Kind::MossUringDefer => serve_moss_uring(l, buf, "defer"),
             Kind::Monkey => serve_monkey(l, buf),
             Kind::Tokio => serve_tokio(l, buf),
             Kind::Std => serve_std(l, buf),
             Kind::Raw => serve_raw(l, buf),
         }
     }
+}
+
+/// `serve_moss` on io_uring, the ring set up with `setup` (see
+/// `MOSS_URING_SETUP` in the README).
+fn serve_moss_uring(l: TcpListener, buf: usize, setup: &str) {
+    if !setup.is_empty() {
+        // SAFETY: this server process has a single thread so far (its hub
+        // is made below), so nothing reads the environment meanwhile.
+        unsafe { std::env::set_var("MOSS_URING_SETUP", setup) };
+    }
+    moss::reactor::set_backend(moss::reactor::Backend::Uring);
+    assert_eq!(
+        moss::reactor::backend(),
+        moss::reactor::Backend::Uring,
+        "io_uring is unavailable here"
+    );
+    serve_moss(l, buf)
 }
 
 fn serve_moss(l: TcpListener, buf: usize) {
