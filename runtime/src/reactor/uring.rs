@@ -126,7 +126,9 @@ impl Setup {
                     "coop" => s.coop = true,
                     "single" => s.single = true,
                     "defer" => s.defer = true,
-                    _ => eprintln!("moss: MOSS_URING_SETUP: unknown flag {f:?} (coop, single, defer)"),
+                    _ => eprintln!(
+                        "moss: MOSS_URING_SETUP: unknown flag {f:?} (coop, single, defer)"
+                    ),
                 }
             }
             s
