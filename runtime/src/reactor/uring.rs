@@ -39,9 +39,9 @@
 //!
 //! A coroutine parked on an SQE runs again only after the hub's next poll.
 //! The hub polls once the run queue is empty or `BATCH` tasks ran, and a
-//! coroutine that yields while entries are queued ([`Ring::queued`]) lets
-//! it poll even when it is alone: a producer that yields after each item
-//! keeps its writers, parked on queued sends, moving.
+//! coroutine that yields while entries are queued lets it poll even when
+//! it is alone: a producer that yields after each item does not outrun
+//! the coroutines parked on those entries.
 //!
 //! Readiness waits (the monkey hooks, `wait_fd`, `Registration`) keep the
 //! hub's epoll set; the ring watches the epoll fd itself with a one-shot
