@@ -19,6 +19,9 @@ pub enum Kind {
     /// `IORING_SETUP_DEFER_TASKRUN` (`MOSS_URING_SETUP=defer`); only on
     /// request.
     MossUringDefer,
+    /// `MossUring` with sends on `send(2)` (`MOSS_URING_SETUP=sendsys`);
+    /// only on request.
+    MossUringSendSys,
     /// moss after `monkey::patch_all()`: the plain std::net code of `Std`,
     /// one coroutine per connection on one hub instead of one thread.
     Monkey,
@@ -43,7 +46,11 @@ impl Kind {
     ];
 
     /// Kinds measured only when `--servers` names them.
-    const EXTRA: &'static [Kind] = &[Kind::MossUringCoop, Kind::MossUringDefer];
+    const EXTRA: &'static [Kind] = &[
+        Kind::MossUringCoop,
+        Kind::MossUringDefer,
+        Kind::MossUringSendSys,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -51,6 +58,7 @@ impl Kind {
             Kind::MossUring => "moss (io_uring)",
             Kind::MossUringCoop => "moss (io_uring, coop)",
             Kind::MossUringDefer => "moss (io_uring, defer)",
+            Kind::MossUringSendSys => "moss (io_uring, send(2))",
             Kind::Monkey => "moss (patched std::net)",
             Kind::Tokio => "tokio-current-thread",
             Kind::Std => "std-thread-per-conn",
@@ -65,6 +73,7 @@ impl Kind {
             Kind::MossUring => "moss-uring",
             Kind::MossUringCoop => "moss-uring-coop",
             Kind::MossUringDefer => "moss-uring-defer",
+            Kind::MossUringSendSys => "moss-uring-sendsys",
             Kind::Monkey => "monkey",
             Kind::Tokio => "tokio",
             Kind::Std => "std",
@@ -87,6 +96,7 @@ impl Kind {
             Kind::MossUring => serve_moss_uring(l, buf, ""),
             Kind::MossUringCoop => serve_moss_uring(l, buf, "coop"),
             Kind::MossUringDefer => serve_moss_uring(l, buf, "defer"),
+            Kind::MossUringSendSys => serve_moss_uring(l, buf, "sendsys"),
             Kind::Monkey => serve_monkey(l, buf),
             Kind::Tokio => serve_tokio(l, buf),
             Kind::Std => serve_std(l, buf),

@@ -255,7 +255,7 @@ impl<S: AsRawFd> Evented<S> {
         op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
     ) -> Option<io::Result<T>> {
         let sent = &self.state.sent;
-        if sent.load(Ordering::Relaxed) {
+        if sent.load(Ordering::Relaxed) || !uring::ring_sends() {
             return None;
         }
         let r = self.ring_loop(&self.state.write_timeout, Interest::Writable, op);

@@ -100,9 +100,9 @@ const SQ_ENTRIES: u32 = 256;
 const CQ_ENTRIES: u32 = 4096;
 
 /// The ring's setup flags beyond the defaults, from `MOSS_URING_SETUP`
-/// (a comma-separated list of `coop`, `single`, `defer`; read once). A
-/// measurement knob for the benchmarks: every combination works, none is
-/// on by default (the README's numbers say why).
+/// (a comma-separated list of `coop`, `single`, `defer`, `sendsys`; read
+/// once). A measurement knob for the benchmarks: every combination works,
+/// none is on by default (the README's numbers say why).
 #[derive(Clone, Copy, Default)]
 struct Setup {
     /// `IORING_SETUP_COOP_TASKRUN`: completions do not interrupt the
@@ -113,6 +113,8 @@ struct Setup {
     /// `IORING_SETUP_DEFER_TASKRUN` (with `SINGLE_ISSUER`): completions'
     /// task work runs only in an `io_uring_enter` that asks for events.
     defer: bool,
+    /// Sends stay `send(2)` (see [`ring_sends`]).
+    sendsys: bool,
 }
 
 impl Setup {
@@ -126,6 +128,7 @@ impl Setup {
                     "coop" => s.coop = true,
                     "single" => s.single = true,
                     "defer" => s.defer = true,
+                    "sendsys" => s.sendsys = true,
                     _ => eprintln!(
                         "moss: MOSS_URING_SETUP: unknown flag {f:?} (coop, single, defer)"
                     ),
@@ -403,6 +406,14 @@ pub unsafe fn complete(entry: squeue::Entry, deadline: Option<Instant>) -> io::R
 
 fn hub_now() -> &'static Hub {
     Hub::current()
+}
+
+/// Whether `moss::net` submits sends to the ring (the default), or keeps
+/// them on `send(2)` (`MOSS_URING_SETUP=sendsys`, for measurement: a ring
+/// send saves the syscall but parks the sender until the hub's next poll,
+/// a second switch per echoed message).
+pub fn ring_sends() -> bool {
+    !Setup::get().sendsys
 }
 
 /// Operations in flight on this thread's ring (0 on an epoll hub): for
