@@ -119,7 +119,10 @@ struct Setup {
 
 impl Setup {
     fn get() -> Setup {
-        static SETUP: std::sync::OnceLock<Setup> = std::sync::OnceLock::new();
+        // Fork-safe: a child forked while another thread reads it reads
+        // its own.
+        static SETUP: crate::sys::atfork::ForkSafeOnceLock<Setup> =
+            crate::sys::atfork::ForkSafeOnceLock::new();
         *SETUP.get_or_init(|| {
             let mut s = Setup::default();
             let v = std::env::var("MOSS_URING_SETUP").unwrap_or_default();
@@ -159,6 +162,8 @@ pub(crate) struct Ring {
     /// Entries were queued since the last `io_uring_enter` (a yield then
     /// lets the hub poll: see [`Ring::queued`]).
     queued: Cell<bool>,
+    /// `moss::net` submits sends to this ring (see [`ring_sends`]).
+    sends: bool,
 }
 
 impl Ring {
@@ -194,6 +199,7 @@ impl Ring {
             epfd,
             reaped: RefCell::new(Vec::new()),
             queued: Cell::new(false),
+            sends: !setup.sendsys,
         })
     }
 
@@ -408,12 +414,18 @@ fn hub_now() -> &'static Hub {
     Hub::current()
 }
 
-/// Whether `moss::net` submits sends to the ring (the default), or keeps
-/// them on `send(2)` (`MOSS_URING_SETUP=sendsys`, for measurement: a ring
-/// send saves the syscall but parks the sender until the hub's next poll,
-/// a second switch per echoed message).
+/// Whether this thread's hub runs on io_uring and `moss::net` submits
+/// sends to its ring (the default there), rather than `send(2)`
+/// (`MOSS_URING_SETUP=sendsys`, for measurement: a ring send saves the
+/// syscall but parks the sender until the hub's next poll, a second
+/// switch per echoed message).
+#[inline]
 pub fn ring_sends() -> bool {
-    !Setup::get().sendsys
+    Hub::current()
+        .reactor
+        .ring
+        .as_ref()
+        .is_some_and(|r| r.sends)
 }
 
 /// Operations in flight on this thread's ring (0 on an epoll hub): for
