@@ -476,12 +476,9 @@ pub(crate) mod ring {
         bufs: &[IoSlice<'_>],
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        // SAFETY: a zeroed msghdr is valid (no name, no control data).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         // IoSlice is guaranteed ABI-compatible with iovec on Unix; the
         // kernel only reads through the pointer.
-        msg.msg_iov = bufs.as_ptr().cast_mut().cast();
-        msg.msg_iovlen = bufs.len().min(libc::c_int::MAX as usize) as _;
+        let msg = super::msghdr(bufs.as_ptr().cast_mut().cast(), bufs.len());
         let e = op::SendMsg::new(Fd(fd), &msg)
             .flags(SEND_FLAGS as u32)
             .build();
@@ -502,12 +499,9 @@ pub(crate) mod ring {
             iov_base: buf.as_ptr().cast_mut().cast(),
             iov_len: buf.len(),
         };
-        // SAFETY: a zeroed msghdr is valid (no name, no control data).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        let mut msg = super::msghdr(&mut iov, 1);
         msg.msg_name = addr.as_ptr().cast_mut().cast();
         msg.msg_namelen = addr.len();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
         let e = op::SendMsg::new(Fd(fd), &msg)
             .flags(SEND_FLAGS as u32)
             .build();
