@@ -556,3 +556,108 @@ fn queued_real_time_signals_pending_at_the_drop_are_all_absorbed() {
         },
     );
 }
+
+static STORM_HITS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn storm_counting(_: i32) {
+    STORM_HITS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Handlers on two threads dropped at the same moment, again and again,
+/// while another thread raises the signal without pause: after each round
+/// the program's own handler is back (and keeps counting), and a new round
+/// of handlers catches the signal again.
+#[test]
+fn handlers_on_two_threads_dropped_at_once_under_a_storm() {
+    util::isolated(
+        "handlers_on_two_threads_dropped_at_once_under_a_storm",
+        Duration::from_secs(60),
+        || {
+            let sig = rt(23);
+            // SAFETY: all zeros is a valid `sigaction`; the handler only
+            // touches an atomic.
+            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+            sa.sa_sigaction = storm_counting as *const () as usize;
+            assert_eq!(
+                // SAFETY: as above.
+                unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
+                0
+            );
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let storm = std::thread::spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Acquire) {
+                        raise(sig);
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            for _ in 0..30 {
+                let barrier = Arc::new(std::sync::Barrier::new(2));
+                let (caught_tx, caught) = mpsc::channel();
+                let threads: Vec<_> = (0..2)
+                    .map(|_| {
+                        let (barrier, caught_tx) = (barrier.clone(), caught_tx.clone());
+                        std::thread::spawn(move || {
+                            let runs = Rc::new(Cell::new(0));
+                            let r = runs.clone();
+                            let h = signal::handler(sig, move || r.set(r.get() + 1)).unwrap();
+                            util::until("a run", Duration::from_secs(20), || runs.get() > 0);
+                            caught_tx.send(()).unwrap();
+                            barrier.wait();
+                            drop(h);
+                        })
+                    })
+                    .collect();
+                caught.recv().unwrap();
+                caught.recv().unwrap();
+                for t in threads {
+                    t.join().unwrap();
+                }
+                assert_eq!(disposition(sig), storm_counting as *const () as usize);
+                let before = STORM_HITS.load(Ordering::SeqCst);
+                let t = Instant::now();
+                while STORM_HITS.load(Ordering::SeqCst) == before {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(10),
+                        "own handler never ran"
+                    );
+                    std::thread::yield_now();
+                }
+            }
+            stop.store(true, Ordering::Release);
+            storm.join().unwrap();
+        },
+    );
+}
+
+/// A `wait` keeps the signal caught for the rest of the process: a handler
+/// added and dropped afterwards leaves the catcher in place (the default
+/// action, which would end the process, never comes back), and the signal
+/// raised after the drop is there for the next wait.
+#[test]
+fn a_handler_dropped_after_a_wait_leaves_the_signal_caught() {
+    util::isolated(
+        "a_handler_dropped_after_a_wait_leaves_the_signal_caught",
+        Duration::from_secs(20),
+        || {
+            let sig = rt(24);
+            assert_eq!(signal::wait_timeout(&[sig], Duration::ZERO).unwrap(), None);
+            let caught = disposition(sig);
+            assert_ne!(caught, libc::SIG_DFL);
+            let runs = Rc::new(Cell::new(0));
+            let r = runs.clone();
+            let h = signal::handler(sig, move || r.set(r.get() + 1)).unwrap();
+            raise(sig);
+            util::until("the handler", Duration::from_secs(10), || runs.get() >= 1);
+            drop(h);
+            assert_eq!(disposition(sig), caught);
+            raise(sig);
+            assert_eq!(
+                signal::wait_timeout(&[sig], Duration::from_secs(10)).unwrap(),
+                Some(sig)
+            );
+        },
+    );
+}
