@@ -255,10 +255,10 @@ impl Hub {
             State::Done => return, // killed while queued
             s => unreachable!("resume of a task in state {s:?}"),
         }
-        // SAFETY: the coroutine cell is only touched here and in `finish`,
-        // on the hub loop (root stack), never by the task's own code (and by
-        // `finish_unstarted`, for a task that never ran); no other reference
-        // to it is alive during this call.
+        // The cell is also touched by `finish_unstarted`, for a task that
+        // never ran.
+        // SAFETY: only here and in `finish`, on the hub loop (root stack),
+        // never by the task's code; no other reference to it is alive now.
         let coro = unsafe { &mut *h.coroutine.get() };
         if coro.is_none() {
             let stack = self.stacks.borrow_mut().take(h.stack_size());

@@ -142,11 +142,11 @@ impl<T> ForkSafeOnceLock<T> {
     pub fn get_or_init(&self, f: impl FnOnce() -> T) -> &T {
         self.once.call_once(|| {
             let v = f();
-            // SAFETY: the one caller of this process that runs the
-            // initialisation writes the slot; no reference to it exists
-            // in this process (one is handed out only once `call_once`
-            // has returned, after which it never runs again here, nor in
-            // a child forked later).
+            // A reference is handed out only once `call_once` has
+            // returned, after which it never runs again here, nor in a
+            // child forked later.
+            // SAFETY: the one initialising caller of this process writes
+            // the slot; no reference to it exists in this process yet.
             unsafe { (*self.value.get()).write(v) };
         });
         // SAFETY: `call_once` returned: the initialisation completed in
