@@ -7,6 +7,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 #[path = "../examples/chat_server.rs"]
@@ -131,25 +133,34 @@ fn a_client_that_stops_reading_is_disconnected() {
     let mut fast = Client::connect(addr);
     assert_eq!(fast.line(), format!("* {} joined\n", fast.name));
     // 4,000 lines of 4 KiB (16 MiB): more than the kernel buffers and the
-    // outbox of `slow` can hold. `fast` reads on a thread of its own.
+    // outbox of `slow` can hold. `fast` reads on a thread of its own, and
+    // sends a line only when at most WINDOW of its lines are still on their
+    // way back: it keeps up by construction, however the machine schedules
+    // its reader thread (a stalled reader with a sender running on would
+    // fill its outbox too, and rightly get it disconnected).
     const N: usize = 4000;
+    const WINDOW: usize = 64;
     let body = "x".repeat(4096);
     let name = fast.name.clone();
     let mut r = BufReader::new(fast.w.try_clone().unwrap());
+    let got = Arc::new(AtomicUsize::new(0));
+    let seen = got.clone();
     let reader = std::thread::spawn(move || {
-        let mut got = 0;
         let mut l = String::new();
-        while got < N {
+        while seen.load(Ordering::Acquire) < N {
             l.clear();
             assert!(r.read_line(&mut l).unwrap() > 0, "fast was disconnected");
             if l.starts_with(&format!("{name}: ")) {
                 assert_eq!(l.len(), name.len() + 2 + 4096 + 1);
-                got += 1;
+                seen.fetch_add(1, Ordering::Release);
             }
         }
         r
     });
-    for _ in 0..N {
+    for i in 0..N {
+        while i - got.load(Ordering::Acquire).min(i) > WINDOW && !reader.is_finished() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
         fast.say(&body);
     }
     fast.r = reader.join().unwrap();
