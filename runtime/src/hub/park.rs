@@ -51,6 +51,13 @@ impl Hub {
     /// known to end a park (a root needs no queue: its loop sees the state).
     #[inline]
     pub(crate) fn wake(&self, token: Token, why: Wakeup) -> bool {
+        self.wake_inline(token, why)
+    }
+
+    /// [`wake`](Self::wake), inlined into the hub's event dispatch (one
+    /// call per I/O event saved).
+    #[inline(always)]
+    pub(super) fn wake_inline(&self, token: Token, why: Wakeup) -> bool {
         if token.key == ROOT_KEY {
             let h = &self.root.0;
             return h.id.0 == token.id && h.state.wake(token.seq, why);

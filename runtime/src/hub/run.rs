@@ -21,7 +21,6 @@
 //! A coroutine's stack is bound when it first runs and returned to the pool
 //! as soon as its body returns.
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,33 +45,87 @@ pub(crate) enum Until {
     Empty,
 }
 
-/// FIFO of ready tasks.
+/// FIFO of ready tasks: a ring of slots, its capacity a power of two (an
+/// index wraps with a mask), grown by doubling when full.
 ///
 /// # Invariants
-/// The deque is only accessed through these three methods, none of which
+/// The ring is only accessed through these three methods, none of which
 /// calls out to code that could touch the queue again (no user code, no
-/// drops of tasks: `pop` moves the task out), so no two references to the
-/// deque are ever alive at once. The hub is `!Sync` (one thread).
+/// drops of tasks: `pop` moves the task out, `push` overwrites an empty
+/// slot), so no two references to it are ever alive at once. The hub is
+/// `!Sync` (one thread).
 #[derive(Default)]
-pub(super) struct RunQueue(std::cell::UnsafeCell<VecDeque<Rc<dyn Task>>>);
+pub(super) struct RunQueue(std::cell::UnsafeCell<Ring>);
+
+#[derive(Default)]
+struct Ring {
+    /// `len` tasks from `head` on (wrapping); every other slot is `None`.
+    /// Empty or a power of two long.
+    slots: Vec<Option<Rc<dyn Task>>>,
+    head: usize,
+    len: usize,
+}
+
+impl Ring {
+    #[inline(always)]
+    fn push(&mut self, t: Rc<dyn Task>) {
+        if self.len == self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let i = (self.head + self.len) & mask;
+        // The slot is empty: nothing to drop (no drop code, no unwind path).
+        let old = std::mem::replace(&mut self.slots[i], Some(t));
+        debug_assert!(old.is_none());
+        std::mem::forget(old);
+        self.len += 1;
+    }
+
+    #[inline(always)]
+    fn pop(&mut self) -> Option<Rc<dyn Task>> {
+        if self.len == 0 {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let t = self.slots[self.head & mask].take();
+        self.head = (self.head + 1) & mask;
+        self.len -= 1;
+        t
+    }
+
+    /// Doubles the ring (at least 64 slots), its tasks in order from slot 0.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        let cap = (self.slots.len() * 2).max(64);
+        let mut slots: Vec<Option<Rc<dyn Task>>> = Vec::with_capacity(cap);
+        let mask = self.slots.len().wrapping_sub(1);
+        for k in 0..self.len {
+            slots.push(self.slots[(self.head + k) & mask].take());
+        }
+        slots.resize_with(cap, || None);
+        self.slots = slots;
+        self.head = 0;
+    }
+}
 
 impl RunQueue {
     #[inline]
     pub(super) fn push(&self, t: Rc<dyn Task>) {
         // SAFETY: see the type's invariants: no other reference is alive.
-        unsafe { (*self.0.get()).push_back(t) }
+        unsafe { (*self.0.get()).push(t) }
     }
 
     #[inline]
     pub(super) fn pop(&self) -> Option<Rc<dyn Task>> {
         // SAFETY: see the type's invariants.
-        unsafe { (*self.0.get()).pop_front() }
+        unsafe { (*self.0.get()).pop() }
     }
 
     #[inline]
     pub(super) fn is_empty(&self) -> bool {
         // SAFETY: see the type's invariants.
-        unsafe { (*self.0.get()).is_empty() }
+        unsafe { (*self.0.get()).len == 0 }
     }
 }
 
@@ -419,7 +472,7 @@ impl Hub {
                 timeout = Some(Duration::ZERO);
             }
             self.reactor.poll(timeout, |t| {
-                self.wake(t, Wakeup::Notified);
+                self.wake_inline(t, Wakeup::Notified);
             });
             if sleeping {
                 self.remote.end_sleep();

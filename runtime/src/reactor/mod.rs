@@ -41,6 +41,7 @@ pub use registration::{Interest, Registration, WaitError};
 
 /// The id of this thread's hub (creating it if needed); compare with
 /// [`Registration::hub_id`] to detect a socket moved to another thread.
+#[inline]
 pub fn hub_id() -> u64 {
     crate::hub::Hub::current().remote.hub_id
 }

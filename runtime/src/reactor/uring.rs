@@ -315,6 +315,7 @@ impl Ring {
 }
 
 /// Whether this thread's hub runs on io_uring.
+#[inline]
 pub fn enabled() -> bool {
     Hub::current().reactor.ring.is_some()
 }
