@@ -201,11 +201,17 @@ impl Registration {
             Some(s) if s.generation == generation => s,
             _ => return Err(WaitError::Closed),
         };
-        let waiters = match interest {
-            Interest::Readable => &mut slot.readers,
-            Interest::Writable => &mut slot.writers,
-        };
-        waiters.remove(token);
+        if w != Wakeup::Notified {
+            // A deadline or a cancellation ended the park: the waiter is
+            // still queued. (A readiness edge takes every waiter of its
+            // direction off the list, and a dropped registration takes
+            // its slot along.)
+            let waiters = match interest {
+                Interest::Readable => &mut slot.readers,
+                Interest::Writable => &mut slot.writers,
+            };
+            waiters.remove(token);
+        }
         match w {
             Wakeup::Notified => Ok(()),
             Wakeup::TimedOut => Err(WaitError::TimedOut),
