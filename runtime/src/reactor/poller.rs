@@ -24,6 +24,8 @@ pub(crate) struct Reactor {
     /// Contexts parked on I/O readiness or on a ring operation (they can be
     /// woken by the kernel).
     pub(super) waiters: Cell<usize>,
+    /// `poll_epoll`'s buffer of waiters to wake (empty between polls).
+    woken: Cell<Vec<Token>>,
     /// The fork generation the epoll instance was made in: a forked child's
     /// copy shares the instance with the parent and never touches it.
     generation: u64,
@@ -52,6 +54,7 @@ impl Reactor {
             events: RefCell::new(mio::Events::with_capacity(1024)),
             slots: RefCell::new(Slab::new()),
             waiters: Cell::new(0),
+            woken: Cell::new(Vec::new()),
             generation: crate::sys::atfork::generation(),
             ring,
         })
@@ -110,41 +113,33 @@ impl Reactor {
         {
             panic!("moss: epoll_wait failed: {e}");
         }
-        // The waiters beyond the first of a direction (rare: no allocation
-        // unless an event has them).
-        let mut more = Vec::new();
-        for ev in events.iter() {
-            let key = ev.token().0;
-            if key == WAKER_TOKEN.0 {
-                continue;
-            }
-            let (reader, writer) = {
-                let mut slots = self.slots.borrow_mut();
-                let Some(slot) = slots.get_mut(key) else {
+        // The waiters to wake, in event order, collected with the slots
+        // borrowed once and woken after (one call site: `wake` inlines).
+        // The buffer is kept between polls (no allocation once grown).
+        let mut woken = self.woken.take();
+        {
+            let mut slots = self.slots.borrow_mut();
+            for ev in events.iter() {
+                // (The waker's token is no slot's key.)
+                let Some(slot) = slots.get_mut(ev.token().0) else {
                     continue;
                 };
                 let err = ev.is_error();
                 let read_hup = ev.is_read_closed();
-                let r = ev.is_readable() || read_hup || err;
-                let w = ev.is_writable() || ev.is_write_closed() || err;
                 slot.read_hup = read_hup;
-                (
-                    slot.on_event(r, true, &mut more),
-                    slot.on_event(w, false, &mut more),
-                )
-            };
-            if let Some(t) = reader {
-                wake(t);
-            }
-            if let Some(t) = writer {
-                wake(t);
-            }
-            if !more.is_empty() {
-                for t in more.drain(..) {
-                    wake(t);
+                if ev.is_readable() || read_hup || err {
+                    slot.on_event(true, &mut woken);
+                }
+                if ev.is_writable() || ev.is_write_closed() || err {
+                    slot.on_event(false, &mut woken);
                 }
             }
         }
+        for &t in &woken {
+            wake(t);
+        }
+        woken.clear();
+        self.woken.set(woken);
     }
 
     /// Registers `fd` in a new slot tagged `generation`; fails in a forked
@@ -243,25 +238,24 @@ pub(super) struct IoSlot {
 }
 
 impl IoSlot {
-    /// Records an edge in one direction: returns the first waiter to wake
-    /// and appends the others to `more`; with no waiter, sets the ready bit.
-    #[inline]
-    fn on_event(&mut self, ready: bool, read: bool, more: &mut Vec<Token>) -> Option<Token> {
-        if !ready {
-            return None;
-        }
+    /// Records an edge in one direction: takes its waiters off the list
+    /// into `woken`; with no waiter, sets the ready bit.
+    #[inline(always)]
+    fn on_event(&mut self, read: bool, woken: &mut Vec<Token>) {
         let (waiters, flag) = if read {
             (&mut self.readers, &mut self.read_ready)
         } else {
             (&mut self.writers, &mut self.write_ready)
         };
-        let first = waiters.first.take();
-        if first.is_none() {
-            *flag = true;
-        } else if !waiters.rest.is_empty() {
-            more.append(&mut waiters.rest);
+        match waiters.first.take() {
+            None => *flag = true,
+            Some(t) => {
+                woken.push(t);
+                if !waiters.rest.is_empty() {
+                    woken.append(&mut waiters.rest);
+                }
+            }
         }
-        first
     }
 }
 
