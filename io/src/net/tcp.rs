@@ -258,6 +258,11 @@ impl TcpStream {
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
 
+    fn write_all_inner(&self, buf: &[u8]) -> io::Result<()> {
+        self.inner
+            .write_all_op(buf, |s, b| sys::send(s.as_raw_fd(), b))
+    }
+
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if let Some(r) = self
             .inner
@@ -292,6 +297,9 @@ impl Write for TcpStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_inner(buf)
     }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_all_inner(buf)
+    }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         self.write_vectored_inner(bufs)
     }
@@ -303,6 +311,9 @@ impl Write for TcpStream {
 impl Write for &TcpStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_inner(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_all_inner(buf)
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         self.write_vectored_inner(bufs)

@@ -195,6 +195,9 @@ impl Write for UnixStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         (&*self).write(buf)
     }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        (&*self).write_all(buf)
+    }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -209,6 +212,10 @@ impl Write for &UnixStream {
             return r;
         }
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner
+            .write_all_op(buf, |s, b| sys::send(s.as_raw_fd(), b))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

@@ -268,6 +268,7 @@ pub(super) struct Waiters {
 }
 
 impl Waiters {
+    #[inline]
     pub(super) fn push(&mut self, t: Token) {
         if self.first.is_none() {
             self.first = Some(t);
