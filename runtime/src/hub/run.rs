@@ -75,7 +75,7 @@ impl Ring {
         let mask = self.slots.len() - 1;
         let i = (self.head + self.len) & mask;
         // The slot is empty: nothing to drop (no drop code, no unwind path).
-        let old = std::mem::replace(&mut self.slots[i], Some(t));
+        let old = self.slots[i].replace(t);
         debug_assert!(old.is_none());
         std::mem::forget(old);
         self.len += 1;
