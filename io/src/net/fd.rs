@@ -380,7 +380,7 @@ pub(crate) fn is_deadline(e: &io::Error) -> bool {
 }
 
 /// Waits on `got`; an expired deadline reads as `EAGAIN` (see `wait`).
-#[inline]
+#[inline(always)]
 fn wait_for(got: &Got, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
     match got.reg.wait(interest, deadline) {
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {

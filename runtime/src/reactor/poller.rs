@@ -268,7 +268,7 @@ pub(super) struct Waiters {
 }
 
 impl Waiters {
-    #[inline]
+    #[inline(always)]
     pub(super) fn push(&mut self, t: Token) {
         if self.first.is_none() {
             self.first = Some(t);

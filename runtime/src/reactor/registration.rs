@@ -113,7 +113,7 @@ impl Registration {
     /// coroutine unwinds it from here; while the coroutine is unwinding
     /// already (a destructor doing I/O), the cancellation instead ends the
     /// wait early with an error (`ErrorKind::Other`, [`WaitError::Cancelled`]).
-    #[inline]
+    #[inline(always)]
     pub fn wait(&self, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
         match self.wait_in(interest, deadline, Mode::Fallible) {
             Ok(()) => Ok(()),
