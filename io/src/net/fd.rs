@@ -221,29 +221,6 @@ impl<S: AsRawFd> Evented<S> {
         }
     }
 
-    /// `Write::write_all` with `send`, a send-like `op` (std's loop: a
-    /// short write sends the rest, a write of 0 fails with `WriteZero`),
-    /// `write_op` inlined into it.
-    pub(crate) fn write_all_op(
-        &self,
-        mut buf: &[u8],
-        send: impl Fn(&S, &[u8]) -> io::Result<usize>,
-    ) -> io::Result<()> {
-        while !buf.is_empty() {
-            // (`write_op` retries `EINTR` itself.)
-            match self.write_op(|s| send(s, buf))? {
-                0 => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "failed to write whole buffer",
-                    ));
-                }
-                n => buf = &buf[n..],
-            }
-        }
-        Ok(())
-    }
-
     /// On an io_uring hub, runs `op` (one of `sys::ring`'s receives on this
     /// fd, given the deadline of the read timeout) instead of the
     /// readiness loop; `None` on an epoll hub and for a socket in moss's
@@ -371,6 +348,30 @@ impl<S: AsRawFd> Evented<S> {
         }
         Ok(got)
     }
+}
+
+/// `Write::write_all` over a socket's `write` (std's loop: a short write
+/// sends the rest, a write of 0 fails with `WriteZero`, `EINTR` retries),
+/// inlined with the socket's `write` into the socket's `write_all`.
+#[inline(always)]
+pub(crate) fn write_all(
+    mut buf: &[u8],
+    mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        match write(buf) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write whole buffer",
+                ));
+            }
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Whether `e` is a ring operation's own deadline passing (not a kernel

@@ -248,6 +248,7 @@ impl TcpStream {
         )
     }
 
+    #[inline(always)]
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
         if let Some(r) = self
             .inner
@@ -259,8 +260,7 @@ impl TcpStream {
     }
 
     fn write_all_inner(&self, buf: &[u8]) -> io::Result<()> {
-        self.inner
-            .write_all_op(buf, |s, b| sys::send(s.as_raw_fd(), b))
+        super::fd::write_all(buf, |b| self.write_inner(b))
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

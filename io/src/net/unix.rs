@@ -204,6 +204,7 @@ impl Write for UnixStream {
 }
 
 impl Write for &UnixStream {
+    #[inline(always)]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(r) = self
             .inner
@@ -214,8 +215,7 @@ impl Write for &UnixStream {
         self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.inner
-            .write_all_op(buf, |s, b| sys::send(s.as_raw_fd(), b))
+        super::fd::write_all(buf, |b| self.write(b))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
