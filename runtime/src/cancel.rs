@@ -45,6 +45,12 @@
 //!   are woken again by the hub loop as soon as no context of the thread is
 //!   unwinding, and then unwind. A cancellation point that is not a park
 //!   (`yield_now`, killing oneself) goes by the thread's count alone.
+//!   A `kill` made while the thread unwinds does not wait for a target that
+//!   holds its kill that way, unless that target parked while it alone
+//!   could be unwinding (then it is, and its wait is its destructor's): the
+//!   caller may be the unwinding context (a destructor that stops a helper),
+//!   whose unwind the target waits for. Such a target wakes its joiners
+//!   when it starts holding, so the killer can tell.
 //! * A kill takes precedence over a pending timeout, an enclosing timeout
 //!   over an inner one (its unwind passes through the inner scope).
 //! * A coroutine killed before it first ran never runs (its closure is
@@ -208,6 +214,14 @@ pub(crate) fn kill_until(h: &Header, deadline: Option<Instant>) -> bool {
         Mode::Infallible
     };
     while !h.state.is(State::Done) {
+        // The target holds its kill until no context of the thread unwinds.
+        // Unless it is certainly the one unwinding (then its wait is its own
+        // destructor's, which ends as any wait), the caller may be (a
+        // destructor stopping a helper), and waiting would wait for itself:
+        // the target is doomed, and the caller goes on.
+        if !may_unwind() && h.state.cancel_held() && !h.state.unwinding_alone() {
+            return false;
+        }
         h.add_joiner(hub.current_header().token());
         match hub.park(deadline, "kill", mode) {
             Wakeup::Cancelled => {

@@ -284,6 +284,16 @@ impl<T> JoinHandle<T> {
     /// not started never runs; a finished one is left alone; killing the
     /// calling coroutine itself unwinds the caller at once.
     ///
+    /// One exception, while a coroutine of this thread unwinds (its
+    /// destructors block): a coroutine that parked meanwhile in a wait that
+    /// cannot fail (a lock, an untimed `get`, a `join`) holds its kill until
+    /// no coroutine of the thread unwinds (it cannot tell that it is not the
+    /// one unwinding, and a second unwind would abort). A `kill` made
+    /// meanwhile (say by a destructor that stops a helper) then returns once
+    /// the target holds its kill, instead of waiting for a death that may
+    /// wait for the caller's own unwind to end; the target dies as soon as
+    /// no coroutine of the thread unwinds.
+    ///
     /// ```
     /// use std::time::Duration;
     /// let h = moss::spawn(|| moss::sleep(Duration::from_secs(3600)));

@@ -76,6 +76,14 @@ impl Unparker {
         Hub::try_current().is_some_and(|h| Arc::ptr_eq(&h.remote, &self.remote))
     }
 
+    /// Whether it wakes a context of this process: false for an unparker
+    /// that a forked child copied from its parent's wait lists (its context
+    /// never runs in the child).
+    #[inline]
+    pub(crate) fn in_this_process(&self) -> bool {
+        self.remote.in_this_process()
+    }
+
     /// Whether two unparkers end the same wait.
     pub fn same_wait(&self, other: &Unparker) -> bool {
         Arc::ptr_eq(&self.remote, &other.remote) && self.token == other.token

@@ -95,6 +95,9 @@ pub(crate) struct Hub {
     /// Infallible waits that keep waiting with a cancellation they could not
     /// take (the thread was unwinding): woken once it no longer is.
     deferred: RefCell<Vec<crate::task::Token>>,
+    /// How many contexts are in a park that began while the thread was
+    /// unwinding (see `TaskState::unwinding_alone`).
+    unwinding_parks: Cell<u32>,
     /// The coarse clock `dump` measures waits with (see `dump.rs`).
     pub(crate) clock: dump::Clock,
     /// When (on `clock`) an idle hub that only other threads could wake next
@@ -180,6 +183,7 @@ impl Hub {
             altstack: Cell::new(None),
             root_turn: Cell::new(None),
             deferred: RefCell::new(Vec::new()),
+            unwinding_parks: Cell::new(0),
             clock: dump::Clock::new(),
             alone_check_at: Cell::new(0),
             loop_depth: Cell::new(0),

@@ -131,6 +131,7 @@ impl Hub {
             }
             Mode::Infallible => {
                 self.deferred.borrow_mut().push(h.token());
+                self.wake_joiners(h);
                 None
             }
             Mode::Shielded => None,
@@ -166,10 +167,15 @@ impl Hub {
         }
         h.waiting_on.set(what);
         h.parked_at.set(self.clock.stamp());
-        h.state.park();
+        if !h.state.park() {
+            self.begin_unwinding_park(h);
+        }
         self.switch_out(h);
         if mode == Mode::Infallible && h.state.woken_by() == Wakeup::Cancelled {
             self.hold_cancel(h);
+        }
+        if h.state.end_unwinding_park() {
+            self.unwinding_parks.set(self.unwinding_parks.get() - 1);
         }
         let w = h.state.end_park();
         if h.timer.get().is_some() {
@@ -204,11 +210,24 @@ impl Hub {
             h.state.mark_seen();
             self.deferred.borrow_mut().push(h.token());
             h.state.repark();
+            // A killer waiting for this death may be the context whose
+            // unwind this wait now waits for (see `cancel::kill_until`).
+            self.wake_joiners(h);
             self.switch_out(h);
             if h.state.woken_by() != Wakeup::Cancelled {
                 return;
             }
         }
+    }
+
+    /// The park of `h` begins while the thread unwinds: counted, and
+    /// `h` is certainly the unwinding context if no other is in such a park.
+    #[cold]
+    #[inline(never)]
+    fn begin_unwinding_park(&self, h: &Header) {
+        let n = self.unwinding_parks.get();
+        h.state.begin_unwinding_park(n == 0);
+        self.unwinding_parks.set(n + 1);
     }
 
     /// Arms the timer of a timed park; false if the deadline already passed.

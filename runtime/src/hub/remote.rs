@@ -64,7 +64,7 @@ impl Remote {
     /// its queue's lock may have been held by a thread the child lacks, and
     /// its eventfd is the parent's.
     pub(crate) fn push(&self, token: Token) {
-        if self.generation != crate::sys::atfork::generation() {
+        if !self.in_this_process() {
             return;
         }
         self.queue.lock().push(token);
@@ -73,6 +73,13 @@ impl Remote {
             // A failed wake leaves the hub to its timeout; nothing to report.
             let _ = self.waker.wake();
         }
+    }
+
+    /// Whether the hub was made by this process (false in a forked child
+    /// for a hub of its parent).
+    #[inline]
+    pub(crate) fn in_this_process(&self) -> bool {
+        self.generation == crate::sys::atfork::generation()
     }
 
     /// Whether wake-ups are queued.

@@ -370,6 +370,17 @@ impl Hub {
         {
             self.background_done();
         }
+        self.wake_joiners(h);
+        if !self.idle_waiters.borrow().is_empty() {
+            let waiters = std::mem::take(&mut *self.idle_waiters.borrow_mut());
+            for w in waiters {
+                self.wake(w, Wakeup::Notified);
+            }
+        }
+    }
+
+    /// Wakes (and forgets) the waiters for `h` to finish: its joiners.
+    pub(crate) fn wake_joiners(&self, h: &Header) {
         let j = h.joiner.replace(Token::NONE);
         if j != Token::NONE {
             self.wake(j, Wakeup::Notified);
@@ -377,12 +388,6 @@ impl Hub {
         if let Some(more) = h.more_joiners.take() {
             for j in *more {
                 self.wake(j, Wakeup::Notified);
-            }
-        }
-        if !self.idle_waiters.borrow().is_empty() {
-            let waiters = std::mem::take(&mut *self.idle_waiters.borrow_mut());
-            for w in waiters {
-                self.wake(w, Wakeup::Notified);
             }
         }
     }

@@ -226,12 +226,12 @@ impl<T, B: Buffer<T>> State<T, B> {
             "spilled items next to room in the buffer"
         );
         debug_assert!(
-            self.putters.is_empty() || full,
+            self.putters.none_queued() || full,
             "putters wait next to room in the buffer"
         );
         debug_assert!(
-            self.getters.is_empty()
-                || (self.buf.len() == 0 && self.spill.is_empty() && self.putters.is_empty()),
+            self.getters.none_queued()
+                || (self.buf.len() == 0 && self.spill.is_empty() && self.putters.none_queued()),
             "getters wait next to an item"
         );
         debug_assert!(
@@ -432,7 +432,7 @@ impl<T, B: Buffer<T>> QueueCore<T, B> {
 
     /// Whether a get would not block now (an item, a putter, or closed).
     pub(crate) fn get_ready(&self) -> bool {
-        let g = lock(&self.state);
+        let mut g = lock(&self.state);
         g.buf.len() > 0 || !g.spill.is_empty() || !g.putters.is_empty() || g.closed_tx
     }
 

@@ -64,7 +64,7 @@ struct Queues {
 }
 
 impl Queues {
-    fn waiting_bit(&self) -> usize {
+    fn waiting_bit(&mut self) -> usize {
         if self.readers.is_empty() && self.writers.is_empty() {
             0
         } else {

@@ -144,8 +144,15 @@ pub(crate) fn unpark_all(wakes: Vec<Wake>) {
 }
 
 /// A FIFO of waiters; see the module docs for the invariants.
+///
+/// In a forked child, the waiters a list held at the fork are the parent's
+/// (their contexts never run in the child): the first hand-off there drops
+/// them from the list, so nothing is handed to a waiter that cannot take it
+/// (an item lost, a lock held forever).
 pub(crate) struct WaitList<T> {
     q: VecDeque<NonNull<Waiter<T>>>,
+    /// The fork generation whose foreign waiters were last dropped.
+    generation: u64,
 }
 
 // SAFETY: the pointers are only dereferenced under the lock that owns the
@@ -155,15 +162,60 @@ unsafe impl<T: Send> Send for WaitList<T> {}
 
 impl<T> WaitList<T> {
     pub(crate) const fn new() -> WaitList<T> {
-        WaitList { q: VecDeque::new() }
+        WaitList {
+            q: VecDeque::new(),
+            generation: 0,
+        }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    /// Drops the waiters of another process (see the type's docs); one load
+    /// and compare when there are none.
+    #[inline]
+    fn forget_foreign(&mut self) {
+        let g = crate::sys::atfork::generation();
+        if self.generation != g {
+            self.drop_foreign(g);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn drop_foreign(&mut self, generation: u64) {
+        self.q.retain(|p| {
+            // SAFETY: queued, so alive (a foreign one in this process's
+            // copy of its parent's memory); we hold the lock (`&mut self`).
+            let w = unsafe { p.as_ref() };
+            // SAFETY: as above: nobody else touches a queued waiter's cell.
+            let ours = unsafe { &*w.unparker.get() }
+                .as_ref()
+                .is_some_and(Unparker::in_this_process);
+            if !ours {
+                w.state.store(LEFT, Ordering::Relaxed);
+            }
+            ours
+        });
+        self.generation = generation;
+    }
+
+    /// Whether no waiter at all is queued, a forked child's foreign ones
+    /// included (for invariant checks that only read).
+    pub(crate) fn none_queued(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Whether no waiter (of this process) is queued.
+    pub(crate) fn is_empty(&mut self) -> bool {
+        if !self.q.is_empty() {
+            self.forget_foreign();
+        }
         self.q.is_empty()
     }
 
     /// How many waiters are queued.
-    pub(crate) fn len(&self) -> usize {
+    pub(crate) fn len(&mut self) -> usize {
+        if !self.q.is_empty() {
+            self.forget_foreign();
+        }
         self.q.len()
     }
 
@@ -185,6 +237,9 @@ impl<T> WaitList<T> {
     /// Hands `item` to the first waiter, or gives it back if there is none.
     #[inline]
     pub(crate) fn hand(&mut self, item: T) -> Result<Wake, T> {
+        if !self.q.is_empty() {
+            self.forget_foreign();
+        }
         let Some(p) = self.q.pop_front() else {
             return Err(item);
         };
@@ -198,6 +253,9 @@ impl<T> WaitList<T> {
     /// Takes the item the first waiter offers (a blocked putter).
     #[inline]
     pub(crate) fn take(&mut self) -> Option<(T, Wake)> {
+        if !self.q.is_empty() {
+            self.forget_foreign();
+        }
         let p = self.q.pop_front()?;
         // SAFETY: as in `hand`.
         let item = unsafe { (*(*p.as_ptr()).slot.get()).take() };
@@ -211,6 +269,9 @@ impl<T> WaitList<T> {
     /// other side closed).
     pub(crate) fn wake_all(&mut self, handed: bool) -> Vec<Wake> {
         let state = if handed { HANDED } else { WOKEN };
+        if !self.q.is_empty() {
+            self.forget_foreign();
+        }
         self.q
             .drain(..)
             // SAFETY: each was queued, and we hold the lock.

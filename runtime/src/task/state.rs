@@ -151,6 +151,12 @@ pub(crate) struct TaskState {
     /// the park, for the decision whether to deliver it; cleared by the next
     /// park, `abandon_park` or delivery. See [`TaskState::may_take_cancel`].
     calm_park: Cell<bool>,
+    /// The current park began while the thread was unwinding (counted in
+    /// the hub's `unwinding_parks`).
+    unwinding_park: Cell<bool>,
+    /// ... and no other context was in such a park then: this context is
+    /// certainly the one unwinding. See [`TaskState::unwinding_alone`].
+    unwinding_alone: Cell<bool>,
 }
 
 impl TaskState {
@@ -174,6 +180,8 @@ impl TaskState {
             cancel: Cell::new(NO_CANCEL),
             park_seq: Cell::new(0),
             calm_park: Cell::new(false),
+            unwinding_park: Cell::new(false),
+            unwinding_alone: Cell::new(false),
         }
     }
 
@@ -207,12 +215,15 @@ impl TaskState {
     }
 
     /// Running → Parked: the context suspends at a blocking point. Records
-    /// whether it is certainly not unwinding (the thread is not).
+    /// (and returns) whether it is certainly not unwinding (the thread is
+    /// not).
     #[inline]
-    pub(crate) fn park(&self) {
+    pub(crate) fn park(&self) -> bool {
         debug_assert!(self.is(State::Running), "park from {:?}", self.get());
         self.lifecycle.set(State::Parked);
-        self.calm_park.set(may_unwind());
+        let calm = may_unwind();
+        self.calm_park.set(calm);
+        calm
     }
 
     /// Parked → Ready, if `seq` is the current park: a waker for this wait.
@@ -383,6 +394,41 @@ impl TaskState {
     #[inline]
     pub(crate) fn may_take_cancel(&self) -> bool {
         self.calm_park.get() || may_unwind()
+    }
+
+    /// Whether a cancellation waits in a park that holds it until no
+    /// context of the thread unwinds: parked with one pending, in a park
+    /// that began while some context was unwinding (see `cancel.rs`).
+    #[inline]
+    pub(crate) fn cancel_held(&self) -> bool {
+        self.is(State::Parked) && self.cancel_pending() && !self.calm_park.get()
+    }
+
+    /// Records that the park that just began is one the thread was
+    /// unwinding in, `alone` if no other context was parked so: then this
+    /// context is certainly the one unwinding (nobody else could be, but
+    /// for contexts that yielded mid-unwind, which moss does not count: the
+    /// verdict only decides whether a `kill` waits, see `cancel.rs`).
+    #[inline]
+    pub(crate) fn begin_unwinding_park(&self, alone: bool) {
+        self.unwinding_park.set(true);
+        self.unwinding_alone.set(alone);
+    }
+
+    /// The park recorded by `begin_unwinding_park` is over; true if there
+    /// was one.
+    #[inline]
+    pub(crate) fn end_unwinding_park(&self) -> bool {
+        self.unwinding_alone.set(false);
+        self.unwinding_park.replace(false)
+    }
+
+    /// Whether the current park began while this context was certainly
+    /// the one unwinding (see `begin_unwinding_park`): a cancellation it
+    /// holds waits for its own destructor's wait, which ends as any wait.
+    #[inline]
+    pub(crate) fn unwinding_alone(&self) -> bool {
+        self.unwinding_alone.get()
     }
 
     /// Forgets what the last park knew (see [`TaskState::may_take_cancel`]):
