@@ -77,7 +77,12 @@ fn moss_works() -> bool {
     });
     let pool = moss::pool::ThreadPool::new(1);
     let from_thread = pool.apply(|| 6 * 7);
-    got == Ok(7) && timed.is_err() && from_thread == Ok(42)
+    let verdict = (got, timed.is_err(), from_thread);
+    if verdict != (Ok(7), true, Ok(42)) {
+        eprintln!("moss in the child: queue, timeout, thread pool: {verdict:?}");
+        return false;
+    }
+    true
 }
 
 #[test]
@@ -183,25 +188,36 @@ fn fork_inside_a_pending_timeout() {
     );
 }
 
-/// A coroutine forks while it holds a `Mutex` that another coroutine waits
-/// on: in the child it unlocks (the waiter is the parent's: its wake-up is
-/// dropped) and locks again; in the parent the waiter gets the lock.
+/// A process forks while it holds a `Mutex` and an `RwLock` that its
+/// coroutines wait on, and while others wait on a `Queue` and a
+/// `Semaphore`: those waiters are the parent's and never run in the
+/// child, so nothing may be handed to them there. In the child the locks,
+/// once released, can be taken again, an item put is there to get, a
+/// released permit can be acquired; in the parent the waiters get them.
 #[test]
-fn fork_holding_a_lock_another_coroutine_waits_on() {
+fn fork_while_coroutines_wait_on_locks_queues_and_permits() {
     util::isolated(
-        "fork_holding_a_lock_another_coroutine_waits_on",
+        "fork_while_coroutines_wait_on_locks_queues_and_permits",
         Duration::from_secs(40),
         || {
             let m = Arc::new(Mutex::new(0u32));
             let rw = Arc::new(moss::sync::RwLock::new(0u32));
+            let q = Arc::new(Queue::unbounded());
+            let sem = Arc::new(moss::sync::Semaphore::new(0));
             let g = m.lock();
             let w = rw.write();
             let (m2, rw2) = (m.clone(), rw.clone());
-            let waiter = moss::spawn(move || {
+            let locker = moss::spawn(move || {
                 *m2.lock() += 1;
-                *rw2.read()
+                drop(rw2.read());
             });
-            util::until_parked(waiter.id());
+            let (rw3, q2, sem2) = (rw.clone(), q.clone(), sem.clone());
+            let writer = moss::spawn(move || *rw3.write() += 1);
+            let getter = moss::spawn(move || q2.get());
+            let acquirer = moss::spawn(move || sem2.acquire());
+            for h in [locker.id(), writer.id(), getter.id(), acquirer.id()] {
+                util::until_parked(h);
+            }
             let pid = fork();
             if pid == 0 {
                 finish_child(|| {
@@ -209,13 +225,26 @@ fn fork_holding_a_lock_another_coroutine_waits_on() {
                     drop(w);
                     let again = m.lock_timeout(Duration::from_secs(5)).is_ok();
                     let read = rw.read_timeout(Duration::from_secs(5)).is_ok();
-                    again && read && moss_works()
+                    let write = rw.write_timeout(Duration::from_secs(5)).is_ok();
+                    q.put(5u32);
+                    let item = q.get_timeout(Duration::from_secs(5)) == Ok(5);
+                    sem.release();
+                    let permit = sem.acquire_timeout(Duration::from_secs(5)).is_ok();
+                    let verdict = [again, read, write, item, permit];
+                    eprintln!("child: lock, read, write, item, permit: {verdict:?}");
+                    verdict.iter().all(|&v| v) && moss_works()
                 });
             }
             drop(g);
             drop(w);
-            assert_eq!(waiter.join().unwrap(), 0);
+            q.put(6);
+            sem.release();
+            locker.join().unwrap();
+            writer.join().unwrap();
+            assert_eq!(getter.join().unwrap(), 6);
+            acquirer.join().unwrap();
             assert_eq!(*m.lock(), 1);
+            assert_eq!(*rw.read(), 1);
             assert_eq!(exit_code_of(pid), 0);
         },
     );
