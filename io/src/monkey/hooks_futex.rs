@@ -291,9 +291,8 @@ fn deadline(ts: *const timespec, clock: Clock) -> Result<Option<Instant>, ()> {
     if ts.is_null() {
         return Ok(None);
     }
-    // SAFETY: a non-null timeout points at a timespec (the caller's
-    // contract; the kernel would read it too).
-    let t = unsafe { ts.read() };
+    // An invalid pointer: the kernel reports EFAULT.
+    let t = super::user::read(ts).map_err(|_| ())?;
     if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
         return Err(());
     }

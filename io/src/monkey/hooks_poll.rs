@@ -35,7 +35,7 @@ use moss_runtime::backoff::{Polled, poll_until};
 use moss_runtime::park;
 use moss_runtime::reactor::{Interest, Registration, WaitError};
 
-use super::{patched, real};
+use super::{patched, real, user};
 
 /// Waits cooperatively until `check()` returns non-zero (its result is
 /// returned), `deadline` passes (0) or a cancellation is pending (-1,
@@ -209,19 +209,25 @@ pub unsafe extern "C" fn select(
     if !patched() || !park::can_park() || nfds < 0 || nfds > libc::FD_SETSIZE as c_int {
         return real_select(readfds, writefds, exceptfds, timeout);
     }
-    // SAFETY: a non-null timeout points at a timeval.
-    let limit = (!timeout.is_null()).then(|| unsafe { *timeout });
+    // The hook copies the caller's timeout and sets itself; an invalid
+    // pointer goes to the real call, which reports EFAULT.
+    let limit = match (!timeout.is_null()).then(|| user::read(timeout)) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => return real_select(readfds, writefds, exceptfds, timeout),
+    };
     // A zero timeout polls; a negative one is libc's EINVAL, not a wait
     // (libc carries 10^6 µs or more over into seconds, as the sum below).
     let invalid = |t: &timeval| t.tv_sec < 0 || t.tv_usec < 0;
     if limit.is_some_and(|t| (t.tv_sec == 0 && t.tv_usec == 0) || invalid(&t)) {
         return real_select(readfds, writefds, exceptfds, timeout);
     }
-    let copy = |s: *mut fd_set| -> Option<fd_set> {
-        // SAFETY: a non-null set points at an fd_set.
-        (!s.is_null()).then(|| unsafe { *s })
+    let copy = |s: *mut fd_set| -> Result<Option<fd_set>, user::Fault> {
+        (!s.is_null()).then(|| user::read(s)).transpose()
     };
-    let (r0, w0, e0) = (copy(readfds), copy(writefds), copy(exceptfds));
+    let (Ok(r0), Ok(w0), Ok(e0)) = (copy(readfds), copy(writefds), copy(exceptfds)) else {
+        return real_select(readfds, writefds, exceptfds, timeout);
+    };
     let start = Instant::now();
     let deadline = limit.and_then(|t| {
         start.checked_add(
@@ -243,9 +249,12 @@ pub unsafe extern "C" fn select(
         let n = real_select(ptr(&mut r), ptr(&mut w), ptr(&mut e), &mut zero);
         if n != 0 {
             for (dst, src) in [(readfds, r), (writefds, w), (exceptfds, e)] {
-                if let Some(s) = src {
-                    // SAFETY: `src` is Some only when `dst` is non-null.
-                    unsafe { *dst = s };
+                // `src` is Some only when `dst` is non-null.
+                if let Some(s) = src
+                    && user::write(dst, s).is_err()
+                {
+                    real::set_errno(libc::EFAULT);
+                    return -1;
                 }
             }
         }
@@ -274,22 +283,27 @@ pub unsafe extern "C" fn select(
             }
         }
         n = wait_any(&watch, deadline, &mut attempt);
-        if n == 0 {
-            for s in [readfds, writefds, exceptfds] {
-                if !s.is_null() {
-                    // SAFETY: non-null sets point at fd_sets.
-                    unsafe { libc::FD_ZERO(s) };
-                }
-            }
+    }
+    // A set or the timeout that cannot be written back (read-only memory).
+    let mut fault = false;
+    if n == 0 {
+        // SAFETY: an all-zero fd_set is the empty set.
+        let empty: fd_set = unsafe { std::mem::zeroed() };
+        for s in [readfds, writefds, exceptfds] {
+            fault |= !s.is_null() && user::write(s, empty).is_err();
         }
+    }
+    // Linux reports the time left (and, as here, ignores a timeout in
+    // read-only memory).
+    if !timeout.is_null() {
+        let _ = user::write(timeout, remaining(deadline));
+    }
+    if fault {
+        real::set_errno(libc::EFAULT);
+        return -1;
     }
     if n >= 0 {
         real::set_errno(saved);
-    }
-    if !timeout.is_null() {
-        // Linux reports the time left.
-        // SAFETY: non-null, points at the caller's timeval.
-        unsafe { *timeout = remaining(deadline) };
     }
     n
 }

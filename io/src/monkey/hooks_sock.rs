@@ -38,7 +38,7 @@ use moss_runtime::reactor::Interest;
 
 use super::fdtable;
 use super::hooks_io::wait_errno_or;
-use super::{patched, real};
+use super::{patched, real, user};
 
 /// `SOCK_STREAM`, with or without the `SOCK_NONBLOCK`/`SOCK_CLOEXEC` flags.
 fn is_stream(ty: c_int) -> bool {
@@ -353,9 +353,14 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
 /// As `ioctl(2)`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: usize) -> c_int {
-    if patched() && request == libc::FIONBIO && arg != 0 && fdtable::get(fd).is_coop() {
-        // SAFETY: FIONBIO's argument points at an int (checked non-null).
-        let on = unsafe { *(arg as *const c_int) } != 0;
+    if patched()
+        && request == libc::FIONBIO
+        && arg != 0
+        && fdtable::get(fd).is_coop()
+        // An invalid pointer goes to the real call, which reports EFAULT.
+        && let Ok(on) = user::read(arg as *const c_int)
+    {
+        let on = on != 0;
         let one: c_int = 1;
         // SAFETY: FIONBIO with a valid pointer to an int.
         let r = unsafe { real::ioctl()(fd, request, &raw const one) };

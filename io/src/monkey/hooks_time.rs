@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use libc::{clockid_t, timespec, useconds_t};
 use moss_runtime::park::{self, Wakeup};
 
-use super::{patched, real};
+use super::{patched, real, user};
 
 /// Parks for `d`; false if a cancellation ended the sleep.
 fn coop_sleep(d: Duration) -> bool {
@@ -61,9 +61,10 @@ fn cooperative() -> bool {
 /// As `nanosleep(2)`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
-    // SAFETY: a non-null `req` points at a timespec (the caller's contract).
+    // An invalid `req` goes to the real call, which reports EFAULT.
     let d = (!req.is_null())
-        .then(|| unsafe { *req })
+        .then(|| user::read(req).ok())
+        .flatten()
         .and_then(|ts| duration(&ts));
     let Some(d) = d.filter(|_| cooperative()) else {
         // SAFETY: forwarded unchanged (it also reports EFAULT/EINVAL).
@@ -72,18 +73,19 @@ pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> 
     if coop_sleep(d) {
         return 0;
     }
-    if !rem.is_null() {
-        // SAFETY: a non-null `rem` points at a writable timespec.
-        unsafe {
-            *rem = timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            }
-        };
+    if !rem.is_null() && user::write(rem, ZERO).is_err() {
+        real::set_errno(libc::EFAULT);
+        return -1;
     }
     real::set_errno(libc::EINTR);
     -1
 }
+
+/// The time left after a sleep a cancellation ended.
+const ZERO: timespec = timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+};
 
 /// Hook for `clock_nanosleep(2)` (returns the error number, errno untouched).
 ///
@@ -105,9 +107,8 @@ pub unsafe extern "C" fn clock_nanosleep(
     if !known || req.is_null() || !cooperative() {
         return real_call();
     }
-    // SAFETY: non-null, the caller's timespec.
-    let ts = unsafe { *req };
-    let Some(mut d) = duration(&ts) else {
+    // An invalid `req` goes to the real call, which reports EFAULT.
+    let Some(mut d) = user::read(req).ok().and_then(|ts| duration(&ts)) else {
         return real_call();
     };
     let absolute = flags & libc::TIMER_ABSTIME != 0;
@@ -129,14 +130,8 @@ pub unsafe extern "C" fn clock_nanosleep(
     if coop_sleep(d) {
         return 0;
     }
-    if !absolute && !rem.is_null() {
-        // SAFETY: a non-null `rem` points at a writable timespec.
-        unsafe {
-            *rem = timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            }
-        };
+    if !absolute && !rem.is_null() && user::write(rem, ZERO).is_err() {
+        return libc::EFAULT;
     }
     libc::EINTR
 }

@@ -334,6 +334,7 @@ mod hooks_thread;
 mod hooks_time;
 mod hooks_wait;
 mod real;
+mod user;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
