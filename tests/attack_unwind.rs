@@ -129,3 +129,81 @@ fn a_destructor_kills_a_coroutine_that_parked_during_its_unwind_timeout() {
         destructor_kills_helper(true);
     }
 }
+
+/// Sleeps in its destructor (a cleanup that blocks): counts its starts
+/// and its ends.
+struct SlowCleanup {
+    started: Rc<Cell<u32>>,
+    ended: Rc<Cell<u32>>,
+    sleep: Duration,
+}
+
+impl Drop for SlowCleanup {
+    fn drop(&mut self) {
+        self.started.set(self.started.get() + 1);
+        moss::sleep(self.sleep);
+        self.ended.set(self.ended.get() + 1);
+    }
+}
+
+fn slow_cleanup() -> (SlowCleanup, Rc<Cell<u32>>, Rc<Cell<u32>>) {
+    let (started, ended) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    let c = SlowCleanup {
+        started: started.clone(),
+        ended: ended.clone(),
+        sleep: Duration::from_secs(30),
+    };
+    (c, started, ended)
+}
+
+/// Nested timeouts with the same deadline (one unwind, to the outer scope,
+/// whose cleanup then runs undisturbed: nothing is pending any more), and
+/// with the outer one firing while the inner one's unwind sleeps in a
+/// destructor (that sleep ends early), then a kill during such a cleanup:
+/// no abort, each cleanup runs once, the outer timeout reports `Elapsed`,
+/// the kill ends the coroutine.
+#[test]
+fn nested_timeouts_and_a_kill_during_the_inner_cleanup() {
+    util::isolated(
+        "nested_timeouts_and_a_kill_during_the_inner_cleanup",
+        Duration::from_secs(40),
+        || {
+            for (outer, inner, cleanup) in [(30, 30, 50), (40, 10, 30_000), (10, 10, 50)] {
+                let (mut c, _, ended) = slow_cleanup();
+                c.sleep = Duration::from_millis(cleanup);
+                let t = Instant::now();
+                let got = moss::timeout(Duration::from_millis(outer), move || {
+                    moss::timeout(Duration::from_millis(inner), move || {
+                        let _c = c;
+                        moss::sleep(Duration::from_secs(3600));
+                    })
+                });
+                assert!(got.is_err(), "({outer}, {inner}): the outer one fired");
+                assert_eq!(ended.get(), 1, "({outer}, {inner})");
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "({outer}, {inner}): {:?}",
+                    t.elapsed()
+                );
+            }
+            // A kill while the inner timeout's cleanup sleeps.
+            let (c, started, ended) = slow_cleanup();
+            let h = moss::spawn(move || {
+                moss::timeout(Duration::from_secs(3600), move || {
+                    moss::timeout(Duration::from_millis(5), move || {
+                        let _c = c;
+                        moss::sleep(Duration::from_secs(3600));
+                    })
+                })
+            });
+            util::until("the cleanup sleeps", Duration::from_secs(10), || {
+                started.get() == 1
+            });
+            let t = Instant::now();
+            h.kill();
+            assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+            assert!(h.join().unwrap_err().is_killed());
+            assert_eq!(ended.get(), 1);
+        },
+    );
+}
