@@ -12,17 +12,9 @@ mod util;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moss::sync::{Event, Mutex, Queue};
-
-/// `fork(2)` through libc (its atfork handlers run).
-fn fork() -> libc::pid_t {
-    // SAFETY: the children only use moss, their own fds and `_exit`.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    pid
-}
 
 /// Ends the forked child with `ok`'s verdict, without the parent's
 /// destructors or atexit handlers: 0 if it held, 1 if it failed, 2 if it
@@ -36,29 +28,6 @@ fn finish_child(ok: impl FnOnce() -> bool) -> ! {
     };
     // SAFETY: ends the forked child at once.
     unsafe { libc::_exit(code) }
-}
-
-/// Reaps `pid` (a coroutine-friendly wait, at most 20 s, then SIGKILL):
-/// its exit code, or 128 + the signal that ended it.
-fn exit_code_of(pid: libc::pid_t) -> i32 {
-    let t = Instant::now();
-    loop {
-        let mut st = 0;
-        // SAFETY: `pid` is our unreaped child; `st` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
-        assert!(r >= 0, "waitpid: {}", std::io::Error::last_os_error());
-        if r == pid {
-            if libc::WIFEXITED(st) {
-                return libc::WEXITSTATUS(st);
-            }
-            return 128 + libc::WTERMSIG(st);
-        }
-        if t.elapsed() > Duration::from_secs(20) {
-            // SAFETY: our unreaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        moss::sleep(Duration::from_millis(2));
-    }
 }
 
 /// What every forked child checks: coroutines, sleeps, a queue hand-off, a
@@ -93,7 +62,7 @@ fn fork_from_a_greenlet_inside_a_coroutine() {
         || {
             let h = moss::spawn(|| {
                 let g = moss::greenlet::Greenlet::new(|_: i32| {
-                    let pid = fork();
+                    let pid = util::fork();
                     if pid == 0 {
                         finish_child(moss_works);
                     }
@@ -102,7 +71,7 @@ fn fork_from_a_greenlet_inside_a_coroutine() {
                 g.switch(0)
             });
             let pid = h.join().unwrap();
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
         },
     );
 }
@@ -119,14 +88,14 @@ fn fork_from_a_thread_pool_worker() {
                 .unwrap();
             let pid = pool
                 .apply(|| {
-                    let pid = fork();
+                    let pid = util::fork();
                     if pid == 0 {
                         finish_child(moss_works);
                     }
                     pid
                 })
                 .unwrap();
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
             // The pool goes on in the parent.
             assert_eq!(pool.apply(|| 5).unwrap(), 5);
         },
@@ -142,7 +111,7 @@ fn fork_from_a_signal_handlers_coroutine() {
             let pids = Arc::new(Queue::unbounded());
             let p = pids.clone();
             let _handler = moss::signal::handler(moss::signal::SIGUSR1, move || {
-                let pid = fork();
+                let pid = util::fork();
                 if pid == 0 {
                     finish_child(moss_works);
                 }
@@ -152,7 +121,7 @@ fn fork_from_a_signal_handlers_coroutine() {
             // SAFETY: a signal to this process; moss catches it.
             unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
             let pid = pids.get_timeout(Duration::from_secs(10)).unwrap();
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
         },
     );
 }
@@ -169,7 +138,7 @@ fn fork_inside_a_pending_timeout() {
             let h = moss::spawn(|| {
                 let mut pid = 0;
                 let r = moss::timeout(Duration::from_millis(100), || {
-                    pid = fork();
+                    pid = util::fork();
                     if pid == 0 {
                         moss::sleep(Duration::from_millis(300));
                     } else {
@@ -183,7 +152,7 @@ fn fork_inside_a_pending_timeout() {
                 pid
             });
             let pid = h.join().unwrap();
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
         },
     );
 }
@@ -218,7 +187,7 @@ fn fork_while_coroutines_wait_on_locks_queues_and_permits() {
             for h in [locker.id(), writer.id(), getter.id(), acquirer.id()] {
                 util::until_parked(h);
             }
-            let pid = fork();
+            let pid = util::fork();
             if pid == 0 {
                 finish_child(|| {
                     drop(g);
@@ -245,7 +214,7 @@ fn fork_while_coroutines_wait_on_locks_queues_and_permits() {
             acquirer.join().unwrap();
             assert_eq!(*m.lock(), 1);
             assert_eq!(*rw.read(), 1);
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
         },
     );
 }
@@ -261,7 +230,7 @@ fn signal_waits_in_a_child_forked_while_the_parent_waits() {
         || {
             let waiter = moss::spawn(|| moss::signal::wait(&[moss::signal::SIGUSR2]).unwrap());
             util::until_parked(waiter.id());
-            let pid = fork();
+            let pid = util::fork();
             if pid == 0 {
                 finish_child(|| {
                     let w = moss::spawn(|| {
@@ -274,7 +243,7 @@ fn signal_waits_in_a_child_forked_while_the_parent_waits() {
                     w.join().unwrap() == Some(libc::SIGUSR1) && moss_works()
                 });
             }
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
             // SAFETY: a signal to this process; moss catches it.
             unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
             assert_eq!(waiter.join().unwrap(), libc::SIGUSR2);
@@ -291,7 +260,7 @@ fn lookup_host_in_a_child_after_the_parent_used_it() {
         Duration::from_secs(40),
         || {
             assert!(moss::net::lookup_host("localhost:80").unwrap().count() > 0);
-            let pid = fork();
+            let pid = util::fork();
             if pid == 0 {
                 finish_child(|| {
                     let ok = moss::net::lookup_host("localhost:80")
@@ -300,7 +269,7 @@ fn lookup_host_in_a_child_after_the_parent_used_it() {
                     ok && moss_works()
                 });
             }
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
         },
     );
 }
@@ -332,7 +301,7 @@ fn patched_std_sockets_inherited_by_a_forked_child() {
             client.read_exact(&mut b).unwrap();
             assert_eq!(&b, b"abcd");
             let mut server_side = echo.join().unwrap();
-            let pid = fork();
+            let pid = util::fork();
             if pid == 0 {
                 finish_child(move || {
                     let (ticks, ticker) = util::ticker();
@@ -363,7 +332,7 @@ fn patched_std_sockets_inherited_by_a_forked_child() {
             let mut b = [0u8; 4];
             client.read_exact(&mut b).unwrap();
             assert_eq!(&b, b"pong");
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
         },
     );
 }
@@ -377,7 +346,7 @@ fn a_grandchild_forked_from_a_childs_coroutine() {
         "a_grandchild_forked_from_a_childs_coroutine",
         Duration::from_secs(40),
         || {
-            let pid = fork();
+            let pid = util::fork();
             if pid == 0 {
                 finish_child(|| {
                     let ev = Arc::new(Event::new());
@@ -385,17 +354,17 @@ fn a_grandchild_forked_from_a_childs_coroutine() {
                     let waiter = moss::spawn(move || ev2.wait_timeout(Duration::from_secs(10)));
                     util::until_parked(waiter.id());
                     let forker = moss::spawn(move || {
-                        let pid = fork();
+                        let pid = util::fork();
                         if pid == 0 {
                             finish_child(moss_works);
                         }
                         ev.set();
-                        exit_code_of(pid)
+                        util::exit_code_of(pid)
                     });
                     forker.join().unwrap() == 0 && waiter.join().unwrap()
                 });
             }
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
         },
     );
 }

@@ -13,17 +13,6 @@ use std::time::{Duration, Instant};
 
 use moss::net::{TcpListener, TcpStream, UdpSocket};
 use moss::reactor::uring::in_flight;
-use moss::reactor::{Backend, backend, set_backend};
-
-/// Puts this thread's hub on io_uring (it must not exist yet).
-fn on_uring() {
-    set_backend(Backend::Uring);
-    assert_eq!(
-        backend(),
-        Backend::Uring,
-        "io_uring could not be set up on this machine"
-    );
-}
 
 fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
     let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -59,7 +48,7 @@ fn cancel_twice<S: 'static>(
 #[test]
 fn kill_and_timeout_of_accept_recv_from_and_peek_on_the_ring() {
     util::on_thread(Duration::from_secs(60), || {
-        on_uring();
+        util::on_uring();
         let l = std::rc::Rc::new(TcpListener::bind("127.0.0.1:0").unwrap());
         cancel_twice(
             l.clone(),
@@ -117,7 +106,7 @@ fn kill_and_timeout_of_accept_recv_from_and_peek_on_the_ring() {
 #[test]
 fn shutdown_from_another_coroutine_ends_a_read_in_flight() {
     util::on_thread(Duration::from_secs(60), || {
-        on_uring();
+        util::on_uring();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let (_c, s) = pair(&l);
         let s2 = s.try_clone().unwrap();
@@ -142,7 +131,7 @@ fn a_thread_exits_with_reads_in_flight() {
     for round in 0..3 {
         let (tx, rx) = std::sync::mpsc::channel();
         let t = std::thread::spawn(move || {
-            on_uring();
+            util::on_uring();
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             let drops = util::DropCounter::new();
             let mut keep = Vec::new();
@@ -189,7 +178,7 @@ fn a_thread_exits_with_reads_in_flight() {
 /// left in flight).
 fn close_during_a_read(uring: bool) {
     if uring {
-        on_uring();
+        util::on_uring();
     }
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let (c, s) = pair(&l);

@@ -19,42 +19,10 @@ use moss::pool::{ProcessPool, ProcessQueue};
 use moss::sync::Timeout;
 use moss_runtime::reactor::{Interest, Registration};
 
-/// `fork(2)` through libc (its atfork handlers run, as for any program).
-fn fork() -> libc::pid_t {
-    // SAFETY: the callers' children only use moss, sleep, write to their
-    // own fds and `_exit`; no lock of another thread is needed there.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    pid
-}
-
 fn exit_now(code: i32) -> ! {
     // SAFETY: ends the forked child without running the parent's atexit
     // handlers or destructors.
     unsafe { libc::_exit(code) }
-}
-
-/// Reaps `pid` (waiting at most 20 s, then killing it): its exit code, or
-/// 128 + the signal that ended it. Yields to other coroutines meanwhile.
-fn exit_code_of(pid: libc::pid_t) -> i32 {
-    let t = Instant::now();
-    loop {
-        let mut st = 0;
-        // SAFETY: `pid` is our unreaped child; `st` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
-        assert!(r >= 0, "waitpid: {}", std::io::Error::last_os_error());
-        if r == pid {
-            if libc::WIFEXITED(st) {
-                return libc::WEXITSTATUS(st);
-            }
-            return 128 + libc::WTERMSIG(st);
-        }
-        if t.elapsed() > Duration::from_secs(20) {
-            // SAFETY: our unreaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        moss::sleep(Duration::from_millis(2));
-    }
 }
 
 /// A coroutine that writes this process's pid to a socket every 2 ms, and
@@ -232,7 +200,7 @@ fn a_forking_coroutine_is_the_root_of_a_fresh_hub_in_the_child() {
             let (ticks, ticker) = ticker();
             let (mut done_r, done_w) = UnixStream::pair().unwrap();
             let forker = moss::spawn(move || {
-                let pid = fork();
+                let pid = util::fork();
                 if pid == 0 {
                     // The parent's ticker would tick here if it ran.
                     moss::sleep(Duration::from_millis(60));
@@ -246,7 +214,7 @@ fn a_forking_coroutine_is_the_root_of_a_fresh_hub_in_the_child() {
                 pid
             });
             let pid = forker.join().unwrap();
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
             let mut got = String::new();
             done_r.read_to_string(&mut got).unwrap();
             assert_eq!(got, "spawned in the child");
@@ -263,7 +231,7 @@ fn a_forking_coroutine_that_panics_in_the_child_exits_101() {
         Duration::from_secs(30),
         || {
             let forker = moss::spawn(|| {
-                let pid = fork();
+                let pid = util::fork();
                 if pid == 0 {
                     moss::sleep(Duration::from_millis(5));
                     panic!("in the forked child (expected by the test)");
@@ -271,7 +239,7 @@ fn a_forking_coroutine_that_panics_in_the_child_exits_101() {
                 pid
             });
             let pid = forker.join().unwrap();
-            assert_eq!(exit_code_of(pid), moss::pool::PANIC_EXIT_CODE);
+            assert_eq!(util::exit_code_of(pid), moss::pool::PANIC_EXIT_CODE);
         },
     );
 }
@@ -305,7 +273,7 @@ fn fork_while_coroutines_are_parked_on_sockets() {
                 util::until_parked(r.id());
             }
             let forker = moss::spawn(|| {
-                let pid = fork();
+                let pid = util::fork();
                 if pid == 0 {
                     let (x, y) = moss::net::UnixStream::pair().unwrap();
                     let h = moss::spawn(move || {
@@ -343,7 +311,7 @@ fn fork_while_coroutines_are_parked_on_sockets() {
                     "reader {i} never got its data"
                 );
             }
-            assert_eq!(exit_code_of(pid), 0, "the child's own I/O failed");
+            assert_eq!(util::exit_code_of(pid), 0, "the child's own I/O failed");
         },
     );
 }
@@ -359,7 +327,7 @@ fn fork_from_the_root_with_parked_coroutines() {
         || {
             let (ticks, ticker) = ticker();
             moss::sleep(Duration::from_millis(10));
-            let pid = fork();
+            let pid = util::fork();
             if pid == 0 {
                 let t = Instant::now();
                 moss::wait(); // the ticker is the parent's: nothing to wait for
@@ -371,7 +339,7 @@ fn fork_from_the_root_with_parked_coroutines() {
                 let ok = h.join().ok() == Some(5) && waited < Duration::from_secs(2);
                 exit_now(if ok { 0 } else { 1 });
             }
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
             assert_eq!(foreign_ticks(ticks, ticker), Vec::<u32>::new());
         },
     );
@@ -382,7 +350,7 @@ fn fork_from_the_root_with_parked_coroutines() {
 /// 0) is reaped by the task, and the worker keeps serving.
 fn fork_in_a_task(code: i32) -> i32 {
     moss::spawn(move || {
-        let pid = fork();
+        let pid = util::fork();
         if pid == 0 {
             moss::sleep(Duration::from_millis(10));
             if code == 0 {
@@ -390,7 +358,7 @@ fn fork_in_a_task(code: i32) -> i32 {
             }
             exit_now(code);
         }
-        exit_code_of(pid)
+        util::exit_code_of(pid)
     })
     .join()
     .unwrap()
@@ -431,7 +399,7 @@ fn process_queue_across_a_fork_with_timeouts_and_kills() {
             util::until_parked(parked.id());
             let q2 = q.clone();
             let forker = moss::spawn(move || {
-                let pid = fork();
+                let pid = util::fork();
                 if pid != 0 {
                     return pid;
                 }
@@ -466,7 +434,7 @@ fn process_queue_across_a_fork_with_timeouts_and_kills() {
             }
             got.sort();
             assert_eq!(got, (1..=10).collect::<Vec<_>>());
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
             for _ in 0..20 {
                 let t = Instant::now();
                 assert_eq!(q.get_timeout(Duration::from_millis(5)), Err(Timeout));
@@ -642,7 +610,7 @@ fn timeouts_and_a_second_fork_in_the_child() {
         || {
             let forker = moss::spawn(|| {
                 moss::timeout(Duration::from_secs(20), || {
-                    let pid = fork();
+                    let pid = util::fork();
                     if pid != 0 {
                         return pid;
                     }
@@ -654,12 +622,12 @@ fn timeouts_and_a_second_fork_in_the_child() {
                         exit_now(2);
                     }
                     let grandchild = moss::spawn(|| {
-                        let pid = fork();
+                        let pid = util::fork();
                         if pid == 0 {
                             moss::sleep(Duration::from_millis(10));
                             return 0; // the grandchild exits 0
                         }
-                        exit_code_of(pid)
+                        util::exit_code_of(pid)
                     })
                     .join()
                     .unwrap();
@@ -668,7 +636,7 @@ fn timeouts_and_a_second_fork_in_the_child() {
                 .unwrap()
             });
             let pid = forker.join().unwrap();
-            assert_eq!(exit_code_of(pid), 0);
+            assert_eq!(util::exit_code_of(pid), 0);
         },
     );
 }

@@ -18,16 +18,6 @@ use moss::net::{TcpListener, TcpStream, UdpSocket};
 use moss::reactor::uring::in_flight;
 use moss::reactor::{Backend, backend, set_backend};
 
-/// Puts this thread's hub on io_uring (it must not exist yet).
-fn on_uring() {
-    set_backend(Backend::Uring);
-    assert_eq!(
-        backend(),
-        Backend::Uring,
-        "io_uring could not be set up on this machine"
-    );
-}
-
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -40,7 +30,7 @@ fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
 
 #[test]
 fn tcp_operations_move_exact_bytes() {
-    on_uring();
+    util::on_uring();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let server = moss::spawn(move || {
@@ -81,7 +71,7 @@ fn tcp_operations_move_exact_bytes() {
 
 #[test]
 fn tcp_errors_keep_std_kinds() {
-    on_uring();
+    util::on_uring();
     let e = TcpStream::connect(util::refused_addr()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
     // A read timeout reads as EAGAIN, as std's SO_RCVTIMEO does.
@@ -107,7 +97,7 @@ fn tcp_errors_keep_std_kinds() {
 
 #[test]
 fn udp_operations_move_exact_datagrams() {
-    on_uring();
+    util::on_uring();
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     let b = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
@@ -192,7 +182,7 @@ fn kill_10000_in_flight_reads() {
         "kill_10000_in_flight_reads",
         Duration::from_secs(120),
         || {
-            on_uring();
+            util::on_uring();
             let fds = open_fds();
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             let pairs: Vec<_> = (0..CONNS)
@@ -304,7 +294,7 @@ fn kill_10000_in_flight_writes() {
         "kill_10000_in_flight_writes",
         Duration::from_secs(120),
         || {
-            on_uring();
+            util::on_uring();
             let fds = open_fds();
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             const FILL: u8 = 0x11;
@@ -482,7 +472,7 @@ fn kill_senders_queued_on_the_ring() {
 
 #[test]
 fn timeout_and_kill_of_a_read_in_flight_are_exact() {
-    on_uring();
+    util::on_uring();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let (c, mut s) = pair(&l);
     let c = Rc::new(c);
@@ -602,7 +592,7 @@ fn block_io_uring_setup() {
 
 #[test]
 fn shutdown_wakes_a_writer_blocked_on_a_full_buffer() {
-    on_uring();
+    util::on_uring();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let (c, _s) = pair(&l);
     let c = Rc::new(c);

@@ -501,3 +501,49 @@ unsafe impl std::alloc::GlobalAlloc for LiveBytes {
         p
     }
 }
+
+/// `fork(2)` through libc (its atfork handlers run, as for any program).
+/// The child must only use moss, its own fds and `_exit` (no lock another
+/// thread of the parent may have held).
+pub fn fork() -> libc::pid_t {
+    // SAFETY: the callers' children only use moss, sleep, write to their
+    // own fds and `_exit`; no lock of another thread is needed there.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    pid
+}
+
+/// Reaps the forked child `pid` (waiting at most 20 s, then killing it):
+/// its exit code, or 128 + the signal that ended it. Yields to other
+/// coroutines meanwhile.
+pub fn exit_code_of(pid: libc::pid_t) -> i32 {
+    let t = Instant::now();
+    loop {
+        let mut st = 0;
+        // SAFETY: `pid` is our unreaped child; `st` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        assert!(r >= 0, "waitpid: {}", std::io::Error::last_os_error());
+        if r == pid {
+            if libc::WIFEXITED(st) {
+                return libc::WEXITSTATUS(st);
+            }
+            return 128 + libc::WTERMSIG(st);
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            // SAFETY: our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        moss::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Puts this thread's hub on io_uring (it must not exist yet); fails if
+/// the machine does not allow it.
+pub fn on_uring() {
+    moss::reactor::set_backend(moss::reactor::Backend::Uring);
+    assert_eq!(
+        moss::reactor::backend(),
+        moss::reactor::Backend::Uring,
+        "io_uring could not be set up on this machine"
+    );
+}
