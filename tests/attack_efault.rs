@@ -26,7 +26,7 @@ fn every_call() -> Vec<(&'static str, i64, i32)> {
         tv_sec: 0,
         tv_nsec: 1_000_000,
     };
-    // SAFETY (each call below): invalid pointers are the point; the kernel
+    // SAFETY: (each call below) invalid pointers are the point; the kernel
     // (or the hook) must refuse them without touching them.
     unsafe {
         note(
