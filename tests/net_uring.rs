@@ -392,7 +392,7 @@ fn kill_senders_queued_on_the_ring() {
         "kill_senders_queued_on_the_ring",
         Duration::from_secs(120),
         || {
-            on_uring();
+            util::on_uring();
             let fds = open_fds();
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             const DATA: u8 = 0xA5;
