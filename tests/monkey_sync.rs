@@ -604,18 +604,20 @@ fn futex_waits_on_thread_local_words_block_the_thread_parking_lot() {
         "futex_waits_on_thread_local_words_block_the_thread_parking_lot",
         || {
             let m = Arc::new(parking_lot::Mutex::new(0u64));
-            let held = Arc::new(std::sync::Barrier::new(2));
+            // Paces the rounds with the root. The holder never waits for the
+            // root while it holds `m`: a coroutine blocked on `m` blocks the
+            // root's thread, so such a wait could never end.
+            let round = Arc::new(std::sync::Barrier::new(2));
             let holder = {
-                let (m, held) = (m.clone(), held.clone());
+                let (m, round) = (m.clone(), round.clone());
                 std::thread::spawn(move || {
                     for _ in 0..20 {
                         let mut g = m.lock();
-                        held.wait();
-                        // Both coroutines below are now trying to lock.
+                        // The coroutines below are now trying to lock.
                         std::thread::sleep(Duration::from_millis(5));
                         *g += 1;
                         drop(g);
-                        held.wait();
+                        round.wait();
                     }
                 })
             };
@@ -634,12 +636,11 @@ fn futex_waits_on_thread_local_words_block_the_thread_parking_lot() {
                     })
                 })
                 .collect();
-            // Drive the holder's rounds from the root: each round every
+            // Pace the holder's rounds from the root: in each, every
             // coroutine may be waiting in parking_lot at once.
             for _ in 0..20 {
-                held.wait();
                 moss::sleep(Duration::from_millis(2));
-                held.wait();
+                round.wait();
             }
             holder.join().unwrap();
             stop.store(true, Ordering::SeqCst);
