@@ -265,3 +265,215 @@ fn putters_killed_at_random_points_never_tear_or_break_the_queue() {
     println!("{got} items");
     assert!(got > 0);
 }
+
+/// A pipe of fixed-size records from the children to the parent: each
+/// record one `write` (smaller than `PIPE_BUF`, so all or nothing, also for
+/// a writer killed meanwhile). The read end is non-blocking.
+struct Reports {
+    r: libc::c_int,
+    w: libc::c_int,
+    pending: Vec<u8>,
+}
+
+impl Reports {
+    fn new() -> Reports {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), 0) }, 0);
+        // SAFETY: `fds[0]` is the read end just created, owned here.
+        assert_eq!(
+            unsafe { libc::fcntl(fds[0], libc::F_SETFL, libc::O_NONBLOCK) },
+            0
+        );
+        Reports {
+            r: fds[0],
+            w: fds[1],
+            pending: Vec::new(),
+        }
+    }
+
+    fn send(&self, rec: [u32; 3]) {
+        let bytes: Vec<u8> = rec.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // SAFETY: `bytes` is valid for its length; `w` is open in this process.
+        let n = unsafe { libc::write(self.w, bytes.as_ptr().cast(), bytes.len()) };
+        assert_eq!(n, 12);
+    }
+
+    /// Every record sent so far and not yet returned.
+    fn take(&mut self) -> Vec<[u32; 3]> {
+        let mut buf = [0u8; 12 * 512];
+        loop {
+            // SAFETY: `buf` is valid for writes of its length; `r` is open.
+            let n = unsafe { libc::read(self.r, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            self.pending.extend_from_slice(&buf[..n as usize]);
+        }
+        let whole = self.pending.len() / 12 * 12;
+        let recs = self.pending[..whole]
+            .chunks_exact(12)
+            .map(|c| {
+                let v = |i: usize| u32::from_le_bytes(c[i..i + 4].try_into().unwrap());
+                [v(0), v(4), v(8)]
+            })
+            .collect();
+        self.pending.drain(..whole);
+        recs
+    }
+}
+
+impl Drop for Reports {
+    fn drop(&mut self) {
+        // SAFETY: both descriptors are owned by this value.
+        unsafe {
+            libc::close(self.r);
+            libc::close(self.w);
+        }
+    }
+}
+
+/// Many putter and getter processes at once, SIGKILLed at random points
+/// (while they wait for a lock, hold it, wait for room or an item, or copy
+/// bytes) and replaced: every item a getter reports is whole, reported
+/// once, and each getter sees each putter's items in order; and the queue
+/// never hangs: after the storm it is either whole and works (a put and a
+/// get within seconds), or it failed with its "broken" error because a
+/// process died inside a read or write of an item's bytes. A lock or a slot
+/// lost by a process killed between two steps of taking or giving it back
+/// leaves the queue hung: the final put or get times out.
+#[test]
+fn putters_and_getters_killed_at_random_points_keep_the_queue_whole() {
+    const NAME: &str = "putters_and_getters_killed_at_random_points_keep_the_queue_whole";
+    if !util::in_child(NAME) {
+        return util::passes_in_child(NAME);
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    println!("seed {seed}");
+    let mut rng = seed;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let (mut broken, mut whole, mut items) = (0, 0, 0usize);
+    for trial in 0..6 {
+        let q = Arc::new(ProcessQueue::<(u32, u32, Vec<u8>)>::new(4).unwrap());
+        let reports = Arc::new(std::sync::Mutex::new(Reports::new()));
+        let mut ids = 0u32;
+        let putter = |ids: &mut u32| {
+            let (q, i) = (q.clone(), *ids);
+            *ids += 1;
+            start(move || {
+                for k in 0.. {
+                    q.put((i, k, kill_payload(i, k)));
+                }
+            })
+        };
+        let getter = |g: u32| {
+            let (q, reports) = (q.clone(), reports.clone());
+            start(move || {
+                let reports = reports.lock().unwrap();
+                loop {
+                    let (i, k, p) = q.get();
+                    let ok = p == kill_payload(i, k);
+                    reports.send([g, i, k | (u32::from(!ok) << 31)]);
+                }
+            })
+        };
+        let mut putters: Vec<_> = (0..4).map(|_| putter(&mut ids)).collect();
+        let mut getters: Vec<_> = (0..3).map(|g| (g, getter(g))).collect();
+        let mut gids = 3;
+        for _ in 0..16 {
+            moss::sleep(Duration::from_micros(next(30_000)));
+            if next(4) == 0 {
+                let slot = next(getters.len() as u64) as usize;
+                getters[slot].1.kill().unwrap();
+                getters[slot] = (gids, getter(gids));
+                gids += 1;
+            } else {
+                let slot = next(putters.len() as u64) as usize;
+                putters[slot].kill().unwrap();
+                putters[slot] = putter(&mut ids);
+            }
+        }
+        for p in &putters {
+            p.kill().unwrap();
+        }
+        for (_, g) in &getters {
+            g.kill().unwrap();
+        }
+        drop(putters);
+        drop(getters);
+        // What the getters took, then what is left: taken by the parent.
+        let mut seen = std::collections::HashSet::new();
+        let mut last = std::collections::HashMap::new();
+        let mut note = |g: u32, i: u32, k: u32| {
+            assert!(
+                k >> 31 == 0,
+                "trial {trial}: torn item {i}/{} (seed {seed})",
+                k & !(1 << 31)
+            );
+            assert!(
+                seen.insert((i, k)),
+                "trial {trial}: item {i}/{k} twice (seed {seed})"
+            );
+            if let Some(prev) = last.insert((g, i), k) {
+                assert!(
+                    prev < k,
+                    "trial {trial}: getter {g} took {i}/{k} after {i}/{prev} (seed {seed})"
+                );
+            }
+        };
+        for [g, i, k] in reports.lock().unwrap().take() {
+            note(g, i, k);
+        }
+        let outcome = loop {
+            match q.checked_get(Some(Duration::from_secs(1))) {
+                Ok((i, k, p)) => {
+                    assert!(
+                        p == kill_payload(i, k),
+                        "trial {trial}: torn item {i}/{k} (seed {seed})"
+                    );
+                    note(u32::MAX, i, k);
+                }
+                Err(e) if e.kind() == ErrorKind::TimedOut => {
+                    break q
+                        .checked_put((u32::MAX, 0, vec![7; 100]), Some(Duration::from_secs(10)));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        items += seen.len();
+        match outcome {
+            Ok(()) => {
+                let (i, k, p) = q
+                    .checked_get(Some(Duration::from_secs(10)))
+                    .unwrap_or_else(|e| {
+                        panic!("trial {trial}: the queue hangs after the storm: {e} (seed {seed})")
+                    });
+                assert_eq!((i, k, p), (u32::MAX, 0, vec![7; 100]));
+                assert!(
+                    q.is_empty(),
+                    "trial {trial}: {} left (seed {seed})",
+                    q.len()
+                );
+                whole += 1;
+            }
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("ProcessQueue is broken"),
+                    "trial {trial}: the queue hangs after the storm: {e} (seed {seed})"
+                );
+                broken += 1;
+            }
+        }
+    }
+    println!("{whole} trials whole, {broken} broken, {items} items");
+    assert!(items > 0);
+}

@@ -84,8 +84,9 @@ impl LockWord {
         })
     }
 
-    /// Takes the lock from a holder that has ended.
-    fn take_over(&self) -> bool {
+    /// Takes the lock from a holder that has ended: one compare-and-swap
+    /// from the dead identity, so exactly one caller wins.
+    pub(crate) fn take_over(&self) -> bool {
         let holder = self.owner.load(Ordering::SeqCst);
         holder != 0
             && holder != own_identity()
@@ -107,6 +108,13 @@ impl LockWord {
             bell.ring_if_waited(&self.waiters);
         }
         mine
+    }
+
+    /// The count of callers waiting for this word: a caller that waits on
+    /// the lock's doorbell for something else (room in a queue, say) counts
+    /// itself here too, so that the unlock rings for it.
+    pub(crate) fn waiters(&self) -> &AtomicU32 {
+        &self.waiters
     }
 
     pub(crate) fn is_locked(&self) -> bool {

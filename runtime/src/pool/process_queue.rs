@@ -2,17 +2,18 @@
 //!
 //! # Design
 //!
-//! Everything lives in kernel objects that `fork` shares: four pipes and one
-//! page of `MAP_SHARED` memory, all created by [`ProcessQueue::new`] before
-//! the children are forked (see `queue_wire.rs` for the layout).
+//! Everything lives in kernel objects that `fork` shares: three pipes and
+//! one page of `MAP_SHARED` memory, all created by [`ProcessQueue::new`]
+//! before the children are forked (see `queue_wire.rs` for the layout).
 //!
-//! * `put`: take a slot token (this is what makes the queue bounded), take
-//!   the writers' lock, write the whole frame `[len][postcard bytes]`
-//!   (waiting for pipe space while a reader drains it, so an item larger
-//!   than the pipe buffer still arrives whole and contiguous), release the
-//!   lock. The slot token now belongs to the item.
+//! * `put`: take the writers' lock (one atomic word naming the process
+//!   that holds it), count the item if the queue has room (this is what
+//!   makes it bounded; else wait for room, holding the lock), write the
+//!   whole frame `[len][postcard bytes]` (waiting for pipe space while a
+//!   reader drains it, so an item larger than the pipe buffer still
+//!   arrives whole and contiguous), release the lock.
 //! * `get`: take the readers' lock, read one whole frame (waiting for
-//!   data), release the lock, give the slot token back.
+//!   data), uncount the item, release the lock.
 //!
 //! One writer at a time means frames never interleave; one reader at a time
 //! means each frame is read whole by exactly one reader: every item is
@@ -22,7 +23,7 @@
 //! # Cancellation
 //!
 //! A `kill` or `timeout` that reaches a call before its first byte leaves
-//! the queue as it was (the tokens go back). Once a frame has started it
+//! the queue as it was (the lock goes back, the item is uncounted). Once a frame has started it
 //! must be finished, or every later reader would read garbage: the
 //! cancellation is delivered as usual and the unwinding call finishes the
 //! frame on its way out, parking (so a peer that is a coroutine of the same
@@ -38,9 +39,9 @@
 //! or get), the queue is marked broken and every call, in every process,
 //! fails with an error saying so, instead of waiting forever. A process
 //! killed while its `get` waits for an item (it has read nothing), or while
-//! its `put` waits for room in the pipe (it has written nothing), breaks
-//! nothing: the lock it held (and a put's slot) is given back within
-//! 200 ms.
+//! its `put` waits for the lock or for room (it has written nothing),
+//! breaks nothing: the lock it held (and a put's count) is taken over by
+//! one waiter within 200 ms.
 //!
 //! `len`, `is_empty` and `is_full` read the shared counter: exact when the
 //! queue is quiet, approximate while others put and get (as in Python).
@@ -95,8 +96,8 @@ pub struct ProcessQueue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> ProcessQueue<T> {
-    /// A queue holding at most `capacity` items (`capacity >= 1`; more than
-    /// 65536 needs a larger pipe buffer than the default, which is tried).
+    /// A queue holding at most `capacity` items (`capacity >= 1`; an
+    /// `InvalidInput` error above `usize::MAX / 8`).
     pub fn new(capacity: usize) -> io::Result<ProcessQueue<T>> {
         if capacity == 0 {
             return Err(io::Error::new(

@@ -1,20 +1,25 @@
-//! The kernel side of a [`ProcessQueue`](super::ProcessQueue): pipes, token
-//! semaphores, frames that are never torn, and a shared page.
+//! The kernel side of a [`ProcessQueue`](super::ProcessQueue): a pipe of
+//! frames that are never torn, and a shared page of lock words and counts.
 //!
 //! ```text
-//!   data   pipe: frames  [len: u32 LE][postcard bytes]  (FIFO of items)
-//!   slots  pipe: one byte per free slot   (starts with `capacity` bytes)
-//!   wlock  pipe: one byte = the writers' lock on `data`
-//!   rlock  pipe: one byte = the readers' lock on `data`
-//!   shared page: item count, "broken" flag, pids holding wlock and rlock
+//!   data pipe:   frames  [len: u32 LE][postcard bytes]  (FIFO of items)
+//!   shared page: item count (+ the writer's phase bits), "broken" flag,
+//!                the writers' and the readers' lock words, "reading" flag
+//!   two doorbells: the writers' (lock freed, room made), the readers'
 //! ```
 //!
-//! A pipe holding *k* one-byte tokens is a counting semaphore that works
-//! across processes: reading one byte is atomic, and "a token is available"
-//! is plain readability, which the hub can wait for. Every fd is
-//! non-blocking; a waiter tries first and on `EAGAIN` waits through its hub
-//! (a coroutine parks, a root runs the hub; a thread without a hub blocks in
+//! Each lock is one [`LockWord`]: 0 when free, else the identity (pid and
+//! start time) of the process holding it, changed only by compare-and-swap.
+//! Taking, giving back and taking over a lock is one atomic step, so a
+//! process killed at any point holds the lock or does not: there is no
+//! moment where a lock is taken but nobody is named as its holder. Waiters
+//! wait on a [`Doorbell`] (see `doorbell.rs`), through their hub (a
+//! coroutine parks, a root runs the hub; a thread without a hub blocks in
 //! `poll`, as nothing of it could run meanwhile).
+//!
+//! The count of items is the queue's bound: a writer counts its item
+//! (compare-and-swap below the capacity) while it holds the writers' lock,
+//! so a writer killed while it waits for the lock or for room holds nothing.
 //!
 //! # Committed frames
 //!
@@ -36,32 +41,44 @@
 //! A frame can never be finished when the finishing call is cancelled a
 //! second time, or when the peer process died holding its lock (killed in
 //! the middle of a put or get). Then the shared page is marked *broken*:
-//! every waiter is woken (a token in each lock pipe, a byte in the data
-//! pipe after draining it) and every call, in every process, fails with an
-//! error saying so. Waits in the middle of a frame and waits for a lock
-//! check every [`SLICE`] whether the process holding the other side is
-//! still alive (a recycled pid reads as alive). A reader that died while it
-//! held the readers' lock but had read nothing of a frame (killed while it
-//! waited for an item, the common case) took nothing: the first waiter to
-//! notice gives the lock back in its place, and the queue goes on. So
-//! does a writer that died holding the writers' lock before it wrote a byte
-//! of its frame (killed while it waited for room in a full pipe): its item
-//! is uncounted and its slot given back too.
+//! every waiter is woken (both doorbells rung, a byte in the data pipe
+//! after draining it) and every call, in every process, fails with an
+//! error saying so.
+//!
+//! Waits for a lock, and waits in the middle of a frame for the other side,
+//! check every [`SLICE`] whether the process holding that lock still lives.
+//! One that died is taken over (one compare-and-swap from its identity: one
+//! process wins), and the winner repairs what the dead holder left, from
+//! the phase it had published before each step:
+//!
+//! * a reader that had read nothing of a frame (`reading` clear: killed
+//!   while it waited for an item, the common case) took nothing;
+//! * a writer with [`UNWRITTEN`] set had counted its item and written none
+//!   of it (killed while it waited for room in a full pipe): the count is
+//!   given back;
+//! * a writer with neither bit set had finished its frame or not begun one;
+//! * a reader with `reading` set, or a writer with [`WRITING`] set, may
+//!   have died inside a read or write of a frame's bytes: the queue breaks.
+//!
+//! Each repair is one atomic step, so a winner killed in its turn leaves
+//! the next one the same work or none. The lock is then the winner's: a
+//! waiter goes on with its call, a peer in the middle of a frame gives it
+//! back.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::doorbell::{SLICE, Waited, wait_fd};
+use super::doorbell::{Doorbell, SLICE, Waited, wait_fd};
 use super::frame;
+use super::process_lock::LockWord;
 use crate::hub::Mode;
 use crate::park;
 use crate::reactor::Interest;
 use crate::sys::fd;
-use crate::sys::process;
 use crate::sys::shm::SharedMem;
 
 /// The data pipe's buffer is grown to this where the system allows.
@@ -75,31 +92,43 @@ const DATA_PIPE_SIZE: usize = 1 << 20;
 #[repr(C)]
 struct Page {
     /// Items written or being written, and not yet taken by a get; plus
-    /// [`UNWRITTEN`] while the holder of `wlock` has counted its item but
-    /// written none of it (one word: the item and the flag change together).
+    /// the phase bits of the writers' lock holder, [`UNWRITTEN`] or
+    /// [`WRITING`] (one word: the item and its phase change together).
     count: AtomicUsize,
     /// 0, or why the queue can no longer be used (`TORN`, `HOLDER_DIED`).
     broken: AtomicUsize,
-    /// The pid holding `wlock`, 0 if none.
-    writer: AtomicI32,
-    /// The pid holding `rlock`, 0 if none.
-    reader: AtomicI32,
+    /// The writers' lock: one writer at a time writes frames.
+    wlock: LockWord,
+    /// The readers' lock: one reader at a time reads frames.
+    rlock: LockWord,
     /// The holder of `rlock` may have read part of a frame: set before its
     /// first read of a frame, cleared once that read found nothing or the
-    /// frame is whole. A reader that died while it was clear held the lock
-    /// without taking anything: the lock is given back in its place
-    /// instead of breaking the queue.
+    /// frame is whole and uncounted.
     reading: AtomicBool,
 }
 
 const TORN: usize = 1;
 const HOLDER_DIED: usize = 2;
 
-/// In `Page::count`: the writer holding `wlock` counted its item and has
-/// written no byte of it. A writer that died while it was set took a slot
-/// and added an item, and that is all: both are given back with the lock
-/// instead of breaking the queue.
+/// In `Page::count`: the holder of the writers' lock counted its item and
+/// has written no byte of it.
 const UNWRITTEN: usize = 1 << (usize::BITS - 1);
+/// In `Page::count`: the holder of the writers' lock may be inside a write
+/// of its frame's bytes (set before its first write, cleared when the frame
+/// is whole).
+const WRITING: usize = 1 << (usize::BITS - 2);
+/// The item count in `Page::count`.
+const ITEMS: usize = !(UNWRITTEN | WRITING);
+
+/// The largest capacity: the count's bits above it are phase bits.
+const MAX_CAPACITY: usize = ITEMS / 2;
+
+/// One of the two locks.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Writers,
+    Readers,
+}
 
 /// How long a call may wait.
 #[derive(Clone, Copy)]
@@ -144,56 +173,44 @@ impl Wait {
     }
 }
 
-/// The pipes and the shared page of one queue, plus this process's items
-/// rescued from cancelled gets.
+/// The pipe, doorbells and shared page of one queue, plus this process's
+/// items rescued from cancelled gets.
 pub(crate) struct Wire {
+    capacity: usize,
     data_r: OwnedFd,
     data_w: OwnedFd,
-    slots_r: OwnedFd,
-    slots_w: OwnedFd,
-    wlock_r: OwnedFd,
-    wlock_w: OwnedFd,
-    rlock_r: OwnedFd,
-    rlock_w: OwnedFd,
+    /// Rung when the writers' lock is given back or room is made; its
+    /// waiters count in `wlock`.
+    wbell: Doorbell,
+    /// Rung when the readers' lock is given back; its waiters count in
+    /// `rlock`.
+    rbell: Doorbell,
     shared: SharedMem,
     /// Payloads of items whose get was cancelled in their middle and that
-    /// were read to the end during the unwind; still counted and holding
-    /// their slots. The next get of this process takes them first.
+    /// were read to the end during the unwind; still counted. The next get
+    /// of this process takes them first.
     rescued: Mutex<VecDeque<Vec<u8>>>,
 }
 
 impl Wire {
     pub(crate) fn new(capacity: usize) -> io::Result<Wire> {
+        if capacity > MAX_CAPACITY {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("ProcessQueue capacity {capacity} is above {MAX_CAPACITY}"),
+            ));
+        }
         let (data_r, data_w) = fd::pipe(true)?;
-        let (slots_r, slots_w) = fd::pipe(true)?;
-        let (wlock_r, wlock_w) = fd::pipe(true)?;
-        let (rlock_r, rlock_w) = fd::pipe(true)?;
         // Best effort: a bigger buffer lets bigger items be put without a
         // consumer reading at the same time.
         let _ = fd::set_pipe_size(data_w.as_raw_fd(), DATA_PIPE_SIZE);
-        if capacity > 65536 {
-            let got = fd::set_pipe_size(slots_w.as_raw_fd(), capacity).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("ProcessQueue capacity {capacity} needs a pipe buffer that large: {e}"),
-                )
-            })?;
-            debug_assert!(got >= capacity);
-        }
-        fill(slots_w.as_raw_fd(), capacity)?;
-        fill(wlock_w.as_raw_fd(), 1)?;
-        fill(rlock_w.as_raw_fd(), 1)?;
-        let shared = SharedMem::new(4096)?;
         Ok(Wire {
+            capacity,
             data_r,
             data_w,
-            slots_r,
-            slots_w,
-            wlock_r,
-            wlock_w,
-            rlock_r,
-            rlock_w,
-            shared,
+            wbell: Doorbell::new()?,
+            rbell: Doorbell::new()?,
+            shared: SharedMem::new(4096)?,
             rescued: Mutex::new(VecDeque::new()),
         })
     }
@@ -205,34 +222,75 @@ impl Wire {
         unsafe { &*self.shared.as_ptr().cast::<Page>() }
     }
 
+    fn word(&self, side: Side) -> &LockWord {
+        match side {
+            Side::Writers => &self.page().wlock,
+            Side::Readers => &self.page().rlock,
+        }
+    }
+
+    fn bell(&self, side: Side) -> &Doorbell {
+        match side {
+            Side::Writers => &self.wbell,
+            Side::Readers => &self.rbell,
+        }
+    }
+
     /// Items in the queue (approximate while other processes use it).
     pub(crate) fn len(&self) -> usize {
-        self.page().count.load(Ordering::SeqCst) & !UNWRITTEN
+        self.page().count.load(Ordering::SeqCst) & ITEMS
+    }
+
+    fn full(&self) -> bool {
+        self.len() >= self.capacity
     }
 
     /// Writes the complete `frame` as one item. `Ok(false)`: no free slot
     /// came within `wait`.
     pub(crate) fn put(&self, frame: &[u8], wait: Wait) -> io::Result<bool> {
         self.check()?;
-        let Some(slot) = self.take_token(&self.slots_r, &self.slots_w, wait, None)? else {
+        let Some(lock) = self.lock(Side::Writers, wait)? else {
             return Ok(false);
         };
-        // The slot is ours: wait for the writers' lock as long as it takes
-        // (another writer is busy writing a frame).
-        let holder = Some(&self.page().writer);
-        let lock = self
-            .take_token(&self.wlock_r, &self.wlock_w, Wait::Forever, holder)?
-            .expect("no deadline");
-        self.page().count.fetch_add(1 | UNWRITTEN, Ordering::SeqCst);
+        if !self.take_slot(wait)? {
+            return Ok(false);
+        }
         let mut w = FrameWrite {
             wire: self,
             frame,
             done: 0,
-            slot: Some(slot),
+            wait,
             lock: Some(lock),
         };
-        w.run()?;
-        Ok(true)
+        w.run()
+    }
+
+    /// Counts an item if the queue has room, waiting within `wait` (the
+    /// caller holds the writers' lock). Sets [`UNWRITTEN`] with the count.
+    fn take_slot(&self, wait: Wait) -> io::Result<bool> {
+        let count = &self.page().count;
+        let attempt = |_| {
+            if let Err(e) = self.check() {
+                return Some(Err(e));
+            }
+            let c = count.load(Ordering::SeqCst);
+            let room = c & ITEMS < self.capacity;
+            (room
+                && count
+                    .compare_exchange(c, (c + 1) | UNWRITTEN, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok())
+            .then_some(Ok(true))
+        };
+        if let Some(r) = attempt(false) {
+            return r;
+        }
+        if let Wait::No = wait {
+            return Ok(false);
+        }
+        let waiters = self.page().wlock.waiters();
+        self.wbell
+            .wait_for(waiters, wait.deadline(), attempt)
+            .unwrap_or(Ok(false))
     }
 
     /// Reads one item's payload: `Ok(None)` if none came within `wait`.
@@ -244,12 +302,10 @@ impl Wire {
             .unwrap_or_else(|e| e.into_inner())
             .pop_front();
         if let Some(payload) = rescued {
-            self.page().count.fetch_sub(1, Ordering::SeqCst);
-            release(self.slots_w.as_raw_fd())?;
+            self.uncount();
             return Ok(Some(payload));
         }
-        let holder = Some(&self.page().reader);
-        let Some(lock) = self.take_token(&self.rlock_r, &self.rlock_w, wait, holder)? else {
+        let Some(lock) = self.lock(Side::Readers, wait)? else {
             return Ok(None);
         };
         // Declared after `lock`: an unwinding get finishes its frame while
@@ -258,15 +314,87 @@ impl Wire {
         let Some(payload) = r.run(wait)? else {
             return Ok(None);
         };
-        // The item is uncounted and its slot back before `r` clears
-        // `reading`: a reader that dies after that holds nothing but the
-        // lock, which a waiter may then give back in its place.
-        self.page().count.fetch_sub(1, Ordering::SeqCst);
-        let slot = release(self.slots_w.as_raw_fd());
+        // The item is uncounted before `r` clears `reading`: a reader that
+        // dies after that holds nothing but the lock, which a waiter may
+        // then take over without breaking the queue.
+        self.uncount();
         drop(r);
         drop(lock);
-        slot?;
         Ok(Some(payload))
+    }
+
+    /// One item taken: its room goes to a writer waiting for it.
+    fn uncount(&self) {
+        self.page().count.fetch_sub(1, Ordering::SeqCst);
+        self.wbell.ring_if_waited(self.page().wlock.waiters());
+    }
+
+    /// Takes `side`'s lock within `wait`: `None` if it ran out (or, for a
+    /// writer that does not wait, the queue is full). A holder that died is
+    /// taken over (see the module docs). A cancellation unwinds the caller,
+    /// without the lock.
+    fn lock(&self, side: Side, wait: Wait) -> io::Result<Option<Held<'_>>> {
+        let word = self.word(side);
+        // A writer that does not wait still waits for the lock while the
+        // queue has room: its holder is writing, not waiting for room.
+        let nowait_writer = side == Side::Writers && matches!(wait, Wait::No);
+        let attempt = |slice_ended: bool| {
+            if let Err(e) = self.check() {
+                return Some(Err(e));
+            }
+            if word.try_lock() {
+                return Some(Ok(Some(Held { wire: self, side })));
+            }
+            if nowait_writer && self.full() {
+                return Some(Ok(None));
+            }
+            if !slice_ended {
+                return None;
+            }
+            match self.take_over(side) {
+                Ok(true) => Some(Ok(Some(Held { wire: self, side }))),
+                Ok(false) => None,
+                Err(e) => Some(Err(e)),
+            }
+        };
+        if let Some(r) = attempt(false) {
+            return r;
+        }
+        if matches!(wait, Wait::No) && !nowait_writer {
+            return Ok(None);
+        }
+        self.bell(side)
+            .wait_for(word.waiters(), wait.deadline(), attempt)
+            .unwrap_or(Ok(None))
+    }
+
+    /// Takes `side`'s lock over if its holder died, and repairs what that
+    /// holder left (see the module docs). `Ok(true)`: this process holds
+    /// the lock now; an error if the dead holder may have been in the
+    /// middle of a frame (the queue is broken).
+    fn take_over(&self, side: Side) -> io::Result<bool> {
+        let word = self.word(side);
+        if !word.take_over() {
+            return Ok(false);
+        }
+        let page = self.page();
+        let torn = match side {
+            Side::Readers => page.reading.load(Ordering::SeqCst),
+            Side::Writers => {
+                let c = page.count.load(Ordering::SeqCst);
+                if c & UNWRITTEN != 0 {
+                    // Only the holder changes the phase bits: one step.
+                    page.count.fetch_sub(1 | UNWRITTEN, Ordering::SeqCst);
+                }
+                c & WRITING != 0
+            }
+        };
+        if torn {
+            self.mark_broken(HOLDER_DIED);
+            word.unlock(self.bell(side));
+            return Err(broken_error(HOLDER_DIED));
+        }
+        Ok(true)
     }
 
     /// Fails if the queue is broken.
@@ -284,77 +412,29 @@ impl Wire {
             .page()
             .broken
             .compare_exchange(0, why, Ordering::SeqCst, Ordering::SeqCst);
-        for w in [&self.slots_w, &self.wlock_w, &self.rlock_w] {
-            let _ = fd::write(w.as_raw_fd(), &[0], false);
-        }
+        self.wbell.ring();
+        self.rbell.ring();
         // Room for a writer waiting mid-frame, a byte for waiting readers.
         let mut buf = [0u8; 64 * 1024];
         while matches!(fd::read(self.data_r.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
         let _ = fd::write(self.data_w.as_raw_fd(), &[0], false);
     }
 
-    /// Takes one token from the pipe `r` (write end `w`): `None` if `wait`
-    /// ran out. `holder` (a lock's pid slot) records this process as the
-    /// holder, and while waiting, a holder that died breaks the queue.
-    /// A cancellation unwinds the caller.
-    fn take_token<'a>(
-        &'a self,
-        r: &OwnedFd,
-        w: &'a OwnedFd,
-        wait: Wait,
-        holder: Option<&'a AtomicI32>,
-    ) -> io::Result<Option<Token<'a>>> {
-        let mut b = [0u8; 1];
-        loop {
-            self.check()?;
-            match fd::read(r.as_raw_fd(), &mut b) {
-                Ok(1) => {
-                    let t = Token {
-                        w: w.as_raw_fd(),
-                        holder,
-                    };
-                    if let Some(h) = holder {
-                        h.store(my_pid(), Ordering::SeqCst);
-                    }
-                    // A token handed out by `mark_broken` wakes us only.
-                    self.check()?;
-                    return Ok(Some(t));
-                }
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "token pipe closed",
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Wait::No = wait {
-                        return Ok(None);
-                    }
-                    match self.wait(r.as_raw_fd(), Interest::Readable, wait.deadline(), holder)? {
-                        Waited::Ready => {}
-                        Waited::TimedOut => return Ok(None),
-                        Waited::Cancelled => park::deliver_cancel(),
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Waits until `fd` is ready for `interest` or `deadline`, never
-    /// unwinding. With `holder`, wakes every [`SLICE`] to check that the
-    /// process holding that lock still lives (a dead one breaks the queue:
-    /// the call fails).
+    /// unwinding. With `peer`, wakes every [`SLICE`] to check that the
+    /// process holding that side's lock still lives: a dead one is taken
+    /// over and its lock given back, or, if it died in the middle of a
+    /// frame, the queue breaks and the call fails.
     fn wait(
         &self,
         fd: RawFd,
         interest: Interest,
         deadline: Option<Instant>,
-        holder: Option<&AtomicI32>,
+        peer: Option<Side>,
     ) -> io::Result<Waited> {
         loop {
             self.check()?;
-            let until = match holder {
+            let until = match peer {
                 None => deadline,
                 Some(_) => {
                     let slice = Instant::now() + SLICE;
@@ -366,56 +446,15 @@ impl Wire {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(Waited::TimedOut);
                     }
-                    if let Some(h) = holder
-                        && let Some(dead) = dead_holder(h)
+                    if let Some(side) = peer
+                        && self.take_over(side)?
                     {
-                        if self.give_back_for_dead(h, dead) {
-                            continue; // the lock's token is back: wait on
-                        }
-                        self.mark_broken(HOLDER_DIED);
-                        return Err(broken_error(HOLDER_DIED));
+                        drop(Held { wire: self, side });
                     }
                 }
                 w => return Ok(w),
             }
         }
-    }
-}
-
-impl Wire {
-    /// `h`, a lock's holder slot, named `dead`, a process that died holding
-    /// the lock. If it held nothing else (a reader that had read nothing of
-    /// a frame; a writer that had written nothing of its item, which is
-    /// uncounted and its slot given back), gives the lock back in its
-    /// place. True if the lock is no longer `dead`'s (given back by this
-    /// call or by another waiter); false if `dead` died in the middle of a
-    /// frame: the queue must break.
-    fn give_back_for_dead(&self, h: &AtomicI32, dead: i32) -> bool {
-        let page = self.page();
-        let reader = std::ptr::eq(h, &page.reader);
-        let idle = if reader {
-            !page.reading.load(Ordering::SeqCst)
-        } else {
-            page.count.load(Ordering::SeqCst) & UNWRITTEN != 0
-        };
-        // Read after `idle`: only a waiter that clears `h` changes what
-        // `dead` left, so while `h` names it, `idle` is what it left.
-        if h.load(Ordering::SeqCst) != dead {
-            return true;
-        }
-        if !idle {
-            return false;
-        }
-        if h.compare_exchange(dead, 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return true; // another waiter gives it back
-        }
-        if reader {
-            return release(self.rlock_w.as_raw_fd()).is_ok();
-        }
-        page.count.fetch_sub(1 | UNWRITTEN, Ordering::SeqCst);
-        release(self.slots_w.as_raw_fd()).is_ok() && release(self.wlock_w.as_raw_fd()).is_ok()
     }
 }
 
@@ -431,76 +470,57 @@ fn broken_error(why: usize) -> io::Error {
     ))
 }
 
-fn my_pid() -> i32 {
-    std::process::id() as i32
+/// One of the two locks, held by this process; given back on drop.
+struct Held<'a> {
+    wire: &'a Wire,
+    side: Side,
 }
 
-/// The process recorded in `holder`, if it has died without giving its
-/// lock back.
-fn dead_holder(holder: &AtomicI32) -> Option<i32> {
-    let pid = holder.load(Ordering::SeqCst);
-    (pid != 0 && pid != my_pid() && process::is_gone(pid)).then_some(pid)
-}
-
-/// A token taken from a token pipe; given back on drop (and the lock's
-/// holder slot cleared).
-struct Token<'a> {
-    w: RawFd,
-    holder: Option<&'a AtomicI32>,
-}
-
-impl Drop for Token<'_> {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if let Some(h) = self.holder {
-            h.store(0, Ordering::SeqCst);
-        }
-        // A token pipe always has room for the tokens taken from it.
-        let _ = release(self.w);
+        let (w, side) = (self.wire, self.side);
+        w.word(side).unlock(w.bell(side));
     }
 }
 
-fn release(w: RawFd) -> io::Result<()> {
-    match fd::write(w, &[0], false)? {
-        1 => Ok(()),
-        _ => Err(io::Error::other("token pipe refused a token")),
-    }
-}
-
-fn fill(w: RawFd, n: usize) -> io::Result<()> {
-    let zeros = [0u8; 4096];
-    let mut left = n;
-    while left > 0 {
-        let k = fd::write(w, &zeros[..left.min(zeros.len())], false)?;
-        left -= k;
-    }
-    Ok(())
-}
-
-/// One item being written, holding its slot and the writers' lock. Dropped
+/// One item being written, holding the writers' lock and counted. Dropped
 /// in the middle (an unwinding put), it finishes the frame first.
 struct FrameWrite<'a> {
     wire: &'a Wire,
     frame: &'a [u8],
     done: usize,
-    slot: Option<Token<'a>>,
-    lock: Option<Token<'a>>,
+    /// The put's wait: it bounds the wait for pipe space before the first
+    /// byte (after it, the frame is committed).
+    wait: Wait,
+    lock: Option<Held<'a>>,
 }
 
 impl FrameWrite<'_> {
-    /// Writes the frame; a cancellation unwinds (and `drop` finishes).
-    fn run(&mut self) -> io::Result<()> {
+    /// Writes the frame: `Ok(false)` if the pipe had no room for its first
+    /// byte within the put's wait. A cancellation unwinds (and `drop`
+    /// finishes a started frame).
+    fn run(&mut self) -> io::Result<bool> {
         while self.done < self.frame.len() {
             if self.step()? {
                 continue;
             }
-            let holder = (self.done > 0).then_some(&self.wire.page().reader);
             let fd = self.wire.data_w.as_raw_fd();
-            match self.wire.wait(fd, Interest::Writable, None, holder)? {
+            let waited = if self.done > 0 {
+                self.wire
+                    .wait(fd, Interest::Writable, None, Some(Side::Readers))?
+            } else if let Wait::No = self.wait {
+                return Ok(false);
+            } else {
+                self.wire
+                    .wait(fd, Interest::Writable, self.wait.deadline(), None)?
+            };
+            match waited {
                 Waited::Cancelled => park::deliver_cancel(),
+                Waited::TimedOut if self.done == 0 => return Ok(false),
                 Waited::Ready | Waited::TimedOut => {}
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// One write; false if the pipe is full.
@@ -510,16 +530,19 @@ impl FrameWrite<'_> {
         let count = &self.wire.page().count;
         if self.done == 0 {
             // Before the write: a writer killed inside it may have written.
-            count.fetch_and(!UNWRITTEN, Ordering::SeqCst);
+            count.fetch_xor(UNWRITTEN | WRITING, Ordering::SeqCst);
         }
         match fd::write(fd, &self.frame[self.done..], false) {
             Ok(n) => {
                 self.done += n;
+                if self.done == self.frame.len() {
+                    count.fetch_and(!WRITING, Ordering::SeqCst);
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if self.done == 0 {
-                    count.fetch_or(UNWRITTEN, Ordering::SeqCst);
+                    count.fetch_xor(UNWRITTEN | WRITING, Ordering::SeqCst);
                 }
                 Ok(false)
             }
@@ -534,8 +557,11 @@ impl FrameWrite<'_> {
             if self.step()? {
                 continue;
             }
-            let (fd, reader) = (self.wire.data_w.as_raw_fd(), &self.wire.page().reader);
-            if let Waited::Cancelled = self.wire.wait(fd, Interest::Writable, None, Some(reader))? {
+            let fd = self.wire.data_w.as_raw_fd();
+            let waited = self
+                .wire
+                .wait(fd, Interest::Writable, None, Some(Side::Readers))?;
+            if let Waited::Cancelled = waited {
                 return Err(io::Error::other("cancelled again while finishing an item"));
             }
         }
@@ -549,16 +575,15 @@ impl Drop for FrameWrite<'_> {
         if started && self.finish().is_err() {
             self.wire.mark_broken(TORN);
         }
-        if self.done == self.frame.len() {
-            std::mem::forget(self.slot.take()); // the slot now belongs to the item
-        } else {
-            // Uncounted, and the flag cleared for the next holder.
+        if self.done < self.frame.len() {
+            // Uncounted, and the phase cleared for the next holder (the
+            // room made is for the writers' lock holder: rung at unlock).
             let _ = self
                 .wire
                 .page()
                 .count
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
-                    Some((c & !UNWRITTEN) - 1)
+                    Some((c & ITEMS) - 1)
                 });
         }
         drop(self.lock.take());
@@ -649,8 +674,8 @@ impl<'a> FrameRead<'a> {
             }
             let fd = self.wire.data_r.as_raw_fd();
             let waited = if self.started() {
-                let writer = &self.wire.page().writer;
-                self.wire.wait(fd, Interest::Readable, None, Some(writer))?
+                self.wire
+                    .wait(fd, Interest::Readable, None, Some(Side::Writers))?
             } else if let Wait::No = wait {
                 return Ok(None);
             } else {
@@ -675,8 +700,11 @@ impl<'a> FrameRead<'a> {
             if self.step()? {
                 continue;
             }
-            let (fd, writer) = (self.wire.data_r.as_raw_fd(), &self.wire.page().writer);
-            if let Waited::Cancelled = self.wire.wait(fd, Interest::Readable, None, Some(writer))? {
+            let fd = self.wire.data_r.as_raw_fd();
+            let waited = self
+                .wire
+                .wait(fd, Interest::Readable, None, Some(Side::Writers))?;
+            if let Waited::Cancelled = waited {
                 return Err(io::Error::other("cancelled again while finishing an item"));
             }
         }
