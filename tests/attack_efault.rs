@@ -1,7 +1,8 @@
 //! Hooked libc calls given an invalid pointer fail with `EFAULT`, as libc's
 //! do, instead of crashing the process: the hooks that read or write the
 //! caller's memory themselves (a sleep's timespec, select's sets,
-//! FIONBIO's flag, a futex wait's timeout) must not dereference it first. Each case runs patched, in a coroutine and on the root, in a
+//! FIONBIO's flag, a futex wait's word and timeout) must not dereference it
+//! first. Each case runs patched, in a coroutine and on the root, in a
 //! child process of this test binary (the failure mode is a SIGSEGV).
 #![cfg(target_os = "linux")]
 
@@ -90,6 +91,16 @@ fn every_call() -> Vec<(&'static str, i64, i32)> {
                 bad::<libc::timespec>(),
             ),
         );
+        note(
+            "futex wait word",
+            libc::syscall(
+                libc::SYS_futex,
+                bad::<u32>(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                0u32,
+                std::ptr::null::<libc::timespec>(),
+            ),
+        );
         // A valid request still sleeps.
         note(
             "nanosleep ok",
@@ -126,6 +137,47 @@ fn hooked_calls_given_invalid_pointers_fail_with_efault() {
             check(every_call());
             // ... and in a coroutine (its waits park).
             check(moss::spawn(every_call).join().unwrap());
+        },
+    );
+}
+
+/// The hooks read the memory of the process that calls them: a child
+/// forked after its parent's hooks read through a pointer reads its own
+/// copy, not the parent's (a pid remembered from before the fork would
+/// name the parent).
+#[test]
+fn a_forked_child_reads_its_own_memory() {
+    util::isolated_patched(
+        "a_forked_child_reads_its_own_memory",
+        Duration::from_secs(40),
+        || {
+            let mut ts = Box::new(libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1_000_000,
+            });
+            moss::sleep(Duration::from_millis(1));
+            // SAFETY: a valid request, on this thread's hub.
+            let r = unsafe {
+                libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &*ts, std::ptr::null_mut())
+            };
+            assert_eq!(r, 0);
+            let pid = util::fork();
+            if pid == 0 {
+                moss::sleep(Duration::from_millis(1));
+                // Invalid here, still valid in the parent's copy.
+                ts.tv_nsec = 2_000_000_000;
+                // SAFETY: an invalid request the hook must see as such.
+                let r = unsafe {
+                    libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &*ts, std::ptr::null_mut())
+                };
+                // SAFETY: ends the child without running the parent's exit code.
+                unsafe { libc::_exit(if r == libc::EINVAL { 0 } else { 1 }) };
+            }
+            assert_eq!(
+                util::exit_code_of(pid),
+                0,
+                "the child read its parent's request"
+            );
         },
     );
 }

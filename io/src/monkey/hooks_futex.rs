@@ -410,8 +410,15 @@ fn wait(
     }
     let deadline = deadline(ts, clock).ok()?;
     let (tag, parker) = THREAD.try_with(|t| (t.tag, t.parker())).ok()?;
-    // SAFETY: a non-null, aligned futex word the caller waits on (its
-    // contract with the kernel: valid for reads during the call).
+    // The kernel fails an unreadable word with EFAULT; the loads below
+    // would crash. (The parker word is std's own.)
+    if uaddr != parker && super::user::read(uaddr as *const u32).is_err() {
+        real::set_errno(libc::EFAULT);
+        return Some(-1);
+    }
+    // SAFETY: a non-null, aligned futex word the caller waits on, readable
+    // (just checked; its contract with the kernel: it stays valid for
+    // reads during the call).
     let word = unsafe { AtomicU32::from_ptr(uaddr as *mut u32) };
     if uaddr == parker && expected == PARKER_PARKED {
         return Some(wait_parker(uaddr, word, tag, deadline));

@@ -10,9 +10,12 @@
 //! own process), which fail with `EFAULT` too. Where a seccomp filter
 //! refuses those calls (`ENOSYS`, `EPERM`), the plain access is used: the
 //! behaviour before this existed. They run only on a hook's slow path,
-//! before it parks, where two more syscalls do not matter.
+//! before it parks, where one more syscall does not matter.
 
 use std::mem::{MaybeUninit, size_of};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+use moss_runtime::reactor::fork_generation;
 
 /// The caller's pointer is not valid for this access (`EFAULT`).
 #[derive(Debug)]
@@ -31,7 +34,7 @@ pub(crate) fn read<T: Copy>(p: *const T) -> Result<T, Fault> {
     };
     // SAFETY: `local` is our own writable buffer of the given size; the
     // kernel checks `remote` and reports EFAULT for an invalid address.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    let n = unsafe { libc::process_vm_readv(own_pid(), &local, 1, &remote, 1, 0) };
     if n == size_of::<T>() as isize {
         // SAFETY: the kernel filled all of it.
         return Ok(unsafe { v.assume_init() });
@@ -55,7 +58,7 @@ pub(crate) fn write<T: Copy>(p: *mut T, v: T) -> Result<(), Fault> {
     };
     // SAFETY: `local` is our own readable value of the given size; the
     // kernel checks `remote` and reports EFAULT for an invalid address.
-    let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+    let n = unsafe { libc::process_vm_writev(own_pid(), &local, 1, &remote, 1, 0) };
     if n == size_of::<T>() as isize {
         return Ok(());
     }
@@ -73,4 +76,22 @@ fn refused() -> bool {
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::ENOSYS | libc::EPERM)
     )
+}
+
+/// This process's pid: `getpid` once per process. A forked child, whose
+/// fork generation differs from the cached one, asks again (a stale pid
+/// would copy the parent's memory).
+fn own_pid() -> libc::pid_t {
+    // (generation + 1) of the cached pid, 0 for none.
+    static CACHED_GEN: AtomicU64 = AtomicU64::new(0);
+    static CACHED: AtomicI32 = AtomicI32::new(0);
+    let generation = fork_generation() + 1;
+    if CACHED_GEN.load(Ordering::Acquire) == generation {
+        return CACHED.load(Ordering::Relaxed);
+    }
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let pid = unsafe { libc::getpid() };
+    CACHED.store(pid, Ordering::Relaxed);
+    CACHED_GEN.store(generation, Ordering::Release);
+    pid
 }
