@@ -215,19 +215,7 @@ fn kill_payload(i: u32, k: u32) -> Vec<u8> {
 /// middle of an item's bytes), and nothing hangs.
 #[test]
 fn putters_killed_at_random_points_never_tear_or_break_the_queue() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        | 1;
-    println!("seed {seed}");
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let (seed, mut next) = util::clock_rng();
     let q = Arc::new(ProcessQueue::<(u32, u32, Vec<u8>)>::new(8).unwrap());
     let mut got = 0;
     for i in 0..200u32 {
@@ -348,19 +336,7 @@ fn putters_and_getters_killed_at_random_points_keep_the_queue_whole() {
     if !util::in_child(NAME) {
         return util::passes_in_child(NAME);
     }
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        | 1;
-    println!("seed {seed}");
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let (seed, mut next) = util::clock_rng();
     let (mut broken, mut whole, mut items) = (0, 0, 0usize);
     for trial in 0..6 {
         let q = Arc::new(ProcessQueue::<(u32, u32, Vec<u8>)>::new(4).unwrap());

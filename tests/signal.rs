@@ -497,10 +497,23 @@ fn a_process_child_gets_the_disposition_from_before_moss() {
     assert!(r.success() && r.stdout.contains("ok"), "{r:?}");
 }
 
-static RT_HITS: AtomicUsize = AtomicUsize::new(0);
+/// Deliveries to the program's own handler, [`own_counting`] (each test
+/// that installs it runs in a process of its own).
+static OWN_HITS: AtomicUsize = AtomicUsize::new(0);
 
-extern "C" fn rt_counting(_: i32) {
-    RT_HITS.fetch_add(1, Ordering::SeqCst);
+extern "C" fn own_counting(_: i32) {
+    OWN_HITS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Installs [`own_counting`] for `sig`, as a program's own handler.
+fn install_own_counting(sig: i32) {
+    // SAFETY: all zeros is a valid `sigaction`; the handler only touches
+    // an atomic.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = own_counting as *const () as usize;
+    // SAFETY: as above.
+    let r = unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
+    assert_eq!(r, 0);
 }
 
 /// Real-time signals queue: every instance still pending when the last
@@ -514,15 +527,7 @@ fn queued_real_time_signals_pending_at_the_drop_are_all_absorbed() {
         Duration::from_secs(20),
         || {
             let sig = rt(22);
-            // SAFETY: all zeros is a valid `sigaction`; `rt_counting` only
-            // touches an atomic.
-            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-            sa.sa_sigaction = rt_counting as *const () as usize;
-            // SAFETY: as above.
-            assert_eq!(
-                unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
-                0
-            );
+            install_own_counting(sig);
             let h = signal::handler(sig, || ()).unwrap();
             // SAFETY: sigset_t values owned by this frame; blocking one
             // signal on this thread; tgkill to this thread.
@@ -537,7 +542,7 @@ fn queued_real_time_signals_pending_at_the_drop_are_all_absorbed() {
                     assert_eq!(libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig), 0);
                 }
                 drop(h);
-                assert_eq!(disposition(sig), rt_counting as *const () as usize);
+                assert_eq!(disposition(sig), own_counting as *const () as usize);
                 let mut now: libc::sigset_t = std::mem::zeroed();
                 libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now);
                 assert_eq!(libc::sigismember(&now, sig), 1, "still blocked");
@@ -548,19 +553,13 @@ fn queued_real_time_signals_pending_at_the_drop_are_all_absorbed() {
                     libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()),
                     0
                 );
-                assert_eq!(RT_HITS.load(Ordering::SeqCst), 0, "none forwarded");
+                assert_eq!(OWN_HITS.load(Ordering::SeqCst), 0, "none forwarded");
                 // A signal sent after the drop reaches the restored handler.
                 assert_eq!(libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig), 0);
             }
-            assert_eq!(RT_HITS.load(Ordering::SeqCst), 1);
+            assert_eq!(OWN_HITS.load(Ordering::SeqCst), 1);
         },
     );
-}
-
-static STORM_HITS: AtomicUsize = AtomicUsize::new(0);
-
-extern "C" fn storm_counting(_: i32) {
-    STORM_HITS.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Handlers on two threads dropped at the same moment, again and again,
@@ -574,15 +573,7 @@ fn handlers_on_two_threads_dropped_at_once_under_a_storm() {
         Duration::from_secs(60),
         || {
             let sig = rt(23);
-            // SAFETY: all zeros is a valid `sigaction`; the handler only
-            // touches an atomic.
-            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-            sa.sa_sigaction = storm_counting as *const () as usize;
-            assert_eq!(
-                // SAFETY: as above.
-                unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
-                0
-            );
+            install_own_counting(sig);
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let storm = std::thread::spawn({
                 let stop = stop.clone();
@@ -615,10 +606,10 @@ fn handlers_on_two_threads_dropped_at_once_under_a_storm() {
                 for t in threads {
                     t.join().unwrap();
                 }
-                assert_eq!(disposition(sig), storm_counting as *const () as usize);
-                let before = STORM_HITS.load(Ordering::SeqCst);
+                assert_eq!(disposition(sig), own_counting as *const () as usize);
+                let before = OWN_HITS.load(Ordering::SeqCst);
                 let t = Instant::now();
-                while STORM_HITS.load(Ordering::SeqCst) == before {
+                while OWN_HITS.load(Ordering::SeqCst) == before {
                     assert!(
                         t.elapsed() < Duration::from_secs(10),
                         "own handler never ran"

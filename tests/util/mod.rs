@@ -547,3 +547,22 @@ pub fn on_uring() {
         "io_uring could not be set up on this machine"
     );
 }
+
+/// A xorshift generator for randomized tests, seeded from the clock: the
+/// seed (printed, for a rerun by hand) and `next(n)`, a number below `n`.
+pub fn clock_rng() -> (u64, impl FnMut(u64) -> u64) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    println!("seed {seed}");
+    let mut rng = seed;
+    let next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    (seed, next)
+}
