@@ -7,12 +7,8 @@ mod util;
 use std::sync::Arc;
 use std::time::Duration;
 
-use moss::pool::{Process, ProcessQueue};
-use util::Reap;
-
-fn start(f: impl FnOnce() + 'static) -> Reap {
-    Reap(Process::new(f).start().unwrap())
-}
+use moss::pool::ProcessQueue;
+use util::start;
 
 #[test]
 fn items_larger_than_a_pipe_buffer_arrive_whole() {
@@ -39,4 +35,42 @@ fn items_larger_than_a_pipe_buffer_arrive_whole() {
         );
     }
     assert_eq!(child.0.join().unwrap(), 0);
+}
+
+/// A put that finds the data pipe full of earlier items (its slot free,
+/// nobody reading) has written nothing: `put_timeout` gives the item back
+/// at its deadline instead of waiting for a reader forever, and the queue
+/// goes on whole. (Each frame is a quarter of a MiB, so whole frames fill
+/// the pipe exactly.)
+#[test]
+fn put_timeout_on_a_full_pipe_ends_at_its_deadline() {
+    const NAME: &str = "put_timeout_on_a_full_pipe_ends_at_its_deadline";
+    if !util::in_child(NAME) {
+        return util::passes_in_child(NAME);
+    }
+    // Frame: 4 bytes of length, 3 of postcard's length, the bytes.
+    let item = |k: u8| vec![k; (1 << 18) - 7];
+    let q = ProcessQueue::<Vec<u8>>::new(64).unwrap();
+    let mut put = 0u8;
+    let t = std::time::Instant::now();
+    loop {
+        match q.put_timeout(item(put), Duration::from_millis(300)) {
+            Ok(()) => put += 1,
+            Err(full) => {
+                assert!(full.0 == item(put), "the item comes back");
+                break;
+            }
+        }
+        assert!(put < 64, "the pipe never filled");
+    }
+    println!("{put} items filled the pipe in {:?}", t.elapsed());
+    assert!(put >= 1);
+    assert_eq!(q.len(), usize::from(put));
+    for k in 0..put {
+        let v = q.get_timeout(Duration::from_secs(10)).unwrap();
+        assert!(v == item(k), "item {k} whole");
+    }
+    assert!(q.is_empty());
+    q.put_timeout(item(99), Duration::from_secs(10)).unwrap();
+    assert!(q.get_timeout(Duration::from_secs(10)).unwrap() == item(99));
 }
