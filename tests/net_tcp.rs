@@ -463,3 +463,39 @@ fn fd_number_reused_after_a_socket_died_on_another_thread() {
         eprintln!("note: fd {old_fd} was not reused in this run");
     }
 }
+
+/// A socket is closed when its last handle goes, so no coroutine can close
+/// it under another that waits on it (gevent's `close` wakes such a waiter
+/// with an error; here there is no such moment). Dropping other handles to
+/// it (a sibling `Rc`, a `try_clone`) leaves the wait going, and data still
+/// reaches it. What ends another coroutine's wait is a `shutdown` (a read
+/// sees end-of-file: `shutdown_wakes_a_blocked_reader`), a `kill`, or for an
+/// `accept`, the listener shut down through a clone: the kernel's `EINVAL`.
+#[test]
+fn dropping_other_handles_never_closes_a_socket_under_its_waiter() {
+    let _wd = util::watchdog("close under a waiter", Duration::from_secs(20));
+    let l = Rc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+    let c = Rc::new(TcpStream::connect(l.local_addr().unwrap()).unwrap());
+    let (mut s, _) = l.accept().unwrap();
+    let c2 = c.clone();
+    let reader = moss::spawn(move || {
+        let mut b = [0u8; 5];
+        (&*c2).read_exact(&mut b).map(|()| b)
+    });
+    util::until_parked(reader.id());
+    drop(c.try_clone().unwrap());
+    drop(c);
+    s.write_all(b"later").unwrap();
+    assert_eq!(&reader.join().unwrap().unwrap(), b"later");
+
+    let l2 = l.clone();
+    let acceptor = moss::spawn(move || l2.accept().map(|_| ()));
+    util::until_parked(acceptor.id());
+    let clone = l.try_clone().unwrap();
+    // SAFETY: shuts down the listening socket through a handle this test
+    // owns (the fd stays open).
+    let r = unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&clone), libc::SHUT_RD) };
+    assert_eq!(r, 0);
+    let e = acceptor.join().unwrap().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+}
