@@ -22,6 +22,10 @@ pub enum Kind {
     /// `MossUring` with sends on `send(2)` (`MOSS_URING_SETUP=sendsys`);
     /// only on request.
     MossUringSendSys,
+    /// `MossUring` with receives that arm their poll at once
+    /// (`IORING_RECVSEND_POLL_FIRST`, `MOSS_URING_SETUP=pollfirst`); only
+    /// on request.
+    MossUringPollFirst,
     /// moss after `monkey::patch_all()`: the plain std::net code of `Std`,
     /// one coroutine per connection on one hub instead of one thread.
     Monkey,
@@ -50,6 +54,7 @@ impl Kind {
         Kind::MossUringCoop,
         Kind::MossUringDefer,
         Kind::MossUringSendSys,
+        Kind::MossUringPollFirst,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +64,7 @@ impl Kind {
             Kind::MossUringCoop => "moss (io_uring, coop)",
             Kind::MossUringDefer => "moss (io_uring, defer)",
             Kind::MossUringSendSys => "moss (io_uring, send(2))",
+            Kind::MossUringPollFirst => "moss (io_uring, pollfirst)",
             Kind::Monkey => "moss (patched std::net)",
             Kind::Tokio => "tokio-current-thread",
             Kind::Std => "std-thread-per-conn",
@@ -74,6 +80,7 @@ impl Kind {
             Kind::MossUringCoop => "moss-uring-coop",
             Kind::MossUringDefer => "moss-uring-defer",
             Kind::MossUringSendSys => "moss-uring-sendsys",
+            Kind::MossUringPollFirst => "moss-uring-pollfirst",
             Kind::Monkey => "monkey",
             Kind::Tokio => "tokio",
             Kind::Std => "std",
@@ -97,6 +104,7 @@ impl Kind {
             Kind::MossUringCoop => serve_moss_uring(l, buf, "coop"),
             Kind::MossUringDefer => serve_moss_uring(l, buf, "defer"),
             Kind::MossUringSendSys => serve_moss_uring(l, buf, "sendsys"),
+            Kind::MossUringPollFirst => serve_moss_uring(l, buf, "pollfirst"),
             Kind::Monkey => serve_monkey(l, buf),
             Kind::Tokio => serve_tokio(l, buf),
             Kind::Std => serve_std(l, buf),

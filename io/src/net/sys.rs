@@ -407,6 +407,7 @@ pub(crate) mod ring {
     ) -> io::Result<usize> {
         let e = op::Recv::new(Fd(fd), buf.as_mut_ptr(), len32(buf.len()))
             .flags(recv_flags(how) as i32)
+            .ioprio(uring::recv_ioprio())
             .build();
         // SAFETY: `buf` is borrowed mutably until `complete` returns, which
         // is after the kernel's last write into it (see the module docs).
@@ -421,7 +422,9 @@ pub(crate) mod ring {
     ) -> io::Result<usize> {
         // IoSliceMut is guaranteed ABI-compatible with iovec on Unix.
         let mut msg = super::msghdr(bufs.as_mut_ptr().cast(), bufs.len());
-        let e = op::RecvMsg::new(Fd(fd), &mut msg).build();
+        let e = op::RecvMsg::new(Fd(fd), &mut msg)
+            .ioprio(uring::recv_ioprio())
+            .build();
         // SAFETY: `msg` (on this frame) and the buffers it points at are
         // borrowed until `complete` returns, after the kernel is done.
         unsafe { uring::complete(e, deadline) }
@@ -449,6 +452,7 @@ pub(crate) mod ring {
                 msg.msg_namelen = *len;
                 let e = op::RecvMsg::new(Fd(fd), &mut msg)
                     .flags(recv_flags(how))
+                    .ioprio(uring::recv_ioprio())
                     .build();
                 // SAFETY: `msg`, `iov`, the storage and `buf` outlive the
                 // call, which returns after the kernel is done with them.

@@ -100,8 +100,8 @@ const SQ_ENTRIES: u32 = 256;
 const CQ_ENTRIES: u32 = 4096;
 
 /// The ring's setup flags beyond the defaults, from `MOSS_URING_SETUP`
-/// (a comma-separated list of `coop`, `single`, `defer`, `sendsys`; read
-/// once). A measurement knob for the benchmarks: every combination works,
+/// (a comma-separated list of `coop`, `single`, `defer`, `sendsys`,
+/// `pollfirst`; read once). A measurement knob for the benchmarks: every combination works,
 /// none is on by default (the README's numbers say why).
 #[derive(Clone, Copy, Default)]
 struct Setup {
@@ -115,6 +115,8 @@ struct Setup {
     defer: bool,
     /// Sends stay `send(2)` (see [`ring_sends`]).
     sendsys: bool,
+    /// Receives carry `IORING_RECVSEND_POLL_FIRST` (see [`recv_ioprio`]).
+    pollfirst: bool,
 }
 
 impl Setup {
@@ -132,8 +134,10 @@ impl Setup {
                     "single" => s.single = true,
                     "defer" => s.defer = true,
                     "sendsys" => s.sendsys = true,
+                    "pollfirst" => s.pollfirst = true,
                     _ => eprintln!(
-                        "moss: MOSS_URING_SETUP: unknown flag {f:?} (coop, single, defer)"
+                        "moss: MOSS_URING_SETUP: unknown flag {f:?} \
+                         (coop, single, defer, sendsys, pollfirst)"
                     ),
                 }
             }
@@ -164,6 +168,8 @@ pub(crate) struct Ring {
     queued: Cell<bool>,
     /// `moss::net` submits sends to this ring (see [`ring_sends`]).
     sends: bool,
+    /// The `ioprio` of `moss::net`'s receives (see [`recv_ioprio`]).
+    recv_ioprio: u16,
 }
 
 impl Ring {
@@ -200,6 +206,7 @@ impl Ring {
             reaped: RefCell::new(Vec::new()),
             queued: Cell::new(false),
             sends: !setup.sendsys,
+            recv_ioprio: if setup.pollfirst { RECVSEND_POLL_FIRST } else { 0 },
         })
     }
 
@@ -427,6 +434,26 @@ pub fn ring_sends() -> bool {
         .ring
         .as_ref()
         .is_some_and(|r| r.sends)
+}
+
+/// `IORING_RECVSEND_POLL_FIRST` (Linux 5.19; older kernels ignore it):
+/// the receive arms its poll at once instead of first trying the socket.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
+/// The `ioprio` field `moss::net`'s receive SQEs carry on this thread's
+/// ring: `IORING_RECVSEND_POLL_FIRST` with `MOSS_URING_SETUP=pollfirst`,
+/// else 0. By default the kernel tries a receive when it is submitted and
+/// arms a poll only if that finds no data (a second attempt follows the
+/// poll's wake-up); with the flag it arms the poll at once, which saves
+/// the failed attempt when the data usually arrives later, and costs a
+/// poll when it was already there. A measurement knob (see the README).
+#[inline]
+pub fn recv_ioprio() -> u16 {
+    Hub::current()
+        .reactor
+        .ring
+        .as_ref()
+        .map_or(0, |r| r.recv_ioprio)
 }
 
 /// Operations in flight on this thread's ring (0 on an epoll hub): for
