@@ -31,6 +31,12 @@ fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
 #[test]
 fn tcp_operations_move_exact_bytes() {
     util::on_uring();
+    tcp_exact_bytes();
+}
+
+/// Stream receives (plain, vectored, peek), sends and accept move exact
+/// bytes on this thread's ring.
+fn tcp_exact_bytes() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let server = moss::spawn(move || {
@@ -183,109 +189,115 @@ fn kill_10000_in_flight_reads() {
         Duration::from_secs(120),
         || {
             util::on_uring();
-            let fds = open_fds();
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let pairs: Vec<_> = (0..CONNS)
-                .map(|_| {
-                    let (c, s) = pair(&l);
-                    (Rc::new(c), Rc::new(s))
-                })
-                .collect();
-            // Bytes the readers were handed, per connection.
-            let took: Rc<Vec<Cell<usize>>> = Rc::new((0..CONNS).map(|_| Cell::new(0)).collect());
-            let readers: Vec<_> = (0..CONNS * PER)
-                .map(|i| {
-                    let c = pairs[i % CONNS].0.clone();
-                    let took = took.clone();
-                    moss::Builder::new()
-                        .stack_size(SMALL_STACK)
-                        .spawn(move || {
-                            let mut buf = [0u8; 64];
-                            let n = (&*c).read(&mut buf).unwrap();
-                            assert!(buf[..n].iter().all(|&b| b == (i % CONNS) as u8));
-                            let t = &took[i % CONNS];
-                            t.set(t.get() + n);
-                            // The kill is delivered here if it came after
-                            // the data.
-                            moss::sleep(Duration::from_secs(600));
-                        })
-                        .unwrap()
-                })
-                .collect();
-            util::until("10,000 reads in flight", Duration::from_secs(60), || {
-                in_flight() == CONNS * PER
-            });
-            // Bytes keep arriving, from another thread, while the readers
-            // are killed: some reads complete before their cancellation
-            // takes effect, some are cancelled.
-            let stop = Arc::new(AtomicBool::new(false));
-            let feeder = {
-                let stop = stop.clone();
-                let servers: Vec<std::net::TcpStream> = pairs
-                    .iter()
-                    .map(|p| p.1.try_clone().unwrap().into())
-                    .collect();
-                std::thread::spawn(move || {
-                    let mut sent = vec![0usize; CONNS];
-                    while !stop.load(Ordering::Relaxed) {
-                        for (i, mut s) in servers.iter().enumerate() {
-                            s.write_all(&[i as u8]).unwrap();
-                            sent[i] += 1;
-                        }
-                    }
-                    sent
-                })
-            };
-            for h in kill_all(readers, poison) {
-                assert!(h.join().unwrap_err().is_killed());
-            }
-            stop.store(true, Ordering::Relaxed);
-            let sent = feeder.join().unwrap();
-            moss::sleep(Duration::from_millis(50));
-            assert_eq!(in_flight(), 0);
-            // Every byte sent was either handed to a reader or is still
-            // queued: no completion was lost or went to another coroutine.
-            for (i, (c, _)) in pairs.iter().enumerate() {
-                c.set_nonblocking(true).unwrap();
-                let mut left = 0;
-                let mut b = [0u8; 4096];
-                loop {
-                    match (&**c).read(&mut b) {
-                        Ok(n) => {
-                            assert!(b[..n].iter().all(|&x| x == i as u8));
-                            left += n;
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-                assert_eq!(took[i].get() + left, sent[i], "connection {i}");
-                c.set_nonblocking(false).unwrap();
-            }
-            // Every socket still delivers its own bytes to the reader that
-            // asks now.
-            let readers: Vec<_> = pairs
-                .iter()
-                .map(|(c, _)| {
-                    let c = c.clone();
-                    moss::spawn(move || {
-                        let mut b = [0u8; 8];
-                        (&*c).read_exact(&mut b).unwrap();
-                        b
-                    })
-                })
-                .collect();
-            for (i, (_, s)) in pairs.iter().enumerate() {
-                (&**s).write_all(&[i as u8 + 1; 8]).unwrap();
-            }
-            for (i, r) in readers.into_iter().enumerate() {
-                assert_eq!(r.join().unwrap(), [i as u8 + 1; 8]);
-            }
-            drop(pairs);
-            drop(l);
-            assert_eq!(open_fds(), fds, "an fd leaked");
+            kill_in_flight_reads();
         },
     );
+}
+
+/// Kills 10,000 reads in flight while bytes arrive: every byte is either
+/// taken by a reader that returned or still queued, no fd leaks.
+fn kill_in_flight_reads() {
+    let fds = open_fds();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pairs: Vec<_> = (0..CONNS)
+        .map(|_| {
+            let (c, s) = pair(&l);
+            (Rc::new(c), Rc::new(s))
+        })
+        .collect();
+    // Bytes the readers were handed, per connection.
+    let took: Rc<Vec<Cell<usize>>> = Rc::new((0..CONNS).map(|_| Cell::new(0)).collect());
+    let readers: Vec<_> = (0..CONNS * PER)
+        .map(|i| {
+            let c = pairs[i % CONNS].0.clone();
+            let took = took.clone();
+            moss::Builder::new()
+                .stack_size(SMALL_STACK)
+                .spawn(move || {
+                    let mut buf = [0u8; 64];
+                    let n = (&*c).read(&mut buf).unwrap();
+                    assert!(buf[..n].iter().all(|&b| b == (i % CONNS) as u8));
+                    let t = &took[i % CONNS];
+                    t.set(t.get() + n);
+                    // The kill is delivered here if it came after
+                    // the data.
+                    moss::sleep(Duration::from_secs(600));
+                })
+                .unwrap()
+        })
+        .collect();
+    util::until("10,000 reads in flight", Duration::from_secs(60), || {
+        in_flight() == CONNS * PER
+    });
+    // Bytes keep arriving, from another thread, while the readers
+    // are killed: some reads complete before their cancellation
+    // takes effect, some are cancelled.
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        let servers: Vec<std::net::TcpStream> = pairs
+            .iter()
+            .map(|p| p.1.try_clone().unwrap().into())
+            .collect();
+        std::thread::spawn(move || {
+            let mut sent = vec![0usize; CONNS];
+            while !stop.load(Ordering::Relaxed) {
+                for (i, mut s) in servers.iter().enumerate() {
+                    s.write_all(&[i as u8]).unwrap();
+                    sent[i] += 1;
+                }
+            }
+            sent
+        })
+    };
+    for h in kill_all(readers, poison) {
+        assert!(h.join().unwrap_err().is_killed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = feeder.join().unwrap();
+    moss::sleep(Duration::from_millis(50));
+    assert_eq!(in_flight(), 0);
+    // Every byte sent was either handed to a reader or is still
+    // queued: no completion was lost or went to another coroutine.
+    for (i, (c, _)) in pairs.iter().enumerate() {
+        c.set_nonblocking(true).unwrap();
+        let mut left = 0;
+        let mut b = [0u8; 4096];
+        loop {
+            match (&**c).read(&mut b) {
+                Ok(n) => {
+                    assert!(b[..n].iter().all(|&x| x == i as u8));
+                    left += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(took[i].get() + left, sent[i], "connection {i}");
+        c.set_nonblocking(false).unwrap();
+    }
+    // Every socket still delivers its own bytes to the reader that
+    // asks now.
+    let readers: Vec<_> = pairs
+        .iter()
+        .map(|(c, _)| {
+            let c = c.clone();
+            moss::spawn(move || {
+                let mut b = [0u8; 8];
+                (&*c).read_exact(&mut b).unwrap();
+                b
+            })
+        })
+        .collect();
+    for (i, (_, s)) in pairs.iter().enumerate() {
+        (&**s).write_all(&[i as u8 + 1; 8]).unwrap();
+    }
+    for (i, r) in readers.into_iter().enumerate() {
+        assert_eq!(r.join().unwrap(), [i as u8 + 1; 8]);
+    }
+    drop(pairs);
+    drop(l);
+    assert_eq!(open_fds(), fds, "an fd leaked");
 }
 
 #[test]
@@ -473,6 +485,10 @@ fn kill_senders_queued_on_the_ring() {
 #[test]
 fn timeout_and_kill_of_a_read_in_flight_are_exact() {
     util::on_uring();
+    timeout_and_kill_of_a_read();
+}
+
+fn timeout_and_kill_of_a_read() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let (c, mut s) = pair(&l);
     let c = Rc::new(c);
@@ -503,6 +519,44 @@ fn timeout_and_kill_of_a_read_in_flight_are_exact() {
     reader.kill();
     assert!(reader.join().unwrap_err().is_killed());
     assert_eq!(in_flight(), 0);
+}
+
+/// The receive, kill and timeout tests again on a ring whose receives arm
+/// their poll first (`MOSS_URING_SETUP=pollfirst`): the kernel then never
+/// tries the socket at submission, every receive completes through the
+/// poll's wake-up.
+#[test]
+fn receives_are_exact_with_pollfirst() {
+    util::isolated_env(
+        "receives_are_exact_with_pollfirst",
+        Duration::from_secs(120),
+        &[("MOSS_URING_SETUP", "pollfirst")],
+        || {
+            util::on_uring();
+            assert_eq!(moss::reactor::uring::recv_ioprio(), 1, "the knob is on");
+            tcp_exact_bytes();
+            timeout_and_kill_of_a_read();
+            kill_in_flight_reads();
+        },
+    );
+}
+
+/// The same on a ring set up with `DEFER_TASKRUN` (`MOSS_URING_SETUP=defer`):
+/// completions are posted only when the hub enters the ring to wait.
+#[test]
+fn receives_are_exact_with_defer_taskrun() {
+    util::isolated_env(
+        "receives_are_exact_with_defer_taskrun",
+        Duration::from_secs(120),
+        &[("MOSS_URING_SETUP", "defer")],
+        || {
+            util::on_uring();
+            assert_eq!(moss::reactor::uring::recv_ioprio(), 0);
+            tcp_exact_bytes();
+            timeout_and_kill_of_a_read();
+            kill_in_flight_reads();
+        },
+    );
 }
 
 #[test]

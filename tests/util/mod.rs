@@ -91,7 +91,14 @@ pub fn in_child(case: &str) -> bool {
 /// that talks to the child while it runs (signals, sockets). The caller
 /// kills and reaps it.
 pub fn spawn_child(case: &str) -> std::process::Child {
+    spawn_child_env(case, &[])
+}
+
+/// [`spawn_child`] with the variables `env` added to the child's
+/// environment (a setting read once per process, say).
+pub fn spawn_child_env(case: &str, env: &[(&str, &str)]) -> std::process::Child {
     Command::new(std::env::current_exe().expect("current_exe"))
+        .envs(env.iter().copied())
         // `--include-ignored`: the case may be an ignored reproduction run
         // on purpose (the filter is exact, so nothing else runs).
         .args([
@@ -113,7 +120,13 @@ pub fn spawn_child(case: &str) -> std::process::Child {
 /// again in a child process of this test binary, killing it after `limit`.
 /// Use it for anything that could abort, segfault or hang.
 pub fn run_in_child(case: &str, limit: Duration) -> ChildRun {
-    let mut child = spawn_child(case);
+    run_in_child_env(case, limit, &[])
+}
+
+/// [`run_in_child`] with the variables `env` added to the child's
+/// environment.
+pub fn run_in_child_env(case: &str, limit: Duration, env: &[(&str, &str)]) -> ChildRun {
+    let mut child = spawn_child_env(case, env);
     // Read the pipes on threads so a chatty child cannot fill them and stall.
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
@@ -339,12 +352,17 @@ impl std::ops::Deref for Reap {
 /// child that another test forked meanwhile (forked children inherit every
 /// fd of the process).
 pub fn isolated(case: &str, limit: Duration, body: impl FnOnce()) {
+    isolated_env(case, limit, &[], body)
+}
+
+/// [`isolated`] with the variables `env` added to the child's environment.
+pub fn isolated_env(case: &str, limit: Duration, env: &[(&str, &str)], body: impl FnOnce()) {
     if in_child(case) {
         let _wd = watchdog(case, limit);
         body();
         return;
     }
-    let r = run_in_child(case, limit + Duration::from_secs(10));
+    let r = run_in_child_env(case, limit + Duration::from_secs(10), env);
     assert!(r.success(), "{case} failed in its child process: {r:#?}");
     // A misspelt case would run no test at all, and pass.
     assert!(

@@ -206,7 +206,11 @@ impl Ring {
             reaped: RefCell::new(Vec::new()),
             queued: Cell::new(false),
             sends: !setup.sendsys,
-            recv_ioprio: if setup.pollfirst { RECVSEND_POLL_FIRST } else { 0 },
+            recv_ioprio: if setup.pollfirst {
+                RECVSEND_POLL_FIRST
+            } else {
+                0
+            },
         })
     }
 
