@@ -110,9 +110,7 @@ impl LockWord {
         mine
     }
 
-    /// The count of callers waiting for this word: a caller that waits on
-    /// the lock's doorbell for something else (room in a queue, say) counts
-    /// itself here too, so that the unlock rings for it.
+    /// The count of callers waiting for this word (see `doorbell.rs`).
     pub(crate) fn waiters(&self) -> &AtomicU32 {
         &self.waiters
     }

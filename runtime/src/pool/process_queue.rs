@@ -2,7 +2,7 @@
 //!
 //! # Design
 //!
-//! Everything lives in kernel objects that `fork` shares: three pipes and
+//! Everything lives in kernel objects that `fork` shares: four pipes and
 //! one page of `MAP_SHARED` memory, all created by [`ProcessQueue::new`]
 //! before the children are forked (see `queue_wire.rs` for the layout).
 //!

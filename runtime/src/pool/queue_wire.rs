@@ -5,7 +5,8 @@
 //!   data pipe:   frames  [len: u32 LE][postcard bytes]  (FIFO of items)
 //!   shared page: item count (+ the writer's phase bits), "broken" flag,
 //!                the writers' and the readers' lock words, "reading" flag
-//!   two doorbells: the writers' (lock freed, room made), the readers'
+//!   three doorbells: the writers' lock freed, the readers' lock freed,
+//!                room made (for the writers' lock holder only)
 //! ```
 //!
 //! Each lock is one [`LockWord`]: 0 when free, else the identity (pid and
@@ -69,7 +70,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::doorbell::{Doorbell, SLICE, Waited, wait_fd};
@@ -105,6 +106,8 @@ struct Page {
     /// first read of a frame, cleared once that read found nothing or the
     /// frame is whole and uncounted.
     reading: AtomicBool,
+    /// Waiters for room: the holder of `wlock`, if it waits for room.
+    room_waiters: AtomicU32,
 }
 
 const TORN: usize = 1;
@@ -179,12 +182,16 @@ pub(crate) struct Wire {
     capacity: usize,
     data_r: OwnedFd,
     data_w: OwnedFd,
-    /// Rung when the writers' lock is given back or room is made; its
-    /// waiters count in `wlock`.
+    /// Rung when the writers' lock is given back; its waiters count in
+    /// `wlock`.
     wbell: Doorbell,
     /// Rung when the readers' lock is given back; its waiters count in
     /// `rlock`.
     rbell: Doorbell,
+    /// Rung when an item is taken, for the writer holding the lock that
+    /// waits for room (apart from the lock's waiters: one that drained a
+    /// ring meant for it could not take it in its place).
+    room: Doorbell,
     shared: SharedMem,
     /// Payloads of items whose get was cancelled in their middle and that
     /// were read to the end during the unwind; still counted. The next get
@@ -210,6 +217,7 @@ impl Wire {
             data_w,
             wbell: Doorbell::new()?,
             rbell: Doorbell::new()?,
+            room: Doorbell::new()?,
             shared: SharedMem::new(4096)?,
             rescued: Mutex::new(VecDeque::new()),
         })
@@ -287,8 +295,8 @@ impl Wire {
         if let Wait::No = wait {
             return Ok(false);
         }
-        let waiters = self.page().wlock.waiters();
-        self.wbell
+        let waiters = &self.page().room_waiters;
+        self.room
             .wait_for(waiters, wait.deadline(), attempt)
             .unwrap_or(Ok(false))
     }
@@ -326,7 +334,7 @@ impl Wire {
     /// One item taken: its room goes to a writer waiting for it.
     fn uncount(&self) {
         self.page().count.fetch_sub(1, Ordering::SeqCst);
-        self.wbell.ring_if_waited(self.page().wlock.waiters());
+        self.room.ring_if_waited(&self.page().room_waiters);
     }
 
     /// Takes `side`'s lock within `wait`: `None` if it ran out (or, for a
@@ -412,8 +420,9 @@ impl Wire {
             .page()
             .broken
             .compare_exchange(0, why, Ordering::SeqCst, Ordering::SeqCst);
-        self.wbell.ring();
-        self.rbell.ring();
+        for bell in [&self.wbell, &self.rbell, &self.room] {
+            bell.ring();
+        }
         // Room for a writer waiting mid-frame, a byte for waiting readers.
         let mut buf = [0u8; 64 * 1024];
         while matches!(fd::read(self.data_r.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
