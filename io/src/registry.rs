@@ -29,6 +29,13 @@
 //! A slot whose registration belongs to another hub (a forked child
 //! inherits this table with the parent's hub ids) is replaced likewise.
 //!
+//! # Exclusive registrations
+//!
+//! A `moss::net` socket caches the registration it gets (see `net/fd.rs`)
+//! and waits through its id while the hub's slot says it is exclusive:
+//! this table marks it so while it lists the registration for one kind of
+//! owner only, and not once it shares it or no longer lists it.
+//!
 //! # Dropping late
 //!
 //! A registration dropped while waits hold it deregisters only when the
@@ -161,6 +168,7 @@ pub(crate) fn get(fd: RawFd, owner: Owner) -> io::Result<Got> {
         }
         if !slot.stale_for(owner) && Rc::strong_count(&slot.reg) > 1 {
             slot.claim(owner);
+            slot.reg.set_exclusive(false);
             return Some(Got {
                 reg: slot.reg.clone(),
                 fresh: false,
@@ -191,10 +199,14 @@ fn register(idx: usize, fd: RawFd, owner: Owner) -> io::Result<Got> {
     let old = SLOTS
         .try_with(|t| t.borrow_mut().get_mut(idx).and_then(Option::take))
         .map_err(|_| exiting())?;
-    drop(old);
+    if let Some(old) = old {
+        // Waits may keep it alive: no longer listed, it is nobody's alone.
+        old.reg.set_exclusive(false);
+    }
     let reg = Rc::new(Reg {
         reg: ManuallyDrop::new(Registration::new(fd)?),
     });
+    reg.set_exclusive(true);
     let mut slot = Slot {
         reg: reg.clone(),
         net: 0,
@@ -238,10 +250,15 @@ pub(crate) fn release(fd: RawFd, owner: Owner) {
             if slot.net == 0 && slot.hook.is_none() {
                 entry.take()
             } else {
+                // One kind of owner is left: it has it alone.
+                slot.reg.set_exclusive(true);
                 None
             }
         })
         .ok()
         .flatten();
-    drop(removed);
+    if let Some(slot) = removed {
+        // Waits may keep it alive: no longer listed, it is nobody's alone.
+        slot.reg.set_exclusive(false);
+    }
 }

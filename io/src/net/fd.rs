@@ -36,6 +36,17 @@
 //!   (or takes it over), so a socket can go back and forth between std and
 //!   moss types, and threads, without colliding with its own registration.
 //!
+//! # The cached registration
+//!
+//! The socket keeps the [`RegId`] its thread's table last gave it, and a
+//! wait goes straight to the hub's slot it names: no table lookup per
+//! operation. The hub finds the slot only if it holds it (ids are unique
+//! in the process: one made on another thread, or before a `fork`, names
+//! nothing here) and the table still lists it as the socket's alone (it
+//! marks a registration the hooks share, or one it replaced, as not
+//! exclusive). Otherwise the wait asks the table, as the first wait does,
+//! and caches what it gets.
+//!
 //! # The drained hint (2 syscalls per echoed message)
 //!
 //! A stream read that returns fewer bytes than asked for emptied the kernel's
@@ -49,10 +60,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use moss_runtime::reactor::{Interest, uring};
+use moss_runtime::reactor::{Interest, Local, RegId, uring};
 
 use super::sys;
 use crate::registry::{self, Got, Owner};
@@ -72,6 +83,11 @@ pub(crate) struct IoState {
     /// Nanoseconds; 0 means none.
     read_timeout: AtomicU64,
     write_timeout: AtomicU64,
+    /// The [`RegId`] of the registration this thread's table last gave
+    /// the socket (see "The cached registration"), in two parts: a torn
+    /// pair names no registration.
+    reg_key: AtomicUsize,
+    reg_generation: AtomicU64,
 }
 
 /// A socket `S` whose fd is in non-blocking mode, with blocking emulation.
@@ -104,6 +120,8 @@ impl<S: AsRawFd> Evented<S> {
                 sent: AtomicBool::new(false),
                 read_timeout: AtomicU64::new(0),
                 write_timeout: AtomicU64::new(0),
+                reg_key: AtomicUsize::new(RegId::NONE.to_parts().0),
+                reg_generation: AtomicU64::new(RegId::NONE.to_parts().1),
             },
             io,
         }
@@ -157,6 +175,18 @@ impl<S: AsRawFd> Evented<S> {
     pub(crate) fn read_op<T>(
         &self,
         stream: Option<usize>,
+        op: impl FnMut(&S) -> io::Result<T>,
+        len_of: impl Fn(&T) -> usize,
+    ) -> io::Result<T> {
+        self.read_op_in(Local::get(), stream, op, len_of)
+    }
+
+    /// [`read_op`](Self::read_op) with this thread's hub looked up already.
+    #[inline(always)]
+    pub(crate) fn read_op_in<T>(
+        &self,
+        here: Local,
+        stream: Option<usize>,
         mut op: impl FnMut(&S) -> io::Result<T>,
         len_of: impl Fn(&T) -> usize,
     ) -> io::Result<T> {
@@ -166,14 +196,14 @@ impl<S: AsRawFd> Evented<S> {
             // Fairness: a reader that always finds data yields now and then
             // (see moss_runtime::coop); before the syscall, so a kill
             // delivered there loses no data.
-            moss_runtime::coop::proceed();
+            here.proceed();
         }
         let mut deadline = None;
         if stream.is_some() && !nonblocking && st.drained.load(Ordering::Relaxed) {
-            let got = self.registration()?;
-            if !got.shared {
-                deadline = self.deadline(&st.read_timeout);
-                wait_for(&got, Interest::Readable, deadline)?;
+            deadline = self.deadline(&st.read_timeout);
+            match here.wait(self.cached(), Interest::Readable, deadline) {
+                Some(r) => eagain_on_timeout(r)?,
+                None => self.drained_wait(deadline)?,
             }
         }
         loop {
@@ -190,20 +220,43 @@ impl<S: AsRawFd> Evented<S> {
                     if deadline.is_none() {
                         deadline = self.deadline(&st.read_timeout);
                     }
-                    self.wait(Interest::Readable, deadline)?;
+                    self.wait(here, Interest::Readable, deadline)?;
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// The drained hint's wait when the cached registration did not serve
+    /// (the first wait on this thread, or the hooks share the fd): skipped
+    /// while the hooks share the registration.
+    #[inline(never)]
+    fn drained_wait(&self, deadline: Option<Instant>) -> io::Result<()> {
+        let got = self.registration()?;
+        if got.shared {
+            return Ok(());
+        }
+        wait_for(&got, Interest::Readable, deadline)
+    }
+
     /// A write-side operation (`send`, `send_to`).
     #[inline(always)]
-    pub(crate) fn write_op<T>(&self, mut op: impl FnMut(&S) -> io::Result<T>) -> io::Result<T> {
+    pub(crate) fn write_op<T>(&self, op: impl FnMut(&S) -> io::Result<T>) -> io::Result<T> {
+        self.write_op_in(Local::get(), op)
+    }
+
+    /// [`write_op`](Self::write_op) with this thread's hub looked up
+    /// already.
+    #[inline(always)]
+    pub(crate) fn write_op_in<T>(
+        &self,
+        here: Local,
+        mut op: impl FnMut(&S) -> io::Result<T>,
+    ) -> io::Result<T> {
         let st = &self.state;
         let nonblocking = st.nonblocking.load(Ordering::Relaxed);
         if !nonblocking {
-            moss_runtime::coop::proceed();
+            here.proceed();
         }
         let mut deadline = None;
         loop {
@@ -214,7 +267,7 @@ impl<S: AsRawFd> Evented<S> {
                     if deadline.is_none() {
                         deadline = self.deadline(&st.write_timeout);
                     }
-                    self.wait(Interest::Writable, deadline)?;
+                    self.wait(here, Interest::Writable, deadline)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -231,7 +284,20 @@ impl<S: AsRawFd> Evented<S> {
         &self,
         op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
     ) -> Option<io::Result<T>> {
-        let r = self.ring_loop(&self.state.read_timeout, Interest::Readable, op);
+        self.ring_op_in(Local::get(), op)
+    }
+
+    /// [`ring_op`](Self::ring_op) with this thread's hub looked up already.
+    #[inline]
+    pub(crate) fn ring_op_in<T>(
+        &self,
+        here: Local,
+        op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
+        if !here.uring() {
+            return None;
+        }
+        let r = self.ring_loop(here, &self.state.read_timeout, Interest::Readable, op);
         if r.is_some() {
             self.state.sent.store(false, Ordering::Relaxed);
         }
@@ -259,31 +325,47 @@ impl<S: AsRawFd> Evented<S> {
         &self,
         op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
     ) -> Option<io::Result<T>> {
+        self.ring_write_op_in(Local::get(), op)
+    }
+
+    /// [`ring_write_op`](Self::ring_write_op) with this thread's hub looked
+    /// up already.
+    #[inline]
+    pub(crate) fn ring_write_op_in<T>(
+        &self,
+        here: Local,
+        op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
+        if !here.uring() {
+            return None;
+        }
         let sent = &self.state.sent;
         if sent.load(Ordering::Relaxed) || !uring::ring_sends() {
             return None;
         }
-        let r = self.ring_loop(&self.state.write_timeout, Interest::Writable, op);
+        let r = self.ring_loop(here, &self.state.write_timeout, Interest::Writable, op);
         if r.is_some() {
             sent.store(true, Ordering::Relaxed);
         }
         r
     }
 
+    /// The ring operation of `ring_op`/`ring_write_op` on an io_uring hub.
     #[inline]
     fn ring_loop<T>(
         &self,
+        here: Local,
         timeout: &AtomicU64,
         interest: Interest,
         mut op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
     ) -> Option<io::Result<T>> {
         let st = &self.state;
-        if st.nonblocking.load(Ordering::Relaxed) || !uring::enabled() {
+        if st.nonblocking.load(Ordering::Relaxed) {
             return None;
         }
         // Fairness, as in `read_op`: before the operation, so a kill
         // delivered there loses no data.
-        moss_runtime::coop::proceed();
+        here.proceed();
         let deadline = self.deadline(timeout);
         loop {
             match op(st.fd, deadline) {
@@ -293,7 +375,7 @@ impl<S: AsRawFd> Evented<S> {
                 }
                 // A send (`MSG_DONTWAIT`) that found no room.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = self.wait(interest, deadline) {
+                    if let Err(e) = self.wait(here, interest, deadline) {
                         return Some(Err(e));
                     }
                 }
@@ -331,13 +413,34 @@ impl<S: AsRawFd> Evented<S> {
 
     /// Waits for readiness; an expired deadline reads as `EAGAIN`, as an
     /// expired `SO_RCVTIMEO`/`SO_SNDTIMEO` does for std on Linux.
-    #[inline]
-    fn wait(&self, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
+    #[inline(always)]
+    fn wait(&self, here: Local, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
+        match here.wait(self.cached(), interest, deadline) {
+            Some(r) => eagain_on_timeout(r),
+            None => self.wait_listed(interest, deadline),
+        }
+    }
+
+    /// `wait` through this thread's table (the cached registration did not
+    /// serve).
+    #[inline(never)]
+    fn wait_listed(&self, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
         wait_for(&self.registration()?, interest, deadline)
     }
 
-    /// This thread's registration of the socket, made on first use.
-    #[inline]
+    /// The registration this thread's table last gave the socket (see "The
+    /// cached registration"): valid only if the hub finds it.
+    #[inline(always)]
+    fn cached(&self) -> RegId {
+        let st = &self.state;
+        RegId::from_parts(
+            st.reg_key.load(Ordering::Relaxed),
+            st.reg_generation.load(Ordering::Relaxed),
+        )
+    }
+
+    /// This thread's registration of the socket, made on first use; cached
+    /// in the socket.
     fn registration(&self) -> io::Result<Got> {
         let st = &self.state;
         let got = registry::get(st.fd, Owner::Net(st.uid))?;
@@ -346,6 +449,9 @@ impl<S: AsRawFd> Evented<S> {
             // syscall before trusting the drained hint again.
             st.drained.store(false, Ordering::Relaxed);
         }
+        let (key, generation) = got.reg.id().to_parts();
+        st.reg_key.store(key, Ordering::Relaxed);
+        st.reg_generation.store(generation, Ordering::Relaxed);
         Ok(got)
     }
 }
@@ -383,7 +489,13 @@ pub(crate) fn is_deadline(e: &io::Error) -> bool {
 /// Waits on `got`; an expired deadline reads as `EAGAIN` (see `wait`).
 #[inline(always)]
 fn wait_for(got: &Got, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
-    match got.reg.wait(interest, deadline) {
+    eagain_on_timeout(got.reg.wait(interest, deadline))
+}
+
+/// A wait's result, its deadline passing read as `EAGAIN`.
+#[inline(always)]
+fn eagain_on_timeout(r: io::Result<()>) -> io::Result<()> {
+    match r {
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
             Err(io::Error::from_raw_os_error(libc::EAGAIN))
         }

@@ -16,7 +16,7 @@ use std::net::{self, Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use moss_runtime::reactor::{Interest, uring};
+use moss_runtime::reactor::{Interest, Local, uring};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::addr::{ToSocketAddrs, each_addr};
@@ -219,14 +219,16 @@ impl TcpStream {
     }
 
     fn read_inner(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let here = Local::get();
         if let Some(r) = self
             .inner
-            .ring_op(|fd, d| sys::ring::recv(fd, buf, Recv::Take, d))
+            .ring_op_in(here, |fd, d| sys::ring::recv(fd, buf, Recv::Take, d))
         {
             return r;
         }
         let len = buf.len();
-        self.inner.read_op(
+        self.inner.read_op_in(
+            here,
             Some(len),
             |s| sys::recv(s.as_raw_fd(), buf, Recv::Take),
             |n| *n,
@@ -250,17 +252,24 @@ impl TcpStream {
 
     #[inline(always)]
     fn write_inner(&self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner_in(Local::get(), buf)
+    }
+
+    #[inline(always)]
+    fn write_inner_in(&self, here: Local, buf: &[u8]) -> io::Result<usize> {
         if let Some(r) = self
             .inner
-            .ring_write_op(|fd, d| sys::ring::send(fd, buf, d))
+            .ring_write_op_in(here, |fd, d| sys::ring::send(fd, buf, d))
         {
             return r;
         }
-        self.inner.write_op(|s| sys::send(s.as_raw_fd(), buf))
+        self.inner
+            .write_op_in(here, |s| sys::send(s.as_raw_fd(), buf))
     }
 
     fn write_all_inner(&self, buf: &[u8]) -> io::Result<()> {
-        super::fd::write_all(buf, |b| self.write_inner(b))
+        let here = Local::get();
+        super::fd::write_all(buf, |b| self.write_inner_in(here, b))
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

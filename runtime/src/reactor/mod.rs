@@ -37,7 +37,7 @@ mod registration;
 pub mod uring;
 
 pub use backend::{Backend, backend, set_backend};
-pub use registration::{Interest, Registration, WaitError};
+pub use registration::{Interest, Local, RegId, Registration, WaitError};
 
 /// The id of this thread's hub (creating it if needed); compare with
 /// [`Registration::hub_id`] to detect a socket moved to another thread.

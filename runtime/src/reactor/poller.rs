@@ -159,6 +159,7 @@ impl Reactor {
             read_ready: false,
             write_ready: false,
             read_hup: false,
+            exclusive: false,
         });
         let interests = mio::Interest::READABLE | mio::Interest::WRITABLE;
         let registry = self.poll.borrow();
@@ -235,6 +236,9 @@ pub(super) struct IoSlot {
     /// set, so a reader that skips a syscall on a hint (a short read drained
     /// the queue) still sees an EOF that arrived together with its data.
     pub(super) read_hup: bool,
+    /// Its owner allows waits through its [`RegId`](super::RegId) alone
+    /// (see [`Registration::set_exclusive`](super::Registration::set_exclusive)).
+    pub(super) exclusive: bool,
 }
 
 impl IoSlot {

@@ -115,18 +115,7 @@ impl Registration {
     /// wait early with an error (`ErrorKind::Other`, [`WaitError::Cancelled`]).
     #[inline(always)]
     pub fn wait(&self, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
-        match self.wait_in(interest, deadline, Mode::Fallible) {
-            Ok(()) => Ok(()),
-            Err(WaitError::TimedOut) => Err(io::Error::from(io::ErrorKind::TimedOut)),
-            Err(WaitError::Closed) => Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                WaitError::Closed,
-            )),
-            Err(WaitError::Cancelled) => {
-                crate::cancel::deliver_or_fail(Hub::current());
-                Err(io::Error::other(WaitError::Cancelled))
-            }
-        }
+        to_io(self.wait_in(interest, deadline, Mode::Fallible))
     }
 
     /// Like [`wait`](Self::wait) but never unwinds: for code that cannot
@@ -153,10 +142,6 @@ impl Registration {
     }
 
     /// The wait, with `mode` saying how a cancellation counts.
-    ///
-    /// Inlined into I/O types on purpose: every return between the switch
-    /// and the retried syscall mispredicts after a stack switch (see the hub's
-    /// `yield_now`).
     #[inline(always)]
     fn wait_in(
         &self,
@@ -169,55 +154,213 @@ impl Registration {
             hub.remote.hub_id, self.hub_id,
             "fd used on another thread's hub"
         );
-        let h = hub.current_header();
-        // Copied: after the park, `self` is not touched again, so a waiter
-        // whose registration is dropped meanwhile (by a `close` hook of
-        // another coroutine) stays sound and reports `Closed`.
-        let (key, generation) = (self.key, self.generation);
-        {
-            let mut slots = hub.reactor.slots.borrow_mut();
-            let slot = match slots.get_mut(key) {
-                Some(s) if s.generation == generation => s,
-                _ => return Err(WaitError::Closed),
-            };
-            let hup = interest == Interest::Readable && slot.read_hup;
-            let (waiters, flag) = match interest {
-                Interest::Readable => (&mut slot.readers, &mut slot.read_ready),
-                Interest::Writable => (&mut slot.writers, &mut slot.write_ready),
-            };
-            if std::mem::take(flag) || hup {
-                return Ok(());
-            }
-            // (A pending cancellation ends the park below at once.)
-            waiters.push(h.token());
-        }
-        let token = h.token();
-        let waiting = &hub.reactor.waiters;
-        waiting.set(waiting.get() + 1);
-        let w = hub.park(deadline, "I/O readiness", mode);
-        waiting.set(waiting.get() - 1);
-        let mut slots = hub.reactor.slots.borrow_mut();
-        let slot = match slots.get_mut(key) {
-            Some(s) if s.generation == generation => s,
-            _ => return Err(WaitError::Closed),
-        };
-        if w != Wakeup::Notified {
-            // A deadline or a cancellation ended the park: the waiter is
-            // still queued. (A readiness edge takes every waiter of its
-            // direction off the list, and a dropped registration takes
-            // its slot along.)
-            let waiters = match interest {
-                Interest::Readable => &mut slot.readers,
-                Interest::Writable => &mut slot.writers,
-            };
-            waiters.remove(token);
-        }
-        match w {
-            Wakeup::Notified => Ok(()),
-            Wakeup::TimedOut => Err(WaitError::TimedOut),
-            Wakeup::Cancelled => Err(WaitError::Cancelled),
+        let id = self.id();
+        wait_slot(hub, id, false, interest, deadline, mode).unwrap_or(Err(WaitError::Closed))
+    }
+
+    /// The registration's [`RegId`].
+    #[inline]
+    pub fn id(&self) -> RegId {
+        RegId {
+            key: self.key,
+            generation: self.generation,
         }
     }
+
+    /// Whether waits through the registration's [`RegId`] alone
+    /// ([`Local::wait`]) are allowed: its owner says so while it is its
+    /// only user and still the fd's current registration; they are not
+    /// until then. Waits through the `Registration` itself are always
+    /// allowed.
+    pub fn set_exclusive(&self, exclusive: bool) {
+        let Some(hub) = Hub::try_current() else {
+            return;
+        };
+        if hub.remote.hub_id != self.hub_id {
+            return;
+        }
+        let Ok(mut slots) = hub.reactor.slots.try_borrow_mut() else {
+            return;
+        };
+        if let Some(s) = slots.get_mut(self.key)
+            && s.generation == self.generation
+        {
+            s.exclusive = exclusive;
+        }
+    }
+}
+
+/// A [`Registration`]'s name: `Copy` and `Send`, for an I/O object to keep
+/// and wait through ([`Local::wait`]) without looking the registration up.
+/// It names the registration only on the hub that holds it, and only while
+/// it lives: generations are unique in the process, so a stale or foreign
+/// `RegId` names nothing, whatever hub it is used on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegId {
+    key: usize,
+    generation: u64,
+}
+
+impl RegId {
+    /// Names no registration.
+    pub const NONE: RegId = RegId {
+        key: usize::MAX,
+        generation: 0,
+    };
+
+    /// The two numbers it is made of (for storing it in atomics).
+    pub fn to_parts(self) -> (usize, u64) {
+        (self.key, self.generation)
+    }
+
+    /// The `RegId` made of [`to_parts`](Self::to_parts)' numbers. Any
+    /// numbers are safe: they name a live registration or none.
+    pub fn from_parts(key: usize, generation: u64) -> RegId {
+        RegId { key, generation }
+    }
+}
+
+/// This thread's hub as an I/O operation uses it: looked up once per
+/// operation and passed down to each of its steps (the backend check, the
+/// fairness budget, the readiness wait), which would otherwise look it up
+/// again in a thread-local each. Not `Send`.
+#[derive(Clone, Copy)]
+pub struct Local {
+    hub: &'static Hub,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Local {
+    /// This thread's (creating its hub if needed).
+    #[inline]
+    pub fn get() -> Local {
+        Local {
+            hub: Hub::current(),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Whether the hub runs on io_uring (see [`super::uring`]).
+    #[inline]
+    pub fn uring(self) -> bool {
+        self.hub.reactor.ring.is_some()
+    }
+
+    /// The hub's id (see [`hub_id`](super::hub_id)).
+    #[inline]
+    pub fn hub_id(self) -> u64 {
+        self.hub.remote.hub_id
+    }
+
+    /// [`coop::proceed`](crate::coop::proceed) on this hub.
+    #[inline]
+    pub fn proceed(self) {
+        let hub = self.hub;
+        if hub.spend_budget() {
+            crate::cancel::check(hub, hub.current_header());
+        }
+    }
+
+    /// [`Registration::wait`] on the registration `id` names, if this hub
+    /// holds it and its owner allows waits through its id
+    /// ([`Registration::set_exclusive`]); `None`, having done nothing,
+    /// otherwise (then the caller looks its registration up).
+    #[inline(always)]
+    pub fn wait(
+        self,
+        id: RegId,
+        interest: Interest,
+        deadline: Option<Instant>,
+    ) -> Option<io::Result<()>> {
+        wait_slot(self.hub, id, true, interest, deadline, Mode::Fallible).map(to_io)
+    }
+}
+
+/// A wait's result as `Registration::wait` reports it.
+#[inline(always)]
+fn to_io(r: Result<(), WaitError>) -> io::Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => wait_error(e),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn wait_error(e: WaitError) -> io::Result<()> {
+    match e {
+        WaitError::TimedOut => Err(io::Error::from(io::ErrorKind::TimedOut)),
+        WaitError::Closed => Err(io::Error::new(io::ErrorKind::NotConnected, e)),
+        WaitError::Cancelled => {
+            crate::cancel::deliver_or_fail(Hub::current());
+            Err(io::Error::other(e))
+        }
+    }
+}
+
+/// The wait on the slot `id` of `hub`'s reactor; `None`, having done
+/// nothing, if the slot is gone (or, with `exclusive`, not exclusive).
+///
+/// Inlined into I/O types on purpose: every return between the switch
+/// and the retried syscall mispredicts after a stack switch (see the hub's
+/// `yield_now`).
+#[inline(always)]
+fn wait_slot(
+    hub: &Hub,
+    id: RegId,
+    exclusive: bool,
+    interest: Interest,
+    deadline: Option<Instant>,
+    mode: Mode,
+) -> Option<Result<(), WaitError>> {
+    let h = hub.current_header();
+    // Copied: after the park, the registration is not touched again, so a
+    // waiter whose registration is dropped meanwhile (by a `close` hook of
+    // another coroutine) stays sound and reports `Closed`.
+    let RegId { key, generation } = id;
+    {
+        let mut slots = hub.reactor.slots.borrow_mut();
+        let slot = match slots.get_mut(key) {
+            Some(s) if s.generation == generation && (s.exclusive || !exclusive) => s,
+            _ => return None,
+        };
+        let hup = interest == Interest::Readable && slot.read_hup;
+        let (waiters, flag) = match interest {
+            Interest::Readable => (&mut slot.readers, &mut slot.read_ready),
+            Interest::Writable => (&mut slot.writers, &mut slot.write_ready),
+        };
+        if std::mem::take(flag) || hup {
+            return Some(Ok(()));
+        }
+        // (A pending cancellation ends the park below at once.)
+        waiters.push(h.token());
+    }
+    let token = h.token();
+    let waiting = &hub.reactor.waiters;
+    waiting.set(waiting.get() + 1);
+    let w = hub.park(deadline, "I/O readiness", mode);
+    waiting.set(waiting.get() - 1);
+    let mut slots = hub.reactor.slots.borrow_mut();
+    let slot = match slots.get_mut(key) {
+        Some(s) if s.generation == generation => s,
+        _ => return Some(Err(WaitError::Closed)),
+    };
+    if w != Wakeup::Notified {
+        // A deadline or a cancellation ended the park: the waiter is
+        // still queued. (A readiness edge takes every waiter of its
+        // direction off the list, and a dropped registration takes
+        // its slot along.)
+        let waiters = match interest {
+            Interest::Readable => &mut slot.readers,
+            Interest::Writable => &mut slot.writers,
+        };
+        waiters.remove(token);
+    }
+    Some(match w {
+        Wakeup::Notified => Ok(()),
+        Wakeup::TimedOut => Err(WaitError::TimedOut),
+        Wakeup::Cancelled => Err(WaitError::Cancelled),
+    })
 }
 
 impl Drop for Registration {
