@@ -288,7 +288,7 @@ impl<S: AsRawFd> Evented<S> {
     }
 
     /// [`ring_op`](Self::ring_op) with this thread's hub looked up already.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn ring_op_in<T>(
         &self,
         here: Local,
@@ -297,6 +297,15 @@ impl<S: AsRawFd> Evented<S> {
         if !here.uring() {
             return None;
         }
+        self.ring_read(here, op)
+    }
+
+    #[inline(never)]
+    fn ring_read<T>(
+        &self,
+        here: Local,
+        op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
         let r = self.ring_loop(here, &self.state.read_timeout, Interest::Readable, op);
         if r.is_some() {
             self.state.sent.store(false, Ordering::Relaxed);
@@ -330,7 +339,7 @@ impl<S: AsRawFd> Evented<S> {
 
     /// [`ring_write_op`](Self::ring_write_op) with this thread's hub looked
     /// up already.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn ring_write_op_in<T>(
         &self,
         here: Local,
@@ -339,6 +348,15 @@ impl<S: AsRawFd> Evented<S> {
         if !here.uring() {
             return None;
         }
+        self.ring_write(here, op)
+    }
+
+    #[inline(never)]
+    fn ring_write<T>(
+        &self,
+        here: Local,
+        op: impl FnMut(RawFd, Option<Instant>) -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
         let sent = &self.state.sent;
         if sent.load(Ordering::Relaxed) || !uring::ring_sends() {
             return None;

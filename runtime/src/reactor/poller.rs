@@ -24,8 +24,9 @@ pub(crate) struct Reactor {
     /// Contexts parked on I/O readiness or on a ring operation (they can be
     /// woken by the kernel).
     pub(super) waiters: Cell<usize>,
-    /// `poll_epoll`'s buffer of waiters to wake (empty between polls).
-    woken: Cell<Vec<Token>>,
+    /// Slots removed so far (wrapping): a readiness wait woken while it
+    /// did not change finds its slot without looking (see `wait_slot`).
+    pub(super) removals: Cell<u64>,
     /// The fork generation the epoll instance was made in: a forked child's
     /// copy shares the instance with the parent and never touches it.
     generation: u64,
@@ -54,7 +55,7 @@ impl Reactor {
             events: RefCell::new(mio::Events::with_capacity(1024)),
             slots: RefCell::new(Slab::new()),
             waiters: Cell::new(0),
-            woken: Cell::new(Vec::new()),
+            removals: Cell::new(0),
             generation: crate::sys::atfork::generation(),
             ring,
         })
@@ -113,33 +114,25 @@ impl Reactor {
         {
             panic!("moss: epoll_wait failed: {e}");
         }
-        // The waiters to wake, in event order, collected with the slots
-        // borrowed once and woken after (one call site: `wake` inlines).
-        // The buffer is kept between polls (no allocation once grown).
-        let mut woken = self.woken.take();
-        {
-            let mut slots = self.slots.borrow_mut();
-            for ev in events.iter() {
-                // (The waker's token is no slot's key.)
-                let Some(slot) = slots.get_mut(ev.token().0) else {
-                    continue;
-                };
-                let err = ev.is_error();
-                let read_hup = ev.is_read_closed();
-                slot.read_hup = read_hup;
-                if ev.is_readable() || read_hup || err {
-                    slot.on_event(true, &mut woken);
-                }
-                if ev.is_writable() || ev.is_write_closed() || err {
-                    slot.on_event(false, &mut woken);
-                }
+        // The waiters are woken in event order with the slots borrowed:
+        // `wake` only queues them (it runs no code of theirs and touches
+        // no slot).
+        let mut slots = self.slots.borrow_mut();
+        for ev in events.iter() {
+            // (The waker's token is no slot's key.)
+            let Some(slot) = slots.get_mut(ev.token().0) else {
+                continue;
+            };
+            let err = ev.is_error();
+            let read_hup = ev.is_read_closed();
+            slot.read_hup = read_hup;
+            if ev.is_readable() || read_hup || err {
+                slot.readers.on_edge(&mut slot.read_ready, &mut wake);
+            }
+            if ev.is_writable() || ev.is_write_closed() || err {
+                slot.writers.on_edge(&mut slot.write_ready, &mut wake);
             }
         }
-        for &t in &woken {
-            wake(t);
-        }
-        woken.clear();
-        self.woken.set(woken);
     }
 
     /// Registers `fd` in a new slot tagged `generation`; fails in a forked
@@ -205,6 +198,7 @@ impl Reactor {
                 _ => return None,
             }
         };
+        self.removals.set(self.removals.get().wrapping_add(1));
         // The fd may be closed already (a racing close): nothing to undo.
         // In a forked child, the instance's interest list is the parent's.
         if !self.inherited() {
@@ -241,28 +235,6 @@ pub(super) struct IoSlot {
     pub(super) exclusive: bool,
 }
 
-impl IoSlot {
-    /// Records an edge in one direction: takes its waiters off the list
-    /// into `woken`; with no waiter, sets the ready bit.
-    #[inline(always)]
-    fn on_event(&mut self, read: bool, woken: &mut Vec<Token>) {
-        let (waiters, flag) = if read {
-            (&mut self.readers, &mut self.read_ready)
-        } else {
-            (&mut self.writers, &mut self.write_ready)
-        };
-        match waiters.first.take() {
-            None => *flag = true,
-            Some(t) => {
-                woken.push(t);
-                if !waiters.rest.is_empty() {
-                    woken.append(&mut waiters.rest);
-                }
-            }
-        }
-    }
-}
-
 /// The contexts parked on one direction of an fd. Almost always zero or
 /// one, which costs no allocation.
 #[derive(Default)]
@@ -272,6 +244,28 @@ pub(super) struct Waiters {
 }
 
 impl Waiters {
+    /// Records an edge in their direction: wakes them all, taking them
+    /// off the list; with no waiter, sets the direction's ready bit.
+    #[inline(always)]
+    fn on_edge(&mut self, ready: &mut bool, wake: &mut impl FnMut(Token)) {
+        match self.first.take() {
+            None => *ready = true,
+            Some(t) => {
+                wake(t);
+                if !self.rest.is_empty() {
+                    self.wake_rest(wake);
+                }
+            }
+        }
+    }
+
+    #[cold]
+    fn wake_rest(&mut self, wake: &mut impl FnMut(Token)) {
+        for t in std::mem::take(&mut self.rest) {
+            wake(t);
+        }
+    }
+
     #[inline(always)]
     pub(super) fn push(&mut self, t: Token) {
         if self.first.is_none() {

@@ -336,11 +336,17 @@ fn wait_slot(
         waiters.push(h.token());
     }
     let token = h.token();
-    let waiting = &hub.reactor.waiters;
-    waiting.set(waiting.get() + 1);
+    let reactor = &hub.reactor;
+    let removals = reactor.removals.get();
+    reactor.waiters.set(reactor.waiters.get() + 1);
     let w = hub.park(deadline, "I/O readiness", mode);
-    waiting.set(waiting.get() - 1);
-    let mut slots = hub.reactor.slots.borrow_mut();
+    reactor.waiters.set(reactor.waiters.get() - 1);
+    if w == Wakeup::Notified && reactor.removals.get() == removals {
+        // An edge took the waiter off its list, and the slot is there
+        // still: no slot was removed meanwhile.
+        return Some(Ok(()));
+    }
+    let mut slots = reactor.slots.borrow_mut();
     let slot = match slots.get_mut(key) {
         Some(s) if s.generation == generation => s,
         _ => return Some(Err(WaitError::Closed)),
