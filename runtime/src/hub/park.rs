@@ -57,7 +57,7 @@ impl Hub {
     /// [`wake`](Self::wake), inlined into the hub's event dispatch (one
     /// call per I/O event saved).
     #[inline(always)]
-    pub(super) fn wake_inline(&self, token: Token, why: Wakeup) -> bool {
+    pub(crate) fn wake_inline(&self, token: Token, why: Wakeup) -> bool {
         if token.key == ROOT_KEY {
             let h = &self.root.0;
             return h.id.0 == token.id && h.state.wake(token.seq, why);

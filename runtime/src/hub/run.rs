@@ -476,9 +476,7 @@ impl Hub {
             if sleeping && !self.remote.begin_sleep() {
                 timeout = Some(Duration::ZERO);
             }
-            self.reactor.poll(timeout, |t| {
-                self.wake_inline(t, Wakeup::Notified);
-            });
+            self.reactor.poll(self, timeout);
             if sleeping {
                 self.remote.end_sleep();
             }

@@ -1,8 +1,8 @@
 //! The reactor proper: one hub's epoll instance and the readiness state of
 //! its fds (see the module above for the protocol), and on the io_uring
-//! backend the ring that nests that epoll instance (`uring.rs`). It knows
-//! nothing of the scheduler: the hub polls it and wakes the contexts whose
-//! tokens it reports.
+//! backend the ring that nests that epoll instance (`uring.rs`). Of the
+//! scheduler it knows only how to wake a context by its token: the hub
+//! polls it, and it wakes the contexts its events concern.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use slab::Slab;
 
-use crate::task::Token;
+use crate::hub::Hub;
+use crate::task::{Token, Wakeup};
 
 /// The token of the hub's cross-thread waker in the epoll set.
 const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
@@ -84,30 +85,32 @@ impl Reactor {
     }
 
     /// Waits up to `timeout` (`None`: until an event) in `epoll_wait` and
-    /// calls `wake` for every waiter an event concerns. In a forked child,
+    /// wakes every waiter of `hub` an event concerns. In a forked child,
     /// on the parent's instance, ends the child instead (it would take the
     /// parent's events).
     ///
     /// # Panics
     /// If `epoll_wait` fails with anything but `EINTR` (a broken epoll fd:
     /// the hub cannot work any more).
-    pub(crate) fn poll(&self, timeout: Option<Duration>, mut wake: impl FnMut(Token)) {
+    pub(crate) fn poll(&self, hub: &Hub, timeout: Option<Duration>) {
         if self.inherited() {
             crate::hub::left_in_child(b"poll its epoll instance");
         }
         if let Some(ring) = &self.ring {
             // One io_uring_enter; the epoll set only when its fd polled
             // readable (see `uring.rs`).
-            if ring.poll(timeout, &mut wake) {
-                self.poll_epoll(Some(Duration::ZERO), wake);
+            if ring.poll(timeout, |t| {
+                hub.wake(t, Wakeup::Notified);
+            }) {
+                self.poll_epoll(hub, Some(Duration::ZERO));
             }
             return;
         }
-        self.poll_epoll(timeout, wake)
+        self.poll_epoll(hub, timeout)
     }
 
     /// `poll` on the epoll set itself.
-    fn poll_epoll(&self, timeout: Option<Duration>, mut wake: impl FnMut(Token)) {
+    fn poll_epoll(&self, hub: &Hub, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
         if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
@@ -115,8 +118,9 @@ impl Reactor {
             panic!("moss: epoll_wait failed: {e}");
         }
         // The waiters are woken in event order with the slots borrowed:
-        // `wake` only queues them (it runs no code of theirs and touches
-        // no slot).
+        // a wake only queues them (it runs no code of theirs and touches
+        // no slot). It is inlined at both call sites (one call per event
+        // saved).
         let mut slots = self.slots.borrow_mut();
         for ev in events.iter() {
             // (The waker's token is no slot's key.)
@@ -127,10 +131,10 @@ impl Reactor {
             let read_hup = ev.is_read_closed();
             slot.read_hup = read_hup;
             if ev.is_readable() || read_hup || err {
-                slot.readers.on_edge(&mut slot.read_ready, &mut wake);
+                slot.readers.on_edge(&mut slot.read_ready, hub);
             }
             if ev.is_writable() || ev.is_write_closed() || err {
-                slot.writers.on_edge(&mut slot.write_ready, &mut wake);
+                slot.writers.on_edge(&mut slot.write_ready, hub);
             }
         }
     }
@@ -247,22 +251,22 @@ impl Waiters {
     /// Records an edge in their direction: wakes them all, taking them
     /// off the list; with no waiter, sets the direction's ready bit.
     #[inline(always)]
-    fn on_edge(&mut self, ready: &mut bool, wake: &mut impl FnMut(Token)) {
+    fn on_edge(&mut self, ready: &mut bool, hub: &Hub) {
         match self.first.take() {
             None => *ready = true,
             Some(t) => {
-                wake(t);
+                hub.wake_inline(t, Wakeup::Notified);
                 if !self.rest.is_empty() {
-                    self.wake_rest(wake);
+                    self.wake_rest(hub);
                 }
             }
         }
     }
 
     #[cold]
-    fn wake_rest(&mut self, wake: &mut impl FnMut(Token)) {
+    fn wake_rest(&mut self, hub: &Hub) {
         for t in std::mem::take(&mut self.rest) {
-            wake(t);
+            hub.wake(t, Wakeup::Notified);
         }
     }
 
