@@ -279,17 +279,21 @@ impl Waiters {
         }
     }
 
-    /// Removes `t` if present (a timed out or cancelled waiter).
+    /// Removes the entry of `t`'s context if present (a timed out or
+    /// cancelled waiter), whatever park it was made for: a context is in
+    /// one park at a time, and the entry of a park leaves the list when the
+    /// park ends (here, or taken by an edge), so the list holds no other.
     #[inline]
     pub(super) fn remove(&mut self, t: Token) {
-        if self.first == Some(t) {
+        let ours = |x: &Token| x.key == t.key && x.id == t.id;
+        if self.first.as_ref().is_some_and(ours) {
             self.first = if self.rest.is_empty() {
                 None
             } else {
                 Some(self.rest.remove(0))
             };
         } else if !self.rest.is_empty() {
-            self.rest.retain(|x| *x != t);
+            self.rest.retain(|x| !ours(x));
         }
     }
 

@@ -335,7 +335,6 @@ fn wait_slot(
         // (A pending cancellation ends the park below at once.)
         waiters.push(h.token());
     }
-    let token = h.token();
     let reactor = &hub.reactor;
     let removals = reactor.removals.get();
     reactor.waiters.set(reactor.waiters.get() + 1);
@@ -360,7 +359,8 @@ fn wait_slot(
             Interest::Readable => &mut slot.readers,
             Interest::Writable => &mut slot.writers,
         };
-        waiters.remove(token);
+        // (The park is over: `h`'s token has moved on, its context not.)
+        waiters.remove(h.token());
     }
     Some(match w {
         Wakeup::Notified => Ok(()),
