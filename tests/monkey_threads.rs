@@ -220,3 +220,50 @@ fn moss_net_and_hooked_std_code_share_a_socket_on_one_thread() {
         drop(a);
     });
 }
+
+/// A `moss::net` read whose last read was short waits for a readiness edge
+/// before its syscall, unless hooked std code shares the socket's
+/// registration (its waits may take the edge). The socket keeps the
+/// registration it got and waits through it directly: that must stop once
+/// the hooks share it. Here a hooked `peek` takes the edge of the data the
+/// moss read then finds without waiting (waiting, it would time out).
+#[test]
+fn a_moss_read_after_a_short_read_finds_data_whose_edge_hooked_code_took() {
+    util::on_patched_thread(Duration::from_secs(20), || {
+        use std::os::fd::FromRawFd;
+        let l = moss::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = moss::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut b, _) = l.accept().unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let a = std::rc::Rc::new(a);
+        let r = a.clone();
+        // Waits: registers (and keeps) the socket's registration.
+        let reader = moss::spawn(move || {
+            let mut buf = [0u8; 16];
+            let n = (&*r).read(&mut buf).unwrap();
+            buf[..n].to_vec()
+        });
+        util::until_parked(reader.id());
+        let fd = a.as_raw_fd();
+        let peeker = moss::spawn(move || {
+            // SAFETY: a std view of `a`'s fd that never closes it.
+            let s = std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+            s.set_nonblocking(false).unwrap();
+            let mut p = [0u8; 1];
+            // Shares the registration (the reader waits), woken with it by
+            // "x", which the reader (queued first) takes: waits again.
+            assert_eq!(s.peek(&mut p).unwrap(), 1);
+            p[0]
+        });
+        util::until_parked(peeker.id());
+        b.write_all(b"x").unwrap();
+        // A short read: the next one waits for an edge first.
+        assert_eq!(reader.join().unwrap(), b"x");
+        util::until_parked(peeker.id());
+        b.write_all(b"y").unwrap(); // the peeker's edge
+        assert_eq!(peeker.join().unwrap(), b'y');
+        let mut buf = [0u8; 16];
+        let n = (&*a).read(&mut buf).expect("the data is there: no wait");
+        assert_eq!(&buf[..n], b"y");
+    });
+}

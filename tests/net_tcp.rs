@@ -499,3 +499,62 @@ fn dropping_other_handles_never_closes_a_socket_under_its_waiter() {
     let e = acceptor.join().unwrap().unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
 }
+
+/// The waits after a socket's first one go through the registration it
+/// kept: a read timeout, a kill and a write timeout there end them as on
+/// the first, and leave the socket usable.
+#[test]
+fn timeouts_and_kills_at_later_waits_leave_the_socket_usable() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = Rc::new(TcpStream::connect(l.local_addr().unwrap()).unwrap());
+    let (mut s, _) = l.accept().unwrap();
+    let mut b = [0u8; 8];
+    for round in 0..3u8 {
+        // A first wait (registers), then a short read: the next read waits
+        // before its syscall.
+        let w = moss::spawn({
+            let mut s = s.try_clone().unwrap();
+            move || {
+                moss::sleep(Duration::from_millis(10));
+                s.write_all(&[round]).unwrap();
+            }
+        });
+        assert_eq!((&*c).read(&mut b).unwrap(), 1);
+        assert_eq!(b[0], round);
+        w.join().unwrap();
+        // A timeout at the drained read's wait.
+        c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let e = (&*c).read(&mut b).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
+        c.set_read_timeout(None).unwrap();
+        // A kill there.
+        let c2 = c.clone();
+        let reader = moss::spawn(move || (&*c2).read(&mut [0u8; 8]));
+        util::until_parked(reader.id());
+        reader.kill();
+        assert!(reader.join().is_err());
+        // A moss timeout there.
+        let c2 = c.clone();
+        let timed = moss::spawn(move || {
+            moss::timeout(Duration::from_millis(30), || (&*c2).read(&mut [0u8; 8]))
+        });
+        assert!(timed.join().unwrap().is_err());
+    }
+    // A write timeout at a later wait: fill the buffer twice.
+    c.set_write_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    for _ in 0..2 {
+        let big = vec![7u8; 1 << 16];
+        let e = loop {
+            if let Err(e) = (&*c).write(&big) {
+                break e;
+            }
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
+    }
+    // Still usable both ways.
+    s.write_all(b"after").unwrap();
+    let mut five = [0u8; 5];
+    (&*c).read_exact(&mut five).unwrap();
+    assert_eq!(&five, b"after");
+}
