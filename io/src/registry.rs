@@ -21,8 +21,9 @@
 //!   generation moved on): the old registration is dropped and a new one
 //!   made;
 //! * the other kind of owner, while one of its waits is in progress (it
-//!   holds a reference): the fd is open for both, so it is the same file,
-//!   and the registration is shared;
+//!   holds a reference, or, waiting through the registration's id, is
+//!   parked on it): the fd is open for both, so it is the same file, and
+//!   the registration is shared;
 //! * the other kind of owner, idle: it may be stale (its file closed behind
 //!   its back), so the registration is made anew (`EPOLL_CTL_DEL`, `ADD`).
 //!
@@ -166,7 +167,7 @@ pub(crate) fn get(fd: RawFd, owner: Owner) -> io::Result<Got> {
                 shared: slot.net != 0 && slot.hook.is_some(),
             });
         }
-        if !slot.stale_for(owner) && Rc::strong_count(&slot.reg) > 1 {
+        if !slot.stale_for(owner) && (Rc::strong_count(&slot.reg) > 1 || slot.reg.has_waiters()) {
             slot.claim(owner);
             slot.reg.set_exclusive(false);
             return Some(Got {

@@ -279,6 +279,11 @@ impl Waiters {
         }
     }
 
+    /// No context waits (`first` is only empty with `rest`).
+    pub(super) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
     /// Removes the entry of `t`'s context if present (a timed out or
     /// cancelled waiter), whatever park it was made for: a context is in
     /// one park at a time, and the entry of a park leaves the list when the

@@ -167,6 +167,23 @@ impl Registration {
         }
     }
 
+    /// Whether contexts are parked on the registration (waits through its
+    /// [`RegId`] included, which hold no reference to it).
+    pub fn has_waiters(&self) -> bool {
+        let Some(hub) = Hub::try_current() else {
+            return false;
+        };
+        if hub.remote.hub_id != self.hub_id {
+            return false;
+        }
+        let Ok(slots) = hub.reactor.slots.try_borrow() else {
+            return false;
+        };
+        slots.get(self.key).is_some_and(|s| {
+            s.generation == self.generation && !(s.readers.is_empty() && s.writers.is_empty())
+        })
+    }
+
     /// Whether waits through the registration's [`RegId`] alone
     /// ([`Local::wait`]) are allowed: its owner says so while it is its
     /// only user and still the fd's current registration; they are not
@@ -264,7 +281,11 @@ impl Local {
     /// [`Registration::wait`] on the registration `id` names, if this hub
     /// holds it and its owner allows waits through its id
     /// ([`Registration::set_exclusive`]); `None`, having done nothing,
-    /// otherwise (then the caller looks its registration up).
+    /// otherwise (then the caller looks its registration up). Unlike
+    /// `Registration::wait`, a wait whose registration is dropped meanwhile
+    /// ends as woken, not with `Closed` (its owner may have replaced it
+    /// after an edge woke the waiter): the caller retries its syscall,
+    /// which tells.
     #[inline(always)]
     pub fn wait(
         self,
@@ -348,6 +369,11 @@ fn wait_slot(
     let mut slots = reactor.slots.borrow_mut();
     let slot = match slots.get_mut(key) {
         Some(s) if s.generation == generation => s,
+        // Through an id: the slot's owner may have replaced it after an
+        // edge woke us (it does not see a woken waiter): a wake-up
+        // (perhaps spurious: the caller's syscall tells) rather than
+        // `Closed`, which its caller would report.
+        _ if exclusive => return Some(wakeup_result(w)),
         _ => return Some(Err(WaitError::Closed)),
     };
     if w != Wakeup::Notified {
@@ -362,11 +388,16 @@ fn wait_slot(
         // (The park is over: `h`'s token has moved on, its context not.)
         waiters.remove(h.token());
     }
-    Some(match w {
+    Some(wakeup_result(w))
+}
+
+#[inline(always)]
+fn wakeup_result(w: Wakeup) -> Result<(), WaitError> {
+    match w {
         Wakeup::Notified => Ok(()),
         Wakeup::TimedOut => Err(WaitError::TimedOut),
         Wakeup::Cancelled => Err(WaitError::Cancelled),
-    })
+    }
 }
 
 impl Drop for Registration {
