@@ -559,6 +559,24 @@ fn receives_are_exact_with_defer_taskrun() {
     );
 }
 
+/// The same on a ring set up with `COOP_TASKRUN` (`MOSS_URING_SETUP=coop`):
+/// completions' task work runs only when the hub enters the ring, never
+/// by interrupting the thread.
+#[test]
+fn receives_are_exact_with_coop_taskrun() {
+    util::isolated_env(
+        "receives_are_exact_with_coop_taskrun",
+        Duration::from_secs(120),
+        &[("MOSS_URING_SETUP", "coop")],
+        || {
+            util::on_uring();
+            tcp_exact_bytes();
+            timeout_and_kill_of_a_read();
+            kill_in_flight_reads();
+        },
+    );
+}
+
 #[test]
 fn falls_back_to_epoll_when_io_uring_is_blocked() {
     const CASE: &str = "falls_back_to_epoll_when_io_uring_is_blocked";
