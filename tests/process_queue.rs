@@ -453,3 +453,34 @@ fn putters_and_getters_killed_at_random_points_keep_the_queue_whole() {
     println!("{whole} trials whole, {broken} broken, {items} items");
     assert!(items > 0);
 }
+
+/// A put waiting for room holds the writers' lock: killed there, it gives
+/// the lock back and counts nothing; a put waiting behind it for the lock
+/// then waits for room itself and gives its item back at its deadline; a
+/// put that does not wait says "full" at once, even while a put waits for
+/// room; and a get makes room for the next put.
+#[test]
+fn puts_killed_or_timed_out_waiting_for_room_take_nothing() {
+    let _wd = util::watchdog("puts waiting for room", Duration::from_secs(30));
+    let q = Arc::new(ProcessQueue::<u32>::new(1).unwrap());
+    q.put(1);
+    let blocked = {
+        let q = q.clone();
+        moss::spawn(move || q.put(2))
+    };
+    util::until_parked(blocked.id());
+    let behind = {
+        let q = q.clone();
+        moss::spawn(move || q.put_timeout(3, Duration::from_millis(600)))
+    };
+    util::until_parked(behind.id());
+    assert_eq!(q.put_nowait(4).unwrap_err().0, 4);
+    blocked.kill();
+    assert!(blocked.join().is_err());
+    assert_eq!(behind.join().unwrap().unwrap_err().0, 3);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q.get_nowait().unwrap(), 1);
+    q.put_nowait(5).unwrap();
+    assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 5);
+    assert!(q.is_empty());
+}
