@@ -584,3 +584,36 @@ pub fn clock_rng() -> (u64, impl FnMut(u64) -> u64) {
     };
     (seed, next)
 }
+
+/// Runs `f` on a fresh thread whose hub runs on `b` (io_uring must be
+/// available when asked for), failing instead of hanging after `limit`; a
+/// panic in `f` is re-raised here. The backend choice is process-wide
+/// until a hub exists, so it is made under a lock: tests of one binary may
+/// run on different backends at once.
+pub fn on_backend<T: Send + 'static>(
+    b: moss::reactor::Backend,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    static CHOICE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let (made, hub_made) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let choice = CHOICE.lock().unwrap_or_else(|e| e.into_inner());
+    moss::reactor::set_backend(b);
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let got = moss::reactor::backend();
+            let _ = made.send(());
+            assert_eq!(got, b, "this machine cannot run a hub on {b:?}");
+            f()
+        }));
+        let _ = tx.send(r);
+    });
+    let _ = hub_made.recv();
+    drop(choice);
+    match rx.recv_timeout(limit) {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) => std::panic::resume_unwind(p),
+        Err(_) => panic!("test thread on {b:?} did not finish within {limit:?} (deadlock?)"),
+    }
+}

@@ -123,13 +123,29 @@ pub(crate) fn recv_vectored(fd: RawFd, bufs: &mut [IoSliceMut<'_>]) -> io::Resul
     raw::result(n)
 }
 
+/// The most buffers one vectored call passes: Linux's `UIO_MAXIOV`. The
+/// kernel refuses more (`EMSGSIZE`); std passes the first `IOV_MAX` and
+/// reports a short read or write, and so does moss.
+const IOV_MAX: usize = 1024;
+
+/// The buffers of `bufs` one vectored call passes (see [`IOV_MAX`]).
+pub(crate) fn iov_prefix<T>(bufs: &[T]) -> &[T] {
+    &bufs[..bufs.len().min(IOV_MAX)]
+}
+
+/// [`iov_prefix`] for receive buffers.
+pub(crate) fn iov_prefix_mut<T>(bufs: &mut [T]) -> &mut [T] {
+    let n = bufs.len().min(IOV_MAX);
+    &mut bufs[..n]
+}
+
 /// A `msghdr` over the `len` iovecs at `iov`, with no name and no control
-/// data (at most `c_int::MAX` iovecs are passed).
+/// data (at most [`IOV_MAX`] iovecs are passed: a short read or write).
 fn msghdr(iov: *mut libc::iovec, len: usize) -> libc::msghdr {
     // SAFETY: a zeroed msghdr is valid (no name, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov;
-    msg.msg_iovlen = len.min(libc::c_int::MAX as usize) as _;
+    msg.msg_iovlen = len.min(IOV_MAX) as _;
     msg
 }
 

@@ -236,6 +236,8 @@ impl TcpStream {
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        // The buffers one call fills: the drained hint compares with them.
+        let bufs = sys::iov_prefix_mut(bufs);
         if let Some(r) = self
             .inner
             .ring_op(|fd, d| sys::ring::recv_vectored(fd, bufs, d))
@@ -273,6 +275,7 @@ impl TcpStream {
     }
 
     fn write_vectored_inner(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let bufs = sys::iov_prefix(bufs);
         if let Some(r) = self
             .inner
             .ring_write_op(|fd, d| sys::ring::send_vectored(fd, bufs, d))

@@ -155,6 +155,8 @@ impl UnixStream {
     }
 
     fn read_vectored_inner(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        // The buffers one call fills: the drained hint compares with them.
+        let bufs = sys::iov_prefix_mut(bufs);
         if let Some(r) = self
             .inner
             .ring_op(|fd, d| sys::ring::recv_vectored(fd, bufs, d))

@@ -67,8 +67,11 @@
 //!       res = -ECANCELED → the deadline's or the cancellation's error
 //!                          (a kill then unwinds, from here, buffer released)
 //!       anything else    → the operation completed first: its result is
-//!                          returned (no byte received is lost); a pending
-//!                          kill is delivered at the next blocking point
+//!                          returned (no byte received is lost, no byte sent
+//!                          unreported); a pending kill or timeout is
+//!                          delivered at the next blocking point, and a
+//!                          `timeout` whose closure returns before one
+//!                          returns the closure's value, not `Elapsed`
 //! ```
 //!
 //! A key is freed only when its CQE has been taken, so a CQE always finds
@@ -370,6 +373,7 @@ pub unsafe fn submit(entry: squeue::Entry, deadline: Option<Instant>) -> Result<
     ring.push(&entry.user_data(key as u64));
     let waiting = &hub.reactor.waiters;
     waiting.set(waiting.get() + 1);
+    let seen = h.state.seen();
     let w = hub.park(deadline, "I/O (io_uring)", Mode::Fallible);
     let res = ring.ops.borrow()[key].res;
     let res = match res {
@@ -386,7 +390,16 @@ pub unsafe fn submit(entry: squeue::Entry, deadline: Option<Instant>) -> Result<
                 hub.park(None, "I/O (io_uring cancel)", Mode::Shielded);
                 if let Some(r) = ring.ops.borrow()[key].res {
                     break match (r, w) {
-                        (r, _) if r != -libc::ECANCELED => Ok(r),
+                        (r, _) if r != -libc::ECANCELED => {
+                            // Completed first: the caller gets the result
+                            // (bytes received or sent), as if the
+                            // cancellation had come after it; it stays
+                            // pending for the next blocking point, and a
+                            // `timeout` that ends before one returns the
+                            // result, not `Elapsed`.
+                            h.state.unsee(seen);
+                            Ok(r)
+                        }
                         (_, Wakeup::TimedOut) => Err(WaitError::TimedOut),
                         _ => Err(WaitError::Cancelled),
                     };

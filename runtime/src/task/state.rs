@@ -464,6 +464,20 @@ impl TaskState {
         self.cancel_seen.set(self.cancel_seen.get().max(now));
     }
 
+    /// Withdraws the reports of waits that saw the pending cancellation
+    /// but ended as if they had not: back to `before`, what [`seen`]
+    /// said before them. For an operation that completed before its
+    /// cancellation took effect (a ring operation): its caller gets the
+    /// result, so nothing that follows is the cancellation's doing, and a
+    /// `timeout` that ends before the next blocking point must not turn
+    /// that result into `Elapsed`.
+    ///
+    /// [`seen`]: TaskState::seen
+    #[inline]
+    pub(crate) fn unsee(&self, before: Seen) {
+        self.cancel_seen.set(before);
+    }
+
     /// Whether and how a pending cancellation was reported without being
     /// delivered.
     #[inline]
