@@ -476,7 +476,7 @@ impl<S: AsRawFd> Evented<S> {
     /// in the socket.
     fn registration(&self) -> io::Result<Got> {
         let st = &self.state;
-        let got = registry::get(st.fd, Owner::Net(st.uid))?;
+        let got = registry::get(st.fd, Owner::Net(st.uid)).map_err(no_registration)?;
         if got.fresh {
             // A fresh registration knows nothing about past edges: try the
             // syscall before trusting the drained hint again.
@@ -511,6 +511,20 @@ pub(crate) fn write_all(
         }
     }
     Ok(())
+}
+
+/// A wait that needs a registration cannot have one (this thread is
+/// exiting, its registrations are gone): a cancellation pending for the
+/// caller (the exit's kill, say) unwinds it from here, as the wait would
+/// have; otherwise the operation fails with `e`. (A coroutine killed at
+/// thread exit after a ring send completed, with more to send, gets here.)
+#[cold]
+#[inline(never)]
+fn no_registration(e: io::Error) -> io::Error {
+    if moss_runtime::park::cancel_deliverable() {
+        moss_runtime::park::deliver_cancel();
+    }
+    e
 }
 
 /// Whether `e` is a ring operation's own deadline passing (not a kernel
