@@ -212,7 +212,10 @@ fn readers_killed_beside_a_streaming_writer_lose_nothing() {
             assert!(*got.borrow() == down, "on {b:?}: the stream down differs");
             writer.join().unwrap();
             peer_tx.join().unwrap();
-            assert!(peer_rx.join().unwrap() == up, "on {b:?}: the stream up differs");
+            assert!(
+                peer_rx.join().unwrap() == up,
+                "on {b:?}: the stream up differs"
+            );
             assert_eq!(in_flight(), 0);
         });
     }
@@ -270,7 +273,10 @@ fn writes_on_one_thread_reads_on_another() {
 /// kind and errno.
 type Outcome = Vec<Result<usize, (ErrorKind, Option<i32>)>>;
 
-fn outcome<T>(r: std::io::Result<T>, n: impl Fn(&T) -> usize) -> Result<usize, (ErrorKind, Option<i32>)> {
+fn outcome<T>(
+    r: std::io::Result<T>,
+    n: impl Fn(&T) -> usize,
+) -> Result<usize, (ErrorKind, Option<i32>)> {
     r.map(|v| n(&v)).map_err(|e| (e.kind(), e.raw_os_error()))
 }
 
