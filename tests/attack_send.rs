@@ -714,3 +714,76 @@ fn zero_length_reads_and_writes() {
         });
     }
 }
+
+/// The epoll path's event dispatch: a reader whose readiness wait ended by
+/// its read timeout, but who has not run yet when the data's edge arrives
+/// (the hub polls again first: `BATCH` coroutines were ahead of it). The
+/// edge takes it off the waiter list, so the edge is its to keep: the read
+/// after the timeout, which waits before trying (the previous read was
+/// short: the queue was drained), must find the data, not wait for an edge
+/// that already came.
+#[test]
+fn an_edge_that_meets_a_timed_out_reader_is_not_lost() {
+    util::on_backend(Backend::Epoll, LIMIT, || {
+        let (c, s) = pair();
+        let c = Rc::new(c);
+        let c1 = c.clone();
+        moss::spawn(move || (&*c1).write_all(b"a").unwrap());
+        let mut buf = [0u8; 16];
+        // A read that waits (so the socket is registered) and comes back
+        // short: the next read waits for readiness first.
+        assert_eq!((&s).read(&mut buf).unwrap(), 1);
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let stop = Rc::new(Cell::new(false));
+        let wrote = Rc::new(Cell::new(false));
+        let s = Rc::new(s);
+        let (st, s2, w, c2) = (stop.clone(), s.clone(), wrote.clone(), c.clone());
+        let reader = moss::spawn(move || {
+            let mut buf = [0u8; 16];
+            let first = (&*s2).read(&mut buf).map(|n| buf[..n].to_vec());
+            st.set(true);
+            let first = match first {
+                Ok(b) => return b,
+                Err(e) => e,
+            };
+            assert_eq!(first.kind(), ErrorKind::WouldBlock);
+            if !w.get() {
+                // (The spinners missed the moment: no edge was lost.)
+                (&*c2).write_all(b"b").unwrap();
+            }
+            s2.set_read_timeout(None).unwrap();
+            let n = moss::timeout(Duration::from_secs(5), || (&*s2).read(&mut buf))
+                .expect("the read waits for an edge that came already")
+                .unwrap();
+            buf[..n].to_vec()
+        });
+        util::until_parked(reader.id());
+        let deadline = std::time::Instant::now() + Duration::from_millis(20);
+        let tag = format!("#{} ", reader.id());
+        let spinners: Vec<_> = (0..100)
+            .map(|_| {
+                let (stop, wrote, tag, c) = (stop.clone(), wrote.clone(), tag.clone(), c.clone());
+                moss::spawn(move || {
+                    while !stop.get() {
+                        // The timer fired, the reader waits in the run
+                        // queue behind us: the data comes now, and its
+                        // edge at the next poll, before the reader runs.
+                        if !wrote.get()
+                            && std::time::Instant::now() >= deadline
+                            && moss::dump()
+                                .lines()
+                                .any(|l| l.starts_with(&tag) && !l.contains("waiting on"))
+                        {
+                            (&*c).write_all(b"b").unwrap();
+                            wrote.set(true);
+                        }
+                        moss::yield_now();
+                    }
+                })
+            })
+            .collect();
+        let got = reader.join().unwrap();
+        moss::join_all(spinners);
+        assert_eq!(got, b"b");
+    });
+}

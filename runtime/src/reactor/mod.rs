@@ -15,8 +15,9 @@
 //! stale `ready` bit costs one extra `EAGAIN`, never a missed wake-up: any
 //! edge after the failed syscall is delivered to the waiter list or the bit.
 //! Deadlines and cancellation remove the waiter again, so the slot stays
-//! consistent; dropping the [`Registration`] wakes waiters, which then see
-//! [`WaitError::Closed`].
+//! consistent (if an edge took it off the list meanwhile, before it ran,
+//! that edge goes back into the `ready` bit); dropping the
+//! [`Registration`] wakes waiters, which then see [`WaitError::Closed`].
 //!
 //! [`Registration`] is the API I/O types use; [`wait_fd`] waits on an fd
 //! without registering it.

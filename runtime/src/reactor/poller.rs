@@ -288,8 +288,9 @@ impl Waiters {
     /// cancelled waiter), whatever park it was made for: a context is in
     /// one park at a time, and the entry of a park leaves the list when the
     /// park ends (here, or taken by an edge), so the list holds no other.
+    /// Returns whether it was there.
     #[inline]
-    pub(super) fn remove(&mut self, t: Token) {
+    pub(super) fn remove(&mut self, t: Token) -> bool {
         let ours = |x: &Token| x.key == t.key && x.id == t.id;
         if self.first.as_ref().is_some_and(ours) {
             self.first = if self.rest.is_empty() {
@@ -297,8 +298,11 @@ impl Waiters {
             } else {
                 Some(self.rest.remove(0))
             };
-        } else if !self.rest.is_empty() {
+            true
+        } else {
+            let n = self.rest.len();
             self.rest.retain(|x| !ours(x));
+            self.rest.len() != n
         }
     }
 

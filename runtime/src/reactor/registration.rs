@@ -378,15 +378,21 @@ fn wait_slot(
     };
     if w != Wakeup::Notified {
         // A deadline or a cancellation ended the park: the waiter is
-        // still queued. (A readiness edge takes every waiter of its
-        // direction off the list, and a dropped registration takes
-        // its slot along.)
-        let waiters = match interest {
-            Interest::Readable => &mut slot.readers,
-            Interest::Writable => &mut slot.writers,
+        // still queued, unless an edge came after that end and before
+        // this context ran (a readiness edge takes every waiter of its
+        // direction off the list; a dropped registration takes its slot
+        // along). Then the edge was handed to a waiter that will not use
+        // it: it goes back into the ready bit, or a caller that waits
+        // before trying its syscall (a drained stream) would wait for an
+        // edge that already came.
+        let (waiters, flag) = match interest {
+            Interest::Readable => (&mut slot.readers, &mut slot.read_ready),
+            Interest::Writable => (&mut slot.writers, &mut slot.write_ready),
         };
         // (The park is over: `h`'s token has moved on, its context not.)
-        waiters.remove(h.token());
+        if !waiters.remove(h.token()) {
+            *flag = true;
+        }
     }
     Some(wakeup_result(w))
 }
