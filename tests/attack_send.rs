@@ -787,3 +787,64 @@ fn an_edge_that_meets_a_timed_out_reader_is_not_lost() {
         assert_eq!(got, b"b");
     });
 }
+
+/// The same race for an accept, a connect and a datagram: a connection
+/// the ring accepted (or opened) and a datagram it received are the
+/// caller's, not dropped behind an `Elapsed`.
+#[test]
+fn a_timeout_racing_a_completed_accept_or_datagram_keeps_it() {
+    for b in BOTH {
+        util::on_backend(b, LIMIT, move || {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let c = std::net::TcpStream::connect(addr).unwrap();
+            let accepted = match moss::timeout(Duration::ZERO, || l.accept()) {
+                Ok(r) => r.unwrap().0,
+                Err(_) => {
+                    // Nothing taken: the connection is still pending.
+                    l.set_nonblocking(true).unwrap();
+                    let r = l
+                        .accept()
+                        .expect("the timed-out accept dropped the connection");
+                    l.set_nonblocking(false).unwrap();
+                    r.0
+                }
+            };
+            assert_eq!(
+                accepted.peer_addr().unwrap(),
+                c.local_addr().unwrap(),
+                "on {b:?}"
+            );
+            // Nothing else is pending: a connection dropped by the timeout
+            // would leave `c` reset and the listener empty.
+            (&accepted).write_all(b"hi").unwrap();
+            let mut two = [0u8; 2];
+            (&c).read_exact(&mut two).unwrap();
+            assert_eq!(&two, b"hi");
+            let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let v = UdpSocket::bind("127.0.0.1:0").unwrap();
+            for i in 0..3u8 {
+                u.send_to(&[i], v.local_addr().unwrap()).unwrap();
+            }
+            poll_for(v.as_raw_fd(), libc::POLLIN);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4];
+            while got.len() < 3 {
+                let r = moss::timeout(Duration::ZERO, || v.recv_from(&mut buf));
+                if let Ok(r) = r {
+                    let (n, from) = r.unwrap();
+                    assert_eq!((n, from), (1, u.local_addr().unwrap()));
+                    got.push(buf[0]);
+                } else {
+                    // Nothing taken: the next datagram is still queued.
+                    v.set_nonblocking(true).unwrap();
+                    let mut probe = [0u8; 4];
+                    let r = v.peek_from(&mut probe);
+                    v.set_nonblocking(false).unwrap();
+                    r.expect("the timed-out receive dropped a datagram");
+                }
+            }
+            assert_eq!(got, [0, 1, 2], "on {b:?}");
+        });
+    }
+}
