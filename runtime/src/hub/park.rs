@@ -332,15 +332,19 @@ impl Hub {
             h.state.end_park();
             self.poll_once(Some(Duration::ZERO));
         } else {
-            let n = self.since_poll.get() + 1;
-            self.since_poll.set(n);
-            if n < BATCH && self.run_queue.is_empty() {
-                // Alone: go on, unless ring entries wait for the next
-                // poll (the coroutines parked on them, a writer whose
-                // send is queued say, run only after it): then poll now.
-                match &self.reactor.ring {
-                    Some(r) if r.queued() => self.since_poll.set(BATCH),
-                    _ => return,
+            if self.run_queue.is_empty() {
+                // Alone: a fast yield, counted as a resume (the loop counts
+                // those of a switch).
+                let n = self.since_poll.get() + 1;
+                self.since_poll.set(n);
+                if n < BATCH {
+                    // Go on, unless ring entries wait for the next poll
+                    // (the coroutines parked on them, a writer whose send
+                    // is queued say, run only after it): then poll now.
+                    match &self.reactor.ring {
+                        Some(r) if r.queued() => self.since_poll.set(BATCH),
+                        _ => return,
+                    }
                 }
             }
             if crate::greenlet::drives_greenlets(h) {

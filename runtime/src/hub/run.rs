@@ -49,33 +49,43 @@ pub(crate) enum Until {
 /// index wraps with a mask), grown by doubling when full.
 ///
 /// # Invariants
-/// The ring is only accessed through these three methods, none of which
-/// calls out to code that could touch the queue again (no user code, no
-/// drops of tasks: `pop` moves the task out, `push` overwrites an empty
-/// slot), so no two references to it are ever alive at once. The hub is
-/// `!Sync` (one thread).
+/// The ring is only accessed through these methods, none of which calls
+/// out to code that could touch the queue again (no user code, no drops of
+/// tasks: `pop` moves the task out, `push` writes an empty slot), so no two
+/// references to it are ever alive at once. The hub is `!Sync` (one
+/// thread).
 #[derive(Default)]
 pub(super) struct RunQueue(std::cell::UnsafeCell<Ring>);
 
 #[derive(Default)]
 struct Ring {
     /// `len` tasks from `head` on (wrapping); every other slot is `None`.
-    /// Empty or a power of two long.
+    /// Empty or a power of two long, and not empty while `len > 0`.
     slots: Vec<Option<Rc<dyn Task>>>,
     head: usize,
     len: usize,
 }
 
 impl Ring {
+    /// The slot `i` (any number: it wraps), of a ring that has slots.
+    #[inline(always)]
+    fn slot(&mut self, i: usize) -> &mut Option<Rc<dyn Task>> {
+        debug_assert!(self.slots.len().is_power_of_two());
+        let i = i & (self.slots.len() - 1);
+        // SAFETY: the ring has slots (the caller's promise), a power of two
+        // of them (the type's invariant): masked with their number less
+        // one, `i` is one of them.
+        unsafe { self.slots.get_unchecked_mut(i) }
+    }
+
     #[inline(always)]
     fn push(&mut self, t: Rc<dyn Task>) {
         if self.len == self.slots.len() {
             self.grow();
         }
-        let mask = self.slots.len() - 1;
-        let i = (self.head + self.len) & mask;
+        let i = self.head + self.len;
         // The slot is empty: nothing to drop (no drop code, no unwind path).
-        let old = self.slots[i].replace(t);
+        let old = self.slot(i).replace(t);
         debug_assert!(old.is_none());
         std::mem::forget(old);
         self.len += 1;
@@ -86,11 +96,33 @@ impl Ring {
         if self.len == 0 {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let t = self.slots[self.head & mask].take();
-        self.head = (self.head + 1) & mask;
+        let head = self.head;
+        let t = self.slot(head).take();
+        debug_assert!(t.is_some());
+        self.head = (head + 1) & (self.slots.len() - 1);
         self.len -= 1;
         t
+    }
+
+    /// `push(t)` then `pop()` in one step: the task that runs next (`t`
+    /// itself if the ring is empty).
+    #[inline(always)]
+    fn rotate(&mut self, t: Rc<dyn Task>) -> Rc<dyn Task> {
+        if self.len == 0 {
+            return t;
+        }
+        let head = self.head;
+        let next = self.slot(head).take();
+        // Empty now if the ring was full (`head + len` wraps to `head`).
+        let old = self.slot(head + self.len).replace(t);
+        debug_assert!(old.is_none());
+        std::mem::forget(old);
+        self.head = (head + 1) & (self.slots.len() - 1);
+        match next {
+            Some(n) => n,
+            // `len > 0`: the front slot holds a task.
+            None => unreachable!("an empty slot at the front of the run queue"),
+        }
     }
 
     /// Doubles the ring (at least 64 slots), its tasks in order from slot 0.
@@ -99,9 +131,9 @@ impl Ring {
     fn grow(&mut self) {
         let cap = (self.slots.len() * 2).max(64);
         let mut slots: Vec<Option<Rc<dyn Task>>> = Vec::with_capacity(cap);
-        let mask = self.slots.len().wrapping_sub(1);
         for k in 0..self.len {
-            slots.push(self.slots[(self.head + k) & mask].take());
+            let i = self.head + k;
+            slots.push(self.slot(i).take());
         }
         slots.resize_with(cap, || None);
         self.slots = slots;
@@ -120,6 +152,13 @@ impl RunQueue {
     pub(super) fn pop(&self) -> Option<Rc<dyn Task>> {
         // SAFETY: see the type's invariants.
         unsafe { (*self.0.get()).pop() }
+    }
+
+    /// Queues `t` and takes the front: the task to run next.
+    #[inline]
+    pub(super) fn rotate(&self, t: Rc<dyn Task>) -> Rc<dyn Task> {
+        // SAFETY: see the type's invariants.
+        unsafe { (*self.0.get()).rotate(t) }
     }
 
     #[inline]
@@ -173,28 +212,47 @@ impl Hub {
     }
 
     fn run_loop(&self, until: Until, strict: bool) -> bool {
-        let done = || match until {
-            Until::RootReady => !self.root.0.state.is(State::Parked),
-            Until::NoTasks => self.foreground_tasks() == 0,
-            Until::Empty => self.live_tasks() == 0,
-        };
+        // The common case (a parked root) gets a loop of its own, with the
+        // test inlined.
+        match until {
+            Until::RootReady => self.run_loop_with(|| !self.root.0.state.is(State::Parked), strict),
+            Until::NoTasks => self.run_loop_with(|| self.foreground_tasks() == 0, strict),
+            Until::Empty => self.run_loop_with(|| self.live_tasks() == 0, strict),
+        }
+    }
+
+    #[inline(always)]
+    fn run_loop_with(&self, done: impl Fn() -> bool, strict: bool) -> bool {
         loop {
             if done() {
                 return true;
             }
-            loop {
-                let next = self.run_queue.pop();
-                let Some(t) = next else { break };
-                self.resume(t);
+            let mut next = self.run_queue.pop();
+            while let Some(t) = next {
+                let yielded = self.resume(t);
                 if done() {
+                    if let Some(t) = yielded {
+                        self.run_queue.push(t);
+                    }
                     return true;
                 }
                 // BATCH resumes (or fast yields) since the last poll, or a
                 // context that spent its budget: poll before going on.
                 if self.since_poll.get() >= BATCH {
+                    if let Some(t) = yielded {
+                        self.run_queue.push(t);
+                    }
                     break;
                 }
+                next = match yielded {
+                    // To the back of the queue, and the front runs.
+                    Some(t) => Some(self.run_queue.rotate(t)),
+                    None => self.run_queue.pop(),
+                };
             }
+            // Nobody runs while the loop polls (the last task resumed
+            // still counts as running until here: see `resume`).
+            self.watch.switch_to(std::ptr::null());
             if !self.deferred.borrow().is_empty() {
                 self.wake_deferred();
             }
@@ -291,9 +349,36 @@ impl Hub {
         crate::sys::process::thread_count() == Some(1 + monitor) && !self.remote.has_items()
     }
 
-    /// Runs one task until it parks, yields or returns.
-    fn resume(&self, t: Rc<dyn Task>) {
+    /// Runs one task until it parks, yields or returns; returns it if it
+    /// yielded (for the caller to queue).
+    ///
+    /// The blocked-hub monitor sees the task as running from the switch in
+    /// until the loop's next switch or poll (a task that yielded or parked
+    /// is alive until then: it is in the queue or the task table), or until
+    /// it finishes (its header may be freed from then on).
+    #[inline(always)]
+    fn resume(&self, t: Rc<dyn Task>) -> Option<Rc<dyn Task>> {
         self.since_poll.set(self.since_poll.get() + 1);
+        let h = header_of(&t);
+        // SAFETY: the cell is only touched here, in `resume_other`,
+        // `switch_into` and `returned` (on the hub loop, root stack) and in
+        // `finish_unstarted` (a task that never ran), never by the task's
+        // code; no other reference to it is alive now.
+        let started = unsafe { (*h.coroutine.get()).is_some() };
+        // A started task, ready: the hot path. The root, a task not
+        // started yet and a task killed while queued go the long way.
+        if started && h.state.is(State::Ready) {
+            self.switch_into(t)
+        } else {
+            self.resume_other(t)
+        }
+    }
+
+    /// `resume` of the root (its turn in the queue), a task that has not
+    /// started, or one that finished while queued.
+    #[cold]
+    #[inline(never)]
+    fn resume_other(&self, t: Rc<dyn Task>) -> Option<Rc<dyn Task>> {
         let h = header_of(&t);
         if h.is_root() {
             // The root queued itself in `yield_now`: its turn ends that park
@@ -301,17 +386,14 @@ impl Hub {
             if let Some(seq) = self.root_turn.take() {
                 h.state.wake(seq, Wakeup::Notified);
             }
-            return;
+            return None;
         }
         match h.state.get() {
-            State::Ready | State::New => {}
-            State::Done => return, // killed while queued
+            State::New => {}
+            State::Done => return None, // killed while queued
             s => unreachable!("resume of a task in state {s:?}"),
         }
-        // The cell is also touched by `finish_unstarted`, for a task that
-        // never ran.
-        // SAFETY: only here and in `finish`, on the hub loop (root stack),
-        // never by the task's code; no other reference to it is alive now.
+        // SAFETY: as in `resume`.
         let coro = unsafe { &mut *h.coroutine.get() };
         if coro.is_none() {
             let stack = self.stacks.borrow_mut().take(h.stack_size());
@@ -319,31 +401,53 @@ impl Hub {
                 Ok(s) => s,
                 Err(e) => {
                     self.finish_unstarted(&t, Some(e));
-                    return;
+                    return None;
                 }
             };
             *coro = Some(bind(&t, stack));
         }
+        self.switch_into(t)
+    }
+
+    /// Switches into `t`, a task with a coroutine, until it parks, yields
+    /// or returns; returns it if it yielded.
+    #[inline(always)]
+    fn switch_into(&self, t: Rc<dyn Task>) -> Option<Rc<dyn Task>> {
+        let h = header_of(&t);
+        // SAFETY: as in `resume`.
+        let c = unsafe { &mut *h.coroutine.get() };
+        let Some(c) = c else {
+            unreachable!("switch into a task without a coroutine")
+        };
         h.state.resume();
         self.budget.set(crate::coop::BUDGET);
         let prev = self.current.replace(h);
         self.watch.switch_to(h);
-        let r = coro.as_mut().expect("bound above").resume(());
-        self.watch.switch_to(std::ptr::null());
+        let r = c.resume(());
         self.current.set(prev);
         match r {
-            CoroutineResult::Yield(()) => {
-                if h.state.is(State::Ready) {
-                    // It yielded: back of the queue, no refcount traffic.
-                    self.run_queue.push(t);
-                }
-            }
+            // It yielded: queued again by the caller, no refcount traffic.
+            CoroutineResult::Yield(()) if h.state.is(State::Ready) => Some(t),
+            // It parked.
+            CoroutineResult::Yield(()) => None,
             CoroutineResult::Return(()) => {
-                let stack = coro.take().expect("coroutine present").into_stack();
-                self.stacks.borrow_mut().give(stack);
-                self.finish(&t);
+                self.returned(t);
+                None
             }
         }
+    }
+
+    /// The body of `t` returned: its stack goes back to the pool, the task
+    /// is finished.
+    #[inline(never)]
+    fn returned(&self, t: Rc<dyn Task>) {
+        // Its header may be freed from now on.
+        self.watch.switch_to(std::ptr::null());
+        // SAFETY: as in `resume`; the coroutine is over.
+        let coro = unsafe { &mut *header_of(&t).coroutine.get() };
+        let stack = coro.take().expect("coroutine present").into_stack();
+        self.stacks.borrow_mut().give(stack);
+        self.finish(&t);
     }
 
     /// Marks `t` done, releases its slab entry and wakes its joiners.

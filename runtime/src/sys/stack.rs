@@ -64,7 +64,8 @@ pub(crate) fn page_size() -> usize {
 /// or one coroutine at a time (it is not `Clone`).
 #[derive(Debug)]
 pub(crate) struct Stack {
-    base: usize,
+    /// Kept as corosensei wants it (non-zero): every resume reads it.
+    base: StackPointer,
     limit: usize,
     guard: usize,
 }
@@ -72,12 +73,12 @@ pub(crate) struct Stack {
 impl Stack {
     /// Usable bytes (without the guard).
     pub(crate) fn size(&self) -> usize {
-        self.base - self.limit - self.guard
+        self.base.get() - self.limit - self.guard
     }
 
     /// The usable region `[lo, hi)` (above the guard).
     pub(crate) fn usable(&self) -> (usize, usize) {
-        (self.limit + self.guard, self.base)
+        (self.limit + self.guard, self.base.get())
     }
 
     /// The guard region `[lo, hi)`.
@@ -93,7 +94,7 @@ impl Stack {
         // anonymous mapping owned by this stack, and no coroutine runs on it
         // (it is in the pool), so discarding its contents is harmless.
         unsafe {
-            libc::madvise(lo as *mut libc::c_void, self.base - lo, libc::MADV_DONTNEED);
+            libc::madvise(lo as *mut libc::c_void, self.base.get() - lo, libc::MADV_DONTNEED);
         }
     }
 }
@@ -103,7 +104,7 @@ impl Stack {
 // whose lowest `guard` bytes fault, as corosensei's contract requires.
 unsafe impl corosensei::stack::Stack for Stack {
     fn base(&self) -> StackPointer {
-        StackPointer::new(self.base).expect("stack base is non-zero")
+        self.base
     }
 
     fn limit(&self) -> StackPointer {
@@ -177,7 +178,7 @@ pub(crate) fn allocate_chunk(size: usize, count: usize) -> io::Result<Vec<Stack>
             return Err(e);
         }
         stacks.push(Stack {
-            base: limit + slot,
+            base: StackPointer::new(limit + slot).expect("a mapping is not at address 0"),
             limit,
             guard,
         });
@@ -212,7 +213,7 @@ mod tests {
         let stacks = allocate_chunk(16 * page, 4).unwrap();
         assert_eq!(stacks.len(), 4);
         for w in stacks.windows(2) {
-            assert_eq!(w[0].base, w[1].limit);
+            assert_eq!(w[0].base.get(), w[1].limit);
         }
         for s in &stacks {
             assert_eq!(s.size(), 16 * page);
