@@ -654,21 +654,29 @@ impl<T: 'static> Drop for Greenlet<T> {
 }
 
 /// The root's driver loop is active: the DRIVER_OWNER of the thread and the
-/// family's `driving` flag, restored on exit.
+/// family's `driving` flag, restored on exit. The driving context's
+/// `yielder` is null meanwhile (the hub's fast `yield_now` tests only it;
+/// see `Header::yielder`), restored on exit.
 struct Driving<'a, T: 'static> {
     fam: &'a Family<T>,
     owner: *const Header,
     was_driving: bool,
+    /// The driving context's header (null without a hub) and its yielder.
+    ctx: *const Header,
+    yielder: *const corosensei::Yielder<(), ()>,
 }
 
 impl<'a, T: 'static> Driving<'a, T> {
     fn enter(fam: &'a Family<T>) -> Driving<'a, T> {
-        let hub_ctx =
-            Hub::try_current().map_or(std::ptr::null(), |h| h.current_header() as *const _);
+        let ctx = Hub::try_current().map(|h| h.current_header());
+        let yielder = ctx.map_or(std::ptr::null(), |h| h.yielder.replace(std::ptr::null()));
+        let ctx = ctx.map_or(std::ptr::null(), |h| h as *const Header);
         Driving {
             fam,
-            owner: DRIVER_OWNER.with(|o| o.replace(hub_ctx)),
+            owner: DRIVER_OWNER.with(|o| o.replace(ctx)),
             was_driving: fam.driving.replace(true),
+            ctx,
+            yielder,
         }
     }
 }
@@ -677,5 +685,12 @@ impl<T: 'static> Drop for Driving<'_, T> {
     fn drop(&mut self) {
         self.fam.driving.set(self.was_driving);
         DRIVER_OWNER.with(|o| o.set(self.owner));
+        if !self.ctx.is_null() {
+            // This guard lives on the driving context's stack (or on that
+            // of one of its greenlets), so that context has not finished.
+            // SAFETY: so its header, kept alive by the hub while its body
+            // runs, is alive; only its `Cell` is set (one thread).
+            unsafe { (*self.ctx).yielder.set(self.yielder) };
+        }
     }
 }

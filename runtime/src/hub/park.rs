@@ -322,6 +322,49 @@ impl Hub {
     /// the resume point and user code mispredicts after a stack switch).
     #[inline(always)]
     pub(crate) fn yield_now(&self, h: &Header) {
+        let y = h.yielder.get();
+        if y.is_null() {
+            // The root, or a coroutine driving greenlets.
+            return self.yield_unswitchable(h);
+        }
+        if self.run_queue.is_empty() && self.yield_alone() {
+            return;
+        }
+        // The hub loop requeues a task that suspends in state Ready.
+        h.state.yield_();
+        // SAFETY: a non-null `yielder` is the `&Yielder` corosensei gave
+        // this task's body, alive on its stack while the body runs; we run
+        // on that stack now (current is this task, and it drives no
+        // greenlet: see `Header::yielder`), so it is ours to suspend.
+        unsafe { (*y).suspend(()) };
+    }
+
+    /// A coroutine's `yield_now` with nobody else ready: a fast yield,
+    /// counted as a resume (the loop counts those of a switch). True to go
+    /// on without a switch; false when the hub should poll first.
+    #[inline(always)]
+    fn yield_alone(&self) -> bool {
+        let n = self.since_poll.get() + 1;
+        self.since_poll.set(n);
+        if n >= BATCH {
+            return false;
+        }
+        // Go on, unless ring entries wait for the next poll (the
+        // coroutines parked on them, a writer whose send is queued say,
+        // run only after it): then poll now.
+        match &self.reactor.ring {
+            Some(r) if r.queued() => {
+                self.since_poll.set(BATCH);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// `yield_now` of the root, or of a coroutine driving greenlets (which
+    /// cannot switch: it panics if it would have to).
+    #[inline(never)]
+    fn yield_unswitchable(&self, h: &Header) {
         if h.is_root() {
             // Let every task that is ready now run once, then poll: the root
             // parks until its own turn in the run queue comes.
@@ -331,28 +374,12 @@ impl Hub {
             self.run_until(Until::RootReady, true);
             h.state.end_park();
             self.poll_once(Some(Duration::ZERO));
-        } else {
-            if self.run_queue.is_empty() {
-                // Alone: a fast yield, counted as a resume (the loop counts
-                // those of a switch).
-                let n = self.since_poll.get() + 1;
-                self.since_poll.set(n);
-                if n < BATCH {
-                    // Go on, unless ring entries wait for the next poll
-                    // (the coroutines parked on them, a writer whose send
-                    // is queued say, run only after it): then poll now.
-                    match &self.reactor.ring {
-                        Some(r) if r.queued() => self.since_poll.set(BATCH),
-                        _ => return,
-                    }
-                }
-            }
-            if crate::greenlet::drives_greenlets(h) {
-                crate::greenlet::cannot_block();
-            }
-            // The hub loop requeues a task that suspends in state Ready.
-            h.state.yield_();
-            self.suspend(h);
+            return;
         }
+        debug_assert!(crate::greenlet::drives_greenlets(h));
+        if self.run_queue.is_empty() && self.yield_alone() {
+            return;
+        }
+        crate::greenlet::cannot_block();
     }
 }

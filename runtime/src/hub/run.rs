@@ -118,11 +118,10 @@ impl Ring {
         debug_assert!(old.is_none());
         std::mem::forget(old);
         self.head = (head + 1) & (self.slots.len() - 1);
-        match next {
-            Some(n) => n,
-            // `len > 0`: the front slot holds a task.
-            None => unreachable!("an empty slot at the front of the run queue"),
-        }
+        debug_assert!(next.is_some());
+        // SAFETY: `len > 0`: the front slot held a task (the type's
+        // invariant).
+        unsafe { next.unwrap_unchecked() }
     }
 
     /// Doubles the ring (at least 64 slots), its tasks in order from slot 0.
@@ -414,11 +413,9 @@ impl Hub {
     #[inline(always)]
     fn switch_into(&self, t: Rc<dyn Task>) -> Option<Rc<dyn Task>> {
         let h = header_of(&t);
-        // SAFETY: as in `resume`.
-        let c = unsafe { &mut *h.coroutine.get() };
-        let Some(c) = c else {
-            unreachable!("switch into a task without a coroutine")
-        };
+        // SAFETY: as in `resume`; both callers checked that the cell holds
+        // a coroutine (or bound one), and nothing touched it since.
+        let c = unsafe { (*h.coroutine.get()).as_mut().unwrap_unchecked() };
         h.state.resume();
         self.budget.set(crate::coop::BUDGET);
         let prev = self.current.replace(h);

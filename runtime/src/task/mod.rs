@@ -119,6 +119,10 @@ pub(crate) struct Header {
     /// Bound on first resume (or at its spawn, for the hub's own
     /// "unstarted" coroutines), taken back when the body returns.
     pub coroutine: UnsafeCell<Option<Coro>>,
+    /// What the coroutine suspends with (set when its body starts). Null
+    /// for the root, and while the coroutine drives greenlets (it cannot
+    /// suspend then: see `greenlet.rs`), so one test tells the hub's
+    /// `yield_now` that it may switch.
     pub yielder: Cell<*const Yielder<(), ()>>,
     /// Lowest address of the bound stack's guard page (one page), for the
     /// overflow handler; 0 while no stack is bound.
