@@ -21,6 +21,7 @@
 //! A coroutine's stack is bound when it first runs and returned to the pool
 //! as soon as its body returns.
 
+use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +31,8 @@ use corosensei::CoroutineResult;
 use super::{BATCH, Hub};
 use crate::stack_pool::DEFAULT_STACK_SIZE;
 use crate::task::{
-    Header, LinkRunner, State, Task, TaskCell, Token, Wakeup, header_of, may_unwind,
+    Header, LinkRunner, State, Task, TaskCell, Thin, Token, Wakeup, header_of, into_thin,
+    may_unwind,
 };
 use crate::timer::Action;
 
@@ -46,12 +48,14 @@ pub(crate) enum Until {
 }
 
 /// FIFO of ready tasks: a ring of slots, its capacity a power of two (an
-/// index wraps with a mask), grown by doubling when full.
+/// index wraps with a mask), grown by doubling when full. A task is kept
+/// as a thin pointer to its header (see `Thin`), owning one count of its
+/// `Rc`.
 ///
 /// # Invariants
 /// The ring is only accessed through these methods, none of which calls
 /// out to code that could touch the queue again (no user code, no drops of
-/// tasks: `pop` moves the task out, `push` writes an empty slot), so no two
+/// tasks: `pop` moves the task out, `push` writes a slot), so no two
 /// references to it are ever alive at once. The hub is `!Sync` (one
 /// thread).
 #[derive(Default)]
@@ -59,9 +63,10 @@ pub(super) struct RunQueue(std::cell::UnsafeCell<Ring>);
 
 #[derive(Default)]
 struct Ring {
-    /// `len` tasks from `head` on (wrapping); every other slot is `None`.
-    /// Empty or a power of two long, and not empty while `len > 0`.
-    slots: Vec<Option<Rc<dyn Task>>>,
+    /// `len` tasks from `head` on (wrapping), each from `Thin::into_raw`;
+    /// the other slots hold null or stale pointers, never read. Empty or a
+    /// power of two long, and not empty while `len > 0`.
+    slots: Vec<*const Header>,
     head: usize,
     len: usize,
 }
@@ -69,7 +74,7 @@ struct Ring {
 impl Ring {
     /// The slot `i` (any number: it wraps), of a ring that has slots.
     #[inline(always)]
-    fn slot(&mut self, i: usize) -> &mut Option<Rc<dyn Task>> {
+    fn slot(&mut self, i: usize) -> &mut *const Header {
         debug_assert!(self.slots.len().is_power_of_two());
         let i = i & (self.slots.len() - 1);
         // SAFETY: the ring has slots (the caller's promise), a power of two
@@ -78,50 +83,51 @@ impl Ring {
         unsafe { self.slots.get_unchecked_mut(i) }
     }
 
+    /// The task in the live slot `i`, moved out (the slot is then stale).
     #[inline(always)]
-    fn push(&mut self, t: Rc<dyn Task>) {
+    fn take(&mut self, i: usize) -> Thin {
+        let p = *self.slot(i);
+        // SAFETY: a live slot holds a pointer from `Thin::into_raw`, read
+        // once: the caller makes the slot stale.
+        unsafe { Thin::from_raw(NonNull::new_unchecked(p.cast_mut())) }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, t: Thin) {
         if self.len == self.slots.len() {
             self.grow();
         }
         let i = self.head + self.len;
-        // The slot is empty: nothing to drop (no drop code, no unwind path).
-        let old = self.slot(i).replace(t);
-        debug_assert!(old.is_none());
-        std::mem::forget(old);
+        *self.slot(i) = t.into_raw().as_ptr();
         self.len += 1;
     }
 
     #[inline(always)]
-    fn pop(&mut self) -> Option<Rc<dyn Task>> {
+    fn pop(&mut self) -> Option<Thin> {
         if self.len == 0 {
             return None;
         }
         let head = self.head;
-        let t = self.slot(head).take();
-        debug_assert!(t.is_some());
+        let t = self.take(head);
         self.head = (head + 1) & (self.slots.len() - 1);
         self.len -= 1;
-        t
+        Some(t)
     }
 
     /// `push(t)` then `pop()` in one step: the task that runs next (`t`
     /// itself if the ring is empty).
     #[inline(always)]
-    fn rotate(&mut self, t: Rc<dyn Task>) -> Rc<dyn Task> {
+    fn rotate(&mut self, t: Thin) -> Thin {
         if self.len == 0 {
             return t;
         }
         let head = self.head;
-        let next = self.slot(head).take();
-        // Empty now if the ring was full (`head + len` wraps to `head`).
-        let old = self.slot(head + self.len).replace(t);
-        debug_assert!(old.is_none());
-        std::mem::forget(old);
+        let next = self.take(head);
+        // The front slot if the ring is full (`head + len` wraps to it):
+        // taken just now.
+        *self.slot(head + self.len) = t.into_raw().as_ptr();
         self.head = (head + 1) & (self.slots.len() - 1);
-        debug_assert!(next.is_some());
-        // SAFETY: `len > 0`: the front slot held a task (the type's
-        // invariant).
-        unsafe { next.unwrap_unchecked() }
+        next
     }
 
     /// Doubles the ring (at least 64 slots), its tasks in order from slot 0.
@@ -129,33 +135,46 @@ impl Ring {
     #[inline(never)]
     fn grow(&mut self) {
         let cap = (self.slots.len() * 2).max(64);
-        let mut slots: Vec<Option<Rc<dyn Task>>> = Vec::with_capacity(cap);
+        let mut slots: Vec<*const Header> = Vec::with_capacity(cap);
         for k in 0..self.len {
             let i = self.head + k;
-            slots.push(self.slot(i).take());
+            slots.push(*self.slot(i));
         }
-        slots.resize_with(cap, || None);
+        slots.resize(cap, std::ptr::null());
         self.slots = slots;
         self.head = 0;
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        while let Some(t) = self.pop() {
+            drop(t);
+        }
     }
 }
 
 impl RunQueue {
     #[inline]
     pub(super) fn push(&self, t: Rc<dyn Task>) {
+        self.push_thin(into_thin(t));
+    }
+
+    #[inline]
+    pub(super) fn push_thin(&self, t: Thin) {
         // SAFETY: see the type's invariants: no other reference is alive.
         unsafe { (*self.0.get()).push(t) }
     }
 
     #[inline]
-    pub(super) fn pop(&self) -> Option<Rc<dyn Task>> {
+    pub(super) fn pop(&self) -> Option<Thin> {
         // SAFETY: see the type's invariants.
         unsafe { (*self.0.get()).pop() }
     }
 
     /// Queues `t` and takes the front: the task to run next.
     #[inline]
-    pub(super) fn rotate(&self, t: Rc<dyn Task>) -> Rc<dyn Task> {
+    pub(super) fn rotate(&self, t: Thin) -> Thin {
         // SAFETY: see the type's invariants.
         unsafe { (*self.0.get()).rotate(t) }
     }
@@ -226,28 +245,32 @@ impl Hub {
             if done() {
                 return true;
             }
-            let mut next = self.run_queue.pop();
-            while let Some(t) = next {
-                let yielded = self.resume(t);
-                if done() {
-                    if let Some(t) = yielded {
-                        self.run_queue.push(t);
+            if let Some(mut t) = self.run_queue.pop() {
+                loop {
+                    let yielded = self.resume(t);
+                    if done() {
+                        if let Some(t) = yielded {
+                            self.run_queue.push_thin(t);
+                        }
+                        return true;
                     }
-                    return true;
-                }
-                // BATCH resumes (or fast yields) since the last poll, or a
-                // context that spent its budget: poll before going on.
-                if self.since_poll.get() >= BATCH {
-                    if let Some(t) = yielded {
-                        self.run_queue.push(t);
+                    // BATCH resumes (or fast yields) since the last poll, or
+                    // a context that spent its budget: poll before going on.
+                    if self.since_poll.get() >= BATCH {
+                        if let Some(t) = yielded {
+                            self.run_queue.push_thin(t);
+                        }
+                        break;
                     }
-                    break;
+                    t = match yielded {
+                        // To the back of the queue, and the front runs.
+                        Some(t) => self.run_queue.rotate(t),
+                        None => match self.run_queue.pop() {
+                            Some(t) => t,
+                            None => break,
+                        },
+                    };
                 }
-                next = match yielded {
-                    // To the back of the queue, and the front runs.
-                    Some(t) => Some(self.run_queue.rotate(t)),
-                    None => self.run_queue.pop(),
-                };
             }
             // Nobody runs while the loop polls (the last task resumed
             // still counts as running until here: see `resume`).
@@ -356,9 +379,9 @@ impl Hub {
     /// is alive until then: it is in the queue or the task table), or until
     /// it finishes (its header may be freed from then on).
     #[inline(always)]
-    fn resume(&self, t: Rc<dyn Task>) -> Option<Rc<dyn Task>> {
+    fn resume(&self, t: Thin) -> Option<Thin> {
         self.since_poll.set(self.since_poll.get() + 1);
-        let h = header_of(&t);
+        let h = t.header();
         // SAFETY: the cell is only touched here, in `resume_other`,
         // `switch_into` and `returned` (on the hub loop, root stack) and in
         // `finish_unstarted` (a task that never ran), never by the task's
@@ -369,7 +392,7 @@ impl Hub {
         if started && h.state.is(State::Ready) {
             self.switch_into(t)
         } else {
-            self.resume_other(t)
+            self.resume_other(t.into_rc())
         }
     }
 
@@ -377,7 +400,7 @@ impl Hub {
     /// started, or one that finished while queued.
     #[cold]
     #[inline(never)]
-    fn resume_other(&self, t: Rc<dyn Task>) -> Option<Rc<dyn Task>> {
+    fn resume_other(&self, t: Rc<dyn Task>) -> Option<Thin> {
         let h = header_of(&t);
         if h.is_root() {
             // The root queued itself in `yield_now`: its turn ends that park
@@ -405,14 +428,14 @@ impl Hub {
             };
             *coro = Some(bind(&t, stack));
         }
-        self.switch_into(t)
+        self.switch_into(into_thin(t))
     }
 
     /// Switches into `t`, a task with a coroutine, until it parks, yields
     /// or returns; returns it if it yielded.
     #[inline(always)]
-    fn switch_into(&self, t: Rc<dyn Task>) -> Option<Rc<dyn Task>> {
-        let h = header_of(&t);
+    fn switch_into(&self, t: Thin) -> Option<Thin> {
+        let h = t.header();
         // SAFETY: as in `resume`; both callers checked that the cell holds
         // a coroutine (or bound one), and nothing touched it since.
         let c = unsafe { (*h.coroutine.get()).as_mut().unwrap_unchecked() };
@@ -426,9 +449,12 @@ impl Hub {
             // It yielded: queued again by the caller, no refcount traffic.
             CoroutineResult::Yield(()) if h.state.is(State::Ready) => Some(t),
             // It parked.
-            CoroutineResult::Yield(()) => None,
+            CoroutineResult::Yield(()) => {
+                drop(t);
+                None
+            }
             CoroutineResult::Return(()) => {
-                self.returned(t);
+                self.returned(t.into_rc());
                 None
             }
         }

@@ -32,6 +32,7 @@ use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::io;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind, resume_unwind};
+use std::ptr::NonNull;
 use std::rc::Rc;
 
 use corosensei::{Coroutine, Yielder};
@@ -132,6 +133,81 @@ pub(crate) struct Header {
     /// No drop glue: the map is freed at the
     /// end of the body, or leaked with a coroutine that never ends.
     pub locals: Cell<*mut crate::local::LocalMap>,
+    /// Turns a pointer to this header, made from an `Rc` of its task by
+    /// [`into_thin`], back into that `Rc` (the run queue keeps tasks
+    /// as thin pointers).
+    revive: Revive,
+}
+
+/// See [`Header::revive`].
+type Revive = unsafe fn(NonNull<Header>) -> Rc<dyn Task>;
+
+/// The [`Revive`] of a task type `X` (`repr(C)` with its header first).
+///
+/// # Safety
+/// `h` comes from [`into_thin`] of an `Rc<dyn Task>` made from an
+/// `Rc<X>`, and is revived once.
+unsafe fn revive<X: Task + 'static>(h: NonNull<Header>) -> Rc<dyn Task> {
+    // SAFETY: the caller's promise: `h` is the data pointer of an `Rc<X>`
+    // unsized into an `Rc<dyn Task>` and turned into a raw pointer whose
+    // count it owns (`X` puts its header first, at the data pointer).
+    unsafe { Rc::<X>::from_raw(h.as_ptr().cast::<X>()) }
+}
+
+/// A task queued as a thin pointer to its header, owning one count of its
+/// `Rc` (given back when dropped).
+pub(crate) struct Thin(NonNull<Header>);
+
+impl Thin {
+    /// The task's header.
+    #[inline(always)]
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: `self` owns a count of the task's `Rc`, so the header
+        // (first in the task) is alive while `self` is.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// The task's `Rc` again.
+    #[inline]
+    pub(crate) fn into_rc(self) -> Rc<dyn Task> {
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` owns the count and is never dropped: the pointer is
+        // revived once.
+        unsafe { (me.header().revive)(me.0) }
+    }
+
+    /// The pointer, for a container that keeps it (see [`Thin::from_raw`]);
+    /// the count stays owned.
+    #[inline(always)]
+    pub(crate) fn into_raw(self) -> NonNull<Header> {
+        std::mem::ManuallyDrop::new(self).0
+    }
+
+    /// A pointer from [`Thin::into_raw`] again.
+    ///
+    /// # Safety
+    /// `p` comes from `into_raw` and is made into a `Thin` once.
+    #[inline(always)]
+    pub(crate) unsafe fn from_raw(p: NonNull<Header>) -> Thin {
+        Thin(p)
+    }
+}
+
+impl Drop for Thin {
+    fn drop(&mut self) {
+        // SAFETY: `self` owns the count and goes away now: the pointer is
+        // revived once.
+        drop(unsafe { (self.header().revive)(self.0) });
+    }
+}
+
+/// Makes `t` a [`Thin`] (no count changes).
+#[inline(always)]
+pub(crate) fn into_thin(t: Rc<dyn Task>) -> Thin {
+    let p = Rc::into_raw(t).cast::<Header>().cast_mut();
+    // SAFETY: `Rc::into_raw` never returns null; the data pointer of every
+    // task is its header (see `header_of`).
+    Thin(unsafe { NonNull::new_unchecked(p) })
 }
 
 impl Header {
@@ -159,6 +235,8 @@ impl Header {
             yielder: Cell::new(std::ptr::null()),
             guard: Cell::new(0),
             locals: Cell::new(std::ptr::null_mut()),
+            // Replaced by `TaskCell::new`.
+            revive: revive::<RootTask>,
         }
     }
 
@@ -277,9 +355,16 @@ impl<F, T> TaskCell<F, T>
 where
     F: FnOnce() -> T,
 {
-    pub(crate) fn new(header: Header, f: F) -> TaskCell<F, T> {
+    pub(crate) fn new(header: Header, f: F) -> TaskCell<F, T>
+    where
+        T: 'static,
+        F: 'static,
+    {
         TaskCell {
-            header,
+            header: Header {
+                revive: revive::<TaskCell<F, T>>,
+                ..header
+            },
             slot: UnsafeCell::new(Slot::Pending(f)),
             links: Cell::new(None),
         }
