@@ -67,6 +67,8 @@ struct Ring {
     /// the other slots hold null or stale pointers, never read. Empty or a
     /// power of two long, and not empty while `len > 0`.
     slots: Vec<*const Header>,
+    /// `slots.len() - 1` once there are slots (an index wraps with it).
+    mask: usize,
     head: usize,
     len: usize,
 }
@@ -76,10 +78,11 @@ impl Ring {
     #[inline(always)]
     fn slot(&mut self, i: usize) -> &mut *const Header {
         debug_assert!(self.slots.len().is_power_of_two());
-        let i = i & (self.slots.len() - 1);
+        debug_assert_eq!(self.mask, self.slots.len() - 1);
+        let i = i & self.mask;
         // SAFETY: the ring has slots (the caller's promise), a power of two
-        // of them (the type's invariant): masked with their number less
-        // one, `i` is one of them.
+        // of them, and `mask` is their number less one (the type's
+        // invariants): masked with it, `i` is one of them.
         unsafe { self.slots.get_unchecked_mut(i) }
     }
 
@@ -109,7 +112,7 @@ impl Ring {
         }
         let head = self.head;
         let t = self.take(head);
-        self.head = (head + 1) & (self.slots.len() - 1);
+        self.head = (head + 1) & self.mask;
         self.len -= 1;
         Some(t)
     }
@@ -126,7 +129,7 @@ impl Ring {
         // The front slot if the ring is full (`head + len` wraps to it):
         // taken just now.
         *self.slot(head + self.len) = t.into_raw().as_ptr();
-        self.head = (head + 1) & (self.slots.len() - 1);
+        self.head = (head + 1) & self.mask;
         next
     }
 
@@ -142,6 +145,7 @@ impl Ring {
         }
         slots.resize(cap, std::ptr::null());
         self.slots = slots;
+        self.mask = cap - 1;
         self.head = 0;
     }
 }
