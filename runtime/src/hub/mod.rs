@@ -71,7 +71,9 @@ pub(crate) struct Hub {
     loop_depth: Cell<u32>,
     pub(crate) stacks: RefCell<StackPool>,
     pub(crate) root: Rc<RootTask>,
-    /// The running task's header, or the root's.
+    /// The running task's header, or the root's. Right after a task
+    /// yields, while the hub loop only picks the task it switches to next,
+    /// still the yielding task's (alive: the loop holds it).
     current: Cell<*const Header>,
     next_id: Cell<u64>,
     id_end: Cell<u64>,
@@ -248,7 +250,8 @@ impl Hub {
     pub(crate) fn current_header(&self) -> &Header {
         // SAFETY: `current` points at the root's header (owned by the hub) or
         // at the header of the running task, which the task slab keeps alive
-        // until it is done; it is reset before a finished task is released.
+        // until it is done (it is reset before a finished task is released),
+        // or of a task that just yielded, held by the hub loop.
         unsafe { &*self.current.get() }
     }
 

@@ -254,7 +254,7 @@ impl Hub {
                     let yielded = self.resume(t);
                     if done() {
                         if let Some(t) = yielded {
-                            self.run_queue.push_thin(t);
+                            self.yielded_aside(t);
                         }
                         return true;
                     }
@@ -262,7 +262,7 @@ impl Hub {
                     // a context that spent its budget: poll before going on.
                     if self.since_poll.get() >= BATCH {
                         if let Some(t) = yielded {
-                            self.run_queue.push_thin(t);
+                            self.yielded_aside(t);
                         }
                         break;
                     }
@@ -400,11 +400,21 @@ impl Hub {
         }
     }
 
+    /// A task that yielded does not run next after all: it is queued, and
+    /// the loop is the root's again (see `switch_into`).
+    #[inline(never)]
+    fn yielded_aside(&self, t: Thin) {
+        self.current.set(&self.root.0);
+        self.run_queue.push_thin(t);
+    }
+
     /// `resume` of the root (its turn in the queue), a task that has not
     /// started, or one that finished while queued.
     #[cold]
     #[inline(never)]
     fn resume_other(&self, t: Rc<dyn Task>) -> Option<Thin> {
+        // After a yield (see `switch_into`).
+        self.current.set(&self.root.0);
         let h = header_of(&t);
         if h.is_root() {
             // The root queued itself in `yield_now`: its turn ends that park
@@ -445,19 +455,26 @@ impl Hub {
         let c = unsafe { (*h.coroutine.get()).as_mut().unwrap_unchecked() };
         h.state.resume();
         self.budget.set(crate::coop::BUDGET);
-        let prev = self.current.replace(h);
+        debug_assert!(
+            self.current_header().is_root() || self.current_header().state.is(State::Ready)
+        );
+        self.current.set(h);
         self.watch.switch_to(h);
         let r = c.resume(());
-        self.current.set(prev);
         match r {
             // It yielded: queued again by the caller, no refcount traffic.
+            // It stays `current` while the loop only picks the next task
+            // (which replaces it), else the caller makes the root current
+            // again (`yielded_aside`).
             CoroutineResult::Yield(()) if h.state.is(State::Ready) => Some(t),
             // It parked.
             CoroutineResult::Yield(()) => {
+                self.current.set(&self.root.0);
                 drop(t);
                 None
             }
             CoroutineResult::Return(()) => {
+                self.current.set(&self.root.0);
                 self.returned(t.into_rc());
                 None
             }

@@ -94,7 +94,11 @@ impl Stack {
         // anonymous mapping owned by this stack, and no coroutine runs on it
         // (it is in the pool), so discarding its contents is harmless.
         unsafe {
-            libc::madvise(lo as *mut libc::c_void, self.base.get() - lo, libc::MADV_DONTNEED);
+            libc::madvise(
+                lo as *mut libc::c_void,
+                self.base.get() - lo,
+                libc::MADV_DONTNEED,
+            );
         }
     }
 }
