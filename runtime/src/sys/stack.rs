@@ -55,7 +55,8 @@ pub(crate) fn page_size() -> usize {
 }
 
 /// One coroutine stack: usable memory `[limit + guard, base)` above a guard
-/// region `[limit, limit + guard)`.
+/// region `[limit, limit + guard)`, the guard one page (`page_size()`: not
+/// stored, the control block that holds a bound stack is kept small).
 ///
 /// # Invariants
 /// `limit` and `base` are page aligned, `base - limit == guard + size`, the
@@ -67,29 +68,28 @@ pub(crate) struct Stack {
     /// Kept as corosensei wants it (non-zero): every resume reads it.
     base: StackPointer,
     limit: usize,
-    guard: usize,
 }
 
 impl Stack {
     /// Usable bytes (without the guard).
     pub(crate) fn size(&self) -> usize {
-        self.base.get() - self.limit - self.guard
+        self.base.get() - self.limit - page_size()
     }
 
     /// The usable region `[lo, hi)` (above the guard).
     pub(crate) fn usable(&self) -> (usize, usize) {
-        (self.limit + self.guard, self.base.get())
+        (self.limit + page_size(), self.base.get())
     }
 
     /// The guard region `[lo, hi)`.
     pub(crate) fn guard_range(&self) -> (usize, usize) {
-        (self.limit, self.limit + self.guard)
+        (self.limit, self.limit + page_size())
     }
 
     /// Releases the physical pages of the usable part; the next touch maps
     /// fresh zero pages. The address range stays reserved.
     pub(crate) fn release_pages(&self) {
-        let lo = self.limit + self.guard;
+        let lo = self.limit + page_size();
         // SAFETY: `[lo, base)` is a page-aligned range inside a live private
         // anonymous mapping owned by this stack, and no coroutine runs on it
         // (it is in the pool), so discarding its contents is harmless.
@@ -105,7 +105,7 @@ impl Stack {
 
 // SAFETY: `base` and `limit` come from `allocate_chunk`, which page-aligns them
 // (so they are 16-byte aligned), and the range between them is a live mapping
-// whose lowest `guard` bytes fault, as corosensei's contract requires.
+// whose lowest page (the guard) faults, as corosensei's contract requires.
 unsafe impl corosensei::stack::Stack for Stack {
     fn base(&self) -> StackPointer {
         self.base
@@ -184,7 +184,6 @@ pub(crate) fn allocate_chunk(size: usize, count: usize) -> io::Result<Vec<Stack>
         stacks.push(Stack {
             base: StackPointer::new(limit + slot).expect("a mapping is not at address 0"),
             limit,
-            guard,
         });
     }
     Ok(stacks)
@@ -222,7 +221,7 @@ mod tests {
         for s in &stacks {
             assert_eq!(s.size(), 16 * page);
             // The usable part is writable.
-            let p = (s.limit + s.guard) as *mut u8;
+            let p = (s.limit + page) as *mut u8;
             // SAFETY: inside the usable part of a live stack we own.
             unsafe { p.write_volatile(7) };
             s.release_pages();
