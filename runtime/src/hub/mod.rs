@@ -248,10 +248,11 @@ impl Hub {
     /// The header of whatever runs now: a coroutine or the root.
     #[inline]
     pub(crate) fn current_header(&self) -> &Header {
-        // SAFETY: `current` points at the root's header (owned by the hub) or
-        // at the header of the running task, which the task slab keeps alive
-        // until it is done (it is reset before a finished task is released),
-        // or of a task that just yielded, held by the hub loop.
+        // `current` points at the root's header (owned by the hub), at the
+        // header of the running task, which the task slab keeps alive until
+        // it is done (it is reset before a finished task is released), or at
+        // that of a task that just yielded, which the hub loop holds.
+        // SAFETY: so it points at a live header.
         unsafe { &*self.current.get() }
     }
 

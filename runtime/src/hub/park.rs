@@ -332,10 +332,10 @@ impl Hub {
         }
         // The hub loop requeues a task that suspends in state Ready.
         h.state.yield_();
-        // SAFETY: a non-null `yielder` is the `&Yielder` corosensei gave
-        // this task's body, alive on its stack while the body runs; we run
-        // on that stack now (current is this task, and it drives no
-        // greenlet: see `Header::yielder`), so it is ours to suspend.
+        // A non-null `yielder` is the `&Yielder` corosensei gave this task's
+        // body, alive on its stack while the body runs; we run on that stack
+        // now (current is this task, driving no greenlet: `Header::yielder`).
+        // SAFETY: so it is alive and ours to suspend.
         unsafe { (*y).suspend(()) };
     }
 

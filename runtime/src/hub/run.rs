@@ -386,10 +386,10 @@ impl Hub {
     fn resume(&self, t: Thin) -> Option<Thin> {
         self.since_poll.set(self.since_poll.get() + 1);
         let h = t.header();
-        // SAFETY: the cell is only touched here, in `resume_other`,
-        // `switch_into` and `returned` (on the hub loop, root stack) and in
-        // `finish_unstarted` (a task that never ran), never by the task's
-        // code; no other reference to it is alive now.
+        // The cell is only touched here, in `resume_other`, `switch_into`
+        // and `returned` (on the hub loop, root stack) and in
+        // `finish_unstarted` (a task that never ran), never by the task's code.
+        // SAFETY: so no other reference to it is alive now.
         let started = unsafe { (*h.coroutine.get()).is_some() };
         // A started task, ready: the hot path. The root, a task not
         // started yet and a task killed while queued go the long way.
