@@ -12,14 +12,17 @@
 //!   resume a context:                     for each hub:
 //!     running = its header                  switches and running as last time,
 //!     switches += 1                         running not null, for > max_blocking?
-//!   back in the loop (or the root           → one report (this episode)
-//!   alone, nobody to block):
+//!   the loop polls, a context finished,     → one report (this episode)
+//!   or the root is alone (nobody to block):
 //!     running = null
 //!     switches += 1
 //! ```
 //!
 //! The hub's part is two plain stores per switch (no lock, no fence, no
-//! clock). The monitor reads the blocking coroutine's id, name and spawn
+//! clock). Between a context's yield or park and the loop's next switch
+//! or poll, that context still counts as running: the loop only picks
+//! the next task then, and the context's header is alive (queued, or in
+//! the task table); a context that finished is never left there. The monitor reads the blocking coroutine's id, name and spawn
 //! site from its control block, which it may only do while that coroutine
 //! cannot finish: it raises `pinned`, issues a fence, and reads only if
 //! `switches` is still what it saw; a hub finishing a coroutine (or
