@@ -84,14 +84,14 @@ fn a_timeout_ends_a_loop_of_yields() {
     let (n, stop) = (Rc::new(Cell::new(0u64)), Rc::new(Cell::new(false)));
     let peer = yielder(n.clone(), stop.clone());
     let h = moss::spawn(|| {
-        let mut mine = 0u64;
+        let mine = Cell::new(0u64);
         let r = moss::timeout(Duration::from_millis(20), || {
             loop {
-                mine += 1;
+                mine.set(mine.get() + 1);
                 moss::yield_now();
             }
         });
-        (r.is_err(), mine)
+        (r.is_err(), mine.get())
     });
     let (elapsed, mine) = h.join().unwrap();
     assert!(elapsed, "the timeout fired");
