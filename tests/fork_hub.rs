@@ -640,3 +640,54 @@ fn timeouts_and_a_second_fork_in_the_child() {
         },
     );
 }
+
+/// A `moss::net` socket keeps the registration it waited through and waits
+/// through it again directly. One that waited in the parent, used in a
+/// forked child (a fresh hub), registers anew there and gets its data; the
+/// parent's use of it goes on undisturbed.
+#[test]
+fn a_socket_that_waited_in_the_parent_waits_in_a_forked_child() {
+    util::isolated(
+        "a_socket_that_waited_in_the_parent_waits_in_a_forked_child",
+        Duration::from_secs(30),
+        || {
+            let (a, b) = moss::net::UnixStream::pair().unwrap();
+            let (a, b) = (std::rc::Rc::new(a), std::rc::Rc::new(b));
+            let w = b.clone();
+            let writer = moss::spawn(move || {
+                moss::sleep(Duration::from_millis(20));
+                (&*w).write_all(b"p").unwrap();
+            });
+            let mut buf = [0u8; 8];
+            // A wait (the registration is kept), then a short read.
+            assert_eq!((&*a).read(&mut buf).unwrap(), 1);
+            writer.join().unwrap();
+            let (ca, cb) = (a.clone(), b.clone());
+            let forker = moss::spawn(move || {
+                let pid = util::fork();
+                if pid == 0 {
+                    let h = moss::spawn(move || {
+                        moss::sleep(Duration::from_millis(50));
+                        (&*cb).write_all(b"child").unwrap();
+                    });
+                    let mut got = [0u8; 5];
+                    let ok = (&*ca).read_exact(&mut got).is_ok() && &got == b"child";
+                    let ok = ok && h.join().is_ok();
+                    exit_now(if ok { 0 } else { 1 });
+                }
+                pid
+            });
+            let pid = forker.join().unwrap();
+            assert_eq!(util::exit_code_of(pid), 0);
+            let w = b.clone();
+            let writer = moss::spawn(move || {
+                moss::sleep(Duration::from_millis(20));
+                (&*w).write_all(b"parent").unwrap();
+            });
+            let mut got = [0u8; 6];
+            (&*a).read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"parent");
+            writer.join().unwrap();
+        },
+    );
+}
