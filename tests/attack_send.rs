@@ -848,3 +848,48 @@ fn a_timeout_racing_a_completed_accept_or_datagram_keeps_it() {
         });
     }
 }
+
+/// A `write_all` of a large buffer blocked on a peer that then closes with
+/// data unread (a reset): it fails with std's error kind
+/// (`ConnectionReset`), on both backends, and the bytes the peer had read
+/// are a prefix of the buffer.
+#[test]
+fn a_reset_in_the_middle_of_write_all_fails_like_std() {
+    let data = pattern(16 << 20);
+    // std: a writer thread blocked in write_all; the peer reads a little
+    // and closes.
+    let reference = util::on_thread(LIMIT, {
+        let data = data.clone();
+        move || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let mut s = l.accept().unwrap().0;
+            let w = std::thread::spawn(move || {
+                c.write_all(&data).map_err(|e| (e.kind(), e.raw_os_error()))
+            });
+            let mut head = [0u8; 1000];
+            s.read_exact(&mut head).unwrap();
+            assert_eq!(head[..], pattern(1000)[..]);
+            drop(s);
+            w.join().unwrap()
+        }
+    });
+    assert!(reference.is_err(), "{reference:?}");
+    for b in BOTH {
+        let data = data.clone();
+        let got = util::on_backend(b, LIMIT, move || {
+            let (c, s) = pair();
+            let w = moss::spawn(move || {
+                (&c).write_all(&data)
+                    .map_err(|e| (e.kind(), e.raw_os_error()))
+            });
+            let mut head = [0u8; 1000];
+            (&s).read_exact(&mut head).unwrap();
+            assert_eq!(head[..], pattern(1000)[..]);
+            util::until_parked(w.id());
+            drop(s);
+            w.join().unwrap()
+        });
+        assert_eq!(got, reference, "on {b:?}");
+    }
+}
