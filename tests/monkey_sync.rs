@@ -341,10 +341,12 @@ fn wake_ups_from_a_plain_thread_and_from_another_hub() {
         };
         moss::yield_now();
         let p = pair.clone();
-        // A thread with no hub.
+        // A thread with no hub. (Never back from 2 to 1: a loaded machine
+        // can run this thread after the other hub's coroutine.)
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            *p.0.lock().unwrap() = 1;
+            let mut g = p.0.lock().unwrap();
+            *g = (*g).max(1);
             p.1.notify_one();
         });
         let p = pair.clone();
@@ -534,11 +536,25 @@ fn a_raw_futex_wait_is_woken_by_a_wake_from_a_plain_thread() {
         "a_raw_futex_wait_is_woken_by_a_wake_from_a_plain_thread",
         || {
             let word = Arc::new(AtomicU32::new(0));
-            let (ticks, tk) = util::ticker();
-            let w = word.clone();
+            // Set by the waiter just before each wait; ticks counted by a
+            // coroutine of the waiter's hub, which runs only while the
+            // waiter is parked (both Send: the waker thread reads them).
+            let armed = Arc::new(AtomicU32::new(0));
+            let ticks = Arc::new(AtomicU32::new(0));
+            let tk = {
+                let ticks = ticks.clone();
+                moss::spawn(move || {
+                    loop {
+                        moss::sleep(Duration::from_millis(10));
+                        ticks.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            };
+            let (w, a) = (word.clone(), armed.clone());
             let h = moss::spawn(move || {
                 let mut spurious = 0;
                 while w.load(Ordering::SeqCst) == 0 {
+                    a.store(1, Ordering::SeqCst);
                     // SAFETY: a valid futex word; no timeout.
                     let r = unsafe {
                         libc::syscall(
@@ -557,9 +573,20 @@ fn a_raw_futex_wait_is_woken_by_a_wake_from_a_plain_thread() {
                 }
                 spurious
             });
-            let w = word.clone();
+            let (w, t) = (word.clone(), ticks.clone());
             let waker = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
+                // Wake only once the waiter waits: it armed, and then its hub
+                // ran the ticker twice (which it can only do while the waiter
+                // is parked). A wait that blocked the thread never lets it
+                // tick: give up after 30 s, and the assertions below fail.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while armed.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let t0 = t.load(Ordering::SeqCst);
+                while t.load(Ordering::SeqCst) < t0 + 2 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 // A bitset that does not match wakes nobody.
                 // SAFETY: a valid futex word.
                 let none = unsafe {
@@ -587,7 +614,11 @@ fn a_raw_futex_wait_is_woken_by_a_wake_from_a_plain_thread() {
             });
             assert!(h.join().unwrap() <= 1);
             assert_eq!(waker.join().unwrap(), (0, 1));
-            assert!(ticks.get() >= 2, "ticker starved: {}", ticks.get());
+            assert!(
+                ticks.load(Ordering::SeqCst) >= 2,
+                "ticker starved: {}",
+                ticks.load(Ordering::SeqCst)
+            );
             tk.kill();
         },
     );

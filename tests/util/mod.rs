@@ -217,17 +217,22 @@ impl Drop for Counted {
 /// `moss::dump()`), so a test orders events without sleeping. Panics after
 /// 10,000 yields.
 pub fn until_parked(id: moss::CoroutineId) {
-    let tag = format!("#{id} ");
     for _ in 0..10_000 {
-        let d = moss::dump();
-        if d.lines()
-            .any(|l| l.starts_with(&tag) && l.contains("waiting on"))
-        {
+        if is_parked(id) {
             return;
         }
         moss::yield_now();
     }
     panic!("coroutine #{id} never parked:\n{}", moss::dump());
+}
+
+/// Whether the coroutine `id` is parked now ("waiting on ..." in
+/// `moss::dump()`).
+pub fn is_parked(id: moss::CoroutineId) -> bool {
+    let tag = format!("#{id} ");
+    moss::dump()
+        .lines()
+        .any(|l| l.starts_with(&tag) && l.contains("waiting on"))
 }
 
 /// Polls `cond` (yielding to the hub between tries) until it holds, or
